@@ -1,0 +1,845 @@
+/* sched_cycle.c — one scheduling cycle: order pending jobs by multifactor
+ * priority, find feasible nodes through the index, score a sample of them,
+ * place gangs all-or-nothing, reserve for blocked jobs, backfill, preempt.
+ *
+ * Everything that can allocate happens in cycle_prepare(); once placement
+ * starts nothing can fail, so a cycle either fully happens or not at all. */
+#include "sched_internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+enum { C_PRICE, C_PPP, C_PERF, C_FIT, C_REL, C_LOC, C_COUNT };
+
+struct cand {
+	uint32_t node;
+	uint32_t part;
+	uint32_t region;
+	uint32_t pad;
+	uint64_t mask;
+	uint64_t node_id;
+	double raw[C_COUNT];
+	double score;
+};
+
+/* One node's answer to "when / at what cost could this job run here". */
+struct slotinfo {
+	int64_t t;         /* reservation: start time; preemption: victims */
+	uint64_t cost_gpus;/* preemption: GPUs evicted */
+	uint64_t node_id;
+	uint32_t node;
+	uint32_t part;
+	uint32_t region;
+	uint32_t pad;
+	uint64_t mask;     /* GPUs the job would get */
+};
+
+struct okey {
+	double prio;
+	int64_t submit_us;
+	uint64_t seq;
+	uint32_t job;
+	uint32_t pad;
+};
+
+struct cycle {
+	struct sched_cluster *c;
+	const struct sched_policy *pol;
+	int64_t now;
+	struct sched_actions *out;
+	struct sched_cycle_stats st;
+	struct okey *order;
+	double *tenant_factor;
+	struct cand *cands;
+	uint32_t cand_cap;
+	struct slotinfo *slots;
+	uint32_t slot_cap;
+	uint32_t nresv; /* reservations made under policy.reservations */
+};
+
+/* ---- eligibility cache ------------------------------------------------------ */
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	return (x > y) - (x < y);
+}
+
+static bool pool_eligible(const struct sched_cluster *c, const struct pool *p,
+                          const struct jclass *k)
+{
+	const struct gtype *g = &c->gtypes[p->gtype];
+	if (!p->verified && !c->policy.allow_unverified)
+		return false;
+	if (!region_allowed(k, p->region))
+		return false;
+	if (g->memory_mib < k->min_mem || g->cc < k->min_cc || !(g->precisions >> k->precision & 1))
+		return false;
+	if (k->need_tflops > 0 && p->tflops_max[k->precision] < k->need_tflops)
+		return false;
+	if (k->max_price && k->max_price < p->price_lo)
+		return false;
+	return taints_tolerated(c, p->taintset, k);
+}
+
+int class_refresh_elig(struct sched_cluster *c, struct jclass *k)
+{
+	if (k->elig_gen == c->pool_gen)
+		return 0;
+	uint32_t n = 0;
+	for (uint32_t i = 0; i < c->npools; i++)
+		n += pool_eligible(c, &c->pools[i], k);
+	uint64_t *keys = mem_alloc(c, (size_t)(n ? n : 1) * sizeof *keys);
+	if (!keys)
+		return -ENOMEM;
+	if (n > k->elig_cap) {
+		uint32_t *e = mem_realloc(c, k->elig, (size_t)k->elig_cap * 4, (size_t)n * 4);
+		if (!e) {
+			mem_free(c, keys, (size_t)(n ? n : 1) * sizeof *keys);
+			return -ENOMEM;
+		}
+		k->elig = e;
+		k->elig_cap = n;
+	}
+	/* grouped by region (gangs stay in one), cheaper bands first */
+	uint32_t m = 0;
+	for (uint32_t i = 0; i < c->npools; i++) {
+		const struct pool *p = &c->pools[i];
+		if (pool_eligible(c, p, k))
+			keys[m++] = (uint64_t)p->region << 40 | (uint64_t)p->price_band << 24 | i;
+	}
+	qsort(keys, m, sizeof *keys, cmp_u64);
+	for (uint32_t i = 0; i < m; i++)
+		k->elig[i] = (uint32_t)(keys[i] & 0xffffff);
+	k->nelig = m;
+	k->elig_gen = c->pool_gen;
+	mem_free(c, keys, (size_t)(n ? n : 1) * sizeof *keys);
+	return 0;
+}
+
+/* ---- preparation ---------------------------------------------------------------- */
+
+static int cycle_prepare(struct cycle *cy)
+{
+	struct sched_cluster *c = cy->c;
+	if (c->npools >= (1u << 24))
+		return -ENOMEM;
+	for (uint32_t i = 0; i < c->nclass_slots; i++)
+		if (c->classes[i].refs && class_refresh_elig(c, &c->classes[i]))
+			return -ENOMEM;
+
+	uint32_t max_gang = 1, regions = 1;
+	for (uint32_t i = 0; i < c->nclass_slots; i++)
+		if (c->classes[i].refs && c->classes[i].nodes > max_gang)
+			max_gang = c->classes[i].nodes;
+	uint32_t members = 0;
+	for (uint32_t i = 0; i < c->npools; i++) {
+		members += c->pools[i].members;
+		if (i == 0 || c->pools[i].region > regions)
+			regions = c->pools[i].region + 1;
+	}
+	uint64_t rcap = max_gang > 1 ? 2 * max_gang : 0;
+	if (rcap && rcap < cy->pol->score_nodes)
+		rcap = cy->pol->score_nodes;
+	uint64_t cand_cap = (uint64_t)cy->pol->score_nodes + 2ull * c->npools + rcap * regions + 1;
+	uint64_t slot_cap = (uint64_t)members + 1;
+	if (cand_cap > UINT32_MAX / 2 || slot_cap > UINT32_MAX / 2)
+		return -ENOMEM;
+
+	size_t need = (size_t)c->npending * sizeof(struct okey) +
+	              (size_t)c->ntenants * sizeof(double) + cand_cap * sizeof(struct cand) +
+	              slot_cap * sizeof(struct slotinfo) + 64;
+	if (need > c->scratch_bytes) {
+		size_t grow = need + need / 2;
+		void *p = mem_realloc(c, c->scratch, c->scratch_bytes, grow);
+		if (!p)
+			return -ENOMEM;
+		c->scratch = p;
+		c->scratch_bytes = grow;
+	}
+	char *p = c->scratch;
+	cy->order = (struct okey *)p;
+	p += (size_t)c->npending * sizeof(struct okey);
+	cy->cands = (struct cand *)p;
+	cy->cand_cap = (uint32_t)cand_cap;
+	p += cand_cap * sizeof(struct cand);
+	cy->slots = (struct slotinfo *)p;
+	cy->slot_cap = (uint32_t)slot_cap;
+	p += slot_cap * sizeof(struct slotinfo);
+	cy->tenant_factor = (double *)p;
+
+	/* every pending job may start (one action per gang node), every running
+	 * one may be preempted, every pending one may be given up */
+	size_t want = cy->out->len + c->pending_parts + c->nrunning + c->npending;
+	if (want > cy->out->cap) {
+		size_t ncap = cy->out->cap ? cy->out->cap : 64;
+		while (ncap < want)
+			ncap *= 2;
+		struct sched_action *a = mem_realloc(c, cy->out->items,
+		                                     cy->out->cap * sizeof *a, ncap * sizeof *a);
+		if (!a)
+			return -ENOMEM;
+		cy->out->items = a;
+		cy->out->cap = ncap;
+	}
+	return 0;
+}
+
+/* ---- priority ------------------------------------------------------------------- */
+
+static int cmp_okey(const void *a, const void *b)
+{
+	const struct okey *x = a, *y = b;
+	if (x->prio != y->prio)
+		return x->prio > y->prio ? -1 : 1;
+	if (x->submit_us != y->submit_us)
+		return x->submit_us < y->submit_us ? -1 : 1;
+	return (x->seq > y->seq) - (x->seq < y->seq);
+}
+
+static void cycle_order(struct cycle *cy)
+{
+	struct sched_cluster *c = cy->c;
+	const struct sched_policy *pol = cy->pol;
+	bool fair = pol->fairness == SCHED_FAIR_SHARE && pol->w_fairshare > 0;
+	if (fair) {
+		double total_usage = 0, total_shares = 0;
+		for (uint32_t t = 0; t < c->ntenants; t++) {
+			cy->tenant_factor[t] = tenant_usage_at(c, &c->tenants[t], cy->now);
+			total_usage += cy->tenant_factor[t];
+			total_shares += c->tenants[t].shares;
+		}
+		for (uint32_t t = 0; t < c->ntenants; t++) {
+			double share = c->tenants[t].shares / total_shares;
+			cy->tenant_factor[t] =
+				total_usage > 0 ? exp2(-(cy->tenant_factor[t] / total_usage) / share) : 1.0;
+		}
+	}
+	double age_max = (double)pol->age_max_us;
+	for (uint32_t i = 0; i < c->npending; i++) {
+		const struct job *j = &c->jobs[c->pending[i]];
+		const struct jclass *k = &c->classes[j->cls];
+		double age = (double)(cy->now - j->submit_us) / age_max;
+		age = age < 0 ? 0 : age > 1 ? 1 : age;
+		double prio = pol->w_prio_class * k->prio / (SCHED_PRIO_CLASSES - 1) + pol->w_age * age;
+		if (fair)
+			prio += pol->w_fairshare * cy->tenant_factor[j->tenant];
+		cy->order[i] = (struct okey){prio, j->submit_us, j->seq, c->pending[i], 0};
+	}
+	qsort(cy->order, c->npending, sizeof *cy->order, cmp_okey);
+}
+
+/* ---- candidates and scores ------------------------------------------------------- */
+
+static void cand_fill(struct cycle *cy, struct cand *cd, const struct node *n,
+                      const struct part *p, const struct jclass *k)
+{
+	const struct sched_policy *pol = cy->pol;
+	double price = (double)n->price_micros;
+	double perf = p->tflops[k->precision];
+	double left = (double)popcount64(n->free_mask) - (double)k->gpus;
+	cd->raw[C_PRICE] = -price;
+	cd->raw[C_PPP] = perf / price;
+	cd->raw[C_PERF] = perf;
+	cd->raw[C_FIT] = pol->fit_mode == SCHED_FIT_PACK ? -left : left;
+	cd->raw[C_REL] = n->reliability_ppm;
+	cd->raw[C_LOC] = k->pref_region != NONE32 && n->region == k->pref_region;
+	cd->node_id = n->id;
+	cd->region = n->region;
+}
+
+/* Min-max normalizes each component over cands[0..n) and sets scores. */
+static void cands_score(struct cycle *cy, struct cand *cands, uint32_t n)
+{
+	const struct sched_policy *pol = cy->pol;
+	const double w[C_COUNT] = {pol->w_price,       pol->w_perf_per_price, pol->w_perf,
+	                           pol->w_fit,         pol->w_reliability,    pol->w_locality};
+	double lo[C_COUNT], span[C_COUNT];
+	for (int q = 0; q < C_COUNT; q++) {
+		double mn = INFINITY, mx = -INFINITY;
+		for (uint32_t i = 0; i < n; i++) {
+			if (cands[i].raw[q] < mn)
+				mn = cands[i].raw[q];
+			if (cands[i].raw[q] > mx)
+				mx = cands[i].raw[q];
+		}
+		lo[q] = mn;
+		span[q] = mx - mn;
+	}
+	for (uint32_t i = 0; i < n; i++) {
+		double s = 0;
+		for (int q = 0; q < C_COUNT; q++)
+			if (w[q] > 0)
+				s += w[q] * (span[q] > 0 ? (cands[i].raw[q] - lo[q]) / span[q] : 1.0);
+		cands[i].score = s;
+	}
+}
+
+static bool cand_better(const struct cand *a, const struct cand *b)
+{
+	if (a->score != b->score)
+		return a->score > b->score;
+	return a->node_id < b->node_id;
+}
+
+static inline uint64_t mask_at_least(uint32_t n)
+{
+	return n > 64 ? 0 : ~0ull << (n - 1);
+}
+
+/* Scans up to want fitting parts of one pool; adds them to cy->cands from
+ * *ncand. Gangs want distinct nodes (stamped). */
+static uint32_t pool_collect(struct cycle *cy, const struct pool *pool, const struct jclass *k,
+                             uint32_t job_slot, int64_t end_us, uint32_t want, bool distinct,
+                             uint32_t *ncand)
+{
+	struct sched_cluster *c = cy->c;
+	uint64_t m = pool->nonempty & mask_at_least(k->gpus);
+	bool spread = cy->pol->fit_mode == SCHED_FIT_SPREAD;
+	bool price_partial = k->max_price && pool->price_hi - 1 > k->max_price;
+	uint32_t taken = 0;
+	while (m && taken < want && *ncand < cy->cand_cap) {
+		uint32_t f = spread ? 64 - (uint32_t)__builtin_clzll(m) : (uint32_t)__builtin_ctzll(m) + 1;
+		m &= ~(1ull << (f - 1));
+		const struct bucket *b = &pool->b[f];
+		for (uint32_t i = 0; i < b->len && taken < want && *ncand < cy->cand_cap; i++) {
+			uint32_t ns = PREF_NODE(b->items[i]), pi = PREF_PART(b->items[i]);
+			struct node *n = &c->nodes[ns];
+			const struct part *p = &n->parts[pi];
+			cy->st.nodes_visited++;
+			if (distinct && n->stamp == c->stamp)
+				continue;
+			if (k->need_tflops > 0 && p->tflops[k->precision] < k->need_tflops)
+				continue;
+			if (price_partial && n->price_micros > k->max_price)
+				continue;
+			if (k->nselectors && !labels_match(n, k))
+				continue;
+			uint64_t g = pick_gpus(n, p, k, usable_mask(c, n, p, job_slot, end_us));
+			if (!g)
+				continue;
+			struct cand *cd = &cy->cands[(*ncand)++];
+			cd->node = ns;
+			cd->part = pi;
+			cd->mask = g;
+			cand_fill(cy, cd, n, p, k);
+			if (distinct)
+				n->stamp = c->stamp;
+			taken++;
+		}
+	}
+	return taken;
+}
+
+static void emit_start(struct cycle *cy, const struct job *j, const struct jplace *pl,
+                       uint32_t npl)
+{
+	for (uint32_t i = 0; i < npl; i++) {
+		struct sched_action *a = &cy->out->items[cy->out->len++];
+		memset(a, 0, sizeof *a);
+		a->kind = SCHED_ACT_START;
+		a->job_id = j->id;
+		a->node_id = cy->c->nodes[pl[i].node].id;
+		a->gpu_mask = pl[i].mask;
+		a->gang_index = i;
+		a->gang_size = npl;
+		a->deadline_us = j->deadline_us;
+	}
+}
+
+static bool place_single(struct cycle *cy, uint32_t js)
+{
+	struct sched_cluster *c = cy->c;
+	struct job *j = &c->jobs[js];
+	const struct jclass *k = &c->classes[j->cls];
+	int64_t end = cy->now + k->max_dur_us;
+	uint64_t need = mask_at_least(k->gpus);
+	uint32_t with_room = 0;
+	for (uint32_t e = 0; e < k->nelig; e++)
+		with_room += (c->pools[k->elig[e]].nonempty & need) != 0;
+	if (!with_room)
+		return false;
+	/* sample across pools so that price, type and region all get a say */
+	uint32_t per_pool = (cy->pol->score_nodes + with_room - 1) / with_room;
+	uint32_t ncand = 0;
+	for (uint32_t e = 0; e < k->nelig && ncand < cy->cand_cap; e++) {
+		const struct pool *pool = &c->pools[k->elig[e]];
+		if (pool->nonempty & need)
+			pool_collect(cy, pool, k, js, end, per_pool, false, &ncand);
+	}
+	if (!ncand)
+		return false;
+	cands_score(cy, cy->cands, ncand);
+	const struct cand *best = &cy->cands[0];
+	for (uint32_t i = 1; i < ncand; i++)
+		if (cand_better(&cy->cands[i], best))
+			best = &cy->cands[i];
+	struct jplace pl = {best->node, best->mask};
+	job_apply_placement(c, js, &pl, 1, cy->now);
+	emit_start(cy, j, &pl, 1);
+	return true;
+}
+
+static int cmp_cand_desc(const void *a, const void *b)
+{
+	const struct cand *x = a, *y = b;
+	if (cand_better(x, y))
+		return -1;
+	if (cand_better(y, x))
+		return 1;
+	return 0;
+}
+
+static bool place_gang(struct cycle *cy, uint32_t js)
+{
+	struct sched_cluster *c = cy->c;
+	struct job *j = &c->jobs[js];
+	const struct jclass *k = &c->classes[j->cls];
+	int64_t end = cy->now + k->max_dur_us;
+	uint64_t need = mask_at_least(k->gpus);
+	uint32_t rcap = 2 * k->nodes > cy->pol->score_nodes ? 2 * k->nodes : cy->pol->score_nodes;
+	uint32_t ncand = 0;
+	c->stamp++;
+	/* region groups: [start, end) of candidates per region */
+	uint32_t e = 0;
+	while (e < k->nelig) {
+		uint32_t region = c->pools[k->elig[e]].region;
+		uint32_t first = ncand, got = 0;
+		for (; e < k->nelig && c->pools[k->elig[e]].region == region; e++) {
+			const struct pool *pool = &c->pools[k->elig[e]];
+			if ((pool->nonempty & need) && got < rcap)
+				got += pool_collect(cy, pool, k, js, end, rcap - got, true, &ncand);
+		}
+		if (got < k->nodes)
+			ncand = first; /* this region cannot hold the gang */
+	}
+	if (!ncand)
+		return false;
+	cands_score(cy, cy->cands, ncand);
+	uint32_t best_first = 0, best_n = 0;
+	double best_score = -INFINITY;
+	for (uint32_t a = 0; a < ncand;) {
+		uint32_t b = a;
+		while (b < ncand && cy->cands[b].region == cy->cands[a].region)
+			b++;
+		qsort(&cy->cands[a], b - a, sizeof *cy->cands, cmp_cand_desc);
+		double s = 0;
+		for (uint32_t i = a; i < a + k->nodes; i++)
+			s += cy->cands[i].score;
+		if (s > best_score) {
+			best_score = s;
+			best_first = a;
+			best_n = b - a;
+		}
+		a = b;
+	}
+	(void)best_n;
+	struct jplace pl[SCHED_MAX_GANG_NODES];
+	for (uint32_t i = 0; i < k->nodes; i++)
+		pl[i] = (struct jplace){cy->cands[best_first + i].node, cy->cands[best_first + i].mask};
+	job_apply_placement(c, js, pl, k->nodes, cy->now);
+	emit_start(cy, j, pl, k->nodes);
+	return true;
+}
+
+/* ---- reservations ------------------------------------------------------------------ */
+
+/* GPUs held by other jobs' reservations this cycle. */
+static inline uint64_t reserved_by_others(const struct sched_cluster *c, const struct node *n,
+                                          uint32_t js)
+{
+	return n->resv_epoch == c->epoch && n->resv_job != js ? n->resv_mask : 0;
+}
+
+struct ev {
+	int64_t t;
+	uint64_t mask;
+};
+
+/* Earliest time the part can give the job its GPUs if every running job ends
+ * at its deadline; INT64_MAX if never. *mask gets the GPUs. */
+static int64_t part_earliest(struct cycle *cy, const struct node *n, const struct part *p,
+                             const struct jclass *k, uint32_t js, uint64_t *mask)
+{
+	struct sched_cluster *c = cy->c;
+	uint64_t blocked = reserved_by_others(c, n, js);
+	uint64_t avail = n->free_mask & p->mask & ~blocked;
+	uint64_t g = pick_gpus(n, p, k, avail);
+	if (g) {
+		*mask = g;
+		return cy->now;
+	}
+	struct ev ev[SCHED_MAX_GPUS_PER_NODE];
+	uint32_t nev = 0;
+	for (uint32_t l = 0; l < n->nleases; l++) {
+		uint64_t m = n->leases[l].mask & p->mask;
+		if (!m)
+			continue;
+		struct ev x = {c->jobs[n->leases[l].job].deadline_us, m};
+		uint32_t i = nev++;
+		while (i > 0 && ev[i - 1].t > x.t) {
+			ev[i] = ev[i - 1];
+			i--;
+		}
+		ev[i] = x;
+	}
+	for (uint32_t i = 0; i < nev; i++) {
+		avail |= ev[i].mask & ~blocked;
+		if (i + 1 < nev && ev[i + 1].t == ev[i].t)
+			continue;
+		g = pick_gpus(n, p, k, avail);
+		if (g) {
+			*mask = g;
+			return ev[i].t > cy->now ? ev[i].t : cy->now;
+		}
+	}
+	return INT64_MAX;
+}
+
+static void reserve_on(struct cycle *cy, uint32_t ns, uint64_t mask, int64_t t, uint32_t js)
+{
+	struct sched_cluster *c = cy->c;
+	struct node *n = &c->nodes[ns];
+	if (n->resv_epoch != c->epoch) {
+		n->resv_epoch = c->epoch;
+		n->resv_mask = 0;
+		n->resv_job = js;
+		n->resv_at_us = t;
+	}
+	n->resv_mask |= mask;
+	if (t < n->resv_at_us)
+		n->resv_at_us = t;
+}
+
+static int cmp_slot_t(const void *a, const void *b)
+{
+	const struct slotinfo *x = a, *y = b;
+	if (x->region != y->region)
+		return x->region < y->region ? -1 : 1;
+	if (x->t != y->t)
+		return x->t < y->t ? -1 : 1;
+	if (x->cost_gpus != y->cost_gpus)
+		return x->cost_gpus < y->cost_gpus ? -1 : 1;
+	return (x->node_id > y->node_id) - (x->node_id < y->node_id);
+}
+
+/* Visits every part of every eligible pool that passes the node-level static
+ * filters and could ever hold the job; fills cy->slots via fn. Returns the
+ * number of slots, at most one per node for gangs. */
+typedef bool (*slot_fn)(struct cycle *cy, const struct node *n, const struct part *p,
+                        const struct jclass *k, uint32_t js, struct slotinfo *out);
+
+static uint32_t collect_slots(struct cycle *cy, uint32_t js, slot_fn fn)
+{
+	struct sched_cluster *c = cy->c;
+	const struct job *j = &c->jobs[js];
+	const struct jclass *k = &c->classes[j->cls];
+	uint32_t nslots = 0;
+	c->stamp++;
+	for (uint32_t e = 0; e < k->nelig; e++) {
+		const struct pool *pool = &c->pools[k->elig[e]];
+		for (uint32_t f = 0; f < pool->nb; f++) {
+			const struct bucket *b = &pool->b[f];
+			for (uint32_t i = 0; i < b->len; i++) {
+				uint32_t ns = PREF_NODE(b->items[i]), pi = PREF_PART(b->items[i]);
+				struct node *n = &c->nodes[ns];
+				const struct part *p = &n->parts[pi];
+				cy->st.nodes_visited++;
+				if ((k->nvlink ? p->max_group : popcount64(p->mask)) < k->gpus)
+					continue;
+				if (node_static_reason(c, n, p, k) != SCHED_R_COUNT)
+					continue;
+				struct slotinfo si;
+				if (!fn(cy, n, p, k, js, &si))
+					continue;
+				si.node = ns;
+				si.part = pi;
+				si.node_id = n->id;
+				si.region = k->nodes > 1 ? n->region : 0;
+				if (k->nodes > 1 && n->stamp == c->stamp) {
+					/* keep the better part of a node already listed */
+					for (uint32_t q = 0; q < nslots; q++) {
+						if (cy->slots[q].node == ns) {
+							if (cmp_slot_t(&si, &cy->slots[q]) < 0)
+								cy->slots[q] = si;
+							break;
+						}
+					}
+					continue;
+				}
+				n->stamp = c->stamp;
+				if (nslots < cy->slot_cap)
+					cy->slots[nslots++] = si;
+			}
+		}
+	}
+	return nslots;
+}
+
+/* Picks the best single slot, or for gangs the region whose node_count best
+ * slots are best (by their worst member). Returns the first index of the
+ * chosen run in cy->slots (sorted) or NONE32. */
+static uint32_t choose_slots(struct cycle *cy, uint32_t nslots, const struct jclass *k)
+{
+	if (!nslots)
+		return NONE32;
+	qsort(cy->slots, nslots, sizeof *cy->slots, cmp_slot_t);
+	if (k->nodes == 1)
+		return 0;
+	uint32_t best = NONE32;
+	for (uint32_t a = 0; a < nslots;) {
+		uint32_t b = a;
+		while (b < nslots && cy->slots[b].region == cy->slots[a].region)
+			b++;
+		if (b - a >= k->nodes) {
+			const struct slotinfo *last = &cy->slots[a + k->nodes - 1];
+			if (best == NONE32 || last->t < cy->slots[best + k->nodes - 1].t ||
+			    (last->t == cy->slots[best + k->nodes - 1].t &&
+			     last->cost_gpus < cy->slots[best + k->nodes - 1].cost_gpus))
+				best = a;
+		}
+		a = b;
+	}
+	return best;
+}
+
+static bool slot_when(struct cycle *cy, const struct node *n, const struct part *p,
+                      const struct jclass *k, uint32_t js, struct slotinfo *out)
+{
+	out->t = part_earliest(cy, n, p, k, js, &out->mask);
+	out->cost_gpus = 0;
+	return out->t != INT64_MAX;
+}
+
+static void make_reservation(struct cycle *cy, uint32_t js)
+{
+	struct sched_cluster *c = cy->c;
+	struct job *j = &c->jobs[js];
+	const struct jclass *k = &c->classes[j->cls];
+	uint32_t first = choose_slots(cy, collect_slots(cy, js, slot_when), k);
+	if (first == NONE32)
+		return;
+	int64_t t = cy->slots[first + k->nodes - 1].t;
+	for (uint32_t i = first; i < first + k->nodes; i++)
+		reserve_on(cy, cy->slots[i].node, cy->slots[i].mask, t, js);
+	j->resv_at_us = t;
+	j->resv_epoch = c->epoch;
+	cy->st.reserved++;
+}
+
+/* ---- preemption -------------------------------------------------------------------- */
+
+static bool victim_ok(const struct sched_cluster *c, const struct jclass *k, const struct job *v)
+{
+	const struct jclass *vk = &c->classes[v->cls];
+	return v->state == SCHED_JOB_RUNNING && vk->preemptible && vk->prio < k->prio;
+}
+
+static uint32_t job_gpus(const struct sched_cluster *c, const struct job *v)
+{
+	const struct jclass *vk = &c->classes[v->cls];
+	return vk->gpus * vk->nodes;
+}
+
+/* Greedy victim choice on one node: already-stopping work is free, then the
+ * largest eligible victims first (fewest victims to cover the gap). Returns
+ * the number of new victims or -1; fills victims[] with lease indexes. */
+static int node_victims(struct cycle *cy, const struct node *n, const struct part *p,
+                        const struct jclass *k, uint32_t js, uint32_t *victims,
+                        uint64_t *mask, uint64_t *gpus)
+{
+	const struct sched_cluster *c = cy->c;
+	uint64_t blocked = reserved_by_others(c, n, js);
+	uint64_t avail = n->free_mask & p->mask & ~blocked;
+	uint32_t cand[SCHED_MAX_GPUS_PER_NODE], ncand = 0;
+	for (uint32_t l = 0; l < n->nleases; l++) {
+		const struct job *v = &c->jobs[n->leases[l].job];
+		if (!(n->leases[l].mask & p->mask))
+			continue;
+		if (v->state == SCHED_JOB_PREEMPTING)
+			avail |= n->leases[l].mask & p->mask & ~blocked;
+		else if (victim_ok(c, k, v))
+			cand[ncand++] = l;
+	}
+	*gpus = 0;
+	uint64_t g = pick_gpus(n, p, k, avail);
+	if (g) {
+		*mask = g;
+		return 0;
+	}
+	/* largest share of this part first; ties by lower job id */
+	for (uint32_t a = 1; a < ncand; a++) {
+		uint32_t x = cand[a], b = a;
+		uint32_t gx = popcount64(n->leases[x].mask & p->mask);
+		while (b > 0) {
+			uint32_t y = cand[b - 1];
+			uint32_t gy = popcount64(n->leases[y].mask & p->mask);
+			if (gy > gx || (gy == gx && c->jobs[n->leases[y].job].id < c->jobs[n->leases[x].job].id))
+				break;
+			cand[b] = y;
+			b--;
+		}
+		cand[b] = x;
+	}
+	for (uint32_t a = 0; a < ncand; a++) {
+		const struct nlease *l = &n->leases[cand[a]];
+		avail |= l->mask & p->mask & ~blocked;
+		victims[a] = cand[a];
+		*gpus += job_gpus(c, &c->jobs[l->job]);
+		g = pick_gpus(n, p, k, avail);
+		if (g) {
+			*mask = g;
+			return (int)a + 1;
+		}
+	}
+	return -1;
+}
+
+static bool slot_cost(struct cycle *cy, const struct node *n, const struct part *p,
+                      const struct jclass *k, uint32_t js, struct slotinfo *out)
+{
+	uint32_t victims[SCHED_MAX_GPUS_PER_NODE];
+	int nv = node_victims(cy, n, p, k, js, victims, &out->mask, &out->cost_gpus);
+	out->t = nv;
+	return nv >= 0;
+}
+
+/* Returns true when the job now holds GPUs that are being freed for it. */
+static bool try_preempt(struct cycle *cy, uint32_t js)
+{
+	struct sched_cluster *c = cy->c;
+	struct job *j = &c->jobs[js];
+	const struct jclass *k = &c->classes[j->cls];
+	if (k->prio == 0)
+		return false; /* nothing is below the lowest class */
+	uint32_t first = choose_slots(cy, collect_slots(cy, js, slot_cost), k);
+	if (first == NONE32)
+		return false;
+	int64_t ready_at = cy->now;
+	int64_t grace_end = cy->now + cy->pol->preemption_grace_us;
+	for (uint32_t s = first; s < first + k->nodes; s++) {
+		const struct slotinfo *si = &cy->slots[s];
+		struct node *n = &c->nodes[si->node];
+		uint32_t victims[SCHED_MAX_GPUS_PER_NODE];
+		uint64_t mask, gpus;
+		int nv = node_victims(cy, n, &n->parts[si->part], k, js, victims, &mask, &gpus);
+		/* leases of already stopping jobs end by their deadline */
+		for (uint32_t l = 0; l < n->nleases; l++) {
+			const struct job *v = &c->jobs[n->leases[l].job];
+			if ((n->leases[l].mask & mask) && v->deadline_us > ready_at)
+				ready_at = v->deadline_us;
+		}
+		for (int v = 0; v < nv; v++) {
+			struct job *vj = &c->jobs[n->leases[victims[v]].job];
+			if (vj->state != SCHED_JOB_RUNNING)
+				continue;
+			vj->state = SCHED_JOB_PREEMPTING;
+			vj->preempt_for = j->id;
+			if (vj->deadline_us > grace_end)
+				vj->deadline_us = grace_end;
+			if (vj->deadline_us > ready_at)
+				ready_at = vj->deadline_us;
+			struct sched_action *a = &cy->out->items[cy->out->len++];
+			memset(a, 0, sizeof *a);
+			a->kind = SCHED_ACT_PREEMPT;
+			a->job_id = vj->id;
+			a->for_job_id = j->id;
+			a->deadline_us = vj->deadline_us;
+			cy->st.preempted++;
+		}
+		reserve_on(cy, si->node, mask, ready_at, js);
+	}
+	j->resv_at_us = ready_at;
+	j->resv_epoch = c->epoch;
+	return true;
+}
+
+/* ---- the cycle ------------------------------------------------------------------------ */
+
+static void give_up(struct cycle *cy, uint32_t js)
+{
+	struct sched_cluster *c = cy->c;
+	struct job *j = &c->jobs[js];
+	struct sched_explain ex;
+	sched_job_explain(c, j->id, &ex);
+	enum sched_reason worst = SCHED_R_GPU_COUNT;
+	for (int r = 0; r < SCHED_R_COUNT; r++)
+		if (ex.count[r] > ex.count[worst])
+			worst = (enum sched_reason)r;
+	struct sched_action *a = &cy->out->items[cy->out->len++];
+	memset(a, 0, sizeof *a);
+	a->kind = SCHED_ACT_UNSCHEDULABLE;
+	a->job_id = j->id;
+	a->reason = worst;
+	job_unqueue(c, js);
+	job_destroy(c, js);
+	cy->st.unschedulable++;
+}
+
+static bool should_give_up(struct cycle *cy, uint32_t js)
+{
+	struct sched_cluster *c = cy->c;
+	const struct job *j = &c->jobs[js];
+	int64_t timeout = cy->pol->infeasible_timeout_us;
+	if (!timeout || cy->now - j->submit_us < timeout)
+		return false;
+	return !class_fleet_feasible(c, &c->classes[j->cls]);
+}
+
+int sched_cycle(struct sched_cluster *c, int64_t now_us, struct sched_actions *out,
+                struct sched_cycle_stats *stats)
+{
+	struct cycle cy;
+	memset(&cy, 0, sizeof cy);
+	cy.c = c;
+	cy.pol = &c->policy;
+	cy.now = now_us;
+	cy.out = out;
+	int rc = cycle_prepare(&cy);
+	if (rc)
+		return rc;
+	c->epoch++; /* last cycle's reservations lapse */
+	c->last_cycle_us = now_us;
+	cycle_order(&cy);
+
+	uint32_t n = c->npending; /* placements shrink the pending list */
+	bool blocked_seen = false;
+	uint32_t after_block = 0;
+	for (uint32_t i = 0; i < n; i++) {
+		uint32_t js = cy.order[i].job;
+		struct job *j = &c->jobs[js];
+		struct jclass *k = &c->classes[j->cls];
+		if (k->fail_epoch == c->epoch) {
+			cy.st.skipped_class++;
+			if (should_give_up(&cy, js))
+				give_up(&cy, js);
+			continue;
+		}
+		if (blocked_seen && cy.pol->backfill_depth && after_block >= cy.pol->backfill_depth)
+			break;
+		if (blocked_seen)
+			after_block++;
+		cy.st.considered++;
+		bool placed = k->nodes == 1 ? place_single(&cy, js) : place_gang(&cy, js);
+		if (placed) {
+			cy.st.placed++;
+			continue;
+		}
+		k->fail_epoch = c->epoch;
+		cy.st.blocked++;
+		blocked_seen = true;
+		if (should_give_up(&cy, js)) {
+			give_up(&cy, js);
+			continue;
+		}
+		if (cy.pol->preemption && try_preempt(&cy, js))
+			continue;
+		if (cy.pol->backfill && cy.nresv < cy.pol->reservations) {
+			cy.nresv++;
+			make_reservation(&cy, js);
+		}
+	}
+	if (stats)
+		*stats = cy.st;
+	return 0;
+}
