@@ -124,7 +124,7 @@ struct sched_node_spec {
 	uint32_t ngpus;               /* 1..SCHED_MAX_GPUS_PER_NODE */
 	const struct sched_gpu_spec *gpus; /* ngpus entries; index = GPU index */
 	uint32_t nlabels;
-	const char *const *labels;    /* "key=value" */
+	const char *const *labels;    /* "key=value" (the '=' is required) */
 	uint32_t ntaints;
 	const char *const *taints;    /* "key=value" or "key" (NoSchedule) */
 };
@@ -178,7 +178,7 @@ struct sched_policy {
 	double w_fairshare;      /* 2^(-usage share / tenant share) */
 	int64_t age_max_us;      /* > 0 */
 	enum sched_fairness fairness;
-	int64_t fairshare_half_life_us; /* > 0: decay of past GPU usage */
+	int64_t fairshare_half_life_us; /* 1 s .. 3650 days: decay of past usage */
 
 	bool allow_unverified;   /* unverified nodes may take jobs */
 	bool backfill;           /* blocked jobs reserve; lower jobs backfill */
@@ -215,8 +215,10 @@ int sched_set_policy(struct sched_cluster *c, const struct sched_policy *p,
 const struct sched_policy *sched_get_policy(const struct sched_cluster *c);
 
 /* Adds a node, or replaces the facts of an existing one (same id). Strings
- * are copied. A replacement must keep every GPU that a running job holds
- * (-EBUSY otherwise). Rejects invalid specs with -EINVAL. */
+ * are copied. While jobs run on the node, a replacement must keep their GPUs
+ * and still satisfy those jobs (region, GPU type, throughput, taints,
+ * labels), else -EBUSY with err naming the job. Rejects invalid specs with
+ * -EINVAL. */
 int sched_node_upsert(struct sched_cluster *c, const struct sched_node_spec *spec,
                       struct sched_error *err);
 
@@ -293,6 +295,7 @@ struct sched_stats {
 	uint32_t tenants;
 	uint32_t classes;        /* distinct requirement classes (autoclusters) */
 	uint32_t pools;          /* index pools */
+	uint32_t egroups;        /* distinct eligibility keys among classes */
 	size_t bytes;            /* memory the library holds */
 };
 void sched_get_stats(const struct sched_cluster *c, struct sched_stats *out);
@@ -302,8 +305,9 @@ void sched_get_stats(const struct sched_cluster *c, struct sched_stats *out);
 enum sched_action_kind {
 	SCHED_ACT_START = 1,     /* job starts on node_id/gpu_mask; one action per
 	                            node of a gang (gang_index of gang_size) */
-	SCHED_ACT_PREEMPT,       /* stop job_id (all its parts) by deadline_us, to
-	                            make room for for_job_id */
+	SCHED_ACT_PREEMPT,       /* stop job_id (all its parts) by deadline_us =
+	                            min(now + grace, its own deadline), to make
+	                            room for for_job_id */
 	SCHED_ACT_UNSCHEDULABLE, /* job_id can never run on this fleet: removed */
 };
 

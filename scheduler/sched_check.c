@@ -187,7 +187,7 @@ static bool class_equal(const struct sched_cluster *a, const struct jclass *x,
 	       x->preemptible == y->preemptible && x->nvlink == y->nvlink && x->gpus == y->gpus &&
 	       x->nodes == y->nodes && x->min_mem == y->min_mem && x->min_cc == y->min_cc &&
 	       x->min_tflops_gpu == y->min_tflops_gpu && x->min_tflops_total == y->min_tflops_total &&
-	       x->max_price == y->max_price && x->max_dur_us == y->max_dur_us &&
+	       x->max_price == y->max_price &&
 	       !strcmp(str_or_empty(a, x->pref_region), str_or_empty(b, y->pref_region)) &&
 	       same_strings(a, x->regions, x->nregions, b, y->regions, y->nregions) &&
 	       same_strings(a, x->selectors, x->nselectors, b, y->selectors, y->nselectors) &&
@@ -245,7 +245,7 @@ bool sched_cluster_equal(const struct sched_cluster *a, const struct sched_clust
 			DIFF("job %llu missing", (unsigned long long)x->id);
 		const struct job *y = &b->jobs[t];
 		const struct jclass *kx = &a->classes[x->cls], *ky = &b->classes[y->cls];
-		if (x->state != y->state || x->submit_us != y->submit_us ||
+		if (x->state != y->state || x->submit_us != y->submit_us || x->max_dur_us != y->max_dur_us ||
 		    a->tenants[x->tenant].id != b->tenants[y->tenant].id)
 			DIFF("job %llu: state, submit time or tenant differ", (unsigned long long)x->id);
 		if (!class_equal(a, kx, b, ky))

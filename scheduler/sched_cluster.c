@@ -38,6 +38,7 @@ struct sched_cluster *sched_cluster_new(const struct sched_alloc *alloc)
 	c->bytes = sizeof *c;
 	sched_policy_default(&c->policy);
 	c->class_free = NONE32;
+	c->eg_free = NONE32;
 	c->job_free = NONE32;
 	c->pool_gen = 1;
 	c->fleet_gen = 1;
@@ -113,9 +114,12 @@ static uint32_t gtype_intern(struct sched_cluster *c, uint32_t model, uint32_t m
 		if (g->model == model && g->memory_mib == mem && g->cc == cc && g->precisions == prec)
 			return i;
 	}
-	if (vec_reserve(c, (void **)&c->gtypes, &c->gtypes_cap, c->ngtypes + 1, sizeof *c->gtypes))
+	if (vec_reserve(c, (void **)&c->gtypes, &c->gtypes_cap, c->ngtypes + 1, sizeof *c->gtypes) ||
+	    vec_reserve(c, (void **)&c->gtype_pools, &c->gtype_pools_cap, c->ngtypes + 1,
+	                sizeof *c->gtype_pools))
 		return NONE32;
 	c->gtypes[c->ngtypes] = (struct gtype){model, mem, cc, prec};
+	c->gtype_pools[c->ngtypes] = (struct gpools){NULL, 0, 0};
 	return c->ngtypes++;
 }
 
@@ -209,9 +213,26 @@ static uint32_t pool_get(struct sched_cluster *c, uint32_t gtype, uint32_t regio
 			c->pool_slots = slots;
 			c->npool_slots = ns;
 		}
-		if (vec_reserve(c, (void **)&c->pools, &c->pools_cap, c->npools + 1, sizeof *c->pools))
+		struct gpools *gp = &c->gtype_pools[gtype];
+		uint32_t ri;
+		for (ri = 0; ri < gp->nr && gp->r[ri].region != region; ri++)
+			;
+		if (ri == gp->nr) {
+			if (vec_reserve(c, (void **)&gp->r, &gp->rcap, gp->nr + 1, sizeof *gp->r))
+				return NONE32;
+			gp->r[gp->nr++] = (struct rpools){region, NULL, 0, 0};
+		}
+		struct rpools *rp = &gp->r[ri];
+		if (vec_reserve(c, (void **)&c->pools, &c->pools_cap, c->npools + 1, sizeof *c->pools) ||
+		    vec_reserve(c, (void **)&rp->ids, &rp->cap, rp->n + 1, sizeof *rp->ids))
 			return NONE32;
 		id = c->npools++;
+		uint32_t at = rp->n++;
+		while (at > 0 && c->pools[rp->ids[at - 1]].price_lo > lo) {
+			rp->ids[at] = rp->ids[at - 1];
+			at--;
+		}
+		rp->ids[at] = id;
 		struct pool *p = &c->pools[id];
 		memset(p, 0, sizeof *p);
 		p->gtype = gtype;
@@ -433,6 +454,14 @@ static int validate_node(const struct sched_node_spec *s, struct sched_error *er
 	int rc = validate_strings(s->labels, s->nlabels, "labels", err);
 	if (!rc)
 		rc = validate_strings(s->taints, s->ntaints, "taints", err);
+	for (uint32_t i = 0; !rc && i < s->nlabels; i++) {
+		if (!strchr(s->labels[i], '=')) {
+			char f[64];
+			snprintf(f, sizeof f, "labels[%u]", i);
+			set_err(err, f, "must have the form key=value, got \"%s\"", s->labels[i]);
+			rc = -EINVAL;
+		}
+	}
 	return rc;
 }
 
@@ -547,6 +576,32 @@ oom:
 	return -ENOMEM;
 }
 
+/* Running jobs must still fit the replaced node: same region for gangs,
+ * their GPUs inside one part that passes their filters. */
+static int node_keeps_leases(const struct sched_cluster *c, const struct node *old,
+                             const struct node *n, struct sched_error *err)
+{
+	for (uint32_t l = 0; l < old->nleases; l++) {
+		const struct job *j = &c->jobs[old->leases[l].job];
+		const struct jclass *k = &c->classes[j->cls];
+		uint64_t mask = old->leases[l].mask;
+		bool ok = k->nodes == 1 || n->region == old->region;
+		bool in_part = false;
+		for (uint32_t p = 0; ok && p < n->nparts && !in_part; p++)
+			in_part = (mask & ~n->parts[p].mask) == 0 &&
+			          restore_reason(c, n, &n->parts[p], k) == SCHED_R_COUNT &&
+			          pick_gpus(n, &n->parts[p], k, mask) == mask;
+		if (!ok || !in_part) {
+			set_err(err, "gpus",
+			        "job %llu runs on GPUs 0x%llx of node %llu and would no longer fit",
+			        (unsigned long long)j->id, (unsigned long long)mask,
+			        (unsigned long long)old->id);
+			return -EBUSY;
+		}
+	}
+	return 0;
+}
+
 int sched_node_upsert(struct sched_cluster *c, const struct sched_node_spec *spec,
                       struct sched_error *err)
 {
@@ -569,6 +624,10 @@ int sched_node_upsert(struct sched_cluster *c, const struct sched_node_spec *spe
 	struct node n;
 	if (node_build(c, spec, old, &n))
 		return -ENOMEM;
+	if (old && (rc = node_keeps_leases(c, old, &n, err)) != 0) {
+		node_free_arrays(c, &n);
+		return rc;
+	}
 	uint32_t pools[SCHED_MAX_GPUS_PER_NODE];
 	if (n.state == SCHED_NODE_READY && index_node_prepare(c, &n, pools))
 		goto oom;
@@ -739,7 +798,7 @@ static bool class_same(const struct jclass *a, const struct jclass *b)
 	       a->preemptible == b->preemptible && a->nvlink == b->nvlink && a->gpus == b->gpus &&
 	       a->nodes == b->nodes && a->min_mem == b->min_mem && a->min_cc == b->min_cc &&
 	       a->min_tflops_gpu == b->min_tflops_gpu && a->min_tflops_total == b->min_tflops_total &&
-	       a->max_price == b->max_price && a->max_dur_us == b->max_dur_us &&
+	       a->max_price == b->max_price &&
 	       a->pref_region == b->pref_region && a->nregions == b->nregions &&
 	       a->nselectors == b->nselectors && a->ntolerations == b->ntolerations &&
 	       (!a->nregions || !memcmp(a->regions, b->regions, a->nregions * 4)) &&
@@ -766,7 +825,6 @@ static uint32_t class_hash(const struct jclass *k)
 	v[11] = 0;
 	uint32_t h = hash_u32s(11, v, 12);
 	h = hash_u64(h, (uint64_t)k->max_price);
-	h = hash_u64(h, (uint64_t)k->max_dur_us);
 	h = hash_u32s(h, k->regions, k->nregions);
 	h = hash_u32s(h, k->selectors, k->nselectors);
 	return hash_u32s(h, k->tolerations, k->ntolerations);
@@ -777,8 +835,7 @@ static void class_free_arrays(struct sched_cluster *c, struct jclass *k)
 	mem_free(c, k->regions, (size_t)k->nregions * 4);
 	mem_free(c, k->selectors, (size_t)k->nselectors * 4);
 	mem_free(c, k->tolerations, (size_t)k->ntolerations * 4);
-	mem_free(c, k->elig, (size_t)k->elig_cap * 4);
-	k->regions = k->selectors = k->tolerations = k->elig = NULL;
+	k->regions = k->selectors = k->tolerations = NULL;
 }
 
 static uint32_t class_lookup(const struct sched_cluster *c, const struct jclass *k)
@@ -823,11 +880,117 @@ static int class_hash_reserve(struct sched_cluster *c)
 	return 0;
 }
 
+static void egroup_free_arrays(struct sched_cluster *c, struct egroup *g)
+{
+	mem_free(c, g->regions, (size_t)g->nregions * 4);
+	mem_free(c, g->tolerations, (size_t)g->ntolerations * 4);
+	mem_free(c, g->elig, (size_t)g->elig_cap * 4);
+	g->regions = g->tolerations = g->elig = NULL;
+}
+
+static uint64_t egroup_key(const struct jclass *k)
+{
+	uint64_t h = 1469598103934665603ull;
+	uint64_t v[5];
+	float t = k->need_tflops;
+	uint32_t tb;
+	memcpy(&tb, &t, 4);
+	v[0] = k->min_mem | (uint64_t)k->min_cc << 32 | (uint64_t)k->precision << 48;
+	v[1] = tb;
+	v[2] = (uint64_t)k->max_price;
+	v[3] = k->nregions;
+	v[4] = k->ntolerations;
+	for (int i = 0; i < 5; i++)
+		h = (h ^ v[i]) * 1099511628211ull;
+	for (uint32_t i = 0; i < k->nregions; i++)
+		h = (h ^ k->regions[i]) * 1099511628211ull;
+	for (uint32_t i = 0; i < k->ntolerations; i++)
+		h = (h ^ (k->tolerations[i] | 1ull << 40)) * 1099511628211ull;
+	return h == 0 || h == UINT64_MAX ? 1 : h;
+}
+
+static bool egroup_same(const struct egroup *g, const struct jclass *k)
+{
+	return g->min_mem == k->min_mem && g->min_cc == k->min_cc && g->precision == k->precision &&
+	       g->need_tflops == k->need_tflops && g->max_price == k->max_price &&
+	       g->nregions == k->nregions && g->ntolerations == k->ntolerations &&
+	       (!k->nregions || !memcmp(g->regions, k->regions, k->nregions * 4)) &&
+	       (!k->ntolerations || !memcmp(g->tolerations, k->tolerations, k->ntolerations * 4));
+}
+
+/* Returns the group for k with one more reference, or NONE32 (no memory). */
+static uint32_t egroup_acquire(struct sched_cluster *c, const struct jclass *k)
+{
+	uint64_t key = egroup_key(k);
+	uint32_t id = idmap_get(&c->eg_map, key);
+	if (id != NONE32 && egroup_same(&c->egroups[id], k)) {
+		c->egroups[id].refs++;
+		return id;
+	}
+	bool mapped = id == NONE32; /* on a hash collision the new group stays unmapped */
+	if (mapped && idmap_reserve(c, &c->eg_map))
+		return NONE32;
+	if (c->eg_free == NONE32 &&
+	    vec_reserve(c, (void **)&c->egroups, &c->egroups_cap, c->neg_slots + 1,
+	                sizeof *c->egroups))
+		return NONE32;
+	struct egroup g;
+	memset(&g, 0, sizeof g);
+	g.key = key;
+	g.min_mem = k->min_mem;
+	g.min_cc = k->min_cc;
+	g.precision = k->precision;
+	g.need_tflops = k->need_tflops;
+	g.max_price = k->max_price;
+	g.nregions = k->nregions;
+	g.ntolerations = k->ntolerations;
+	if (k->nregions) {
+		g.regions = mem_alloc(c, (size_t)k->nregions * 4);
+		if (!g.regions)
+			return NONE32;
+		memcpy(g.regions, k->regions, (size_t)k->nregions * 4);
+	}
+	if (k->ntolerations) {
+		g.tolerations = mem_alloc(c, (size_t)k->ntolerations * 4);
+		if (!g.tolerations) {
+			egroup_free_arrays(c, &g);
+			return NONE32;
+		}
+		memcpy(g.tolerations, k->tolerations, (size_t)k->ntolerations * 4);
+	}
+	if (c->eg_free != NONE32) {
+		id = c->eg_free;
+		c->eg_free = c->egroups[id].next_free;
+	} else {
+		id = c->neg_slots++;
+	}
+	g.refs = 1;
+	g.next_free = NONE32;
+	c->egroups[id] = g;
+	if (mapped)
+		idmap_put(&c->eg_map, key, id);
+	return id;
+}
+
+static void egroup_release(struct sched_cluster *c, uint32_t id)
+{
+	struct egroup *g = &c->egroups[id];
+	if (--g->refs)
+		return;
+	if (idmap_get(&c->eg_map, g->key) == id)
+		idmap_del(&c->eg_map, g->key);
+	egroup_free_arrays(c, g);
+	memset(g, 0, sizeof *g);
+	g->next_free = c->eg_free;
+	c->eg_free = id;
+}
+
 static void class_release(struct sched_cluster *c, uint32_t id)
 {
 	struct jclass *k = &c->classes[id];
 	if (--k->refs)
 		return;
+	egroup_release(c, k->eg);
 	uint32_t mask = c->nclass_hslots - 1;
 	for (uint32_t i = k->hash & mask;; i = (i + 1) & mask) {
 		if (c->class_slots[i] == id + 1) {
@@ -863,7 +1026,6 @@ static uint32_t class_acquire(struct sched_cluster *c, const struct sched_job_sp
 	float per = s->min_tflops_total / (float)(s->gpus_per_node * s->node_count);
 	k.need_tflops = per > s->min_tflops_per_gpu ? per : s->min_tflops_per_gpu;
 	k.max_price = s->max_price_micros;
-	k.max_dur_us = s->max_duration_us;
 	k.pref_region = NONE32;
 	if (s->preferred_region && *s->preferred_region) {
 		k.pref_region = strtab_intern(c, &c->strs, s->preferred_region);
@@ -887,10 +1049,15 @@ static uint32_t class_acquire(struct sched_cluster *c, const struct sched_job_sp
 	}
 	if (class_hash_reserve(c))
 		goto oom;
+	k.eg = egroup_acquire(c, &k);
+	if (k.eg == NONE32)
+		goto oom;
 	if (c->class_free == NONE32 &&
 	    vec_reserve(c, (void **)&c->classes, &c->classes_cap, c->nclass_slots + 1,
-	                sizeof *c->classes))
+	                sizeof *c->classes)) {
+		egroup_release(c, k.eg);
 		goto oom;
+	}
 	if (c->class_free != NONE32) {
 		id = c->class_free;
 		c->class_free = c->classes[id].next_free;
@@ -1032,6 +1199,7 @@ int sched_job_add(struct sched_cluster *c, const struct sched_job_spec *spec,
 	j->tenant = tslot;
 	j->cls = cls;
 	j->submit_us = spec->submit_us;
+	j->max_dur_us = spec->max_duration_us;
 	j->state = SCHED_JOB_PENDING;
 	j->place = place;
 	j->next_free = NONE32;
@@ -1064,7 +1232,6 @@ void job_apply_placement(struct sched_cluster *c, uint32_t slot, const struct jp
                          uint32_t npl, int64_t now_us)
 {
 	struct job *j = &c->jobs[slot];
-	const struct jclass *k = &c->classes[j->cls];
 	if (j->state == SCHED_JOB_PENDING)
 		job_unqueue(c, slot);
 	struct tenant *t = &c->tenants[j->tenant];
@@ -1079,7 +1246,7 @@ void job_apply_placement(struct sched_cluster *c, uint32_t slot, const struct jp
 	}
 	j->state = SCHED_JOB_RUNNING;
 	j->start_us = now_us;
-	j->deadline_us = now_us + k->max_dur_us;
+	j->deadline_us = now_us + j->max_dur_us;
 	j->preempt_for = 0;
 	c->nrunning++;
 }
@@ -1191,6 +1358,13 @@ int sched_lease_start(struct sched_cluster *c, uint64_t job_id, const struct sch
 				return -EINVAL;
 			}
 		}
+		uint64_t all = n->ngpus == 64 ? ~0ull : (1ull << n->ngpus) - 1;
+		if (pl[i].gpu_mask & ~all) {
+			set_err(err, f, "GPUs 0x%llx do not exist on node %llu (it has %u)",
+			        (unsigned long long)(pl[i].gpu_mask & ~all), (unsigned long long)n->id,
+			        n->ngpus);
+			return -EINVAL;
+		}
 		if (popcount64(pl[i].gpu_mask) != k->gpus) {
 			set_err(err, f, "needs %u GPUs, got %u", k->gpus, popcount64(pl[i].gpu_mask));
 			return -EINVAL;
@@ -1201,17 +1375,24 @@ int sched_lease_start(struct sched_cluster *c, uint64_t job_id, const struct sch
 			        (unsigned long long)n->id);
 			return -EBUSY;
 		}
+		/* the job's hard constraints, except what may have changed since the
+		 * lease began: node state, verification and price */
 		bool in_part = false;
-		for (uint32_t p = 0; p < n->nparts; p++) {
+		enum sched_reason why = SCHED_R_GPU_COUNT;
+		for (uint32_t p = 0; p < n->nparts && !in_part; p++) {
 			const struct part *pt = &n->parts[p];
-			if ((pl[i].gpu_mask & ~pt->mask) == 0 &&
-			    pick_gpus(n, pt, k, pl[i].gpu_mask) == pl[i].gpu_mask &&
-			    node_static_reason(c, n, pt, k) == SCHED_R_COUNT)
-				in_part = true;
+			enum sched_reason r = restore_reason(c, n, pt, k);
+			if (r != SCHED_R_COUNT) {
+				why = r;
+				continue;
+			}
+			in_part = (pl[i].gpu_mask & ~pt->mask) == 0 &&
+			          pick_gpus(n, pt, k, pl[i].gpu_mask) == pl[i].gpu_mask;
 		}
-		if (!in_part || !region_allowed(k, n->region) || !taints_tolerated(c, n->taintset, k)) {
-			set_err(err, f, "GPUs 0x%llx of node %llu do not satisfy the job",
-			        (unsigned long long)pl[i].gpu_mask, (unsigned long long)n->id);
+		if (!in_part) {
+			set_err(err, f, "GPUs 0x%llx of node %llu do not satisfy the job: %s",
+			        (unsigned long long)pl[i].gpu_mask, (unsigned long long)n->id,
+			        sched_reason_text(why));
 			return -EINVAL;
 		}
 		if (region != NONE32 && n->region != region) {
@@ -1275,6 +1456,8 @@ void sched_get_stats(const struct sched_cluster *c, struct sched_stats *out)
 	out->tenants = c->ntenants;
 	out->classes = c->classes_live;
 	out->pools = c->npools;
+	for (uint32_t i = 0; i < c->neg_slots; i++)
+		out->egroups += c->egroups[i].refs > 0;
 	out->bytes = c->bytes;
 }
 
@@ -1302,9 +1485,20 @@ void sched_cluster_free(struct sched_cluster *c)
 	}
 	for (uint32_t s = 0; s < c->nclass_slots; s++)
 		class_free_arrays(c, &c->classes[s]);
+	for (uint32_t s = 0; s < c->neg_slots; s++)
+		egroup_free_arrays(c, &c->egroups[s]);
+	mem_free(c, c->egroups, (size_t)c->egroups_cap * sizeof *c->egroups);
+	idmap_deinit(c, &c->eg_map);
 	for (uint32_t i = 0; i < c->nidsets; i++)
 		mem_free(c, c->idsets[i].ids, (size_t)c->idsets[i].n * 4);
 	mem_free(c, c->idsets, (size_t)c->idsets_cap * sizeof *c->idsets);
+	for (uint32_t g = 0; g < c->ngtypes; g++) {
+		struct gpools *gp = &c->gtype_pools[g];
+		for (uint32_t r = 0; r < gp->nr; r++)
+			mem_free(c, gp->r[r].ids, (size_t)gp->r[r].cap * 4);
+		mem_free(c, gp->r, (size_t)gp->rcap * sizeof *gp->r);
+	}
+	mem_free(c, c->gtype_pools, (size_t)c->gtype_pools_cap * sizeof *c->gtype_pools);
 	mem_free(c, c->gtypes, (size_t)c->gtypes_cap * sizeof *c->gtypes);
 	mem_free(c, c->pools, (size_t)c->pools_cap * sizeof *c->pools);
 	mem_free(c, c->pool_slots, (size_t)c->npool_slots * 4);

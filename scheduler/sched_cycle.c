@@ -55,6 +55,7 @@ struct cycle {
 	struct slotinfo *slots;
 	uint32_t slot_cap;
 	uint32_t nresv; /* reservations made under policy.reservations */
+	bool resv_hit;  /* the current job was kept off reserved GPUs */
 };
 
 /* ---- eligibility cache ------------------------------------------------------ */
@@ -65,54 +66,84 @@ static int cmp_u64(const void *a, const void *b)
 	return (x > y) - (x < y);
 }
 
-static bool pool_eligible(const struct sched_cluster *c, const struct pool *p,
-                          const struct jclass *k)
+static bool eg_region_allowed(const struct egroup *g, uint32_t region)
 {
-	const struct gtype *g = &c->gtypes[p->gtype];
-	if (!p->verified && !c->policy.allow_unverified)
-		return false;
-	if (!region_allowed(k, p->region))
-		return false;
-	if (g->memory_mib < k->min_mem || g->cc < k->min_cc || !(g->precisions >> k->precision & 1))
-		return false;
-	if (k->need_tflops > 0 && p->tflops_max[k->precision] < k->need_tflops)
-		return false;
-	if (k->max_price && k->max_price < p->price_lo)
-		return false;
-	return taints_tolerated(c, p->taintset, k);
+	if (!g->nregions)
+		return true;
+	for (uint32_t i = 0; i < g->nregions; i++)
+		if (g->regions[i] == region)
+			return true;
+	return false;
 }
 
-int class_refresh_elig(struct sched_cluster *c, struct jclass *k)
+/* Region and price are decided by the (type, region) lists; the rest here. */
+static bool pool_eligible(const struct sched_cluster *c, const struct pool *p,
+                          const struct egroup *g)
 {
-	if (k->elig_gen == c->pool_gen)
+	if (!p->verified && !c->policy.allow_unverified)
+		return false;
+	if (g->need_tflops > 0 && p->tflops_max[g->precision] < g->need_tflops)
+		return false;
+	return taints_tolerated(c, p->taintset, g->tolerations, g->ntolerations);
+}
+
+static bool gtype_eligible(const struct gtype *t, const struct egroup *g)
+{
+	return t->memory_mib >= g->min_mem && t->cc >= g->min_cc && (t->precisions >> g->precision & 1);
+}
+
+/* Lists every eligible pool into keys (when not NULL); returns how many. */
+static uint32_t egroup_scan(const struct sched_cluster *c, const struct egroup *g, uint64_t *keys)
+{
+	uint32_t m = 0;
+	for (uint32_t t = 0; t < c->ngtypes; t++) {
+		if (!gtype_eligible(&c->gtypes[t], g))
+			continue;
+		const struct gpools *gp = &c->gtype_pools[t];
+		for (uint32_t r = 0; r < gp->nr; r++) {
+			const struct rpools *rp = &gp->r[r];
+			if (!eg_region_allowed(g, rp->region))
+				continue;
+			for (uint32_t q = 0; q < rp->n; q++) {
+				const struct pool *p = &c->pools[rp->ids[q]];
+				if (g->max_price && g->max_price < p->price_lo)
+					break; /* sorted by price */
+				if (!pool_eligible(c, p, g))
+					continue;
+				if (keys)
+					keys[m] = (uint64_t)p->region << 40 | (uint64_t)p->price_band << 24 |
+					          rp->ids[q];
+				m++;
+			}
+		}
+	}
+	return m;
+}
+
+int egroup_refresh(struct sched_cluster *c, struct egroup *g)
+{
+	if (g->elig_gen == c->pool_gen)
 		return 0;
-	uint32_t n = 0;
-	for (uint32_t i = 0; i < c->npools; i++)
-		n += pool_eligible(c, &c->pools[i], k);
+	uint32_t n = egroup_scan(c, g, NULL);
 	uint64_t *keys = mem_alloc(c, (size_t)(n ? n : 1) * sizeof *keys);
 	if (!keys)
 		return -ENOMEM;
-	if (n > k->elig_cap) {
-		uint32_t *e = mem_realloc(c, k->elig, (size_t)k->elig_cap * 4, (size_t)n * 4);
+	if (n > g->elig_cap) {
+		uint32_t *e = mem_realloc(c, g->elig, (size_t)g->elig_cap * 4, (size_t)n * 4);
 		if (!e) {
 			mem_free(c, keys, (size_t)(n ? n : 1) * sizeof *keys);
 			return -ENOMEM;
 		}
-		k->elig = e;
-		k->elig_cap = n;
+		g->elig = e;
+		g->elig_cap = n;
 	}
 	/* grouped by region (gangs stay in one), cheaper bands first */
-	uint32_t m = 0;
-	for (uint32_t i = 0; i < c->npools; i++) {
-		const struct pool *p = &c->pools[i];
-		if (pool_eligible(c, p, k))
-			keys[m++] = (uint64_t)p->region << 40 | (uint64_t)p->price_band << 24 | i;
-	}
+	uint32_t m = egroup_scan(c, g, keys);
 	qsort(keys, m, sizeof *keys, cmp_u64);
 	for (uint32_t i = 0; i < m; i++)
-		k->elig[i] = (uint32_t)(keys[i] & 0xffffff);
-	k->nelig = m;
-	k->elig_gen = c->pool_gen;
+		g->elig[i] = (uint32_t)(keys[i] & 0xffffff);
+	g->nelig = m;
+	g->elig_gen = c->pool_gen;
 	mem_free(c, keys, (size_t)(n ? n : 1) * sizeof *keys);
 	return 0;
 }
@@ -124,8 +155,8 @@ static int cycle_prepare(struct cycle *cy)
 	struct sched_cluster *c = cy->c;
 	if (c->npools >= (1u << 24))
 		return -ENOMEM;
-	for (uint32_t i = 0; i < c->nclass_slots; i++)
-		if (c->classes[i].refs && class_refresh_elig(c, &c->classes[i]))
+	for (uint32_t i = 0; i < c->neg_slots; i++)
+		if (c->egroups[i].refs && egroup_refresh(c, &c->egroups[i]))
 			return -ENOMEM;
 
 	uint32_t max_gang = 1, regions = 1;
@@ -315,9 +346,16 @@ static uint32_t pool_collect(struct cycle *cy, const struct pool *pool, const st
 				continue;
 			if (k->nselectors && !labels_match(n, k))
 				continue;
-			uint64_t g = pick_gpus(n, p, k, usable_mask(c, n, p, job_slot, end_us));
-			if (!g)
+			uint64_t usable = usable_mask(c, n, p, job_slot, end_us);
+			uint64_t g = pick_gpus(n, p, k, usable);
+			if (!g) {
+				/* would a shorter job have fit? then members of this
+				 * class with shorter durations must still be tried */
+				if (!cy->resv_hit && usable != (n->free_mask & p->mask) &&
+				    pick_gpus(n, p, k, n->free_mask))
+					cy->resv_hit = true;
 				continue;
+			}
 			struct cand *cd = &cy->cands[(*ncand)++];
 			cd->node = ns;
 			cd->part = pi;
@@ -352,18 +390,19 @@ static bool place_single(struct cycle *cy, uint32_t js)
 	struct sched_cluster *c = cy->c;
 	struct job *j = &c->jobs[js];
 	const struct jclass *k = &c->classes[j->cls];
-	int64_t end = cy->now + k->max_dur_us;
+	int64_t end = cy->now + j->max_dur_us;
 	uint64_t need = mask_at_least(k->gpus);
 	uint32_t with_room = 0;
-	for (uint32_t e = 0; e < k->nelig; e++)
-		with_room += (c->pools[k->elig[e]].nonempty & need) != 0;
+	const struct egroup *eg = &c->egroups[k->eg];
+	for (uint32_t e = 0; e < eg->nelig; e++)
+		with_room += (c->pools[eg->elig[e]].nonempty & need) != 0;
 	if (!with_room)
 		return false;
 	/* sample across pools so that price, type and region all get a say */
 	uint32_t per_pool = (cy->pol->score_nodes + with_room - 1) / with_room;
 	uint32_t ncand = 0;
-	for (uint32_t e = 0; e < k->nelig && ncand < cy->cand_cap; e++) {
-		const struct pool *pool = &c->pools[k->elig[e]];
+	for (uint32_t e = 0; e < eg->nelig && ncand < cy->cand_cap; e++) {
+		const struct pool *pool = &c->pools[eg->elig[e]];
 		if (pool->nonempty & need)
 			pool_collect(cy, pool, k, js, end, per_pool, false, &ncand);
 	}
@@ -395,18 +434,19 @@ static bool place_gang(struct cycle *cy, uint32_t js)
 	struct sched_cluster *c = cy->c;
 	struct job *j = &c->jobs[js];
 	const struct jclass *k = &c->classes[j->cls];
-	int64_t end = cy->now + k->max_dur_us;
+	int64_t end = cy->now + j->max_dur_us;
 	uint64_t need = mask_at_least(k->gpus);
 	uint32_t rcap = 2 * k->nodes > cy->pol->score_nodes ? 2 * k->nodes : cy->pol->score_nodes;
 	uint32_t ncand = 0;
 	c->stamp++;
 	/* region groups: [start, end) of candidates per region */
+	const struct egroup *eg = &c->egroups[k->eg];
 	uint32_t e = 0;
-	while (e < k->nelig) {
-		uint32_t region = c->pools[k->elig[e]].region;
+	while (e < eg->nelig) {
+		uint32_t region = c->pools[eg->elig[e]].region;
 		uint32_t first = ncand, got = 0;
-		for (; e < k->nelig && c->pools[k->elig[e]].region == region; e++) {
-			const struct pool *pool = &c->pools[k->elig[e]];
+		for (; e < eg->nelig && c->pools[eg->elig[e]].region == region; e++) {
+			const struct pool *pool = &c->pools[eg->elig[e]];
 			if ((pool->nonempty & need) && got < rcap)
 				got += pool_collect(cy, pool, k, js, end, rcap - got, true, &ncand);
 		}
@@ -534,10 +574,11 @@ static uint32_t collect_slots(struct cycle *cy, uint32_t js, slot_fn fn)
 	struct sched_cluster *c = cy->c;
 	const struct job *j = &c->jobs[js];
 	const struct jclass *k = &c->classes[j->cls];
+	const struct egroup *eg = &c->egroups[k->eg];
 	uint32_t nslots = 0;
 	c->stamp++;
-	for (uint32_t e = 0; e < k->nelig; e++) {
-		const struct pool *pool = &c->pools[k->elig[e]];
+	for (uint32_t e = 0; e < eg->nelig; e++) {
+		const struct pool *pool = &c->pools[eg->elig[e]];
 		for (uint32_t f = 0; f < pool->nb; f++) {
 			const struct bucket *b = &pool->b[f];
 			for (uint32_t i = 0; i < b->len; i++) {
@@ -809,7 +850,10 @@ int sched_cycle(struct sched_cluster *c, int64_t now_us, struct sched_actions *o
 		uint32_t js = cy.order[i].job;
 		struct job *j = &c->jobs[js];
 		struct jclass *k = &c->classes[j->cls];
-		if (k->fail_epoch == c->epoch) {
+		/* A blocked class stays blocked for the rest of the cycle: free GPUs
+		 * only shrink and reservations only grow. With reservations in the
+		 * way, only a shorter job (ending before them) can do better. */
+		if (k->fail_epoch == c->epoch && (!k->fail_resv || j->max_dur_us >= k->fail_dur_us)) {
 			cy.st.skipped_class++;
 			if (should_give_up(&cy, js))
 				give_up(&cy, js);
@@ -820,12 +864,21 @@ int sched_cycle(struct sched_cluster *c, int64_t now_us, struct sched_actions *o
 		if (blocked_seen)
 			after_block++;
 		cy.st.considered++;
+		cy.resv_hit = false;
 		bool placed = k->nodes == 1 ? place_single(&cy, js) : place_gang(&cy, js);
 		if (placed) {
 			cy.st.placed++;
 			continue;
 		}
-		k->fail_epoch = c->epoch;
+		if (k->fail_epoch != c->epoch) {
+			k->fail_epoch = c->epoch;
+			k->fail_resv = cy.resv_hit;
+			k->fail_dur_us = j->max_dur_us;
+		} else {
+			k->fail_resv = k->fail_resv && cy.resv_hit;
+			if (j->max_dur_us < k->fail_dur_us)
+				k->fail_dur_us = j->max_dur_us;
+		}
 		cy.st.blocked++;
 		blocked_seen = true;
 		if (should_give_up(&cy, js)) {

@@ -88,7 +88,7 @@ int sched_job_explain(const struct sched_cluster *c, uint64_t job_id, struct sch
 		out->reserved = true;
 		out->reserved_start_us = j->resv_at_us;
 	}
-	int64_t end = c->last_cycle_us + k->max_dur_us;
+	int64_t end = c->last_cycle_us + j->max_dur_us;
 	struct region_count fit[256], feasible[256];
 	uint32_t nfit = 0, nfeasible = 0;
 	for (uint32_t s = 0; s < c->nnodes_slots; s++) {

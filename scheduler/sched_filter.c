@@ -80,15 +80,15 @@ static bool toleration_matches(const char *tol, const char *taint)
 	return strncmp(tol, taint, n) == 0 && (taint[n] == '\0' || taint[n] == '=');
 }
 
-bool taints_tolerated(const struct sched_cluster *c, uint32_t taintset, const struct jclass *k)
+bool taints_tolerated(const struct sched_cluster *c, uint32_t taintset, const uint32_t *tol,
+                      uint32_t ntol)
 {
 	const struct idset *ts = &c->idsets[taintset];
 	for (uint32_t i = 0; i < ts->n; i++) {
 		const char *taint = c->strs.strs[ts->ids[i]];
 		bool ok = false;
-		for (uint32_t t = 0; t < k->ntolerations && !ok; t++)
-			ok = k->tolerations[t] == ts->ids[i] ||
-			     toleration_matches(c->strs.strs[k->tolerations[t]], taint);
+		for (uint32_t t = 0; t < ntol && !ok; t++)
+			ok = tol[t] == ts->ids[i] || toleration_matches(c->strs.strs[tol[t]], taint);
 		if (!ok)
 			return false;
 	}
@@ -123,6 +123,21 @@ enum sched_reason node_static_reason(const struct sched_cluster *c, const struct
 	return SCHED_R_COUNT;
 }
 
+enum sched_reason restore_reason(const struct sched_cluster *c, const struct node *n,
+                                 const struct part *p, const struct jclass *k)
+{
+	if (!region_allowed(k, n->region))
+		return SCHED_R_REGION;
+	enum sched_reason r = part_type_reason(c, p, k);
+	if (r != SCHED_R_COUNT)
+		return r;
+	if (!taints_tolerated(c, n->taintset, k->tolerations, k->ntolerations))
+		return SCHED_R_TAINT;
+	if (!labels_match(n, k))
+		return SCHED_R_LABEL;
+	return SCHED_R_COUNT;
+}
+
 static uint32_t part_capacity(const struct part *p, const struct jclass *k)
 {
 	return k->nvlink ? p->max_group : popcount64(p->mask);
@@ -151,7 +166,7 @@ enum sched_reason node_reason(const struct sched_cluster *c, const struct node *
 	}
 	if (best != SCHED_R_COUNT)
 		return best;
-	if (!taints_tolerated(c, n->taintset, k))
+	if (!taints_tolerated(c, n->taintset, k->tolerations, k->ntolerations))
 		return SCHED_R_TAINT;
 	if (k->max_price && n->price_micros > k->max_price)
 		return SCHED_R_PRICE;

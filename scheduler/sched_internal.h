@@ -143,6 +143,24 @@ struct pool {
 
 /* ---- jobs ----------------------------------------------------------------- */
 
+/* What decides which pools a class may use, shared by every class with the
+ * same values so that the eligible-pool list is built once for all. */
+struct egroup {
+	uint32_t refs;         /* classes using it; 0 = free slot */
+	uint32_t min_mem;
+	uint64_t key;          /* hash of the fields below */
+	uint16_t min_cc;
+	uint8_t precision;
+	float need_tflops;
+	int64_t max_price;
+	uint32_t *regions, nregions;         /* sorted string ids */
+	uint32_t *tolerations, ntolerations; /* sorted */
+	uint32_t *elig;        /* eligible pool ids, by region then price */
+	uint32_t nelig, elig_cap;
+	uint32_t elig_gen;     /* c->pool_gen when built; 0 = never */
+	uint32_t next_free;
+};
+
 /* A requirement class (HTCondor's autocluster): everything in a job spec
  * but its id, tenant and submit time. Shared by reference. */
 struct jclass {
@@ -161,17 +179,16 @@ struct jclass {
 	float min_tflops_total;
 	float need_tflops;     /* effective per-GPU minimum */
 	int64_t max_price;
-	int64_t max_dur_us;
 	uint32_t pref_region;  /* NONE32 = none */
 	uint32_t *regions, nregions;       /* sorted string ids */
 	uint32_t *selectors, nselectors;   /* sorted */
 	uint32_t *tolerations, ntolerations; /* sorted */
 	uint32_t next_free;
+	uint32_t eg;           /* eligibility group */
 	/* cycle caches (not logical state) */
-	uint64_t fail_epoch;
-	uint32_t *elig;        /* eligible pool ids */
-	uint32_t nelig, elig_cap;
-	uint32_t elig_gen;     /* c->pool_gen when elig was built; 0 = never */
+	uint64_t fail_epoch;   /* a member was blocked in this cycle */
+	bool fail_resv;        /* ... and reservations were in its way */
+	int64_t fail_dur_us;   /* shortest blocked duration (backfill) */
 	uint32_t fleet_gen;    /* c->fleet_gen when fleet_ok was computed */
 	bool fleet_ok;
 };
@@ -187,6 +204,7 @@ struct job {
 	uint32_t tenant;       /* tenant slot */
 	uint32_t cls;
 	int64_t submit_us;
+	int64_t max_dur_us;
 	uint8_t state;         /* enum sched_job_state */
 	uint32_t pending_pos;
 	int64_t start_us;
@@ -229,6 +247,15 @@ struct sched_cluster {
 
 	struct pool *pools;
 	uint32_t npools, pools_cap;
+	struct gpools {       /* pools of one GPU type, by region, for eligibility */
+		struct rpools {
+			uint32_t region;
+			uint32_t *ids; /* by price_lo ascending */
+			uint32_t n, cap;
+		} *r;
+		uint32_t nr, rcap;
+	} *gtype_pools;       /* parallel to gtypes */
+	uint32_t gtype_pools_cap;
 	uint32_t *pool_slots; /* hash of pool id+1 */
 	uint32_t npool_slots;
 	uint32_t pool_gen;    /* bumped when class eligibility may change */
@@ -239,6 +266,10 @@ struct sched_cluster {
 	uint32_t *class_slots; /* hash of class id+1, UINT32_MAX = tombstone */
 	uint32_t class_tombs;
 	uint32_t nclass_hslots;
+
+	struct egroup *egroups;
+	uint32_t neg_slots, egroups_cap, eg_free;
+	struct idmap eg_map;  /* key -> egroup */
 
 	struct job *jobs;
 	uint32_t njob_slots, jobs_cap, job_free;
@@ -283,6 +314,12 @@ uint64_t pick_gpus(const struct node *n, const struct part *p, const struct jcla
 enum sched_reason node_static_reason(const struct sched_cluster *c, const struct node *n,
                                      const struct part *p, const struct jclass *k);
 
+/* The filters a restored lease must still pass: region, GPU type,
+ * throughput, taints, labels (not state, verification or price). Returns
+ * SCHED_R_COUNT when they pass. */
+enum sched_reason restore_reason(const struct sched_cluster *c, const struct node *n,
+                                 const struct part *p, const struct jclass *k);
+
 /* Full filter chain for one node against a class, ignoring free GPUs and
  * reservations when ignore_use is set. Returns SCHED_R_COUNT when the node
  * fits; *best_part gets the part that got furthest. */
@@ -290,8 +327,9 @@ enum sched_reason node_reason(const struct sched_cluster *c, const struct node *
                               const struct jclass *k, uint32_t job_slot, int64_t end_us,
                               bool ignore_use, bool ignore_state, uint32_t *best_part);
 
-/* Does the class tolerate every taint in the set? */
-bool taints_tolerated(const struct sched_cluster *c, uint32_t taintset, const struct jclass *k);
+/* Do the tolerations (sorted string ids) cover every taint in the set? */
+bool taints_tolerated(const struct sched_cluster *c, uint32_t taintset, const uint32_t *tol,
+                      uint32_t ntol);
 bool region_allowed(const struct jclass *k, uint32_t region);
 bool labels_match(const struct node *n, const struct jclass *k);
 
@@ -322,8 +360,8 @@ void job_destroy(struct sched_cluster *c, uint32_t job_slot);
 /* Tenant decayed usage at now_us (pure). */
 double tenant_usage_at(const struct sched_cluster *c, const struct tenant *t, int64_t now_us);
 
-/* Rebuilds k->elig when stale. -ENOMEM leaves the old cache. */
-int class_refresh_elig(struct sched_cluster *c, struct jclass *k);
+/* Rebuilds the group's eligible pools when stale. -ENOMEM keeps the old. */
+int egroup_refresh(struct sched_cluster *c, struct egroup *g);
 /* Whether some node of the whole fleet could host the class if idle. */
 bool class_fleet_feasible(struct sched_cluster *c, struct jclass *k);
 

@@ -138,11 +138,13 @@ int idmap_reserve(struct sched_cluster *c, struct idmap *m)
 	for (uint32_t i = 0; i < m->cap; i++)
 		if (m->keys[i] != KEY_EMPTY && m->keys[i] != KEY_TOMB)
 			idmap_insert_raw(keys, vals, ncap, m->keys[i], m->vals[i]);
+	uint32_t live = m->live;
 	idmap_deinit(c, m);
 	m->keys = keys;
 	m->vals = vals;
 	m->cap = ncap;
-	m->used = m->live;
+	m->live = live;
+	m->used = live;
 	return 0;
 }
 
