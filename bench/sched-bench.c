@@ -475,6 +475,7 @@ struct options {
 	bool no_backfill;
 	int preemption; /* -1 = policy default, 0 off, 1 on */
 	bool check;
+	bool fill_only;     /* stop after the fill cycle (for profiling) */
 	uint32_t explain_samples;
 	double fill_target; /* stop pre-filling at this free-GPU fraction */
 	uint32_t templates; /* requirement templates jobs are drawn from */
@@ -1417,7 +1418,7 @@ static void usage(FILE *f)
 	        "usage: sched-bench --nodes N --jobs M [--seed S] [--traces DIR]\n"
 	        "                   [--no-backfill] [--policy-preempt | --no-preempt]\n"
 	        "                   [--templates K] [--fresh F] [--explain-samples K]\n"
-	        "                   [--fill-target F] [--check]\n"
+	        "                   [--fill-target F] [--check] [--fill-only]\n"
 	        "  --nodes N            nodes, scaled up from the Alibaba trace inventory\n"
 	        "  --jobs M             pending jobs per measured cycle\n"
 	        "  --seed S             RNG seed (default 1)\n"
@@ -1433,7 +1434,8 @@ static void usage(FILE *f)
 	        "  --explain-samples K  pending jobs explained after the steady cycle (100)\n"
 	        "  --fill-target F      pre-fill until at most this fraction of GPUs is\n"
 	        "                       free (default 0.05)\n"
-	        "  --check              run sched_cluster_check after each phase\n");
+	        "  --check              run sched_cluster_check after each phase\n"
+	        "  --fill-only          stop after the fill cycle (for profiling it)\n");
 }
 
 static bool parse_u64(const char *s, uint64_t *out)
@@ -1511,6 +1513,8 @@ static int parse_args(int argc, char **argv, struct options *o)
 			o->preemption = 0;
 		} else if (strcmp(a, "--check") == 0) {
 			o->check = true;
+		} else if (strcmp(a, "--fill-only") == 0) {
+			o->fill_only = true;
 		} else {
 			fprintf(stderr, "sched-bench: bad argument '%s'%s\n", a,
 			        v ? "" : " (missing value?)");
@@ -1700,6 +1704,18 @@ int main(int argc, char **argv)
 	 * cancelled after each so they do not pile up. Preemption is off while
 	 * filling (it only churns running work; this is setup, not measured)
 	 * and restored for the steady cycle. */
+	if (b.opt.fill_only) {
+		printf("{\"nodes\":%" PRIu32 ",\"gpus\":%" PRIu64 ",\"jobs\":%" PRIu32
+		       ",\"classes\":%" PRIu32 ",\"fill_cycle_ms\":%.3f,\"fill_placed\":%" PRIu32
+		       ",\"fill_placements_per_s\":%.0f,\"bytes_per_job\":%.1f,\"bytes_per_node\":%.1f"
+		       ",\"violations\":%" PRIu64 ",",
+		       b.nnodes, total_gpus, b.opt.jobs, fill_classes, (double)fill.ns / 1e6,
+		       fill.placed, fill_rate, bytes_per_job, bytes_per_node, b.violations);
+		json_cycle_stats("fill_stats", &fill.st);
+		printf("}\n");
+		sched_cluster_free(b.c);
+		return b.violations ? 3 : 0;
+	}
 	cancel_pending(&b, fill_lo, fill_hi, now);
 	double t_prefill = now_s();
 	if (b.pol.preemption) {

@@ -77,7 +77,7 @@ int sched_cluster_check(const struct sched_cluster *c, char *why, size_t why_len
 				FAIL("node %llu: part %u not in bucket %u of its pool", (unsigned long long)n->id,
 				     i, f);
 			if (pl->region != n->region || pl->taintset != n->taintset ||
-			    pl->verified != n->verified || pl->gtype != p->gtype ||
+			    pl->verified != n->verified || pl->gtype != p->gtype || pl->topo != p->max_group ||
 			    n->price_micros < pl->price_lo || n->price_micros >= pl->price_hi)
 				FAIL("node %llu: part %u in a pool with other facts", (unsigned long long)n->id, i);
 		}
@@ -97,6 +97,30 @@ int sched_cluster_check(const struct sched_cluster *c, char *why, size_t why_len
 		}
 		if (members != pl->members)
 			FAIL("pool %u: %u members counted, %u recorded", p, members, pl->members);
+		/* label counts agree with the members */
+		uint32_t labelled = 0;
+		for (uint32_t f = 0; f < pl->nb; f++)
+			for (uint32_t i = 0; i < pl->b[f].len; i++)
+				labelled += c->nodes[PREF_NODE(pl->b[f].items[i])].nlabels;
+		uint32_t counted = 0;
+		for (uint32_t l = 0; l < pl->nlc; l++) {
+			if (!pl->lc[l].count || (l && pl->lc[l - 1].label >= pl->lc[l].label))
+				FAIL("pool %u: label counts unsorted or zero", p);
+			uint32_t have = 0;
+			for (uint32_t f = 0; f < pl->nb; f++)
+				for (uint32_t i = 0; i < pl->b[f].len; i++) {
+					const struct node *n = &c->nodes[PREF_NODE(pl->b[f].items[i])];
+					for (uint32_t q = 0; q < n->nlabels; q++)
+						have += n->labels[q] == pl->lc[l].label;
+				}
+			if (have != pl->lc[l].count)
+				FAIL("pool %u: label %u counted %u, recorded %u", p, pl->lc[l].label, have,
+				     pl->lc[l].count);
+			counted += have;
+		}
+		if (counted != labelled)
+			FAIL("pool %u: %u member labels, %u counted", p, labelled, counted);
+
 	}
 	uint32_t running = 0;
 	uint64_t pending_parts = 0;

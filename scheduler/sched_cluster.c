@@ -159,26 +159,26 @@ static void price_band(int64_t p, uint16_t *band, int64_t *lo, int64_t *hi)
 }
 
 static uint32_t pool_hash(uint32_t gtype, uint32_t region, uint32_t taintset, bool verified,
-                          uint16_t band)
+                          uint16_t band, uint8_t topo)
 {
-	uint32_t v[5] = {gtype, region, taintset, verified, band};
-	return hash_u32s(7, v, 5);
+	uint32_t v[6] = {gtype, region, taintset, verified, band, topo};
+	return hash_u32s(7, v, 6);
 }
 
 static uint32_t pool_find(const struct sched_cluster *c, uint32_t gtype, uint32_t region,
-                          uint32_t taintset, bool verified, uint16_t band)
+                          uint32_t taintset, bool verified, uint16_t band, uint8_t topo)
 {
 	if (!c->npool_slots)
 		return NONE32;
 	uint32_t mask = c->npool_slots - 1;
-	for (uint32_t i = pool_hash(gtype, region, taintset, verified, band) & mask;;
+	for (uint32_t i = pool_hash(gtype, region, taintset, verified, band, topo) & mask;;
 	     i = (i + 1) & mask) {
 		uint32_t v = c->pool_slots[i];
 		if (!v)
 			return NONE32;
 		const struct pool *p = &c->pools[v - 1];
 		if (p->gtype == gtype && p->region == region && p->taintset == taintset &&
-		    p->verified == verified && p->price_band == band)
+		    p->verified == verified && p->price_band == band && p->topo == topo)
 			return v - 1;
 	}
 }
@@ -186,7 +186,8 @@ static uint32_t pool_find(const struct sched_cluster *c, uint32_t gtype, uint32_
 static void pool_slot_insert(uint32_t *slots, uint32_t nslots, const struct pool *p, uint32_t id)
 {
 	uint32_t mask = nslots - 1;
-	uint32_t i = pool_hash(p->gtype, p->region, p->taintset, p->verified, p->price_band) & mask;
+	uint32_t i = pool_hash(p->gtype, p->region, p->taintset, p->verified, p->price_band,
+	                       p->topo) & mask;
 	while (slots[i])
 		i = (i + 1) & mask;
 	slots[i] = id + 1;
@@ -195,12 +196,13 @@ static void pool_slot_insert(uint32_t *slots, uint32_t nslots, const struct pool
 /* Finds or creates the pool and makes sure it has a bucket for size free
  * GPUs. Returns the pool id or NONE32 when out of memory. */
 static uint32_t pool_get(struct sched_cluster *c, uint32_t gtype, uint32_t region,
-                         uint32_t taintset, bool verified, int64_t price, uint32_t size)
+                         uint32_t taintset, bool verified, int64_t price, uint8_t topo,
+                         uint32_t size)
 {
 	uint16_t band;
 	int64_t lo, hi;
 	price_band(price, &band, &lo, &hi);
-	uint32_t id = pool_find(c, gtype, region, taintset, verified, band);
+	uint32_t id = pool_find(c, gtype, region, taintset, verified, band, topo);
 	if (id == NONE32) {
 		if ((uint64_t)(c->npools + 1) * 2 > c->npool_slots) {
 			uint32_t ns = c->npool_slots ? c->npool_slots * 2 : 64;
@@ -239,6 +241,7 @@ static uint32_t pool_get(struct sched_cluster *c, uint32_t gtype, uint32_t regio
 		p->region = region;
 		p->taintset = taintset;
 		p->verified = verified;
+		p->topo = topo;
 		p->price_band = band;
 		p->price_lo = lo;
 		p->price_hi = hi;
@@ -312,6 +315,33 @@ void index_node_refresh(struct sched_cluster *c, uint32_t slot)
 	}
 }
 
+/* Counts a member's labels in (delta 1) or out (delta -1) of the pool.
+ * Room was reserved by index_node_prepare. */
+static void pool_labels_add(struct pool *p, const struct node *n, int delta)
+{
+	for (uint32_t l = 0; l < n->nlabels; l++) {
+		uint32_t id = n->labels[l], lo = 0, hi = p->nlc;
+		while (lo < hi) {
+			uint32_t mid = (lo + hi) / 2;
+			if (p->lc[mid].label < id)
+				lo = mid + 1;
+			else
+				hi = mid;
+		}
+		if (lo < p->nlc && p->lc[lo].label == id) {
+			p->lc[lo].count += (uint32_t)delta;
+			if (!p->lc[lo].count) {
+				memmove(&p->lc[lo], &p->lc[lo + 1], (p->nlc - lo - 1) * sizeof *p->lc);
+				p->nlc--;
+			}
+		} else if (delta > 0) {
+			memmove(&p->lc[lo + 1], &p->lc[lo], (p->nlc - lo) * sizeof *p->lc);
+			p->lc[lo] = (struct lcount){id, 1};
+			p->nlc++;
+		}
+	}
+}
+
 static void index_node_remove(struct sched_cluster *c, uint32_t slot)
 {
 	struct node *n = &c->nodes[slot];
@@ -321,6 +351,7 @@ static void index_node_remove(struct sched_cluster *c, uint32_t slot)
 			continue;
 		bucket_del(c, slot, i);
 		c->pools[pt->pool].members--;
+		pool_labels_add(&c->pools[pt->pool], n, -1);
 		pt->pool = NONE32;
 	}
 }
@@ -332,8 +363,12 @@ static int index_node_prepare(struct sched_cluster *c, struct node *n, uint32_t 
 	for (uint32_t i = 0; i < n->nparts; i++) {
 		const struct part *pt = &n->parts[i];
 		uint32_t pid = pool_get(c, pt->gtype, n->region, n->taintset, n->verified,
-		                        n->price_micros, popcount64(pt->mask));
+		                        n->price_micros, pt->max_group, popcount64(pt->mask));
 		if (pid == NONE32 || pool_reserve_members(c, pid, n->nparts))
+			return -ENOMEM;
+		struct pool *pl = &c->pools[pid];
+		if (vec_reserve(c, (void **)&pl->lc, &pl->lc_cap, pl->nlc + n->nlabels * n->nparts,
+		                sizeof *pl->lc))
 			return -ENOMEM;
 		pools_out[i] = pid;
 	}
@@ -348,6 +383,7 @@ static void index_node_insert(struct sched_cluster *c, uint32_t slot, const uint
 		struct pool *p = &c->pools[pools[i]];
 		pt->pool = pools[i];
 		p->members++;
+		pool_labels_add(p, n, 1);
 		for (int k = 0; k < SCHED_PREC_COUNT; k++) {
 			if (pt->tflops[k] > p->tflops_max[k]) {
 				p->tflops_max[k] = pt->tflops[k];
@@ -1482,6 +1518,7 @@ void sched_cluster_free(struct sched_cluster *c)
 		for (uint32_t f = 0; f < c->pools[p].nb; f++)
 			mem_free(c, c->pools[p].b[f].items, (size_t)c->pools[p].b[f].cap * 4);
 		mem_free(c, c->pools[p].b, (size_t)c->pools[p].nb * sizeof(struct bucket));
+		mem_free(c, c->pools[p].lc, (size_t)c->pools[p].lc_cap * sizeof *c->pools[p].lc);
 	}
 	for (uint32_t s = 0; s < c->nclass_slots; s++)
 		class_free_arrays(c, &c->classes[s]);

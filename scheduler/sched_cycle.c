@@ -394,8 +394,10 @@ static bool place_single(struct cycle *cy, uint32_t js)
 	uint64_t need = mask_at_least(k->gpus);
 	uint32_t with_room = 0;
 	const struct egroup *eg = &c->egroups[k->eg];
-	for (uint32_t e = 0; e < eg->nelig; e++)
-		with_room += (c->pools[eg->elig[e]].nonempty & need) != 0;
+	for (uint32_t e = 0; e < eg->nelig; e++) {
+		const struct pool *pool = &c->pools[eg->elig[e]];
+		with_room += (pool->nonempty & need) && pool_may_host(pool, k);
+	}
 	if (!with_room)
 		return false;
 	/* sample across pools so that price, type and region all get a say */
@@ -403,7 +405,7 @@ static bool place_single(struct cycle *cy, uint32_t js)
 	uint32_t ncand = 0;
 	for (uint32_t e = 0; e < eg->nelig && ncand < cy->cand_cap; e++) {
 		const struct pool *pool = &c->pools[eg->elig[e]];
-		if (pool->nonempty & need)
+		if ((pool->nonempty & need) && pool_may_host(pool, k))
 			pool_collect(cy, pool, k, js, end, per_pool, false, &ncand);
 	}
 	if (!ncand)
@@ -447,7 +449,7 @@ static bool place_gang(struct cycle *cy, uint32_t js)
 		uint32_t first = ncand, got = 0;
 		for (; e < eg->nelig && c->pools[eg->elig[e]].region == region; e++) {
 			const struct pool *pool = &c->pools[eg->elig[e]];
-			if ((pool->nonempty & need) && got < rcap)
+			if ((pool->nonempty & need) && got < rcap && pool_may_host(pool, k))
 				got += pool_collect(cy, pool, k, js, end, rcap - got, true, &ncand);
 		}
 		if (got < k->nodes)
@@ -579,6 +581,8 @@ static uint32_t collect_slots(struct cycle *cy, uint32_t js, slot_fn fn)
 	c->stamp++;
 	for (uint32_t e = 0; e < eg->nelig; e++) {
 		const struct pool *pool = &c->pools[eg->elig[e]];
+		if (!pool_may_host(pool, k))
+			continue;
 		for (uint32_t f = 0; f < pool->nb; f++) {
 			const struct bucket *b = &pool->b[f];
 			for (uint32_t i = 0; i < b->len; i++) {

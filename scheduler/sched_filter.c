@@ -123,6 +123,25 @@ enum sched_reason node_static_reason(const struct sched_cluster *c, const struct
 	return SCHED_R_COUNT;
 }
 
+bool pool_may_host(const struct pool *p, const struct jclass *k)
+{
+	if (k->nvlink && p->topo < k->gpus)
+		return false;
+	for (uint32_t s = 0; s < k->nselectors; s++) {
+		uint32_t lo = 0, hi = p->nlc;
+		while (lo < hi) {
+			uint32_t mid = (lo + hi) / 2;
+			if (p->lc[mid].label < k->selectors[s])
+				lo = mid + 1;
+			else
+				hi = mid;
+		}
+		if (lo == p->nlc || p->lc[lo].label != k->selectors[s])
+			return false;
+	}
+	return true;
+}
+
 enum sched_reason restore_reason(const struct sched_cluster *c, const struct node *n,
                                  const struct part *p, const struct jclass *k)
 {

@@ -128,8 +128,14 @@ struct pool {
 	uint32_t region;
 	uint32_t taintset;
 	bool verified;
+	uint8_t topo;          /* largest NVLink group of the parts */
 	uint16_t price_band;
 	int64_t price_lo, price_hi; /* band covers [lo, hi) micros */
+	struct lcount {        /* members carrying each label, by label id */
+		uint32_t label;
+		uint32_t count;
+	} *lc;
+	uint32_t nlc, lc_cap;
 	float tflops_max[SCHED_PREC_COUNT]; /* over members ever; only grows */
 	uint32_t members;
 	uint64_t nonempty;     /* bit f-1: bucket f (1..64) has parts */
@@ -344,6 +350,10 @@ static inline uint64_t usable_mask(const struct sched_cluster *c, const struct n
 		m &= ~n->resv_mask;
 	return m;
 }
+
+/* Can some member of the pool ever host the class (NVLink topology, label
+ * selectors)? Decided once per pool instead of once per node. */
+bool pool_may_host(const struct pool *p, const struct jclass *k);
 
 /* Moves the node's parts to the buckets matching its free mask. */
 void index_node_refresh(struct sched_cluster *c, uint32_t slot);
