@@ -6,6 +6,9 @@
  * sched_cycle() is timed; building the fleet and the jobs is not. Every START
  * the library returns is checked against the job's hard constraints and
  * against GPUs already handed out, so a fast but wrong cycle does not pass. */
+#if !defined(_GNU_SOURCE) && !defined(_POSIX_C_SOURCE)
+#define _POSIX_C_SOURCE 200809L /* clock_gettime, stat */
+#endif
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
@@ -20,11 +23,11 @@
 #include "sched.h"
 
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
-#define MIB_PER_GIB 1024u
-#define US_PER_S INT64_C(1000000)
+#define MIB_PER_GIB  1024u
+#define US_PER_S     INT64_C(1000000)
 #define BENCH_NOW_US INT64_C(1700000000000000) /* Nov 2023, fixed for reruns */
-#define NTENANTS 500u
-#define NREGIONS 8u
+#define NTENANTS     500u
+#define NREGIONS     8u
 
 /* ---- seeded RNG (xoshiro256**, seeded by splitmix64) -------------------- */
 
@@ -121,60 +124,204 @@ enum tier {
 
 struct gpu_model {
 	const char *name;
-	const char *trace_name;  /* model column of the trace; NULL if modern */
+	const char *trace_name; /* model column of the trace; NULL if modern */
 	uint32_t memory_mib;
-	uint16_t compute_cap;    /* major*10 + minor */
+	uint16_t compute_cap;                /* major*10 + minor */
 	float peak_tflops[SCHED_PREC_COUNT]; /* datasheet, dense; 0 = absent */
-	int64_t price_micros;    /* base price per GPU-hour */
+	int64_t price_micros;                /* base price per GPU-hour */
 	bool geforce;
 	enum link_style link;
-	uint32_t modern_weight;  /* share among converted nodes; 0 = never */
-	uint8_t sizes[4];        /* GPUs per converted node; 0 ends the list */
+	uint32_t modern_weight; /* share among converted nodes; 0 = never */
+	uint8_t sizes[4];       /* GPUs per converted node; 0 ends the list */
 };
 
 /* Figures from /work/shared/reference/gpu.md. GeForce BF16/FP16 are the
  * FP32-accumulate rates, half of the datacenter card on the same chip. G1-G3
  * are undisclosed in the trace; their rows are plausible stand-ins. */
 static const struct gpu_model gpu_models[] = {
-	{"H200-SXM-141GB", NULL, 144384, 90, {67.0f, 494.7f, 989.4f, 989.4f, 1978.9f},
-	 3500000, false, LINK_ALL, 3, {8}},
-	{"H100-SXM5-80GB", NULL, 81920, 90, {67.0f, 494.7f, 989.4f, 989.4f, 1978.9f},
-	 2500000, false, LINK_ALL, 10, {8}},
-	{"H100-PCIe-80GB", NULL, 81920, 90, {51.0f, 378.0f, 756.0f, 756.0f, 1513.0f},
-	 2000000, false, LINK_PAIRS, 8, {1, 2, 4, 8}},
-	{"A100-SXM4-80GB", NULL, 81920, 80, {19.5f, 156.0f, 312.0f, 312.0f, 0.0f},
-	 1600000, false, LINK_ALL, 10, {8}},
-	{"A100-PCIe-80GB", NULL, 81920, 80, {19.5f, 156.0f, 312.0f, 312.0f, 0.0f},
-	 1300000, false, LINK_PAIRS, 7, {1, 2, 4, 8}},
-	{"L40S-48GB", NULL, 49152, 89, {91.6f, 183.0f, 362.0f, 362.0f, 733.0f},
-	 950000, false, LINK_NONE, 12, {1, 2, 4, 8}},
-	{"L4-24GB", NULL, 24576, 89, {30.3f, 60.0f, 121.0f, 121.0f, 242.5f},
-	 450000, false, LINK_NONE, 10, {1, 2, 4, 8}},
-	{"A10-24GB", "A10", 24576, 86, {31.2f, 62.5f, 125.0f, 125.0f, 0.0f},
-	 600000, false, LINK_NONE, 4, {1, 2, 4}},
-	{"RTX-4090-24GB", NULL, 24576, 89, {82.6f, 82.6f, 165.2f, 165.2f, 330.0f},
-	 350000, true, LINK_NONE, 15, {1, 2, 4, 8}},
-	{"RTX-3090-24GB", NULL, 24576, 86, {35.6f, 35.6f, 71.0f, 71.0f, 0.0f},
-	 220000, true, LINK_NONE, 12, {1, 2, 4}},
-	{"RTX-3060-12GB", NULL, 12288, 86, {12.7f, 12.7f, 25.5f, 25.5f, 0.0f},
-	 80000, true, LINK_NONE, 10, {1, 2}},
-	{"T4-16GB", "T4", 16384, 75, {8.1f, 0.0f, 65.0f, 0.0f, 0.0f},
-	 250000, false, LINK_NONE, 0, {0}},
-	{"V100-SXM2-32GB", "V100M32", 32768, 70, {15.7f, 0.0f, 125.0f, 0.0f, 0.0f},
-	 800000, false, LINK_ALL, 0, {0}},
-	{"V100-SXM2-16GB", "V100M16", 16384, 70, {15.7f, 0.0f, 125.0f, 0.0f, 0.0f},
-	 600000, false, LINK_ALL, 0, {0}},
-	{"P100-PCIe-16GB", "P100", 16384, 60, {9.3f, 0.0f, 18.7f, 0.0f, 0.0f},
-	 300000, false, LINK_NONE, 0, {0}},
+	{ "H200-SXM-141GB",
+	  NULL,
+	  144384,
+	  90,
+	  { 67.0f, 494.7f, 989.4f, 989.4f, 1978.9f },
+	  3500000,
+	  false,
+	  LINK_ALL,
+	  3,
+	  { 8 } },
+	{ "H100-SXM5-80GB",
+	  NULL,
+	  81920,
+	  90,
+	  { 67.0f, 494.7f, 989.4f, 989.4f, 1978.9f },
+	  2500000,
+	  false,
+	  LINK_ALL,
+	  10,
+	  { 8 } },
+	{ "H100-PCIe-80GB",
+	  NULL,
+	  81920,
+	  90,
+	  { 51.0f, 378.0f, 756.0f, 756.0f, 1513.0f },
+	  2000000,
+	  false,
+	  LINK_PAIRS,
+	  8,
+	  { 1, 2, 4, 8 } },
+	{ "A100-SXM4-80GB",
+	  NULL,
+	  81920,
+	  80,
+	  { 19.5f, 156.0f, 312.0f, 312.0f, 0.0f },
+	  1600000,
+	  false,
+	  LINK_ALL,
+	  10,
+	  { 8 } },
+	{ "A100-PCIe-80GB",
+	  NULL,
+	  81920,
+	  80,
+	  { 19.5f, 156.0f, 312.0f, 312.0f, 0.0f },
+	  1300000,
+	  false,
+	  LINK_PAIRS,
+	  7,
+	  { 1, 2, 4, 8 } },
+	{ "L40S-48GB",
+	  NULL,
+	  49152,
+	  89,
+	  { 91.6f, 183.0f, 362.0f, 362.0f, 733.0f },
+	  950000,
+	  false,
+	  LINK_NONE,
+	  12,
+	  { 1, 2, 4, 8 } },
+	{ "L4-24GB",
+	  NULL,
+	  24576,
+	  89,
+	  { 30.3f, 60.0f, 121.0f, 121.0f, 242.5f },
+	  450000,
+	  false,
+	  LINK_NONE,
+	  10,
+	  { 1, 2, 4, 8 } },
+	{ "A10-24GB",
+	  "A10",
+	  24576,
+	  86,
+	  { 31.2f, 62.5f, 125.0f, 125.0f, 0.0f },
+	  600000,
+	  false,
+	  LINK_NONE,
+	  4,
+	  { 1, 2, 4 } },
+	{ "RTX-4090-24GB",
+	  NULL,
+	  24576,
+	  89,
+	  { 82.6f, 82.6f, 165.2f, 165.2f, 330.0f },
+	  350000,
+	  true,
+	  LINK_NONE,
+	  15,
+	  { 1, 2, 4, 8 } },
+	{ "RTX-3090-24GB",
+	  NULL,
+	  24576,
+	  86,
+	  { 35.6f, 35.6f, 71.0f, 71.0f, 0.0f },
+	  220000,
+	  true,
+	  LINK_NONE,
+	  12,
+	  { 1, 2, 4 } },
+	{ "RTX-3060-12GB",
+	  NULL,
+	  12288,
+	  86,
+	  { 12.7f, 12.7f, 25.5f, 25.5f, 0.0f },
+	  80000,
+	  true,
+	  LINK_NONE,
+	  10,
+	  { 1, 2 } },
+	{ "T4-16GB",
+	  "T4",
+	  16384,
+	  75,
+	  { 8.1f, 0.0f, 65.0f, 0.0f, 0.0f },
+	  250000,
+	  false,
+	  LINK_NONE,
+	  0,
+	  { 0 } },
+	{ "V100-SXM2-32GB",
+	  "V100M32",
+	  32768,
+	  70,
+	  { 15.7f, 0.0f, 125.0f, 0.0f, 0.0f },
+	  800000,
+	  false,
+	  LINK_ALL,
+	  0,
+	  { 0 } },
+	{ "V100-SXM2-16GB",
+	  "V100M16",
+	  16384,
+	  70,
+	  { 15.7f, 0.0f, 125.0f, 0.0f, 0.0f },
+	  600000,
+	  false,
+	  LINK_ALL,
+	  0,
+	  { 0 } },
+	{ "P100-PCIe-16GB",
+	  "P100",
+	  16384,
+	  60,
+	  { 9.3f, 0.0f, 18.7f, 0.0f, 0.0f },
+	  300000,
+	  false,
+	  LINK_NONE,
+	  0,
+	  { 0 } },
 	/* Undisclosed: assumed Pascal-class 16 GB. */
-	{"G1", "G1", 16384, 61, {11.0f, 0.0f, 0.2f, 0.0f, 0.0f},
-	 200000, false, LINK_NONE, 0, {0}},
+	{ "G1",
+	  "G1",
+	  16384,
+	  61,
+	  { 11.0f, 0.0f, 0.2f, 0.0f, 0.0f },
+	  200000,
+	  false,
+	  LINK_NONE,
+	  0,
+	  { 0 } },
 	/* Undisclosed: assumed Turing-class 24 GB (Quadro RTX 6000-like). */
-	{"G2", "G2", 24576, 75, {16.3f, 0.0f, 130.5f, 0.0f, 0.0f},
-	 450000, false, LINK_PAIRS, 0, {0}},
+	{ "G2",
+	  "G2",
+	  24576,
+	  75,
+	  { 16.3f, 0.0f, 130.5f, 0.0f, 0.0f },
+	  450000,
+	  false,
+	  LINK_PAIRS,
+	  0,
+	  { 0 } },
 	/* Undisclosed: assumed Ampere-class 40 GB (A100 40GB-like). */
-	{"G3", "G3", 40960, 80, {19.5f, 156.0f, 312.0f, 312.0f, 0.0f},
-	 1100000, false, LINK_ALL, 0, {0}},
+	{ "G3",
+	  "G3",
+	  40960,
+	  80,
+	  { 19.5f, 156.0f, 312.0f, 312.0f, 0.0f },
+	  1100000,
+	  false,
+	  LINK_ALL,
+	  0,
+	  { 0 } },
 };
 #define NMODELS ((uint32_t)ARRAY_LEN(gpu_models))
 
@@ -205,23 +352,23 @@ static uint16_t nvlink_group(const struct gpu_model *m, uint32_t ngpus, uint32_t
 /* ---- regions, labels, taints, tolerations ------------------------------- */
 
 static const char *const region_names[NREGIONS] = {
-	"us-east", "us-west", "us-central", "eu-west",
+	"us-east",    "us-west",      "us-central",   "eu-west",
 	"eu-central", "ap-northeast", "ap-southeast", "sa-east",
 };
-static const uint32_t region_weights[NREGIONS] = {22, 16, 10, 16, 10, 10, 8, 8};
+static const uint32_t region_weights[NREGIONS] = { 22, 16, 10, 16, 10, 10, 8, 8 };
 
 enum label_key { LK_TIER = 0, LK_NET, LK_DISK, LK_ZONE, LK_COUNT };
 
 static const char *const label_strs[LK_COUNT][3] = {
-	{"tier=premium", "tier=standard", "tier=community"},
-	{"net=ib", "net=eth", NULL},
-	{"disk=nvme", "disk=ssd", "disk=hdd"},
-	{"zone=a", "zone=b", "zone=c"},
+	{ "tier=premium", "tier=standard", "tier=community" },
+	{ "net=ib", "net=eth", NULL },
+	{ "disk=nvme", "disk=ssd", "disk=hdd" },
+	{ "zone=a", "zone=b", "zone=c" },
 };
 
-#define SEL(key, value) ((uint8_t)((key) * 4 + (value)))
-#define SEL_KEY(s) ((s) / 4)
-#define SEL_VALUE(s) ((s) % 4)
+#define SEL(key, value) ((uint8_t)((key)*4 + (value)))
+#define SEL_KEY(s)      ((s) / 4)
+#define SEL_VALUE(s)    ((s) % 4)
 
 enum taint {
 	TAINT_NONE = 0,
@@ -231,7 +378,10 @@ enum taint {
 	TAINT_COUNT
 };
 static const char *const taint_strs[TAINT_COUNT] = {
-	NULL, "dedicated=research", "dedicated=inference", "burn-in",
+	NULL,
+	"dedicated=research",
+	"dedicated=inference",
+	"burn-in",
 };
 
 enum toleration {
@@ -262,8 +412,8 @@ struct trace_node {
 };
 
 struct trace_pod {
-	uint8_t ngpus;      /* gpu_milli < 1000 counts as one GPU */
-	bool best_effort;   /* qos BE */
+	uint8_t ngpus;       /* gpu_milli < 1000 counts as one GPU */
+	bool best_effort;    /* qos BE */
 	uint32_t lifetime_s; /* deletion_time - creation_time */
 };
 
@@ -293,7 +443,7 @@ static bool file_exists(const char *path)
 }
 
 #define NODE_CSV "alibaba-gpu-v2023/openb_node_list_gpu_node.csv"
-#define POD_CSV "alibaba-gpu-v2023/openb_pod_list_default.csv"
+#define POD_CSV  "alibaba-gpu-v2023/openb_pod_list_default.csv"
 
 static bool traces_present(const char *dir)
 {
@@ -334,11 +484,12 @@ static int load_trace_nodes(const char *dir, struct trace_node **out, uint32_t *
 			continue;
 		uint32_t m = NMODELS;
 		for (uint32_t i = 0; i < NMODELS; i++)
-			if (gpu_models[i].trace_name && strcmp(gpu_models[i].trace_name, fl[4]) == 0)
+			if (gpu_models[i].trace_name &&
+			    strcmp(gpu_models[i].trace_name, fl[4]) == 0)
 				m = i;
 		if (m == NMODELS) {
-			fprintf(stderr, "sched-bench: %s: unknown GPU model '%s', skipped\n",
-			        path, fl[4]);
+			fprintf(stderr, "sched-bench: %s: unknown GPU model '%s', skipped\n", path,
+			        fl[4]);
 			continue;
 		}
 		if (n == cap) {
@@ -437,14 +588,14 @@ static int load_trace_pods(const char *dir, struct trace_pod **out, uint32_t *no
 struct node_rec {
 	float tflops[SCHED_PREC_COUNT]; /* per GPU, as given to the library */
 	int64_t price_micros;
-	uint64_t busy;                  /* GPUs the bench saw handed out */
+	uint64_t busy; /* GPUs the bench saw handed out */
 	uint8_t model;
 	uint8_t region;
 	uint8_t ngpus;
-	uint8_t state;                  /* enum sched_node_state */
+	uint8_t state; /* enum sched_node_state */
 	uint8_t verified;
-	uint8_t taint;                  /* enum taint */
-	uint8_t label[LK_COUNT];        /* value index per label key */
+	uint8_t taint;           /* enum taint */
+	uint8_t label[LK_COUNT]; /* value index per label key */
 };
 
 /* A job's hard constraints, kept to check placements and count classes. */
@@ -459,7 +610,7 @@ struct job_rec {
 	uint8_t precision;
 	uint8_t nvlink;
 	uint8_t nregions;
-	uint8_t regions[3];  /* sorted */
+	uint8_t regions[3]; /* sorted */
 	uint8_t nselectors;
 	uint8_t selectors[2]; /* SEL codes, sorted */
 	uint8_t tolerations;  /* enum toleration bits */
@@ -475,7 +626,7 @@ struct options {
 	bool no_backfill;
 	int preemption; /* -1 = policy default, 0 off, 1 on */
 	bool check;
-	bool fill_only;     /* stop after the fill cycle (for profiling) */
+	bool fill_only; /* stop after the fill cycle (for profiling) */
 	uint32_t explain_samples;
 	double fill_target; /* stop pre-filling at this free-GPU fraction */
 	uint32_t templates; /* requirement templates jobs are drawn from */
@@ -494,8 +645,8 @@ struct bench {
 	uint32_t njobs;
 	uint32_t jobs_cap;
 	double tenant_cdf[NTENANTS];
-	struct job_tmpl *tmpl;   /* the template pool */
-	double *tmpl_cdf;        /* Zipf(1) popularity over the pool */
+	struct job_tmpl *tmpl; /* the template pool */
+	double *tmpl_cdf;      /* Zipf(1) popularity over the pool */
 	struct sched_cluster *c;
 	struct sched_policy pol;
 	struct rng rng;
@@ -555,7 +706,7 @@ static void make_node(struct bench *b, struct rng *r, uint32_t i, const struct t
 	n->ngpus = (uint8_t)ngpus;
 	n->region = (uint8_t)PICK_W(r, region_weights);
 
-	static const uint32_t state_w[SCHED_NODE_STATE_COUNT] = {985, 5, 5, 5};
+	static const uint32_t state_w[SCHED_NODE_STATE_COUNT] = { 985, 5, 5, 5 };
 	n->state = (uint8_t)PICK_W(r, state_w);
 	n->verified = rng_chance(r, m->geforce ? 0.82 : 0.93);
 
@@ -571,22 +722,24 @@ static void make_node(struct bench *b, struct rng *r, uint32_t i, const struct t
 		n->tflops[p] = (float)(m->peak_tflops[p] * scale);
 
 	double jitter = rng_range(r, -0.20, 0.20);
-	n->price_micros = (int64_t)llround((double)m->price_micros * (1.0 + jitter) / 1000.0) * 1000;
+	n->price_micros =
+	    (int64_t)llround((double)m->price_micros * (1.0 + jitter) / 1000.0) * 1000;
 	if (n->price_micros <= 0)
 		n->price_micros = 1000;
 
 	bool modern_dc = m->trace_name == NULL && !m->geforce;
-	n->label[LK_TIER] = (uint8_t)(m->geforce ? TIER_COMMUNITY
-	                                         : modern_dc ? TIER_PREMIUM : TIER_STANDARD);
+	n->label[LK_TIER] = (uint8_t)(m->geforce  ? TIER_COMMUNITY
+	                              : modern_dc ? TIER_PREMIUM
+	                                          : TIER_STANDARD);
 	double ib = 0.0;
 	if (!m->geforce)
 		ib = (m->link == LINK_ALL && ngpus == 8) ? 0.85 : 0.15;
 	n->label[LK_NET] = rng_chance(r, ib) ? 0 : 1;
-	static const uint32_t disk_dc[] = {50, 40, 10}, disk_gf[] = {30, 40, 30};
+	static const uint32_t disk_dc[] = { 50, 40, 10 }, disk_gf[] = { 30, 40, 30 };
 	n->label[LK_DISK] = (uint8_t)(m->geforce ? PICK_W(r, disk_gf) : PICK_W(r, disk_dc));
 	n->label[LK_ZONE] = (uint8_t)rng_below(r, 3);
 
-	static const uint32_t taint_w[TAINT_COUNT] = {950, 30, 15, 5};
+	static const uint32_t taint_w[TAINT_COUNT] = { 950, 30, 15, 5 };
 	n->taint = (uint8_t)PICK_W(r, taint_w);
 }
 
@@ -626,7 +779,7 @@ static int upsert_node(struct bench *b, uint32_t i)
 	uint32_t lo = m->geforce ? 900000 : m->trace_name ? 950000 : 970000;
 	uint32_t hi = m->geforce ? 990000 : 1000000;
 	spec.reliability_ppm = lo + rng_below(&b->rng, hi - lo + 1);
-	struct sched_error err = {{0}, {0}};
+	struct sched_error err = { { 0 }, { 0 } };
 	int rc = sched_node_upsert(b->c, &spec, &err);
 	if (rc != 0)
 		fprintf(stderr, "sched-bench: node_upsert id=%" PRIu64 ": %s (%s: %s)\n", spec.id,
@@ -663,9 +816,9 @@ enum archetype { AR_INFERENCE, AR_DEV, AR_FINETUNE, AR_BATCH, AR_GANG, AR_MULTIN
  * job arrays, a team's standard config). */
 struct job_tmpl {
 	struct job_rec req;
-	uint32_t tenant;          /* index; tenant id = index + 1 */
-	uint8_t archetype;        /* enum archetype */
-	uint8_t kind;             /* enum sched_job_kind */
+	uint32_t tenant;   /* index; tenant id = index + 1 */
+	uint8_t archetype; /* enum archetype */
+	uint8_t kind;      /* enum sched_job_kind */
 	uint8_t priority_class;
 	uint8_t preemptible;
 	uint8_t preferred_region; /* 0xff = none */
@@ -678,11 +831,11 @@ struct job_strs {
 };
 
 static const float tflops_steps[SCHED_PREC_COUNT][10] = {
-	[SCHED_PREC_FP32] = {5, 8, 10, 15, 20, 30, 40, 60},
-	[SCHED_PREC_TF32] = {25, 50, 100, 130, 200, 300, 400},
-	[SCHED_PREC_FP16] = {15, 30, 50, 60, 100, 120, 200, 300, 500, 700},
-	[SCHED_PREC_BF16] = {20, 50, 100, 120, 200, 250, 300, 500, 700},
-	[SCHED_PREC_FP8] = {150, 200, 300, 500, 800, 1200, 1500},
+	[SCHED_PREC_FP32] = { 5, 8, 10, 15, 20, 30, 40, 60 },
+	[SCHED_PREC_TF32] = { 25, 50, 100, 130, 200, 300, 400 },
+	[SCHED_PREC_FP16] = { 15, 30, 50, 60, 100, 120, 200, 300, 500, 700 },
+	[SCHED_PREC_BF16] = { 20, 50, 100, 120, 200, 250, 300, 500, 700 },
+	[SCHED_PREC_FP8] = { 150, 200, 300, 500, 800, 1200, 1500 },
 };
 
 /* A per-GPU TFLOPS floor from the [lo, hi) fraction of the precision's
@@ -758,10 +911,10 @@ static void gen_template(struct bench *b, struct rng *r, struct job_tmpl *t)
 	else if (u < 0.15)
 		ar = AR_GANG;
 	else if (pod->best_effort) {
-		static const uint32_t w[] = {0, 30, 20, 50};
+		static const uint32_t w[] = { 0, 30, 20, 50 };
 		ar = (enum archetype)PICK_W(r, w);
 	} else {
-		static const uint32_t w[] = {45, 25, 30, 0};
+		static const uint32_t w[] = { 45, 25, 30, 0 };
 		ar = (enum archetype)PICK_W(r, w);
 	}
 
@@ -775,14 +928,16 @@ static void gen_template(struct bench *b, struct rng *r, struct job_tmpl *t)
 
 	switch (ar) {
 	case AR_INFERENCE: {
-		static const uint32_t pw[] = {15, 0, 55, 15, 15};
-		static const uint32_t mems[] = {0, 8, 12, 16, 20, 24, 40, 48};
-		static const uint32_t memw[] = {20, 15, 10, 20, 5, 15, 10, 5};
-		static const uint32_t ccs[] = {0, 70, 75, 80};
-		static const uint32_t ccw[] = {60, 15, 15, 10};
+		static const uint32_t pw[] = { 15, 0, 55, 15, 15 };
+		static const uint32_t mems[] = { 0, 8, 12, 16, 20, 24, 40, 48 };
+		static const uint32_t memw[] = { 20, 15, 10, 20, 5, 15, 10, 5 };
+		static const uint32_t ccs[] = { 0, 70, 75, 80 };
+		static const uint32_t ccw[] = { 60, 15, 15, 10 };
 		prec = PICK_W(r, pw);
 		mem_gib = mems[PICK_W(r, memw)];
-		cc = prec == SCHED_PREC_FP8 ? 89 : prec == SCHED_PREC_BF16 ? 80 : ccs[PICK_W(r, ccw)];
+		cc = prec == SCHED_PREC_FP8    ? 89
+		     : prec == SCHED_PREC_BF16 ? 80
+		                               : ccs[PICK_W(r, ccw)];
 		p_tflops = 0.5;
 		p_price = 0.5;
 		p_preempt = 0.15;
@@ -791,10 +946,10 @@ static void gen_template(struct bench *b, struct rng *r, struct job_tmpl *t)
 		break;
 	}
 	case AR_DEV: {
-		static const uint32_t pw[] = {50, 10, 30, 10, 0};
-		static const uint32_t mems[] = {0, 8, 12, 16, 24};
-		static const uint32_t ccs[] = {0, 70, 75, 80, 86};
-		static const uint32_t ccw[] = {70, 8, 8, 8, 6};
+		static const uint32_t pw[] = { 50, 10, 30, 10, 0 };
+		static const uint32_t mems[] = { 0, 8, 12, 16, 24 };
+		static const uint32_t ccs[] = { 0, 70, 75, 80, 86 };
+		static const uint32_t ccw[] = { 70, 8, 8, 8, 6 };
 		prec = PICK_W(r, pw);
 		mem_gib = PICK(r, mems);
 		cc = ccs[PICK_W(r, ccw)];
@@ -806,10 +961,10 @@ static void gen_template(struct bench *b, struct rng *r, struct job_tmpl *t)
 		break;
 	}
 	case AR_FINETUNE: {
-		static const uint32_t pw[] = {0, 10, 20, 70, 0};
-		static const uint32_t mems[] = {24, 40, 48, 80};
-		static const uint32_t cc_bf[] = {80, 80, 86, 89, 90};
-		static const uint32_t cc_fp[] = {70, 75, 80};
+		static const uint32_t pw[] = { 0, 10, 20, 70, 0 };
+		static const uint32_t mems[] = { 24, 40, 48, 80 };
+		static const uint32_t cc_bf[] = { 80, 80, 86, 89, 90 };
+		static const uint32_t cc_fp[] = { 70, 75, 80 };
 		prec = PICK_W(r, pw);
 		mem_gib = PICK(r, mems);
 		cc = prec == SCHED_PREC_FP16 ? PICK(r, cc_fp) : PICK(r, cc_bf);
@@ -822,9 +977,9 @@ static void gen_template(struct bench *b, struct rng *r, struct job_tmpl *t)
 		break;
 	}
 	case AR_BATCH: {
-		static const uint32_t pw[] = {40, 20, 30, 10, 0};
-		static const uint32_t mems[] = {0, 0, 8, 12, 16, 32};
-		static const uint32_t ccs[] = {0, 0, 0, 70, 75};
+		static const uint32_t pw[] = { 40, 20, 30, 10, 0 };
+		static const uint32_t mems[] = { 0, 0, 8, 12, 16, 32 };
+		static const uint32_t ccs[] = { 0, 0, 0, 70, 75 };
 		prec = PICK_W(r, pw);
 		mem_gib = PICK(r, mems);
 		cc = PICK(r, ccs);
@@ -836,10 +991,10 @@ static void gen_template(struct bench *b, struct rng *r, struct job_tmpl *t)
 		break;
 	}
 	case AR_GANG: {
-		static const uint32_t mem_bf[] = {40, 80, 80, 141};
-		static const uint32_t mem_fp[] = {16, 32, 40, 80};
-		static const uint32_t cc_bf[] = {80, 80, 90};
-		static const uint32_t cc_fp[] = {70, 75, 80};
+		static const uint32_t mem_bf[] = { 40, 80, 80, 141 };
+		static const uint32_t mem_fp[] = { 16, 32, 40, 80 };
+		static const uint32_t cc_bf[] = { 80, 80, 90 };
+		static const uint32_t cc_fp[] = { 70, 75, 80 };
 		gpn = rng_chance(r, 0.6) ? 8 : 4;
 		prec = rng_chance(r, 0.7) ? SCHED_PREC_BF16 : SCHED_PREC_FP16;
 		mem_gib = prec == SCHED_PREC_BF16 ? PICK(r, mem_bf) : PICK(r, mem_fp);
@@ -856,8 +1011,8 @@ static void gen_template(struct bench *b, struct rng *r, struct job_tmpl *t)
 		break;
 	}
 	case AR_MULTINODE: {
-		static const uint32_t mems[] = {40, 80, 80};
-		static const uint32_t ccs[] = {80, 90};
+		static const uint32_t mems[] = { 40, 80, 80 };
+		static const uint32_t ccs[] = { 80, 90 };
 		gpn = 8;
 		nodes = 2 + rng_below(r, 3);
 		prec = rng_chance(r, 0.8) ? SCHED_PREC_BF16 : SCHED_PREC_FP16;
@@ -888,7 +1043,7 @@ static void gen_template(struct bench *b, struct rng *r, struct job_tmpl *t)
 	if (rng_chance(r, p_price)) {
 		/* Users cap the price near what the cheapest GPU that meets their
 		 * other needs costs; bargain hunters set it tight. */
-		static const double mult[] = {0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0};
+		static const double mult[] = { 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0 };
 		int64_t base = cheapest_price(jr);
 		double k = mult[rng_below(r, bargain ? 4 : (uint32_t)ARRAY_LEN(mult))];
 		if (base > 0)
@@ -897,7 +1052,7 @@ static void gen_template(struct bench *b, struct rng *r, struct job_tmpl *t)
 
 	/* Allowed regions: most jobs go anywhere, some are pinned by data
 	 * residency to one to three regions. */
-	static const uint32_t nreg_w[] = {55, 25, 12, 8};
+	static const uint32_t nreg_w[] = { 55, 25, 12, 8 };
 	uint32_t nreg = PICK_W(r, nreg_w);
 	if (ar == AR_MULTINODE && nreg > 1 && rng_chance(r, 0.5))
 		nreg = 1;
@@ -922,10 +1077,17 @@ static void gen_template(struct bench *b, struct rng *r, struct job_tmpl *t)
 		sel[nsel++] = SEL(LK_NET, 0);
 	if (rng_chance(r, nsel ? 0.08 : 0.22)) {
 		static const uint8_t choices[] = {
-			SEL(LK_TIER, TIER_PREMIUM), SEL(LK_TIER, TIER_PREMIUM),
-			SEL(LK_TIER, TIER_PREMIUM), SEL(LK_TIER, TIER_STANDARD),
-			SEL(LK_TIER, TIER_COMMUNITY), SEL(LK_DISK, 0), SEL(LK_DISK, 0),
-			SEL(LK_DISK, 1), SEL(LK_ZONE, 0), SEL(LK_ZONE, 1), SEL(LK_ZONE, 2),
+			SEL(LK_TIER, TIER_PREMIUM),
+			SEL(LK_TIER, TIER_PREMIUM),
+			SEL(LK_TIER, TIER_PREMIUM),
+			SEL(LK_TIER, TIER_STANDARD),
+			SEL(LK_TIER, TIER_COMMUNITY),
+			SEL(LK_DISK, 0),
+			SEL(LK_DISK, 0),
+			SEL(LK_DISK, 1),
+			SEL(LK_ZONE, 0),
+			SEL(LK_ZONE, 1),
+			SEL(LK_ZONE, 2),
 		};
 		uint8_t s = PICK(r, choices);
 		if (nsel == 0 || SEL_KEY(s) != SEL_KEY(sel[0]))
@@ -963,9 +1125,9 @@ static void gen_template(struct bench *b, struct rng *r, struct job_tmpl *t)
 /* Turns a template into one job: its own id, submit time and duration
  * (the lifetime of a trace pod; Gavel's 60 x 10^U(2,4) s for gangs). The
  * strings in *st back the pointers in *js. */
-static void instantiate(struct bench *b, struct rng *r, const struct job_tmpl *t,
-                        uint64_t id, int64_t now_us, struct job_rec *jr,
-                        struct sched_job_spec *js, struct job_strs *st)
+static void instantiate(struct bench *b, struct rng *r, const struct job_tmpl *t, uint64_t id,
+                        int64_t now_us, struct job_rec *jr, struct sched_job_spec *js,
+                        struct job_strs *st)
 {
 	*jr = t->req;
 	jr->parts_seen = 0;
@@ -975,7 +1137,8 @@ static void instantiate(struct bench *b, struct rng *r, const struct job_tmpl *t
 	for (uint32_t i = 0; i < jr->nregions; i++)
 		st->regions[i] = region_names[jr->regions[i]];
 	for (uint32_t i = 0; i < jr->nselectors; i++)
-		st->selectors[i] = label_strs[SEL_KEY(jr->selectors[i])][SEL_VALUE(jr->selectors[i])];
+		st->selectors[i] =
+		    label_strs[SEL_KEY(jr->selectors[i])][SEL_VALUE(jr->selectors[i])];
 	uint32_t ntol = 0;
 	if (jr->tolerations & TOL_RESEARCH)
 		st->tolerations[ntol++] = "dedicated=research";
@@ -1012,7 +1175,7 @@ static void instantiate(struct bench *b, struct rng *r, const struct job_tmpl *t
 	js->nregions = jr->nregions;
 	js->regions = jr->nregions ? st->regions : NULL;
 	js->preferred_region =
-		t->preferred_region == 0xff ? NULL : region_names[t->preferred_region];
+	    t->preferred_region == 0xff ? NULL : region_names[t->preferred_region];
 	js->nselectors = jr->nselectors;
 	js->selectors = jr->nselectors ? st->selectors : NULL;
 	js->ntolerations = ntol;
@@ -1110,7 +1273,7 @@ static int add_jobs(struct bench *b, uint32_t count, int64_t now_us)
 			t = &b->tmpl[pick_cdf(b->tmpl_cdf, b->opt.templates, rng_unit(&b->rng))];
 		struct job_rec *jr = &b->jobs[b->njobs];
 		instantiate(b, &b->rng, t, (uint64_t)b->njobs + 1, now_us, jr, &js, &st);
-		struct sched_error err = {{0}, {0}};
+		struct sched_error err = { { 0 }, { 0 } };
 		int rc = sched_job_add(b->c, &js, &err);
 		if (rc != 0) {
 			fprintf(stderr, "sched-bench: job_add id=%" PRIu64 ": %s (%s: %s)\n", js.id,
@@ -1127,8 +1290,9 @@ static int add_jobs(struct bench *b, uint32_t count, int64_t now_us)
 static void violation(struct bench *b, const struct sched_action *a, const char *what)
 {
 	if (b->violations++ < 10)
-		fprintf(stderr, "sched-bench: VIOLATION job=%" PRIu64 " node=%" PRIu64
-		                " mask=%#" PRIx64 ": %s\n",
+		fprintf(stderr,
+		        "sched-bench: VIOLATION job=%" PRIu64 " node=%" PRIu64 " mask=%#" PRIx64
+		        ": %s\n",
 		        a->job_id, a->node_id, a->gpu_mask, what);
 }
 
@@ -1158,7 +1322,7 @@ static bool node_could_host(const struct bench *b, const struct node_rec *n,
 		return false;
 	if (j->min_tflops_total > 0.0f &&
 	    (double)n->tflops[j->precision] * j->gpus_per_node * j->node_count <
-	            (double)j->min_tflops_total)
+	        (double)j->min_tflops_total)
 		return false;
 	if (!tolerates(n->taint, j->tolerations))
 		return false;
@@ -1182,7 +1346,7 @@ static bool node_could_host(const struct bench *b, const struct node_rec *n,
 /* Whether an idle fleet could run the job: node_count hosts in one region. */
 static bool fleet_could_host(const struct bench *b, const struct job_rec *j)
 {
-	uint32_t per_region[NREGIONS] = {0};
+	uint32_t per_region[NREGIONS] = { 0 };
 	for (uint32_t i = 0; i < b->nnodes; i++) {
 		const struct node_rec *n = &b->nodes[i];
 		if (n->state != SCHED_NODE_READY || !node_could_host(b, n, j))
@@ -1197,8 +1361,8 @@ static bool fleet_could_host(const struct bench *b, const struct job_rec *j)
  * an idle fleet could run at all. */
 static double describe_jobs(const struct bench *b, uint32_t lo, uint32_t hi)
 {
-	uint32_t by_gpus[4] = {0}, multi = 0, nvlink = 0, regions = 0, selectors = 0,
-	         tols = 0, price = 0, tflops = 0, mem = 0;
+	uint32_t by_gpus[4] = { 0 }, multi = 0, nvlink = 0, regions = 0, selectors = 0, tols = 0,
+	         price = 0, tflops = 0, mem = 0;
 	uint64_t gpus = 0;
 	for (uint32_t i = lo; i < hi; i++) {
 		const struct job_rec *j = &b->jobs[i];
@@ -1206,8 +1370,10 @@ static double describe_jobs(const struct bench *b, uint32_t lo, uint32_t hi)
 		if (j->node_count > 1)
 			multi++;
 		else
-			by_gpus[j->gpus_per_node >= 8 ? 3 : j->gpus_per_node >= 4 ? 2
-			        : j->gpus_per_node >= 2 ? 1 : 0]++;
+			by_gpus[j->gpus_per_node >= 8   ? 3
+			        : j->gpus_per_node >= 4 ? 2
+			        : j->gpus_per_node >= 2 ? 1
+			                                : 0]++;
 		nvlink += j->nvlink;
 		regions += j->nregions > 0;
 		selectors += j->nselectors > 0;
@@ -1226,8 +1392,8 @@ static double describe_jobs(const struct bench *b, uint32_t lo, uint32_t hi)
 	        " selectors %.1f%%, tolerations %.1f%%, max price %.1f%%, min TFLOPS %.1f%%,"
 	        " min memory %.1f%% | an idle fleet fits %" PRIu32 "/%" PRIu32 " sampled\n",
 	        n, gpus, by_gpus[0] * pct, by_gpus[1] * pct, by_gpus[2] * pct, by_gpus[3] * pct,
-	        multi * pct, nvlink * pct, regions * pct, selectors * pct, tols * pct,
-	        price * pct, tflops * pct, mem * pct, feasible, sample);
+	        multi * pct, nvlink * pct, regions * pct, selectors * pct, tols * pct, price * pct,
+	        tflops * pct, mem * pct, feasible, sample);
 	return sample ? (double)feasible / sample : 0.0;
 }
 
@@ -1313,8 +1479,8 @@ static void check_start(struct bench *b, const struct sched_action *a)
 /* ---- cycles ------------------------------------------------------------- */
 
 struct cycle_result {
-	int64_t ns;            /* sched_cycle wall time */
-	uint32_t placed;       /* jobs started (gang_index 0) */
+	int64_t ns;      /* sched_cycle wall time */
+	uint32_t placed; /* jobs started (gang_index 0) */
 	uint64_t placed_gpus;
 	uint32_t preempt_actions;
 	uint32_t unschedulable;
@@ -1325,7 +1491,7 @@ struct cycle_result {
  * victims the way a server would once their grace ends. */
 static int run_cycle(struct bench *b, int64_t now_us, struct cycle_result *res)
 {
-	struct sched_actions out = {0};
+	struct sched_actions out = { 0 };
 	memset(res, 0, sizeof *res);
 	int64_t t0 = mono_ns();
 	int rc = sched_cycle(b->c, now_us, &out, &res->st);
@@ -1404,8 +1570,8 @@ static void json_cycle_stats(const char *name, const struct sched_cycle_stats *s
 {
 	printf("\"%s\":{\"considered\":%" PRIu32 ",\"placed\":%" PRIu32
 	       ",\"skipped_class\":%" PRIu32 ",\"blocked\":%" PRIu32 ",\"reserved\":%" PRIu32
-	       ",\"preempted\":%" PRIu32 ",\"unschedulable\":%" PRIu32
-	       ",\"nodes_visited\":%" PRIu32 "}",
+	       ",\"preempted\":%" PRIu32 ",\"unschedulable\":%" PRIu32 ",\"nodes_visited\":%" PRIu32
+	       "}",
 	       name, s->considered, s->placed, s->skipped_class, s->blocked, s->reserved,
 	       s->preempted, s->unschedulable, s->nodes_visited);
 }
@@ -1414,28 +1580,27 @@ static void json_cycle_stats(const char *name, const struct sched_cycle_stats *s
 
 static void usage(FILE *f)
 {
-	fprintf(f,
-	        "usage: sched-bench --nodes N --jobs M [--seed S] [--traces DIR]\n"
-	        "                   [--no-backfill] [--policy-preempt | --no-preempt]\n"
-	        "                   [--templates K] [--fresh F] [--explain-samples K]\n"
-	        "                   [--fill-target F] [--check] [--fill-only]\n"
-	        "  --nodes N            nodes, scaled up from the Alibaba trace inventory\n"
-	        "  --jobs M             pending jobs per measured cycle\n"
-	        "  --seed S             RNG seed (default 1)\n"
-	        "  --traces DIR         traces directory (default ../shared/traces from the\n"
-	        "                       project root)\n"
-	        "  --templates K        requirement templates, Zipf(1)-popular (4000;\n"
-	        "                       0 = every job draws its own)\n"
-	        "  --fresh F            share of jobs drawing their own requirements\n"
-	        "                       instead of a template (0.05)\n"
-	        "  --no-backfill        policy.backfill = false\n"
-	        "  --policy-preempt     policy.preemption = true (--no-preempt: false);\n"
-	        "                       default: the library's default policy\n"
-	        "  --explain-samples K  pending jobs explained after the steady cycle (100)\n"
-	        "  --fill-target F      pre-fill until at most this fraction of GPUs is\n"
-	        "                       free (default 0.05)\n"
-	        "  --check              run sched_cluster_check after each phase\n"
-	        "  --fill-only          stop after the fill cycle (for profiling it)\n");
+	fprintf(f, "usage: sched-bench --nodes N --jobs M [--seed S] [--traces DIR]\n"
+	           "                   [--no-backfill] [--policy-preempt | --no-preempt]\n"
+	           "                   [--templates K] [--fresh F] [--explain-samples K]\n"
+	           "                   [--fill-target F] [--check] [--fill-only]\n"
+	           "  --nodes N            nodes, scaled up from the Alibaba trace inventory\n"
+	           "  --jobs M             pending jobs per measured cycle\n"
+	           "  --seed S             RNG seed (default 1)\n"
+	           "  --traces DIR         traces directory (default ../shared/traces from the\n"
+	           "                       project root)\n"
+	           "  --templates K        requirement templates, Zipf(1)-popular (4000;\n"
+	           "                       0 = every job draws its own)\n"
+	           "  --fresh F            share of jobs drawing their own requirements\n"
+	           "                       instead of a template (0.05)\n"
+	           "  --no-backfill        policy.backfill = false\n"
+	           "  --policy-preempt     policy.preemption = true (--no-preempt: false);\n"
+	           "                       default: the library's default policy\n"
+	           "  --explain-samples K  pending jobs explained after the steady cycle (100)\n"
+	           "  --fill-target F      pre-fill until at most this fraction of GPUs is\n"
+	           "                       free (default 0.05)\n"
+	           "  --check              run sched_cluster_check after each phase\n"
+	           "  --fill-only          stop after the fill cycle (for profiling it)\n");
 }
 
 static bool parse_u64(const char *s, uint64_t *out)
@@ -1487,7 +1652,8 @@ static int parse_args(int argc, char **argv, struct options *o)
 			char *end;
 			double f = strtod(v, &end);
 			if (*end || !(f >= 0.0 && f <= 1.0)) {
-				fprintf(stderr, "sched-bench: --fill-target wants 0..1, got '%s'\n", v);
+				fprintf(stderr, "sched-bench: --fill-target wants 0..1, got '%s'\n",
+				        v);
 				return -1;
 			}
 			o->fill_target = f;
@@ -1537,8 +1703,8 @@ static const char *find_traces(const char *given)
 	if (given) {
 		if (traces_present(given))
 			return given;
-		fprintf(stderr, "sched-bench: traces not found under %s (need %s and %s)\n",
-		        given, NODE_CSV, POD_CSV);
+		fprintf(stderr, "sched-bench: traces not found under %s (need %s and %s)\n", given,
+		        NODE_CSV, POD_CSV);
 		return NULL;
 	}
 	static const char *const candidates[] = {
@@ -1550,8 +1716,8 @@ static const char *find_traces(const char *given)
 	for (size_t i = 0; i < ARRAY_LEN(candidates); i++)
 		if (traces_present(candidates[i]))
 			return candidates[i];
-	fprintf(stderr, "sched-bench: traces not found; looked for %s and %s under:\n",
-	        NODE_CSV, POD_CSV);
+	fprintf(stderr, "sched-bench: traces not found; looked for %s and %s under:\n", NODE_CSV,
+	        POD_CSV);
 	for (size_t i = 0; i < ARRAY_LEN(candidates); i++)
 		fprintf(stderr, "  %s\n", candidates[i]);
 	fprintf(stderr, "sched-bench: run from the project root or pass --traces DIR\n");
@@ -1588,8 +1754,9 @@ int main(int argc, char **argv)
 	    load_trace_pods(traces, &b.pods, &b.npods) != 0)
 		return 1;
 	rng_seed(&b.rng, b.opt.seed);
-	fprintf(stderr, "sched-bench: traces=%s trace_nodes=%" PRIu32 " gpu_pods=%" PRIu32
-	                " seed=%" PRIu64 "\n",
+	fprintf(stderr,
+	        "sched-bench: traces=%s trace_nodes=%" PRIu32 " gpu_pods=%" PRIu32 " seed=%" PRIu64
+	        "\n",
 	        traces, b.ntnodes, b.npods, b.opt.seed);
 
 	/* Shuffle the inventory once, then cycle through it: every full pass
@@ -1631,7 +1798,7 @@ int main(int argc, char **argv)
 		b.pol.backfill = false;
 	if (b.opt.preemption >= 0)
 		b.pol.preemption = b.opt.preemption == 1;
-	struct sched_error err = {{0}, {0}};
+	struct sched_error err = { { 0 }, { 0 } };
 	if (sched_set_policy(b.c, &b.pol, &err) != 0) {
 		fprintf(stderr, "sched-bench: set_policy: %s: %s\n", err.field, err.message);
 		return 2;
@@ -1642,7 +1809,8 @@ int main(int argc, char **argv)
 		if (sched_tenant_set_shares(b.c, id, 1 + rng_below(&b.rng, 10)) != 0 ||
 		    (rng_chance(&b.rng, 0.6) &&
 		     sched_tenant_set_usage(b.c, id, rng_range(&b.rng, 0.0, 2e6), now) != 0)) {
-			fprintf(stderr, "sched-bench: tenant setup failed for tenant %" PRIu64 "\n", id);
+			fprintf(stderr, "sched-bench: tenant setup failed for tenant %" PRIu64 "\n",
+			        id);
 			return 2;
 		}
 	}
@@ -1655,7 +1823,7 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	size_t bytes0 = cluster_bytes(b.c);
-	uint32_t model_nodes[NMODELS] = {0};
+	uint32_t model_nodes[NMODELS] = { 0 };
 	uint64_t total_gpus = 0;
 	for (uint32_t i = 0; i < b.nnodes; i++) {
 		make_node(&b, &b.rng, i, &b.tnodes[i % b.ntnodes]);
@@ -1670,11 +1838,12 @@ int main(int argc, char **argv)
 	for (uint32_t m = 0; m < NMODELS; m++)
 		if (model_nodes[m]) {
 			nmodels++;
-			fprintf(stderr, "sched-bench:   %-16s nodes=%" PRIu32 "\n", gpu_models[m].name,
-			        model_nodes[m]);
+			fprintf(stderr, "sched-bench:   %-16s nodes=%" PRIu32 "\n",
+			        gpu_models[m].name, model_nodes[m]);
 		}
-	fprintf(stderr, "sched-bench: fleet nodes=%" PRIu32 " gpus=%" PRIu64 " models=%" PRIu32
-	                " bytes_per_node=%.0f\n",
+	fprintf(stderr,
+	        "sched-bench: fleet nodes=%" PRIu32 " gpus=%" PRIu64 " models=%" PRIu32
+	        " bytes_per_node=%.0f\n",
 	        b.nnodes, total_gpus, nmodels, bytes_per_node);
 
 	/* Phase 1: empty cluster, M pending jobs, one cycle. */
@@ -1687,8 +1856,9 @@ int main(int argc, char **argv)
 	uint32_t fill_classes = count_classes(&b, fill_lo, fill_hi);
 	struct sched_stats st;
 	sched_get_stats(b.c, &st);
-	fprintf(stderr, "sched-bench: fill: jobs=%" PRIu32 " classes=%" PRIu32
-	                " lib_classes=%" PRIu32 " bytes_per_job=%.0f setup=%.2f s\n",
+	fprintf(stderr,
+	        "sched-bench: fill: jobs=%" PRIu32 " classes=%" PRIu32 " lib_classes=%" PRIu32
+	        " bytes_per_job=%.0f setup=%.2f s\n",
 	        b.opt.jobs, fill_classes, st.classes, bytes_per_job, now_s() - t_start);
 	double setup_s = now_s() - t_start;
 
@@ -1705,12 +1875,13 @@ int main(int argc, char **argv)
 	 * filling (it only churns running work; this is setup, not measured)
 	 * and restored for the steady cycle. */
 	if (b.opt.fill_only) {
-		printf("{\"nodes\":%" PRIu32 ",\"gpus\":%" PRIu64 ",\"jobs\":%" PRIu32
-		       ",\"classes\":%" PRIu32 ",\"fill_cycle_ms\":%.3f,\"fill_placed\":%" PRIu32
-		       ",\"fill_placements_per_s\":%.0f,\"bytes_per_job\":%.1f,\"bytes_per_node\":%.1f"
-		       ",\"violations\":%" PRIu64 ",",
-		       b.nnodes, total_gpus, b.opt.jobs, fill_classes, (double)fill.ns / 1e6,
-		       fill.placed, fill_rate, bytes_per_job, bytes_per_node, b.violations);
+		printf(
+		    "{\"nodes\":%" PRIu32 ",\"gpus\":%" PRIu64 ",\"jobs\":%" PRIu32
+		    ",\"classes\":%" PRIu32 ",\"fill_cycle_ms\":%.3f,\"fill_placed\":%" PRIu32
+		    ",\"fill_placements_per_s\":%.0f,\"bytes_per_job\":%.1f,\"bytes_per_node\":%.1f"
+		    ",\"violations\":%" PRIu64 ",",
+		    b.nnodes, total_gpus, b.opt.jobs, fill_classes, (double)fill.ns / 1e6,
+		    fill.placed, fill_rate, bytes_per_job, bytes_per_node, b.violations);
 		json_cycle_stats("fill_stats", &fill.st);
 		printf("}\n");
 		sched_cluster_free(b.c);
@@ -1722,7 +1893,8 @@ int main(int argc, char **argv)
 		struct sched_policy quiet = b.pol;
 		quiet.preemption = false;
 		if (sched_set_policy(b.c, &quiet, &err) != 0) {
-			fprintf(stderr, "sched-bench: set_policy: %s: %s\n", err.field, err.message);
+			fprintf(stderr, "sched-bench: set_policy: %s: %s\n", err.field,
+			        err.message);
 			return 2;
 		}
 	}
@@ -1730,7 +1902,8 @@ int main(int argc, char **argv)
 	uint32_t rounds = 0;
 	for (; rounds < 40; rounds++) {
 		sched_get_stats(b.c, &st);
-		if (st.gpus_total == 0 || (double)st.gpus_free <= b.opt.fill_target * (double)st.gpus_total)
+		if (st.gpus_total == 0 ||
+		    (double)st.gpus_free <= b.opt.fill_target * (double)st.gpus_total)
 			break;
 		uint32_t batch = (uint32_t)(st.gpus_free < 1000 ? 1000 : st.gpus_free);
 		if (batch > 2 * b.opt.jobs)
@@ -1744,11 +1917,12 @@ int main(int argc, char **argv)
 			return 2;
 		double t_cancel = now_s();
 		uint32_t cancelled = cancel_pending(&b, lo, b.njobs, tnow);
-		fprintf(stderr, "sched-bench: pre-fill round %" PRIu32 ": batch=%" PRIu32
-		                " free_before=%" PRIu64 " cycle %.1f ms placed=%" PRIu32
-		                " preempt=%" PRIu32 " cancelled=%" PRIu32 " (%.2f s)\n",
-		        rounds, batch, st.gpus_free, (double)r.ns / 1e6, r.placed, r.preempt_actions,
-		        cancelled, now_s() - t_cancel);
+		fprintf(stderr,
+		        "sched-bench: pre-fill round %" PRIu32 ": batch=%" PRIu32
+		        " free_before=%" PRIu64 " cycle %.1f ms placed=%" PRIu32 " preempt=%" PRIu32
+		        " cancelled=%" PRIu32 " (%.2f s)\n",
+		        rounds, batch, st.gpus_free, (double)r.ns / 1e6, r.placed,
+		        r.preempt_actions, cancelled, now_s() - t_cancel);
 		if ((double)r.placed_gpus < 0.005 * (double)st.gpus_total)
 			break;
 	}
@@ -1758,8 +1932,9 @@ int main(int argc, char **argv)
 	}
 	sched_get_stats(b.c, &st);
 	uint64_t steady_free_before = st.gpus_free;
-	fprintf(stderr, "sched-bench: pre-fill: %" PRIu32 " rounds in %.2f s: running=%" PRIu32
-	                " gpus_free=%" PRIu64 "/%" PRIu64 " (%.1f %%)\n",
+	fprintf(stderr,
+	        "sched-bench: pre-fill: %" PRIu32 " rounds in %.2f s: running=%" PRIu32
+	        " gpus_free=%" PRIu64 "/%" PRIu64 " (%.1f %%)\n",
 	        rounds, now_s() - t_prefill, st.jobs_running, st.gpus_free, st.gpus_total,
 	        st.gpus_total ? 100.0 * (double)st.gpus_free / (double)st.gpus_total : 0.0);
 	check_cluster(&b, "pre-fill");
@@ -1777,10 +1952,14 @@ int main(int argc, char **argv)
 	double feasible_share = describe_jobs(&b, steady_lo, steady_hi);
 	sched_get_stats(b.c, &st);
 	uint32_t lib_classes = st.classes;
+	uint32_t lib_pools = st.pools;
+	uint32_t lib_egroups = st.egroups;
 	uint32_t tenants = st.tenants;
-	fprintf(stderr, "sched-bench: steady: jobs=%" PRIu32 " classes=%" PRIu32
-	                " lib_classes=%" PRIu32 " pending=%" PRIu32 " bytes_per_job=%.0f\n",
-	        b.opt.jobs, classes, lib_classes, st.jobs_pending, bytes_per_job_steady);
+	fprintf(stderr,
+	        "sched-bench: steady: jobs=%" PRIu32 " classes=%" PRIu32 " lib_classes=%" PRIu32
+	        " pools=%" PRIu32 " egroups=%" PRIu32 " pending=%" PRIu32 " bytes_per_job=%.0f\n",
+	        b.opt.jobs, classes, lib_classes, lib_pools, lib_egroups, st.jobs_pending,
+	        bytes_per_job_steady);
 
 	struct cycle_result steady;
 	if (run_cycle(&b, tnow, &steady) != 0)
@@ -1823,13 +2002,15 @@ int main(int argc, char **argv)
 			if (!printed) {
 				char buf[1024];
 				sched_explain_format(&e, buf, sizeof buf);
-				fprintf(stderr, "sched-bench: explain job=%" PRIu64 ": %s\n", id, buf);
+				fprintf(stderr, "sched-bench: explain job=%" PRIu64 ": %s\n", id,
+				        buf);
 				printed = true;
 			}
 		}
-		fprintf(stderr, "sched-bench: explained %" PRIu32 " pending jobs (%" PRIu32
-		                " failed), %.1f us each; never fit an idle fleet: %" PRIu32
-		                " by the library, %" PRIu32 " by the bench's filter\n",
+		fprintf(stderr,
+		        "sched-bench: explained %" PRIu32 " pending jobs (%" PRIu32
+		        " failed), %.1f us each; never fit an idle fleet: %" PRIu32
+		        " by the library, %" PRIu32 " by the bench's filter\n",
 		        explained, explain_failed,
 		        explained ? (double)explain_ns / 1e3 / explained : 0.0, lib_infeasible,
 		        bench_infeasible);
@@ -1839,18 +2020,19 @@ int main(int argc, char **argv)
 
 	sched_get_stats(b.c, &st);
 	double wall_s = now_s() - t_start;
-	fprintf(stderr, "sched-bench: fill %.0f placements/s, steady %.0f decisions/s"
-	                " (%.0f ns each), %.0f B/job, %.0f B/node, violations=%" PRIu64
-	                ", %.1f s total\n",
+	fprintf(stderr,
+	        "sched-bench: fill %.0f placements/s, steady %.0f decisions/s"
+	        " (%.0f ns each), %.0f B/job, %.0f B/node, violations=%" PRIu64 ", %.1f s total\n",
 	        fill_rate, steady_rate, ns_per_decision, bytes_per_job, bytes_per_node,
 	        b.violations, wall_s);
 
 	printf("{\"nodes\":%" PRIu32 ",\"gpus\":%" PRIu64 ",\"gpu_models\":%" PRIu32
 	       ",\"regions\":%u,\"jobs\":%" PRIu32 ",\"classes\":%" PRIu32
-	       ",\"lib_classes\":%" PRIu32 ",\"fill_classes\":%" PRIu32 ",\"tenants\":%" PRIu32
-	       ",\"seed\":%" PRIu64 ",\"backfill\":%s,\"preemption\":%s,",
-	       b.nnodes, total_gpus, nmodels, NREGIONS, b.opt.jobs, classes, lib_classes,
-	       fill_classes, tenants, b.opt.seed, b.pol.backfill ? "true" : "false",
+	       ",\"lib_classes\":%" PRIu32 ",\"lib_pools\":%" PRIu32 ",\"lib_egroups\":%" PRIu32
+	       ",\"fill_classes\":%" PRIu32 ",\"tenants\":%" PRIu32 ",\"seed\":%" PRIu64
+	       ",\"backfill\":%s,\"preemption\":%s,",
+	       b.nnodes, total_gpus, nmodels, NREGIONS, b.opt.jobs, classes, lib_classes, lib_pools,
+	       lib_egroups, fill_classes, tenants, b.opt.seed, b.pol.backfill ? "true" : "false",
 	       b.pol.preemption ? "true" : "false");
 	printf("\"fill_cycle_ms\":%.3f,\"fill_placed\":%" PRIu32 ",\"fill_placed_gpus\":%" PRIu64
 	       ",\"fill_unschedulable\":%" PRIu32 ",\"fill_placements_per_s\":%.0f,",
@@ -1869,9 +2051,9 @@ int main(int argc, char **argv)
 	       ",\"bytes_total\":%zu,\"feasible_share\":%.3f,\"explained\":%" PRIu32
 	       ",\"explain_us_avg\":%.1f"
 	       ",\"violations\":%" PRIu64 ",\"setup_s\":%.2f,\"wall_s\":%.2f}\n",
-	       bytes_per_job, bytes_per_job_steady, bytes_per_node, st.bytes, feasible_share, explained,
-	       explained ? (double)explain_ns / 1e3 / explained : 0.0, b.violations, setup_s,
-	       wall_s);
+	       bytes_per_job, bytes_per_job_steady, bytes_per_node, st.bytes, feasible_share,
+	       explained, explained ? (double)explain_ns / 1e3 / explained : 0.0, b.violations,
+	       setup_s, wall_s);
 	fflush(stdout);
 
 	sched_cluster_free(b.c);

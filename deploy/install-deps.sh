@@ -4,7 +4,7 @@
 set -euo pipefail
 
 packages=(
-	build-essential pkg-config meson ninja-build python3
+	build-essential pkg-config meson ninja-build python3 clang-format
 	protobuf-c-compiler libprotobuf-c-dev
 	libevent-dev libpq-dev libhiredis-dev libjansson-dev
 	postgresql redis-server

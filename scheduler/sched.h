@@ -16,11 +16,11 @@
 extern "C" {
 #endif
 
-#define SCHED_MAX_GPUS_PER_NODE 64   /* GPUs are addressed by a uint64_t mask */
-#define SCHED_MAX_GANG_NODES 64      /* nodes in one multi-node gang */
-#define SCHED_MAX_STRINGS 32         /* labels, taints, selectors, ... per list */
-#define SCHED_MAX_STRING_BYTES 128   /* one label / region / model, NUL excluded */
-#define SCHED_PRIO_CLASSES 5         /* priority classes 0 (lowest) .. 4 */
+#define SCHED_MAX_GPUS_PER_NODE 64  /* GPUs are addressed by a uint64_t mask */
+#define SCHED_MAX_GANG_NODES    64  /* nodes in one multi-node gang */
+#define SCHED_MAX_STRINGS       32  /* labels, taints, selectors, ... per list */
+#define SCHED_MAX_STRING_BYTES  128 /* one label / region / model, NUL excluded */
+#define SCHED_PRIO_CLASSES      5   /* priority classes 0 (lowest) .. 4 */
 
 enum sched_precision {
 	SCHED_PREC_FP32 = 0,
@@ -32,10 +32,10 @@ enum sched_precision {
 };
 
 enum sched_node_state {
-	SCHED_NODE_READY = 0,  /* takes new work */
-	SCHED_NODE_DRAINING,   /* keeps running work, takes none */
-	SCHED_NODE_CORDONED,   /* admin hold: takes none */
-	SCHED_NODE_LOST,       /* missed heartbeats */
+	SCHED_NODE_READY = 0, /* takes new work */
+	SCHED_NODE_DRAINING,  /* keeps running work, takes none */
+	SCHED_NODE_CORDONED,  /* admin hold: takes none */
+	SCHED_NODE_LOST,      /* missed heartbeats */
 	SCHED_NODE_STATE_COUNT
 };
 
@@ -48,18 +48,18 @@ enum sched_job_kind {
 
 enum sched_job_state {
 	SCHED_JOB_PENDING = 1,
-	SCHED_JOB_RUNNING,     /* has a placement (lease) */
-	SCHED_JOB_PREEMPTING,  /* running, told to stop; still holds its GPUs */
+	SCHED_JOB_RUNNING,    /* has a placement (lease) */
+	SCHED_JOB_PREEMPTING, /* running, told to stop; still holds its GPUs */
 };
 
 enum sched_fit_mode {
-	SCHED_FIT_PACK = 0,    /* prefer the node left with fewest free GPUs */
-	SCHED_FIT_SPREAD,      /* prefer the node left with most free GPUs */
+	SCHED_FIT_PACK = 0, /* prefer the node left with fewest free GPUs */
+	SCHED_FIT_SPREAD,   /* prefer the node left with most free GPUs */
 };
 
 enum sched_fairness {
-	SCHED_FAIR_NONE = 0,   /* priority ignores past usage */
-	SCHED_FAIR_SHARE,      /* Slurm-style 2^(-usage/shares), decayed usage */
+	SCHED_FAIR_NONE = 0, /* priority ignores past usage */
+	SCHED_FAIR_SHARE,    /* Slurm-style 2^(-usage/shares), decayed usage */
 };
 
 /* Why a node cannot host a job, in the order the filters are applied: each
@@ -68,17 +68,17 @@ enum sched_reason {
 	SCHED_R_NODE_STATE = 0, /* draining, cordoned or lost */
 	SCHED_R_UNVERIFIED,     /* policy allows verified nodes only */
 	SCHED_R_REGION,
-	SCHED_R_MEMORY,         /* per-GPU memory below the job's minimum */
+	SCHED_R_MEMORY, /* per-GPU memory below the job's minimum */
 	SCHED_R_COMPUTE_CAP,
 	SCHED_R_PRECISION,
-	SCHED_R_TFLOPS,         /* throughput in the job's precision too low */
-	SCHED_R_TAINT,          /* a taint the job does not tolerate */
-	SCHED_R_PRICE,          /* price per GPU-hour above the job's max */
-	SCHED_R_LABEL,          /* a label selector not matched */
-	SCHED_R_GPU_COUNT,      /* fewer matching GPUs than the job needs, even idle */
-	SCHED_R_FREE_GPUS,      /* too few free GPUs now */
-	SCHED_R_INTERCONNECT,   /* free GPUs, but not in one NVLink group */
-	SCHED_R_RESERVED,       /* free GPUs are reserved for a higher-priority job */
+	SCHED_R_TFLOPS,       /* throughput in the job's precision too low */
+	SCHED_R_TAINT,        /* a taint the job does not tolerate */
+	SCHED_R_PRICE,        /* price per GPU-hour above the job's max */
+	SCHED_R_LABEL,        /* a label selector not matched */
+	SCHED_R_GPU_COUNT,    /* fewer matching GPUs than the job needs, even idle */
+	SCHED_R_FREE_GPUS,    /* too few free GPUs now */
+	SCHED_R_INTERCONNECT, /* free GPUs, but not in one NVLink group */
+	SCHED_R_RESERVED,     /* free GPUs are reserved for a higher-priority job */
 	SCHED_R_COUNT
 };
 
@@ -104,44 +104,44 @@ struct sched_error {
 /* ---- facts the caller supplies ------------------------------------------ */
 
 struct sched_gpu_spec {
-	const char *model;        /* e.g. "H100-SXM5-80GB"; required */
-	uint32_t memory_mib;      /* > 0 */
-	uint16_t compute_cap;     /* major*10 + minor: 90 = 9.0; 30..150 */
-	uint32_t precisions;      /* mask of 1u << enum sched_precision; != 0 */
-	uint16_t nvlink_group;    /* 0 = no NVLink; same non-zero = one domain */
+	const char *model;              /* e.g. "H100-SXM5-80GB"; required */
+	uint32_t memory_mib;            /* > 0 */
+	uint16_t compute_cap;           /* major*10 + minor: 90 = 9.0; 30..150 */
+	uint32_t precisions;            /* mask of 1u << enum sched_precision; != 0 */
+	uint16_t nvlink_group;          /* 0 = no NVLink; same non-zero = one domain */
 	float tflops[SCHED_PREC_COUNT]; /* figures used for matching: verified
 	                                   when the node is verified, else claimed;
 	                                   >= 0, 0 where the precision is absent */
 };
 
 struct sched_node_spec {
-	uint64_t id;                  /* caller's id, unique; != 0 */
-	const char *region;           /* required, e.g. "eu-west" */
+	uint64_t id;        /* caller's id, unique; != 0 */
+	const char *region; /* required, e.g. "eu-west" */
 	enum sched_node_state state;
-	bool verified;                /* throughput proved by the probe */
-	int64_t price_micros;         /* per GPU-hour, > 0 */
-	uint32_t reliability_ppm;     /* 0..1,000,000 (uptime x lease success) */
-	uint32_t ngpus;               /* 1..SCHED_MAX_GPUS_PER_NODE */
+	bool verified;                     /* throughput proved by the probe */
+	int64_t price_micros;              /* per GPU-hour, > 0 */
+	uint32_t reliability_ppm;          /* 0..1,000,000 (uptime x lease success) */
+	uint32_t ngpus;                    /* 1..SCHED_MAX_GPUS_PER_NODE */
 	const struct sched_gpu_spec *gpus; /* ngpus entries; index = GPU index */
 	uint32_t nlabels;
-	const char *const *labels;    /* "key=value" (the '=' is required) */
+	const char *const *labels; /* "key=value" (the '=' is required) */
 	uint32_t ntaints;
-	const char *const *taints;    /* "key=value" or "key" (NoSchedule) */
+	const char *const *taints; /* "key=value" or "key" (NoSchedule) */
 };
 
 struct sched_job_spec {
-	uint64_t id;                  /* caller's id, unique; != 0 */
-	uint64_t tenant_id;           /* != 0 */
+	uint64_t id;        /* caller's id, unique; != 0 */
+	uint64_t tenant_id; /* != 0 */
 	enum sched_job_kind kind;
-	uint32_t gpus_per_node;       /* 1..64 */
-	uint32_t node_count;          /* 1 = single-node gang; 2..64 = all nodes
+	uint32_t gpus_per_node;   /* 1..64 */
+	uint32_t node_count;      /* 1 = single-node gang; 2..64 = all nodes
 	                                 in one region, all or nothing */
-	uint32_t min_memory_mib;      /* per GPU; 0 = any */
-	uint16_t min_compute_cap;     /* 0 = any */
+	uint32_t min_memory_mib;  /* per GPU; 0 = any */
+	uint16_t min_compute_cap; /* 0 = any */
 	enum sched_precision precision;
-	float min_tflops_per_gpu;     /* in precision; 0 = any */
-	float min_tflops_total;       /* over all GPUs of the job; 0 = any */
-	bool require_nvlink;          /* a node's GPUs for this job share one
+	float min_tflops_per_gpu; /* in precision; 0 = any */
+	float min_tflops_total;   /* over all GPUs of the job; 0 = any */
+	bool require_nvlink;      /* a node's GPUs for this job share one
 	                                 NVLink group */
 	uint32_t nregions;
 	const char *const *regions;   /* allowed regions; none = any */
@@ -151,11 +151,11 @@ struct sched_job_spec {
 	uint32_t ntolerations;
 	const char *const *tolerations; /* "key=value" tolerates that taint,
 	                                   "key" tolerates every value of key */
-	int64_t max_price_micros;     /* per GPU-hour; 0 = no cap */
-	int64_t max_duration_us;      /* > 0: the lease ends by then */
-	uint32_t priority_class;      /* 0..SCHED_PRIO_CLASSES-1 */
+	int64_t max_price_micros;       /* per GPU-hour; 0 = no cap */
+	int64_t max_duration_us;        /* > 0: the lease ends by then */
+	uint32_t priority_class;        /* 0..SCHED_PRIO_CLASSES-1 */
 	bool preemptible;
-	int64_t submit_us;            /* arrival; ties broken by order of add */
+	int64_t submit_us; /* arrival; ties broken by order of add */
 };
 
 /* ---- policy ------------------------------------------------------------- */
@@ -168,25 +168,25 @@ struct sched_policy {
 	double w_perf;           /* verified TFLOPS in the job's precision */
 	double w_fit;            /* packing or spreading, see fit_mode */
 	double w_reliability;
-	double w_locality;       /* node in the job's preferred region */
+	double w_locality; /* node in the job's preferred region */
 	enum sched_fit_mode fit_mode;
-	uint32_t score_nodes;    /* feasible nodes scored per job, 1..100000 */
+	uint32_t score_nodes; /* feasible nodes scored per job, 1..100000 */
 
 	/* Job priority: weighted sum of factors in [0,1]. Weights in [0, 1e6]. */
-	double w_prio_class;     /* priority_class / (SCHED_PRIO_CLASSES-1) */
-	double w_age;            /* waiting time / age_max_us, capped at 1 */
-	double w_fairshare;      /* 2^(-usage share / tenant share) */
-	int64_t age_max_us;      /* > 0 */
+	double w_prio_class; /* priority_class / (SCHED_PRIO_CLASSES-1) */
+	double w_age;        /* waiting time / age_max_us, capped at 1 */
+	double w_fairshare;  /* 2^(-usage share / tenant share) */
+	int64_t age_max_us;  /* > 0 */
 	enum sched_fairness fairness;
 	int64_t fairshare_half_life_us; /* 1 s .. 3650 days: decay of past usage */
 
-	bool allow_unverified;   /* unverified nodes may take jobs */
-	bool backfill;           /* blocked jobs reserve; lower jobs backfill */
-	uint32_t reservations;   /* blocked jobs that get a reservation, 0..64 */
-	uint32_t backfill_depth; /* jobs tried after the first blocked one;
+	bool allow_unverified;         /* unverified nodes may take jobs */
+	bool backfill;                 /* blocked jobs reserve; lower jobs backfill */
+	uint32_t reservations;         /* blocked jobs that get a reservation, 0..64 */
+	uint32_t backfill_depth;       /* jobs tried after the first blocked one;
 	                            0 = all */
-	bool preemption;         /* blocked jobs may evict lower-class work */
-	int64_t preemption_grace_us; /* >= 0: victim's time to stop */
+	bool preemption;               /* blocked jobs may evict lower-class work */
+	int64_t preemption_grace_us;   /* >= 0: victim's time to stop */
 	int64_t infeasible_timeout_us; /* a job no node of the fleet could ever
 	                                  host is given up after this; 0 = never */
 };
@@ -223,25 +223,22 @@ int sched_node_upsert(struct sched_cluster *c, const struct sched_node_spec *spe
                       struct sched_error *err);
 
 /* Changes a node's state. -ENOENT if unknown. */
-int sched_node_set_state(struct sched_cluster *c, uint64_t node_id,
-                         enum sched_node_state state);
+int sched_node_set_state(struct sched_cluster *c, uint64_t node_id, enum sched_node_state state);
 
 /* Removes a node. -EBUSY while jobs run on it (end their leases first). */
 int sched_node_remove(struct sched_cluster *c, uint64_t node_id);
 
 /* Sets a tenant's fair-share weight (default 1; 1..1e6). */
-int sched_tenant_set_shares(struct sched_cluster *c, uint64_t tenant_id,
-                            uint32_t shares);
+int sched_tenant_set_shares(struct sched_cluster *c, uint64_t tenant_id, uint32_t shares);
 
 /* Restores a tenant's decayed usage (GPU-seconds as of at_us), e.g. after a
  * restart. */
-int sched_tenant_set_usage(struct sched_cluster *c, uint64_t tenant_id,
-                           double usage_gpu_s, int64_t at_us);
+int sched_tenant_set_usage(struct sched_cluster *c, uint64_t tenant_id, double usage_gpu_s,
+                           int64_t at_us);
 
 /* Returns the tenant's decayed usage in GPU-seconds at now_us (running work
  * included), or a negative value if unknown. */
-double sched_tenant_usage(const struct sched_cluster *c, uint64_t tenant_id,
-                          int64_t now_us);
+double sched_tenant_usage(const struct sched_cluster *c, uint64_t tenant_id, int64_t now_us);
 
 /* Adds a pending job. Strings are copied. -EEXIST on a duplicate id. */
 int sched_job_add(struct sched_cluster *c, const struct sched_job_spec *spec,
@@ -261,15 +258,13 @@ struct sched_placement {
  * after a restart). Every GPU must exist and be free, and each part must
  * satisfy the job's hard constraints except price/state/verification.
  * -EBUSY, -EINVAL with err, -ENOENT. */
-int sched_lease_start(struct sched_cluster *c, uint64_t job_id,
-                      const struct sched_placement *pl, uint32_t npl,
-                      int64_t start_us, struct sched_error *err);
+int sched_lease_start(struct sched_cluster *c, uint64_t job_id, const struct sched_placement *pl,
+                      uint32_t npl, int64_t start_us, struct sched_error *err);
 
 /* Ends a running job's lease(s) at now_us: GPUs are freed and the usage is
  * charged to the tenant. requeue = true puts the job back in the queue with
  * its original submit time; false removes it. -ENOENT, -EINVAL if pending. */
-int sched_lease_end(struct sched_cluster *c, uint64_t job_id, int64_t now_us,
-                    bool requeue);
+int sched_lease_end(struct sched_cluster *c, uint64_t job_id, int64_t now_us, bool requeue);
 
 /* ---- queries ------------------------------------------------------------ */
 
@@ -278,25 +273,24 @@ int sched_job_state(const struct sched_cluster *c, uint64_t job_id);
 
 /* Copies up to max parts of a running job's placement into out and returns
  * how many parts it has (may exceed max), or -ENOENT / -EINVAL if pending. */
-int sched_job_placement(const struct sched_cluster *c, uint64_t job_id,
-                        struct sched_placement *out, uint32_t max);
+int sched_job_placement(const struct sched_cluster *c, uint64_t job_id, struct sched_placement *out,
+                        uint32_t max);
 
 /* Free GPUs of a node, or -ENOENT. */
-int sched_node_free_mask(const struct sched_cluster *c, uint64_t node_id,
-                         uint64_t *free_mask);
+int sched_node_free_mask(const struct sched_cluster *c, uint64_t node_id, uint64_t *free_mask);
 
 struct sched_stats {
 	uint32_t nodes;
 	uint32_t nodes_by_state[SCHED_NODE_STATE_COUNT];
 	uint64_t gpus_total;
-	uint64_t gpus_free;      /* on ready nodes */
+	uint64_t gpus_free; /* on ready nodes */
 	uint32_t jobs_pending;
-	uint32_t jobs_running;   /* including preempting */
+	uint32_t jobs_running; /* including preempting */
 	uint32_t tenants;
-	uint32_t classes;        /* distinct requirement classes (autoclusters) */
-	uint32_t pools;          /* index pools */
-	uint32_t egroups;        /* distinct eligibility keys among classes */
-	size_t bytes;            /* memory the library holds */
+	uint32_t classes; /* distinct requirement classes (autoclusters) */
+	uint32_t pools;   /* index pools */
+	uint32_t egroups; /* distinct eligibility keys among classes */
+	size_t bytes;     /* memory the library holds */
 };
 void sched_get_stats(const struct sched_cluster *c, struct sched_stats *out);
 
@@ -313,15 +307,15 @@ enum sched_action_kind {
 
 struct sched_action {
 	enum sched_action_kind kind;
-	enum sched_reason reason;  /* UNSCHEDULABLE: the filter that rules out
+	enum sched_reason reason; /* UNSCHEDULABLE: the filter that rules out
 	                              the most nodes */
 	uint32_t gang_index;
 	uint32_t gang_size;
 	uint64_t job_id;
-	uint64_t node_id;          /* START */
-	uint64_t gpu_mask;         /* START */
-	uint64_t for_job_id;       /* PREEMPT */
-	int64_t deadline_us;       /* START: start + max duration; PREEMPT: grace end */
+	uint64_t node_id;    /* START */
+	uint64_t gpu_mask;   /* START */
+	uint64_t for_job_id; /* PREEMPT */
+	int64_t deadline_us; /* START: start + max duration; PREEMPT: grace end */
 };
 
 /* Caller-owned array; the library appends with the cluster's allocator.
@@ -334,14 +328,14 @@ struct sched_actions {
 void sched_actions_free(struct sched_cluster *c, struct sched_actions *a);
 
 struct sched_cycle_stats {
-	uint32_t considered;     /* pending jobs looked at */
+	uint32_t considered; /* pending jobs looked at */
 	uint32_t placed;
-	uint32_t skipped_class;  /* skipped: their class already failed */
-	uint32_t blocked;        /* evaluated and left pending */
-	uint32_t reserved;       /* reservations made */
-	uint32_t preempted;      /* victims */
+	uint32_t skipped_class; /* skipped: their class already failed */
+	uint32_t blocked;       /* evaluated and left pending */
+	uint32_t reserved;      /* reservations made */
+	uint32_t preempted;     /* victims */
 	uint32_t unschedulable;
-	uint32_t nodes_visited;  /* candidate nodes examined (cost measure) */
+	uint32_t nodes_visited; /* candidate nodes examined (cost measure) */
 };
 
 /* Runs one cycle at now_us: orders pending jobs by priority, places what
@@ -355,22 +349,21 @@ int sched_cycle(struct sched_cluster *c, int64_t now_us, struct sched_actions *o
 /* ---- explanations ------------------------------------------------------- */
 
 struct sched_explain {
-	int state;                 /* enum sched_job_state */
+	int state; /* enum sched_job_state */
 	uint32_t total_nodes;
-	uint32_t fit_nodes;        /* nodes that pass every filter right now */
+	uint32_t fit_nodes;            /* nodes that pass every filter right now */
 	uint32_t count[SCHED_R_COUNT]; /* nodes ruled out, by first failing filter */
-	uint32_t gang_nodes;       /* node_count of the job */
-	uint32_t best_region_fit;  /* multi-node: most fitting nodes in one region */
-	bool reserved;             /* the job holds a reservation */
-	int64_t reserved_start_us; /* when the reservation expects it to start */
-	bool fleet_feasible;       /* some node could host it if the fleet were idle */
+	uint32_t gang_nodes;           /* node_count of the job */
+	uint32_t best_region_fit;      /* multi-node: most fitting nodes in one region */
+	bool reserved;                 /* the job holds a reservation */
+	int64_t reserved_start_us;     /* when the reservation expects it to start */
+	bool fleet_feasible;           /* some node could host it if the fleet were idle */
 };
 
 /* Explains why job_id is pending, evaluated against the cluster as it is now
  * (including the last cycle's reservations). Costs O(nodes); meant for
  * ExplainJob, not the hot path. -ENOENT if unknown. */
-int sched_job_explain(const struct sched_cluster *c, uint64_t job_id,
-                      struct sched_explain *out);
+int sched_job_explain(const struct sched_cluster *c, uint64_t job_id, struct sched_explain *out);
 
 /* Short name of a reason, e.g. "too few free GPUs". */
 const char *sched_reason_text(enum sched_reason r);
@@ -389,8 +382,8 @@ int sched_cluster_check(const struct sched_cluster *c, char *why, size_t why_len
 /* Compares the logical state of two clusters (nodes, GPUs free/used, jobs,
  * placements, tenants, policy). Returns true when equal; otherwise false
  * with the first difference in why. */
-bool sched_cluster_equal(const struct sched_cluster *a, const struct sched_cluster *b,
-                         char *why, size_t why_len);
+bool sched_cluster_equal(const struct sched_cluster *a, const struct sched_cluster *b, char *why,
+                         size_t why_len);
 
 #ifdef __cplusplus
 }

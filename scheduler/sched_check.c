@@ -7,7 +7,7 @@
 #include <stdio.h>
 
 static bool failf(char *why, size_t len, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+    __attribute__((format(printf, 3, 4)));
 
 static bool failf(char *why, size_t len, const char *fmt, ...)
 {
@@ -24,7 +24,7 @@ static bool failf(char *why, size_t len, const char *fmt, ...)
 
 int sched_cluster_check(const struct sched_cluster *c, char *why, size_t why_len)
 {
-	uint32_t by_state[SCHED_NODE_STATE_COUNT] = {0};
+	uint32_t by_state[SCHED_NODE_STATE_COUNT] = { 0 };
 	uint64_t gpus = 0;
 	uint32_t live = 0;
 	for (uint32_t s = 0; s < c->nnodes_slots; s++) {
@@ -41,19 +41,22 @@ int sched_cluster_check(const struct sched_cluster *c, char *why, size_t why_len
 		for (uint32_t l = 0; l < n->nleases; l++) {
 			const struct nlease *ls = &n->leases[l];
 			if (held & ls->mask)
-				FAIL("node %llu: GPUs 0x%llx given twice", (unsigned long long)n->id,
+				FAIL("node %llu: GPUs 0x%llx given twice",
+				     (unsigned long long)n->id,
 				     (unsigned long long)(held & ls->mask));
 			held |= ls->mask;
 			const struct job *j = &c->jobs[ls->job];
-			if (!j->id || (j->state != SCHED_JOB_RUNNING && j->state != SCHED_JOB_PREEMPTING))
-				FAIL("node %llu: lease of a job that is not running", (unsigned long long)n->id);
+			if (!j->id ||
+			    (j->state != SCHED_JOB_RUNNING && j->state != SCHED_JOB_PREEMPTING))
+				FAIL("node %llu: lease of a job that is not running",
+				     (unsigned long long)n->id);
 			const struct jclass *k = &c->classes[j->cls];
 			bool found = false;
 			for (uint32_t i = 0; i < k->nodes; i++)
 				found |= j->place[i].node == s && j->place[i].mask == ls->mask;
 			if (!found)
-				FAIL("node %llu: lease not in job %llu's placement", (unsigned long long)n->id,
-				     (unsigned long long)j->id);
+				FAIL("node %llu: lease not in job %llu's placement",
+				     (unsigned long long)n->id, (unsigned long long)j->id);
 		}
 		if ((held | n->free_mask) != all || (held & n->free_mask))
 			FAIL("node %llu: free 0x%llx and held 0x%llx do not partition its GPUs",
@@ -66,20 +69,22 @@ int sched_cluster_check(const struct sched_cluster *c, char *why, size_t why_len
 			parts |= p->mask;
 			bool indexed = p->pool != NONE32;
 			if (indexed != (n->state == SCHED_NODE_READY))
-				FAIL("node %llu: part %u indexed=%d in state %u", (unsigned long long)n->id, i,
-				     indexed, n->state);
+				FAIL("node %llu: part %u indexed=%d in state %u",
+				     (unsigned long long)n->id, i, indexed, n->state);
 			if (!indexed)
 				continue;
 			const struct pool *pl = &c->pools[p->pool];
 			uint32_t f = popcount64(n->free_mask & p->mask);
 			if (p->bfree != f || f >= pl->nb || p->bpos >= pl->b[f].len ||
 			    pl->b[f].items[p->bpos] != PREF(s, i))
-				FAIL("node %llu: part %u not in bucket %u of its pool", (unsigned long long)n->id,
-				     i, f);
+				FAIL("node %llu: part %u not in bucket %u of its pool",
+				     (unsigned long long)n->id, i, f);
 			if (pl->region != n->region || pl->taintset != n->taintset ||
-			    pl->verified != n->verified || pl->gtype != p->gtype || pl->topo != p->max_group ||
-			    n->price_micros < pl->price_lo || n->price_micros >= pl->price_hi)
-				FAIL("node %llu: part %u in a pool with other facts", (unsigned long long)n->id, i);
+			    pl->verified != n->verified || pl->gtype != p->gtype ||
+			    pl->topo != p->max_group || n->price_micros < pl->price_lo ||
+			    n->price_micros >= pl->price_hi)
+				FAIL("node %llu: part %u in a pool with other facts",
+				     (unsigned long long)n->id, i);
 		}
 		if (parts != all)
 			FAIL("node %llu: parts do not cover its GPUs", (unsigned long long)n->id);
@@ -97,6 +102,26 @@ int sched_cluster_check(const struct sched_cluster *c, char *why, size_t why_len
 		}
 		if (members != pl->members)
 			FAIL("pool %u: %u members counted, %u recorded", p, members, pl->members);
+		/* preemption counters agree with the members' leases */
+		uint32_t victims[SCHED_PRIO_CLASSES] = { 0 }, stopping = 0;
+		for (uint32_t f = 0; f < pl->nb; f++) {
+			for (uint32_t i = 0; i < pl->b[f].len; i++) {
+				const struct node *n = &c->nodes[PREF_NODE(pl->b[f].items[i])];
+				const struct part *pt = &n->parts[PREF_PART(pl->b[f].items[i])];
+				for (uint32_t l = 0; l < n->nleases; l++) {
+					const struct job *j = &c->jobs[n->leases[l].job];
+					const struct jclass *k = &c->classes[j->cls];
+					uint32_t g = popcount64(n->leases[l].mask & pt->mask);
+					if (j->state == SCHED_JOB_PREEMPTING)
+						stopping += g;
+					else if (k->preemptible)
+						victims[k->prio] += g;
+				}
+			}
+		}
+		if (stopping != pl->stopping_gpus ||
+		    memcmp(victims, pl->victim_gpus, sizeof victims))
+			FAIL("pool %u: preemption counters disagree with its leases", p);
 		/* label counts agree with the members */
 		uint32_t labelled = 0;
 		for (uint32_t f = 0; f < pl->nb; f++)
@@ -109,18 +134,18 @@ int sched_cluster_check(const struct sched_cluster *c, char *why, size_t why_len
 			uint32_t have = 0;
 			for (uint32_t f = 0; f < pl->nb; f++)
 				for (uint32_t i = 0; i < pl->b[f].len; i++) {
-					const struct node *n = &c->nodes[PREF_NODE(pl->b[f].items[i])];
+					const struct node *n =
+					    &c->nodes[PREF_NODE(pl->b[f].items[i])];
 					for (uint32_t q = 0; q < n->nlabels; q++)
 						have += n->labels[q] == pl->lc[l].label;
 				}
 			if (have != pl->lc[l].count)
-				FAIL("pool %u: label %u counted %u, recorded %u", p, pl->lc[l].label, have,
-				     pl->lc[l].count);
+				FAIL("pool %u: label %u counted %u, recorded %u", p,
+				     pl->lc[l].label, have, pl->lc[l].count);
 			counted += have;
 		}
 		if (counted != labelled)
 			FAIL("pool %u: %u member labels, %u counted", p, labelled, counted);
-
 	}
 	uint32_t running = 0;
 	uint64_t pending_parts = 0;
@@ -133,7 +158,8 @@ int sched_cluster_check(const struct sched_cluster *c, char *why, size_t why_len
 			FAIL("job %llu: class without references", (unsigned long long)j->id);
 		if (j->state == SCHED_JOB_PENDING) {
 			if (j->pending_pos >= c->npending || c->pending[j->pending_pos] != s)
-				FAIL("job %llu: not at its pending position", (unsigned long long)j->id);
+				FAIL("job %llu: not at its pending position",
+				     (unsigned long long)j->id);
 			pending_parts += k->nodes;
 			continue;
 		}
@@ -142,21 +168,23 @@ int sched_cluster_check(const struct sched_cluster *c, char *why, size_t why_len
 		for (uint32_t i = 0; i < k->nodes; i++) {
 			const struct node *n = &c->nodes[j->place[i].node];
 			if (popcount64(j->place[i].mask) != k->gpus)
-				FAIL("job %llu: part %u has %u GPUs, wants %u", (unsigned long long)j->id, i,
-				     popcount64(j->place[i].mask), k->gpus);
+				FAIL("job %llu: part %u has %u GPUs, wants %u",
+				     (unsigned long long)j->id, i, popcount64(j->place[i].mask),
+				     k->gpus);
 			if (region != NONE32 && n->region != region)
 				FAIL("job %llu: gang spans regions", (unsigned long long)j->id);
 			region = n->region;
 			for (uint32_t q = 0; q < i; q++)
 				if (j->place[q].node == j->place[i].node)
-					FAIL("job %llu: gang uses node %llu twice", (unsigned long long)j->id,
-					     (unsigned long long)n->id);
+					FAIL("job %llu: gang uses node %llu twice",
+					     (unsigned long long)j->id, (unsigned long long)n->id);
 			bool found = false;
 			for (uint32_t l = 0; l < n->nleases; l++)
-				found |= n->leases[l].job == s && n->leases[l].mask == j->place[i].mask;
+				found |=
+				    n->leases[l].job == s && n->leases[l].mask == j->place[i].mask;
 			if (!found)
-				FAIL("job %llu: node %llu has no lease for it", (unsigned long long)j->id,
-				     (unsigned long long)n->id);
+				FAIL("job %llu: node %llu has no lease for it",
+				     (unsigned long long)j->id, (unsigned long long)n->id);
 		}
 	}
 	if (running != c->nrunning || pending_parts != c->pending_parts)
@@ -210,8 +238,8 @@ static bool class_equal(const struct sched_cluster *a, const struct jclass *x,
 	return x->kind == y->kind && x->precision == y->precision && x->prio == y->prio &&
 	       x->preemptible == y->preemptible && x->nvlink == y->nvlink && x->gpus == y->gpus &&
 	       x->nodes == y->nodes && x->min_mem == y->min_mem && x->min_cc == y->min_cc &&
-	       x->min_tflops_gpu == y->min_tflops_gpu && x->min_tflops_total == y->min_tflops_total &&
-	       x->max_price == y->max_price &&
+	       x->min_tflops_gpu == y->min_tflops_gpu &&
+	       x->min_tflops_total == y->min_tflops_total && x->max_price == y->max_price &&
 	       !strcmp(str_or_empty(a, x->pref_region), str_or_empty(b, y->pref_region)) &&
 	       same_strings(a, x->regions, x->nregions, b, y->regions, y->nregions) &&
 	       same_strings(a, x->selectors, x->nselectors, b, y->selectors, y->nselectors) &&
@@ -222,7 +250,8 @@ static bool gpu_equal(const struct sched_gpu_spec *x, const struct sched_gpu_spe
 {
 	return !strcmp(x->model, y->model) && x->memory_mib == y->memory_mib &&
 	       x->compute_cap == y->compute_cap && x->precisions == y->precisions &&
-	       x->nvlink_group == y->nvlink_group && !memcmp(x->tflops, y->tflops, sizeof x->tflops);
+	       x->nvlink_group == y->nvlink_group &&
+	       !memcmp(x->tflops, y->tflops, sizeof x->tflops);
 }
 
 #define DIFF(...) return failf(why, why_len, __VA_ARGS__)
@@ -242,8 +271,9 @@ bool sched_cluster_equal(const struct sched_cluster *a, const struct sched_clust
 		if (t == NONE32)
 			DIFF("node %llu missing", (unsigned long long)x->id);
 		const struct node *y = &b->nodes[t];
-		if (strcmp(a->strs.strs[x->region], b->strs.strs[y->region]) || x->state != y->state ||
-		    x->verified != y->verified || x->price_micros != y->price_micros ||
+		if (strcmp(a->strs.strs[x->region], b->strs.strs[y->region]) ||
+		    x->state != y->state || x->verified != y->verified ||
+		    x->price_micros != y->price_micros ||
 		    x->reliability_ppm != y->reliability_ppm || x->ngpus != y->ngpus)
 			DIFF("node %llu: facts differ", (unsigned long long)x->id);
 		for (uint32_t i = 0; i < x->ngpus; i++)
@@ -258,8 +288,8 @@ bool sched_cluster_equal(const struct sched_cluster *a, const struct sched_clust
 			     (unsigned long long)x->free_mask, (unsigned long long)y->free_mask);
 	}
 	if (a->job_map.live != b->job_map.live || a->npending != b->npending)
-		DIFF("%u jobs (%u pending) vs %u (%u)", a->job_map.live, a->npending, b->job_map.live,
-		     b->npending);
+		DIFF("%u jobs (%u pending) vs %u (%u)", a->job_map.live, a->npending,
+		     b->job_map.live, b->npending);
 	for (uint32_t s = 0; s < a->njob_slots; s++) {
 		const struct job *x = &a->jobs[s];
 		if (!x->id)
@@ -269,9 +299,11 @@ bool sched_cluster_equal(const struct sched_cluster *a, const struct sched_clust
 			DIFF("job %llu missing", (unsigned long long)x->id);
 		const struct job *y = &b->jobs[t];
 		const struct jclass *kx = &a->classes[x->cls], *ky = &b->classes[y->cls];
-		if (x->state != y->state || x->submit_us != y->submit_us || x->max_dur_us != y->max_dur_us ||
+		if (x->state != y->state || x->submit_us != y->submit_us ||
+		    x->max_dur_us != y->max_dur_us ||
 		    a->tenants[x->tenant].id != b->tenants[y->tenant].id)
-			DIFF("job %llu: state, submit time or tenant differ", (unsigned long long)x->id);
+			DIFF("job %llu: state, submit time or tenant differ",
+			     (unsigned long long)x->id);
 		if (!class_equal(a, kx, b, ky))
 			DIFF("job %llu: requirements differ", (unsigned long long)x->id);
 		if (x->state == SCHED_JOB_PENDING)
@@ -282,7 +314,8 @@ bool sched_cluster_equal(const struct sched_cluster *a, const struct sched_clust
 		for (uint32_t i = 0; i < kx->nodes; i++) {
 			bool found = false;
 			for (uint32_t q = 0; q < ky->nodes && !found; q++)
-				found = a->nodes[x->place[i].node].id == b->nodes[y->place[q].node].id &&
+				found = a->nodes[x->place[i].node].id ==
+				            b->nodes[y->place[q].node].id &&
 				        x->place[i].mask == y->place[q].mask;
 			if (!found)
 				DIFF("job %llu: placement differs", (unsigned long long)x->id);

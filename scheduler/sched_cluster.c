@@ -27,7 +27,7 @@ static void libc_free(void *ctx, void *p)
 
 struct sched_cluster *sched_cluster_new(const struct sched_alloc *alloc)
 {
-	struct sched_alloc a = {libc_alloc, libc_realloc, libc_free, NULL};
+	struct sched_alloc a = { libc_alloc, libc_realloc, libc_free, NULL };
 	if (alloc)
 		a = *alloc;
 	struct sched_cluster *c = a.alloc(a.ctx, sizeof *c);
@@ -55,8 +55,8 @@ static int cmp_u32(const void *a, const void *b)
 
 /* Interns each string, sorts and de-duplicates. *out is allocated (n may be
  * 0: *out = NULL). Returns 0 or -ENOMEM. */
-static int intern_list(struct sched_cluster *c, const char *const *s, uint32_t n,
-                       uint32_t **out, uint32_t *nout)
+static int intern_list(struct sched_cluster *c, const char *const *s, uint32_t n, uint32_t **out,
+                       uint32_t *nout)
 {
 	*out = NULL;
 	*nout = 0;
@@ -78,7 +78,8 @@ static int intern_list(struct sched_cluster *c, const char *const *s, uint32_t n
 		if (!m || ids[m - 1] != ids[i])
 			ids[m++] = ids[i];
 	if (m != n) {
-		uint32_t *shrunk = mem_realloc(c, ids, (size_t)n * sizeof *ids, (size_t)m * sizeof *ids);
+		uint32_t *shrunk =
+		    mem_realloc(c, ids, (size_t)n * sizeof *ids, (size_t)m * sizeof *ids);
 		if (!shrunk) {
 			mem_free(c, ids, (size_t)n * sizeof *ids);
 			return -ENOMEM;
@@ -100,7 +101,7 @@ static uint32_t hash_u32s(uint32_t h, const uint32_t *v, uint32_t n)
 
 static uint32_t hash_u64(uint32_t h, uint64_t v)
 {
-	uint32_t w[2] = {(uint32_t)v, (uint32_t)(v >> 32)};
+	uint32_t w[2] = { (uint32_t)v, (uint32_t)(v >> 32) };
 	return hash_u32s(h, w, 2);
 }
 
@@ -111,15 +112,17 @@ static uint32_t gtype_intern(struct sched_cluster *c, uint32_t model, uint32_t m
 {
 	for (uint32_t i = 0; i < c->ngtypes; i++) {
 		const struct gtype *g = &c->gtypes[i];
-		if (g->model == model && g->memory_mib == mem && g->cc == cc && g->precisions == prec)
+		if (g->model == model && g->memory_mib == mem && g->cc == cc &&
+		    g->precisions == prec)
 			return i;
 	}
-	if (vec_reserve(c, (void **)&c->gtypes, &c->gtypes_cap, c->ngtypes + 1, sizeof *c->gtypes) ||
+	if (vec_reserve(c, (void **)&c->gtypes, &c->gtypes_cap, c->ngtypes + 1,
+	                sizeof *c->gtypes) ||
 	    vec_reserve(c, (void **)&c->gtype_pools, &c->gtype_pools_cap, c->ngtypes + 1,
 	                sizeof *c->gtype_pools))
 		return NONE32;
-	c->gtypes[c->ngtypes] = (struct gtype){model, mem, cc, prec};
-	c->gtype_pools[c->ngtypes] = (struct gpools){NULL, 0, 0};
+	c->gtypes[c->ngtypes] = (struct gtype){ model, mem, cc, prec };
+	c->gtype_pools[c->ngtypes] = (struct gpools){ NULL, 0, 0 };
 	return c->ngtypes++;
 }
 
@@ -137,7 +140,7 @@ static uint32_t idset_intern(struct sched_cluster *c, uint32_t *ids, uint32_t n)
 	}
 	if (vec_reserve(c, (void **)&c->idsets, &c->idsets_cap, c->nidsets + 1, sizeof *c->idsets))
 		return NONE32;
-	c->idsets[c->nidsets] = (struct idset){ids, n, h};
+	c->idsets[c->nidsets] = (struct idset){ ids, n, h };
 	return c->nidsets++;
 }
 
@@ -161,7 +164,7 @@ static void price_band(int64_t p, uint16_t *band, int64_t *lo, int64_t *hi)
 static uint32_t pool_hash(uint32_t gtype, uint32_t region, uint32_t taintset, bool verified,
                           uint16_t band, uint8_t topo)
 {
-	uint32_t v[6] = {gtype, region, taintset, verified, band, topo};
+	uint32_t v[6] = { gtype, region, taintset, verified, band, topo };
 	return hash_u32s(7, v, 6);
 }
 
@@ -186,8 +189,8 @@ static uint32_t pool_find(const struct sched_cluster *c, uint32_t gtype, uint32_
 static void pool_slot_insert(uint32_t *slots, uint32_t nslots, const struct pool *p, uint32_t id)
 {
 	uint32_t mask = nslots - 1;
-	uint32_t i = pool_hash(p->gtype, p->region, p->taintset, p->verified, p->price_band,
-	                       p->topo) & mask;
+	uint32_t i =
+	    pool_hash(p->gtype, p->region, p->taintset, p->verified, p->price_band, p->topo) & mask;
 	while (slots[i])
 		i = (i + 1) & mask;
 	slots[i] = id + 1;
@@ -222,10 +225,11 @@ static uint32_t pool_get(struct sched_cluster *c, uint32_t gtype, uint32_t regio
 		if (ri == gp->nr) {
 			if (vec_reserve(c, (void **)&gp->r, &gp->rcap, gp->nr + 1, sizeof *gp->r))
 				return NONE32;
-			gp->r[gp->nr++] = (struct rpools){region, NULL, 0, 0};
+			gp->r[gp->nr++] = (struct rpools){ region, NULL, 0, 0 };
 		}
 		struct rpools *rp = &gp->r[ri];
-		if (vec_reserve(c, (void **)&c->pools, &c->pools_cap, c->npools + 1, sizeof *c->pools) ||
+		if (vec_reserve(c, (void **)&c->pools, &c->pools_cap, c->npools + 1,
+		                sizeof *c->pools) ||
 		    vec_reserve(c, (void **)&rp->ids, &rp->cap, rp->n + 1, sizeof *rp->ids))
 			return NONE32;
 		id = c->npools++;
@@ -250,12 +254,12 @@ static uint32_t pool_get(struct sched_cluster *c, uint32_t gtype, uint32_t regio
 	}
 	struct pool *p = &c->pools[id];
 	if (size + 1 > p->nb) {
-		struct bucket *b = mem_realloc(c, p->b, (size_t)p->nb * sizeof *b,
-		                               (size_t)(size + 1) * sizeof *b);
+		struct bucket *b =
+		    mem_realloc(c, p->b, (size_t)p->nb * sizeof *b, (size_t)(size + 1) * sizeof *b);
 		if (!b)
 			return NONE32;
 		for (uint32_t f = p->nb; f <= size; f++)
-			b[f] = (struct bucket){NULL, 0, 0};
+			b[f] = (struct bucket){ NULL, 0, 0 };
 		p->b = b;
 		p->nb = size + 1;
 	}
@@ -331,12 +335,13 @@ static void pool_labels_add(struct pool *p, const struct node *n, int delta)
 		if (lo < p->nlc && p->lc[lo].label == id) {
 			p->lc[lo].count += (uint32_t)delta;
 			if (!p->lc[lo].count) {
-				memmove(&p->lc[lo], &p->lc[lo + 1], (p->nlc - lo - 1) * sizeof *p->lc);
+				memmove(&p->lc[lo], &p->lc[lo + 1],
+				        (p->nlc - lo - 1) * sizeof *p->lc);
 				p->nlc--;
 			}
 		} else if (delta > 0) {
 			memmove(&p->lc[lo + 1], &p->lc[lo], (p->nlc - lo) * sizeof *p->lc);
-			p->lc[lo] = (struct lcount){id, 1};
+			p->lc[lo] = (struct lcount){ id, 1 };
 			p->nlc++;
 		}
 	}
@@ -345,6 +350,8 @@ static void pool_labels_add(struct pool *p, const struct node *n, int delta)
 static void index_node_remove(struct sched_cluster *c, uint32_t slot)
 {
 	struct node *n = &c->nodes[slot];
+	for (uint32_t l = 0; l < n->nleases; l++)
+		pool_count_lease(c, slot, n->leases[l].mask, n->leases[l].job, -1);
 	for (uint32_t i = 0; i < n->nparts; i++) {
 		struct part *pt = &n->parts[i];
 		if (pt->pool == NONE32)
@@ -375,6 +382,26 @@ static int index_node_prepare(struct sched_cluster *c, struct node *n, uint32_t 
 	return 0;
 }
 
+void pool_count_lease(struct sched_cluster *c, uint32_t node_slot, uint64_t mask, uint32_t job_slot,
+                      int sign)
+{
+	const struct node *n = &c->nodes[node_slot];
+	const struct job *j = &c->jobs[job_slot];
+	const struct jclass *k = &c->classes[j->cls];
+	for (uint32_t i = 0; i < n->nparts; i++) {
+		const struct part *pt = &n->parts[i];
+		uint32_t g = popcount64(mask & pt->mask);
+		if (pt->pool == NONE32 || !g)
+			continue;
+		struct pool *p = &c->pools[pt->pool];
+		uint32_t delta = sign > 0 ? g : (uint32_t)-g;
+		if (j->state == SCHED_JOB_PREEMPTING)
+			p->stopping_gpus += delta;
+		else if (k->preemptible)
+			p->victim_gpus[k->prio] += delta;
+	}
+}
+
 static void index_node_insert(struct sched_cluster *c, uint32_t slot, const uint32_t *pools)
 {
 	struct node *n = &c->nodes[slot];
@@ -392,6 +419,8 @@ static void index_node_insert(struct sched_cluster *c, uint32_t slot, const uint
 		}
 		bucket_add(c, slot, i);
 	}
+	for (uint32_t l = 0; l < n->nleases; l++)
+		pool_count_lease(c, slot, n->leases[l].mask, n->leases[l].job, 1);
 }
 
 /* ---- nodes ----------------------------------------------------------------- */
@@ -445,7 +474,8 @@ static int validate_node(const struct sched_node_spec *s, struct sched_error *er
 		return -EINVAL;
 	}
 	if (s->reliability_ppm > 1000000) {
-		set_err(err, "reliability_ppm", "must be at most 1000000, got %u", s->reliability_ppm);
+		set_err(err, "reliability_ppm", "must be at most 1000000, got %u",
+		        s->reliability_ppm);
 		return -EINVAL;
 	}
 	if (s->ngpus < 1 || s->ngpus > SCHED_MAX_GPUS_PER_NODE || !s->gpus) {
@@ -574,7 +604,8 @@ static int node_build(struct sched_cluster *c, const struct sched_node_spec *s,
 				continue;
 			uint32_t cnt = 0;
 			for (uint32_t j = 0; j < s->ngpus; j++)
-				cnt += part_of[j] == pi && s->gpus[j].nvlink_group == s->gpus[i].nvlink_group;
+				cnt += part_of[j] == pi &&
+				       s->gpus[j].nvlink_group == s->gpus[i].nvlink_group;
 			if (cnt > best)
 				best = cnt;
 		}
@@ -650,9 +681,10 @@ int sched_node_upsert(struct sched_cluster *c, const struct sched_node_spec *spe
 		uint64_t all = spec->ngpus == 64 ? ~0ull : (1ull << spec->ngpus) - 1;
 		for (uint32_t i = 0; i < old->nleases; i++) {
 			if (old->leases[i].mask & ~all) {
-				set_err(err, "ngpus",
-				        "node %llu has running work on GPUs beyond the new count %u",
-				        (unsigned long long)spec->id, spec->ngpus);
+				set_err(
+				    err, "ngpus",
+				    "node %llu has running work on GPUs beyond the new count %u",
+				    (unsigned long long)spec->id, spec->ngpus);
 				return -EBUSY;
 			}
 		}
@@ -670,12 +702,12 @@ int sched_node_upsert(struct sched_cluster *c, const struct sched_node_spec *spe
 	if (!old) {
 		if (idmap_reserve(c, &c->node_map))
 			goto oom;
-		if (!c->nnode_free &&
-		    vec_reserve(c, (void **)&c->nodes, &c->nodes_cap, c->nnodes_slots + 1, sizeof *c->nodes))
+		if (!c->nnode_free && vec_reserve(c, (void **)&c->nodes, &c->nodes_cap,
+		                                  c->nnodes_slots + 1, sizeof *c->nodes))
 			goto oom;
 		/* the free-slot stack must be able to take this slot back later */
-		if (vec_reserve(c, (void **)&c->node_free, &c->node_free_cap,
-		                c->nodes_cap, sizeof *c->node_free))
+		if (vec_reserve(c, (void **)&c->node_free, &c->node_free_cap, c->nodes_cap,
+		                sizeof *c->node_free))
 			goto oom;
 		slot = c->nnode_free ? c->node_free[--c->nnode_free] : c->nnodes_slots++;
 		idmap_put(&c->node_map, spec->id, slot);
@@ -777,10 +809,11 @@ static uint32_t tenant_get(struct sched_cluster *c, uint64_t id, bool *created)
 	if (slot != NONE32)
 		return slot;
 	if (idmap_reserve(c, &c->tenant_map) ||
-	    vec_reserve(c, (void **)&c->tenants, &c->tenants_cap, c->ntenants + 1, sizeof *c->tenants))
+	    vec_reserve(c, (void **)&c->tenants, &c->tenants_cap, c->ntenants + 1,
+	                sizeof *c->tenants))
 		return NONE32;
 	slot = c->ntenants++;
-	c->tenants[slot] = (struct tenant){.id = id, .shares = 1};
+	c->tenants[slot] = (struct tenant){ .id = id, .shares = 1 };
 	idmap_put(&c->tenant_map, id, slot);
 	*created = true;
 	return slot;
@@ -833,8 +866,8 @@ static bool class_same(const struct jclass *a, const struct jclass *b)
 	return a->kind == b->kind && a->precision == b->precision && a->prio == b->prio &&
 	       a->preemptible == b->preemptible && a->nvlink == b->nvlink && a->gpus == b->gpus &&
 	       a->nodes == b->nodes && a->min_mem == b->min_mem && a->min_cc == b->min_cc &&
-	       a->min_tflops_gpu == b->min_tflops_gpu && a->min_tflops_total == b->min_tflops_total &&
-	       a->max_price == b->max_price &&
+	       a->min_tflops_gpu == b->min_tflops_gpu &&
+	       a->min_tflops_total == b->min_tflops_total && a->max_price == b->max_price &&
 	       a->pref_region == b->pref_region && a->nregions == b->nregions &&
 	       a->nselectors == b->nselectors && a->ntolerations == b->ntolerations &&
 	       (!a->nregions || !memcmp(a->regions, b->regions, a->nregions * 4)) &&
@@ -966,9 +999,8 @@ static uint32_t egroup_acquire(struct sched_cluster *c, const struct jclass *k)
 	bool mapped = id == NONE32; /* on a hash collision the new group stays unmapped */
 	if (mapped && idmap_reserve(c, &c->eg_map))
 		return NONE32;
-	if (c->eg_free == NONE32 &&
-	    vec_reserve(c, (void **)&c->egroups, &c->egroups_cap, c->neg_slots + 1,
-	                sizeof *c->egroups))
+	if (c->eg_free == NONE32 && vec_reserve(c, (void **)&c->egroups, &c->egroups_cap,
+	                                        c->neg_slots + 1, sizeof *c->egroups))
 		return NONE32;
 	struct egroup g;
 	memset(&g, 0, sizeof g);
@@ -1088,9 +1120,8 @@ static uint32_t class_acquire(struct sched_cluster *c, const struct sched_job_sp
 	k.eg = egroup_acquire(c, &k);
 	if (k.eg == NONE32)
 		goto oom;
-	if (c->class_free == NONE32 &&
-	    vec_reserve(c, (void **)&c->classes, &c->classes_cap, c->nclass_slots + 1,
-	                sizeof *c->classes)) {
+	if (c->class_free == NONE32 && vec_reserve(c, (void **)&c->classes, &c->classes_cap,
+	                                           c->nclass_slots + 1, sizeof *c->classes)) {
 		egroup_release(c, k.eg);
 		goto oom;
 	}
@@ -1174,7 +1205,8 @@ static int validate_job(const struct sched_job_spec *s, struct sched_error *err)
 		return -EINVAL;
 	}
 	if (s->preferred_region && *s->preferred_region && !valid_string(s->preferred_region)) {
-		set_err(err, "preferred_region", "must be at most %d bytes", SCHED_MAX_STRING_BYTES);
+		set_err(err, "preferred_region", "must be at most %d bytes",
+		        SCHED_MAX_STRING_BYTES);
 		return -EINVAL;
 	}
 	int rc = validate_strings(s->regions, s->nregions, "regions", err);
@@ -1187,7 +1219,8 @@ static int validate_job(const struct sched_job_spec *s, struct sched_error *err)
 			if (!strchr(s->selectors[i], '=')) {
 				char f[64];
 				snprintf(f, sizeof f, "selectors[%u]", i);
-				set_err(err, f, "must have the form key=value, got \"%s\"", s->selectors[i]);
+				set_err(err, f, "must have the form key=value, got \"%s\"",
+				        s->selectors[i]);
 				return -EINVAL;
 			}
 		}
@@ -1215,8 +1248,8 @@ int sched_job_add(struct sched_cluster *c, const struct sched_job_spec *spec,
 	struct jplace *place = mem_alloc(c, (size_t)spec->node_count * sizeof *place);
 	if (!place)
 		goto oom_class;
-	if (idmap_reserve(c, &c->job_map) ||
-	    vec_reserve(c, (void **)&c->pending, &c->pending_cap, c->npending + 1, sizeof *c->pending))
+	if (idmap_reserve(c, &c->job_map) || vec_reserve(c, (void **)&c->pending, &c->pending_cap,
+	                                                 c->npending + 1, sizeof *c->pending))
 		goto oom_place;
 	if (c->job_free == NONE32 &&
 	    vec_reserve(c, (void **)&c->jobs, &c->jobs_cap, c->njob_slots + 1, sizeof *c->jobs))
@@ -1272,15 +1305,16 @@ void job_apply_placement(struct sched_cluster *c, uint32_t slot, const struct jp
 		job_unqueue(c, slot);
 	struct tenant *t = &c->tenants[j->tenant];
 	tenant_advance(c, t, now_us);
+	j->state = SCHED_JOB_RUNNING;
 	for (uint32_t i = 0; i < npl; i++) {
 		j->place[i] = pl[i];
 		struct node *n = &c->nodes[pl[i].node];
 		n->free_mask &= ~pl[i].mask;
-		n->leases[n->nleases++] = (struct nlease){slot, pl[i].mask};
+		n->leases[n->nleases++] = (struct nlease){ slot, pl[i].mask };
 		t->running_gpus += popcount64(pl[i].mask);
 		index_node_refresh(c, pl[i].node);
+		pool_count_lease(c, pl[i].node, pl[i].mask, slot, 1);
 	}
-	j->state = SCHED_JOB_RUNNING;
 	j->start_us = now_us;
 	j->deadline_us = now_us + j->max_dur_us;
 	j->preempt_for = 0;
@@ -1295,6 +1329,7 @@ void job_release(struct sched_cluster *c, uint32_t slot, int64_t now_us)
 	tenant_advance(c, t, now_us);
 	for (uint32_t i = 0; i < k->nodes; i++) {
 		struct node *n = &c->nodes[j->place[i].node];
+		pool_count_lease(c, j->place[i].node, j->place[i].mask, slot, -1);
 		for (uint32_t l = 0; l < n->nleases; l++) {
 			if (n->leases[l].job == slot) {
 				n->leases[l] = n->leases[--n->nleases];
@@ -1390,19 +1425,21 @@ int sched_lease_start(struct sched_cluster *c, uint64_t job_id, const struct sch
 		const struct node *n = &c->nodes[ns];
 		for (uint32_t q = 0; q < i; q++) {
 			if (tmp[q].node == ns) {
-				set_err(err, f, "node %llu appears twice", (unsigned long long)pl[i].node_id);
+				set_err(err, f, "node %llu appears twice",
+				        (unsigned long long)pl[i].node_id);
 				return -EINVAL;
 			}
 		}
 		uint64_t all = n->ngpus == 64 ? ~0ull : (1ull << n->ngpus) - 1;
 		if (pl[i].gpu_mask & ~all) {
 			set_err(err, f, "GPUs 0x%llx do not exist on node %llu (it has %u)",
-			        (unsigned long long)(pl[i].gpu_mask & ~all), (unsigned long long)n->id,
-			        n->ngpus);
+			        (unsigned long long)(pl[i].gpu_mask & ~all),
+			        (unsigned long long)n->id, n->ngpus);
 			return -EINVAL;
 		}
 		if (popcount64(pl[i].gpu_mask) != k->gpus) {
-			set_err(err, f, "needs %u GPUs, got %u", k->gpus, popcount64(pl[i].gpu_mask));
+			set_err(err, f, "needs %u GPUs, got %u", k->gpus,
+			        popcount64(pl[i].gpu_mask));
 			return -EINVAL;
 		}
 		if (pl[i].gpu_mask & ~n->free_mask) {
@@ -1436,7 +1473,7 @@ int sched_lease_start(struct sched_cluster *c, uint64_t job_id, const struct sch
 			return -EINVAL;
 		}
 		region = n->region;
-		tmp[i] = (struct jplace){ns, pl[i].gpu_mask};
+		tmp[i] = (struct jplace){ ns, pl[i].gpu_mask };
 	}
 	job_apply_placement(c, slot, tmp, npl, start_us);
 	return 0;
@@ -1452,8 +1489,8 @@ int sched_job_state(const struct sched_cluster *c, uint64_t job_id)
 	return c->jobs[slot].state;
 }
 
-int sched_job_placement(const struct sched_cluster *c, uint64_t job_id,
-                        struct sched_placement *out, uint32_t max)
+int sched_job_placement(const struct sched_cluster *c, uint64_t job_id, struct sched_placement *out,
+                        uint32_t max)
 {
 	uint32_t slot = idmap_get(&c->job_map, job_id);
 	if (slot == NONE32)
@@ -1463,7 +1500,8 @@ int sched_job_placement(const struct sched_cluster *c, uint64_t job_id,
 		return -EINVAL;
 	const struct jclass *k = &c->classes[j->cls];
 	for (uint32_t i = 0; i < k->nodes && i < max; i++)
-		out[i] = (struct sched_placement){c->nodes[j->place[i].node].id, j->place[i].mask};
+		out[i] =
+		    (struct sched_placement){ c->nodes[j->place[i].node].id, j->place[i].mask };
 	return (int)k->nodes;
 }
 

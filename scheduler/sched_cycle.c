@@ -24,14 +24,14 @@ struct cand {
 
 /* One node's answer to "when / at what cost could this job run here". */
 struct slotinfo {
-	int64_t t;         /* reservation: start time; preemption: victims */
-	uint64_t cost_gpus;/* preemption: GPUs evicted */
+	int64_t t;          /* reservation: start time; preemption: victims */
+	uint64_t cost_gpus; /* preemption: GPUs evicted */
 	uint64_t node_id;
 	uint32_t node;
 	uint32_t part;
 	uint32_t region;
 	uint32_t pad;
-	uint64_t mask;     /* GPUs the job would get */
+	uint64_t mask; /* GPUs the job would get */
 };
 
 struct okey {
@@ -54,6 +54,7 @@ struct cycle {
 	uint32_t cand_cap;
 	struct slotinfo *slots;
 	uint32_t slot_cap;
+	uint32_t *room; /* pools with room for the current job */
 	uint32_t nresv; /* reservations made under policy.reservations */
 	bool resv_hit;  /* the current job was kept off reserved GPUs */
 };
@@ -89,7 +90,8 @@ static bool pool_eligible(const struct sched_cluster *c, const struct pool *p,
 
 static bool gtype_eligible(const struct gtype *t, const struct egroup *g)
 {
-	return t->memory_mib >= g->min_mem && t->cc >= g->min_cc && (t->precisions >> g->precision & 1);
+	return t->memory_mib >= g->min_mem && t->cc >= g->min_cc &&
+	       (t->precisions >> g->precision & 1);
 }
 
 /* Lists every eligible pool into keys (when not NULL); returns how many. */
@@ -111,8 +113,8 @@ static uint32_t egroup_scan(const struct sched_cluster *c, const struct egroup *
 				if (!pool_eligible(c, p, g))
 					continue;
 				if (keys)
-					keys[m] = (uint64_t)p->region << 40 | (uint64_t)p->price_band << 24 |
-					          rp->ids[q];
+					keys[m] = (uint64_t)p->region << 40 |
+					          (uint64_t)p->price_band << 24 | rp->ids[q];
 				m++;
 			}
 		}
@@ -177,7 +179,8 @@ static int cycle_prepare(struct cycle *cy)
 	if (cand_cap > UINT32_MAX / 2 || slot_cap > UINT32_MAX / 2)
 		return -ENOMEM;
 
-	size_t need = (size_t)c->npending * sizeof(struct okey) +
+	size_t need = (size_t)c->npools * sizeof(uint32_t) +
+	              (size_t)c->npending * sizeof(struct okey) +
 	              (size_t)c->ntenants * sizeof(double) + cand_cap * sizeof(struct cand) +
 	              slot_cap * sizeof(struct slotinfo) + 64;
 	if (need > c->scratch_bytes) {
@@ -198,6 +201,8 @@ static int cycle_prepare(struct cycle *cy)
 	cy->slot_cap = (uint32_t)slot_cap;
 	p += slot_cap * sizeof(struct slotinfo);
 	cy->tenant_factor = (double *)p;
+	p += (size_t)c->ntenants * sizeof(double);
+	cy->room = (uint32_t *)p;
 
 	/* every pending job may start (one action per gang node), every running
 	 * one may be preempted, every pending one may be given up */
@@ -206,8 +211,8 @@ static int cycle_prepare(struct cycle *cy)
 		size_t ncap = cy->out->cap ? cy->out->cap : 64;
 		while (ncap < want)
 			ncap *= 2;
-		struct sched_action *a = mem_realloc(c, cy->out->items,
-		                                     cy->out->cap * sizeof *a, ncap * sizeof *a);
+		struct sched_action *a =
+		    mem_realloc(c, cy->out->items, cy->out->cap * sizeof *a, ncap * sizeof *a);
 		if (!a)
 			return -ENOMEM;
 		cy->out->items = a;
@@ -243,7 +248,8 @@ static void cycle_order(struct cycle *cy)
 		for (uint32_t t = 0; t < c->ntenants; t++) {
 			double share = c->tenants[t].shares / total_shares;
 			cy->tenant_factor[t] =
-				total_usage > 0 ? exp2(-(cy->tenant_factor[t] / total_usage) / share) : 1.0;
+			    total_usage > 0 ? exp2(-(cy->tenant_factor[t] / total_usage) / share)
+			                    : 1.0;
 		}
 	}
 	double age_max = (double)pol->age_max_us;
@@ -252,18 +258,19 @@ static void cycle_order(struct cycle *cy)
 		const struct jclass *k = &c->classes[j->cls];
 		double age = (double)(cy->now - j->submit_us) / age_max;
 		age = age < 0 ? 0 : age > 1 ? 1 : age;
-		double prio = pol->w_prio_class * k->prio / (SCHED_PRIO_CLASSES - 1) + pol->w_age * age;
+		double prio =
+		    pol->w_prio_class * k->prio / (SCHED_PRIO_CLASSES - 1) + pol->w_age * age;
 		if (fair)
 			prio += pol->w_fairshare * cy->tenant_factor[j->tenant];
-		cy->order[i] = (struct okey){prio, j->submit_us, j->seq, c->pending[i], 0};
+		cy->order[i] = (struct okey){ prio, j->submit_us, j->seq, c->pending[i], 0 };
 	}
 	qsort(cy->order, c->npending, sizeof *cy->order, cmp_okey);
 }
 
 /* ---- candidates and scores ------------------------------------------------------- */
 
-static void cand_fill(struct cycle *cy, struct cand *cd, const struct node *n,
-                      const struct part *p, const struct jclass *k)
+static void cand_fill(struct cycle *cy, struct cand *cd, const struct node *n, const struct part *p,
+                      const struct jclass *k)
 {
 	const struct sched_policy *pol = cy->pol;
 	double price = (double)n->price_micros;
@@ -283,8 +290,8 @@ static void cand_fill(struct cycle *cy, struct cand *cd, const struct node *n,
 static void cands_score(struct cycle *cy, struct cand *cands, uint32_t n)
 {
 	const struct sched_policy *pol = cy->pol;
-	const double w[C_COUNT] = {pol->w_price,       pol->w_perf_per_price, pol->w_perf,
-	                           pol->w_fit,         pol->w_reliability,    pol->w_locality};
+	const double w[C_COUNT] = { pol->w_price, pol->w_perf_per_price, pol->w_perf,
+		                    pol->w_fit,   pol->w_reliability,    pol->w_locality };
 	double lo[C_COUNT], span[C_COUNT];
 	for (int q = 0; q < C_COUNT; q++) {
 		double mn = INFINITY, mx = -INFINITY;
@@ -301,7 +308,8 @@ static void cands_score(struct cycle *cy, struct cand *cands, uint32_t n)
 		double s = 0;
 		for (int q = 0; q < C_COUNT; q++)
 			if (w[q] > 0)
-				s += w[q] * (span[q] > 0 ? (cands[i].raw[q] - lo[q]) / span[q] : 1.0);
+				s += w[q] *
+				     (span[q] > 0 ? (cands[i].raw[q] - lo[q]) / span[q] : 1.0);
 		cands[i].score = s;
 	}
 }
@@ -330,7 +338,8 @@ static uint32_t pool_collect(struct cycle *cy, const struct pool *pool, const st
 	bool price_partial = k->max_price && pool->price_hi - 1 > k->max_price;
 	uint32_t taken = 0;
 	while (m && taken < want && *ncand < cy->cand_cap) {
-		uint32_t f = spread ? 64 - (uint32_t)__builtin_clzll(m) : (uint32_t)__builtin_ctzll(m) + 1;
+		uint32_t f =
+		    spread ? 64 - (uint32_t)__builtin_clzll(m) : (uint32_t)__builtin_ctzll(m) + 1;
 		m &= ~(1ull << (f - 1));
 		const struct bucket *b = &pool->b[f];
 		for (uint32_t i = 0; i < b->len && taken < want && *ncand < cy->cand_cap; i++) {
@@ -369,8 +378,7 @@ static uint32_t pool_collect(struct cycle *cy, const struct pool *pool, const st
 	return taken;
 }
 
-static void emit_start(struct cycle *cy, const struct job *j, const struct jplace *pl,
-                       uint32_t npl)
+static void emit_start(struct cycle *cy, const struct job *j, const struct jplace *pl, uint32_t npl)
 {
 	for (uint32_t i = 0; i < npl; i++) {
 		struct sched_action *a = &cy->out->items[cy->out->len++];
@@ -396,18 +404,27 @@ static bool place_single(struct cycle *cy, uint32_t js)
 	const struct egroup *eg = &c->egroups[k->eg];
 	for (uint32_t e = 0; e < eg->nelig; e++) {
 		const struct pool *pool = &c->pools[eg->elig[e]];
-		with_room += (pool->nonempty & need) && pool_may_host(pool, k);
+		if ((pool->nonempty & need) && pool_may_host(pool, k))
+			cy->room[with_room++] = eg->elig[e];
 	}
 	if (!with_room)
 		return false;
-	/* sample across pools so that price, type and region all get a say */
-	uint32_t per_pool = (cy->pol->score_nodes + with_room - 1) / with_room;
+	/* Sample across pools so that price, type and region all get a say.
+	 * With more pools than candidates wanted, take score_nodes of them at an
+	 * even stride from an offset that moves with every job (like the
+	 * Kubernetes scheduler's rotating start index). */
+	uint32_t want = cy->pol->score_nodes;
+	uint32_t visit = with_room < want ? with_room : want;
+	uint32_t per_pool = (want + visit - 1) / visit;
+	uint32_t offset = with_room > want ? (uint32_t)(j->seq % with_room) : 0;
 	uint32_t ncand = 0;
-	for (uint32_t e = 0; e < eg->nelig && ncand < cy->cand_cap; e++) {
-		const struct pool *pool = &c->pools[eg->elig[e]];
-		if ((pool->nonempty & need) && pool_may_host(pool, k))
-			pool_collect(cy, pool, k, js, end, per_pool, false, &ncand);
+	for (uint32_t i = 0; i < visit && ncand < cy->cand_cap; i++) {
+		uint32_t e = (uint32_t)((offset + (uint64_t)i * with_room / visit) % with_room);
+		pool_collect(cy, &c->pools[cy->room[e]], k, js, end, per_pool, false, &ncand);
 	}
+	/* sampling must never leave pending a job that fits somewhere */
+	for (uint32_t e = 0; !ncand && visit < with_room && e < with_room; e++)
+		pool_collect(cy, &c->pools[cy->room[e]], k, js, end, 1, false, &ncand);
 	if (!ncand)
 		return false;
 	cands_score(cy, cy->cands, ncand);
@@ -415,7 +432,7 @@ static bool place_single(struct cycle *cy, uint32_t js)
 	for (uint32_t i = 1; i < ncand; i++)
 		if (cand_better(&cy->cands[i], best))
 			best = &cy->cands[i];
-	struct jplace pl = {best->node, best->mask};
+	struct jplace pl = { best->node, best->mask };
 	job_apply_placement(c, js, &pl, 1, cy->now);
 	emit_start(cy, j, &pl, 1);
 	return true;
@@ -478,7 +495,8 @@ static bool place_gang(struct cycle *cy, uint32_t js)
 	(void)best_n;
 	struct jplace pl[SCHED_MAX_GANG_NODES];
 	for (uint32_t i = 0; i < k->nodes; i++)
-		pl[i] = (struct jplace){cy->cands[best_first + i].node, cy->cands[best_first + i].mask};
+		pl[i] = (struct jplace){ cy->cands[best_first + i].node,
+			                 cy->cands[best_first + i].mask };
 	job_apply_placement(c, js, pl, k->nodes, cy->now);
 	emit_start(cy, j, pl, k->nodes);
 	return true;
@@ -517,7 +535,7 @@ static int64_t part_earliest(struct cycle *cy, const struct node *n, const struc
 		uint64_t m = n->leases[l].mask & p->mask;
 		if (!m)
 			continue;
-		struct ev x = {c->jobs[n->leases[l].job].deadline_us, m};
+		struct ev x = { c->jobs[n->leases[l].job].deadline_us, m };
 		uint32_t i = nev++;
 		while (i > 0 && ev[i - 1].t > x.t) {
 			ev[i] = ev[i - 1];
@@ -571,7 +589,21 @@ static int cmp_slot_t(const void *a, const void *b)
 typedef bool (*slot_fn)(struct cycle *cy, const struct node *n, const struct part *p,
                         const struct jclass *k, uint32_t js, struct slotinfo *out);
 
-static uint32_t collect_slots(struct cycle *cy, uint32_t js, slot_fn fn)
+/* Could preemption find anything in this pool for a job of class prio? */
+static bool pool_has_victims(const struct pool *p, const struct jclass *k)
+{
+	if (p->stopping_gpus || (p->nonempty & mask_at_least(k->gpus)))
+		return true;
+	for (uint32_t c = 0; c < k->prio; c++)
+		if (p->victim_gpus[c])
+			return true;
+	return false;
+}
+
+/* limit: stop after that many slots for single-node jobs (sampling, as for
+ * placement); 0 = visit all. */
+static uint32_t collect_slots(struct cycle *cy, uint32_t js, slot_fn fn, uint32_t limit,
+                              bool need_victims)
 {
 	struct sched_cluster *c = cy->c;
 	const struct job *j = &c->jobs[js];
@@ -581,8 +613,10 @@ static uint32_t collect_slots(struct cycle *cy, uint32_t js, slot_fn fn)
 	c->stamp++;
 	for (uint32_t e = 0; e < eg->nelig; e++) {
 		const struct pool *pool = &c->pools[eg->elig[e]];
-		if (!pool_may_host(pool, k))
+		if (!pool_may_host(pool, k) || (need_victims && !pool_has_victims(pool, k)))
 			continue;
+		if (limit && k->nodes == 1 && nslots >= limit)
+			break;
 		for (uint32_t f = 0; f < pool->nb; f++) {
 			const struct bucket *b = &pool->b[f];
 			for (uint32_t i = 0; i < b->len; i++) {
@@ -661,7 +695,7 @@ static void make_reservation(struct cycle *cy, uint32_t js)
 	struct sched_cluster *c = cy->c;
 	struct job *j = &c->jobs[js];
 	const struct jclass *k = &c->classes[j->cls];
-	uint32_t first = choose_slots(cy, collect_slots(cy, js, slot_when), k);
+	uint32_t first = choose_slots(cy, collect_slots(cy, js, slot_when, 0, false), k);
 	if (first == NONE32)
 		return;
 	int64_t t = cy->slots[first + k->nodes - 1].t;
@@ -690,8 +724,8 @@ static uint32_t job_gpus(const struct sched_cluster *c, const struct job *v)
  * largest eligible victims first (fewest victims to cover the gap). Returns
  * the number of new victims or -1; fills victims[] with lease indexes. */
 static int node_victims(struct cycle *cy, const struct node *n, const struct part *p,
-                        const struct jclass *k, uint32_t js, uint32_t *victims,
-                        uint64_t *mask, uint64_t *gpus)
+                        const struct jclass *k, uint32_t js, uint32_t *victims, uint64_t *mask,
+                        uint64_t *gpus)
 {
 	const struct sched_cluster *c = cy->c;
 	uint64_t blocked = reserved_by_others(c, n, js);
@@ -719,7 +753,8 @@ static int node_victims(struct cycle *cy, const struct node *n, const struct par
 		while (b > 0) {
 			uint32_t y = cand[b - 1];
 			uint32_t gy = popcount64(n->leases[y].mask & p->mask);
-			if (gy > gx || (gy == gx && c->jobs[n->leases[y].job].id < c->jobs[n->leases[x].job].id))
+			if (gy > gx || (gy == gx && c->jobs[n->leases[y].job].id <
+			                                c->jobs[n->leases[x].job].id))
 				break;
 			cand[b] = y;
 			b--;
@@ -757,7 +792,8 @@ static bool try_preempt(struct cycle *cy, uint32_t js)
 	const struct jclass *k = &c->classes[j->cls];
 	if (k->prio == 0)
 		return false; /* nothing is below the lowest class */
-	uint32_t first = choose_slots(cy, collect_slots(cy, js, slot_cost), k);
+	uint32_t first =
+	    choose_slots(cy, collect_slots(cy, js, slot_cost, cy->pol->score_nodes, true), k);
 	if (first == NONE32)
 		return false;
 	int64_t ready_at = cy->now;
@@ -775,10 +811,16 @@ static bool try_preempt(struct cycle *cy, uint32_t js)
 				ready_at = v->deadline_us;
 		}
 		for (int v = 0; v < nv; v++) {
-			struct job *vj = &c->jobs[n->leases[victims[v]].job];
+			uint32_t vs = n->leases[victims[v]].job;
+			struct job *vj = &c->jobs[vs];
 			if (vj->state != SCHED_JOB_RUNNING)
 				continue;
+			const struct jclass *vk = &c->classes[vj->cls];
+			for (uint32_t q = 0; q < vk->nodes; q++)
+				pool_count_lease(c, vj->place[q].node, vj->place[q].mask, vs, -1);
 			vj->state = SCHED_JOB_PREEMPTING;
+			for (uint32_t q = 0; q < vk->nodes; q++)
+				pool_count_lease(c, vj->place[q].node, vj->place[q].mask, vs, 1);
 			vj->preempt_for = j->id;
 			if (vj->deadline_us > grace_end)
 				vj->deadline_us = grace_end;
@@ -857,7 +899,8 @@ int sched_cycle(struct sched_cluster *c, int64_t now_us, struct sched_actions *o
 		/* A blocked class stays blocked for the rest of the cycle: free GPUs
 		 * only shrink and reservations only grow. With reservations in the
 		 * way, only a shorter job (ending before them) can do better. */
-		if (k->fail_epoch == c->epoch && (!k->fail_resv || j->max_dur_us >= k->fail_dur_us)) {
+		if (k->fail_epoch == c->epoch &&
+		    (!k->fail_resv || j->max_dur_us >= k->fail_dur_us)) {
 			cy.st.skipped_class++;
 			if (should_give_up(&cy, js))
 				give_up(&cy, js);

@@ -42,7 +42,7 @@ static void region_add(struct region_count *rc, uint32_t *n, uint32_t cap, uint3
 		}
 	}
 	if (*n < cap)
-		rc[(*n)++] = (struct region_count){region, 1};
+		rc[(*n)++] = (struct region_count){ region, 1 };
 }
 
 static uint32_t region_max(const struct region_count *rc, uint32_t n)
@@ -114,19 +114,19 @@ int sched_job_explain(const struct sched_cluster *c, uint64_t job_id, struct sch
 size_t sched_explain_format(const struct sched_explain *e, char *buf, size_t len)
 {
 	size_t used = 0;
-#define PUT(...)                                                                 \
-	do {                                                                         \
-		int w_ = snprintf(buf ? buf + (used < len ? used : len) : NULL,          \
-		                  used < len ? len - used : 0, __VA_ARGS__);              \
-		if (w_ > 0)                                                              \
-			used += (size_t)w_;                                                  \
+#define PUT(...)                                                                \
+	do {                                                                    \
+		int w_ = snprintf(buf ? buf + (used < len ? used : len) : NULL, \
+		                  used < len ? len - used : 0, __VA_ARGS__);    \
+		if (w_ > 0)                                                     \
+			used += (size_t)w_;                                     \
 	} while (0)
 	if (e->gang_nodes > 1)
 		PUT("%u/%u nodes fit (gang of %u nodes in one region; best region has %u)",
 		    e->fit_nodes, e->total_nodes, e->gang_nodes, e->best_region_fit);
 	else
 		PUT("%u/%u nodes fit", e->fit_nodes, e->total_nodes);
-	bool done[SCHED_R_COUNT] = {false};
+	bool done[SCHED_R_COUNT] = { false };
 	bool first = true;
 	for (;;) {
 		int best = -1;

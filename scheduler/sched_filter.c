@@ -88,7 +88,8 @@ bool taints_tolerated(const struct sched_cluster *c, uint32_t taintset, const ui
 		const char *taint = c->strs.strs[ts->ids[i]];
 		bool ok = false;
 		for (uint32_t t = 0; t < ntol && !ok; t++)
-			ok = tol[t] == ts->ids[i] || toleration_matches(c->strs.strs[tol[t]], taint);
+			ok =
+			    tol[t] == ts->ids[i] || toleration_matches(c->strs.strs[tol[t]], taint);
 		if (!ok)
 			return false;
 	}

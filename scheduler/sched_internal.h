@@ -29,10 +29,10 @@ int vec_reserve(struct sched_cluster *c, void **items, uint32_t *cap, uint32_t w
 
 /* ---- uint64 -> uint32 map (open addressing, linear probing) ------------- */
 struct idmap {
-	uint64_t *keys;  /* 0 = empty, UINT64_MAX = tombstone */
+	uint64_t *keys; /* 0 = empty, UINT64_MAX = tombstone */
 	uint32_t *vals;
-	uint32_t cap;    /* power of two or 0 */
-	uint32_t used;   /* live + tombstones */
+	uint32_t cap;  /* power of two or 0 */
+	uint32_t used; /* live + tombstones */
 	uint32_t live;
 };
 uint32_t idmap_get(const struct idmap *m, uint64_t key);
@@ -46,9 +46,9 @@ void idmap_deinit(struct sched_cluster *c, struct idmap *m);
  * Regions, models, labels and taints become small integers; ids are only
  * meaningful inside one cluster (compare strings across clusters). */
 struct strtab {
-	char **strs;       /* id -> string */
+	char **strs; /* id -> string */
 	uint32_t n, cap;
-	uint32_t *slots;   /* hash table of id+1, 0 empty */
+	uint32_t *slots; /* hash table of id+1, 0 empty */
 	uint32_t nslots;
 };
 /* Returns the id of s, adding it when absent; NONE32 when out of memory. */
@@ -59,7 +59,7 @@ void strtab_deinit(struct sched_cluster *c, struct strtab *t);
 
 /* ---- GPU types: what makes GPUs interchangeable for matching ------------ */
 struct gtype {
-	uint32_t model;        /* string id */
+	uint32_t model; /* string id */
 	uint32_t memory_mib;
 	uint16_t cc;
 	uint32_t precisions;
@@ -76,22 +76,22 @@ struct idset {
 
 /* The GPUs of one node that share a gtype. Index entries are parts. */
 struct part {
-	uint64_t mask;         /* GPUs of this part */
+	uint64_t mask; /* GPUs of this part */
 	uint32_t gtype;
-	uint32_t pool;         /* NONE32 while the node is not ready */
-	uint32_t bpos;         /* position in pool->b[bfree] */
-	uint8_t bfree;         /* bucket = free GPUs when last indexed */
-	uint8_t max_group;     /* largest NVLink group inside the part */
+	uint32_t pool;                  /* NONE32 while the node is not ready */
+	uint32_t bpos;                  /* position in pool->b[bfree] */
+	uint8_t bfree;                  /* bucket = free GPUs when last indexed */
+	uint8_t max_group;              /* largest NVLink group inside the part */
 	float tflops[SCHED_PREC_COUNT]; /* weakest GPU of the part */
 };
 
-struct nlease {            /* a running job's share of this node */
+struct nlease { /* a running job's share of this node */
 	uint32_t job;
 	uint64_t mask;
 };
 
 struct node {
-	uint64_t id;           /* 0 = free slot */
+	uint64_t id; /* 0 = free slot */
 	uint32_t region;
 	uint8_t state;
 	bool verified;
@@ -101,24 +101,24 @@ struct node {
 	uint32_t reliability_ppm;
 	uint64_t free_mask;
 	struct sched_gpu_spec *gpus; /* copies; model points into strtab */
-	uint32_t *labels;      /* sorted string ids */
+	uint32_t *labels;            /* sorted string ids */
 	uint32_t nlabels;
-	uint32_t taintset;     /* idset id */
+	uint32_t taintset; /* idset id */
 	struct part *parts;
 	struct nlease *leases;
 	uint32_t nleases, leases_cap; /* cap = ngpus: a lease holds >= 1 GPU */
 	/* cycle state: reservations for blocked jobs */
 	uint64_t resv_mask;
-	int64_t resv_at_us;    /* earliest reservation start on this node */
-	uint32_t resv_job;     /* job slot of the first reservation */
-	uint64_t resv_epoch;   /* reservations hold while == c->epoch */
-	uint64_t stamp;        /* visit mark for searches */
+	int64_t resv_at_us;  /* earliest reservation start on this node */
+	uint32_t resv_job;   /* job slot of the first reservation */
+	uint64_t resv_epoch; /* reservations hold while == c->epoch */
+	uint64_t stamp;      /* visit mark for searches */
 };
 
 /* ---- the index ------------------------------------------------------------ */
 
 struct bucket {
-	uint32_t *items;       /* part refs: node slot << 6 | part */
+	uint32_t *items; /* part refs: node slot << 6 | part */
 	uint32_t len, cap;
 };
 
@@ -128,74 +128,78 @@ struct pool {
 	uint32_t region;
 	uint32_t taintset;
 	bool verified;
-	uint8_t topo;          /* largest NVLink group of the parts */
+	uint8_t topo; /* largest NVLink group of the parts */
 	uint16_t price_band;
 	int64_t price_lo, price_hi; /* band covers [lo, hi) micros */
-	struct lcount {        /* members carrying each label, by label id */
+	struct lcount {             /* members carrying each label, by label id */
 		uint32_t label;
 		uint32_t count;
-	} *lc;
+	} * lc;
 	uint32_t nlc, lc_cap;
+	/* what preemption could free here: GPUs of running preemptible jobs by
+	 * priority class, and GPUs of jobs already stopping */
+	uint32_t victim_gpus[SCHED_PRIO_CLASSES];
+	uint32_t stopping_gpus;
 	float tflops_max[SCHED_PREC_COUNT]; /* over members ever; only grows */
 	uint32_t members;
-	uint64_t nonempty;     /* bit f-1: bucket f (1..64) has parts */
-	struct bucket *b;      /* b[0..nb-1], b[f] = parts with f free GPUs */
+	uint64_t nonempty; /* bit f-1: bucket f (1..64) has parts */
+	struct bucket *b;  /* b[0..nb-1], b[f] = parts with f free GPUs */
 	uint32_t nb;
 };
 
 #define PREF(node, part) (((node) << 6) | (part))
-#define PREF_NODE(r) ((r) >> 6)
-#define PREF_PART(r) ((r)&63u)
+#define PREF_NODE(r)     ((r) >> 6)
+#define PREF_PART(r)     ((r)&63u)
 
 /* ---- jobs ----------------------------------------------------------------- */
 
 /* What decides which pools a class may use, shared by every class with the
  * same values so that the eligible-pool list is built once for all. */
 struct egroup {
-	uint32_t refs;         /* classes using it; 0 = free slot */
+	uint32_t refs; /* classes using it; 0 = free slot */
 	uint32_t min_mem;
-	uint64_t key;          /* hash of the fields below */
+	uint64_t key; /* hash of the fields below */
 	uint16_t min_cc;
 	uint8_t precision;
 	float need_tflops;
 	int64_t max_price;
 	uint32_t *regions, nregions;         /* sorted string ids */
 	uint32_t *tolerations, ntolerations; /* sorted */
-	uint32_t *elig;        /* eligible pool ids, by region then price */
+	uint32_t *elig;                      /* eligible pool ids, by region then price */
 	uint32_t nelig, elig_cap;
-	uint32_t elig_gen;     /* c->pool_gen when built; 0 = never */
+	uint32_t elig_gen; /* c->pool_gen when built; 0 = never */
 	uint32_t next_free;
 };
 
 /* A requirement class (HTCondor's autocluster): everything in a job spec
  * but its id, tenant and submit time. Shared by reference. */
 struct jclass {
-	uint32_t refs;         /* 0 = free slot */
+	uint32_t refs; /* 0 = free slot */
 	uint32_t hash;
 	uint8_t kind;
 	uint8_t precision;
 	uint8_t prio;
 	bool preemptible;
 	bool nvlink;
-	uint32_t gpus;         /* per node */
+	uint32_t gpus; /* per node */
 	uint32_t nodes;
 	uint32_t min_mem;
 	uint16_t min_cc;
 	float min_tflops_gpu;
 	float min_tflops_total;
-	float need_tflops;     /* effective per-GPU minimum */
+	float need_tflops; /* effective per-GPU minimum */
 	int64_t max_price;
-	uint32_t pref_region;  /* NONE32 = none */
-	uint32_t *regions, nregions;       /* sorted string ids */
-	uint32_t *selectors, nselectors;   /* sorted */
+	uint32_t pref_region;                /* NONE32 = none */
+	uint32_t *regions, nregions;         /* sorted string ids */
+	uint32_t *selectors, nselectors;     /* sorted */
 	uint32_t *tolerations, ntolerations; /* sorted */
 	uint32_t next_free;
-	uint32_t eg;           /* eligibility group */
+	uint32_t eg; /* eligibility group */
 	/* cycle caches (not logical state) */
-	uint64_t fail_epoch;   /* a member was blocked in this cycle */
-	bool fail_resv;        /* ... and reservations were in its way */
-	int64_t fail_dur_us;   /* shortest blocked duration (backfill) */
-	uint32_t fleet_gen;    /* c->fleet_gen when fleet_ok was computed */
+	uint64_t fail_epoch; /* a member was blocked in this cycle */
+	bool fail_resv;      /* ... and reservations were in its way */
+	int64_t fail_dur_us; /* shortest blocked duration (backfill) */
+	uint32_t fleet_gen;  /* c->fleet_gen when fleet_ok was computed */
 	bool fleet_ok;
 };
 
@@ -205,19 +209,19 @@ struct jplace {
 };
 
 struct job {
-	uint64_t id;           /* 0 = free slot */
-	uint64_t seq;          /* order of add */
-	uint32_t tenant;       /* tenant slot */
+	uint64_t id;     /* 0 = free slot */
+	uint64_t seq;    /* order of add */
+	uint32_t tenant; /* tenant slot */
 	uint32_t cls;
 	int64_t submit_us;
 	int64_t max_dur_us;
-	uint8_t state;         /* enum sched_job_state */
+	uint8_t state; /* enum sched_job_state */
 	uint32_t pending_pos;
 	int64_t start_us;
-	int64_t deadline_us;   /* start + max duration, or preemption deadline */
-	uint64_t preempt_for;  /* job id this one is evicted for */
-	struct jplace *place;  /* class->nodes entries, allocated with the job */
-	int64_t resv_at_us;    /* last reservation; valid when resv_epoch == c->epoch */
+	int64_t deadline_us;  /* start + max duration, or preemption deadline */
+	uint64_t preempt_for; /* job id this one is evicted for */
+	struct jplace *place; /* class->nodes entries, allocated with the job */
+	int64_t resv_at_us;   /* last reservation; valid when resv_epoch == c->epoch */
 	uint64_t resv_epoch;
 	uint32_t next_free;
 };
@@ -226,7 +230,7 @@ struct tenant {
 	uint64_t id;
 	uint32_t shares;
 	uint32_t running_gpus;
-	double usage;          /* decayed GPU-seconds as of usage_at */
+	double usage; /* decayed GPU-seconds as of usage_at */
 	int64_t usage_at;
 };
 
@@ -253,19 +257,19 @@ struct sched_cluster {
 
 	struct pool *pools;
 	uint32_t npools, pools_cap;
-	struct gpools {       /* pools of one GPU type, by region, for eligibility */
+	struct gpools { /* pools of one GPU type, by region, for eligibility */
 		struct rpools {
 			uint32_t region;
 			uint32_t *ids; /* by price_lo ascending */
 			uint32_t n, cap;
-		} *r;
+		} * r;
 		uint32_t nr, rcap;
-	} *gtype_pools;       /* parallel to gtypes */
+	} * gtype_pools; /* parallel to gtypes */
 	uint32_t gtype_pools_cap;
 	uint32_t *pool_slots; /* hash of pool id+1 */
 	uint32_t npool_slots;
-	uint32_t pool_gen;    /* bumped when class eligibility may change */
-	uint32_t fleet_gen;   /* bumped on any node fact change */
+	uint32_t pool_gen;  /* bumped when class eligibility may change */
+	uint32_t fleet_gen; /* bumped on any node fact change */
 
 	struct jclass *classes;
 	uint32_t nclass_slots, classes_cap, class_free, classes_live;
@@ -275,7 +279,7 @@ struct sched_cluster {
 
 	struct egroup *egroups;
 	uint32_t neg_slots, egroups_cap, eg_free;
-	struct idmap eg_map;  /* key -> egroup */
+	struct idmap eg_map; /* key -> egroup */
 
 	struct job *jobs;
 	uint32_t njob_slots, jobs_cap, job_free;
@@ -294,7 +298,7 @@ struct sched_cluster {
 	uint64_t epoch;
 	int64_t last_cycle_us;
 	uint64_t stamp;
-	void *scratch;        /* grow-only cycle scratch */
+	void *scratch; /* grow-only cycle scratch */
 	size_t scratch_bytes;
 };
 
@@ -307,7 +311,15 @@ static inline struct node *node_at(const struct sched_cluster *c, uint32_t slot)
 
 static inline uint32_t popcount64(uint64_t x)
 {
+#ifdef __POPCNT__
 	return (uint32_t)__builtin_popcountll(x);
+#else
+	/* baseline x86-64 has no popcnt; this beats the libgcc call */
+	x = x - ((x >> 1) & 0x5555555555555555ull);
+	x = (x & 0x3333333333333333ull) + ((x >> 2) & 0x3333333333333333ull);
+	x = (x + (x >> 4)) & 0x0f0f0f0f0f0f0f0full;
+	return (uint32_t)((x * 0x0101010101010101ull) >> 56);
+#endif
 }
 
 /* GPUs of a job on one node: gpus with NVLink when asked. Picks from usable
@@ -355,6 +367,11 @@ static inline uint64_t usable_mask(const struct sched_cluster *c, const struct n
  * selectors)? Decided once per pool instead of once per node. */
 bool pool_may_host(const struct pool *p, const struct jclass *k);
 
+/* Adds (sign 1) or removes (sign -1) a job's GPUs on one node from the
+ * preemption counters of the node's indexed pools, per the job's state. */
+void pool_count_lease(struct sched_cluster *c, uint32_t node_slot, uint64_t mask, uint32_t job_slot,
+                      int sign);
+
 /* Moves the node's parts to the buckets matching its free mask. */
 void index_node_refresh(struct sched_cluster *c, uint32_t slot);
 
@@ -376,6 +393,6 @@ int egroup_refresh(struct sched_cluster *c, struct egroup *g);
 bool class_fleet_feasible(struct sched_cluster *c, struct jclass *k);
 
 void set_err(struct sched_error *err, const char *field, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+    __attribute__((format(printf, 3, 4)));
 
 #endif

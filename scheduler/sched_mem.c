@@ -81,7 +81,7 @@ void set_err(struct sched_error *err, const char *field, const char *fmt, ...)
 /* ---- id map ---------------------------------------------------------------- */
 
 #define KEY_EMPTY 0
-#define KEY_TOMB UINT64_MAX
+#define KEY_TOMB  UINT64_MAX
 
 static uint32_t mix64(uint64_t x)
 {

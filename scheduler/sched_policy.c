@@ -45,15 +45,15 @@ int sched_policy_validate(const struct sched_policy *p, struct sched_error *err)
 		size_t off;
 		double max;
 	} weights[] = {
-		{"w_price", offsetof(struct sched_policy, w_price), 1000},
-		{"w_perf_per_price", offsetof(struct sched_policy, w_perf_per_price), 1000},
-		{"w_perf", offsetof(struct sched_policy, w_perf), 1000},
-		{"w_fit", offsetof(struct sched_policy, w_fit), 1000},
-		{"w_reliability", offsetof(struct sched_policy, w_reliability), 1000},
-		{"w_locality", offsetof(struct sched_policy, w_locality), 1000},
-		{"w_prio_class", offsetof(struct sched_policy, w_prio_class), 1e6},
-		{"w_age", offsetof(struct sched_policy, w_age), 1e6},
-		{"w_fairshare", offsetof(struct sched_policy, w_fairshare), 1e6},
+		{ "w_price", offsetof(struct sched_policy, w_price), 1000 },
+		{ "w_perf_per_price", offsetof(struct sched_policy, w_perf_per_price), 1000 },
+		{ "w_perf", offsetof(struct sched_policy, w_perf), 1000 },
+		{ "w_fit", offsetof(struct sched_policy, w_fit), 1000 },
+		{ "w_reliability", offsetof(struct sched_policy, w_reliability), 1000 },
+		{ "w_locality", offsetof(struct sched_policy, w_locality), 1000 },
+		{ "w_prio_class", offsetof(struct sched_policy, w_prio_class), 1e6 },
+		{ "w_age", offsetof(struct sched_policy, w_age), 1e6 },
+		{ "w_fairshare", offsetof(struct sched_policy, w_fairshare), 1e6 },
 	};
 	for (size_t i = 0; i < sizeof weights / sizeof weights[0]; i++) {
 		double w;
@@ -70,7 +70,8 @@ int sched_policy_validate(const struct sched_policy *p, struct sched_error *err)
 		return -EINVAL;
 	}
 	if (p->age_max_us <= 0) {
-		set_err(err, "age_max_us", "must be greater than 0, got %lld", (long long)p->age_max_us);
+		set_err(err, "age_max_us", "must be greater than 0, got %lld",
+		        (long long)p->age_max_us);
 		return -EINVAL;
 	}
 	if ((unsigned)p->fairness > SCHED_FAIR_SHARE) {
@@ -79,7 +80,8 @@ int sched_policy_validate(const struct sched_policy *p, struct sched_error *err)
 	}
 	if (p->fairshare_half_life_us < 1000000 ||
 	    p->fairshare_half_life_us > (int64_t)3650 * 86400 * 1000000) {
-		set_err(err, "fairshare_half_life_us", "must be between 1 s and 3650 days, got %lld",
+		set_err(err, "fairshare_half_life_us",
+		        "must be between 1 s and 3650 days, got %lld",
 		        (long long)p->fairshare_half_life_us);
 		return -EINVAL;
 	}
@@ -100,8 +102,7 @@ int sched_policy_validate(const struct sched_policy *p, struct sched_error *err)
 	return 0;
 }
 
-int sched_set_policy(struct sched_cluster *c, const struct sched_policy *p,
-                     struct sched_error *err)
+int sched_set_policy(struct sched_cluster *c, const struct sched_policy *p, struct sched_error *err)
 {
 	int rc = sched_policy_validate(p, err);
 	if (rc)

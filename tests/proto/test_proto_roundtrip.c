@@ -25,16 +25,16 @@
 
 /* The contract has no recursive types, so this only bounds a future one. */
 #define FILL_DEPTH_MAX 8
-#define FILL_REPEATED 2
+#define FILL_REPEATED  2
 /* Floors so that an empty or gutted registry cannot pass. */
 #define MIN_MESSAGES 100
-#define MIN_ENUMS 20
+#define MIN_ENUMS    20
 
 static int failures;
 static int checks;
 
 static void fail_at(const char *file, int line, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+    __attribute__((format(printf, 3, 4)));
 
 static void fail_at(const char *file, int line, const char *fmt, ...)
 {
@@ -48,10 +48,10 @@ static void fail_at(const char *file, int line, const char *fmt, ...)
 	fputc('\n', stderr);
 }
 
-#define CHECK(cond, ...)                                         \
-	do {                                                     \
-		checks++;                                        \
-		if (!(cond))                                     \
+#define CHECK(cond, ...)                                          \
+	do {                                                      \
+		checks++;                                         \
+		if (!(cond))                                      \
 			fail_at(__FILE__, __LINE__, __VA_ARGS__); \
 	} while (0)
 
@@ -98,8 +98,7 @@ static void count_free_fn(void *data, void *p)
 	free(p);
 }
 
-static void count_alloc_init(struct count_alloc *ca, ProtobufCAllocator *a,
-                             long fail_call)
+static void count_alloc_init(struct count_alloc *ca, ProtobufCAllocator *a, long fail_call)
 {
 	ca->live = 0;
 	ca->calls = 0;
@@ -175,10 +174,8 @@ static void *quantifier_ptr(void *msg, const ProtobufCFieldDescriptor *f)
 /* proto2-style presence flag (has_x); proto3 `optional` would use it too. */
 static bool has_flag(const ProtobufCFieldDescriptor *f)
 {
-	return f->label == PROTOBUF_C_LABEL_OPTIONAL &&
-	       !(f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) &&
-	       f->type != PROTOBUF_C_TYPE_STRING &&
-	       f->type != PROTOBUF_C_TYPE_MESSAGE;
+	return f->label == PROTOBUF_C_LABEL_OPTIONAL && !(f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) &&
+	       f->type != PROTOBUF_C_TYPE_STRING && f->type != PROTOBUF_C_TYPE_MESSAGE;
 }
 
 /* ---- generic filling ---------------------------------------------------- */
@@ -204,13 +201,13 @@ static int pick_enum(const ProtobufCEnumDescriptor *ed, uint64_t n)
 	return 0;
 }
 
-static ProtobufCMessage *fill_message(const ProtobufCMessageDescriptor *d,
-                                      struct filler *fl, unsigned depth);
+static ProtobufCMessage *fill_message(const ProtobufCMessageDescriptor *d, struct filler *fl,
+                                      unsigned depth);
 
 /* Stores one distinctive, non-default value of f's type at dst. Returns
  * false only for a sub-message cut off by the depth limit. */
-static bool fill_value(const ProtobufCFieldDescriptor *f, void *dst,
-                       struct filler *fl, unsigned depth)
+static bool fill_value(const ProtobufCFieldDescriptor *f, void *dst, struct filler *fl,
+                       unsigned depth)
 {
 	uint64_t n = ++fl->n;
 
@@ -294,8 +291,8 @@ static bool fill_value(const ProtobufCFieldDescriptor *f, void *dst,
  * scalars non-default, repeated fields (maps included) with
  * FILL_REPEATED elements, the first member of each oneof. Free it with
  * protobuf_c_message_free_unpacked(msg, NULL). */
-static ProtobufCMessage *fill_message(const ProtobufCMessageDescriptor *d,
-                                      struct filler *fl, unsigned depth)
+static ProtobufCMessage *fill_message(const ProtobufCMessageDescriptor *d, struct filler *fl,
+                                      unsigned depth)
 {
 	ProtobufCMessage *msg = xmalloc(d->sizeof_message);
 
@@ -307,8 +304,7 @@ static ProtobufCMessage *fill_message(const ProtobufCMessageDescriptor *d,
 			size_t es = elem_size(f->type), count = FILL_REPEATED;
 			char *arr = xmalloc(es * count);
 
-			if (f->type == PROTOBUF_C_TYPE_MESSAGE &&
-			    depth + 1 >= FILL_DEPTH_MAX) {
+			if (f->type == PROTOBUF_C_TYPE_MESSAGE && depth + 1 >= FILL_DEPTH_MAX) {
 				fl->depth_cuts++;
 				count = 0;
 			}
@@ -339,11 +335,11 @@ static ProtobufCMessage *fill_message(const ProtobufCMessageDescriptor *d,
 
 /* ---- generic comparison ------------------------------------------------- */
 
-static bool msg_equal(const ProtobufCMessageDescriptor *d, const void *a,
-                      const void *b, const char *path);
+static bool msg_equal(const ProtobufCMessageDescriptor *d, const void *a, const void *b,
+                      const char *path);
 
-static bool value_equal(const ProtobufCFieldDescriptor *f, const void *a,
-                        const void *b, const char *path)
+static bool value_equal(const ProtobufCFieldDescriptor *f, const void *a, const void *b,
+                        const char *path)
 {
 	char sub[512];
 
@@ -373,8 +369,8 @@ static bool value_equal(const ProtobufCFieldDescriptor *f, const void *a,
 	}
 }
 
-static bool msg_equal(const ProtobufCMessageDescriptor *d, const void *a,
-                      const void *b, const char *path)
+static bool msg_equal(const ProtobufCMessageDescriptor *d, const void *a, const void *b,
+                      const char *path)
 {
 	const ProtobufCMessage *ma = a, *mb = b;
 	bool eq = true;
@@ -401,15 +397,15 @@ static bool msg_equal(const ProtobufCMessageDescriptor *d, const void *a,
 			size_t es = elem_size(f->type);
 
 			if (na != nb) {
-				fail_at(__FILE__, __LINE__, "%s.%s: %zu vs %zu elements",
-				        path, f->name, na, nb);
+				fail_at(__FILE__, __LINE__, "%s.%s: %zu vs %zu elements", path,
+				        f->name, na, nb);
 				eq = false;
 				continue;
 			}
 			for (size_t k = 0; k < na; k++)
 				if (!value_equal(f, arr_a + k * es, arr_b + k * es, path)) {
-					fail_at(__FILE__, __LINE__, "%s.%s[%zu] differs",
-					        path, f->name, k);
+					fail_at(__FILE__, __LINE__, "%s.%s[%zu] differs", path,
+					        f->name, k);
 					eq = false;
 				}
 			continue;
@@ -417,8 +413,8 @@ static bool msg_equal(const ProtobufCMessageDescriptor *d, const void *a,
 		if (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) {
 			uint32_t ca = *(const uint32_t *)qa, cb = *(const uint32_t *)qb;
 			if (ca != cb) {
-				fail_at(__FILE__, __LINE__, "%s.%s: oneof case %u vs %u",
-				        path, f->name, ca, cb);
+				fail_at(__FILE__, __LINE__, "%s.%s: oneof case %u vs %u", path,
+				        f->name, ca, cb);
 				eq = false;
 			}
 			if (ca != f->id || cb != f->id)
@@ -427,8 +423,8 @@ static bool msg_equal(const ProtobufCMessageDescriptor *d, const void *a,
 			protobuf_c_boolean ha = *(const protobuf_c_boolean *)qa;
 			protobuf_c_boolean hb = *(const protobuf_c_boolean *)qb;
 			if (ha != hb) {
-				fail_at(__FILE__, __LINE__, "%s.%s: has %d vs %d", path,
-				        f->name, ha, hb);
+				fail_at(__FILE__, __LINE__, "%s.%s: has %d vs %d", path, f->name,
+				        ha, hb);
 				eq = false;
 			}
 			if (!ha || !hb)
@@ -462,8 +458,8 @@ static bool read_varint(const uint8_t *buf, size_t len, size_t *pos, uint64_t *v
 /* Splits a buffer into its top-level fields: boundary[i] is the offset just
  * past field i, tags[i] its field number. Returns the field count, or -1 if
  * the buffer is not well-formed at the top level. */
-static long walk_fields(const uint8_t *buf, size_t len, size_t *boundary,
-                        uint32_t *tags, size_t max)
+static long walk_fields(const uint8_t *buf, size_t len, size_t *boundary, uint32_t *tags,
+                        size_t max)
 {
 	size_t pos = 0, n = 0;
 
@@ -506,8 +502,8 @@ static long walk_fields(const uint8_t *buf, size_t len, size_t *boundary,
 
 /* Unpacks buf with a counting allocator. Returns whether it decoded; either
  * way checks that nothing stays allocated afterwards. */
-static bool try_unpack(const ProtobufCMessageDescriptor *d, const uint8_t *buf,
-                       size_t len, const char *what, size_t where)
+static bool try_unpack(const ProtobufCMessageDescriptor *d, const uint8_t *buf, size_t len,
+                       const char *what, size_t where)
 {
 	struct count_alloc ca;
 	ProtobufCAllocator alloc;
@@ -516,12 +512,11 @@ static bool try_unpack(const ProtobufCMessageDescriptor *d, const uint8_t *buf,
 	count_alloc_init(&ca, &alloc, -1);
 	m = protobuf_c_message_unpack(d, &alloc, len, buf);
 	if (m != NULL) {
-		CHECK(protobuf_c_message_check(m), "%s: %s@%zu decoded an invalid message",
-		      d->name, what, where);
+		CHECK(protobuf_c_message_check(m), "%s: %s@%zu decoded an invalid message", d->name,
+		      what, where);
 		protobuf_c_message_free_unpacked(m, &alloc);
 	}
-	CHECK(ca.live == 0, "%s: %s@%zu leaked %ld allocations", d->name, what,
-	      where, ca.live);
+	CHECK(ca.live == 0, "%s: %s@%zu leaked %ld allocations", d->name, what, where, ca.live);
 	return m != NULL;
 }
 
@@ -536,8 +531,7 @@ static uint64_t rng_next(void)
 	return rng_state * UINT64_C(0x2545f4914f6cdd1d);
 }
 
-static void test_truncation(const ProtobufCMessageDescriptor *d,
-                            const uint8_t *buf, size_t len)
+static void test_truncation(const ProtobufCMessageDescriptor *d, const uint8_t *buf, size_t len)
 {
 	size_t *boundary = xmalloc((len + 1) * sizeof *boundary);
 	uint32_t *tags = xmalloc((len + 1) * sizeof *tags);
@@ -557,13 +551,12 @@ static void test_truncation(const ProtobufCMessageDescriptor *d,
 	 * every boundary and its neighbours plus a stride. */
 	step = len <= 2048 ? 1 : len / 1024;
 	for (size_t cut = 0; cut < len; cut++) {
-		bool near = at_boundary[cut] || (cut > 0 && at_boundary[cut - 1]) ||
-		            at_boundary[cut + 1];
+		bool near =
+		    at_boundary[cut] || (cut > 0 && at_boundary[cut - 1]) || at_boundary[cut + 1];
 		if (cut % step != 0 && !near)
 			continue;
 		bool ok = try_unpack(d, buf, cut, "truncated", cut);
-		CHECK(ok == at_boundary[cut], "%s: truncated at %zu/%zu: %s",
-		      d->name, cut, len,
+		CHECK(ok == at_boundary[cut], "%s: truncated at %zu/%zu: %s", d->name, cut, len,
 		      ok ? "decoded inside a field" : "rejected at a field boundary");
 	}
 out:
@@ -572,10 +565,9 @@ out:
 	free(at_boundary);
 }
 
-static void test_corruption(const ProtobufCMessageDescriptor *d,
-                            const uint8_t *buf, size_t len)
+static void test_corruption(const ProtobufCMessageDescriptor *d, const uint8_t *buf, size_t len)
 {
-	static const uint8_t patterns[] = {0x00, 0xff, 0x80, 0x7f};
+	static const uint8_t patterns[] = { 0x00, 0xff, 0x80, 0x7f };
 	uint8_t *mut = xmalloc(len + 32);
 	size_t step = len <= 256 ? 1 : len / 256;
 
@@ -595,15 +587,19 @@ static void test_corruption(const ProtobufCMessageDescriptor *d,
 		uint8_t bytes[12];
 		size_t len;
 	} bad[] = {
-		{"dangling varint tag", {0x80}, 1},
-		{"tag without value", {0x08}, 1},
-		{"field number 0", {0x00, 0x01}, 2},
-		{"wire type 6", {0x0e, 0x01}, 2},
-		{"wire type 7", {0x0f, 0x01}, 2},
-		{"length past end", {0xfa, 0xff, 0xff, 0xff, 0x0f, 0xff, 0xff, 0xff, 0x0f, 0x01}, 10},
-		{"11-byte varint", {0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01}, 12},
-		{"fixed64 cut", {0x09, 0x01, 0x02, 0x03}, 4},
-		{"fixed32 cut", {0x0d, 0x01}, 2},
+		{ "dangling varint tag", { 0x80 }, 1 },
+		{ "tag without value", { 0x08 }, 1 },
+		{ "field number 0", { 0x00, 0x01 }, 2 },
+		{ "wire type 6", { 0x0e, 0x01 }, 2 },
+		{ "wire type 7", { 0x0f, 0x01 }, 2 },
+		{ "length past end",
+		  { 0xfa, 0xff, 0xff, 0xff, 0x0f, 0xff, 0xff, 0xff, 0x0f, 0x01 },
+		  10 },
+		{ "11-byte varint",
+		  { 0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01 },
+		  12 },
+		{ "fixed64 cut", { 0x09, 0x01, 0x02, 0x03 }, 4 },
+		{ "fixed32 cut", { 0x0d, 0x01 }, 2 },
 	};
 	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
 		memcpy(mut, buf, len);
@@ -625,8 +621,7 @@ static void test_corruption(const ProtobufCMessageDescriptor *d,
 
 /* Fails each allocation of a successful unpack in turn: the decoder must
  * return NULL and release whatever it had taken. */
-static void test_alloc_failure(const ProtobufCMessageDescriptor *d,
-                               const uint8_t *buf, size_t len)
+static void test_alloc_failure(const ProtobufCMessageDescriptor *d, const uint8_t *buf, size_t len)
 {
 	struct count_alloc ca;
 	ProtobufCAllocator alloc;
@@ -643,12 +638,10 @@ static void test_alloc_failure(const ProtobufCMessageDescriptor *d,
 	for (long k = 0; k < total; k++) {
 		count_alloc_init(&ca, &alloc, k);
 		m = protobuf_c_message_unpack(d, &alloc, len, buf);
-		CHECK(m == NULL, "%s: unpack succeeded with allocation %ld failing",
-		      d->name, k);
+		CHECK(m == NULL, "%s: unpack succeeded with allocation %ld failing", d->name, k);
 		if (m != NULL)
 			protobuf_c_message_free_unpacked(m, &alloc);
-		CHECK(ca.live == 0, "%s: allocation %ld failing leaked %ld",
-		      d->name, k, ca.live);
+		CHECK(ca.live == 0, "%s: allocation %ld failing leaked %ld", d->name, k, ca.live);
 	}
 }
 
@@ -677,7 +670,7 @@ static void test_empty(const ProtobufCMessageDescriptor *d)
 
 static void test_message(const ProtobufCMessageDescriptor *d)
 {
-	struct filler fl = {.n = 0, .depth_cuts = 0};
+	struct filler fl = { .n = 0, .depth_cuts = 0 };
 	ProtobufCMessage *m, *u;
 	uint8_t *buf, *buf2;
 	size_t len, len2;
@@ -721,8 +714,7 @@ static void test_message(const ProtobufCMessageDescriptor *d)
 				continue;
 			for (long k = 0; k < nf && !seen; k++)
 				seen = tags[k] == f->id;
-			CHECK(seen, "%s.%s: not on the wire after filling", d->name,
-			      f->name);
+			CHECK(seen, "%s.%s: not on the wire after filling", d->name, f->name);
 		}
 		free(boundary);
 		free(tags);
@@ -758,17 +750,17 @@ static bool is_keyword(const char *s)
 	/* C and C++ keywords and common macros: generated headers are
 	 * included from C, and must stay includable from C++. */
 	static const char *const kw[] = {
-		"alignas", "alignof", "and", "asm", "auto", "bool", "break", "case",
-		"catch", "char", "class", "const", "constexpr", "continue",
-		"default", "delete", "do", "double", "else", "enum", "explicit",
-		"export", "extern", "false", "float", "for", "friend", "goto", "if",
-		"inline", "int", "long", "mutable", "namespace", "new", "not",
-		"operator", "or", "private", "protected", "public", "register",
-		"restrict", "return", "short", "signed", "sizeof", "static",
-		"struct", "switch", "template", "this", "throw", "true", "try",
-		"typedef", "typename", "union", "unsigned", "using", "virtual",
-		"void", "volatile", "while", "xor", "errno", "stdin", "stdout",
-		"stderr", "assert", "NULL", "EOF", "unix", "linux",
+		"alignas",  "alignof",  "and",      "asm",     "auto",      "bool",      "break",
+		"case",     "catch",    "char",     "class",   "const",     "constexpr", "continue",
+		"default",  "delete",   "do",       "double",  "else",      "enum",      "explicit",
+		"export",   "extern",   "false",    "float",   "for",       "friend",    "goto",
+		"if",       "inline",   "int",      "long",    "mutable",   "namespace", "new",
+		"not",      "operator", "or",       "private", "protected", "public",    "register",
+		"restrict", "return",   "short",    "signed",  "sizeof",    "static",    "struct",
+		"switch",   "template", "this",     "throw",   "true",      "try",       "typedef",
+		"typename", "union",    "unsigned", "using",   "virtual",   "void",      "volatile",
+		"while",    "xor",      "errno",    "stdin",   "stdout",    "stderr",    "assert",
+		"NULL",     "EOF",      "unix",     "linux",
 	};
 	for (size_t i = 0; i < sizeof kw / sizeof kw[0]; i++)
 		if (strcmp(s, kw[i]) == 0)
@@ -837,25 +829,22 @@ static void test_registry(void)
 
 	printf("registry: %zu messages (%zu declared + %d map entries), "
 	       "%zu enums, %zu services\n",
-	       proto_message_count, (size_t)PROTO_DECLARED_MESSAGES,
-	       PROTO_DECLARED_MAP_FIELDS, proto_enum_count, proto_service_count);
+	       proto_message_count, (size_t)PROTO_DECLARED_MESSAGES, PROTO_DECLARED_MAP_FIELDS,
+	       proto_enum_count, proto_service_count);
 
 	CHECK(proto_message_count >= MIN_MESSAGES, "only %zu message descriptors",
 	      proto_message_count);
-	CHECK(proto_enum_count >= MIN_ENUMS, "only %zu enum descriptors",
-	      proto_enum_count);
-	CHECK(proto_message_count ==
-	          (size_t)(PROTO_DECLARED_MESSAGES + PROTO_DECLARED_MAP_FIELDS),
+	CHECK(proto_enum_count >= MIN_ENUMS, "only %zu enum descriptors", proto_enum_count);
+	CHECK(proto_message_count == (size_t)(PROTO_DECLARED_MESSAGES + PROTO_DECLARED_MAP_FIELDS),
 	      "registry has %zu messages, the .proto files declare %d + %d map "
 	      "fields (a .proto missing from proto/gpumatch/v1/meson.build?)",
-	      proto_message_count, PROTO_DECLARED_MESSAGES,
-	      PROTO_DECLARED_MAP_FIELDS);
+	      proto_message_count, PROTO_DECLARED_MESSAGES, PROTO_DECLARED_MAP_FIELDS);
 	CHECK(proto_enum_count == (size_t)PROTO_DECLARED_ENUMS,
-	      "registry has %zu enums, the .proto files declare %d",
-	      proto_enum_count, PROTO_DECLARED_ENUMS);
+	      "registry has %zu enums, the .proto files declare %d", proto_enum_count,
+	      PROTO_DECLARED_ENUMS);
 	CHECK(proto_service_count == (size_t)PROTO_DECLARED_SERVICES,
-	      "registry has %zu services, the .proto files declare %d",
-	      proto_service_count, PROTO_DECLARED_SERVICES);
+	      "registry has %zu services, the .proto files declare %d", proto_service_count,
+	      PROTO_DECLARED_SERVICES);
 
 	for (size_t i = 0; i < proto_message_count; i++) {
 		const ProtobufCMessageDescriptor *d = proto_messages[i];
@@ -865,8 +854,7 @@ static void test_registry(void)
 		CHECK(strcmp(d->package_name, "gpumatch.v1") == 0 &&
 		          strncmp(d->name, "gpumatch.v1.", 12) == 0,
 		      "%s: not in package gpumatch.v1", d->name);
-		CHECK(proto_find_message(d->name) == d, "%s: lookup by name failed",
-		      d->name);
+		CHECK(proto_find_message(d->name) == d, "%s: lookup by name failed", d->name);
 		if (proto_is_map_entry(d)) {
 			/* The parent holds a repeated field of this type. */
 			size_t plen = strlen(d->name) - strlen(d->short_name) - 1;
@@ -881,14 +869,15 @@ static void test_registry(void)
 			for (unsigned k = 0; pd != NULL && k < pd->n_fields; k++)
 				used |= pd->fields[k].descriptor == d &&
 				        pd->fields[k].label == PROTOBUF_C_LABEL_REPEATED;
-			CHECK(used, "%s: map entry not used by a repeated field of %s",
-			      d->name, parent);
+			CHECK(used, "%s: map entry not used by a repeated field of %s", d->name,
+			      parent);
 		} else {
-			bool nested = strlen(d->name) >
-			              strlen(d->package_name) + 1 + strlen(d->short_name);
+			bool nested =
+			    strlen(d->name) > strlen(d->package_name) + 1 + strlen(d->short_name);
 			CHECK(!nested || !ends_with(d->short_name, "Entry"),
 			      "%s: only map entries may be nested messages named "
-			      "*Entry (the JSON mapping treats those as maps)", d->name);
+			      "*Entry (the JSON mapping treats those as maps)",
+			      d->name);
 		}
 
 		char seen_json[64][64];
@@ -898,21 +887,19 @@ static void test_registry(void)
 
 			CHECK(is_field_name(f->name),
 			      "%s.%s: field names are lower_snake_case with no '_' "
-			      "before a digit", d->name, f->name);
-			CHECK(!is_keyword(f->name), "%s.%s: a C/C++ keyword", d->name,
-			      f->name);
+			      "before a digit",
+			      d->name, f->name);
+			CHECK(!is_keyword(f->name), "%s.%s: a C/C++ keyword", d->name, f->name);
 			json_name(f->name, seen_json[k], sizeof seen_json[k]);
 			for (unsigned j = 0; j < k; j++)
 				CHECK(strcmp(seen_json[j], seen_json[k]) != 0,
 				      "%s: JSON name %s used twice", d->name, seen_json[k]);
 			if (f->type == PROTOBUF_C_TYPE_MESSAGE)
 				CHECK(registry_has_message(f->descriptor),
-				      "%s.%s: its type is not in the registry", d->name,
-				      f->name);
+				      "%s.%s: its type is not in the registry", d->name, f->name);
 			if (f->type == PROTOBUF_C_TYPE_ENUM)
 				CHECK(registry_has_enum(f->descriptor),
-				      "%s.%s: its enum is not in the registry", d->name,
-				      f->name);
+				      "%s.%s: its enum is not in the registry", d->name, f->name);
 		}
 	}
 	CHECK(maps == (size_t)PROTO_DECLARED_MAP_FIELDS,
@@ -925,20 +912,17 @@ static void test_registry(void)
 
 		CHECK(e->magic == PROTOBUF_C__ENUM_DESCRIPTOR_MAGIC,
 		      "proto_enums[%zu] is not an enum descriptor", i);
-		CHECK(proto_find_enum(e->name) == e, "%s: lookup by name failed",
-		      e->name);
+		CHECK(proto_find_enum(e->name) == e, "%s: lookup by name failed", e->name);
 		upper_snake(e->short_name, prefix, sizeof prefix);
 		snprintf(want, sizeof want, "%s_UNSPECIFIED", prefix);
-		CHECK(e->n_values >= 2, "%s: needs a value besides UNSPECIFIED",
-		      e->name);
+		CHECK(e->n_values >= 2, "%s: needs a value besides UNSPECIFIED", e->name);
 		CHECK(e->n_values > 0 && e->values[0].value == 0 &&
 		          strcmp(e->values[0].name, want) == 0,
 		      "%s: first value must be %s = 0", e->name, want);
 		for (unsigned k = 0; k < e->n_values; k++) {
 			CHECK(strncmp(e->values[k].name, prefix, strlen(prefix)) == 0 &&
 			          e->values[k].name[strlen(prefix)] == '_',
-			      "%s.%s: values are prefixed %s_", e->name,
-			      e->values[k].name, prefix);
+			      "%s.%s: values are prefixed %s_", e->name, e->values[k].name, prefix);
 			CHECK(k == 0 || e->values[k].value != e->values[k - 1].value,
 			      "%s.%s: aliased value", e->name, e->values[k].name);
 		}
@@ -950,8 +934,7 @@ static void test_registry(void)
 
 		CHECK(s->magic == PROTOBUF_C__SERVICE_DESCRIPTOR_MAGIC,
 		      "proto_services[%zu] is not a service descriptor", i);
-		CHECK(proto_find_service(s->name) == s, "%s: lookup by name failed",
-		      s->name);
+		CHECK(proto_find_service(s->name) == s, "%s: lookup by name failed", s->name);
 		for (unsigned k = 0; k < s->n_methods; k++) {
 			const ProtobufCMethodDescriptor *md = &s->methods[k];
 			char want_in[160], want_out[160];
@@ -965,17 +948,14 @@ static void test_registry(void)
 			CHECK(strcmp(md->output->short_name, want_out) == 0,
 			      "%s.%s: output is %s, want %s", s->name, md->name,
 			      md->output->short_name, want_out);
-			CHECK(registry_has_message(md->input) &&
-			          registry_has_message(md->output),
-			      "%s.%s: request/response not in the registry", s->name,
-			      md->name);
+			CHECK(registry_has_message(md->input) && registry_has_message(md->output),
+			      "%s.%s: request/response not in the registry", s->name, md->name);
 			CHECK(protobuf_c_service_descriptor_get_method_by_name(s, md->name) == md,
 			      "%s.%s: lookup by name failed", s->name, md->name);
 		}
 	}
 	CHECK(methods == (size_t)PROTO_DECLARED_METHODS,
-	      "%zu methods in the registry, %d rpcs declared", methods,
-	      PROTO_DECLARED_METHODS);
+	      "%zu methods in the registry, %d rpcs declared", methods, PROTO_DECLARED_METHODS);
 
 	CHECK(proto_find_message("gpumatch.v1.NoSuchMessage") == NULL &&
 	          proto_find_message(NULL) == NULL && proto_find_service(NULL) == NULL &&
@@ -990,16 +970,15 @@ static void test_required_rpcs(void)
 		const char *service;
 		const char *methods[12];
 	} want[] = {
-		{"gpumatch.v1.JobService",
-		 {"SubmitJob", "GetJob", "ListJobs", "CancelJob", "ExplainJob"}},
-		{"gpumatch.v1.NodeService",
-		 {"RegisterNode", "RequestChallenge", "SubmitProbe", "Heartbeat",
-		  "AcquireLease", "ReportLease", "DrainNode"}},
-		{"gpumatch.v1.AdminService",
-		 {"GetPolicy", "SetPolicy", "ListPolicies", "SimulatePolicy",
-		  "CreateTenant", "ListTenants", "CreateToken", "RevokeToken",
-		  "GetUsageReport", "GetRevenueReport", "AuditLedger",
-		  "PayoutOperator"}},
+		{ "gpumatch.v1.JobService",
+		  { "SubmitJob", "GetJob", "ListJobs", "CancelJob", "ExplainJob" } },
+		{ "gpumatch.v1.NodeService",
+		  { "RegisterNode", "RequestChallenge", "SubmitProbe", "Heartbeat", "AcquireLease",
+		    "ReportLease", "DrainNode" } },
+		{ "gpumatch.v1.AdminService",
+		  { "GetPolicy", "SetPolicy", "ListPolicies", "SimulatePolicy", "CreateTenant",
+		    "ListTenants", "CreateToken", "RevokeToken", "GetUsageReport",
+		    "GetRevenueReport", "AuditLedger", "PayoutOperator" } },
 	};
 
 	for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
@@ -1022,7 +1001,7 @@ int main(void)
 
 	printf("round-tripped %zu message types (%zu bytes packed, %u sub-messages "
 	       "cut at depth %d); %d checks, %d failures\n",
-	       proto_message_count, total_bytes, total_depth_cuts, FILL_DEPTH_MAX,
-	       checks, failures);
+	       proto_message_count, total_bytes, total_depth_cuts, FILL_DEPTH_MAX, checks,
+	       failures);
 	return failures == 0 ? 0 : 1;
 }

@@ -13,8 +13,8 @@ void fx_fail(const char *file, int line, const char *fmt, ...)
 {
 	va_list ap;
 
-	fprintf(stderr, "%s row \"%s\" (%s:%d): ",
-	        fx_divergent ? "KNOWN-DIVERGENT" : "FAIL", fx_row, file, line);
+	fprintf(stderr, "%s row \"%s\" (%s:%d): ", fx_divergent ? "KNOWN-DIVERGENT" : "FAIL",
+	        fx_row, file, line);
 	va_start(ap, fmt);
 	vfprintf(stderr, fmt, ap);
 	va_end(ap);
@@ -30,13 +30,20 @@ void fx_fail(const char *file, int line, const char *fmt, ...)
 const char *fx_errno_name(int rc)
 {
 	switch (rc) {
-	case 0: return "ok";
-	case -EINVAL: return "EINVAL";
-	case -ENOMEM: return "ENOMEM";
-	case -ENOENT: return "ENOENT";
-	case -EEXIST: return "EEXIST";
-	case -EBUSY: return "EBUSY";
-	default: return "?";
+	case 0:
+		return "ok";
+	case -EINVAL:
+		return "EINVAL";
+	case -ENOMEM:
+		return "ENOMEM";
+	case -ENOENT:
+		return "ENOENT";
+	case -EEXIST:
+		return "EEXIST";
+	case -EBUSY:
+		return "EBUSY";
+	default:
+		return "?";
 	}
 }
 
@@ -52,8 +59,8 @@ bool fx_check(const struct sched_cluster *c, const char *file, int line)
 	return true;
 }
 
-bool fx_equal(const struct sched_cluster *a, const struct sched_cluster *b,
-              const char *file, int line)
+bool fx_equal(const struct sched_cluster *a, const struct sched_cluster *b, const char *file,
+              int line)
 {
 	char why[512] = "";
 
@@ -67,8 +74,7 @@ bool fx_equal(const struct sched_cluster *a, const struct sched_cluster *b,
 int fx_finish(const char *suite)
 {
 	if (fx_divergences)
-		fprintf(stderr, "%s: %d known divergence(s), not counted\n", suite,
-		        fx_divergences);
+		fprintf(stderr, "%s: %d known divergence(s), not counted\n", suite, fx_divergences);
 	if (fx_failures) {
 		fprintf(stderr, "%s: %d failure(s)\n", suite, fx_failures);
 		return 1;
@@ -127,20 +133,30 @@ static uint32_t fx_split(const char *csv, const char **out, uint32_t max)
 /* ---- GPUs --------------------------------------------------------------- */
 
 const struct sched_gpu_spec fx_gpu_h100 = {
-	.model = "H100-SXM5-80GB", .memory_mib = 81920, .compute_cap = 90,
-	.precisions = FX_ALL_PREC, .tflops = { 67, 495, 990, 990, 1979 },
+	.model = "H100-SXM5-80GB",
+	.memory_mib = 81920,
+	.compute_cap = 90,
+	.precisions = FX_ALL_PREC,
+	.tflops = { 67, 495, 990, 990, 1979 },
 };
 const struct sched_gpu_spec fx_gpu_a100 = {
-	.model = "A100-SXM4-80GB", .memory_mib = 81920, .compute_cap = 80,
+	.model = "A100-SXM4-80GB",
+	.memory_mib = 81920,
+	.compute_cap = 80,
 	.precisions = FX_ALL_PREC & ~FX_PREC(SCHED_PREC_FP8),
 	.tflops = { 19.5f, 156, 312, 312, 0 },
 };
 const struct sched_gpu_spec fx_gpu_l4 = {
-	.model = "L4", .memory_mib = 24576, .compute_cap = 89,
-	.precisions = FX_ALL_PREC, .tflops = { 30, 60, 121, 121, 242 },
+	.model = "L4",
+	.memory_mib = 24576,
+	.compute_cap = 89,
+	.precisions = FX_ALL_PREC,
+	.tflops = { 30, 60, 121, 121, 242 },
 };
 const struct sched_gpu_spec fx_gpu_3060 = {
-	.model = "RTX-3060-12GB", .memory_mib = 12288, .compute_cap = 86,
+	.model = "RTX-3060-12GB",
+	.memory_mib = 12288,
+	.compute_cap = 86,
 	.precisions = FX_ALL_PREC & ~FX_PREC(SCHED_PREC_FP8),
 	.tflops = { 12.7f, 12.7f, 25, 25, 0 },
 };
@@ -201,8 +217,7 @@ void fx_node_gpus(struct fx_node *n, const char *layout)
 	n->spec.ngpus = ngpus;
 }
 
-void fx_node_init(struct fx_node *n, uint64_t id, const char *region,
-                  const char *gpus)
+void fx_node_init(struct fx_node *n, uint64_t id, const char *region, const char *gpus)
 {
 	memset(n, 0, sizeof *n);
 	n->spec.id = id;
@@ -376,8 +391,8 @@ struct sched_cluster *fx_cluster(const struct sched_alloc *alloc)
 	fx_policy(&p);
 	rc = sched_set_policy(c, &p, &err);
 	if (rc != 0) {
-		fprintf(stderr, "fixture: test policy rejected: %d %s: %s\n", rc,
-		        err.field, err.message);
+		fprintf(stderr, "fixture: test policy rejected: %d %s: %s\n", rc, err.field,
+		        err.message);
 		exit(2);
 	}
 	return c;
@@ -390,8 +405,7 @@ bool fx_add_node(struct sched_cluster *c, struct fx_node *n)
 
 	if (rc != 0) {
 		fx_fail(__FILE__, __LINE__, "sched_node_upsert(%llu): %s %s: %s",
-		        (unsigned long long)n->spec.id, fx_errno_name(rc), err.field,
-		        err.message);
+		        (unsigned long long)n->spec.id, fx_errno_name(rc), err.field, err.message);
 		return false;
 	}
 	return true;
@@ -404,15 +418,14 @@ bool fx_add_job(struct sched_cluster *c, struct fx_job *j)
 
 	if (rc != 0) {
 		fx_fail(__FILE__, __LINE__, "sched_job_add(%llu): %s %s: %s",
-		        (unsigned long long)j->spec.id, fx_errno_name(rc), err.field,
-		        err.message);
+		        (unsigned long long)j->spec.id, fx_errno_name(rc), err.field, err.message);
 		return false;
 	}
 	return true;
 }
 
-bool fx_run_job(struct sched_cluster *c, struct fx_job *j, uint64_t node_id,
-                uint64_t mask, int64_t start_us)
+bool fx_run_job(struct sched_cluster *c, struct fx_job *j, uint64_t node_id, uint64_t mask,
+                int64_t start_us)
 {
 	struct sched_error err = { 0 };
 	struct sched_placement pl = { .node_id = node_id, .gpu_mask = mask };
@@ -423,8 +436,7 @@ bool fx_run_job(struct sched_cluster *c, struct fx_job *j, uint64_t node_id,
 	rc = sched_lease_start(c, j->spec.id, &pl, 1, start_us, &err);
 	if (rc != 0) {
 		fx_fail(__FILE__, __LINE__, "sched_lease_start(%llu): %s %s: %s",
-		        (unsigned long long)j->spec.id, fx_errno_name(rc), err.field,
-		        err.message);
+		        (unsigned long long)j->spec.id, fx_errno_name(rc), err.field, err.message);
 		return false;
 	}
 	return true;
@@ -451,30 +463,26 @@ void fx_cycle_done(struct fx_cycle *fc)
 	memset(fc, 0, sizeof *fc);
 }
 
-size_t fx_count(const struct sched_actions *a, enum sched_action_kind kind,
-                uint64_t job_id)
+size_t fx_count(const struct sched_actions *a, enum sched_action_kind kind, uint64_t job_id)
 {
 	size_t n = 0;
 
 	for (size_t i = 0; i < a->len; i++)
-		if ((kind == 0 || a->items[i].kind == kind) &&
-		    a->items[i].job_id == job_id)
+		if ((kind == 0 || a->items[i].kind == kind) && a->items[i].job_id == job_id)
 			n++;
 	return n;
 }
 
-const struct sched_action *fx_find(const struct sched_actions *a,
-                                   enum sched_action_kind kind, uint64_t job_id)
+const struct sched_action *fx_find(const struct sched_actions *a, enum sched_action_kind kind,
+                                   uint64_t job_id)
 {
 	for (size_t i = 0; i < a->len; i++)
-		if ((kind == 0 || a->items[i].kind == kind) &&
-		    a->items[i].job_id == job_id)
+		if ((kind == 0 || a->items[i].kind == kind) && a->items[i].job_id == job_id)
 			return &a->items[i];
 	return NULL;
 }
 
-bool fx_explain(const struct sched_cluster *c, uint64_t job_id,
-                struct sched_explain *e)
+bool fx_explain(const struct sched_cluster *c, uint64_t job_id, struct sched_explain *e)
 {
 	int rc;
 

@@ -25,7 +25,7 @@ extern const char *fx_divergent;
 extern int fx_divergences;
 
 void fx_fail(const char *file, int line, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+    __attribute__((format(printf, 3, 4)));
 
 /* EXPECT_* record a failure and go on; REQUIRE_* also return from the
  * calling function (which must return void). */
@@ -35,37 +35,37 @@ void fx_fail(const char *file, int line, const char *fmt, ...)
 			fx_fail(__FILE__, __LINE__, "expected %s", #cond); \
 	} while (0)
 
-#define EXPECT_INT(got, want)                                                  \
-	do {                                                                   \
-		long long fx_g_ = (long long)(got), fx_w_ = (long long)(want); \
-		if (fx_g_ != fx_w_)                                            \
-			fx_fail(__FILE__, __LINE__, "%s: got %lld, want %lld", \
-			        #got, fx_g_, fx_w_);                           \
+#define EXPECT_INT(got, want)                                                               \
+	do {                                                                                \
+		long long fx_g_ = (long long)(got), fx_w_ = (long long)(want);              \
+		if (fx_g_ != fx_w_)                                                         \
+			fx_fail(__FILE__, __LINE__, "%s: got %lld, want %lld", #got, fx_g_, \
+			        fx_w_);                                                     \
 	} while (0)
 
-#define EXPECT_HEX(got, want)                                                 \
-	do {                                                                  \
-		unsigned long long fx_g_ = (unsigned long long)(got);         \
-		unsigned long long fx_w_ = (unsigned long long)(want);        \
-		if (fx_g_ != fx_w_)                                           \
-			fx_fail(__FILE__, __LINE__, "%s: got %#llx, want %#llx", \
-			        #got, fx_g_, fx_w_);                          \
+#define EXPECT_HEX(got, want)                                                                 \
+	do {                                                                                  \
+		unsigned long long fx_g_ = (unsigned long long)(got);                         \
+		unsigned long long fx_w_ = (unsigned long long)(want);                        \
+		if (fx_g_ != fx_w_)                                                           \
+			fx_fail(__FILE__, __LINE__, "%s: got %#llx, want %#llx", #got, fx_g_, \
+			        fx_w_);                                                       \
 	} while (0)
 
-#define EXPECT_NEAR(got, want, tol)                                           \
-	do {                                                                  \
-		double fx_g_ = (double)(got), fx_w_ = (double)(want);         \
-		if (!(fx_g_ >= fx_w_ - (tol) && fx_g_ <= fx_w_ + (tol)))      \
-			fx_fail(__FILE__, __LINE__, "%s: got %.9g, want %.9g±%g", \
-			        #got, fx_g_, fx_w_, (double)(tol));           \
+#define EXPECT_NEAR(got, want, tol)                                                            \
+	do {                                                                                   \
+		double fx_g_ = (double)(got), fx_w_ = (double)(want);                          \
+		if (!(fx_g_ >= fx_w_ - (tol) && fx_g_ <= fx_w_ + (tol)))                       \
+			fx_fail(__FILE__, __LINE__, "%s: got %.9g, want %.9g±%g", #got, fx_g_, \
+			        fx_w_, (double)(tol));                                         \
 	} while (0)
 
-#define EXPECT_STR(got, want)                                                 \
-	do {                                                                  \
-		const char *fx_g_ = (got), *fx_w_ = (want);                   \
-		if (fx_g_ == NULL || strcmp(fx_g_, fx_w_) != 0)               \
-			fx_fail(__FILE__, __LINE__, "%s: got \"%s\", want \"%s\"", \
-			        #got, fx_g_ ? fx_g_ : "(null)", fx_w_);       \
+#define EXPECT_STR(got, want)                                                            \
+	do {                                                                             \
+		const char *fx_g_ = (got), *fx_w_ = (want);                              \
+		if (fx_g_ == NULL || strcmp(fx_g_, fx_w_) != 0)                          \
+			fx_fail(__FILE__, __LINE__, "%s: got \"%s\", want \"%s\"", #got, \
+			        fx_g_ ? fx_g_ : "(null)", fx_w_);                        \
 	} while (0)
 
 #define REQUIRE(cond)                                                      \
@@ -76,14 +76,14 @@ void fx_fail(const char *file, int line, const char *fmt, ...)
 		}                                                          \
 	} while (0)
 
-#define REQUIRE_OK(call)                                                        \
-	do {                                                                    \
-		int fx_rc_ = (call);                                            \
-		if (fx_rc_ != 0) {                                              \
-			fx_fail(__FILE__, __LINE__, "%s returned %d (%s)", #call, \
-			        fx_rc_, fx_errno_name(fx_rc_));                 \
-			return;                                                 \
-		}                                                               \
+#define REQUIRE_OK(call)                                                                  \
+	do {                                                                              \
+		int fx_rc_ = (call);                                                      \
+		if (fx_rc_ != 0) {                                                        \
+			fx_fail(__FILE__, __LINE__, "%s returned %d (%s)", #call, fx_rc_, \
+			        fx_errno_name(fx_rc_));                                   \
+			return;                                                           \
+		}                                                                         \
 	} while (0)
 
 /* "ENOMEM" for -ENOMEM, etc. */
@@ -94,8 +94,8 @@ bool fx_check(const struct sched_cluster *c, const char *file, int line);
 #define EXPECT_CHECK(c) fx_check((c), __FILE__, __LINE__)
 
 /* Checks sched_cluster_equal and reports the difference as a failure. */
-bool fx_equal(const struct sched_cluster *a, const struct sched_cluster *b,
-              const char *file, int line);
+bool fx_equal(const struct sched_cluster *a, const struct sched_cluster *b, const char *file,
+              int line);
 #define EXPECT_EQUAL(a, b) fx_equal((a), (b), __FILE__, __LINE__)
 
 /* Prints the summary line; returns the process exit status. */
@@ -110,7 +110,7 @@ const char *fx_intern(const char *s, size_t len);
 /* ---- GPUs --------------------------------------------------------------- */
 
 #define FX_ALL_PREC ((1u << SCHED_PREC_COUNT) - 1)
-#define FX_PREC(p) (1u << (p))
+#define FX_PREC(p)  (1u << (p))
 
 /* Datasheet-like templates. tflops are indexed by enum sched_precision. */
 extern const struct sched_gpu_spec fx_gpu_h100; /* 80 GiB, cc 90, all incl FP8 */
@@ -134,8 +134,7 @@ struct fx_node {
 /* Ready, verified, $2/GPU-hour, 990,000 ppm, no labels or taints. gpus is
  * a layout: space-separated "<count>x<model>[@<nvlink group>]" items, e.g.
  * "4xH100@1 4xH100@2" or "2xA100 2xH100" (group 0 = no NVLink). */
-void fx_node_init(struct fx_node *n, uint64_t id, const char *region,
-                  const char *gpus);
+void fx_node_init(struct fx_node *n, uint64_t id, const char *region, const char *gpus);
 void fx_node_gpus(struct fx_node *n, const char *gpus);
 /* Comma-separated lists; "" or NULL clears. */
 void fx_node_labels(struct fx_node *n, const char *csv);
@@ -174,11 +173,11 @@ void fx_policy(struct sched_policy *p);
  * counted from 1) once, when fail_at > 0. */
 struct fx_alloc {
 	struct sched_alloc a;
-	long live;       /* blocks allocated and not freed */
-	long calls;      /* alloc + realloc calls so far */
-	long fail_at;    /* 0 = never */
-	long failures;   /* injected failures so far */
-	bool fail_all;   /* keep failing every call from fail_at on */
+	long live;     /* blocks allocated and not freed */
+	long calls;    /* alloc + realloc calls so far */
+	long fail_at;  /* 0 = never */
+	long failures; /* injected failures so far */
+	bool fail_all; /* keep failing every call from fail_at on */
 };
 void fx_alloc_init(struct fx_alloc *fa);
 
@@ -192,8 +191,8 @@ struct sched_cluster *fx_cluster(const struct sched_alloc *alloc);
 bool fx_add_node(struct sched_cluster *c, struct fx_node *n);
 bool fx_add_job(struct sched_cluster *c, struct fx_job *j);
 /* Adds the job and starts it on node_id/mask at start_us (one part). */
-bool fx_run_job(struct sched_cluster *c, struct fx_job *j, uint64_t node_id,
-                uint64_t mask, int64_t start_us);
+bool fx_run_job(struct sched_cluster *c, struct fx_job *j, uint64_t node_id, uint64_t mask,
+                int64_t start_us);
 
 /* Runs one cycle into a fresh action list (freed by the previous call or by
  * fx_cycle_done). Reports a failure if the cycle fails. */
@@ -207,22 +206,23 @@ bool fx_run_cycle(struct fx_cycle *fc, struct sched_cluster *c, int64_t now_us);
 void fx_cycle_done(struct fx_cycle *fc);
 
 /* Number of actions of kind for job_id (kind 0 = any). */
-size_t fx_count(const struct sched_actions *a, enum sched_action_kind kind,
-                uint64_t job_id);
+size_t fx_count(const struct sched_actions *a, enum sched_action_kind kind, uint64_t job_id);
 /* The first action of kind for job_id, or NULL. */
-const struct sched_action *fx_find(const struct sched_actions *a,
-                                   enum sched_action_kind kind, uint64_t job_id);
+const struct sched_action *fx_find(const struct sched_actions *a, enum sched_action_kind kind,
+                                   uint64_t job_id);
 
 /* Explains job_id, reporting a failure if that fails. */
-bool fx_explain(const struct sched_cluster *c, uint64_t job_id,
-                struct sched_explain *e);
+bool fx_explain(const struct sched_cluster *c, uint64_t job_id, struct sched_explain *e);
 
 /* Free mask of a node, or all-ones on failure (reported). */
 uint64_t fx_free(const struct sched_cluster *c, uint64_t node_id);
 
-static inline int fx_popcount(uint64_t m) { return __builtin_popcountll(m); }
+static inline int fx_popcount(uint64_t m)
+{
+	return __builtin_popcountll(m);
+}
 
 #define FX_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
-#define FX_S(x) ((int64_t)(x) * 1000000) /* seconds to microseconds */
+#define FX_S(x)         ((int64_t)(x)*1000000) /* seconds to microseconds */
 
 #endif

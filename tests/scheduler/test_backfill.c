@@ -3,16 +3,16 @@
  * GPUs, greedy behaviour without backfill, reservation count and depth. */
 #include "fixture.h"
 
-#define NOW FX_S(100)
+#define NOW      FX_S(100)
 #define MAX_JOBS 5
-#define WHY(r) ((r) + 1) /* 0 = no check */
+#define WHY(r)   ((r) + 1) /* 0 = no check */
 
 /* The fleet, region "a": node 1 (4 GPUs) runs job 101 on GPUs 0-1 until
  * 1000 s; node 2 (4 GPUs) runs job 102 on all GPUs until 5000 s. Options
  * add node 3 (one spare GPU, "a") and node 4 (4 GPUs, "b", busy until
  * 500 s). Now is 100 s. */
 struct bjob {
-	uint64_t id; /* 0 ends the list; added in order, all submitted at 0 */
+	uint64_t id;           /* 0 ends the list; added in order, all submitted at 0 */
 	uint32_t cls, gpn, nc; /* nc 0 = 1 */
 	int64_t dur_s;
 	const char *regions;
@@ -34,36 +34,48 @@ struct row {
 	uint32_t want_reserved; /* cycle stats */
 };
 
-#define TOP { 1, 4, 4, 1, 10000, NULL, 0, 0, 1000, WHY(SCHED_R_FREE_GPUS) }
+#define TOP                                                                 \
+	{                                                                   \
+		1, 4, 4, 1, 10000, NULL, 0, 0, 1000, WHY(SCHED_R_FREE_GPUS) \
+	}
 
 static const struct row rows[] = {
 	{ .name = "reservation: top blocked job reserves at the earliest end",
-	  .jobs = { TOP }, .want_reserved = 1 },
+	  .jobs = { TOP },
+	  .want_reserved = 1 },
 	{ .name = "backfill: short job uses a reserved GPU",
-	  .jobs = { TOP, { 2, 0, 1, 1, 500, NULL, 1, 0x4, 0, 0 } }, .want_reserved = 1 },
+	  .jobs = { TOP, { 2, 0, 1, 1, 500, NULL, 1, 0x4, 0, 0 } },
+	  .want_reserved = 1 },
 	{ .name = "backfill: job ending exactly at the reserved start",
-	  .jobs = { TOP, { 2, 0, 1, 1, 900, NULL, 1, 0x4, 0, 0 } }, .want_reserved = 1 },
+	  .jobs = { TOP, { 2, 0, 1, 1, 900, NULL, 1, 0x4, 0, 0 } },
+	  .want_reserved = 1 },
 	{ .name = "backfill: job ending after the reserved start is held",
 	  .jobs = { TOP, { 2, 0, 1, 1, 901, NULL, 0, 0, 0, WHY(SCHED_R_RESERVED) } },
 	  .want_reserved = 1 },
 	{ .name = "backfill: long job held back",
 	  .jobs = { TOP, { 2, 0, 1, 1, 5000, NULL, 0, 0, 0, WHY(SCHED_R_RESERVED) } },
 	  .want_reserved = 1 },
-	{ .name = "backfill: long job takes an unreserved GPU", .spare = true,
-	  .jobs = { TOP, { 2, 0, 1, 1, 5000, NULL, 3, 0x1, 0, 0 } }, .want_reserved = 1 },
+	{ .name = "backfill: long job takes an unreserved GPU",
+	  .spare = true,
+	  .jobs = { TOP, { 2, 0, 1, 1, 5000, NULL, 3, 0x1, 0, 0 } },
+	  .want_reserved = 1 },
 	{ .name = "backfill: two short jobs fill both reserved GPUs",
-	  .jobs = { TOP, { 2, 1, 1, 1, 500, NULL, 1, 0x4, 0, 0 },
+	  .jobs = { TOP,
+	            { 2, 1, 1, 1, 500, NULL, 1, 0x4, 0, 0 },
 	            { 3, 0, 1, 1, 800, NULL, 1, 0x8, 0, 0 } },
 	  .want_reserved = 1 },
 	{ .name = "backfill: short job not skipped behind a long one of its shape",
-	  .jobs = { TOP, { 2, 0, 1, 1, 5000, NULL, 0, 0, 0, WHY(SCHED_R_RESERVED) },
+	  .jobs = { TOP,
+	            { 2, 0, 1, 1, 5000, NULL, 0, 0, 0, WHY(SCHED_R_RESERVED) },
 	            { 3, 0, 1, 1, 500, NULL, 1, 0x4, 0, 0 } },
 	  .want_reserved = 1 },
-	{ .name = "backfill off: greedy, no reservation", .no_backfill = true,
+	{ .name = "backfill off: greedy, no reservation",
+	  .no_backfill = true,
 	  .jobs = { { 1, 4, 4, 1, 10000, NULL, 0, 0, 0, WHY(SCHED_R_FREE_GPUS) },
 	            { 2, 0, 1, 1, 5000, NULL, 1, 0x4, 0, 0 } },
 	  .want_reserved = 0 },
-	{ .name = "reservations 0: greedy, no reservation", .zero_reservations = true,
+	{ .name = "reservations 0: greedy, no reservation",
+	  .zero_reservations = true,
 	  .jobs = { { 1, 4, 4, 1, 10000, NULL, 0, 0, 0, WHY(SCHED_R_FREE_GPUS) },
 	            { 2, 0, 1, 1, 5000, NULL, 1, 0x4, 0, 0 } },
 	  .want_reserved = 0 },
@@ -72,26 +84,33 @@ static const struct row rows[] = {
 	  .want_reserved = 1 },
 	{ .name = "reservations 2: second blocked job reserves the next node",
 	  .reservations = 2,
-	  .jobs = { TOP, { 2, 3, 4, 1, 10000, NULL, 0, 0, 5000, 0 },
+	  .jobs = { TOP,
+	            { 2, 3, 4, 1, 10000, NULL, 0, 0, 5000, 0 },
 	            { 3, 0, 1, 1, 5000, NULL, 0, 0, 0, WHY(SCHED_R_RESERVED) } },
 	  .want_reserved = 2 },
 	{ .name = "reserved start counts jobs placed earlier in the cycle",
 	  .jobs = { { 5, 4, 1, 1, 3600, NULL, 1, 0x4, 0, 0 },
 	            { 1, 3, 4, 1, 10000, NULL, 0, 0, 3700, WHY(SCHED_R_FREE_GPUS) } },
 	  .want_reserved = 1 },
-	{ .name = "reservation only on nodes passing the filters", .region_b = true,
+	{ .name = "reservation only on nodes passing the filters",
+	  .region_b = true,
 	  .jobs = { { 1, 4, 4, 1, 10000, "a", 0, 0, 1000, WHY(SCHED_R_REGION) } },
 	  .want_reserved = 1 },
-	{ .name = "reservation on the node that frees first", .region_b = true,
+	{ .name = "reservation on the node that frees first",
+	  .region_b = true,
 	  .jobs = { { 1, 4, 4, 1, 10000, NULL, 0, 0, 500, WHY(SCHED_R_FREE_GPUS) },
 	            { 2, 0, 1, 1, 5000, NULL, 1, 0x4, 0, 0 } },
 	  .want_reserved = 1 },
-	{ .name = "depth 1: only one job tried after the blocked one", .depth = 1,
-	  .jobs = { TOP, { 2, 1, 1, 1, 500, NULL, 1, 0x4, 0, 0 },
+	{ .name = "depth 1: only one job tried after the blocked one",
+	  .depth = 1,
+	  .jobs = { TOP,
+	            { 2, 1, 1, 1, 500, NULL, 1, 0x4, 0, 0 },
 	            { 3, 0, 1, 1, 500, NULL, 0, 0, 0, 0 } },
 	  .want_reserved = 1 },
-	{ .name = "depth 0: every job tried", .depth = 0,
-	  .jobs = { TOP, { 2, 1, 1, 1, 500, NULL, 1, 0x4, 0, 0 },
+	{ .name = "depth 0: every job tried",
+	  .depth = 0,
+	  .jobs = { TOP,
+	            { 2, 1, 1, 1, 500, NULL, 1, 0x4, 0, 0 },
 	            { 3, 0, 1, 1, 500, NULL, 1, 0x8, 0, 0 } },
 	  .want_reserved = 1 },
 	{ .name = "gang: reserved start when enough nodes are free",

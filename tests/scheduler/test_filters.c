@@ -5,10 +5,10 @@
 
 #include <stdlib.h>
 
-#define FITS (-1)
-#define NOW FX_S(100)
+#define FITS       (-1)
+#define NOW        FX_S(100)
 #define BLOCKER_ID 800
-#define HIGH_ID 900
+#define HIGH_ID    900
 
 struct row {
 	const char *name;
@@ -39,7 +39,7 @@ struct row {
 	/* a class-4 job wanting the whole node is queued too, with backfill */
 	bool high_job;
 	/* expected */
-	int want; /* FITS or enum sched_reason */
+	int want;      /* FITS or enum sched_reason */
 	uint64_t mask; /* the START's GPUs when FITS */
 };
 
@@ -50,172 +50,295 @@ static const struct row rows[] = {
 	{ .name = "fits: whole node", .gpn = 8, .want = FITS, .mask = 0xff },
 
 	/* node state */
-	{ .name = "state: draining takes no work", .state = SCHED_NODE_DRAINING,
+	{ .name = "state: draining takes no work",
+	  .state = SCHED_NODE_DRAINING,
 	  .want = SCHED_R_NODE_STATE },
-	{ .name = "state: cordoned takes no work", .state = SCHED_NODE_CORDONED,
+	{ .name = "state: cordoned takes no work",
+	  .state = SCHED_NODE_CORDONED,
 	  .want = SCHED_R_NODE_STATE },
-	{ .name = "state: lost takes no work", .state = SCHED_NODE_LOST,
+	{ .name = "state: lost takes no work",
+	  .state = SCHED_NODE_LOST,
 	  .want = SCHED_R_NODE_STATE },
 
 	/* verification */
-	{ .name = "unverified: rejected by default", .unverified = true,
+	{ .name = "unverified: rejected by default",
+	  .unverified = true,
 	  .want = SCHED_R_UNVERIFIED },
-	{ .name = "unverified: allowed by policy", .unverified = true,
-	  .allow_unverified = true, .want = FITS, .mask = 0x1 },
+	{ .name = "unverified: allowed by policy",
+	  .unverified = true,
+	  .allow_unverified = true,
+	  .want = FITS,
+	  .mask = 0x1 },
 
 	/* region */
-	{ .name = "region: not in the allowed list", .regions = "us-east",
-	  .want = SCHED_R_REGION },
-	{ .name = "region: one of the allowed list", .regions = "us-east,eu-west",
-	  .want = FITS, .mask = 0x1 },
-	{ .name = "region: no allowed list means any", .region = "ap-south",
-	  .want = FITS, .mask = 0x1 },
+	{ .name = "region: not in the allowed list", .regions = "us-east", .want = SCHED_R_REGION },
+	{ .name = "region: one of the allowed list",
+	  .regions = "us-east,eu-west",
+	  .want = FITS,
+	  .mask = 0x1 },
+	{ .name = "region: no allowed list means any",
+	  .region = "ap-south",
+	  .want = FITS,
+	  .mask = 0x1 },
 
 	/* memory */
-	{ .name = "memory: equal to the minimum fits", .min_memory_mib = 81920,
-	  .want = FITS, .mask = 0x1 },
-	{ .name = "memory: one MiB short", .min_memory_mib = 81921,
-	  .want = SCHED_R_MEMORY },
+	{ .name = "memory: equal to the minimum fits",
+	  .min_memory_mib = 81920,
+	  .want = FITS,
+	  .mask = 0x1 },
+	{ .name = "memory: one MiB short", .min_memory_mib = 81921, .want = SCHED_R_MEMORY },
 
 	/* compute capability */
 	{ .name = "cc: equal to the minimum fits", .min_cc = 90, .want = FITS, .mask = 0x1 },
-	{ .name = "cc: A100 below 9.0", .gpus = "8xA100@1", .min_cc = 90,
+	{ .name = "cc: A100 below 9.0",
+	  .gpus = "8xA100@1",
+	  .min_cc = 90,
 	  .want = SCHED_R_COMPUTE_CAP },
 
 	/* precision */
 	{ .name = "precision: FP8 on H100 fits", .prec = "FP8", .want = FITS, .mask = 0x1 },
-	{ .name = "precision: FP8 missing on A100", .gpus = "8xA100@1", .prec = "FP8",
+	{ .name = "precision: FP8 missing on A100",
+	  .gpus = "8xA100@1",
+	  .prec = "FP8",
 	  .want = SCHED_R_PRECISION },
 
 	/* throughput */
-	{ .name = "tflops: per GPU equal fits", .min_tflops_per_gpu = 990,
-	  .want = FITS, .mask = 0x1 },
-	{ .name = "tflops: per GPU above the node", .min_tflops_per_gpu = 991,
+	{ .name = "tflops: per GPU equal fits",
+	  .min_tflops_per_gpu = 990,
+	  .want = FITS,
+	  .mask = 0x1 },
+	{ .name = "tflops: per GPU above the node",
+	  .min_tflops_per_gpu = 991,
 	  .want = SCHED_R_TFLOPS },
-	{ .name = "tflops: total split over GPUs fits", .gpn = 2,
-	  .min_tflops_total = 1980, .want = FITS, .mask = 0x3 },
-	{ .name = "tflops: total split over GPUs too high", .gpn = 2,
-	  .min_tflops_total = 1981, .want = SCHED_R_TFLOPS },
-	{ .name = "tflops: the larger of per-GPU and total share", .gpn = 2,
-	  .min_tflops_per_gpu = 100, .min_tflops_total = 2000,
+	{ .name = "tflops: total split over GPUs fits",
+	  .gpn = 2,
+	  .min_tflops_total = 1980,
+	  .want = FITS,
+	  .mask = 0x3 },
+	{ .name = "tflops: total split over GPUs too high",
+	  .gpn = 2,
+	  .min_tflops_total = 1981,
 	  .want = SCHED_R_TFLOPS },
-	{ .name = "tflops: figure of the job's precision", .prec = "FP32",
-	  .min_tflops_per_gpu = 68, .want = SCHED_R_TFLOPS },
+	{ .name = "tflops: the larger of per-GPU and total share",
+	  .gpn = 2,
+	  .min_tflops_per_gpu = 100,
+	  .min_tflops_total = 2000,
+	  .want = SCHED_R_TFLOPS },
+	{ .name = "tflops: figure of the job's precision",
+	  .prec = "FP32",
+	  .min_tflops_per_gpu = 68,
+	  .want = SCHED_R_TFLOPS },
 
 	/* taints */
-	{ .name = "taint: not tolerated", .taints = "dedicated=ml",
+	{ .name = "taint: not tolerated", .taints = "dedicated=ml", .want = SCHED_R_TAINT },
+	{ .name = "taint: tolerated exactly",
+	  .taints = "dedicated=ml",
+	  .tolerations = "dedicated=ml",
+	  .want = FITS,
+	  .mask = 0x1 },
+	{ .name = "taint: tolerated by key",
+	  .taints = "dedicated=ml",
+	  .tolerations = "dedicated",
+	  .want = FITS,
+	  .mask = 0x1 },
+	{ .name = "taint: other value not tolerated",
+	  .taints = "dedicated=ml",
+	  .tolerations = "dedicated=web",
 	  .want = SCHED_R_TAINT },
-	{ .name = "taint: tolerated exactly", .taints = "dedicated=ml",
-	  .tolerations = "dedicated=ml", .want = FITS, .mask = 0x1 },
-	{ .name = "taint: tolerated by key", .taints = "dedicated=ml",
-	  .tolerations = "dedicated", .want = FITS, .mask = 0x1 },
-	{ .name = "taint: other value not tolerated", .taints = "dedicated=ml",
-	  .tolerations = "dedicated=web", .want = SCHED_R_TAINT },
-	{ .name = "taint: key-only taint tolerated by key", .taints = "preview",
-	  .tolerations = "preview", .want = FITS, .mask = 0x1 },
+	{ .name = "taint: key-only taint tolerated by key",
+	  .taints = "preview",
+	  .tolerations = "preview",
+	  .want = FITS,
+	  .mask = 0x1 },
 	{ .name = "taint: key-only taint not tolerated by key=value",
-	  .taints = "preview", .tolerations = "preview=yes", .want = SCHED_R_TAINT },
-	{ .name = "taint: every taint must be tolerated",
-	  .taints = "dedicated=ml,preview", .tolerations = "dedicated=ml",
+	  .taints = "preview",
+	  .tolerations = "preview=yes",
 	  .want = SCHED_R_TAINT },
-	{ .name = "taint: several tolerated", .taints = "dedicated=ml,preview",
-	  .tolerations = "preview,dedicated", .want = FITS, .mask = 0x1 },
+	{ .name = "taint: every taint must be tolerated",
+	  .taints = "dedicated=ml,preview",
+	  .tolerations = "dedicated=ml",
+	  .want = SCHED_R_TAINT },
+	{ .name = "taint: several tolerated",
+	  .taints = "dedicated=ml,preview",
+	  .tolerations = "preview,dedicated",
+	  .want = FITS,
+	  .mask = 0x1 },
 
 	/* price */
-	{ .name = "price: equal to the cap fits", .max_price_micros = 2000000,
-	  .want = FITS, .mask = 0x1 },
-	{ .name = "price: one micro above the cap", .max_price_micros = 1999999,
+	{ .name = "price: equal to the cap fits",
+	  .max_price_micros = 2000000,
+	  .want = FITS,
+	  .mask = 0x1 },
+	{ .name = "price: one micro above the cap",
+	  .max_price_micros = 1999999,
 	  .want = SCHED_R_PRICE },
-	{ .name = "price: zero cap means none", .price_micros = 900000000,
-	  .want = FITS, .mask = 0x1 },
+	{ .name = "price: zero cap means none",
+	  .price_micros = 900000000,
+	  .want = FITS,
+	  .mask = 0x1 },
 
 	/* labels */
-	{ .name = "label: selector matched", .labels = "tier=gold,zone=a",
-	  .selectors = "tier=gold", .want = FITS, .mask = 0x1 },
-	{ .name = "label: selector missing", .labels = "zone=a",
-	  .selectors = "tier=gold", .want = SCHED_R_LABEL },
-	{ .name = "label: selector value differs", .labels = "tier=silver",
-	  .selectors = "tier=gold", .want = SCHED_R_LABEL },
-	{ .name = "label: every selector must match", .labels = "tier=gold",
-	  .selectors = "tier=gold,zone=a", .want = SCHED_R_LABEL },
+	{ .name = "label: selector matched",
+	  .labels = "tier=gold,zone=a",
+	  .selectors = "tier=gold",
+	  .want = FITS,
+	  .mask = 0x1 },
+	{ .name = "label: selector missing",
+	  .labels = "zone=a",
+	  .selectors = "tier=gold",
+	  .want = SCHED_R_LABEL },
+	{ .name = "label: selector value differs",
+	  .labels = "tier=silver",
+	  .selectors = "tier=gold",
+	  .want = SCHED_R_LABEL },
+	{ .name = "label: every selector must match",
+	  .labels = "tier=gold",
+	  .selectors = "tier=gold,zone=a",
+	  .want = SCHED_R_LABEL },
 
 	/* GPU count (idle) */
-	{ .name = "count: more GPUs than the node has", .gpn = 9,
+	{ .name = "count: more GPUs than the node has", .gpn = 9, .want = SCHED_R_GPU_COUNT },
+	{ .name = "count: only matching GPUs count",
+	  .gpus = "4xA100 4xH100",
+	  .min_cc = 90,
+	  .gpn = 5,
 	  .want = SCHED_R_GPU_COUNT },
-	{ .name = "count: only matching GPUs count", .gpus = "4xA100 4xH100",
-	  .min_cc = 90, .gpn = 5, .want = SCHED_R_GPU_COUNT },
 	{ .name = "count: matching part chosen on a mixed node",
-	  .gpus = "4xA100 4xH100", .min_cc = 90, .gpn = 4, .want = FITS, .mask = 0xf0 },
+	  .gpus = "4xA100 4xH100",
+	  .min_cc = 90,
+	  .gpn = 4,
+	  .want = FITS,
+	  .mask = 0xf0 },
 	{ .name = "count: NVLink group smaller than the job",
-	  .gpus = "4xH100@1 4xH100@2", .gpn = 5, .nvlink = true,
+	  .gpus = "4xH100@1 4xH100@2",
+	  .gpn = 5,
+	  .nvlink = true,
 	  .want = SCHED_R_GPU_COUNT },
 	{ .name = "count: without NVLink the groups do not matter",
-	  .gpus = "4xH100@1 4xH100@2", .gpn = 5, .want = FITS, .mask = 0x1f },
-	{ .name = "count: group 0 cannot satisfy NVLink", .gpus = "8xH100",
-	  .gpn = 2, .nvlink = true, .want = SCHED_R_GPU_COUNT },
-	{ .name = "count: NVLink irrelevant for one GPU", .gpus = "8xH100",
-	  .gpn = 1, .nvlink = true, .want = FITS, .mask = 0x1 },
+	  .gpus = "4xH100@1 4xH100@2",
+	  .gpn = 5,
+	  .want = FITS,
+	  .mask = 0x1f },
+	{ .name = "count: group 0 cannot satisfy NVLink",
+	  .gpus = "8xH100",
+	  .gpn = 2,
+	  .nvlink = true,
+	  .want = SCHED_R_GPU_COUNT },
+	{ .name = "count: NVLink irrelevant for one GPU",
+	  .gpus = "8xH100",
+	  .gpn = 1,
+	  .nvlink = true,
+	  .want = FITS,
+	  .mask = 0x1 },
 
 	/* free GPUs */
-	{ .name = "free: too few free now", .busy = 0x7f, .gpn = 2,
-	  .want = SCHED_R_FREE_GPUS },
+	{ .name = "free: too few free now", .busy = 0x7f, .gpn = 2, .want = SCHED_R_FREE_GPUS },
 	{ .name = "free: the last free GPU", .busy = 0x7f, .want = FITS, .mask = 0x80 },
-	{ .name = "free: lowest free indexes", .busy = 0x15, .gpn = 3,
-	  .want = FITS, .mask = 0x2a },
+	{ .name = "free: lowest free indexes", .busy = 0x15, .gpn = 3, .want = FITS, .mask = 0x2a },
 
 	/* interconnect */
 	{ .name = "interconnect: free GPUs split across groups",
-	  .gpus = "4xH100@1 4xH100@2", .busy = 0x33, .gpn = 3, .nvlink = true,
+	  .gpus = "4xH100@1 4xH100@2",
+	  .busy = 0x33,
+	  .gpn = 3,
+	  .nvlink = true,
 	  .want = SCHED_R_INTERCONNECT },
 	{ .name = "interconnect: equal groups, lowest group wins",
-	  .gpus = "4xH100@1 4xH100@2", .busy = 0x33, .gpn = 2, .nvlink = true,
-	  .want = FITS, .mask = 0x0c },
+	  .gpus = "4xH100@1 4xH100@2",
+	  .busy = 0x33,
+	  .gpn = 2,
+	  .nvlink = true,
+	  .want = FITS,
+	  .mask = 0x0c },
 	{ .name = "interconnect: fullest group that still fits",
-	  .gpus = "4xH100@1 4xH100@2", .busy = 0x31, .gpn = 2, .nvlink = true,
-	  .want = FITS, .mask = 0xc0 },
+	  .gpus = "4xH100@1 4xH100@2",
+	  .busy = 0x31,
+	  .gpn = 2,
+	  .nvlink = true,
+	  .want = FITS,
+	  .mask = 0xc0 },
 
 	/* reservations (a class-4 job reserves the whole node for 1000 s) */
-	{ .name = "reserved: long job may not use reserved GPUs", .busy = 0x0f,
-	  .high_job = true, .want = SCHED_R_RESERVED },
+	{ .name = "reserved: long job may not use reserved GPUs",
+	  .busy = 0x0f,
+	  .high_job = true,
+	  .want = SCHED_R_RESERVED },
 	{ .name = "reserved: job ending exactly at the reservation backfills",
-	  .busy = 0x0f, .high_job = true, .duration_s = 900, .want = FITS, .mask = 0x10 },
+	  .busy = 0x0f,
+	  .high_job = true,
+	  .duration_s = 900,
+	  .want = FITS,
+	  .mask = 0x10 },
 	{ .name = "reserved: job ending 1 s after the reservation",
-	  .busy = 0x0f, .high_job = true, .duration_s = 901, .want = SCHED_R_RESERVED },
+	  .busy = 0x0f,
+	  .high_job = true,
+	  .duration_s = 901,
+	  .want = SCHED_R_RESERVED },
 
 	/* first failing filter wins */
-	{ .name = "order: state before verification", .state = SCHED_NODE_CORDONED,
-	  .unverified = true, .want = SCHED_R_NODE_STATE },
-	{ .name = "order: verification before region", .unverified = true,
-	  .regions = "us-east", .want = SCHED_R_UNVERIFIED },
-	{ .name = "order: region before memory", .regions = "us-east",
-	  .min_memory_mib = 200000, .want = SCHED_R_REGION },
-	{ .name = "order: memory before compute capability", .gpus = "8xA100@1",
-	  .min_memory_mib = 90000, .min_cc = 90, .want = SCHED_R_MEMORY },
-	{ .name = "order: compute capability before precision", .gpus = "8xA100@1",
-	  .min_cc = 90, .prec = "FP8", .want = SCHED_R_COMPUTE_CAP },
-	{ .name = "order: precision before tflops", .gpus = "8xA100@1",
-	  .prec = "FP8", .min_tflops_per_gpu = 5000, .want = SCHED_R_PRECISION },
-	{ .name = "order: tflops before taint", .min_tflops_per_gpu = 5000,
-	  .taints = "dedicated=ml", .want = SCHED_R_TFLOPS },
-	{ .name = "order: taint before price", .taints = "dedicated=ml",
-	  .max_price_micros = 1, .want = SCHED_R_TAINT },
-	{ .name = "order: price before label", .max_price_micros = 1,
-	  .selectors = "tier=gold", .want = SCHED_R_PRICE },
-	{ .name = "order: label before GPU count", .selectors = "tier=gold",
-	  .gpn = 9, .want = SCHED_R_LABEL },
-	{ .name = "order: GPU count before free GPUs", .busy = 0xff, .gpn = 9,
+	{ .name = "order: state before verification",
+	  .state = SCHED_NODE_CORDONED,
+	  .unverified = true,
+	  .want = SCHED_R_NODE_STATE },
+	{ .name = "order: verification before region",
+	  .unverified = true,
+	  .regions = "us-east",
+	  .want = SCHED_R_UNVERIFIED },
+	{ .name = "order: region before memory",
+	  .regions = "us-east",
+	  .min_memory_mib = 200000,
+	  .want = SCHED_R_REGION },
+	{ .name = "order: memory before compute capability",
+	  .gpus = "8xA100@1",
+	  .min_memory_mib = 90000,
+	  .min_cc = 90,
+	  .want = SCHED_R_MEMORY },
+	{ .name = "order: compute capability before precision",
+	  .gpus = "8xA100@1",
+	  .min_cc = 90,
+	  .prec = "FP8",
+	  .want = SCHED_R_COMPUTE_CAP },
+	{ .name = "order: precision before tflops",
+	  .gpus = "8xA100@1",
+	  .prec = "FP8",
+	  .min_tflops_per_gpu = 5000,
+	  .want = SCHED_R_PRECISION },
+	{ .name = "order: tflops before taint",
+	  .min_tflops_per_gpu = 5000,
+	  .taints = "dedicated=ml",
+	  .want = SCHED_R_TFLOPS },
+	{ .name = "order: taint before price",
+	  .taints = "dedicated=ml",
+	  .max_price_micros = 1,
+	  .want = SCHED_R_TAINT },
+	{ .name = "order: price before label",
+	  .max_price_micros = 1,
+	  .selectors = "tier=gold",
+	  .want = SCHED_R_PRICE },
+	{ .name = "order: label before GPU count",
+	  .selectors = "tier=gold",
+	  .gpn = 9,
+	  .want = SCHED_R_LABEL },
+	{ .name = "order: GPU count before free GPUs",
+	  .busy = 0xff,
+	  .gpn = 9,
 	  .want = SCHED_R_GPU_COUNT },
 	{ .name = "order: free GPUs before interconnect",
-	  .gpus = "4xH100@1 4xH100@2", .busy = 0x77, .gpn = 3, .nvlink = true,
+	  .gpus = "4xH100@1 4xH100@2",
+	  .busy = 0x77,
+	  .gpn = 3,
+	  .nvlink = true,
 	  .want = SCHED_R_FREE_GPUS },
-	{ .name = "order: state before free GPUs", .state = SCHED_NODE_DRAINING,
-	  .busy = 0xff, .want = SCHED_R_NODE_STATE },
+	{ .name = "order: state before free GPUs",
+	  .state = SCHED_NODE_DRAINING,
+	  .busy = 0xff,
+	  .want = SCHED_R_NODE_STATE },
 };
 
 static enum sched_precision prec_named(const char *s)
 {
-	static const char *const names[SCHED_PREC_COUNT] = { "FP32", "TF32", "FP16",
-	                                                     "BF16", "FP8" };
+	static const char *const names[SCHED_PREC_COUNT] = { "FP32", "TF32", "FP16", "BF16",
+		                                             "FP8" };
 
 	if (!s)
 		return SCHED_PREC_FP16;
@@ -244,12 +367,11 @@ static void expect_explained(const struct sched_cluster *c, const struct row *r)
 			fx_fail(__FILE__, __LINE__, "count[%s] = %u, want %d",
 			        sched_reason_text((enum sched_reason)i), e.count[i], want);
 	}
-	if (r->want != FITS && r->want != SCHED_R_RESERVED &&
-	    r->want != SCHED_R_FREE_GPUS && r->want != SCHED_R_INTERCONNECT &&
-	    r->want != SCHED_R_NODE_STATE)
+	if (r->want != FITS && r->want != SCHED_R_RESERVED && r->want != SCHED_R_FREE_GPUS &&
+	    r->want != SCHED_R_INTERCONNECT && r->want != SCHED_R_NODE_STATE)
 		EXPECT(!e.fleet_feasible);
-	if (r->want == FITS || r->want == SCHED_R_FREE_GPUS ||
-	    r->want == SCHED_R_INTERCONNECT || r->want == SCHED_R_RESERVED)
+	if (r->want == FITS || r->want == SCHED_R_FREE_GPUS || r->want == SCHED_R_INTERCONNECT ||
+	    r->want == SCHED_R_RESERVED)
 		EXPECT(e.fleet_feasible);
 }
 
@@ -268,8 +390,7 @@ static void run_row(const struct row *r)
 	if (sched_set_policy(c, &p, NULL) != 0)
 		fx_fail(__FILE__, __LINE__, "policy rejected");
 
-	fx_node_init(&n, 1, r->region ? r->region : "eu-west",
-	             r->gpus ? r->gpus : "8xH100@1");
+	fx_node_init(&n, 1, r->region ? r->region : "eu-west", r->gpus ? r->gpus : "8xH100@1");
 	n.spec.state = r->state;
 	n.spec.verified = !r->unverified;
 	if (r->price_micros)
@@ -417,8 +538,10 @@ static void test_explain_format(void)
 	p2 = strstr(buf, want2);
 	p1 = strstr(buf, want1);
 	if (!p3 || !p2 || !p1 || !(p3 < p2 && p2 < p1))
-		fx_fail(__FILE__, __LINE__, "format \"%s\": want \"%s\", \"%s\", \"%s\" "
-		        "in that order", buf, want3, want2, want1);
+		fx_fail(__FILE__, __LINE__,
+		        "format \"%s\": want \"%s\", \"%s\", \"%s\" "
+		        "in that order",
+		        buf, want3, want2, want1);
 	if (!strstr(buf, "5 too few free GPUs"))
 		fx_fail(__FILE__, __LINE__, "format \"%s\" lacks \"5 too few free GPUs\"", buf);
 
@@ -448,8 +571,8 @@ static void test_reason_texts(void)
 		}
 		for (int k = 0; k < i; k++)
 			if (strcmp(a, sched_reason_text((enum sched_reason)k)) == 0)
-				fx_fail(__FILE__, __LINE__, "reasons %d and %d share \"%s\"",
-				        k, i, a);
+				fx_fail(__FILE__, __LINE__, "reasons %d and %d share \"%s\"", k, i,
+				        a);
 	}
 }
 
@@ -457,10 +580,10 @@ static void test_reason_texts(void)
 
 struct infeasible_row {
 	const char *name;
-	uint32_t gpn;           /* on 8-GPU H100 nodes */
+	uint32_t gpn; /* on 8-GPU H100 nodes */
 	uint32_t min_memory_mib;
 	const char *regions;
-	bool busy;              /* every GPU of the fleet held */
+	bool busy; /* every GPU of the fleet held */
 	int64_t timeout_s, now_s;
 	bool want_removed;
 	enum sched_reason want_reason;
@@ -475,8 +598,8 @@ static const struct infeasible_row infeasible_rows[] = {
 	  SCHED_R_GPU_COUNT },
 	{ "infeasible: busy fleet is not infeasible", 2, 0, NULL, true, 100, 1000, false,
 	  SCHED_R_GPU_COUNT },
-	{ "infeasible: reason is the filter ruling out most nodes", 1, 100000, NULL, false,
-	  100, 200, true, SCHED_R_MEMORY },
+	{ "infeasible: reason is the filter ruling out most nodes", 1, 100000, NULL, false, 100,
+	  200, true, SCHED_R_MEMORY },
 	{ "infeasible: region rules out every node", 1, 0, "nowhere", false, 100, 200, true,
 	  SCHED_R_REGION },
 };

@@ -17,7 +17,7 @@ enum step_kind {
 	ST_JOB,
 	ST_CYCLE,
 	ST_EXPLAIN,
-	ST_END_RUNNING, /* ends the lease of the arg-th running job (by id) */
+	ST_END_RUNNING,    /* ends the lease of the arg-th running job (by id) */
 	ST_END_PREEMPTING, /* ends the lease of the first preempting job */
 	ST_CANCEL,
 	ST_STATE,
@@ -40,28 +40,40 @@ struct step {
 static void make_node(struct fx_node *n, uint64_t idx)
 {
 	switch (idx) {
-	case 1: fx_node_init(n, 1, "a", "4xH100@1 4xH100@2"); break;
-	case 2: fx_node_init(n, 2, "a", "8xH100@1");
+	case 1:
+		fx_node_init(n, 1, "a", "4xH100@1 4xH100@2");
+		break;
+	case 2:
+		fx_node_init(n, 2, "a", "8xH100@1");
 		fx_node_labels(n, "tier=gold,zone=a1");
 		break;
-	case 3: fx_node_init(n, 3, "a", "2xA100 2xH100");
+	case 3:
+		fx_node_init(n, 3, "a", "2xA100 2xH100");
 		n->spec.price_micros = 1500000;
 		break;
-	case 4: fx_node_init(n, 4, "b", "4xL4");
+	case 4:
+		fx_node_init(n, 4, "b", "4xL4");
 		fx_node_taints(n, "spot");
 		n->spec.price_micros = 400000;
 		break;
-	case 5: fx_node_init(n, 5, "b", "4xL4");
+	case 5:
+		fx_node_init(n, 5, "b", "4xL4");
 		n->spec.verified = false;
 		break;
-	case 6: fx_node_init(n, 6, "c", "1x3060"); break;
+	case 6:
+		fx_node_init(n, 6, "c", "1x3060");
+		break;
 	case 7: /* node 3 again, with two more GPUs and a label */
 		fx_node_init(n, 3, "a", "2xA100 2xH100 2xH100");
 		fx_node_labels(n, "tier=silver");
 		n->spec.price_micros = 1500000;
 		break;
-	case 8: fx_node_init(n, 8, "b", "8xH100@3"); break;
-	default: fprintf(stderr, "no node %llu\n", (unsigned long long)idx); exit(2);
+	case 8:
+		fx_node_init(n, 8, "b", "8xH100@3");
+		break;
+	default:
+		fprintf(stderr, "no node %llu\n", (unsigned long long)idx);
+		exit(2);
 	}
 }
 
@@ -74,14 +86,36 @@ static void make_job(struct fx_job *j, uint64_t id)
 	j->spec.preemptible = id % 2 == 0;
 	j->spec.max_duration_us = FX_S(40 + 10 * (id % 5));
 	switch (id % 8) {
-	case 0: j->spec.gpus_per_node = 2; break;
-	case 1: j->spec.gpus_per_node = 4; j->spec.require_nvlink = true; break;
-	case 2: j->spec.gpus_per_node = 2; j->spec.node_count = 2; break;
-	case 3: fx_job_selectors(j, "tier=gold"); j->spec.gpus_per_node = 3; break;
-	case 4: fx_job_tolerations(j, "spot"); fx_job_regions(j, "b"); break;
-	case 5: j->spec.min_compute_cap = 90; j->spec.precision = SCHED_PREC_FP8; break;
-	case 6: j->spec.max_price_micros = 1600000; j->spec.preferred_region = "b"; break;
-	case 7: j->spec.min_memory_mib = 40000; break;
+	case 0:
+		j->spec.gpus_per_node = 2;
+		break;
+	case 1:
+		j->spec.gpus_per_node = 4;
+		j->spec.require_nvlink = true;
+		break;
+	case 2:
+		j->spec.gpus_per_node = 2;
+		j->spec.node_count = 2;
+		break;
+	case 3:
+		fx_job_selectors(j, "tier=gold");
+		j->spec.gpus_per_node = 3;
+		break;
+	case 4:
+		fx_job_tolerations(j, "spot");
+		fx_job_regions(j, "b");
+		break;
+	case 5:
+		j->spec.min_compute_cap = 90;
+		j->spec.precision = SCHED_PREC_FP8;
+		break;
+	case 6:
+		j->spec.max_price_micros = 1600000;
+		j->spec.preferred_region = "b";
+		break;
+	case 7:
+		j->spec.min_memory_mib = 40000;
+		break;
 	}
 	if (id == 9) /* can never run anywhere */
 		j->spec.gpus_per_node = 64;
@@ -190,8 +224,7 @@ static uint64_t nth_job(const struct sched_cluster *c, int state, uint64_t nth)
 }
 
 /* Runs one step: exactly one library call that may allocate. */
-static int run_step(struct sched_cluster *c, struct sched_actions *acts,
-                    const struct step *s)
+static int run_step(struct sched_cluster *c, struct sched_actions *acts, const struct step *s)
 {
 	int64_t now = FX_S(s->now_s);
 	struct sched_error err = { 0 };
@@ -209,8 +242,10 @@ static int run_step(struct sched_cluster *c, struct sched_actions *acts,
 		make_node(&n, s->id);
 		return sched_node_upsert(c, fx_node_spec(&n), &err);
 	}
-	case ST_SHARES: return sched_tenant_set_shares(c, s->id, (uint32_t)s->arg);
-	case ST_USAGE: return sched_tenant_set_usage(c, s->id, (double)s->arg, now);
+	case ST_SHARES:
+		return sched_tenant_set_shares(c, s->id, (uint32_t)s->arg);
+	case ST_USAGE:
+		return sched_tenant_set_usage(c, s->id, (double)s->arg, now);
 	case ST_JOB: {
 		struct fx_job j;
 
@@ -218,7 +253,8 @@ static int run_step(struct sched_cluster *c, struct sched_actions *acts,
 		j.spec.submit_us = now;
 		return sched_job_add(c, fx_job_spec(&j), &err);
 	}
-	case ST_CYCLE: return sched_cycle(c, now, acts, NULL);
+	case ST_CYCLE:
+		return sched_cycle(c, now, acts, NULL);
 	case ST_EXPLAIN: {
 		struct sched_explain e;
 		char buf[256];
@@ -243,8 +279,10 @@ static int run_step(struct sched_cluster *c, struct sched_actions *acts,
 
 		return rc == -ENOENT ? 0 : rc;
 	}
-	case ST_STATE: return sched_node_set_state(c, s->id, (enum sched_node_state)s->arg);
-	case ST_REMOVE: return sched_node_remove(c, s->id);
+	case ST_STATE:
+		return sched_node_set_state(c, s->id, (enum sched_node_state)s->arg);
+	case ST_REMOVE:
+		return sched_node_remove(c, s->id);
 	case ST_LEASE_START: {
 		struct sched_placement pl = { s->node, s->arg };
 
@@ -309,16 +347,17 @@ static bool run_with_failure(long fail_at, bool persistent, size_t *nomem_seen)
 		if (rc == -ENOMEM) {
 			(*nomem_seen)++;
 			if (fa.failures == failures_before)
-				fx_fail(__FILE__, __LINE__, "step %zu: -ENOMEM with no failed allocation",
-				        i);
+				fx_fail(__FILE__, __LINE__,
+				        "step %zu: -ENOMEM with no failed allocation", i);
 			if (!EXPECT_CHECK(c) || !EXPECT_EQUAL(c, ref)) {
 				fprintf(stderr, "  (N = %ld%s, step %zu)\n", fail_at,
 				        persistent ? ", persistent" : "", i);
 				goto out;
 			}
 			if (acts.len != len_before)
-				fx_fail(__FILE__, __LINE__, "step %zu: failed cycle left %zu actions",
-				        i, acts.len - len_before);
+				fx_fail(__FILE__, __LINE__,
+				        "step %zu: failed cycle left %zu actions", i,
+				        acts.len - len_before);
 			if (persistent)
 				goto out;
 			rc = run_step(c, &acts, s);
@@ -333,7 +372,8 @@ static bool run_with_failure(long fail_at, bool persistent, size_t *nomem_seen)
 			fx_fail(__FILE__, __LINE__, "step %zu: the scenario itself fails: %d (%s)",
 			        i, ref_rc, fx_errno_name(ref_rc));
 		if (!actions_equal(&acts, len_before, &ref_acts, ref_len_before))
-			fx_fail(__FILE__, __LINE__, "step %zu (N = %ld): actions differ", i, fail_at);
+			fx_fail(__FILE__, __LINE__, "step %zu (N = %ld): actions differ", i,
+			        fail_at);
 		if (!EXPECT_CHECK(c) || !EXPECT_EQUAL(c, ref)) {
 			fprintf(stderr, "  (N = %ld%s, after step %zu)\n", fail_at,
 			        persistent ? ", persistent" : "", i);
@@ -365,8 +405,7 @@ static void run_pass(bool persistent)
 		if (fx_failures - start_failures > 20)
 			break;
 	}
-	printf("%s: %ld allocation points, %zu -ENOMEM returns\n", fx_row, n - 1,
-	       nomem_seen);
+	printf("%s: %ld allocation points, %zu -ENOMEM returns\n", fx_row, n - 1, nomem_seen);
 	EXPECT(nomem_seen > 0);
 }
 

@@ -15,8 +15,8 @@ struct pjob {
 };
 
 struct ptenant {
-	uint64_t id; /* 0 ends the list */
-	uint32_t shares; /* 0 = leave the default */
+	uint64_t id;        /* 0 ends the list */
+	uint32_t shares;    /* 0 = leave the default */
 	double usage_gpu_s; /* < 0 = leave unset */
 	int64_t usage_at_s;
 };
@@ -37,71 +37,141 @@ struct row {
 };
 
 static const struct row rows[] = {
-	{ .name = "class: higher class first", .w_class = 1, .now_s = 10,
+	{ .name = "class: higher class first",
+	  .w_class = 1,
+	  .now_s = 10,
 	  .jobs = { { 1, 1, 0, 0 }, { 2, 1, 4, 0 }, { 3, 1, 2, 0 } },
 	  .want = { 2, 3, 1 } },
-	{ .name = "class: weighted above age", .w_class = 10, .w_age = 1,
-	  .age_max_s = 1000, .now_s = 1000,
-	  .jobs = { { 1, 1, 0, 0 }, { 2, 1, 1, 1000 } }, .want = { 2, 1 } },
-	{ .name = "age: older first", .w_class = 0, .w_age = 1, .age_max_s = 10000,
-	  .now_s = 10000, .jobs = { { 1, 1, 2, 500 }, { 2, 1, 2, 100 }, { 3, 1, 2, 300 } },
+	{ .name = "class: weighted above age",
+	  .w_class = 10,
+	  .w_age = 1,
+	  .age_max_s = 1000,
+	  .now_s = 1000,
+	  .jobs = { { 1, 1, 0, 0 }, { 2, 1, 1, 1000 } },
+	  .want = { 2, 1 } },
+	{ .name = "age: older first",
+	  .w_class = 0,
+	  .w_age = 1,
+	  .age_max_s = 10000,
+	  .now_s = 10000,
+	  .jobs = { { 1, 1, 2, 500 }, { 2, 1, 2, 100 }, { 3, 1, 2, 300 } },
 	  .want = { 2, 3, 1 } },
-	{ .name = "age and class add up", .w_class = 1, .w_age = 1,
-	  .age_max_s = 1000, .now_s = 1000,
+	{ .name = "age and class add up",
+	  .w_class = 1,
+	  .w_age = 1,
+	  .age_max_s = 1000,
+	  .now_s = 1000,
 	  .jobs = { { 1, 1, 4, 1000 }, { 2, 1, 0, 100 }, { 3, 1, 2, 300 } },
 	  .want = { 3, 1, 2 } },
-	{ .name = "age saturates at age_max", .w_class = 1, .w_age = 1,
-	  .age_max_s = 100, .now_s = 10000,
-	  .jobs = { { 1, 1, 0, 0 }, { 2, 1, 2, 9940 } }, .want = { 2, 1 } },
-	{ .name = "age: a younger job of a higher class waits less", .w_class = 1,
-	  .w_age = 1, .age_max_s = 1000, .now_s = 1000,
-	  .jobs = { { 1, 1, 0, 0 }, { 2, 1, 4, 900 } }, .want = { 2, 1 } },
-	{ .name = "fairshare: fresh tenant before heavy tenant", .w_class = 0,
-	  .w_fair = 1, .fairness = SCHED_FAIR_SHARE, .half_life_s = 86400,
-	  .now_s = 1000, .jobs = { { 1, 1, 2, 0 }, { 2, 2, 2, 10 } },
-	  .tenants = { { 1, 0, 1000, 1000 } }, .want = { 2, 1 } },
-	{ .name = "fairshare: shares weigh usage", .w_class = 0, .w_fair = 1,
-	  .fairness = SCHED_FAIR_SHARE, .half_life_s = 86400, .now_s = 1000,
-	  .jobs = { { 1, 2, 2, 0 }, { 2, 1, 2, 10 } },
-	  .tenants = { { 1, 3, 100, 1000 }, { 2, 1, 100, 1000 } }, .want = { 2, 1 } },
-	{ .name = "fairshare: off ignores usage", .w_class = 0, .w_fair = 1,
-	  .fairness = SCHED_FAIR_NONE, .half_life_s = 86400, .now_s = 1000,
+	{ .name = "age saturates at age_max",
+	  .w_class = 1,
+	  .w_age = 1,
+	  .age_max_s = 100,
+	  .now_s = 10000,
+	  .jobs = { { 1, 1, 0, 0 }, { 2, 1, 2, 9940 } },
+	  .want = { 2, 1 } },
+	{ .name = "age: a younger job of a higher class waits less",
+	  .w_class = 1,
+	  .w_age = 1,
+	  .age_max_s = 1000,
+	  .now_s = 1000,
+	  .jobs = { { 1, 1, 0, 0 }, { 2, 1, 4, 900 } },
+	  .want = { 2, 1 } },
+	{ .name = "fairshare: fresh tenant before heavy tenant",
+	  .w_class = 0,
+	  .w_fair = 1,
+	  .fairness = SCHED_FAIR_SHARE,
+	  .half_life_s = 86400,
+	  .now_s = 1000,
 	  .jobs = { { 1, 1, 2, 0 }, { 2, 2, 2, 10 } },
-	  .tenants = { { 1, 0, 1000, 1000 } }, .want = { 1, 2 } },
-	{ .name = "fairshare: no usage anywhere, all equal", .w_class = 0,
-	  .w_fair = 1, .fairness = SCHED_FAIR_SHARE, .half_life_s = 86400,
-	  .now_s = 1000, .jobs = { { 1, 1, 2, 0 }, { 2, 2, 2, 10 } },
+	  .tenants = { { 1, 0, 1000, 1000 } },
+	  .want = { 2, 1 } },
+	{ .name = "fairshare: shares weigh usage",
+	  .w_class = 0,
+	  .w_fair = 1,
+	  .fairness = SCHED_FAIR_SHARE,
+	  .half_life_s = 86400,
+	  .now_s = 1000,
+	  .jobs = { { 1, 2, 2, 0 }, { 2, 1, 2, 10 } },
+	  .tenants = { { 1, 3, 100, 1000 }, { 2, 1, 100, 1000 } },
+	  .want = { 2, 1 } },
+	{ .name = "fairshare: off ignores usage",
+	  .w_class = 0,
+	  .w_fair = 1,
+	  .fairness = SCHED_FAIR_NONE,
+	  .half_life_s = 86400,
+	  .now_s = 1000,
+	  .jobs = { { 1, 1, 2, 0 }, { 2, 2, 2, 10 } },
+	  .tenants = { { 1, 0, 1000, 1000 } },
 	  .want = { 1, 2 } },
-	{ .name = "fairshare: decayed usage decides", .w_class = 0, .w_fair = 1,
-	  .fairness = SCHED_FAIR_SHARE, .half_life_s = 1000, .now_s = 2000,
-	  .jobs = { { 1, 2, 2, 0 }, { 2, 1, 2, 10 } },
-	  .tenants = { { 1, 0, 1000, 0 }, { 2, 0, 300, 2000 } }, .want = { 2, 1 } },
-	{ .name = "fairshare: running work accrues", .w_class = 0, .w_fair = 1,
-	  .fairness = SCHED_FAIR_SHARE, .half_life_s = 86400, .now_s = 1000,
+	{ .name = "fairshare: no usage anywhere, all equal",
+	  .w_class = 0,
+	  .w_fair = 1,
+	  .fairness = SCHED_FAIR_SHARE,
+	  .half_life_s = 86400,
+	  .now_s = 1000,
 	  .jobs = { { 1, 1, 2, 0 }, { 2, 2, 2, 10 } },
-	  .tenants = { { 2, 0, 500, 1000 } }, .run_gpus = 1, .run_start_s = 0,
+	  .want = { 1, 2 } },
+	{ .name = "fairshare: decayed usage decides",
+	  .w_class = 0,
+	  .w_fair = 1,
+	  .fairness = SCHED_FAIR_SHARE,
+	  .half_life_s = 1000,
+	  .now_s = 2000,
+	  .jobs = { { 1, 2, 2, 0 }, { 2, 1, 2, 10 } },
+	  .tenants = { { 1, 0, 1000, 0 }, { 2, 0, 300, 2000 } },
+	  .want = { 2, 1 } },
+	{ .name = "fairshare: running work accrues",
+	  .w_class = 0,
+	  .w_fair = 1,
+	  .fairness = SCHED_FAIR_SHARE,
+	  .half_life_s = 86400,
+	  .now_s = 1000,
+	  .jobs = { { 1, 1, 2, 0 }, { 2, 2, 2, 10 } },
+	  .tenants = { { 2, 0, 500, 1000 } },
+	  .run_gpus = 1,
+	  .run_start_s = 0,
 	  .want = { 2, 1 } },
 	{ .name = "fairshare: heavy tenant's higher class still first",
-	  .w_class = 1, .w_fair = 1, .fairness = SCHED_FAIR_SHARE,
-	  .half_life_s = 86400, .now_s = 1000,
+	  .w_class = 1,
+	  .w_fair = 1,
+	  .fairness = SCHED_FAIR_SHARE,
+	  .half_life_s = 86400,
+	  .now_s = 1000,
 	  .jobs = { { 1, 1, 4, 0 }, { 2, 2, 0, 10 } },
-	  .tenants = { { 1, 0, 1000, 1000 } }, .want = { 1, 2 } },
-	{ .name = "fairshare: weighted above class", .w_class = 1, .w_fair = 2,
-	  .fairness = SCHED_FAIR_SHARE, .half_life_s = 86400, .now_s = 1000,
+	  .tenants = { { 1, 0, 1000, 1000 } },
+	  .want = { 1, 2 } },
+	{ .name = "fairshare: weighted above class",
+	  .w_class = 1,
+	  .w_fair = 2,
+	  .fairness = SCHED_FAIR_SHARE,
+	  .half_life_s = 86400,
+	  .now_s = 1000,
 	  .jobs = { { 1, 1, 4, 0 }, { 2, 2, 0, 10 } },
-	  .tenants = { { 1, 0, 1000, 1000 } }, .want = { 2, 1 } },
-	{ .name = "tie: earlier submit first", .w_class = 1, .now_s = 100,
+	  .tenants = { { 1, 0, 1000, 1000 } },
+	  .want = { 2, 1 } },
+	{ .name = "tie: earlier submit first",
+	  .w_class = 1,
+	  .now_s = 100,
 	  .jobs = { { 1, 1, 2, 30 }, { 2, 1, 2, 10 }, { 3, 1, 2, 20 } },
 	  .want = { 2, 3, 1 } },
-	{ .name = "tie: same submit, order of add (not id)", .w_class = 1,
-	  .now_s = 100, .jobs = { { 3, 1, 2, 5 }, { 1, 1, 2, 5 }, { 2, 1, 2, 5 } },
+	{ .name = "tie: same submit, order of add (not id)",
+	  .w_class = 1,
+	  .now_s = 100,
+	  .jobs = { { 3, 1, 2, 5 }, { 1, 1, 2, 5 }, { 2, 1, 2, 5 } },
 	  .want = { 3, 1, 2 } },
-	{ .name = "tie: order of add across tenants", .w_class = 1, .now_s = 100,
+	{ .name = "tie: order of add across tenants",
+	  .w_class = 1,
+	  .now_s = 100,
 	  .jobs = { { 5, 2, 2, 5 }, { 4, 1, 2, 5 }, { 6, 3, 2, 5 } },
 	  .want = { 5, 4, 6 } },
-	{ .name = "tie: class first, then submit, then add", .w_class = 1,
+	{ .name = "tie: class first, then submit, then add",
+	  .w_class = 1,
 	  .now_s = 100,
-	  .jobs = { { 1, 1, 1, 0 }, { 2, 1, 3, 50 }, { 3, 1, 3, 40 }, { 4, 1, 1, 0 },
+	  .jobs = { { 1, 1, 1, 0 },
+	            { 2, 1, 3, 50 },
+	            { 3, 1, 3, 40 },
+	            { 4, 1, 1, 0 },
 	            { 5, 1, 3, 40 } },
 	  .want = { 3, 5, 2, 1, 4 } },
 };
@@ -149,9 +219,9 @@ static void run_row(const struct row *r)
 		if (t->shares)
 			EXPECT_INT(sched_tenant_set_shares(c, t->id, t->shares), 0);
 		if (t->usage_gpu_s >= 0)
-			EXPECT_INT(sched_tenant_set_usage(c, t->id, t->usage_gpu_s,
-			                                  FX_S(t->usage_at_s)),
-			           0);
+			EXPECT_INT(
+			    sched_tenant_set_usage(c, t->id, t->usage_gpu_s, FX_S(t->usage_at_s)),
+			    0);
 	}
 	for (; njobs < MAX_JOBS && r->jobs[njobs].id; njobs++) {
 		const struct pjob *pj = &r->jobs[njobs];
@@ -171,15 +241,14 @@ static void run_row(const struct row *r)
 		if (!fx_run_cycle(&fc, c, now))
 			goto out;
 		if (fc.acts.len != 1 || fc.acts.items[0].kind != SCHED_ACT_START) {
-			fx_fail(__FILE__, __LINE__, "cycle %zu: %zu actions, want one START",
-			        k, fc.acts.len);
+			fx_fail(__FILE__, __LINE__, "cycle %zu: %zu actions, want one START", k,
+			        fc.acts.len);
 			goto out;
 		}
 		a = &fc.acts.items[0];
 		if (a->job_id != r->want[k]) {
-			fx_fail(__FILE__, __LINE__, "position %zu: job %llu started, want %llu",
-			        k, (unsigned long long)a->job_id,
-			        (unsigned long long)r->want[k]);
+			fx_fail(__FILE__, __LINE__, "position %zu: job %llu started, want %llu", k,
+			        (unsigned long long)a->job_id, (unsigned long long)r->want[k]);
 			goto out;
 		}
 		EXPECT_INT(sched_lease_end(c, a->job_id, now, false), 0);
@@ -282,7 +351,9 @@ static void run_usage_row(const struct usage_row *r)
 	}
 	EXPECT_NEAR(sched_tenant_usage(c, 7, 0), 0, 1e-9);
 	switch (r->how) {
-	case END_LEASE: rc = sched_lease_end(c, 1, FX_S(r->end_s), false); break;
+	case END_LEASE:
+		rc = sched_lease_end(c, 1, FX_S(r->end_s), false);
+		break;
 	case END_REQUEUE:
 		rc = sched_lease_end(c, 1, FX_S(r->end_s), true);
 		EXPECT_INT(sched_job_state(c, 1), SCHED_JOB_PENDING);
@@ -291,7 +362,9 @@ static void run_usage_row(const struct usage_row *r)
 		rc = sched_job_cancel(c, 1, FX_S(r->end_s));
 		EXPECT_INT(sched_job_state(c, 1), -ENOENT);
 		break;
-	case END_NONE: rc = 0; break;
+	case END_NONE:
+		rc = 0;
+		break;
 	}
 	EXPECT_INT(rc, 0);
 	EXPECT_NEAR(sched_tenant_usage(c, 7, FX_S(r->query_s)), r->want, 1e-3 * r->want);
@@ -315,13 +388,11 @@ struct class_row {
 };
 
 static const struct class_row class_rows[] = {
-	{ "classes: later members skipped once one is blocked", 0, false, false, 0, 2, 2, 2,
-	  NULL },
+	{ "classes: later members skipped once one is blocked", 0, false, false, 0, 2, 2, 2, NULL },
 	{ "classes: tenants differ, still one class", 0, true, false, 0, 2, 2, 2, NULL },
 	/* durations matter only for backfill, which the class tracks itself */
 	{ "classes: durations differ, still one class", 0, false, true, 0, 2, 2, 2, NULL },
-	{ "classes: placed member, then blocked, then skipped", 1, false, false, 1, 2, 1, 2,
-	  NULL },
+	{ "classes: placed member, then blocked, then skipped", 1, false, false, 1, 2, 1, 2, NULL },
 	{ "classes: all members placed", 3, false, false, 3, 1, 0, 2, NULL },
 };
 

@@ -11,12 +11,12 @@
 #include <math.h>
 #include <stdlib.h>
 
-#define DEFAULT_SEED 20250101u
-#define DEFAULT_CASES 2000
-#define MAX_NODES 40
-#define MAX_JOBS 256
-#define MAX_NC 3
-#define NTENANTS 4
+#define DEFAULT_SEED     20250101u
+#define DEFAULT_CASES    2000
+#define MAX_NODES        40
+#define MAX_JOBS         256
+#define MAX_NC           3
+#define NTENANTS         4
 #define MAX_FAILED_CASES 5
 
 static const char *const regions[] = { "r0", "r1", "r2" };
@@ -25,13 +25,13 @@ static const char *const label_pool[] = { "tier=gold", "tier=silver", "zone=a", 
 static const char *const taint_pool[] = { "spot", "gpu=dedicated", "gpu=shared" };
 static const char *const toleration_pool[] = { "spot", "gpu", "gpu=dedicated", "gpu=shared",
 	                                       "other" };
-static const struct sched_gpu_spec *const templates[] = { &fx_gpu_h100, &fx_gpu_a100,
-	                                                  &fx_gpu_l4, &fx_gpu_3060 };
+static const struct sched_gpu_spec *const templates[] = { &fx_gpu_h100, &fx_gpu_a100, &fx_gpu_l4,
+	                                                  &fx_gpu_3060 };
 
 struct mnode {
 	bool live;
 	struct fx_node n;
-	uint64_t used;                           /* GPUs held, by our own count */
+	uint64_t used;                            /* GPUs held, by our own count */
 	uint64_t holder[SCHED_MAX_GPUS_PER_NODE]; /* job id per held GPU */
 };
 
@@ -62,16 +62,16 @@ struct model {
 
 /* What the cases exercised, summed over all of them. */
 static struct {
-	uint64_t cycles, starts, preempts, unschedulable, reservations_checked,
-		fresh_compared, ebusy, lease_starts, clamped_grace;
+	uint64_t cycles, starts, preempts, unschedulable, reservations_checked, fresh_compared,
+	    ebusy, lease_starts, clamped_grace;
 } cov;
 
 static char row_buf[160];
 
-#define PFAIL(m, ...)                                                   \
-	do {                                                            \
-		fx_fail(__FILE__, __LINE__, __VA_ARGS__);               \
-		(m)->failed = true;                                     \
+#define PFAIL(m, ...)                                     \
+	do {                                              \
+		fx_fail(__FILE__, __LINE__, __VA_ARGS__); \
+		(m)->failed = true;                       \
 	} while (0)
 
 /* ---- random ------------------------------------------------------------- */
@@ -132,8 +132,7 @@ static void gen_node(struct model *m, uint64_t id, struct fx_node *n)
 
 	fx_node_init(n, id, regions[rnd(m, FX_ARRAY_LEN(regions))], "1xH100");
 	gen_gpus(m, n);
-	n->spec.state = chance(m, 85) ? SCHED_NODE_READY
-	                              : (enum sched_node_state)(1 + rnd(m, 3));
+	n->spec.state = chance(m, 85) ? SCHED_NODE_READY : (enum sched_node_state)(1 + rnd(m, 3));
 	n->spec.verified = chance(m, 85);
 	n->spec.price_micros = (int64_t)(1 + rnd(m, 50)) * 100000;
 	n->spec.reliability_ppm = rnd(m, 1000001);
@@ -191,7 +190,7 @@ static void gen_job(struct model *m, uint64_t id, struct fx_job *j)
 		j->spec.ntolerations = 1;
 		if (chance(m, 50))
 			j->tolerations[j->spec.ntolerations++] =
-				toleration_pool[rnd(m, FX_ARRAY_LEN(toleration_pool))];
+			    toleration_pool[rnd(m, FX_ARRAY_LEN(toleration_pool))];
 	}
 	if (chance(m, 20))
 		j->spec.max_price_micros = (int64_t)(5 + rnd(m, 40)) * 100000;
@@ -351,7 +350,8 @@ static void dump_job(const struct mjob *mj)
 {
 	const struct sched_job_spec *s = &mj->j.spec;
 
-	fprintf(stderr, "  job %" PRIu64 ": state %d tenant %" PRIu64 " %ux%u prec %d mem %u cc %u"
+	fprintf(stderr,
+	        "  job %" PRIu64 ": state %d tenant %" PRIu64 " %ux%u prec %d mem %u cc %u"
 	        " tflops %g/%g nvlink %d price<=%" PRId64 " class %u%s dur %" PRId64 "s"
 	        " submit %" PRId64 "s",
 	        s->id, mj->state, s->tenant_id, s->node_count, s->gpus_per_node, s->precision,
@@ -372,8 +372,9 @@ static void dump_node(const struct mnode *mn)
 {
 	const struct sched_node_spec *s = &mn->n.spec;
 
-	fprintf(stderr, "  node %" PRIu64 ": %s state %d verified %d price %" PRId64
-	        " used %#" PRIx64 " gpus:",
+	fprintf(stderr,
+	        "  node %" PRIu64 ": %s state %d verified %d price %" PRId64 " used %#" PRIx64
+	        " gpus:",
 	        s->id, s->region, s->state, s->verified, s->price_micros, mn->used);
 	for (uint32_t g = 0; g < s->ngpus; g++)
 		fprintf(stderr, " %s/%u/%u/%#x/nvl%u/%g", s->gpus[g].model, s->gpus[g].memory_mib,
@@ -470,7 +471,8 @@ static void verify_state(struct model *m)
 		by_state[mn->n.spec.state]++;
 		total += mn->n.spec.ngpus;
 		if (rc != 0 || fm != (full_mask(&mn->n) & ~mn->used)) {
-			PFAIL(m, "node %" PRIu64 ": free mask %#" PRIx64 " (rc %d), model %#" PRIx64,
+			PFAIL(m,
+			      "node %" PRIu64 ": free mask %#" PRIx64 " (rc %d), model %#" PRIx64,
 			      id, fm, rc, full_mask(&mn->n) & ~mn->used);
 			return;
 		}
@@ -498,7 +500,9 @@ static void verify_state(struct model *m)
 
 			running++;
 			if (n < 0 || !same_placement(pl, (uint32_t)n, mj->parts, mj->nparts)) {
-				PFAIL(m, "job %" PRIu64 ": placement differs from the model (%d parts)",
+				PFAIL(m,
+				      "job %" PRIu64
+				      ": placement differs from the model (%d parts)",
 				      id, n);
 				return;
 			}
@@ -507,7 +511,8 @@ static void verify_state(struct model *m)
 	sched_get_stats(m->c, &st);
 	if (st.nodes != nodes || st.gpus_total != total || st.gpus_free != free_ready ||
 	    st.jobs_pending != pending || st.jobs_running != running)
-		PFAIL(m, "stats: nodes %u/%u gpus %" PRIu64 "/%" PRIu64 " free %" PRIu64 "/%" PRIu64
+		PFAIL(m,
+		      "stats: nodes %u/%u gpus %" PRIu64 "/%" PRIu64 " free %" PRIu64 "/%" PRIu64
 		      " pending %u/%u running %u/%u",
 		      st.nodes, nodes, st.gpus_total, total, st.gpus_free, free_ready,
 		      st.jobs_pending, pending, st.jobs_running, running);
@@ -537,7 +542,8 @@ static void check_start_part(struct model *m, const struct mjob *mj, const struc
 		return;
 	}
 	if (a->gpu_mask & mn->used)
-		PFAIL(m, "START job %" PRIu64 ": GPUs %#" PRIx64 " of node %" PRIu64
+		PFAIL(m,
+		      "START job %" PRIu64 ": GPUs %#" PRIx64 " of node %" PRIu64
 		      " already held (by job %" PRIu64 ")",
 		      a->job_id, a->gpu_mask & mn->used, a->node_id,
 		      mn->holder[__builtin_ctzll(a->gpu_mask & mn->used)]);
@@ -548,9 +554,11 @@ static void check_start_part(struct model *m, const struct mjob *mj, const struc
 		PFAIL(m, "START job %" PRIu64 " on node %" PRIu64 " in state %d", a->job_id,
 		      a->node_id, n->spec.state);
 	if (!n->spec.verified && !m->pol.allow_unverified)
-		PFAIL(m, "START job %" PRIu64 " on unverified node %" PRIu64, a->job_id, a->node_id);
+		PFAIL(m, "START job %" PRIu64 " on unverified node %" PRIu64, a->job_id,
+		      a->node_id);
 	if (!node_facts_ok(&n->spec, s, true))
-		PFAIL(m, "START job %" PRIu64 " on node %" PRIu64
+		PFAIL(m,
+		      "START job %" PRIu64 " on node %" PRIu64
 		      ": region, taint, price or label violated",
 		      a->job_id, a->node_id);
 	for (uint32_t g = 0; g < n->spec.ngpus; g++) {
@@ -562,13 +570,16 @@ static void check_start_part(struct model *m, const struct mjob *mj, const struc
 			PFAIL(m, "START job %" PRIu64 " mixes parts on node %" PRIu64, a->job_id,
 			      a->node_id);
 		if (!gpu_ok(&n->gpus[g], s))
-			PFAIL(m, "START job %" PRIu64 ": GPU %u of node %" PRIu64
+			PFAIL(m,
+			      "START job %" PRIu64 ": GPU %u of node %" PRIu64
 			      " below memory/cc/precision/TFLOPS",
 			      a->job_id, g, a->node_id);
 		if (s->require_nvlink && s->gpus_per_node > 1 &&
 		    (n->gpus[g].nvlink_group == 0 ||
 		     n->gpus[g].nvlink_group != n->gpus[first].nvlink_group))
-			PFAIL(m, "START job %" PRIu64 ": GPUs not in one NVLink group on node %" PRIu64,
+			PFAIL(m,
+			      "START job %" PRIu64
+			      ": GPUs not in one NVLink group on node %" PRIu64,
 			      a->job_id, a->node_id);
 	}
 	if (a->deadline_us != m->now + s->max_duration_us)
@@ -607,7 +618,8 @@ static int64_t reference_start(const struct model *m, const struct sched_job_spe
 						continue;
 					if (mn->used >> g & 1) {
 						const struct mjob *h = &m->jobs[mn->holder[g]];
-						int64_t end = h->start_us + h->j.spec.max_duration_us;
+						int64_t end =
+						    h->start_us + h->j.spec.max_duration_us;
 
 						t = end > m->now ? end : m->now;
 					}
@@ -678,7 +690,8 @@ static void verify_pending(struct model *m)
 			sum += e.count[r];
 		if (e.state != SCHED_JOB_PENDING || e.total_nodes != nodes ||
 		    e.fit_nodes + sum != nodes || e.gang_nodes != mj->j.spec.node_count)
-			PFAIL(m, "explain job %" PRIu64 ": state %d total %u (model %u) fit %u + %u",
+			PFAIL(m,
+			      "explain job %" PRIu64 ": state %d total %u (model %u) fit %u + %u",
 			      id, e.state, e.total_nodes, nodes, e.fit_nodes, sum);
 		if (conserving && mj->j.spec.node_count == 1 && e.fit_nodes != 0)
 			PFAIL(m, "job %" PRIu64 " left pending though %u node(s) fit it now", id,
@@ -689,7 +702,8 @@ static void verify_pending(struct model *m)
 
 			cov.reservations_checked++;
 			if (ref > rep) {
-				PFAIL(m, "job %" PRIu64 " reserved for %" PRId64
+				PFAIL(m,
+				      "job %" PRIu64 " reserved for %" PRId64
 				      " but cannot start before %" PRId64 " (delayed by backfill?)",
 				      id, e.reserved_start_us, ref);
 				dump_job(mj);
@@ -766,8 +780,8 @@ static void op_cancel(struct model *m)
 	uint64_t id = random_job(m, 0);
 
 	if (!id || chance(m, 5)) {
-		expect_rc(m, sched_job_cancel(m->c, MAX_JOBS + 7, m->now), -ENOENT, "cancel unknown",
-		          NULL);
+		expect_rc(m, sched_job_cancel(m->c, MAX_JOBS + 7, m->now), -ENOENT,
+		          "cancel unknown", NULL);
 		return;
 	}
 	expect_rc(m, sched_job_cancel(m->c, id, m->now), 0, "sched_job_cancel", NULL);
@@ -844,7 +858,8 @@ static void op_node_replace(struct model *m)
 				cov.ebusy++;
 				return;
 			}
-			PFAIL(m, "upsert dropping held GPUs of node %" PRIu64 " not refused"
+			PFAIL(m,
+			      "upsert dropping held GPUs of node %" PRIu64 " not refused"
 			      " (used %#" PRIx64 ", ngpus now %u)",
 			      id, mn->used, n.spec.ngpus);
 			return;
@@ -1056,16 +1071,21 @@ static void op_cycle(struct model *m)
 		bool on_candidate = false;
 
 		if (a->kind == SCHED_ACT_UNSCHEDULABLE) {
-			if (a->job_id == 0 || a->job_id >= m->next_job || !m->jobs[a->job_id].live ||
+			if (a->job_id == 0 || a->job_id >= m->next_job ||
+			    !m->jobs[a->job_id].live ||
 			    m->jobs[a->job_id].state != SCHED_JOB_PENDING) {
-				PFAIL(m, "UNSCHEDULABLE for job %" PRIu64 " not pending", a->job_id);
+				PFAIL(m, "UNSCHEDULABLE for job %" PRIu64 " not pending",
+				      a->job_id);
 				break;
 			}
 			j = &m->jobs[a->job_id];
 			if (m->pol.infeasible_timeout_us <= 0 ||
 			    m->now - j->j.spec.submit_us < m->pol.infeasible_timeout_us)
-				PFAIL(m, "job %" PRIu64 " given up after %" PRId64 " us (timeout %" PRId64 ")",
-				      a->job_id, m->now - j->j.spec.submit_us, m->pol.infeasible_timeout_us);
+				PFAIL(m,
+				      "job %" PRIu64 " given up after %" PRId64
+				      " us (timeout %" PRId64 ")",
+				      a->job_id, m->now - j->j.spec.submit_us,
+				      m->pol.infeasible_timeout_us);
 			for (size_t r = 0; r < FX_ARRAY_LEN(regions); r++) {
 				uint32_t hosts = 0;
 				uint64_t last = 0;
@@ -1078,7 +1098,9 @@ static void op_cycle(struct model *m)
 						last = nid;
 					}
 				if (hosts >= j->j.spec.node_count) {
-					PFAIL(m, "job %" PRIu64 " given up though %u node(s) of %s could"
+					PFAIL(m,
+					      "job %" PRIu64
+					      " given up though %u node(s) of %s could"
 					      " host it",
 					      a->job_id, hosts, regions[r]);
 					dump_job(j);
@@ -1105,7 +1127,8 @@ static void op_cycle(struct model *m)
 		if (!v->j.spec.preemptible)
 			PFAIL(m, "PREEMPT of non-preemptible job %" PRIu64, a->job_id);
 		if (v->j.spec.priority_class >= j->j.spec.priority_class)
-			PFAIL(m, "PREEMPT job %" PRIu64 " (class %u) for job %" PRIu64 " (class %u)",
+			PFAIL(m,
+			      "PREEMPT job %" PRIu64 " (class %u) for job %" PRIu64 " (class %u)",
 			      a->job_id, v->j.spec.priority_class, a->for_job_id,
 			      j->j.spec.priority_class);
 		if (!m->pol.preemption)
@@ -1117,15 +1140,17 @@ static void op_cycle(struct model *m)
 		    a->deadline_us < m->now + m->pol.preemption_grace_us) {
 			cov.clamped_grace++;
 		} else if (a->deadline_us != m->now + m->pol.preemption_grace_us)
-			PFAIL(m, "PREEMPT deadline %" PRId64 ", want now + grace = %" PRId64
+			PFAIL(m,
+			      "PREEMPT deadline %" PRId64 ", want now + grace = %" PRId64
 			      " (victim's own deadline %" PRId64 ")",
 			      a->deadline_us, m->now + m->pol.preemption_grace_us,
 			      v->start_us + v->j.spec.max_duration_us);
 		for (uint32_t p = 0; p < v->nparts; p++)
-			on_candidate |= node_could_host(m, &m->nodes[v->parts[p].node_id].n,
-			                                &j->j.spec);
+			on_candidate |=
+			    node_could_host(m, &m->nodes[v->parts[p].node_id].n, &j->j.spec);
 		if (!on_candidate)
-			PFAIL(m, "PREEMPT job %" PRIu64 ": none of its nodes could host job %" PRIu64,
+			PFAIL(m,
+			      "PREEMPT job %" PRIu64 ": none of its nodes could host job %" PRIu64,
 			      a->job_id, a->for_job_id);
 		v->state = SCHED_JOB_PREEMPTING;
 		cov.preempts++;
@@ -1159,8 +1184,8 @@ static void compare_fresh(struct model *m)
 			          "fresh: node", &err);
 	for (uint64_t t = 1; t <= NTENANTS; t++)
 		if (m->shares[t])
-			expect_rc(m, sched_tenant_set_shares(f, t, m->shares[t]), 0, "fresh: shares",
-			          NULL);
+			expect_rc(m, sched_tenant_set_shares(f, t, m->shares[t]), 0,
+			          "fresh: shares", NULL);
 	for (uint64_t id = 1; id < m->next_job; id++)
 		if (m->jobs[id].live)
 			order[n++] = id;
@@ -1177,15 +1202,17 @@ static void compare_fresh(struct model *m)
 
 		expect_rc(m, sched_job_add(f, fx_job_spec(&mj->j), &err), 0, "fresh: job", &err);
 		if (mj->state != SCHED_JOB_PENDING)
-			expect_rc(m, sched_lease_start(f, order[i], mj->parts, mj->nparts, mj->start_us,
-			                               &err),
+			expect_rc(m,
+			          sched_lease_start(f, order[i], mj->parts, mj->nparts,
+			                            mj->start_us, &err),
 			          0, "fresh: lease_start", &err);
 	}
 	for (uint64_t t = 1; t <= NTENANTS && !m->failed; t++) {
 		double u = sched_tenant_usage(m->c, t, m->now);
 
 		if (u >= 0)
-			expect_rc(m, sched_tenant_set_usage(f, t, u, m->now), 0, "fresh: usage", NULL);
+			expect_rc(m, sched_tenant_set_usage(f, t, u, m->now), 0, "fresh: usage",
+			          NULL);
 	}
 	if (!m->failed && !EXPECT_EQUAL(m->c, f))
 		m->failed = true;
@@ -1194,28 +1221,49 @@ static void compare_fresh(struct model *m)
 
 /* ---- one case ----------------------------------------------------------- */
 
-static const char *const op_names[] = { "cycle", "add job", "cancel", "lease end",
-	                                "new node", "replace node", "node state",
-	                                "remove node", "policy", "shares", "lease start" };
+static const char *const op_names[] = { "cycle",    "add job",      "cancel",     "lease end",
+	                                "new node", "replace node", "node state", "remove node",
+	                                "policy",   "shares",       "lease start" };
 
 static void step(struct model *m, int op)
 {
 	m->op = op_names[op];
-	snprintf(row_buf, sizeof row_buf, "seed %" PRIu64 " step %d (%s)", m->seed, m->step,
-	         m->op);
+	snprintf(row_buf, sizeof row_buf, "seed %" PRIu64 " step %d (%s)", m->seed, m->step, m->op);
 	fx_row = row_buf;
 	switch (op) {
-	case 0: op_cycle(m); return;
-	case 1: op_add_job(m); break;
-	case 2: op_cancel(m); break;
-	case 3: op_lease_end(m); break;
-	case 4: op_node_new(m); break;
-	case 5: op_node_replace(m); break;
-	case 6: op_node_state(m); break;
-	case 7: op_node_remove(m); break;
-	case 8: op_policy(m); break;
-	case 9: op_shares(m); break;
-	case 10: op_lease_start(m); break;
+	case 0:
+		op_cycle(m);
+		return;
+	case 1:
+		op_add_job(m);
+		break;
+	case 2:
+		op_cancel(m);
+		break;
+	case 3:
+		op_lease_end(m);
+		break;
+	case 4:
+		op_node_new(m);
+		break;
+	case 5:
+		op_node_replace(m);
+		break;
+	case 6:
+		op_node_state(m);
+		break;
+	case 7:
+		op_node_remove(m);
+		break;
+	case 8:
+		op_policy(m);
+		break;
+	case 9:
+		op_shares(m);
+		break;
+	case 10:
+		op_lease_start(m);
+		break;
 	}
 	if (!m->failed)
 		verify_state(m);

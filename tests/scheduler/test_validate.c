@@ -53,8 +53,8 @@ static void expect_result(int rc, const struct sched_error *err, int want_rc,
                           const char *want_field)
 {
 	if (rc != want_rc) {
-		fx_fail(__FILE__, __LINE__, "returned %d (%s), want %d (%s); field \"%s\": %s",
-		        rc, fx_errno_name(rc), want_rc, fx_errno_name(want_rc), err->field,
+		fx_fail(__FILE__, __LINE__, "returned %d (%s), want %d (%s); field \"%s\": %s", rc,
+		        fx_errno_name(rc), want_rc, fx_errno_name(want_rc), err->field,
 		        err->message);
 		return;
 	}
@@ -107,8 +107,11 @@ static struct sched_cluster *setup(void)
 
 typedef void (*node_mut)(struct fx_node *n);
 
-#define NODE_MUT(fn, body) \
-	static void fn(struct fx_node *n) { body; }
+#define NODE_MUT(fn, body)                \
+	static void fn(struct fx_node *n) \
+	{                                 \
+		body;                     \
+	}
 
 NODE_MUT(n_ok, (void)n)
 NODE_MUT(n_id0, n->spec.id = 0)
@@ -224,18 +227,19 @@ static void run_node_row(const struct node_row *r)
 
 typedef void (*job_mut)(struct fx_job *j);
 
-#define JOB_MUT(fn, body) \
-	static void fn(struct fx_job *j) { body; }
+#define JOB_MUT(fn, body)                \
+	static void fn(struct fx_job *j) \
+	{                                \
+		body;                    \
+	}
 
 JOB_MUT(j_ok, (void)j)
 JOB_MUT(j_full, fx_job_regions(j, "eu-west,us-east"); fx_job_selectors(j, "tier=gold");
         fx_job_tolerations(j, "dedicated,x=y"); j->spec.preferred_region = "eu-west";
-        j->spec.min_memory_mib = 1; j->spec.min_compute_cap = 90;
-        j->spec.min_tflops_per_gpu = 1; j->spec.min_tflops_total = 2;
-        j->spec.max_price_micros = 1; j->spec.require_nvlink = true;
-        j->spec.gpus_per_node = 64; j->spec.node_count = 64;
-        j->spec.priority_class = 4; j->spec.kind = SCHED_JOB_BATCH;
-        j->spec.precision = SCHED_PREC_FP8)
+        j->spec.min_memory_mib = 1; j->spec.min_compute_cap = 90; j->spec.min_tflops_per_gpu = 1;
+        j->spec.min_tflops_total = 2; j->spec.max_price_micros = 1; j->spec.require_nvlink = true;
+        j->spec.gpus_per_node = 64; j->spec.node_count = 64; j->spec.priority_class = 4;
+        j->spec.kind = SCHED_JOB_BATCH; j->spec.precision = SCHED_PREC_FP8)
 JOB_MUT(j_id0, j->spec.id = 0)
 JOB_MUT(j_tenant0, j->spec.tenant_id = 0)
 JOB_MUT(j_kind, j->spec.kind = SCHED_JOB_KIND_COUNT)
@@ -338,24 +342,26 @@ static bool pol_eq(const struct sched_policy *a, const struct sched_policy *b)
 	       a->fairness == b->fairness &&
 	       a->fairshare_half_life_us == b->fairshare_half_life_us &&
 	       a->allow_unverified == b->allow_unverified && a->backfill == b->backfill &&
-	       a->reservations == b->reservations &&
-	       a->backfill_depth == b->backfill_depth && a->preemption == b->preemption &&
-	       a->preemption_grace_us == b->preemption_grace_us &&
+	       a->reservations == b->reservations && a->backfill_depth == b->backfill_depth &&
+	       a->preemption == b->preemption && a->preemption_grace_us == b->preemption_grace_us &&
 	       a->infeasible_timeout_us == b->infeasible_timeout_us;
 }
 
 typedef void (*pol_mut)(struct sched_policy *p);
 
-#define POL_MUT(fn, body) \
-	static void fn(struct sched_policy *p) { body; }
+#define POL_MUT(fn, body)                      \
+	static void fn(struct sched_policy *p) \
+	{                                      \
+		body;                          \
+	}
 
 POL_MUT(p_ok, (void)p)
-POL_MUT(p_max, p->w_price = 1000; p->w_perf_per_price = 1000; p->w_perf = 1000;
-        p->w_fit = 1000; p->w_reliability = 1000; p->w_locality = 1000;
-        p->w_prio_class = 1e6; p->w_age = 1e6; p->w_fairshare = 1e6;
-        p->score_nodes = 100000; p->reservations = 64; p->backfill_depth = 1000000;
-        p->preemption_grace_us = 0; p->infeasible_timeout_us = FX_S(86400);
-        p->fit_mode = SCHED_FIT_SPREAD; p->fairness = SCHED_FAIR_SHARE)
+POL_MUT(p_max, p->w_price = 1000; p->w_perf_per_price = 1000; p->w_perf = 1000; p->w_fit = 1000;
+        p->w_reliability = 1000; p->w_locality = 1000; p->w_prio_class = 1e6; p->w_age = 1e6;
+        p->w_fairshare = 1e6; p->score_nodes = 100000; p->reservations = 64;
+        p->backfill_depth = 1000000; p->preemption_grace_us = 0;
+        p->infeasible_timeout_us = FX_S(86400); p->fit_mode = SCHED_FIT_SPREAD;
+        p->fairness = SCHED_FAIR_SHARE)
 POL_MUT(p_min, p->score_nodes = 1; p->reservations = 0; p->age_max_us = 1;
         p->fairshare_half_life_us = FX_S(1))
 POL_MUT(p_hl1us, p->fairshare_half_life_us = 1)
@@ -451,8 +457,8 @@ static void run_pol_row(const struct pol_row *r)
 typedef int (*call_fn)(struct sched_cluster *c, struct sched_error *err);
 typedef void (*prep_fn)(struct sched_cluster *c);
 
-static int lease(struct sched_cluster *c, struct sched_error *err, uint64_t job,
-                 uint64_t n1, uint64_t m1, uint64_t n2, uint64_t m2)
+static int lease(struct sched_cluster *c, struct sched_error *err, uint64_t job, uint64_t n1,
+                 uint64_t m1, uint64_t n2, uint64_t m2)
 {
 	struct sched_placement pl[2] = { { n1, m1 }, { n2, m2 } };
 
@@ -460,19 +466,18 @@ static int lease(struct sched_cluster *c, struct sched_error *err, uint64_t job,
 }
 
 /* Job 20, added to both the cluster and its reference before the call. */
-#define PREP(fn, body)                                  \
-	static void fn(struct sched_cluster *c)         \
-	{                                               \
-		struct fx_job j;                        \
-		body;                                   \
-		fx_add_job(c, &j);                      \
+#define PREP(fn, body)                          \
+	static void fn(struct sched_cluster *c) \
+	{                                       \
+		struct fx_job j;                \
+		body;                           \
+		fx_add_job(c, &j);              \
 	}
 
 PREP(prep_two_gpus, fx_job_init(&j, 20, 2))
 PREP(prep_cc90, fx_job_init(&j, 20, 1); j.spec.min_compute_cap = 90)
 PREP(prep_no_toleration, fx_job_init(&j, 20, 1))
-PREP(prep_gang, fx_job_init(&j, 20, 1); j.spec.node_count = 2;
-     fx_job_tolerations(&j, "dedicated"))
+PREP(prep_gang, fx_job_init(&j, 20, 1); j.spec.node_count = 2; fx_job_tolerations(&j, "dedicated"))
 PREP(prep_mem, fx_job_init(&j, 20, 1); j.spec.min_memory_mib = 100000)
 PREP(prep_fp8, fx_job_init(&j, 20, 1); j.spec.precision = SCHED_PREC_FP8)
 PREP(prep_selector, fx_job_init(&j, 20, 1); fx_job_selectors(&j, "tier=gold"))
@@ -480,8 +485,7 @@ PREP(prep_tflops, fx_job_init(&j, 20, 1); j.spec.min_tflops_per_gpu = 500)
 PREP(prep_price_cap, fx_job_init(&j, 20, 1); j.spec.max_price_micros = 1)
 PREP(prep_nvlink, fx_job_init(&j, 20, 2); j.spec.require_nvlink = true)
 PREP(prep_unverified, fx_job_init(&j, 20, 1); struct fx_node n;
-     fx_node_init(&n, 4, "eu-west", "2xH100"); n.spec.verified = false;
-     fx_add_node(c, &n))
+     fx_node_init(&n, 4, "eu-west", "2xH100"); n.spec.verified = false; fx_add_node(c, &n))
 
 #define CALL(fn, body)                                                  \
 	static int fn(struct sched_cluster *c, struct sched_error *err) \
@@ -507,8 +511,7 @@ CALL(c_remove_busy, return sched_node_remove(c, 1))
 CALL(c_upsert_drops_held, struct fx_node n; fx_node_init(&n, 1, "eu-west", "1xH100");
      fx_node_labels(&n, "tier=gold"); fx_node_taints(&n, "dedicated=ml");
      return sched_node_upsert(c, fx_node_spec(&n), err))
-CALL(c_upsert_changes_held, struct fx_node n;
-     fx_node_init(&n, 1, "eu-west", "1xH100 3xA100");
+CALL(c_upsert_changes_held, struct fx_node n; fx_node_init(&n, 1, "eu-west", "1xH100 3xA100");
      fx_node_labels(&n, "tier=gold"); fx_node_taints(&n, "dedicated=ml");
      return sched_node_upsert(c, fx_node_spec(&n), err))
 CALL(c_cancel_unknown, return sched_job_cancel(c, 99, FX_S(30)))
@@ -535,10 +538,8 @@ CALL(c_lease_node4, return lease(c, err, 20, 4, 0x1, 0, 0))
 CALL(c_lease_running, return lease(c, err, 10, 1, 0x4, 0, 0))
 CALL(c_lease_cordoned_ok, return lease(c, err, 11, 3, 0x80, 0, 0))
 CALL(c_lease_gang_ok, return lease(c, err, 20, 1, 0x4, 3, 0x1))
-CALL(c_placement_pending, struct sched_placement pl;
-     return sched_job_placement(c, 11, &pl, 1))
-CALL(c_placement_unknown, struct sched_placement pl;
-     return sched_job_placement(c, 99, &pl, 1))
+CALL(c_placement_pending, struct sched_placement pl; return sched_job_placement(c, 11, &pl, 1))
+CALL(c_placement_unknown, struct sched_placement pl; return sched_job_placement(c, 99, &pl, 1))
 CALL(c_free_unknown, uint64_t m; return sched_node_free_mask(c, 99, &m))
 CALL(c_state_of_unknown, return sched_job_state(c, 99))
 CALL(c_explain_unknown, struct sched_explain e; return sched_job_explain(c, 99, &e))
@@ -548,7 +549,7 @@ struct call_row {
 	prep_fn prep; /* applied to the cluster and its reference; may be NULL */
 	call_fn fn;
 	int want_rc;
-	int alt_rc; /* also accepted when non-zero (the header allows either) */
+	int alt_rc;            /* also accepted when non-zero (the header allows either) */
 	const char *divergent; /* reported to the lead; see fx_divergent */
 };
 
@@ -584,10 +585,13 @@ static const struct call_row call_rows[] = {
 	{ "lease start: GPUs from two parts", prep_two_gpus, c_lease_mixed_part, -EINVAL, 0, NULL },
 	{ "lease start: part below the job's cc", prep_cc90, c_lease_constraint, -EINVAL, 0, NULL },
 	{ "lease start: taint not tolerated", prep_no_toleration, c_lease_taint, -EINVAL, 0, NULL },
-	{ "lease start: memory below the job's minimum", prep_mem, c_lease_node2_h100, -EINVAL, 0, NULL },
+	{ "lease start: memory below the job's minimum", prep_mem, c_lease_node2_h100, -EINVAL, 0,
+	  NULL },
 	{ "lease start: precision missing", prep_fp8, c_lease_node2_a100, -EINVAL, 0, NULL },
-	{ "lease start: TFLOPS below the minimum", prep_tflops, c_lease_node2_a100, -EINVAL, 0, NULL },
-	{ "lease start: label selector not matched", prep_selector, c_lease_node3, -EINVAL, 0, NULL },
+	{ "lease start: TFLOPS below the minimum", prep_tflops, c_lease_node2_a100, -EINVAL, 0,
+	  NULL },
+	{ "lease start: label selector not matched", prep_selector, c_lease_node3, -EINVAL, 0,
+	  NULL },
 	{ "lease start: NVLink required, none", prep_nvlink, c_lease_node3_pair, -EINVAL, 0, NULL },
 	{ "lease start: price above the cap allowed", prep_price_cap, c_lease_node3, 0, 0, NULL },
 	{ "lease start: unverified node allowed", prep_unverified, c_lease_node4, 0, 0, NULL },
