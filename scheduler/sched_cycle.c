@@ -67,16 +67,6 @@ static int cmp_u64(const void *a, const void *b)
 	return (x > y) - (x < y);
 }
 
-static bool eg_region_allowed(const struct egroup *g, uint32_t region)
-{
-	if (!g->nregions)
-		return true;
-	for (uint32_t i = 0; i < g->nregions; i++)
-		if (g->regions[i] == region)
-			return true;
-	return false;
-}
-
 /* Region and price are decided by the (type, region) lists; the rest here. */
 static bool pool_eligible(const struct sched_cluster *c, const struct pool *p,
                           const struct egroup *g)
@@ -104,7 +94,7 @@ static uint32_t egroup_scan(const struct sched_cluster *c, const struct egroup *
 		const struct gpools *gp = &c->gtype_pools[t];
 		for (uint32_t r = 0; r < gp->nr; r++) {
 			const struct rpools *rp = &gp->r[r];
-			if (!eg_region_allowed(g, rp->region))
+			if (!region_in(g->regions, g->nregions, rp->region))
 				continue;
 			for (uint32_t q = 0; q < rp->n; q++) {
 				const struct pool *p = &c->pools[rp->ids[q]];

@@ -49,12 +49,12 @@ uint64_t pick_gpus(const struct node *n, const struct part *p, const struct jcla
 	return best_mask ? lowest_bits(best_mask, k->gpus) : 0;
 }
 
-bool region_allowed(const struct jclass *k, uint32_t region)
+bool region_in(const uint32_t *regions, uint32_t n, uint32_t region)
 {
-	if (!k->nregions)
+	if (!n)
 		return true;
-	for (uint32_t i = 0; i < k->nregions; i++)
-		if (k->regions[i] == region)
+	for (uint32_t i = 0; i < n; i++)
+		if (regions[i] == region)
 			return true;
 	return false;
 }

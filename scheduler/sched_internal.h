@@ -348,7 +348,12 @@ enum sched_reason node_reason(const struct sched_cluster *c, const struct node *
 /* Do the tolerations (sorted string ids) cover every taint in the set? */
 bool taints_tolerated(const struct sched_cluster *c, uint32_t taintset, const uint32_t *tol,
                       uint32_t ntol);
-bool region_allowed(const struct jclass *k, uint32_t region);
+/* Is region among the allowed ones (none listed = any)? */
+bool region_in(const uint32_t *regions, uint32_t n, uint32_t region);
+static inline bool region_allowed(const struct jclass *k, uint32_t region)
+{
+	return region_in(k->regions, k->nregions, region);
+}
 bool labels_match(const struct node *n, const struct jclass *k);
 
 /* Free GPUs of a part that a job may use: reservations of other jobs are
