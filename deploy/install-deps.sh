@@ -8,6 +8,7 @@ packages=(
 	protobuf-c-compiler libprotobuf-c-dev
 	libevent-dev libpq-dev libhiredis-dev libjansson-dev
 	postgresql redis-server
+	protobuf-compiler python3-protobuf
 )
 
 missing=()

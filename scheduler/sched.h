@@ -240,6 +240,12 @@ int sched_tenant_set_usage(struct sched_cluster *c, uint64_t tenant_id, double u
  * included), or a negative value if unknown. */
 double sched_tenant_usage(const struct sched_cluster *c, uint64_t tenant_id, int64_t now_us);
 
+/* Check a spec without any cluster (e.g. at API admission): 0, or -EINVAL
+ * with err naming the field, exactly as sched_job_add / sched_node_upsert
+ * would. */
+int sched_job_validate(const struct sched_job_spec *spec, struct sched_error *err);
+int sched_node_validate(const struct sched_node_spec *spec, struct sched_error *err);
+
 /* Adds a pending job. Strings are copied. -EEXIST on a duplicate id. */
 int sched_job_add(struct sched_cluster *c, const struct sched_job_spec *spec,
                   struct sched_error *err);

@@ -453,7 +453,7 @@ static int validate_strings(const char *const *s, uint32_t n, const char *name,
 	return 0;
 }
 
-static int validate_node(const struct sched_node_spec *s, struct sched_error *err)
+int sched_node_validate(const struct sched_node_spec *s, struct sched_error *err)
 {
 	if (!s->id) {
 		set_err(err, "id", "must not be 0");
@@ -672,7 +672,7 @@ static int node_keeps_leases(const struct sched_cluster *c, const struct node *o
 int sched_node_upsert(struct sched_cluster *c, const struct sched_node_spec *spec,
                       struct sched_error *err)
 {
-	int rc = validate_node(spec, err);
+	int rc = sched_node_validate(spec, err);
 	if (rc)
 		return rc;
 	uint32_t slot = idmap_get(&c->node_map, spec->id);
@@ -1148,7 +1148,7 @@ oom:
 
 /* ---- jobs -------------------------------------------------------------------- */
 
-static int validate_job(const struct sched_job_spec *s, struct sched_error *err)
+int sched_job_validate(const struct sched_job_spec *s, struct sched_error *err)
 {
 	if (!s->id) {
 		set_err(err, "id", "must not be 0");
@@ -1231,7 +1231,7 @@ static int validate_job(const struct sched_job_spec *s, struct sched_error *err)
 int sched_job_add(struct sched_cluster *c, const struct sched_job_spec *spec,
                   struct sched_error *err)
 {
-	int rc = validate_job(spec, err);
+	int rc = sched_job_validate(spec, err);
 	if (rc)
 		return rc;
 	if (idmap_get(&c->job_map, spec->id) != NONE32) {

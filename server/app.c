@@ -1,0 +1,272 @@
+/* app.c — wires gpumatchd together: the Postgres pool, Redis, the RPC
+ * server with one method entry per RPC of the contract, the GET routes
+ * (/healthz, /readyz, /metrics) and the signal handling (drain on SIGTERM,
+ * exit at once on a second one, reload on SIGHUP). */
+#include "app.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/http.h>
+
+#include "gpumatch/v1/registry.h"
+#include "handlers.h"
+#include "log.h"
+
+int64_t now_us(void)
+{
+	struct timeval tv;
+	gettimeofday(&tv, NULL);
+	return (int64_t)tv.tv_sec * 1000000 + tv.tv_usec;
+}
+
+/* Prepared on every Postgres connection. */
+static const struct pg_stmt pg_statements[] = {
+	{ "auth_lookup",
+	  "SELECT t.id, t.role, coalesce(t.tenant_id, 0), coalesce(t.operator_id, 0), t.name"
+	  "  FROM api_tokens t"
+	  "  LEFT JOIN tenants te ON te.id = t.tenant_id"
+	  "  LEFT JOIN operators o ON o.id = t.operator_id"
+	  " WHERE t.secret_sha256 = sha256(convert_to($1, 'UTF8'))"
+	  "   AND t.revoked_at_us = 0 AND (t.expires_at_us = 0 OR t.expires_at_us > $2::bigint)"
+	  "   AND coalesce(te.state, 1) = 1 AND coalesce(o.state, 1) = 1",
+	  2 },
+	{ NULL, NULL, 0 },
+};
+
+/* Who may call what: tenants and admins use JobService, operators and
+ * admins NodeService, only admins AdminService. */
+static unsigned service_roles(const char *service)
+{
+	if (!strcmp(service, "gpumatch.v1.JobService"))
+		return ROLE_TENANT | ROLE_ADMIN;
+	if (!strcmp(service, "gpumatch.v1.NodeService"))
+		return ROLE_OPERATOR | ROLE_ADMIN;
+	return ROLE_ADMIN;
+}
+
+static int build_methods(struct app *a)
+{
+	size_t n = 0;
+	for (size_t s = 0; s < proto_service_count; s++)
+		n += proto_services[s]->n_methods;
+	a->methods = calloc(n + 1, sizeof *a->methods);
+	if (!a->methods)
+		return -1;
+	size_t k = 0;
+	for (size_t s = 0; s < proto_service_count; s++) {
+		const ProtobufCServiceDescriptor *sd = proto_services[s];
+		for (unsigned m = 0; m < sd->n_methods; m++) {
+			const ProtobufCMethodDescriptor *md = &sd->methods[m];
+			size_t len = strlen(sd->name) + strlen(md->name) + 3;
+			char *path = malloc(len);
+			if (!path)
+				return -1;
+			snprintf(path, len, "/%s/%s", sd->name, md->name);
+			a->methods[k].path = path;
+			a->methods[k].in = md->input;
+			a->methods[k].out = md->output;
+			a->methods[k].roles = service_roles(sd->name);
+			a->methods[k].fn = handler_for(path);
+			k++;
+		}
+	}
+	return 0;
+}
+
+static void reply_text(struct evhttp_request *req, int code, const char *reason, const char *ctype,
+                       const char *body)
+{
+	struct evbuffer *b = evbuffer_new();
+	if (!b) {
+		evhttp_send_error(req, 500, NULL);
+		return;
+	}
+	evbuffer_add(b, body, strlen(body));
+	evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", ctype);
+	evhttp_send_reply(req, code, reason, b);
+	evbuffer_free(b);
+}
+
+static void healthz_cb(struct evhttp_request *req, void *arg)
+{
+	(void)arg;
+	reply_text(req, 200, "OK", "text/plain", "ok\n");
+}
+
+static void readyz_cb(struct evhttp_request *req, void *arg)
+{
+	struct app *a = arg;
+	bool pg = pg_pool_ready(a->pg), rd = rds_ready(a->rds);
+	bool schema = a->schema_version >= SCHEMA_VERSION;
+	char body[256];
+	snprintf(body, sizeof body, "postgres %s\nredis %s\nschema %d (needs %d)\n%s",
+	         pg ? "ok" : "down", rd ? "ok" : "down", a->schema_version, SCHEMA_VERSION,
+	         a->draining ? "draining\n" : "");
+	bool ok = pg && rd && schema && !a->draining;
+	reply_text(req, ok ? 200 : 503, ok ? "OK" : "Service Unavailable", "text/plain", body);
+}
+
+static void metrics_cb(struct evhttp_request *req, void *arg)
+{
+	struct app *a = arg;
+	struct evbuffer *b = evbuffer_new();
+	if (!b) {
+		evhttp_send_error(req, 500, NULL);
+		return;
+	}
+	int up, busy, queued;
+	pg_pool_stats(a->pg, &up, &busy, &queued);
+	evbuffer_add_printf(
+	    b,
+	    "# HELP gpumatch_up Whether the process is serving.\n"
+	    "# TYPE gpumatch_up gauge\ngpumatch_up 1\n"
+	    "# HELP gpumatch_start_time_seconds Process start, seconds since epoch.\n"
+	    "# TYPE gpumatch_start_time_seconds gauge\n"
+	    "gpumatch_start_time_seconds %.3f\n"
+	    "# HELP gpumatch_postgres_connections Postgres connections by state.\n"
+	    "# TYPE gpumatch_postgres_connections gauge\n"
+	    "gpumatch_postgres_connections{state=\"up\"} %d\n"
+	    "gpumatch_postgres_connections{state=\"busy\"} %d\n"
+	    "# HELP gpumatch_postgres_queued Queries waiting for a connection.\n"
+	    "# TYPE gpumatch_postgres_queued gauge\ngpumatch_postgres_queued %d\n"
+	    "# HELP gpumatch_redis_up Whether Redis is connected.\n"
+	    "# TYPE gpumatch_redis_up gauge\ngpumatch_redis_up %d\n",
+	    (double)a->started_us / 1e6, up, busy, queued, rds_ready(a->rds) ? 1 : 0);
+	rpc_server_metrics(a->rpc, b);
+	handlers_metrics(a, b);
+	evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
+	                  "text/plain; version=0.0.4");
+	evhttp_send_reply(req, 200, "OK", b);
+	evbuffer_free(b);
+}
+
+static void rpc_limits_from_cfg(const struct cfg *c, struct rpc_limits *l)
+{
+	l->max_body_bytes = (size_t)c->max_body_bytes;
+	l->request_timeout_ms = c->request_timeout_ms;
+	l->idle_timeout_ms = c->idle_timeout_ms;
+	l->max_connections = c->max_connections;
+}
+
+static void drain_tick_cb(evutil_socket_t fd, short ev, void *arg)
+{
+	struct app *a = arg;
+	(void)fd;
+	(void)ev;
+	if (rpc_server_inflight(a->rpc) == 0 && handlers_idle(a)) {
+		log_info("drained, exiting");
+		event_base_loopexit(a->base, NULL);
+	}
+}
+
+void app_begin_drain(struct app *a)
+{
+	if (a->draining)
+		return;
+	a->draining = true;
+	log_info("draining inflight=%zu", rpc_server_inflight(a->rpc));
+	rpc_server_stop_accepting(a->rpc);
+	handlers_drain(a);
+	struct timeval tv = { 0, 20000 };
+	a->drain_ev = event_new(a->base, -1, EV_PERSIST, drain_tick_cb, a);
+	if (a->drain_ev)
+		event_add(a->drain_ev, &tv);
+}
+
+static void signal_cb(evutil_socket_t sig, short ev, void *arg)
+{
+	struct app *a = arg;
+	(void)ev;
+	if (sig == SIGHUP) {
+		char err[512];
+		if (cfg_reload(&a->cfg, err, sizeof err)) {
+			log_error("reload failed, keeping the old configuration err=\"%s\"", err);
+			return;
+		}
+		int lvl = log_parse_level(a->cfg.log_level);
+		if (lvl >= 0)
+			log_min_level = (enum log_level)lvl;
+		struct rpc_limits l;
+		rpc_limits_from_cfg(&a->cfg, &l);
+		rpc_server_set_limits(a->rpc, &l);
+		log_info("configuration reloaded");
+		return;
+	}
+	if (++a->term_signals > 1) {
+		log_warn("second termination signal, exiting at once");
+		_exit(1);
+	}
+	app_begin_drain(a);
+}
+
+int app_start(struct app *a, char *err, size_t err_len)
+{
+	a->started_us = now_us();
+	int v = migrate_current(a->cfg.pg_conninfo, err, err_len);
+	if (v < 0)
+		return -1;
+	a->schema_version = v;
+	if (v < SCHEMA_VERSION) {
+		snprintf(err, err_len,
+		         "database schema is at version %d but this gpumatchd needs %d: migration "
+		         "%04d is missing (run `gpumatchd migrate`)",
+		         v, SCHEMA_VERSION, v + 1);
+		return -1;
+	}
+	a->pg = pg_pool_new(a->base, a->cfg.pg_conninfo, a->cfg.pg_pool_size, pg_statements);
+	a->rds = rds_new(a->base, a->cfg.redis_host, a->cfg.redis_port, handler_scripts());
+	if (!a->pg || !a->rds || build_methods(a)) {
+		snprintf(err, err_len, "out of memory or bad store settings");
+		return -1;
+	}
+	struct rpc_limits l;
+	rpc_limits_from_cfg(&a->cfg, &l);
+	a->rpc = rpc_server_new(a->base, a->cfg.listen_host, a->cfg.listen_port, a->methods, &l,
+	                        auth_resolve, a, err, err_len);
+	if (!a->rpc)
+		return -1;
+	rpc_server_add_get(a->rpc, "/healthz", healthz_cb, a);
+	rpc_server_add_get(a->rpc, "/readyz", readyz_cb, a);
+	rpc_server_add_get(a->rpc, "/metrics", metrics_cb, a);
+	if (handlers_start(a, err, err_len))
+		return -1;
+	a->sigterm_ev = evsignal_new(a->base, SIGTERM, signal_cb, a);
+	a->sigint_ev = evsignal_new(a->base, SIGINT, signal_cb, a);
+	a->sighup_ev = evsignal_new(a->base, SIGHUP, signal_cb, a);
+	if (!a->sigterm_ev || !a->sigint_ev || !a->sighup_ev) {
+		snprintf(err, err_len, "cannot install signal handlers");
+		return -1;
+	}
+	event_add(a->sigterm_ev, NULL);
+	event_add(a->sigint_ev, NULL);
+	event_add(a->sighup_ev, NULL);
+	log_info("listening addr=%s:%d schema=%d", a->cfg.listen_host, rpc_server_port(a->rpc), v);
+	return 0;
+}
+
+void app_free(struct app *a)
+{
+	handlers_stop(a);
+	if (a->drain_ev)
+		event_free(a->drain_ev);
+	if (a->sigterm_ev)
+		event_free(a->sigterm_ev);
+	if (a->sigint_ev)
+		event_free(a->sigint_ev);
+	if (a->sighup_ev)
+		event_free(a->sighup_ev);
+	rpc_server_free(a->rpc);
+	rds_free(a->rds);
+	pg_pool_free(a->pg);
+	if (a->methods) {
+		for (struct rpc_method *m = a->methods; m->path; m++)
+			free((char *)m->path);
+		free(a->methods);
+	}
+}

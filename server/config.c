@@ -1,0 +1,272 @@
+/* config.c — the configuration table and its three sources (file,
+ * environment, flags). */
+#include "config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum kind { K_STR, K_INT, K_LONG, K_BOOL };
+
+struct key {
+	const char *name;
+	enum kind kind;
+	size_t off;
+	size_t size; /* strings: buffer size */
+	const char *def;
+	long min, max;
+	bool reloadable;
+	const char *help;
+};
+
+#define S(f) offsetof(struct cfg, f), sizeof(((struct cfg *)0)->f)
+#define N(f) offsetof(struct cfg, f), 0
+
+static const struct key keys[] = {
+	{ "listen_host", K_STR, S(listen_host), "127.0.0.1", 0, 0, false, "address to listen on" },
+	{ "listen_port", K_INT, N(listen_port), "7070", 0, 65535, false,
+	  "TCP port (0 = any free port)" },
+	{ "pg_conninfo", K_STR, S(pg_conninfo), "dbname=gpumatch", 0, 0, false,
+	  "libpq connection string of the Postgres record" },
+	{ "pg_pool_size", K_INT, N(pg_pool_size), "4", 1, 64, false, "Postgres connections" },
+	{ "redis_host", K_STR, S(redis_host), "127.0.0.1", 0, 0, false, "Redis host" },
+	{ "redis_port", K_INT, N(redis_port), "6379", 1, 65535, false, "Redis port" },
+	{ "log_level", K_STR, S(log_level), "info", 0, 0, true, "debug, info, warn or error" },
+	{ "max_body_bytes", K_LONG, N(max_body_bytes), "1048576", 1024, 64L << 20, true,
+	  "largest request body accepted" },
+	{ "request_timeout_ms", K_INT, N(request_timeout_ms), "10000", 10, 600000, true,
+	  "a request not answered by then gets deadline_exceeded" },
+	{ "idle_timeout_ms", K_INT, N(idle_timeout_ms), "60000", 100, 3600000, true,
+	  "idle keep-alive connections are closed after this" },
+	{ "max_connections", K_INT, N(max_connections), "10000", 1, 1000000, true,
+	  "concurrent client connections" },
+	{ "long_poll_max_ms", K_INT, N(long_poll_max_ms), "30000", 0, 600000, true,
+	  "longest AcquireLease wait a node may ask for" },
+	{ "heartbeat_interval_ms", K_INT, N(heartbeat_interval_ms), "5000", 100, 600000, true,
+	  "how often agents are told to heartbeat" },
+	{ "heartbeat_timeout_ms", K_INT, N(heartbeat_timeout_ms), "30000", 200, 3600000, true,
+	  "a node silent this long is marked lost and its leases end" },
+	{ "lease_pickup_timeout_ms", K_INT, N(lease_pickup_timeout_ms), "60000", 100, 3600000, true,
+	  "an assigned lease not acquired by its node within this expires" },
+	{ "cycle_interval_ms", K_INT, N(cycle_interval_ms), "1000", 1, 600000, true,
+	  "periodic scheduling cycle (events also trigger cycles)" },
+	{ "reconcile_interval_ms", K_INT, N(reconcile_interval_ms), "60000", 100, 86400000, true,
+	  "how often the Redis queue is reconciled with Postgres" },
+	{ "max_attempts", K_INT, N(max_attempts), "3", 1, 100, true,
+	  "attempts before a preempted or node-lost job fails" },
+	{ "group_commit_max", K_INT, N(group_commit_max), "256", 1, 10000, true,
+	  "submits written in one Postgres transaction at most" },
+	{ "group_commit_delay_us", K_INT, N(group_commit_delay_us), "0", 0, 100000, true,
+	  "extra wait to gather a batch (0: batch only what queued during the last write)" },
+	{ "allow_unverified", K_BOOL, N(allow_unverified), "false", 0, 0, false,
+	  "initial policy: unverified nodes may take jobs (admins change it with SetPolicy)" },
+	{ "instance_id", K_STR, S(instance_id), "", 0, 0, false,
+	  "name of this replica in logs and the leader lock (default host:pid)" },
+};
+
+#undef S
+#undef N
+
+static const struct key *find_key(const char *name, size_t len)
+{
+	for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
+		if (strlen(keys[i].name) == len && !strncmp(keys[i].name, name, len))
+			return &keys[i];
+	return NULL;
+}
+
+static int set_value(struct cfg *c, const struct key *k, const char *v, const char *src, char *err,
+                     size_t err_len)
+{
+	char *field = (char *)c + k->off;
+	switch (k->kind) {
+	case K_STR:
+		if (strlen(v) >= k->size) {
+			snprintf(err, err_len, "%s (%s): longer than %zu bytes", k->name, src,
+			         k->size - 1);
+			return -1;
+		}
+		memcpy(field, v, strlen(v) + 1);
+		return 0;
+	case K_BOOL:
+		if (!strcmp(v, "true") || !strcmp(v, "1") || !strcmp(v, "yes"))
+			*(bool *)field = true;
+		else if (!strcmp(v, "false") || !strcmp(v, "0") || !strcmp(v, "no"))
+			*(bool *)field = false;
+		else {
+			snprintf(err, err_len, "%s (%s): expected true or false, got \"%s\"",
+			         k->name, src, v);
+			return -1;
+		}
+		return 0;
+	case K_INT:
+	case K_LONG: {
+		char *end;
+		errno = 0;
+		long n = strtol(v, &end, 10);
+		if (errno || end == v || *end || n < k->min || n > k->max) {
+			snprintf(err, err_len,
+			         "%s (%s): expected an integer in [%ld, %ld], got \"%s\"", k->name,
+			         src, k->min, k->max, v);
+			return -1;
+		}
+		if (k->kind == K_INT)
+			*(int *)field = (int)n;
+		else
+			*(long *)field = n;
+		return 0;
+	}
+	}
+	return -1;
+}
+
+static char *trim(char *s)
+{
+	while (isspace((unsigned char)*s))
+		s++;
+	char *e = s + strlen(s);
+	while (e > s && isspace((unsigned char)e[-1]))
+		*--e = '\0';
+	return s;
+}
+
+/* "key = value" lines; '#' starts a comment; values may be "quoted". */
+static int load_file(struct cfg *c, const char *path, bool reload_only, char *err, size_t err_len)
+{
+	FILE *f = fopen(path, "r");
+	if (!f) {
+		snprintf(err, err_len, "config file %s: %s", path, strerror(errno));
+		return -1;
+	}
+	char line[1024];
+	int lineno = 0, rc = 0;
+	while (fgets(line, sizeof line, f)) {
+		lineno++;
+		char *hash = strchr(line, '#');
+		if (hash)
+			*hash = '\0';
+		char *s = trim(line);
+		if (!*s)
+			continue;
+		char *eq = strchr(s, '=');
+		if (!eq) {
+			snprintf(err, err_len, "%s:%d: expected key = value", path, lineno);
+			rc = -1;
+			break;
+		}
+		*eq = '\0';
+		char *name = trim(s), *val = trim(eq + 1);
+		size_t vl = strlen(val);
+		if (vl >= 2 && val[0] == '"' && val[vl - 1] == '"') {
+			val[vl - 1] = '\0';
+			val++;
+		}
+		const struct key *k = find_key(name, strlen(name));
+		if (!k) {
+			snprintf(err, err_len, "%s:%d: unknown key \"%s\"", path, lineno, name);
+			rc = -1;
+			break;
+		}
+		if (reload_only && !k->reloadable)
+			continue;
+		char src[300];
+		snprintf(src, sizeof src, "%s:%d", path, lineno);
+		if (set_value(c, k, val, src, err, err_len)) {
+			rc = -1;
+			break;
+		}
+	}
+	fclose(f);
+	return rc;
+}
+
+static int load_env(struct cfg *c, bool reload_only, char *err, size_t err_len)
+{
+	for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+		char name[96] = "GPUMATCH_";
+		for (size_t j = 0; keys[i].name[j] && j + 10 < sizeof name; j++)
+			name[9 + j] = (char)toupper((unsigned char)keys[i].name[j]);
+		const char *v = getenv(name);
+		if (!v || (reload_only && !keys[i].reloadable))
+			continue;
+		if (set_value(c, &keys[i], v, name, err, err_len))
+			return -1;
+	}
+	return 0;
+}
+
+static void set_defaults(struct cfg *c)
+{
+	memset(c, 0, sizeof *c);
+	char err[64];
+	for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
+		set_value(c, &keys[i], keys[i].def, "default", err, sizeof err);
+}
+
+int cfg_load(struct cfg *c, int argc, char **argv, int first, char *err, size_t err_len)
+{
+	set_defaults(c);
+	const char *file = getenv("GPUMATCH_CONFIG");
+	for (int i = first; i < argc; i++)
+		if (!strncmp(argv[i], "--config=", 9))
+			file = argv[i] + 9;
+	if (file && *file) {
+		if (strlen(file) >= sizeof c->config_file) {
+			snprintf(err, err_len, "config file name too long");
+			return -1;
+		}
+		strcpy(c->config_file, file);
+		if (load_file(c, file, false, err, err_len))
+			return -1;
+	}
+	if (load_env(c, false, err, err_len))
+		return -1;
+	for (int i = first; i < argc; i++) {
+		const char *a = argv[i];
+		if (!strncmp(a, "--config=", 9))
+			continue;
+		if (strncmp(a, "--", 2)) {
+			snprintf(err, err_len, "unexpected argument \"%s\" (flags are --key=value)",
+			         a);
+			return -1;
+		}
+		const char *eq = strchr(a, '=');
+		if (!eq) {
+			snprintf(err, err_len, "flag \"%s\": expected --key=value", a);
+			return -1;
+		}
+		const struct key *k = find_key(a + 2, (size_t)(eq - a - 2));
+		if (!k) {
+			snprintf(err, err_len, "unknown flag \"%.*s\" (see --help)", (int)(eq - a),
+			         a);
+			return -1;
+		}
+		if (set_value(c, k, eq + 1, "flag", err, err_len))
+			return -1;
+	}
+	return 0;
+}
+
+int cfg_reload(struct cfg *c, char *err, size_t err_len)
+{
+	struct cfg n = *c;
+	if (c->config_file[0] && load_file(&n, c->config_file, true, err, err_len))
+		return -1;
+	if (load_env(&n, true, err, err_len))
+		return -1;
+	*c = n;
+	return 0;
+}
+
+void cfg_print_help(FILE *out)
+{
+	fprintf(out,
+	        "configuration keys (file: key = value; env: GPUMATCH_<KEY>; flag: --key=value)\n");
+	for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
+		fprintf(out, "  %-24s default %-18s%s %s\n", keys[i].name,
+		        *keys[i].def ? keys[i].def : "\"\"", keys[i].reloadable ? " [reload]" : "",
+		        keys[i].help);
+}

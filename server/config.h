@@ -1,0 +1,49 @@
+/* config.h — gpumatchd's configuration: one table of keys with defaults,
+ * read from a file, then GPUMATCH_<KEY> environment variables, then
+ * --key=value flags. Keys marked reloadable take effect on SIGHUP. */
+#ifndef GPUMATCH_CONFIG_H
+#define GPUMATCH_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdio.h>
+
+struct cfg {
+	char listen_host[64];
+	int listen_port;
+	char pg_conninfo[512];
+	int pg_pool_size;
+	char redis_host[128];
+	int redis_port;
+	char log_level[16];
+	long max_body_bytes;
+	int request_timeout_ms;
+	int idle_timeout_ms;
+	int max_connections;
+	int long_poll_max_ms;
+	int heartbeat_interval_ms;
+	int heartbeat_timeout_ms;
+	int lease_pickup_timeout_ms;
+	int cycle_interval_ms;
+	int reconcile_interval_ms;
+	int max_attempts;
+	int group_commit_max;
+	int group_commit_delay_us;
+	bool allow_unverified;
+	char instance_id[64];
+	char config_file[256];
+};
+
+/* Fills c with defaults, then the file named by --config=PATH or
+ * GPUMATCH_CONFIG (if any), then the environment, then the flags in
+ * argv[first..argc). Returns 0, or -1 with err naming the key. */
+int cfg_load(struct cfg *c, int argc, char **argv, int first, char *err, size_t err_len);
+
+/* Re-reads the file and environment into a copy and applies only the
+ * reloadable keys to c. Returns 0, or -1 (c unchanged) with err. */
+int cfg_reload(struct cfg *c, char *err, size_t err_len);
+
+/* Writes every key, its default, whether it reloads, and what it means. */
+void cfg_print_help(FILE *out);
+
+#endif

@@ -1,0 +1,726 @@
+/* jobs.c — JobService: submit (group-committed), get, list, cancel,
+ * explain. A submit is answered only after its Postgres transaction
+ * commits: nothing acknowledged is lost. */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "convert.h"
+#include "gpumatch/v1/job_service.pb-c.h"
+#include "log.h"
+#include "service.h"
+#include "strbuf.h"
+
+/* ---- building Job messages from rows -------------------------------------------- */
+
+#define JOB_COLS                                                                            \
+	"j.id, j.tenant_id, j.name, j.idempotency_key, j.spec_pb, j.state, j.attempts,"     \
+	" j.submitted_at_us, j.started_at_us, j.ended_at_us, j.updated_at_us,"              \
+	" j.failure_reason, j.failure_message, j.exit_code, j.term_signal, j.failure_node," \
+	" j.cost_micros"
+#define JOB_NCOLS 17
+
+/* What a Job built from a row owns; freed after the reply. */
+struct job_scratch {
+	Gpumatch__V1__JobSpec *spec;
+	Gpumatch__V1__JobFailure failure;
+};
+
+static void job_scratch_free(struct job_scratch *s)
+{
+	if (s->spec)
+		protobuf_c_message_free_unpacked(&s->spec->base, NULL);
+	s->spec = NULL;
+}
+
+/* Fills job from JOB_COLS at row; strings borrow from r. */
+static int job_from_row(const PGresult *r, int row, Gpumatch__V1__Job *job, struct job_scratch *s)
+{
+	gpumatch__v1__job__init(job);
+	memset(s, 0, sizeof *s);
+	size_t len;
+	uint8_t *raw = col_bytea(r, row, 4, &len);
+	if (!raw)
+		return -1;
+	s->spec = gpumatch__v1__job_spec__unpack(NULL, len, raw);
+	free(raw);
+	if (!s->spec)
+		return -1;
+	job->id = col_u64(r, row, 0);
+	job->tenant_id = col_u64(r, row, 1);
+	job->name = PQgetvalue(r, row, 2);
+	job->idempotency_key = PQgetvalue(r, row, 3);
+	job->spec = s->spec;
+	job->state = (Gpumatch__V1__JobState)col_i64(r, row, 5);
+	job->attempts = (uint32_t)col_i64(r, row, 6);
+	job->submitted_at_us = col_i64(r, row, 7);
+	job->started_at_us = col_i64(r, row, 8);
+	job->ended_at_us = col_i64(r, row, 9);
+	job->updated_at_us = col_i64(r, row, 10);
+	if (col_i64(r, row, 11)) {
+		gpumatch__v1__job_failure__init(&s->failure);
+		s->failure.reason = (Gpumatch__V1__FailureReason)col_i64(r, row, 11);
+		s->failure.message = PQgetvalue(r, row, 12);
+		s->failure.exit_code = (int32_t)col_i64(r, row, 13);
+		s->failure.term_signal = (int32_t)col_i64(r, row, 14);
+		s->failure.node_id = col_u64(r, row, 15);
+		job->failure = &s->failure;
+	}
+	job->cost_micros = col_i64(r, row, 16);
+	return 0;
+}
+
+/* Tenants see their own jobs; admins every job (tenant 0). Another
+ * tenant's job is "not found" so that ids do not leak. */
+static uint64_t scope_tenant(struct rpc_call *call)
+{
+	const struct principal *p = rpc_principal(call);
+	return p->role == ROLE_TENANT ? p->tenant_id : 0;
+}
+
+/* Placement of the current attempt: node, mask, gang index, lease id. */
+#define PLACE_SQL                                                                                \
+	"(SELECT coalesce(string_agg(l.node_id || ':' || l.gpu_mask || ':' || l.gang_index ||  \
+	 ':' || l.id, ',' ORDER BY l.gang_index), '') FROM leases l" \
+	" WHERE l.job_id = j.id AND l.attempt = j.attempts AND l.state BETWEEN 1 AND 4)"
+
+struct placement_scratch {
+	Gpumatch__V1__NodePlacement parts[SCHED_MAX_GANG_NODES];
+	Gpumatch__V1__NodePlacement *ptrs[SCHED_MAX_GANG_NODES];
+	uint32_t idx[SCHED_MAX_GANG_NODES][SCHED_MAX_GPUS_PER_NODE];
+};
+
+static void placement_from_text(const char *s, Gpumatch__V1__Job *job, struct placement_scratch *ps)
+{
+	size_t n = 0;
+	while (*s && n < SCHED_MAX_GANG_NODES) {
+		unsigned long long node, mask, lease;
+		unsigned gang;
+		int used = 0;
+		if (sscanf(s, "%llu:%llu:%u:%llu%n", &node, &mask, &gang, &lease, &used) != 4)
+			break;
+		Gpumatch__V1__NodePlacement *p = &ps->parts[n];
+		gpumatch__v1__node_placement__init(p);
+		p->node_id = node;
+		p->lease_id = lease;
+		p->gang_index = gang;
+		size_t k = 0;
+		for (unsigned i = 0; i < 64; i++)
+			if (mask >> i & 1)
+				ps->idx[n][k++] = i;
+		p->n_gpu_indexes = k;
+		p->gpu_indexes = ps->idx[n];
+		ps->ptrs[n] = p;
+		n++;
+		s += used;
+		if (*s == ',')
+			s++;
+	}
+	job->n_placement = n;
+	job->placement = ps->ptrs;
+}
+
+static void reply_job_cb(enum pg_status st, PGresult *res, const char *sqlstate, const char *err,
+                         void *arg)
+{
+	struct rpc_call *call = arg;
+	if (st != PG_OK) {
+		reply_pg_error(call, st, sqlstate, err);
+		return;
+	}
+	if (PQntuples(res) != 1) {
+		rpc_error(call, RPC_NOT_FOUND, "job not found");
+		return;
+	}
+	Gpumatch__V1__Job job;
+	struct job_scratch s;
+	struct placement_scratch *ps = malloc(sizeof *ps);
+	if (!ps || job_from_row(res, 0, &job, &s)) {
+		free(ps);
+		rpc_error(call, RPC_INTERNAL, "stored job could not be read");
+		return;
+	}
+	placement_from_text(PQgetvalue(res, 0, JOB_NCOLS), &job, ps);
+	const char *path = rpc_method_path(call);
+	if (strstr(path, "/GetJob")) {
+		Gpumatch__V1__GetJobResponse resp = GPUMATCH__V1__GET_JOB_RESPONSE__INIT;
+		resp.job = &job;
+		rpc_reply(call, &resp.base);
+	} else if (strstr(path, "/CancelJob")) {
+		Gpumatch__V1__CancelJobResponse resp = GPUMATCH__V1__CANCEL_JOB_RESPONSE__INIT;
+		resp.job = &job;
+		rpc_reply(call, &resp.base);
+	} else {
+		Gpumatch__V1__SubmitJobResponse resp = GPUMATCH__V1__SUBMIT_JOB_RESPONSE__INIT;
+		resp.job = &job;
+		resp.created = false;
+		rpc_reply(call, &resp.base);
+	}
+	job_scratch_free(&s);
+	free(ps);
+}
+
+static void load_and_reply(struct rpc_call *call, uint64_t job_id, uint64_t tenant)
+{
+	struct numbuf a, b;
+	const char *params[] = { fmt_u64(&a, job_id), fmt_u64(&b, tenant) };
+	if (pg_exec(app_get()->pg, NULL,
+	            "SELECT " JOB_COLS ", " PLACE_SQL " FROM jobs j"
+	            " WHERE j.id = $1::bigint AND ($2::bigint = 0 OR j.tenant_id = $2::bigint)",
+	            2, params, reply_job_cb, call))
+		rpc_error(call, RPC_UNAVAILABLE, "shutting down");
+}
+
+/* ---- SubmitJob: group commit ----------------------------------------------------- */
+
+struct submit {
+	struct rpc_call *call;
+	const Gpumatch__V1__SubmitJobRequest *req; /* owned by the RPC layer until answered */
+	uint64_t tenant_id;
+	char *spec_hex;
+	int prio;
+	uint32_t gpus;
+	int64_t t0_us;
+	struct submit *next;
+};
+
+static struct {
+	struct submit *head, *tail;
+	int queued;
+	bool inflight;
+	int inflight_n;
+	uint64_t batches, submits, created;
+	uint64_t latency_bucket[12];
+	double latency_sum_s;
+} sub;
+
+static const double latency_le_ms[] = { 0.5, 1, 2, 5, 10, 20, 50, 100, 250, 500, 1000 };
+
+static void observe_latency(int64_t us)
+{
+	double ms = (double)us / 1000.0;
+	sub.latency_sum_s += ms / 1000.0;
+	size_t i = 0;
+	while (i < sizeof latency_le_ms / sizeof latency_le_ms[0] && ms > latency_le_ms[i])
+		i++;
+	sub.latency_bucket[i]++;
+}
+
+static void flush_batch(void);
+
+static void submit_free(struct submit *s)
+{
+	free(s->spec_hex);
+	free(s);
+}
+
+struct batch {
+	struct submit **items;
+	int n;
+	int64_t now_us;
+};
+
+static void batch_done_cb(enum pg_status st, PGresult *res, const char *sqlstate, const char *err,
+                          void *arg)
+{
+	struct batch *b = arg;
+	struct app *a = app_get();
+	if (st != PG_OK) {
+		for (int i = 0; i < b->n; i++) {
+			reply_pg_error(b->items[i]->call, st, sqlstate, err);
+			submit_free(b->items[i]);
+		}
+	} else {
+		bool any_created = false;
+		for (int row = 0; row < PQntuples(res); row++) {
+			int i = (int)col_i64(res, row, 0) - 1;
+			if (i < 0 || i >= b->n || !b->items[i])
+				continue;
+			struct submit *s = b->items[i];
+			uint64_t job_id = col_u64(res, row, 1);
+			bool created = !strcmp(PQgetvalue(res, row, 2), "t");
+			if (!created) {
+				/* the key was used before: answer with that job */
+				load_and_reply(s->call, job_id, s->tenant_id);
+			} else {
+				any_created = true;
+				sub.created++;
+				Gpumatch__V1__Job job = GPUMATCH__V1__JOB__INIT;
+				job.id = job_id;
+				job.tenant_id = s->tenant_id;
+				job.name = s->req->name;
+				job.idempotency_key = s->req->idempotency_key;
+				job.spec = s->req->spec;
+				job.state = GPUMATCH__V1__JOB_STATE__JOB_STATE_QUEUED;
+				job.submitted_at_us = b->now_us;
+				job.updated_at_us = b->now_us;
+				schedloop_job_queued(a, job_id, s->tenant_id, s->req->spec,
+				                     b->now_us);
+				Gpumatch__V1__SubmitJobResponse resp =
+				    GPUMATCH__V1__SUBMIT_JOB_RESPONSE__INIT;
+				resp.job = &job;
+				resp.created = true;
+				rpc_reply(s->call, &resp.base);
+				observe_latency(now_us() - s->t0_us);
+			}
+			submit_free(s);
+			b->items[i] = NULL;
+		}
+		for (int i = 0; i < b->n; i++) {
+			if (b->items[i]) {
+				rpc_error(b->items[i]->call, RPC_INTERNAL,
+				          "submit lost its result");
+				submit_free(b->items[i]);
+			}
+		}
+		if (any_created)
+			outbox_kick(a);
+	}
+	free(b->items);
+	free(b);
+	sub.inflight = false;
+	if (sub.queued)
+		flush_batch();
+}
+
+/* Writes everything queued (up to group_commit_max) in one statement. */
+static void flush_batch(void)
+{
+	struct app *a = app_get();
+	if (sub.inflight || !sub.queued)
+		return;
+	int max = a->cfg.group_commit_max;
+	int n = sub.queued < max ? sub.queued : max;
+	struct batch *b = calloc(1, sizeof *b);
+	struct submit **items = calloc((size_t)n, sizeof *items);
+	struct strbuf t = { 0 }, nm = { 0 }, k = { 0 }, sp = { 0 }, pr = { 0 }, gp = { 0 };
+	if (!b || !items)
+		goto oom;
+	for (int i = 0; i < n; i++) {
+		items[i] = sub.head;
+		sub.head = sub.head->next;
+	}
+	if (!sub.head)
+		sub.tail = NULL;
+	sub.queued -= n;
+	b->items = items;
+	b->n = n;
+	b->now_us = now_us();
+	sb_puts(&t, "{");
+	sb_puts(&nm, "{");
+	sb_puts(&k, "{");
+	sb_puts(&sp, "{");
+	sb_puts(&pr, "{");
+	sb_puts(&gp, "{");
+	for (int i = 0; i < n; i++) {
+		const char *sep = i ? "," : "";
+		sb_printf(&t, "%s%" PRIu64, sep, items[i]->tenant_id);
+		sb_puts(&nm, sep);
+		sb_array_str(&nm, items[i]->req->name);
+		sb_puts(&k, sep);
+		sb_array_str(&k, items[i]->req->idempotency_key);
+		sb_puts(&sp, sep);
+		sb_array_str(&sp, items[i]->spec_hex);
+		sb_printf(&pr, "%s%d", sep, items[i]->prio);
+		sb_printf(&gp, "%s%u", sep, items[i]->gpus);
+	}
+	sb_puts(&t, "}");
+	sb_puts(&nm, "}");
+	sb_puts(&k, "}");
+	sb_puts(&sp, "}");
+	sb_puts(&pr, "}");
+	sb_puts(&gp, "}");
+	if (t.oom || nm.oom || k.oom || sp.oom || pr.oom || gp.oom)
+		goto oom;
+	struct numbuf now;
+	const char *params[] = { t.s, nm.s, k.s, sp.s, pr.s, gp.s, fmt_i64(&now, b->now_us) };
+	sub.inflight = true;
+	sub.batches++;
+	sub.inflight_n = n;
+	if (pg_exec(a->pg, NULL,
+	            "SELECT idx, job_id, created FROM gm_submit_jobs($1::bigint[], $2::text[],"
+	            " $3::text[], $4::bytea[], $5::smallint[], $6::integer[], $7::bigint)",
+	            7, params, batch_done_cb, b)) {
+		sub.inflight = false;
+		for (int i = 0; i < n; i++) {
+			rpc_error(items[i]->call, RPC_UNAVAILABLE, "shutting down");
+			submit_free(items[i]);
+		}
+		free(items);
+		free(b);
+	}
+	sb_free(&t);
+	sb_free(&nm);
+	sb_free(&k);
+	sb_free(&sp);
+	sb_free(&pr);
+	sb_free(&gp);
+	return;
+oom:
+	log_error("out of memory in submit batch");
+	abort(); /* server: out-of-memory is fatal */
+}
+
+static bool valid_label(const char *s, size_t max)
+{
+	size_t n = strlen(s);
+	return n <= max;
+}
+
+void jobs_submit(struct rpc_call *call, const ProtobufCMessage *msg)
+{
+	const Gpumatch__V1__SubmitJobRequest *req = (const Gpumatch__V1__SubmitJobRequest *)msg;
+	const struct principal *who = rpc_principal(call);
+	if (who->role != ROLE_TENANT) {
+		rpc_error(call, RPC_PERMISSION_DENIED, "jobs are submitted with a tenant's token");
+		return;
+	}
+	if (!req->spec) {
+		rpc_error(call, RPC_INVALID_ARGUMENT, "spec: required");
+		return;
+	}
+	if (!valid_label(req->name, 128)) {
+		rpc_error(call, RPC_INVALID_ARGUMENT, "name: at most 128 bytes");
+		return;
+	}
+	if (!valid_label(req->idempotency_key, 128)) {
+		rpc_error(call, RPC_INVALID_ARGUMENT, "idempotencyKey: at most 128 bytes");
+		return;
+	}
+	struct sched_job_spec js;
+	struct conv_strings *st = malloc(sizeof *st);
+	char field[256], why[256];
+	if (!st) {
+		rpc_error(call, RPC_INTERNAL, "out of memory");
+		return;
+	}
+	int64_t t0 = now_us();
+	if (conv_job_spec(req->spec, 1, who->tenant_id, t0, &js, st, field, sizeof field, why,
+	                  sizeof why)) {
+		free(st);
+		rpc_error(call, RPC_INVALID_ARGUMENT, "%s: %s", field, why);
+		return;
+	}
+	struct sched_error se;
+	if (sched_job_validate(&js, &se)) {
+		free(st);
+		conv_job_field(se.field, field, sizeof field);
+		rpc_error(call, RPC_INVALID_ARGUMENT, "%s: %s", field, se.message);
+		return;
+	}
+	free(st);
+	struct submit *s = calloc(1, sizeof *s);
+	if (!s || !(s->spec_hex = pack_bytea_param(&req->spec->base))) {
+		free(s);
+		rpc_error(call, RPC_INTERNAL, "out of memory");
+		return;
+	}
+	s->call = call;
+	s->req = req;
+	s->tenant_id = who->tenant_id;
+	s->prio = (int)js.priority_class;
+	s->gpus = js.gpus_per_node * js.node_count;
+	s->t0_us = t0;
+	if (sub.tail)
+		sub.tail->next = s;
+	else
+		sub.head = s;
+	sub.tail = s;
+	sub.queued++;
+	sub.submits++;
+	/* While one batch is being written, later submits gather for the next:
+	 * the batch size follows the load with no added wait. */
+	flush_batch();
+}
+
+/* ---- GetJob / ListJobs / CancelJob / ExplainJob ----------------------------------- */
+
+void jobs_get(struct rpc_call *call, const ProtobufCMessage *msg)
+{
+	const Gpumatch__V1__GetJobRequest *req = (const Gpumatch__V1__GetJobRequest *)msg;
+	if (!req->job_id) {
+		rpc_error(call, RPC_INVALID_ARGUMENT, "jobId: required");
+		return;
+	}
+	load_and_reply(call, req->job_id, scope_tenant(call));
+}
+
+struct list_ctx {
+	struct rpc_call *call;
+	int page_size;
+};
+
+static void list_cb(enum pg_status st, PGresult *res, const char *sqlstate, const char *err,
+                    void *arg)
+{
+	struct list_ctx *lc = arg;
+	if (st != PG_OK) {
+		reply_pg_error(lc->call, st, sqlstate, err);
+		free(lc);
+		return;
+	}
+	int rows = PQntuples(res);
+	int n = rows > lc->page_size ? lc->page_size : rows;
+	Gpumatch__V1__Job *jobs = calloc((size_t)(n ? n : 1), sizeof *jobs);
+	Gpumatch__V1__Job **ptrs = calloc((size_t)(n ? n : 1), sizeof *ptrs);
+	struct job_scratch *sc = calloc((size_t)(n ? n : 1), sizeof *sc);
+	char token[32] = "";
+	if (!jobs || !ptrs || !sc) {
+		rpc_error(lc->call, RPC_INTERNAL, "out of memory");
+		goto out;
+	}
+	for (int i = 0; i < n; i++) {
+		if (job_from_row(res, i, &jobs[i], &sc[i])) {
+			rpc_error(lc->call, RPC_INTERNAL, "stored job could not be read");
+			for (int q = 0; q < i; q++)
+				job_scratch_free(&sc[q]);
+			goto out;
+		}
+		ptrs[i] = &jobs[i];
+	}
+	if (rows > lc->page_size && n > 0)
+		page_token_encode(jobs[n - 1].id, token, sizeof token);
+	Gpumatch__V1__ListJobsResponse resp = GPUMATCH__V1__LIST_JOBS_RESPONSE__INIT;
+	resp.n_jobs = (size_t)n;
+	resp.jobs = ptrs;
+	resp.next_page_token = token;
+	rpc_reply(lc->call, &resp.base);
+	for (int i = 0; i < n; i++)
+		job_scratch_free(&sc[i]);
+out:
+	free(jobs);
+	free(ptrs);
+	free(sc);
+	free(lc);
+}
+
+void jobs_list(struct rpc_call *call, const ProtobufCMessage *msg)
+{
+	const Gpumatch__V1__ListJobsRequest *req = (const Gpumatch__V1__ListJobsRequest *)msg;
+	const struct principal *who = rpc_principal(call);
+	if (req->page_size < 0 || req->page_size > 1000) {
+		rpc_error(call, RPC_INVALID_ARGUMENT,
+		          "pageSize: must be between 0 and 1000, got %d", req->page_size);
+		return;
+	}
+	uint64_t after;
+	if (page_token_decode(req->page_token, &after)) {
+		rpc_error(call, RPC_INVALID_ARGUMENT, "pageToken: not a token this server issued");
+		return;
+	}
+	if (who->role == ROLE_TENANT && req->tenant_id && req->tenant_id != who->tenant_id) {
+		rpc_error(call, RPC_PERMISSION_DENIED,
+		          "tenantId: tenants list their own jobs only");
+		return;
+	}
+	struct strbuf states = { 0 };
+	sb_puts(&states, "{");
+	for (size_t i = 0; i < req->n_states; i++) {
+		if (req->states[i] < 1 || req->states[i] > 7) {
+			sb_free(&states);
+			rpc_error(call, RPC_INVALID_ARGUMENT, "states[%zu]: not a job state", i);
+			return;
+		}
+		sb_printf(&states, "%s%d", i ? "," : "", (int)req->states[i]);
+	}
+	sb_puts(&states, "}");
+	uint64_t tenant = who->role == ROLE_TENANT ? who->tenant_id : req->tenant_id;
+	int64_t from = req->submitted ? req->submitted->start_us : 0;
+	int64_t until =
+	    req->submitted && req->submitted->end_us ? req->submitted->end_us : INT64_MAX;
+	struct list_ctx *lc = malloc(sizeof *lc);
+	if (!lc || states.oom) {
+		free(lc);
+		sb_free(&states);
+		rpc_error(call, RPC_INTERNAL, "out of memory");
+		return;
+	}
+	lc->call = call;
+	lc->page_size = req->page_size ? req->page_size : 50;
+	struct numbuf a, t, l, f, u;
+	const char *params[] = { fmt_u64(&a, after), fmt_u64(&t, tenant),
+		                 states.s,           fmt_i64(&l, lc->page_size + 1),
+		                 fmt_i64(&f, from),  fmt_i64(&u, until) };
+	if (pg_exec(app_get()->pg, NULL,
+	            "SELECT " JOB_COLS " FROM jobs j WHERE j.id > $1::bigint"
+	            " AND ($2::bigint = 0 OR j.tenant_id = $2::bigint)"
+	            " AND (cardinality($3::smallint[]) = 0 OR j.state = ANY($3::smallint[]))"
+	            " AND j.submitted_at_us >= $5::bigint AND j.submitted_at_us < $6::bigint"
+	            " ORDER BY j.id LIMIT $4::integer",
+	            6, params, list_cb, lc)) {
+		free(lc);
+		rpc_error(call, RPC_UNAVAILABLE, "shutting down");
+	}
+	sb_free(&states);
+}
+
+struct cancel_ctx {
+	struct rpc_call *call;
+	uint64_t job_id, tenant;
+};
+
+static void cancel_cb(enum pg_status st, PGresult *res, const char *sqlstate, const char *err,
+                      void *arg)
+{
+	struct cancel_ctx *cc = arg;
+	if (st != PG_OK) {
+		reply_pg_error(cc->call, st, sqlstate, err);
+	} else if (PQntuples(res) != 1) {
+		rpc_error(cc->call, RPC_NOT_FOUND, "job %" PRIu64 " not found", cc->job_id);
+	} else {
+		bool was_queued = !strcmp(PQgetvalue(res, 0, 1), "t");
+		bool done = !strcmp(PQgetvalue(res, 0, 2), "t");
+		struct app *a = app_get();
+		if (was_queued)
+			schedloop_job_cancelled(a, cc->job_id);
+		else if (done)
+			schedloop_job_ended(a, cc->job_id, false);
+		outbox_kick(a);
+		load_and_reply(cc->call, cc->job_id, cc->tenant);
+	}
+	free(cc);
+}
+
+void jobs_cancel(struct rpc_call *call, const ProtobufCMessage *msg)
+{
+	const Gpumatch__V1__CancelJobRequest *req = (const Gpumatch__V1__CancelJobRequest *)msg;
+	if (!req->job_id) {
+		rpc_error(call, RPC_INVALID_ARGUMENT, "jobId: required");
+		return;
+	}
+	if (strlen(req->reason) > 512) {
+		rpc_error(call, RPC_INVALID_ARGUMENT, "reason: at most 512 bytes");
+		return;
+	}
+	struct cancel_ctx *cc = malloc(sizeof *cc);
+	if (!cc) {
+		rpc_error(call, RPC_INTERNAL, "out of memory");
+		return;
+	}
+	cc->call = call;
+	cc->job_id = req->job_id;
+	cc->tenant = scope_tenant(call);
+	const struct principal *who = rpc_principal(call);
+	char reason[600];
+	snprintf(reason, sizeof reason, "cancelled by %s%s%s",
+	         who->role == ROLE_ADMIN ? "an admin" : "the tenant", *req->reason ? ": " : "",
+	         req->reason);
+	struct numbuf j, t, now, grace;
+	const char *params[] = { fmt_u64(&j, req->job_id), fmt_u64(&t, cc->tenant),
+		                 fmt_i64(&now, now_us()), fmt_i64(&grace, 30 * 1000000LL), reason };
+	if (pg_exec(app_get()->pg, NULL,
+	            "SELECT job_state, was_queued, job_done FROM gm_cancel_job($1::bigint,"
+	            " $2::bigint, $3::bigint, $4::bigint, $5)",
+	            5, params, cancel_cb, cc)) {
+		free(cc);
+		rpc_error(call, RPC_UNAVAILABLE, "shutting down");
+	}
+}
+
+static void explain_cb(enum pg_status st, PGresult *res, const char *sqlstate, const char *err,
+                       void *arg)
+{
+	struct rpc_call *call = arg;
+	if (st != PG_OK) {
+		reply_pg_error(call, st, sqlstate, err);
+		return;
+	}
+	if (PQntuples(res) != 1) {
+		rpc_error(call, RPC_NOT_FOUND, "job not found");
+		return;
+	}
+	Gpumatch__V1__ExplainJobResponse resp = GPUMATCH__V1__EXPLAIN_JOB_RESPONSE__INIT;
+	resp.job_id = col_u64(res, 0, 0);
+	resp.state = (Gpumatch__V1__JobState)col_i64(res, 0, 1);
+	struct explain_out ex;
+	if (resp.state == GPUMATCH__V1__JOB_STATE__JOB_STATE_QUEUED) {
+		int rc = schedloop_explain(app_get(), resp.job_id, &ex);
+		if (rc == -EAGAIN) {
+			rpc_error(call, RPC_UNAVAILABLE,
+			          "the scheduler is not running on this replica yet; retry");
+			return;
+		}
+		if (rc == 0)
+			resp.explanation = &ex.msg;
+	}
+	rpc_reply(call, &resp.base);
+}
+
+void jobs_explain(struct rpc_call *call, const ProtobufCMessage *msg)
+{
+	const Gpumatch__V1__ExplainJobRequest *req = (const Gpumatch__V1__ExplainJobRequest *)msg;
+	if (!req->job_id) {
+		rpc_error(call, RPC_INVALID_ARGUMENT, "jobId: required");
+		return;
+	}
+	struct numbuf j, t;
+	const char *params[] = { fmt_u64(&j, req->job_id), fmt_u64(&t, scope_tenant(call)) };
+	if (pg_exec(app_get()->pg, NULL,
+	            "SELECT id, state FROM jobs WHERE id = $1::bigint"
+	            " AND ($2::bigint = 0 OR tenant_id = $2::bigint)",
+	            2, params, explain_cb, call))
+		rpc_error(call, RPC_UNAVAILABLE, "shutting down");
+}
+
+/* ---- lifecycle and metrics --------------------------------------------------------- */
+
+int jobs_start(struct app *a, char *err, size_t err_len)
+{
+	(void)a;
+	(void)err;
+	(void)err_len;
+	memset(&sub, 0, sizeof sub);
+	return 0;
+}
+
+void jobs_stop(struct app *a)
+{
+	(void)a;
+	while (sub.head) {
+		struct submit *s = sub.head;
+		sub.head = s->next;
+		rpc_error(s->call, RPC_UNAVAILABLE, "shutting down");
+		submit_free(s);
+	}
+	sub.tail = NULL;
+	sub.queued = 0;
+}
+
+bool jobs_idle(struct app *a)
+{
+	(void)a;
+	return !sub.inflight && !sub.queued;
+}
+
+void jobs_metrics(struct app *a, struct evbuffer *b)
+{
+	(void)a;
+	evbuffer_add_printf(b,
+	                    "# HELP gpumatch_submits_total SubmitJob calls accepted for writing.\n"
+	                    "# TYPE gpumatch_submits_total counter\ngpumatch_submits_total %" PRIu64
+	                    "\n# HELP gpumatch_jobs_created_total Jobs created.\n"
+	                    "# TYPE gpumatch_jobs_created_total counter\n"
+	                    "gpumatch_jobs_created_total %" PRIu64 "\n"
+	                    "# HELP gpumatch_submit_batches_total Group-commit transactions.\n"
+	                    "# TYPE gpumatch_submit_batches_total counter\n"
+	                    "gpumatch_submit_batches_total %" PRIu64 "\n"
+	                    "# HELP gpumatch_submit_latency_seconds Submit to durable reply.\n"
+	                    "# TYPE gpumatch_submit_latency_seconds histogram\n",
+	                    sub.submits, sub.created, sub.batches);
+	uint64_t cum = 0;
+	size_t nb = sizeof latency_le_ms / sizeof latency_le_ms[0];
+	for (size_t i = 0; i < nb; i++) {
+		cum += sub.latency_bucket[i];
+		evbuffer_add_printf(
+		    b, "gpumatch_submit_latency_seconds_bucket{le=\"%g\"} %" PRIu64 "\n",
+		    latency_le_ms[i] / 1000.0, cum);
+	}
+	cum += sub.latency_bucket[nb];
+	evbuffer_add_printf(b,
+	                    "gpumatch_submit_latency_seconds_bucket{le=\"+Inf\"} %" PRIu64 "\n"
+	                    "gpumatch_submit_latency_seconds_sum %.6f\n"
+	                    "gpumatch_submit_latency_seconds_count %" PRIu64 "\n",
+	                    cum, sub.latency_sum_s, cum);
+}

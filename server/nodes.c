@@ -1,0 +1,1171 @@
+/* nodes.c — NodeService: operators register nodes, agents heartbeat,
+ * long-poll for leases and report on them; operators drain their nodes.
+ * An operator only ever sees or touches its own nodes; another's node is
+ * "not found". */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "convert.h"
+#include "gpumatch/v1/node_service.pb-c.h"
+#include "log.h"
+#include "service.h"
+#include "strbuf.h"
+
+static uint64_t scope_operator(struct rpc_call *call)
+{
+	const struct principal *p = rpc_principal(call);
+	return p->role == ROLE_OPERATOR ? p->operator_id : 0;
+}
+
+/* ---- Node messages from rows ------------------------------------------------------------ */
+
+#define NODE_SELECT                                                                              \
+	"SELECT n.id, n.operator_id, n.name, n.region, n.price_micros, n.state, n.state_reason," \
+	" n.verification_status, n.facts_pb, n.created_at_us, n.updated_at_us,"                  \
+	" n.state_changed_at_us, n.last_heartbeat_us, n.heartbeats_received,"                    \
+	" (SELECT coalesce(bit_or(l.gpu_mask), 0) FROM leases l"                                 \
+	"   WHERE l.node_id = n.id AND l.state BETWEEN 1 AND 4) AS busy"                         \
+	" FROM nodes n"
+
+struct node_scratch {
+	Gpumatch__V1__Node *facts; /* unpacked; owns labels, taints, gpus */
+	Gpumatch__V1__Verification ver;
+	uint32_t busy[SCHED_MAX_GPUS_PER_NODE];
+};
+
+static void node_scratch_free(struct node_scratch *s)
+{
+	if (s->facts)
+		protobuf_c_message_free_unpacked(&s->facts->base, NULL);
+	s->facts = NULL;
+}
+
+/* Returns the facts message completed from the row's columns (borrowing
+ * strings from r), or NULL. */
+static Gpumatch__V1__Node *node_from_row(const PGresult *r, int row, struct node_scratch *s)
+{
+	memset(s, 0, sizeof *s);
+	size_t len;
+	uint8_t *raw = col_bytea(r, row, 8, &len);
+	s->facts = raw ? gpumatch__v1__node__unpack(NULL, len, raw) : NULL;
+	free(raw);
+	if (!s->facts)
+		return NULL;
+	Gpumatch__V1__Node *n = s->facts;
+	/* strings the unpacked message owns are freed with it; point the
+	 * columns' strings in only for fields it left empty */
+	n->id = col_u64(r, row, 0);
+	n->operator_id = col_u64(r, row, 1);
+	n->price_per_gpu_hour_micros = col_i64(r, row, 4);
+	n->state = (Gpumatch__V1__NodeState)col_i64(r, row, 5);
+	gpumatch__v1__verification__init(&s->ver);
+	s->ver.status = (Gpumatch__V1__VerificationStatus)col_i64(r, row, 7);
+	n->created_at_us = col_i64(r, row, 9);
+	n->updated_at_us = col_i64(r, row, 10);
+	n->state_changed_at_us = col_i64(r, row, 11);
+	n->last_heartbeat_us = col_i64(r, row, 12);
+	uint64_t busy = col_u64(r, row, 14);
+	size_t k = 0;
+	for (unsigned i = 0; i < 64; i++)
+		if (busy >> i & 1)
+			s->busy[k++] = i;
+	return n;
+}
+
+/* Sets the borrowed fields just before packing and clears them after, so
+ * that protobuf_c_message_free_unpacked never frees them. */
+static void node_borrow(Gpumatch__V1__Node *n, const PGresult *r, int row, struct node_scratch *s,
+                        char **saved_name, char **saved_region, char **saved_reason)
+{
+	*saved_name = n->name;
+	*saved_region = n->region;
+	*saved_reason = n->state_reason;
+	n->name = PQgetvalue(r, row, 2);
+	n->region = PQgetvalue(r, row, 3);
+	n->state_reason = PQgetvalue(r, row, 6);
+	n->verification = &s->ver;
+	n->busy_gpu_indexes = s->busy;
+	n->n_busy_gpu_indexes = 0;
+	for (size_t i = 0; i < 64; i++)
+		if (col_u64(r, row, 14) >> i & 1)
+			n->n_busy_gpu_indexes++;
+}
+
+static void node_unborrow(Gpumatch__V1__Node *n, char *name, char *region, char *reason)
+{
+	n->name = name;
+	n->region = region;
+	n->state_reason = reason;
+	n->verification = NULL;
+	n->busy_gpu_indexes = NULL;
+	n->n_busy_gpu_indexes = 0;
+}
+
+struct node_reply {
+	struct rpc_call *call;
+	bool created;
+};
+
+static void reply_node_cb(enum pg_status st, PGresult *res, const char *ss, const char *err,
+                          void *arg)
+{
+	struct node_reply *nr = arg;
+	struct rpc_call *call = nr->call;
+	if (st != PG_OK) {
+		reply_pg_error(call, st, ss, err);
+		free(nr);
+		return;
+	}
+	if (PQntuples(res) != 1) {
+		rpc_error(call, RPC_NOT_FOUND, "node not found");
+		free(nr);
+		return;
+	}
+	struct node_scratch s;
+	Gpumatch__V1__Node *n = node_from_row(res, 0, &s);
+	if (!n) {
+		rpc_error(call, RPC_INTERNAL, "stored node could not be read");
+		free(nr);
+		return;
+	}
+	char *sn, *sr, *ss2;
+	node_borrow(n, res, 0, &s, &sn, &sr, &ss2);
+	const char *path = rpc_method_path(call);
+	if (strstr(path, "/RegisterNode")) {
+		Gpumatch__V1__RegisterNodeResponse resp =
+		    GPUMATCH__V1__REGISTER_NODE_RESPONSE__INIT;
+		resp.node = n;
+		resp.created = nr->created;
+		rpc_reply(call, &resp.base);
+	} else if (strstr(path, "/DrainNode")) {
+		Gpumatch__V1__DrainNodeResponse resp = GPUMATCH__V1__DRAIN_NODE_RESPONSE__INIT;
+		resp.node = n;
+		rpc_reply(call, &resp.base);
+	} else if (strstr(path, "/UndrainNode")) {
+		Gpumatch__V1__UndrainNodeResponse resp = GPUMATCH__V1__UNDRAIN_NODE_RESPONSE__INIT;
+		resp.node = n;
+		rpc_reply(call, &resp.base);
+	} else {
+		Gpumatch__V1__GetNodeResponse resp = GPUMATCH__V1__GET_NODE_RESPONSE__INIT;
+		resp.node = n;
+		rpc_reply(call, &resp.base);
+	}
+	node_unborrow(n, sn, sr, ss2);
+	node_scratch_free(&s);
+	free(nr);
+}
+
+static void load_node_and_reply(struct rpc_call *call, uint64_t node_id, uint64_t op, bool created)
+{
+	struct node_reply *nr = malloc(sizeof *nr);
+	if (!nr) {
+		rpc_error(call, RPC_INTERNAL, "out of memory");
+		return;
+	}
+	nr->call = call;
+	nr->created = created;
+	struct numbuf a, b;
+	const char *params[] = { fmt_u64(&a, node_id), fmt_u64(&b, op) };
+	if (pg_exec(app_get()->pg, NULL,
+	            NODE_SELECT
+	            " WHERE n.id = $1::bigint AND ($2::bigint = 0 OR n.operator_id = $2::bigint)",
+	            2, params, reply_node_cb, nr)) {
+		free(nr);
+		rpc_error(call, RPC_UNAVAILABLE, "shutting down");
+	}
+}
+
+/* ---- RegisterNode --------------------------------------------------------------------------- */
+
+static const struct {
+	const char *sched, *api;
+} node_fields[] = {
+	{ "price_micros", "pricePerGpuHourMicros" },
+	{ "ngpus", "gpus" },
+	{ "region", "region" },
+	{ "labels", "labels" },
+	{ "taints", "taints" },
+	{ "reliability_ppm", "reliability" },
+};
+
+static void api_node_field(const char *f, char *out, size_t len)
+{
+	for (size_t i = 0; i < sizeof node_fields / sizeof node_fields[0]; i++) {
+		size_t n = strlen(node_fields[i].sched);
+		if (!strncmp(f, node_fields[i].sched, n) && (f[n] == '\0' || f[n] == '[')) {
+			snprintf(out, len, "%s%s", node_fields[i].api, f + n);
+			return;
+		}
+	}
+	/* "gpus[3].memory_mib" -> "gpus[3].memoryMib" */
+	char camel[96];
+	conv_camel(f, camel, sizeof camel);
+	snprintf(out, len, "%s", camel);
+}
+
+struct reg_ctx {
+	struct rpc_call *call;
+	uint64_t op;
+	uint64_t node_id;
+	bool update;
+};
+
+static void register_cb(enum pg_status st, PGresult *res, const char *ss, const char *err,
+                        void *arg)
+{
+	struct reg_ctx *rc = arg;
+	if (st != PG_OK) {
+		if (!strcmp(ss, "23505"))
+			rpc_error(
+			    rc->call, RPC_ALREADY_EXISTS,
+			    "name: this operator already has a node with that name; register with "
+			    "its nodeId to update it");
+		else
+			reply_pg_error(rc->call, st, ss, err);
+	} else if (PQntuples(res) != 1) {
+		if (rc->update)
+			rpc_error(rc->call, RPC_NOT_FOUND, "nodeId: node %" PRIu64 " not found",
+			          rc->node_id);
+		else
+			rpc_error(rc->call, RPC_RESOURCE_EXHAUSTED,
+			          "this operator has reached its node limit (or is disabled)");
+	} else {
+		uint64_t id = col_u64(res, 0, 0);
+		schedloop_node_changed(app_get(), id);
+		load_node_and_reply(rc->call, id, rc->op, !rc->update);
+	}
+	free(rc);
+}
+
+static bool valid_name(const char *s)
+{
+	size_t n = strlen(s);
+	if (n < 1 || n > 128)
+		return false;
+	for (; *s; s++)
+		if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') ||
+		      (*s >= '0' && *s <= '9') || *s == '-' || *s == '_' || *s == '.'))
+			return false;
+	return true;
+}
+
+void nodes_register(struct rpc_call *call, const ProtobufCMessage *msg)
+{
+	const Gpumatch__V1__RegisterNodeRequest *req =
+	    (const Gpumatch__V1__RegisterNodeRequest *)msg;
+	const struct principal *who = rpc_principal(call);
+	if (who->role != ROLE_OPERATOR) {
+		rpc_error(call, RPC_PERMISSION_DENIED,
+		          "nodes are registered with an operator's token");
+		return;
+	}
+	if (!valid_name(req->name)) {
+		rpc_error(call, RPC_INVALID_ARGUMENT,
+		          "name: must be 1..128 bytes of letters, digits, '-', '_', '.'");
+		return;
+	}
+	if (strlen(req->address) > 256 || strlen(req->agent_version) > 64) {
+		rpc_error(call, RPC_INVALID_ARGUMENT, "%s: too long",
+		          strlen(req->address) > 256 ? "address" : "agentVersion");
+		return;
+	}
+	for (size_t i = 0; i < req->n_gpus; i++) {
+		if (req->gpus[i]->index != i) {
+			rpc_error(call, RPC_INVALID_ARGUMENT,
+			          "gpus[%zu].index: must be %zu (ordered by index)", i, i);
+			return;
+		}
+		if (!req->gpus[i]->claimed) {
+			rpc_error(
+			    call, RPC_INVALID_ARGUMENT,
+			    "gpus[%zu].claimed: required (the throughput the operator claims)", i);
+			return;
+		}
+	}
+	/* The facts as stored: what the operator says, never verified figures. */
+	Gpumatch__V1__Node facts = GPUMATCH__V1__NODE__INIT;
+	facts.name = req->name;
+	facts.region = req->region;
+	facts.n_labels = req->n_labels;
+	facts.labels = (Gpumatch__V1__Node__LabelsEntry **)req->labels;
+	facts.n_taints = req->n_taints;
+	facts.taints = req->taints;
+	facts.price_per_gpu_hour_micros = req->price_per_gpu_hour_micros;
+	facts.n_gpus = req->n_gpus;
+	facts.gpus = req->gpus;
+	facts.address = req->address;
+	facts.agent_version = req->agent_version;
+	facts.state = GPUMATCH__V1__NODE_STATE__NODE_STATE_READY;
+	/* Validate through the scheduler's own rules so that what is accepted
+	 * can be scheduled. */
+	if (req->n_gpus > SCHED_MAX_GPUS_PER_NODE || req->n_gpus == 0) {
+		rpc_error(call, RPC_INVALID_ARGUMENT, "gpus: a node has 1..%d GPUs, got %zu",
+		          SCHED_MAX_GPUS_PER_NODE, req->n_gpus);
+		return;
+	}
+	struct sched_gpu_spec gpus[SCHED_MAX_GPUS_PER_NODE];
+	struct conv_strings *st = malloc(sizeof *st);
+	struct sched_node_spec ns;
+	char field[256], why[256];
+	if (!st) {
+		rpc_error(call, RPC_INTERNAL, "out of memory");
+		return;
+	}
+	facts.id = 1;
+	if (conv_node(&facts, &ns, gpus, st, field, sizeof field, why, sizeof why)) {
+		free(st);
+		rpc_error(call, RPC_INVALID_ARGUMENT, "%s: %s", field, why);
+		return;
+	}
+	struct sched_error se;
+	if (sched_node_validate(&ns, &se)) {
+		free(st);
+		api_node_field(se.field, field, sizeof field);
+		rpc_error(call, RPC_INVALID_ARGUMENT, "%s: %s", field, se.message);
+		return;
+	}
+	free(st);
+	facts.id = 0;
+	for (size_t i = 0; i < req->n_gpus; i++) {
+		if (req->gpus[i]->verified) {
+			rpc_error(
+			    call, RPC_INVALID_ARGUMENT,
+			    "gpus[%zu].verified: set by the server after a probe, not by operators",
+			    i);
+			return;
+		}
+	}
+	char *facts_hex = pack_bytea_param(&facts.base);
+	struct strbuf idx = { 0 }, model = { 0 }, uuid = { 0 }, mem = { 0 };
+	sb_puts(&idx, "{");
+	sb_puts(&model, "{");
+	sb_puts(&uuid, "{");
+	sb_puts(&mem, "{");
+	for (size_t i = 0; i < req->n_gpus; i++) {
+		const char *sep = i ? "," : "";
+		sb_printf(&idx, "%s%zu", sep, i);
+		sb_puts(&model, sep);
+		sb_array_str(&model, req->gpus[i]->model);
+		sb_puts(&uuid, sep);
+		sb_array_str(&uuid, req->gpus[i]->uuid);
+		sb_printf(&mem, "%s%u", sep, req->gpus[i]->memory_mib);
+	}
+	sb_puts(&idx, "}");
+	sb_puts(&model, "}");
+	sb_puts(&uuid, "}");
+	sb_puts(&mem, "}");
+	struct reg_ctx *rc = malloc(sizeof *rc);
+	if (!facts_hex || !rc || idx.oom || model.oom || uuid.oom || mem.oom) {
+		free(rc);
+		rpc_error(call, RPC_INTERNAL, "out of memory");
+		goto out;
+	}
+	rc->call = call;
+	rc->op = who->operator_id;
+	rc->node_id = req->node_id;
+	rc->update = req->node_id != 0;
+	struct numbuf op, price, now, nid;
+	const char *params[] = { fmt_u64(&op, who->operator_id),
+		                 req->name,
+		                 req->region,
+		                 fmt_i64(&price, req->price_per_gpu_hour_micros),
+		                 facts_hex,
+		                 fmt_i64(&now, now_us()),
+		                 idx.s,
+		                 model.s,
+		                 uuid.s,
+		                 mem.s,
+		                 fmt_u64(&nid, req->node_id) };
+	const char *sql_new =
+	    "WITH lim AS (SELECT node_limit FROM operators WHERE id = $1::bigint AND state = 1),"
+	    " cnt AS (SELECT count(*) AS c FROM nodes WHERE operator_id = $1::bigint AND state <> "
+	    "6),"
+	    " ins AS (INSERT INTO nodes (operator_id, name, region, price_micros, state,"
+	    "   verification_status, facts_pb, created_at_us, updated_at_us, state_changed_at_us,"
+	    "   state_reason)"
+	    "   SELECT $1::bigint, $2, $3, $4::bigint, 1, 1, $5::bytea, $6::bigint, $6::bigint,"
+	    "   $6::bigint, 'registered' FROM lim, cnt WHERE cnt.c < lim.node_limit"
+	    "   AND $11::bigint = 0 RETURNING id),"
+	    " g AS (INSERT INTO gpus (node_id, idx, model, uuid, memory_mib)"
+	    "   SELECT ins.id, u.i, u.m, u.u, u.mem FROM ins,"
+	    "   unnest($7::integer[], $8::text[], $9::text[], $10::integer[]) AS u(i, m, u, mem))"
+	    " SELECT id FROM ins";
+	const char *sql_update =
+	    "WITH up AS (UPDATE nodes SET name = $2, region = $3, price_micros = $4::bigint,"
+	    "   facts_pb = $5::bytea, updated_at_us = $6::bigint"
+	    "   WHERE id = $11::bigint AND operator_id = $1::bigint AND state <> 6 RETURNING id),"
+	    " d AS (DELETE FROM gpus WHERE node_id IN (SELECT id FROM up)),"
+	    " g AS (INSERT INTO gpus (node_id, idx, model, uuid, memory_mib)"
+	    "   SELECT up.id, u.i, u.m, u.u, u.mem FROM up,"
+	    "   unnest($7::integer[], $8::text[], $9::text[], $10::integer[]) AS u(i, m, u, mem)"
+	    "   ON CONFLICT (node_id, idx) DO UPDATE SET model = excluded.model,"
+	    "   uuid = excluded.uuid, memory_mib = excluded.memory_mib)"
+	    " SELECT id FROM up";
+	if (pg_exec(app_get()->pg, NULL, rc->update ? sql_update : sql_new, 11, params, register_cb,
+	            rc)) {
+		free(rc);
+		rpc_error(call, RPC_UNAVAILABLE, "shutting down");
+	}
+out:
+	free(facts_hex);
+	sb_free(&idx);
+	sb_free(&model);
+	sb_free(&uuid);
+	sb_free(&mem);
+}
+
+void nodes_get(struct rpc_call *call, const ProtobufCMessage *msg)
+{
+	const Gpumatch__V1__GetNodeRequest *req = (const Gpumatch__V1__GetNodeRequest *)msg;
+	if (!req->node_id) {
+		rpc_error(call, RPC_INVALID_ARGUMENT, "nodeId: required");
+		return;
+	}
+	load_node_and_reply(call, req->node_id, scope_operator(call), false);
+}
+
+struct list_nodes_ctx {
+	struct rpc_call *call;
+	int page_size;
+};
+
+static void list_nodes_cb(enum pg_status st, PGresult *res, const char *ss, const char *err,
+                          void *arg)
+{
+	struct list_nodes_ctx *lc = arg;
+	if (st != PG_OK) {
+		reply_pg_error(lc->call, st, ss, err);
+		free(lc);
+		return;
+	}
+	int rows = PQntuples(res);
+	int n = rows > lc->page_size ? lc->page_size : rows;
+	struct node_scratch *sc = calloc((size_t)(n ? n : 1), sizeof *sc);
+	Gpumatch__V1__Node **ptrs = calloc((size_t)(n ? n : 1), sizeof *ptrs);
+	char **saved = calloc((size_t)(3 * (n ? n : 1)), sizeof *saved);
+	char token[32] = "";
+	int built = 0;
+	if (!sc || !ptrs || !saved) {
+		rpc_error(lc->call, RPC_INTERNAL, "out of memory");
+		goto out;
+	}
+	for (; built < n; built++) {
+		ptrs[built] = node_from_row(res, built, &sc[built]);
+		if (!ptrs[built]) {
+			rpc_error(lc->call, RPC_INTERNAL, "stored node could not be read");
+			goto out;
+		}
+		node_borrow(ptrs[built], res, built, &sc[built], &saved[3 * built],
+		            &saved[3 * built + 1], &saved[3 * built + 2]);
+	}
+	if (rows > lc->page_size && n > 0)
+		page_token_encode(ptrs[n - 1]->id, token, sizeof token);
+	Gpumatch__V1__ListNodesResponse resp = GPUMATCH__V1__LIST_NODES_RESPONSE__INIT;
+	resp.n_nodes = (size_t)n;
+	resp.nodes = ptrs;
+	resp.next_page_token = token;
+	rpc_reply(lc->call, &resp.base);
+out:
+	for (int i = 0; i < built; i++) {
+		node_unborrow(ptrs[i], saved[3 * i], saved[3 * i + 1], saved[3 * i + 2]);
+		node_scratch_free(&sc[i]);
+	}
+	if (sc && built < n && sc[built].facts)
+		node_scratch_free(&sc[built]);
+	free(sc);
+	free(ptrs);
+	free(saved);
+	free(lc);
+}
+
+void nodes_list(struct rpc_call *call, const ProtobufCMessage *msg)
+{
+	const Gpumatch__V1__ListNodesRequest *req = (const Gpumatch__V1__ListNodesRequest *)msg;
+	const struct principal *who = rpc_principal(call);
+	if (req->page_size < 0 || req->page_size > 1000) {
+		rpc_error(call, RPC_INVALID_ARGUMENT, "pageSize: must be between 0 and 1000");
+		return;
+	}
+	uint64_t after;
+	if (page_token_decode(req->page_token, &after)) {
+		rpc_error(call, RPC_INVALID_ARGUMENT, "pageToken: not a token this server issued");
+		return;
+	}
+	if (who->role == ROLE_OPERATOR && req->operator_id &&
+	    req->operator_id != who->operator_id) {
+		rpc_error(call, RPC_PERMISSION_DENIED,
+		          "operatorId: operators list their own nodes");
+		return;
+	}
+	struct strbuf states = { 0 };
+	sb_puts(&states, "{");
+	for (size_t i = 0; i < req->n_states; i++) {
+		if (req->states[i] < 1 || req->states[i] > 6) {
+			sb_free(&states);
+			rpc_error(call, RPC_INVALID_ARGUMENT, "states[%zu]: not a node state", i);
+			return;
+		}
+		sb_printf(&states, "%s%d", i ? "," : "", (int)req->states[i]);
+	}
+	sb_puts(&states, "}");
+	struct list_nodes_ctx *lc = malloc(sizeof *lc);
+	if (!lc || states.oom) {
+		free(lc);
+		sb_free(&states);
+		rpc_error(call, RPC_INTERNAL, "out of memory");
+		return;
+	}
+	lc->call = call;
+	lc->page_size = req->page_size ? req->page_size : 100;
+	uint64_t op = who->role == ROLE_OPERATOR ? who->operator_id : req->operator_id;
+	struct numbuf a, o, l;
+	const char *params[] = { fmt_u64(&a, after), fmt_u64(&o, op), states.s, req->region,
+		                 fmt_i64(&l, lc->page_size + 1) };
+	if (pg_exec(app_get()->pg, NULL,
+	            NODE_SELECT
+	            " WHERE n.id > $1::bigint AND ($2::bigint = 0 OR n.operator_id = $2::bigint)"
+	            " AND (cardinality($3::smallint[]) = 0 OR n.state = ANY($3::smallint[]))"
+	            " AND ($4 = '' OR n.region = $4) ORDER BY n.id LIMIT $5::integer",
+	            5, params, list_nodes_cb, lc)) {
+		free(lc);
+		rpc_error(call, RPC_UNAVAILABLE, "shutting down");
+	}
+	sb_free(&states);
+}
+
+/* ---- Heartbeat ----------------------------------------------------------------------------- */
+
+struct hb_ctx {
+	struct rpc_call *call;
+	uint64_t node_id;
+};
+
+static void heartbeat_cb(enum pg_status st, PGresult *res, const char *ss, const char *err,
+                         void *arg)
+{
+	struct hb_ctx *h = arg;
+	if (st != PG_OK) {
+		reply_pg_error(h->call, st, ss, err);
+		free(h);
+		return;
+	}
+	if (PQntuples(res) != 1) {
+		rpc_error(h->call, RPC_NOT_FOUND, "nodeId: node %" PRIu64 " not found", h->node_id);
+		free(h);
+		return;
+	}
+	struct app *a = app_get();
+	int state = (int)col_i64(res, 0, 0), old = (int)col_i64(res, 0, 2);
+	if (state != old)
+		schedloop_node_changed(a, h->node_id);
+	Gpumatch__V1__HeartbeatResponse resp = GPUMATCH__V1__HEARTBEAT_RESPONSE__INIT;
+	resp.server_time_us = now_us();
+	resp.next_heartbeat_ms = (uint32_t)a->cfg.heartbeat_interval_ms;
+	resp.node_state = (Gpumatch__V1__NodeState)state;
+	resp.verification_status = (Gpumatch__V1__VerificationStatus)col_i64(res, 0, 1);
+	/* stop commands: "id:deadline:reason;" */
+	Gpumatch__V1__LeaseCommand cmds[64], *cptrs[64];
+	char *stops = strdup(PQgetvalue(res, 0, 3));
+	size_t nc = 0;
+	for (char *save = NULL, *tok = stops ? strtok_r(stops, ";", &save) : NULL; tok && nc < 64;
+	     tok = strtok_r(NULL, ";", &save)) {
+		unsigned long long id;
+		long long deadline;
+		int used = 0;
+		if (sscanf(tok, "%llu:%lld:%n", &id, &deadline, &used) < 2)
+			continue;
+		gpumatch__v1__lease_command__init(&cmds[nc]);
+		cmds[nc].lease_id = id;
+		cmds[nc].action = GPUMATCH__V1__LEASE_ACTION__LEASE_ACTION_STOP;
+		cmds[nc].deadline_us = deadline;
+		cmds[nc].reason = tok + used;
+		cptrs[nc] = &cmds[nc];
+		nc++;
+	}
+	resp.n_commands = nc;
+	resp.commands = cptrs;
+	uint64_t unknown[256];
+	size_t nu = 0;
+	const char *u = PQgetvalue(res, 0, 4);
+	while (*u && nu < 256) {
+		char *end;
+		unknown[nu++] = strtoull(u, &end, 10);
+		u = *end == ',' ? end + 1 : end;
+		if (end == u && *u != ',')
+			break;
+	}
+	resp.n_unknown_lease_ids = nu;
+	resp.unknown_lease_ids = unknown;
+	rpc_reply(h->call, &resp.base);
+	free(stops);
+	free(h);
+}
+
+void nodes_heartbeat(struct rpc_call *call, const ProtobufCMessage *msg)
+{
+	const Gpumatch__V1__HeartbeatRequest *req = (const Gpumatch__V1__HeartbeatRequest *)msg;
+	if (!req->node_id) {
+		rpc_error(call, RPC_INVALID_ARGUMENT, "nodeId: required");
+		return;
+	}
+	if (req->n_running_lease_ids > 256 || req->n_gpus > SCHED_MAX_GPUS_PER_NODE) {
+		rpc_error(call, RPC_INVALID_ARGUMENT, "%s: too many entries",
+		          req->n_gpus > SCHED_MAX_GPUS_PER_NODE ? "gpus" : "runningLeaseIds");
+		return;
+	}
+	struct strbuf running = { 0 };
+	sb_puts(&running, "{");
+	for (size_t i = 0; i < req->n_running_lease_ids; i++)
+		sb_printf(&running, "%s%" PRIu64, i ? "," : "", req->running_lease_ids[i]);
+	sb_puts(&running, "}");
+	struct hb_ctx *h = malloc(sizeof *h);
+	if (!h || running.oom) {
+		free(h);
+		sb_free(&running);
+		rpc_error(call, RPC_INTERNAL, "out of memory");
+		return;
+	}
+	h->call = call;
+	h->node_id = req->node_id;
+	struct numbuf n, o, now;
+	const char *params[] = { fmt_u64(&n, req->node_id), fmt_u64(&o, scope_operator(call)),
+		                 fmt_i64(&now, now_us()), running.s };
+	/* REGISTERED and LOST nodes become READY with their first heartbeat;
+	 * draining, cordoned and disabled ones keep their state. */
+	if (pg_exec(
+	        app_get()->pg, NULL,
+	        "WITH old AS (SELECT state FROM nodes WHERE id = $1::bigint"
+	        "   AND ($2::bigint = 0 OR operator_id = $2::bigint) AND state <> 6 FOR UPDATE),"
+	        " up AS (UPDATE nodes n SET last_heartbeat_us = $3::bigint,"
+	        "   heartbeats_received = heartbeats_received + 1,"
+	        "   state = CASE WHEN n.state IN (1, 5) THEN 2 ELSE n.state END,"
+	        "   state_changed_at_us = CASE WHEN n.state IN (1, 5) THEN $3::bigint"
+	        "     ELSE n.state_changed_at_us END,"
+	        "   state_reason = CASE WHEN n.state IN (1, 5) THEN 'heartbeating'"
+	        "     ELSE n.state_reason END"
+	        "   FROM old WHERE n.id = $1::bigint RETURNING n.state, n.verification_status)"
+	        " SELECT up.state, up.verification_status, old.state,"
+	        "  (SELECT coalesce(string_agg(l.id || ':' || l.stop_deadline_us || ':' ||"
+	        "     l.stop_reason, ';'), '') FROM leases l"
+	        "    WHERE l.node_id = $1::bigint AND l.state = 4),"
+	        "  (SELECT coalesce(string_agg(x::text, ','), '') FROM unnest($4::bigint[]) x"
+	        "    WHERE NOT EXISTS (SELECT 1 FROM leases l WHERE l.id = x"
+	        "      AND l.node_id = $1::bigint AND l.state BETWEEN 2 AND 4))"
+	        " FROM up, old",
+	        4, params, heartbeat_cb, h)) {
+		free(h);
+		rpc_error(call, RPC_UNAVAILABLE, "shutting down");
+	}
+	sb_free(&running);
+}
+
+/* ---- AcquireLease (long poll) ------------------------------------------------------------------ */
+
+struct waiter {
+	struct rpc_call *call;
+	uint64_t node_id;
+	uint64_t op;
+	int64_t until_us;
+	bool querying; /* a claim query is in flight */
+	bool again;    /* woken while querying */
+	bool aborted;  /* the call ended without us */
+	bool done;
+	struct waiter *next;
+};
+
+static struct {
+	struct waiter *head;
+	struct event *poll_ev;
+	bool draining;
+} W;
+
+static void waiter_unlink(struct waiter *w)
+{
+	for (struct waiter **p = &W.head; *p; p = &(*p)->next) {
+		if (*p == w) {
+			*p = w->next;
+			return;
+		}
+	}
+}
+
+static void try_claim(struct waiter *w);
+
+#define LEASE_COLS                                                                           \
+	"l.id, l.job_id, l.node_id, l.gpu_mask, l.state, l.assigned_at_us, l.started_at_us," \
+	" l.deadline_us, l.ended_at_us, l.stop_deadline_us, l.fencing_token, l.gang_index,"  \
+	" l.gang_size, l.last_report_seq, l.exit_code, l.term_signal, l.price_micros"
+
+struct lease_scratch {
+	uint32_t gpus[SCHED_MAX_GPUS_PER_NODE];
+};
+
+static void lease_from_row(const PGresult *r, int row, int c0, Gpumatch__V1__Lease *l,
+                           struct lease_scratch *s)
+{
+	gpumatch__v1__lease__init(l);
+	l->id = col_u64(r, row, c0 + 0);
+	l->job_id = col_u64(r, row, c0 + 1);
+	l->node_id = col_u64(r, row, c0 + 2);
+	uint64_t mask = col_u64(r, row, c0 + 3);
+	size_t k = 0;
+	for (unsigned i = 0; i < 64; i++)
+		if (mask >> i & 1)
+			s->gpus[k++] = i;
+	l->n_gpu_indexes = k;
+	l->gpu_indexes = s->gpus;
+	l->state = (Gpumatch__V1__LeaseState)col_i64(r, row, c0 + 4);
+	l->assigned_at_us = col_i64(r, row, c0 + 5);
+	l->started_at_us = col_i64(r, row, c0 + 6);
+	l->deadline_us = col_i64(r, row, c0 + 7);
+	l->ended_at_us = col_i64(r, row, c0 + 8);
+	l->stop_deadline_us = col_i64(r, row, c0 + 9);
+	l->fencing_token = col_u64(r, row, c0 + 10);
+	l->gang_index = (uint32_t)col_i64(r, row, c0 + 11);
+	l->gang_size = (uint32_t)col_i64(r, row, c0 + 12);
+	l->last_report_seq = col_u64(r, row, c0 + 13);
+	l->exit_code = (int32_t)col_i64(r, row, c0 + 14);
+	l->term_signal = (int32_t)col_i64(r, row, c0 + 15);
+	l->price_per_gpu_hour_micros = col_i64(r, row, c0 + 16);
+}
+
+static void waiter_finish(struct waiter *w)
+{
+	waiter_unlink(w);
+	free(w);
+}
+
+static void claim_cb(enum pg_status st, PGresult *res, const char *ss, const char *err, void *arg)
+{
+	struct waiter *w = arg;
+	w->querying = false;
+	if (w->aborted) {
+		waiter_finish(w);
+		return;
+	}
+	if (st != PG_OK) {
+		reply_pg_error(w->call, st, ss, err);
+		waiter_finish(w);
+		return;
+	}
+	if (PQntuples(res) == 1) {
+		/* columns: LEASE_COLS (17), spec_pb, job name, tenant */
+		Gpumatch__V1__AcquireLeaseResponse resp =
+		    GPUMATCH__V1__ACQUIRE_LEASE_RESPONSE__INIT;
+		Gpumatch__V1__Lease lease;
+		struct lease_scratch ls;
+		lease_from_row(res, 0, 0, &lease, &ls);
+		size_t len;
+		uint8_t *raw = col_bytea(res, 0, 17, &len);
+		Gpumatch__V1__JobSpec *spec =
+		    raw ? gpumatch__v1__job_spec__unpack(NULL, len, raw) : NULL;
+		free(raw);
+		resp.lease = &lease;
+		resp.spec = spec;
+		resp.job_name = PQgetvalue(res, 0, 18);
+		resp.tenant_id = col_u64(res, 0, 19);
+		rpc_reply(w->call, &resp.base);
+		if (spec)
+			protobuf_c_message_free_unpacked(&spec->base, NULL);
+		log_debug("lease acquired lease=%" PRIu64 " job=%" PRIu64 " node=%" PRIu64,
+		          lease.id, lease.job_id, lease.node_id);
+		waiter_finish(w);
+		return;
+	}
+	if (W.draining || now_us() >= w->until_us) {
+		Gpumatch__V1__AcquireLeaseResponse resp =
+		    GPUMATCH__V1__ACQUIRE_LEASE_RESPONSE__INIT;
+		rpc_reply(w->call, &resp.base);
+		waiter_finish(w);
+		return;
+	}
+	if (w->again) {
+		w->again = false;
+		try_claim(w);
+	}
+}
+
+static void try_claim(struct waiter *w)
+{
+	struct numbuf n, o, now;
+	const char *params[] = { fmt_u64(&n, w->node_id), fmt_u64(&o, w->op),
+		                 fmt_i64(&now, now_us()) };
+	w->querying = true;
+	if (pg_exec(app_get()->pg, NULL,
+	            "WITH c AS (SELECT l.id FROM leases l JOIN nodes nd ON nd.id = l.node_id"
+	            "   WHERE l.node_id = $1::bigint AND l.state = 1"
+	            "   AND ($2::bigint = 0 OR nd.operator_id = $2::bigint)"
+	            "   ORDER BY l.id LIMIT 1 FOR UPDATE OF l SKIP LOCKED),"
+	            " u AS (UPDATE leases l SET state = 2, started_at_us = $3::bigint FROM c"
+	            "   WHERE l.id = c.id RETURNING l.*)"
+	            " SELECT " LEASE_COLS ", j.spec_pb, j.name, j.tenant_id"
+	            " FROM u l JOIN jobs j ON j.id = l.job_id",
+	            3, params, claim_cb, w)) {
+		w->querying = false;
+		rpc_error(w->call, RPC_UNAVAILABLE, "shutting down");
+		waiter_finish(w);
+	}
+}
+
+static void waiter_abort(struct rpc_call *call, void *arg)
+{
+	(void)call;
+	struct waiter *w = arg;
+	w->aborted = true;
+	if (!w->querying)
+		waiter_finish(w);
+}
+
+void nodes_wake(uint64_t node_id)
+{
+	for (struct waiter *w = W.head; w; w = w->next) {
+		if (w->node_id != node_id || w->aborted)
+			continue;
+		if (w->querying)
+			w->again = true;
+		else
+			try_claim(w);
+	}
+}
+
+static void poll_cb(evutil_socket_t fd, short ev, void *arg)
+{
+	(void)fd;
+	(void)ev;
+	(void)arg;
+	/* catches leases placed by another replica's leader, and timeouts */
+	for (struct waiter *w = W.head, *next; w; w = next) {
+		next = w->next;
+		if (!w->querying && !w->aborted)
+			try_claim(w);
+	}
+}
+
+struct own_ctx {
+	struct rpc_call *call;
+	uint64_t node_id, op;
+	uint32_t wait_ms;
+};
+
+static void own_cb(enum pg_status st, PGresult *res, const char *ss, const char *err, void *arg)
+{
+	struct own_ctx *oc = arg;
+	if (st != PG_OK) {
+		reply_pg_error(oc->call, st, ss, err);
+		free(oc);
+		return;
+	}
+	if (PQntuples(res) != 1) {
+		rpc_error(oc->call, RPC_NOT_FOUND, "nodeId: node %" PRIu64 " not found",
+		          oc->node_id);
+		free(oc);
+		return;
+	}
+	struct waiter *w = calloc(1, sizeof *w);
+	if (!w) {
+		rpc_error(oc->call, RPC_INTERNAL, "out of memory");
+		free(oc);
+		return;
+	}
+	w->call = oc->call;
+	w->node_id = oc->node_id;
+	w->op = oc->op;
+	w->until_us = now_us() + (int64_t)oc->wait_ms * 1000;
+	w->next = W.head;
+	W.head = w;
+	if (oc->wait_ms) {
+		rpc_set_timeout(oc->call, (int)oc->wait_ms + 5000);
+		rpc_on_abort(oc->call, waiter_abort, w);
+	}
+	free(oc);
+	try_claim(w);
+}
+
+void nodes_acquire_lease(struct rpc_call *call, const ProtobufCMessage *msg)
+{
+	const Gpumatch__V1__AcquireLeaseRequest *req =
+	    (const Gpumatch__V1__AcquireLeaseRequest *)msg;
+	struct app *a = app_get();
+	if (!req->node_id) {
+		rpc_error(call, RPC_INVALID_ARGUMENT, "nodeId: required");
+		return;
+	}
+	if (req->wait_timeout_ms > (uint32_t)a->cfg.long_poll_max_ms) {
+		rpc_error(call, RPC_INVALID_ARGUMENT, "waitTimeoutMs: at most %d, got %u",
+		          a->cfg.long_poll_max_ms, req->wait_timeout_ms);
+		return;
+	}
+	struct own_ctx *oc = malloc(sizeof *oc);
+	if (!oc) {
+		rpc_error(call, RPC_INTERNAL, "out of memory");
+		return;
+	}
+	oc->call = call;
+	oc->node_id = req->node_id;
+	oc->op = scope_operator(call);
+	oc->wait_ms = W.draining ? 0 : req->wait_timeout_ms;
+	struct numbuf n, o;
+	const char *params[] = { fmt_u64(&n, req->node_id), fmt_u64(&o, oc->op) };
+	if (pg_exec(a->pg, NULL,
+	            "SELECT state FROM nodes WHERE id = $1::bigint"
+	            " AND ($2::bigint = 0 OR operator_id = $2::bigint) AND state <> 6",
+	            2, params, own_cb, oc)) {
+		free(oc);
+		rpc_error(call, RPC_UNAVAILABLE, "shutting down");
+	}
+}
+
+/* ---- ReportLease ---------------------------------------------------------------------------------- */
+
+struct report_ctx {
+	struct rpc_call *call;
+	uint64_t lease_id;
+	bool duplicate;
+};
+
+static void report_lease_row_cb(enum pg_status st, PGresult *res, const char *ss, const char *err,
+                                void *arg)
+{
+	struct report_ctx *rc = arg;
+	if (st != PG_OK) {
+		reply_pg_error(rc->call, st, ss, err);
+	} else if (PQntuples(res) != 1) {
+		rpc_error(rc->call, RPC_NOT_FOUND, "leaseId: not found");
+	} else {
+		Gpumatch__V1__ReportLeaseResponse resp = GPUMATCH__V1__REPORT_LEASE_RESPONSE__INIT;
+		Gpumatch__V1__Lease lease;
+		struct lease_scratch ls;
+		lease_from_row(res, 0, 0, &lease, &ls);
+		resp.lease = &lease;
+		resp.duplicate = rc->duplicate;
+		Gpumatch__V1__LeaseCommand cmd = GPUMATCH__V1__LEASE_COMMAND__INIT;
+		if (lease.state == GPUMATCH__V1__LEASE_STATE__LEASE_STATE_STOPPING) {
+			cmd.lease_id = lease.id;
+			cmd.action = GPUMATCH__V1__LEASE_ACTION__LEASE_ACTION_STOP;
+			cmd.deadline_us = lease.stop_deadline_us;
+			cmd.reason = PQgetvalue(res, 0, 17);
+		} else {
+			cmd.lease_id = lease.id;
+			cmd.action = lease.state <= GPUMATCH__V1__LEASE_STATE__LEASE_STATE_RUNNING
+			                 ? GPUMATCH__V1__LEASE_ACTION__LEASE_ACTION_CONTINUE
+			                 : GPUMATCH__V1__LEASE_ACTION__LEASE_ACTION_UNSPECIFIED;
+		}
+		if (cmd.action)
+			resp.command = &cmd;
+		rpc_reply(rc->call, &resp.base);
+	}
+	free(rc);
+}
+
+static void report_cb(enum pg_status st, PGresult *res, const char *ss, const char *err, void *arg)
+{
+	struct report_ctx *rc = arg;
+	if (st != PG_OK) {
+		reply_pg_error(rc->call, st, ss, err);
+		free(rc);
+		return;
+	}
+	const char *status = PQntuples(res) == 1 ? PQgetvalue(res, 0, 0) : "not_found";
+	if (!strcmp(status, "not_found")) {
+		rpc_error(rc->call, RPC_NOT_FOUND,
+		          "leaseId: lease %" PRIu64 " not found on this node", rc->lease_id);
+		free(rc);
+		return;
+	}
+	if (!strcmp(status, "stale")) {
+		rpc_error(rc->call, RPC_FAILED_PRECONDITION,
+		          "fencingToken: does not match the lease's; the lease was re-placed");
+		free(rc);
+		return;
+	}
+	rc->duplicate = !strcmp(status, "duplicate");
+	if (!strcmp(PQgetvalue(res, 0, 3), "t")) {
+		struct app *a = app_get();
+		schedloop_job_ended(a, col_u64(res, 0, 1), !strcmp(PQgetvalue(res, 0, 4), "t"));
+		outbox_kick(a);
+	}
+	struct numbuf l;
+	const char *params[] = { fmt_u64(&l, rc->lease_id) };
+	if (pg_exec(app_get()->pg, NULL,
+	            "SELECT " LEASE_COLS ", l.stop_reason FROM leases l WHERE l.id = $1::bigint", 1,
+	            params, report_lease_row_cb, rc)) {
+		rpc_error(rc->call, RPC_UNAVAILABLE, "shutting down");
+		free(rc);
+	}
+}
+
+void nodes_report_lease(struct rpc_call *call, const ProtobufCMessage *msg)
+{
+	const Gpumatch__V1__ReportLeaseRequest *req = (const Gpumatch__V1__ReportLeaseRequest *)msg;
+	if (!req->node_id || !req->lease_id) {
+		rpc_error(call, RPC_INVALID_ARGUMENT, "%s: required",
+		          req->node_id ? "leaseId" : "nodeId");
+		return;
+	}
+	if (!req->seq) {
+		rpc_error(call, RPC_INVALID_ARGUMENT,
+		          "seq: must be at least 1 (increasing per lease)");
+		return;
+	}
+	if (req->state != GPUMATCH__V1__LEASE_STATE__LEASE_STATE_RUNNING &&
+	    req->state != GPUMATCH__V1__LEASE_STATE__LEASE_STATE_SUCCEEDED &&
+	    req->state != GPUMATCH__V1__LEASE_STATE__LEASE_STATE_FAILED) {
+		rpc_error(call, RPC_INVALID_ARGUMENT,
+		          "state: must be LEASE_STATE_RUNNING, LEASE_STATE_SUCCEEDED or "
+		          "LEASE_STATE_FAILED");
+		return;
+	}
+	if (req->state == GPUMATCH__V1__LEASE_STATE__LEASE_STATE_SUCCEEDED &&
+	    (req->exit_code || req->term_signal)) {
+		rpc_error(call, RPC_INVALID_ARGUMENT,
+		          "exitCode: a succeeded lease exits 0 with no signal");
+		return;
+	}
+	if (strlen(req->message) > 1024) {
+		rpc_error(call, RPC_INVALID_ARGUMENT, "message: at most 1024 bytes");
+		return;
+	}
+	struct report_ctx *rc = calloc(1, sizeof *rc);
+	if (!rc) {
+		rpc_error(call, RPC_INTERNAL, "out of memory");
+		return;
+	}
+	rc->call = call;
+	rc->lease_id = req->lease_id;
+	struct numbuf l, n, o, f, s, st, ex, sg, now, ma;
+	const char *params[] = { fmt_u64(&l, req->lease_id),
+		                 fmt_u64(&n, req->node_id),
+		                 fmt_u64(&o, scope_operator(call)),
+		                 fmt_u64(&f, req->fencing_token),
+		                 fmt_u64(&s, req->seq),
+		                 fmt_i64(&st, req->state),
+		                 fmt_i64(&ex, req->exit_code),
+		                 fmt_i64(&sg, req->term_signal),
+		                 req->message,
+		                 fmt_i64(&now, now_us()),
+		                 fmt_i64(&ma, app_get()->cfg.max_attempts) };
+	if (pg_exec(app_get()->pg, NULL,
+	            "SELECT status, job_id, job_state, job_done, requeued FROM gm_report_lease("
+	            "$1::bigint, $2::bigint, $3::bigint, $4::bigint, $5::bigint, $6::smallint,"
+	            " $7::integer, $8::integer, $9, $10::bigint, $11::integer)",
+	            11, params, report_cb, rc)) {
+		free(rc);
+		rpc_error(call, RPC_UNAVAILABLE, "shutting down");
+	}
+}
+
+/* ---- Drain / Undrain ----------------------------------------------------------------------------------- */
+
+struct drain_ctx {
+	struct rpc_call *call;
+	uint64_t node_id, op;
+};
+
+static void drain_cb(enum pg_status st, PGresult *res, const char *ss, const char *err, void *arg)
+{
+	struct drain_ctx *dc = arg;
+	if (st != PG_OK) {
+		reply_pg_error(dc->call, st, ss, err);
+	} else if (PQntuples(res) != 1) {
+		rpc_error(dc->call, RPC_NOT_FOUND, "nodeId: node %" PRIu64 " not found",
+		          dc->node_id);
+	} else {
+		schedloop_node_changed(app_get(), dc->node_id);
+		load_node_and_reply(dc->call, dc->node_id, dc->op, false);
+	}
+	free(dc);
+}
+
+static void set_drain(struct rpc_call *call, uint64_t node_id, bool drain, const char *reason)
+{
+	if (!node_id) {
+		rpc_error(call, RPC_INVALID_ARGUMENT, "nodeId: required");
+		return;
+	}
+	if (strlen(reason) > 512) {
+		rpc_error(call, RPC_INVALID_ARGUMENT, "reason: at most 512 bytes");
+		return;
+	}
+	struct drain_ctx *dc = malloc(sizeof *dc);
+	if (!dc) {
+		rpc_error(call, RPC_INTERNAL, "out of memory");
+		return;
+	}
+	dc->call = call;
+	dc->node_id = node_id;
+	dc->op = scope_operator(call);
+	char why[600];
+	snprintf(why, sizeof why, "%s%s%s", drain ? "drained" : "undrained", *reason ? ": " : "",
+	         reason);
+	struct numbuf n, o, now;
+	const char *params[] = { fmt_u64(&n, node_id), fmt_u64(&o, dc->op), fmt_i64(&now, now_us()),
+		                 why };
+	/* draining is idempotent; undraining only undoes a drain */
+	const char *sql =
+	    drain ? "UPDATE nodes SET state = CASE WHEN state IN (1, 2, 3) THEN 3"
+	            " ELSE state END, state_reason = $4, state_changed_at_us = $3::bigint"
+	            " WHERE id = $1::bigint AND ($2::bigint = 0 OR operator_id = $2::bigint)"
+	            " AND state <> 6 RETURNING id"
+	          : "UPDATE nodes SET state = CASE WHEN state = 3 THEN"
+	            " (CASE WHEN last_heartbeat_us > 0 THEN 2 ELSE 1 END) ELSE state END,"
+	            " state_reason = $4, state_changed_at_us = $3::bigint"
+	            " WHERE id = $1::bigint AND ($2::bigint = 0 OR operator_id = $2::bigint)"
+	            " AND state <> 6 RETURNING id";
+	if (pg_exec(app_get()->pg, NULL, sql, 4, params, drain_cb, dc)) {
+		free(dc);
+		rpc_error(call, RPC_UNAVAILABLE, "shutting down");
+	}
+}
+
+void nodes_drain(struct rpc_call *call, const ProtobufCMessage *msg)
+{
+	const Gpumatch__V1__DrainNodeRequest *req = (const Gpumatch__V1__DrainNodeRequest *)msg;
+	set_drain(call, req->node_id, true, req->reason);
+}
+
+void nodes_undrain(struct rpc_call *call, const ProtobufCMessage *msg)
+{
+	const Gpumatch__V1__UndrainNodeRequest *req = (const Gpumatch__V1__UndrainNodeRequest *)msg;
+	set_drain(call, req->node_id, false, "");
+}
+
+/* ---- lifecycle ------------------------------------------------------------------------------------------ */
+
+int nodes_start(struct app *a, char *err, size_t err_len)
+{
+	memset(&W, 0, sizeof W);
+	W.poll_ev = event_new(a->base, -1, EV_PERSIST, poll_cb, NULL);
+	struct timeval tv = { 0, 500000 };
+	if (!W.poll_ev || event_add(W.poll_ev, &tv)) {
+		snprintf(err, err_len, "cannot create the long-poll timer");
+		return -1;
+	}
+	return 0;
+}
+
+void nodes_drain_waiters(struct app *a)
+{
+	(void)a;
+	W.draining = true;
+	for (struct waiter *w = W.head, *next; w; w = next) {
+		next = w->next;
+		if (!w->querying && !w->aborted)
+			try_claim(w);
+	}
+}
+
+void nodes_stop(struct app *a)
+{
+	(void)a;
+	if (W.poll_ev)
+		event_free(W.poll_ev);
+	W.poll_ev = NULL;
+	while (W.head) {
+		struct waiter *w = W.head;
+		W.head = w->next;
+		free(w);
+	}
+}

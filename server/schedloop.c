@@ -1,0 +1,1231 @@
+/* schedloop.c — the scheduler leader: holds the Redis leader lock with a
+ * fencing token, keeps the scheduling library's cluster in memory (loaded
+ * from Postgres when leadership is gained, then maintained incrementally),
+ * runs cycles on events and on a timer, writes placements fenced, expires
+ * lost nodes and unclaimed leases. Every replica also drains the outbox to
+ * Redis; the leader reconciles Redis's queue with Postgres. */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "convert.h"
+#include "log.h"
+#include "sched.h"
+#include "service.h"
+#include "strbuf.h"
+
+#define LEADER_TTL_MS  6000
+#define LEADER_TICK_MS 1000
+#define JANITOR_MS     500
+#define OUTBOX_MS      200
+#define OUTBOX_BATCH   500
+
+static const double cycle_le_ms[] = { 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 1000 };
+#define NCYCLE_BUCKETS (sizeof cycle_le_ms / sizeof cycle_le_ms[0])
+
+static struct {
+	struct app *a;
+	char instance[128];
+	bool leader; /* holds the lock */
+	bool loaded; /* cluster reflects Postgres */
+	bool loading;
+	uint64_t fence;
+	uint64_t generation; /* bumps on every gain/loss: stale callbacks drop out */
+	struct sched_cluster *c;
+	struct event *leader_ev, *cycle_ev, *kick_ev, *janitor_ev, *outbox_ev, *outbox_kick_ev,
+	    *reconcile_ev;
+	bool placing; /* a placement write is in flight */
+	bool rerun;   /* cycle asked for while placing */
+	bool outbox_busy;
+	bool janitor_busy;
+	bool stopped;
+	int inflight; /* our queries and Redis calls in flight */
+	char stream_last[64];
+	bool stream_busy;
+	/* metrics */
+	uint64_t cycles, placements, preemptions, unschedulable, lost_nodes, expired_leases;
+	uint64_t cycle_bucket[NCYCLE_BUCKETS + 1];
+	double cycle_sum_s;
+	uint64_t outbox_moved;
+} L;
+
+static void lose_leadership(const char *why);
+
+/* ---- helpers -------------------------------------------------------------------------- */
+
+/* Every async step carries the generation it was started in. */
+struct step {
+	uint64_t gen;
+	void *data;
+	size_t n;
+};
+
+static struct step *step_new(void *data, size_t n)
+{
+	struct step *s = malloc(sizeof *s);
+	if (!s) {
+		log_error("out of memory");
+		abort();
+	}
+	s->gen = L.generation;
+	s->data = data;
+	s->n = n;
+	L.inflight++;
+	return s;
+}
+
+static bool step_current(struct step *s)
+{
+	L.inflight--;
+	return s->gen == L.generation && L.leader && !L.stopped;
+}
+
+static int exec_q(const char *sql, int n, const char *const *params, pg_cb cb, struct step *s)
+{
+	if (pg_exec(L.a->pg, NULL, sql, n, params, cb, s)) {
+		L.inflight--;
+		free(s);
+		return -1;
+	}
+	return 0;
+}
+
+bool schedloop_is_leader(struct app *a)
+{
+	(void)a;
+	return L.leader && L.loaded;
+}
+
+/* ---- applying Postgres rows to the cluster -------------------------------------------- */
+
+static int add_job_row(const PGresult *r, int row, int c_id, int c_tenant, int c_spec, int c_submit)
+{
+	size_t len;
+	uint8_t *raw = col_bytea(r, row, c_spec, &len);
+	if (!raw)
+		return -1;
+	Gpumatch__V1__JobSpec *spec = gpumatch__v1__job_spec__unpack(NULL, len, raw);
+	free(raw);
+	if (!spec)
+		return -1;
+	struct conv_strings *st = malloc(sizeof *st);
+	struct sched_job_spec js;
+	char f[256], m[256];
+	int rc = -1;
+	if (st && !conv_job_spec(spec, col_u64(r, row, c_id), col_u64(r, row, c_tenant),
+	                         col_i64(r, row, c_submit), &js, st, f, sizeof f, m, sizeof m)) {
+		struct sched_error se;
+		rc = sched_job_add(L.c, &js, &se);
+		if (rc && rc != -EEXIST)
+			log_warn("job not schedulable job=%" PRIu64 " field=%s err=\"%s\"", js.id,
+			         se.field, se.message);
+	}
+	free(st);
+	protobuf_c_message_free_unpacked(&spec->base, NULL);
+	return rc;
+}
+
+/* Node row: id, state, verification_status, price_micros, region, facts_pb */
+static void upsert_node_row(const PGresult *r, int row)
+{
+	uint64_t id = col_u64(r, row, 0);
+	int state = (int)col_i64(r, row, 1);
+	if (state == GPUMATCH__V1__NODE_STATE__NODE_STATE_DISABLED ||
+	    state == GPUMATCH__V1__NODE_STATE__NODE_STATE_REGISTERED) {
+		/* not schedulable; keep it only while work still runs there */
+		if (sched_node_set_state(L.c, id, SCHED_NODE_CORDONED) == 0 &&
+		    state == GPUMATCH__V1__NODE_STATE__NODE_STATE_DISABLED)
+			sched_node_remove(L.c, id);
+		return;
+	}
+	size_t len;
+	uint8_t *raw = col_bytea(r, row, 5, &len);
+	Gpumatch__V1__Node *n = raw ? gpumatch__v1__node__unpack(NULL, len, raw) : NULL;
+	free(raw);
+	if (!n) {
+		log_error("stored node facts unreadable node=%" PRIu64, id);
+		return;
+	}
+	Gpumatch__V1__Verification ver = GPUMATCH__V1__VERIFICATION__INIT;
+	ver.status = (Gpumatch__V1__VerificationStatus)col_i64(r, row, 2);
+	n->id = id;
+	n->state = (Gpumatch__V1__NodeState)state;
+	n->price_per_gpu_hour_micros = col_i64(r, row, 3);
+	char *region_saved = n->region;
+	n->region = PQgetvalue(r, row, 4);
+	Gpumatch__V1__Verification *ver_saved = n->verification;
+	n->verification = &ver;
+	struct sched_gpu_spec *gpus = calloc(n->n_gpus ? n->n_gpus : 1, sizeof *gpus);
+	struct conv_strings *st = malloc(sizeof *st);
+	struct sched_node_spec ns;
+	char f[256], m[256];
+	if (gpus && st && !conv_node(n, &ns, gpus, st, f, sizeof f, m, sizeof m)) {
+		struct sched_error se;
+		int rc = sched_node_upsert(L.c, &ns, &se);
+		if (rc)
+			log_warn("node not schedulable node=%" PRIu64 " rc=%d field=%s err=\"%s\"",
+			         id, rc, se.field, se.message);
+	}
+	free(gpus);
+	free(st);
+	n->region = region_saved;
+	n->verification = ver_saved;
+	protobuf_c_message_free_unpacked(&n->base, NULL);
+}
+
+#define NODE_COLS "id, state, verification_status, price_micros, region, facts_pb"
+
+/* ---- loading on leadership -------------------------------------------------------------- */
+
+static void load_queued_cb(enum pg_status st, PGresult *res, const char *ss, const char *err,
+                           void *arg)
+{
+	struct step *s = arg;
+	bool cur = step_current(s);
+	free(s);
+	(void)ss;
+	if (!cur)
+		return;
+	if (st != PG_OK) {
+		lose_leadership(err);
+		return;
+	}
+	for (int i = 0; i < PQntuples(res); i++)
+		add_job_row(res, i, 0, 1, 2, 3);
+	L.loading = false;
+	L.loaded = true;
+	struct sched_stats ss2;
+	sched_get_stats(L.c, &ss2);
+	log_info("scheduler state loaded nodes=%u pending=%u running=%u fence=%" PRIu64, ss2.nodes,
+	         ss2.jobs_pending, ss2.jobs_running, L.fence);
+	schedloop_kick(L.a);
+}
+
+static void load_leases_cb(enum pg_status st, PGresult *res, const char *ss, const char *err,
+                           void *arg)
+{
+	struct step *s = arg;
+	bool cur = step_current(s);
+	free(s);
+	(void)ss;
+	if (!cur)
+		return;
+	if (st != PG_OK) {
+		lose_leadership(err);
+		return;
+	}
+	/* rows: job_id, node_id, gpu_mask, assigned_at_us, tenant, spec, submitted, gang_size */
+	int rows = PQntuples(res);
+	for (int i = 0; i < rows;) {
+		uint64_t job = col_u64(res, i, 0);
+		struct sched_placement pl[SCHED_MAX_GANG_NODES];
+		uint32_t n = 0;
+		int j = i;
+		for (; j < rows && col_u64(res, j, 0) == job; j++)
+			if (n < SCHED_MAX_GANG_NODES)
+				pl[n++] = (struct sched_placement){ col_u64(res, j, 1),
+					                            col_u64(res, j, 2) };
+		if (add_job_row(res, i, 0, 4, 5, 6) == 0) {
+			struct sched_error se;
+			int rc = sched_lease_start(L.c, job, pl, n, col_i64(res, i, 3), &se);
+			if (rc) {
+				log_warn("running job not restored job=%" PRIu64 " err=\"%s %s\"",
+				         job, se.field, se.message);
+				sched_job_cancel(L.c, job, now_us());
+			}
+		}
+		i = j;
+	}
+	struct step *q = step_new(NULL, 0);
+	exec_q(
+	    "SELECT id, tenant_id, spec_pb, submitted_at_us FROM jobs WHERE state = 1 ORDER BY id",
+	    0, NULL, load_queued_cb, q);
+}
+
+static void load_nodes_cb(enum pg_status st, PGresult *res, const char *ss, const char *err,
+                          void *arg)
+{
+	struct step *s = arg;
+	bool cur = step_current(s);
+	free(s);
+	(void)ss;
+	if (!cur)
+		return;
+	if (st != PG_OK) {
+		lose_leadership(err);
+		return;
+	}
+	for (int i = 0; i < PQntuples(res); i++)
+		upsert_node_row(res, i);
+	struct step *q = step_new(NULL, 0);
+	exec_q("SELECT l.job_id, l.node_id, l.gpu_mask, l.assigned_at_us, j.tenant_id, j.spec_pb,"
+	       " j.submitted_at_us, l.gang_size FROM leases l JOIN jobs j ON j.id = l.job_id"
+	       " WHERE l.state BETWEEN 1 AND 4 ORDER BY l.job_id, l.gang_index",
+	       0, NULL, load_leases_cb, q);
+}
+
+static void load_tenants_cb(enum pg_status st, PGresult *res, const char *ss, const char *err,
+                            void *arg)
+{
+	struct step *s = arg;
+	bool cur = step_current(s);
+	free(s);
+	(void)ss;
+	if (!cur)
+		return;
+	if (st != PG_OK) {
+		lose_leadership(err);
+		return;
+	}
+	for (int i = 0; i < PQntuples(res); i++)
+		sched_tenant_set_shares(L.c, col_u64(res, i, 0), (uint32_t)col_i64(res, i, 1));
+	struct step *q = step_new(NULL, 0);
+	exec_q("SELECT " NODE_COLS " FROM nodes WHERE state <> 6", 0, NULL, load_nodes_cb, q);
+}
+
+static void apply_policy_row(const PGresult *res)
+{
+	struct sched_policy p;
+	sched_policy_default(&p);
+	p.allow_unverified = L.a->cfg.allow_unverified;
+	if (res && PQntuples(res) == 1) {
+		size_t len;
+		uint8_t *raw = col_bytea(res, 0, 0, &len);
+		Gpumatch__V1__Policy *m = raw ? gpumatch__v1__policy__unpack(NULL, len, raw) : NULL;
+		free(raw);
+		if (m) {
+			conv_policy_in(m, &p);
+			protobuf_c_message_free_unpacked(&m->base, NULL);
+		}
+	}
+	struct sched_error se;
+	if (sched_set_policy(L.c, &p, &se))
+		log_error("stored policy rejected, keeping the current one field=%s err=\"%s\"",
+		          se.field, se.message);
+}
+
+static void load_policy_cb(enum pg_status st, PGresult *res, const char *ss, const char *err,
+                           void *arg)
+{
+	struct step *s = arg;
+	bool cur = step_current(s);
+	free(s);
+	(void)ss;
+	if (!cur)
+		return;
+	if (st != PG_OK) {
+		lose_leadership(err);
+		return;
+	}
+	apply_policy_row(res);
+	struct step *q = step_new(NULL, 0);
+	exec_q("SELECT id, fair_share_weight FROM tenants", 0, NULL, load_tenants_cb, q);
+}
+
+static void begin_load(void)
+{
+	sched_cluster_free(L.c);
+	L.c = sched_cluster_new(NULL);
+	if (!L.c) {
+		log_error("out of memory");
+		abort();
+	}
+	L.loading = true;
+	L.loaded = false;
+	struct step *q = step_new(NULL, 0);
+	exec_q("SELECT policy_pb FROM policies ORDER BY version DESC LIMIT 1", 0, NULL,
+	       load_policy_cb, q);
+}
+
+/* ---- leadership ----------------------------------------------------------------------------- */
+
+static void lose_leadership(const char *why)
+{
+	if (!L.leader)
+		return;
+	log_warn("scheduler leadership lost reason=\"%s\"", why ? why : "");
+	L.leader = false;
+	L.loaded = false;
+	L.loading = false;
+	L.generation++;
+	sched_cluster_free(L.c);
+	L.c = NULL;
+}
+
+static void leader_reply_cb(redisReply *reply, const char *err, void *arg)
+{
+	struct step *s = arg;
+	L.inflight--;
+	bool same = s->gen == L.generation;
+	free(s);
+	if (!same || L.stopped)
+		return;
+	if (!reply) {
+		lose_leadership(err);
+		return;
+	}
+	if (!L.leader) {
+		if (reply->type == REDIS_REPLY_INTEGER) {
+			L.leader = true;
+			L.fence = (uint64_t)reply->integer;
+			L.generation++;
+			log_info("scheduler leadership gained instance=%s fence=%" PRIu64,
+			         L.instance, L.fence);
+			begin_load();
+		}
+		return;
+	}
+	if (reply->type != REDIS_REPLY_INTEGER || reply->integer != 1)
+		lose_leadership("lock renewal refused");
+}
+
+static void leader_tick_cb(evutil_socket_t fd, short ev, void *arg)
+{
+	(void)fd;
+	(void)ev;
+	(void)arg;
+	if (L.stopped || !rds_ready(L.a->rds))
+		return;
+	char ttl[16];
+	snprintf(ttl, sizeof ttl, "%d", LEADER_TTL_MS);
+	const char *argv[] = { RK_LEADER, RK_FENCE, L.instance, ttl };
+	struct step *s = step_new(NULL, 0);
+	int rc = L.leader ? rds_script(L.a->rds, SCRIPT_LEADER_RENEW, leader_reply_cb, s, 1, 3,
+	                               (const char *[]){ RK_LEADER, L.instance, ttl }, NULL)
+	                  : rds_script(L.a->rds, SCRIPT_LEADER_ACQUIRE, leader_reply_cb, s, 2, 4,
+	                               argv, NULL);
+	if (rc) {
+		L.inflight--;
+		free(s);
+	}
+}
+
+/* ---- the cycle ------------------------------------------------------------------------------- */
+
+struct place_batch {
+	uint64_t *jobs; /* one per element */
+	uint64_t *nodes;
+	size_t n;
+};
+
+static void place_done_cb(enum pg_status st, PGresult *res, const char *ss, const char *err,
+                          void *arg)
+{
+	struct step *s = arg;
+	struct place_batch *pb = s->data;
+	bool cur = step_current(s);
+	L.placing = false;
+	if (cur) {
+		int64_t now = now_us();
+		if (st != PG_OK) {
+			/* not written: the jobs go back to pending */
+			for (size_t i = 0; i < pb->n; i++)
+				if (i == 0 || pb->jobs[i] != pb->jobs[i - 1])
+					sched_lease_end(L.c, pb->jobs[i], now, true);
+			if (!strcmp(ss, "GM001"))
+				lose_leadership("fencing token refused");
+			else
+				log_warn("placements not written, retrying err=\"%s\"", err);
+		} else {
+			for (int r = 0; r < PQntuples(res); r++) {
+				size_t i = (size_t)col_i64(res, r, 0) - 1;
+				if (i >= pb->n)
+					continue;
+				if (PQgetisnull(res, r, 1)) {
+					/* cancelled meanwhile */
+					sched_job_cancel(L.c, pb->jobs[i], now);
+				} else {
+					L.placements++;
+					nodes_wake(pb->nodes[i]);
+				}
+			}
+			outbox_kick(L.a);
+		}
+	}
+	free(pb->jobs);
+	free(pb->nodes);
+	free(pb);
+	free(s);
+	if (cur && L.rerun) {
+		L.rerun = false;
+		schedloop_kick(L.a);
+	}
+}
+
+static void simple_done_cb(enum pg_status st, PGresult *res, const char *ss, const char *err,
+                           void *arg)
+{
+	struct step *s = arg;
+	(void)res;
+	(void)ss;
+	L.inflight--;
+	free(s);
+	if (st != PG_OK)
+		log_warn("scheduler write failed err=\"%s\"", err);
+}
+
+static void write_preempt(const struct sched_action *a)
+{
+	struct numbuf j, d, f, fence;
+	char reason[64];
+	snprintf(reason, sizeof reason, "preempted for job %" PRIu64, a->for_job_id);
+	const char *params[] = { fmt_u64(&j, a->job_id), fmt_i64(&d, a->deadline_us), reason,
+		                 fmt_u64(&f, a->for_job_id), fmt_u64(&fence, L.fence) };
+	(void)params[3];
+	struct step *s = step_new(NULL, 0);
+	exec_q("WITH f AS (SELECT gm_check_fence($5::bigint))"
+	       " UPDATE leases SET state = 4, stop_deadline_us = $2::bigint, stop_kind = 2,"
+	       " stop_reason = $3 FROM f WHERE job_id = $1::bigint AND state BETWEEN 1 AND 3"
+	       " AND $4::bigint > 0",
+	       5, params, simple_done_cb, s);
+}
+
+static void write_unschedulable(const struct sched_action *a)
+{
+	struct numbuf j, now;
+	char msg[256];
+	snprintf(msg, sizeof msg, "no node of the fleet can ever host it: %s",
+	         sched_reason_text(a->reason));
+	const char *params[] = { fmt_u64(&j, a->job_id), fmt_i64(&now, now_us()), msg };
+	struct step *s = step_new(NULL, 0);
+	exec_q("WITH u AS (UPDATE jobs SET state = 5, failure_reason = 6, failure_message = $3,"
+	       " ended_at_us = $2::bigint, updated_at_us = $2::bigint"
+	       " WHERE id = $1::bigint AND state = 1 RETURNING id)"
+	       " INSERT INTO outbox (job_id, kind, created_at_us)"
+	       " SELECT id, 'dequeue', $2::bigint FROM u",
+	       3, params, simple_done_cb, s);
+}
+
+static void observe_cycle(int64_t us)
+{
+	double ms = (double)us / 1000.0;
+	L.cycle_sum_s += ms / 1000.0;
+	size_t i = 0;
+	while (i < NCYCLE_BUCKETS && ms > cycle_le_ms[i])
+		i++;
+	L.cycle_bucket[i]++;
+}
+
+static void run_cycle(void)
+{
+	if (!L.leader || !L.loaded || L.stopped)
+		return;
+	if (L.placing) {
+		L.rerun = true;
+		return;
+	}
+	struct sched_actions acts = { 0 };
+	int64_t t0 = now_us();
+	int rc = sched_cycle(L.c, t0, &acts, NULL);
+	observe_cycle(now_us() - t0);
+	L.cycles++;
+	if (rc) {
+		log_error("scheduling cycle failed rc=%d", rc);
+		sched_actions_free(L.c, &acts);
+		return;
+	}
+	size_t nstart = 0;
+	for (size_t i = 0; i < acts.len; i++)
+		nstart += acts.items[i].kind == SCHED_ACT_START;
+	struct place_batch *pb = NULL;
+	struct strbuf sj = { 0 }, sn = { 0 }, sm = { 0 }, sg = { 0 }, ss = { 0 }, sd = { 0 };
+	if (nstart) {
+		pb = calloc(1, sizeof *pb);
+		if (!pb || !(pb->jobs = calloc(nstart, 8)) || !(pb->nodes = calloc(nstart, 8))) {
+			log_error("out of memory");
+			abort();
+		}
+		sb_puts(&sj, "{");
+		sb_puts(&sn, "{");
+		sb_puts(&sm, "{");
+		sb_puts(&sg, "{");
+		sb_puts(&ss, "{");
+		sb_puts(&sd, "{");
+	}
+	for (size_t i = 0; i < acts.len; i++) {
+		const struct sched_action *a = &acts.items[i];
+		if (a->kind == SCHED_ACT_START) {
+			const char *sep = pb->n ? "," : "";
+			sb_printf(&sj, "%s%" PRIu64, sep, a->job_id);
+			sb_printf(&sn, "%s%" PRIu64, sep, a->node_id);
+			sb_printf(&sm, "%s%" PRId64, sep, (int64_t)a->gpu_mask);
+			sb_printf(&sg, "%s%u", sep, a->gang_index);
+			sb_printf(&ss, "%s%u", sep, a->gang_size);
+			sb_printf(&sd, "%s%" PRId64, sep, a->deadline_us);
+			pb->jobs[pb->n] = a->job_id;
+			pb->nodes[pb->n] = a->node_id;
+			pb->n++;
+		} else if (a->kind == SCHED_ACT_PREEMPT) {
+			L.preemptions++;
+			write_preempt(a);
+		} else if (a->kind == SCHED_ACT_UNSCHEDULABLE) {
+			L.unschedulable++;
+			write_unschedulable(a);
+		}
+	}
+	sched_actions_free(L.c, &acts);
+	if (!pb)
+		return;
+	sb_puts(&sj, "}");
+	sb_puts(&sn, "}");
+	sb_puts(&sm, "}");
+	sb_puts(&sg, "}");
+	sb_puts(&ss, "}");
+	sb_puts(&sd, "}");
+	if (sj.oom || sn.oom || sm.oom || sg.oom || ss.oom || sd.oom) {
+		log_error("out of memory");
+		abort();
+	}
+	struct numbuf fence, now;
+	const char *params[] = { fmt_u64(&fence, L.fence), sj.s, sn.s, sm.s, sg.s, ss.s, sd.s,
+		                 fmt_i64(&now, t0) };
+	struct step *s = step_new(pb, pb->n);
+	L.placing = true;
+	if (exec_q("SELECT idx, lease_id FROM gm_place($1::bigint, $2::bigint[], $3::bigint[],"
+	           " $4::bigint[], $5::integer[], $6::integer[], $7::bigint[], $8::bigint)",
+	           8, params, place_done_cb, s)) {
+		L.placing = false;
+		for (size_t i = 0; i < pb->n; i++)
+			sched_lease_end(L.c, pb->jobs[i], t0, true);
+		free(pb->jobs);
+		free(pb->nodes);
+		free(pb);
+	}
+	sb_free(&sj);
+	sb_free(&sn);
+	sb_free(&sm);
+	sb_free(&sg);
+	sb_free(&ss);
+	sb_free(&sd);
+}
+
+static void cycle_cb(evutil_socket_t fd, short ev, void *arg)
+{
+	(void)fd;
+	(void)ev;
+	(void)arg;
+	run_cycle();
+}
+
+void schedloop_kick(struct app *a)
+{
+	(void)a;
+	/* coalesced: many events before the loop turns make one cycle */
+	if (L.kick_ev && !event_pending(L.kick_ev, EV_TIMEOUT, NULL))
+		event_active(L.kick_ev, EV_TIMEOUT, 0);
+}
+
+/* ---- notifications from the handlers --------------------------------------------------------- */
+
+void schedloop_job_queued(struct app *a, uint64_t job_id, uint64_t tenant_id,
+                          const Gpumatch__V1__JobSpec *spec, int64_t submit_us)
+{
+	if (!L.leader || !L.loaded)
+		return;
+	struct conv_strings *st = malloc(sizeof *st);
+	struct sched_job_spec js;
+	char f[256], m[256];
+	if (st &&
+	    !conv_job_spec(spec, job_id, tenant_id, submit_us, &js, st, f, sizeof f, m, sizeof m)) {
+		struct sched_error se;
+		sched_job_add(L.c, &js, &se);
+	}
+	free(st);
+	schedloop_kick(a);
+}
+
+void schedloop_job_cancelled(struct app *a, uint64_t job_id)
+{
+	(void)a;
+	if (L.leader && L.loaded)
+		sched_job_cancel(L.c, job_id, now_us());
+}
+
+/* Re-reads a requeued job so that it goes back to pending. */
+static void requeue_cb(enum pg_status st, PGresult *res, const char *ss, const char *err, void *arg)
+{
+	struct step *s = arg;
+	bool cur = step_current(s);
+	free(s);
+	(void)ss;
+	(void)err;
+	if (!cur || st != PG_OK)
+		return;
+	for (int i = 0; i < PQntuples(res); i++)
+		add_job_row(res, i, 0, 1, 2, 3);
+	schedloop_kick(L.a);
+}
+
+void schedloop_job_ended(struct app *a, uint64_t job_id, bool requeued)
+{
+	if (!L.leader || !L.loaded)
+		return;
+	int64_t now = now_us();
+	int state = sched_job_state(L.c, job_id);
+	if (state == SCHED_JOB_RUNNING || state == SCHED_JOB_PREEMPTING)
+		sched_lease_end(L.c, job_id, now, requeued);
+	else if (state == -ENOENT && requeued) {
+		struct numbuf j;
+		const char *params[] = { fmt_u64(&j, job_id) };
+		struct step *s = step_new(NULL, 0);
+		exec_q("SELECT id, tenant_id, spec_pb, submitted_at_us FROM jobs"
+		       " WHERE id = $1::bigint AND state = 1",
+		       1, params, requeue_cb, s);
+		return;
+	}
+	schedloop_kick(a);
+}
+
+static void node_row_cb(enum pg_status st, PGresult *res, const char *ss, const char *err,
+                        void *arg)
+{
+	struct step *s = arg;
+	bool cur = step_current(s);
+	free(s);
+	(void)ss;
+	(void)err;
+	if (!cur || st != PG_OK)
+		return;
+	for (int i = 0; i < PQntuples(res); i++)
+		upsert_node_row(res, i);
+	schedloop_kick(L.a);
+}
+
+void schedloop_node_changed(struct app *a, uint64_t node_id)
+{
+	(void)a;
+	if (!L.leader || !L.loaded)
+		return;
+	struct numbuf n;
+	const char *params[] = { fmt_u64(&n, node_id) };
+	struct step *s = step_new(NULL, 0);
+	exec_q("SELECT " NODE_COLS " FROM nodes WHERE id = $1::bigint", 1, params, node_row_cb, s);
+}
+
+static void policy_row_cb(enum pg_status st, PGresult *res, const char *ss, const char *err,
+                          void *arg)
+{
+	struct step *s = arg;
+	bool cur = step_current(s);
+	free(s);
+	(void)ss;
+	(void)err;
+	if (!cur || st != PG_OK)
+		return;
+	apply_policy_row(res);
+	log_info("policy applied");
+	schedloop_kick(L.a);
+}
+
+void schedloop_policy_changed(struct app *a)
+{
+	(void)a;
+	if (!L.leader || !L.loaded)
+		return;
+	struct step *s = step_new(NULL, 0);
+	exec_q("SELECT policy_pb FROM policies ORDER BY version DESC LIMIT 1", 0, NULL,
+	       policy_row_cb, s);
+}
+
+int schedloop_explain(struct app *a, uint64_t job_id, struct explain_out *out)
+{
+	(void)a;
+	if (!L.leader || !L.loaded)
+		return -EAGAIN;
+	struct sched_explain ex;
+	int rc = sched_job_explain(L.c, job_id, &ex);
+	if (rc)
+		return rc;
+	gpumatch__v1__explanation__init(&out->msg);
+	out->msg.evaluated_at_us = now_us();
+	out->msg.total_nodes = ex.total_nodes;
+	out->msg.fit_nodes = ex.fit_nodes;
+	out->msg.gang_nodes = ex.gang_nodes;
+	out->msg.best_region_fit = ex.best_region_fit;
+	out->msg.fleet_feasible = ex.fleet_feasible;
+	size_t n = 0;
+	for (int r = 0; r < SCHED_R_COUNT; r++) {
+		if (!ex.count[r])
+			continue;
+		Gpumatch__V1__ExplanationCount *c = &out->counts[n];
+		gpumatch__v1__explanation_count__init(c);
+		c->reason = (Gpumatch__V1__ExplainReason)(r + 1);
+		c->node_count = ex.count[r];
+		c->text = (char *)sched_reason_text((enum sched_reason)r);
+		out->ptrs[n++] = c;
+	}
+	/* largest first, as the summary */
+	for (size_t i = 1; i < n; i++)
+		for (size_t j = i; j > 0 && out->ptrs[j]->node_count > out->ptrs[j - 1]->node_count;
+		     j--) {
+			Gpumatch__V1__ExplanationCount *t = out->ptrs[j];
+			out->ptrs[j] = out->ptrs[j - 1];
+			out->ptrs[j - 1] = t;
+		}
+	out->msg.n_counts = n;
+	out->msg.counts = out->ptrs;
+	if (ex.reserved) {
+		gpumatch__v1__reservation__init(&out->resv);
+		out->resv.expected_start_us = ex.reserved_start_us;
+		out->msg.reservation = &out->resv;
+	}
+	sched_explain_format(&ex, out->summary, sizeof out->summary);
+	out->msg.summary = out->summary;
+	return 0;
+}
+
+/* ---- janitor: lost nodes, unclaimed and overdue leases ---------------------------------------- */
+
+static void ended_rows(const PGresult *res)
+{
+	/* rows of gm_end_lease: job_id, job_state, job_done, requeued */
+	for (int i = 0; i < PQntuples(res); i++) {
+		L.expired_leases++;
+		if (!strcmp(PQgetvalue(res, i, 2), "t"))
+			schedloop_job_ended(L.a, col_u64(res, i, 0),
+			                    !strcmp(PQgetvalue(res, i, 3), "t"));
+	}
+}
+
+static void janitor_end_cb(enum pg_status st, PGresult *res, const char *ss, const char *err,
+                           void *arg)
+{
+	struct step *s = arg;
+	bool cur = step_current(s);
+	free(s);
+	(void)ss;
+	if (!cur)
+		return;
+	if (st != PG_OK) {
+		log_warn("janitor query failed err=\"%s\"", err);
+		return;
+	}
+	ended_rows(res);
+	outbox_kick(L.a);
+}
+
+static void lost_nodes_cb(enum pg_status st, PGresult *res, const char *ss, const char *err,
+                          void *arg)
+{
+	struct step *s = arg;
+	bool cur = step_current(s);
+	free(s);
+	(void)ss;
+	L.janitor_busy = false;
+	if (!cur)
+		return;
+	if (st != PG_OK) {
+		log_warn("janitor query failed err=\"%s\"", err);
+		return;
+	}
+	for (int i = 0; i < PQntuples(res); i++) {
+		uint64_t id = col_u64(res, i, 0);
+		L.lost_nodes++;
+		log_warn("node lost node=%" PRIu64 " reason=\"missed heartbeats\"", id);
+		sched_node_set_state(L.c, id, SCHED_NODE_LOST);
+	}
+	int64_t now = now_us();
+	struct numbuf n, pick, ma;
+	const char *params[] = { fmt_i64(&n, now),
+		                 fmt_i64(&pick,
+		                         now - (int64_t)L.a->cfg.lease_pickup_timeout_ms * 1000),
+		                 fmt_i64(&ma, L.a->cfg.max_attempts) };
+	/* leases of lost nodes, leases never picked up, leases past their stop
+	 * deadline: all end (expired or as what stopped them) */
+	struct step *q = step_new(NULL, 0);
+	exec_q("SELECT r.job_id, r.job_state, r.job_done, r.requeued FROM"
+	       " (SELECT l.id, CASE WHEN l.state = 4 THEN 6 ELSE 7 END AS outcome FROM leases l"
+	       "   JOIN nodes n ON n.id = l.node_id"
+	       "  WHERE l.state BETWEEN 1 AND 4 AND (n.state = 5"
+	       "     OR (l.state = 1 AND l.assigned_at_us < $2::bigint)"
+	       "     OR (l.state = 4 AND l.stop_deadline_us < $1::bigint))"
+	       "  ORDER BY l.id LIMIT 1000) x"
+	       " CROSS JOIN LATERAL gm_end_lease(x.id, x.outcome::smallint, 0, 0,"
+	       "   'lease expired', $1::bigint, $3::integer) r",
+	       3, params, janitor_end_cb, q);
+	/* leases past their max duration are told to stop */
+	struct step *d = step_new(NULL, 0);
+	exec_q(
+	    "UPDATE leases SET state = 4, stop_kind = 3, stop_deadline_us = $1::bigint + 30000000,"
+	    " stop_reason = 'ran past max_duration_us'"
+	    " WHERE state IN (2, 3) AND deadline_us < $1::bigint",
+	    1, params, simple_done_cb, d);
+}
+
+static void janitor_cb(evutil_socket_t fd, short ev, void *arg)
+{
+	(void)fd;
+	(void)ev;
+	(void)arg;
+	if (!L.leader || !L.loaded || L.stopped || L.janitor_busy)
+		return;
+	int64_t now = now_us();
+	struct numbuf n, cut;
+	const char *params[] = {
+		fmt_i64(&n, now), fmt_i64(&cut, now - (int64_t)L.a->cfg.heartbeat_timeout_ms * 1000)
+	};
+	L.janitor_busy = true;
+	struct step *s = step_new(NULL, 0);
+	if (exec_q("UPDATE nodes SET state = 5, state_reason = 'missed heartbeats',"
+	           " state_changed_at_us = $1::bigint"
+	           " WHERE state IN (2, 3, 4) AND last_heartbeat_us < $2::bigint RETURNING id",
+	           2, params, lost_nodes_cb, s))
+		L.janitor_busy = false;
+}
+
+/* ---- outbox: Postgres -> Redis (every replica) ------------------------------------------------ */
+
+struct outbox_run {
+	int pending;
+	bool failed;
+	struct strbuf ids;
+};
+
+static void outbox_deleted_cb(enum pg_status st, PGresult *res, const char *ss, const char *err,
+                              void *arg)
+{
+	struct outbox_run *o = arg;
+	(void)res;
+	(void)ss;
+	L.inflight--;
+	L.outbox_busy = false;
+	if (st != PG_OK)
+		log_warn("outbox cleanup failed err=\"%s\"", err);
+	bool more = st == PG_OK && !o->failed;
+	sb_free(&o->ids);
+	free(o);
+	if (more)
+		outbox_kick(L.a);
+}
+
+static void outbox_redis_cb(redisReply *reply, const char *err, void *arg)
+{
+	struct outbox_run *o = arg;
+	if (!reply || reply->type == REDIS_REPLY_ERROR) {
+		if (!o->failed)
+			log_warn("outbox to redis failed err=\"%s\"",
+			         reply ? reply->str : (err ? err : "unknown"));
+		o->failed = true;
+	}
+	if (--o->pending)
+		return;
+	if (o->failed) {
+		/* keep the rows; the next drain retries (the scripts are idempotent) */
+		L.inflight--;
+		L.outbox_busy = false;
+		sb_free(&o->ids);
+		free(o);
+		return;
+	}
+	sb_puts(&o->ids, "}");
+	const char *params[] = { o->ids.s };
+	if (pg_exec(L.a->pg, NULL, "DELETE FROM outbox WHERE id = ANY($1::bigint[])", 1, params,
+	            outbox_deleted_cb, o)) {
+		L.inflight--;
+		L.outbox_busy = false;
+		sb_free(&o->ids);
+		free(o);
+	}
+}
+
+static void enqueue_redis(struct outbox_run *o, uint64_t job, uint64_t tenant, int64_t submit_us,
+                          int prio)
+{
+	char id[24], score[32], ten[24], sub_s[24], jobkey[64];
+	snprintf(id, sizeof id, "%" PRIu64, job);
+	/* lower score first: higher class, then earlier submit */
+	snprintf(score, sizeof score, "%.0f",
+	         (double)(SCHED_PRIO_CLASSES - 1 - prio) * 1e13 + (double)(submit_us / 1000));
+	snprintf(ten, sizeof ten, "%" PRIu64, tenant);
+	snprintf(sub_s, sizeof sub_s, "%" PRId64, submit_us);
+	snprintf(jobkey, sizeof jobkey, RK_JOB "%" PRIu64, job);
+	const char *argv[] = { RK_PENDING, jobkey, RK_EVENTS, id, score, ten, sub_s };
+	o->pending++;
+	if (rds_script(L.a->rds, SCRIPT_ENQUEUE, outbox_redis_cb, o, 3, 7, argv, NULL)) {
+		o->pending--;
+		o->failed = true;
+	}
+}
+
+static void dequeue_redis(struct outbox_run *o, uint64_t job)
+{
+	char id[24], jobkey[64];
+	snprintf(id, sizeof id, "%" PRIu64, job);
+	snprintf(jobkey, sizeof jobkey, RK_JOB "%" PRIu64, job);
+	const char *argv[] = { RK_PENDING, jobkey, id };
+	o->pending++;
+	if (rds_script(L.a->rds, SCRIPT_DEQUEUE, outbox_redis_cb, o, 2, 3, argv, NULL)) {
+		o->pending--;
+		o->failed = true;
+	}
+}
+
+static void outbox_rows_cb(enum pg_status st, PGresult *res, const char *ss, const char *err,
+                           void *arg)
+{
+	(void)ss;
+	(void)arg;
+	if (st != PG_OK || PQntuples(res) == 0 || L.stopped) {
+		if (st != PG_OK && st != PG_UNAVAILABLE)
+			log_warn("outbox read failed err=\"%s\"", err);
+		L.inflight--;
+		L.outbox_busy = false;
+		return;
+	}
+	struct outbox_run *o = calloc(1, sizeof *o);
+	if (!o) {
+		log_error("out of memory");
+		abort();
+	}
+	o->pending = 1; /* held until every command is sent */
+	sb_puts(&o->ids, "{");
+	for (int i = 0; i < PQntuples(res); i++) {
+		sb_printf(&o->ids, "%s%s", i ? "," : "", PQgetvalue(res, i, 0));
+		uint64_t job = col_u64(res, i, 1);
+		if (!strcmp(PQgetvalue(res, i, 2), "enqueue") &&
+		    !strcmp(PQgetvalue(res, i, 6), "1"))
+			enqueue_redis(o, job, col_u64(res, i, 3), col_i64(res, i, 4),
+			              (int)col_i64(res, i, 5));
+		else
+			dequeue_redis(o, job);
+		L.outbox_moved++;
+	}
+	outbox_redis_cb(&(redisReply){ .type = REDIS_REPLY_STATUS }, NULL, o);
+}
+
+static void outbox_cb(evutil_socket_t fd, short ev, void *arg)
+{
+	(void)fd;
+	(void)ev;
+	(void)arg;
+	if (L.outbox_busy || L.stopped || !rds_ready(L.a->rds) || !pg_pool_ready(L.a->pg))
+		return;
+	L.outbox_busy = true;
+	L.inflight++;
+	char lim[16];
+	snprintf(lim, sizeof lim, "%d", OUTBOX_BATCH);
+	const char *params[] = { lim };
+	/* an enqueue row is applied only while the job is still queued */
+	if (pg_exec(L.a->pg, NULL,
+	            "SELECT o.id, o.job_id, o.kind, j.tenant_id, j.submitted_at_us,"
+	            " j.priority_class, j.state FROM outbox o JOIN jobs j ON j.id = o.job_id"
+	            " ORDER BY o.id LIMIT $1::integer",
+	            1, params, outbox_rows_cb, NULL)) {
+		L.inflight--;
+		L.outbox_busy = false;
+	}
+}
+
+void outbox_kick(struct app *a)
+{
+	(void)a;
+	if (L.outbox_kick_ev)
+		event_active(L.outbox_kick_ev, EV_TIMEOUT, 0);
+}
+
+/* ---- reconcile Redis with Postgres (leader) --------------------------------------------------- */
+
+static void reconcile_members_cb(redisReply *reply, const char *err, void *arg)
+{
+	struct step *s = arg;
+	bool cur = s->gen == L.generation && !L.stopped;
+	L.inflight--;
+	free(s);
+	if (!cur || !reply || reply->type != REDIS_REPLY_ARRAY) {
+		if (cur)
+			log_warn("reconcile: redis read failed err=\"%s\"",
+			         err ? err : "bad reply");
+		return;
+	}
+	/* Postgres's queued jobs missing in Redis get enqueue rows; Redis's
+	 * members no longer queued get dequeue rows. The outbox applies both. */
+	struct strbuf have = { 0 };
+	sb_puts(&have, "{");
+	for (size_t i = 0; i < reply->elements; i++)
+		sb_printf(&have, "%s%s", i ? "," : "", reply->element[i]->str);
+	sb_puts(&have, "}");
+	struct numbuf now;
+	const char *params[] = { have.s, fmt_i64(&now, now_us()) };
+	struct step *q = step_new(NULL, 0);
+	if (!have.oom)
+		exec_q("INSERT INTO outbox (job_id, kind, created_at_us)"
+		       " SELECT id, 'enqueue', $2::bigint FROM jobs"
+		       "  WHERE state = 1 AND NOT (id = ANY($1::bigint[]))"
+		       " UNION ALL"
+		       " SELECT m, 'dequeue', $2::bigint FROM unnest($1::bigint[]) m"
+		       "  WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE id = m AND state = 1)",
+		       2, params, simple_done_cb, q);
+	sb_free(&have);
+	outbox_kick(L.a);
+}
+
+static void reconcile_cb(evutil_socket_t fd, short ev, void *arg)
+{
+	(void)fd;
+	(void)ev;
+	(void)arg;
+	if (!L.leader || !L.loaded || L.stopped || !rds_ready(L.a->rds))
+		return;
+	struct step *s = step_new(NULL, 0);
+	const char *argv[] = { "ZRANGE", RK_PENDING, "0", "-1" };
+	if (rds_cmd(L.a->rds, reconcile_members_cb, s, 4, argv, NULL)) {
+		L.inflight--;
+		free(s);
+	}
+}
+
+static void redis_connected(void *arg)
+{
+	(void)arg;
+	/* after a Redis restart (or FLUSHALL seen as a reconnect) rebuild the
+	 * queue from Postgres at once */
+	if (L.reconcile_ev)
+		event_active(L.reconcile_ev, EV_TIMEOUT, 0);
+}
+
+static void ignore_reply_cb(redisReply *reply, const char *err, void *arg)
+{
+	(void)reply;
+	(void)err;
+	(void)arg;
+}
+
+/* ---- lifecycle ---------------------------------------------------------------------------------- */
+
+static struct event *timer(struct event_base *b, int ms, event_callback_fn fn)
+{
+	struct event *e = event_new(b, -1, EV_PERSIST, fn, NULL);
+	if (!e)
+		return NULL;
+	struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+	event_add(e, &tv);
+	return e;
+}
+
+int schedloop_start(struct app *a, char *err, size_t err_len)
+{
+	memset(&L, 0, sizeof L);
+	L.a = a;
+	if (a->cfg.instance_id[0]) {
+		snprintf(L.instance, sizeof L.instance, "%s", a->cfg.instance_id);
+	} else {
+		char host[64] = "";
+		gethostname(host, sizeof host - 1);
+		snprintf(L.instance, sizeof L.instance, "%s:%d:%" PRId64, host, (int)getpid(),
+		         now_us());
+	}
+	L.leader_ev = timer(a->base, LEADER_TICK_MS, leader_tick_cb);
+	L.cycle_ev = timer(a->base, a->cfg.cycle_interval_ms, cycle_cb);
+	L.janitor_ev = timer(a->base, JANITOR_MS, janitor_cb);
+	L.outbox_ev = timer(a->base, OUTBOX_MS, outbox_cb);
+	L.reconcile_ev = timer(a->base, a->cfg.reconcile_interval_ms, reconcile_cb);
+	L.kick_ev = event_new(a->base, -1, 0, cycle_cb, NULL);
+	L.outbox_kick_ev = event_new(a->base, -1, 0, outbox_cb, NULL);
+	if (!L.leader_ev || !L.cycle_ev || !L.janitor_ev || !L.outbox_ev || !L.reconcile_ev ||
+	    !L.kick_ev || !L.outbox_kick_ev) {
+		snprintf(err, err_len, "cannot create scheduler timers");
+		return -1;
+	}
+	rds_on_connect(a->rds, redis_connected, NULL);
+	/* try for leadership right away rather than after the first tick */
+	event_active(L.leader_ev, EV_TIMEOUT, 0);
+	return 0;
+}
+
+void schedloop_stop(struct app *a)
+{
+	(void)a;
+	if (L.stopped)
+		return;
+	L.stopped = true;
+	struct event **evs[] = { &L.leader_ev,    &L.cycle_ev, &L.janitor_ev,    &L.outbox_ev,
+		                 &L.reconcile_ev, &L.kick_ev,  &L.outbox_kick_ev };
+	for (size_t i = 0; i < sizeof evs / sizeof evs[0]; i++) {
+		if (*evs[i]) {
+			event_free(*evs[i]);
+			*evs[i] = NULL;
+		}
+	}
+	if (L.leader) {
+		/* hand the lock over now rather than after its TTL */
+		const char *argv[] = { "DEL", RK_LEADER };
+		rds_cmd(L.a->rds, ignore_reply_cb, NULL, 2, argv, NULL);
+	}
+	L.leader = false;
+	L.generation++;
+	sched_cluster_free(L.c);
+	L.c = NULL;
+}
+
+bool schedloop_idle(struct app *a)
+{
+	(void)a;
+	return L.inflight <= 0;
+}
+
+void schedloop_metrics(struct app *a, struct evbuffer *b)
+{
+	(void)a;
+	evbuffer_add_printf(b,
+	                    "# HELP gpumatch_scheduler_leader Whether this replica schedules.\n"
+	                    "# TYPE gpumatch_scheduler_leader gauge\ngpumatch_scheduler_leader %d\n"
+	                    "# HELP gpumatch_placements_total Jobs (gang parts) placed.\n"
+	                    "# TYPE gpumatch_placements_total counter\n"
+	                    "gpumatch_placements_total %" PRIu64 "\n"
+	                    "# HELP gpumatch_preemptions_total Jobs told to stop for others.\n"
+	                    "# TYPE gpumatch_preemptions_total counter\n"
+	                    "gpumatch_preemptions_total %" PRIu64 "\n"
+	                    "# HELP gpumatch_nodes_lost_total Nodes marked lost.\n"
+	                    "# TYPE gpumatch_nodes_lost_total counter\n"
+	                    "gpumatch_nodes_lost_total %" PRIu64 "\n"
+	                    "# HELP gpumatch_leases_expired_total Leases ended by the janitor.\n"
+	                    "# TYPE gpumatch_leases_expired_total counter\n"
+	                    "gpumatch_leases_expired_total %" PRIu64 "\n"
+	                    "# HELP gpumatch_outbox_moved_total Outbox rows applied to Redis.\n"
+	                    "# TYPE gpumatch_outbox_moved_total counter\n"
+	                    "gpumatch_outbox_moved_total %" PRIu64 "\n",
+	                    L.leader && L.loaded ? 1 : 0, L.placements, L.preemptions, L.lost_nodes,
+	                    L.expired_leases, L.outbox_moved);
+	if (L.c) {
+		struct sched_stats st;
+		sched_get_stats(L.c, &st);
+		static const char *const names[] = { "ready", "draining", "cordoned", "lost" };
+		evbuffer_add_printf(b, "# HELP gpumatch_nodes Nodes by state (leader's view).\n"
+		                       "# TYPE gpumatch_nodes gauge\n");
+		for (int i = 0; i < SCHED_NODE_STATE_COUNT; i++)
+			evbuffer_add_printf(b, "gpumatch_nodes{state=\"%s\"} %u\n", names[i],
+			                    st.nodes_by_state[i]);
+		evbuffer_add_printf(
+		    b,
+		    "# HELP gpumatch_gpus GPUs by use (leader's view).\n"
+		    "# TYPE gpumatch_gpus gauge\n"
+		    "gpumatch_gpus{use=\"free\"} %" PRIu64 "\n"
+		    "gpumatch_gpus{use=\"total\"} %" PRIu64 "\n"
+		    "# HELP gpumatch_queue_depth Pending jobs.\n"
+		    "# TYPE gpumatch_queue_depth gauge\ngpumatch_queue_depth %u\n"
+		    "# HELP gpumatch_jobs_running Jobs holding GPUs.\n"
+		    "# TYPE gpumatch_jobs_running gauge\ngpumatch_jobs_running %u\n"
+		    "# HELP gpumatch_requirement_classes Distinct requirement classes.\n"
+		    "# TYPE gpumatch_requirement_classes gauge\n"
+		    "gpumatch_requirement_classes %u\n",
+		    st.gpus_free, st.gpus_total, st.jobs_pending, st.jobs_running, st.classes);
+	}
+	evbuffer_add_printf(b, "# HELP gpumatch_cycle_duration_seconds Scheduling cycle time.\n"
+	                       "# TYPE gpumatch_cycle_duration_seconds histogram\n");
+	uint64_t cum = 0;
+	for (size_t i = 0; i < NCYCLE_BUCKETS; i++) {
+		cum += L.cycle_bucket[i];
+		evbuffer_add_printf(
+		    b, "gpumatch_cycle_duration_seconds_bucket{le=\"%g\"} %" PRIu64 "\n",
+		    cycle_le_ms[i] / 1000.0, cum);
+	}
+	cum += L.cycle_bucket[NCYCLE_BUCKETS];
+	evbuffer_add_printf(b,
+	                    "gpumatch_cycle_duration_seconds_bucket{le=\"+Inf\"} %" PRIu64 "\n"
+	                    "gpumatch_cycle_duration_seconds_sum %.6f\n"
+	                    "gpumatch_cycle_duration_seconds_count %" PRIu64 "\n",
+	                    cum, L.cycle_sum_s, cum);
+}

@@ -1,0 +1,82 @@
+/* service.h — the RPC handlers of each service file and their lifecycle
+ * hooks, for handlers.c's table. */
+#ifndef GPUMATCH_SERVICE_H
+#define GPUMATCH_SERVICE_H
+
+#include "gpumatch/v1/job.pb-c.h"
+#include "handlers.h"
+#include "sched.h"
+
+/* jobs.c */
+void jobs_submit(struct rpc_call *call, const ProtobufCMessage *req);
+void jobs_get(struct rpc_call *call, const ProtobufCMessage *req);
+void jobs_list(struct rpc_call *call, const ProtobufCMessage *req);
+void jobs_cancel(struct rpc_call *call, const ProtobufCMessage *req);
+void jobs_explain(struct rpc_call *call, const ProtobufCMessage *req);
+int jobs_start(struct app *a, char *err, size_t err_len);
+void jobs_stop(struct app *a);
+bool jobs_idle(struct app *a);
+void jobs_metrics(struct app *a, struct evbuffer *b);
+
+/* nodes.c */
+void nodes_register(struct rpc_call *call, const ProtobufCMessage *req);
+void nodes_get(struct rpc_call *call, const ProtobufCMessage *req);
+void nodes_list(struct rpc_call *call, const ProtobufCMessage *req);
+void nodes_heartbeat(struct rpc_call *call, const ProtobufCMessage *req);
+void nodes_acquire_lease(struct rpc_call *call, const ProtobufCMessage *req);
+void nodes_report_lease(struct rpc_call *call, const ProtobufCMessage *req);
+void nodes_drain(struct rpc_call *call, const ProtobufCMessage *req);
+void nodes_undrain(struct rpc_call *call, const ProtobufCMessage *req);
+int nodes_start(struct app *a, char *err, size_t err_len);
+void nodes_stop(struct app *a);
+void nodes_drain_waiters(struct app *a);
+
+/* admin.c */
+void admin_create_tenant(struct rpc_call *call, const ProtobufCMessage *req);
+void admin_get_tenant(struct rpc_call *call, const ProtobufCMessage *req);
+void admin_list_tenants(struct rpc_call *call, const ProtobufCMessage *req);
+void admin_create_operator(struct rpc_call *call, const ProtobufCMessage *req);
+void admin_get_operator(struct rpc_call *call, const ProtobufCMessage *req);
+void admin_list_operators(struct rpc_call *call, const ProtobufCMessage *req);
+void admin_create_token(struct rpc_call *call, const ProtobufCMessage *req);
+void admin_list_tokens(struct rpc_call *call, const ProtobufCMessage *req);
+void admin_revoke_token(struct rpc_call *call, const ProtobufCMessage *req);
+void admin_get_policy(struct rpc_call *call, const ProtobufCMessage *req);
+void admin_set_policy(struct rpc_call *call, const ProtobufCMessage *req);
+void admin_list_policies(struct rpc_call *call, const ProtobufCMessage *req);
+void admin_list_policy_audit(struct rpc_call *call, const ProtobufCMessage *req);
+
+/* schedloop.c: the leader's scheduling loop. The notifications below keep
+ * the leader's in-memory cluster current without a rebuild; on other
+ * replicas they do nothing (the leader learns from Postgres/Redis). */
+void schedloop_job_queued(struct app *a, uint64_t job_id, uint64_t tenant_id,
+                          const Gpumatch__V1__JobSpec *spec, int64_t submit_us);
+void schedloop_job_cancelled(struct app *a, uint64_t job_id);
+/* The job's leases all ended; requeued or finished. */
+void schedloop_job_ended(struct app *a, uint64_t job_id, bool requeued);
+/* Node facts or state changed in Postgres: the leader re-reads it. */
+void schedloop_node_changed(struct app *a, uint64_t node_id);
+bool schedloop_is_leader(struct app *a);
+
+struct explain_out {
+	Gpumatch__V1__Explanation msg;
+	Gpumatch__V1__ExplanationCount counts[SCHED_R_COUNT];
+	Gpumatch__V1__ExplanationCount *ptrs[SCHED_R_COUNT];
+	Gpumatch__V1__Reservation resv;
+	char summary[1024];
+};
+/* 0 with out filled; -ENOENT when the leader does not hold the job as
+ * pending; -EAGAIN when this replica is not the (loaded) leader. */
+int schedloop_explain(struct app *a, uint64_t job_id, struct explain_out *out);
+
+/* Moves outbox rows to Redis soon (any replica). */
+void outbox_kick(struct app *a);
+int schedloop_start(struct app *a, char *err, size_t err_len);
+void schedloop_stop(struct app *a);
+bool schedloop_idle(struct app *a);
+void schedloop_metrics(struct app *a, struct evbuffer *b);
+/* A new policy version was stored: the leader loads it before its next
+ * cycle. */
+void schedloop_policy_changed(struct app *a);
+
+#endif
