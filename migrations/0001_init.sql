@@ -182,24 +182,26 @@ END $$;
 
 -- Group commit of many submits in one statement (one transaction): each
 -- element becomes a job and an outbox row, unless the tenant already used
--- its idempotency key, in which case the earlier job is returned.
+-- its idempotency key, in which case the earlier job is returned, with
+-- same_spec telling whether it was asked for with the same spec.
 CREATE FUNCTION gm_submit_jobs(
     p_tenant bigint[], p_name text[], p_key text[], p_spec bytea[],
     p_prio smallint[], p_gpus integer[], p_now bigint)
-RETURNS TABLE (idx integer, job_id bigint, created boolean)
+RETURNS TABLE (idx integer, job_id bigint, created boolean, same_spec boolean)
 LANGUAGE plpgsql AS $$
 DECLARE
     i integer;
     jid bigint;
+    old_spec bytea;
 BEGIN
     FOR i IN 1 .. coalesce(array_length(p_tenant, 1), 0) LOOP
         jid := NULL;
         IF p_key[i] <> '' THEN
-            SELECT j.id INTO jid FROM jobs j
+            SELECT j.id, j.spec_pb INTO jid, old_spec FROM jobs j
              WHERE j.tenant_id = p_tenant[i] AND j.idempotency_key = p_key[i];
         END IF;
         IF jid IS NOT NULL THEN
-            idx := i; job_id := jid; created := false;
+            idx := i; job_id := jid; created := false; same_spec := old_spec = p_spec[i];
             RETURN NEXT;
             CONTINUE;
         END IF;
@@ -210,15 +212,15 @@ BEGIN
         RETURNING id INTO jid;
         IF jid IS NULL THEN
             -- the same key twice in one batch: the first one won
-            SELECT j.id INTO jid FROM jobs j
+            SELECT j.id, j.spec_pb INTO jid, old_spec FROM jobs j
              WHERE j.tenant_id = p_tenant[i] AND j.idempotency_key = p_key[i];
-            idx := i; job_id := jid; created := false;
+            idx := i; job_id := jid; created := false; same_spec := old_spec = p_spec[i];
             RETURN NEXT;
             CONTINUE;
         END IF;
         INSERT INTO job_events (job_id, at_us, kind) VALUES (jid, p_now, 'submitted');
         INSERT INTO outbox (job_id, kind, created_at_us) VALUES (jid, 'enqueue', p_now);
-        idx := i; job_id := jid; created := true;
+        idx := i; job_id := jid; created := true; same_spec := true;
         RETURN NEXT;
     END LOOP;
 END $$;

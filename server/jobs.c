@@ -143,6 +143,10 @@ static void reply_job_cb(enum pg_status st, PGresult *res, const char *sqlstate,
 		return;
 	}
 	placement_from_text(PQgetvalue(res, 0, JOB_NCOLS), &job, ps);
+	struct explain_out *ex = NULL;
+	if (job.state == GPUMATCH__V1__JOB_STATE__JOB_STATE_QUEUED && (ex = malloc(sizeof *ex)) &&
+	    schedloop_explain(app_get(), job.id, ex) == 0)
+		job.explanation = &ex->msg;
 	const char *path = rpc_method_path(call);
 	if (strstr(path, "/GetJob")) {
 		Gpumatch__V1__GetJobResponse resp = GPUMATCH__V1__GET_JOB_RESPONSE__INIT;
@@ -160,6 +164,7 @@ static void reply_job_cb(enum pg_status st, PGresult *res, const char *sqlstate,
 	}
 	job_scratch_free(&s);
 	free(ps);
+	free(ex);
 }
 
 static void load_and_reply(struct rpc_call *call, uint64_t job_id, uint64_t tenant)
@@ -241,7 +246,12 @@ static void batch_done_cb(enum pg_status st, PGresult *res, const char *sqlstate
 			struct submit *s = b->items[i];
 			uint64_t job_id = col_u64(res, row, 1);
 			bool created = !strcmp(PQgetvalue(res, row, 2), "t");
-			if (!created) {
+			if (!created && strcmp(PQgetvalue(res, row, 3), "t")) {
+				rpc_error(s->call, RPC_FAILED_PRECONDITION,
+				          "idempotencyKey: already used for job %" PRIu64
+				          " with a different spec",
+				          job_id);
+			} else if (!created) {
 				/* the key was used before: answer with that job */
 				load_and_reply(s->call, job_id, s->tenant_id);
 			} else {
@@ -340,7 +350,8 @@ static void flush_batch(void)
 	sub.batches++;
 	sub.inflight_n = n;
 	if (pg_exec(a->pg, NULL,
-	            "SELECT idx, job_id, created FROM gm_submit_jobs($1::bigint[], $2::text[],"
+	            "SELECT idx, job_id, created, same_spec FROM gm_submit_jobs($1::bigint[], "
+	            "$2::text[],"
 	            " $3::text[], $4::bytea[], $5::smallint[], $6::integer[], $7::bigint)",
 	            7, params, batch_done_cb, b)) {
 		sub.inflight = false;
@@ -366,7 +377,23 @@ oom:
 static bool valid_label(const char *s, size_t max)
 {
 	size_t n = strlen(s);
-	return n <= max;
+	if (n > max)
+		return false;
+	for (; *s; s++)
+		if ((unsigned char)*s < 0x20 || *s == 0x7f)
+			return false;
+	return true;
+}
+
+static bool valid_key(const char *s)
+{
+	size_t n = strlen(s);
+	if (n < 1 || n > 128)
+		return false;
+	for (; *s; s++)
+		if (*s < 0x21 || *s > 0x7e)
+			return false;
+	return true;
 }
 
 void jobs_submit(struct rpc_call *call, const ProtobufCMessage *msg)
@@ -382,11 +409,13 @@ void jobs_submit(struct rpc_call *call, const ProtobufCMessage *msg)
 		return;
 	}
 	if (!valid_label(req->name, 128)) {
-		rpc_error(call, RPC_INVALID_ARGUMENT, "name: at most 128 bytes");
+		rpc_error(call, RPC_INVALID_ARGUMENT,
+		          "name: at most 128 bytes, no control characters");
 		return;
 	}
-	if (!valid_label(req->idempotency_key, 128)) {
-		rpc_error(call, RPC_INVALID_ARGUMENT, "idempotencyKey: at most 128 bytes");
+	if (!valid_key(req->idempotency_key)) {
+		rpc_error(call, RPC_INVALID_ARGUMENT,
+		          "idempotencyKey: required, 1..128 printable ASCII characters");
 		return;
 	}
 	struct sched_job_spec js;
@@ -544,11 +573,11 @@ void jobs_list(struct rpc_call *call, const ProtobufCMessage *msg)
 		                 states.s,           fmt_i64(&l, lc->page_size + 1),
 		                 fmt_i64(&f, from),  fmt_i64(&u, until) };
 	if (pg_exec(app_get()->pg, NULL,
-	            "SELECT " JOB_COLS " FROM jobs j WHERE j.id > $1::bigint"
+	            "SELECT " JOB_COLS " FROM jobs j WHERE ($1::bigint = 0 OR j.id < $1::bigint)"
 	            " AND ($2::bigint = 0 OR j.tenant_id = $2::bigint)"
 	            " AND (cardinality($3::smallint[]) = 0 OR j.state = ANY($3::smallint[]))"
 	            " AND j.submitted_at_us >= $5::bigint AND j.submitted_at_us < $6::bigint"
-	            " ORDER BY j.id LIMIT $4::integer",
+	            " ORDER BY j.id DESC LIMIT $4::integer",
 	            6, params, list_cb, lc)) {
 		free(lc);
 		rpc_error(call, RPC_UNAVAILABLE, "shutting down");

@@ -36,7 +36,7 @@ static struct {
 	uint64_t generation; /* bumps on every gain/loss: stale callbacks drop out */
 	struct sched_cluster *c;
 	struct event *leader_ev, *cycle_ev, *kick_ev, *janitor_ev, *outbox_ev, *outbox_kick_ev,
-	    *reconcile_ev;
+	    *reconcile_ev, *stream_ev;
 	bool placing; /* a placement write is in flight */
 	bool rerun;   /* cycle asked for while placing */
 	bool outbox_busy;
@@ -53,6 +53,8 @@ static struct {
 } L;
 
 static void lose_leadership(const char *why);
+static void begin_load(void);
+static void stream_start_cb(redisReply *reply, const char *err, void *arg);
 
 /* ---- helpers -------------------------------------------------------------------------- */
 
@@ -374,7 +376,14 @@ static void leader_reply_cb(redisReply *reply, const char *err, void *arg)
 			L.generation++;
 			log_info("scheduler leadership gained instance=%s fence=%" PRIu64,
 			         L.instance, L.fence);
-			begin_load();
+			L.stream_last[0] = '\0';
+			struct step *q = step_new(NULL, 0);
+			const char *argv[] = { "XREVRANGE", RK_EVENTS, "+", "-", "COUNT", "1" };
+			if (rds_cmd(L.a->rds, stream_start_cb, q, 6, argv, NULL)) {
+				L.inflight--;
+				free(q);
+				lose_leadership("redis unavailable");
+			}
 		}
 		return;
 	}
@@ -623,6 +632,7 @@ void schedloop_kick(struct app *a)
 void schedloop_job_queued(struct app *a, uint64_t job_id, uint64_t tenant_id,
                           const Gpumatch__V1__JobSpec *spec, int64_t submit_us)
 {
+	/* other replicas learn of it from the outbox's enqueue event */
 	if (!L.leader || !L.loaded)
 		return;
 	struct conv_strings *st = malloc(sizeof *st);
@@ -637,11 +647,19 @@ void schedloop_job_queued(struct app *a, uint64_t job_id, uint64_t tenant_id,
 	schedloop_kick(a);
 }
 
+static void publish(const char *kind, uint64_t id, int flag);
+
+static void apply_job_cancelled(uint64_t job_id)
+{
+	if (L.leader && L.loaded && sched_job_state(L.c, job_id) == SCHED_JOB_PENDING)
+		sched_job_cancel(L.c, job_id, now_us());
+}
+
 void schedloop_job_cancelled(struct app *a, uint64_t job_id)
 {
 	(void)a;
-	if (L.leader && L.loaded)
-		sched_job_cancel(L.c, job_id, now_us());
+	publish("cancelled", job_id, 0);
+	apply_job_cancelled(job_id);
 }
 
 /* Re-reads a requeued job so that it goes back to pending. */
@@ -659,8 +677,9 @@ static void requeue_cb(enum pg_status st, PGresult *res, const char *ss, const c
 	schedloop_kick(L.a);
 }
 
-void schedloop_job_ended(struct app *a, uint64_t job_id, bool requeued)
+static void apply_job_ended(uint64_t job_id, bool requeued)
 {
+	struct app *a = L.a;
 	if (!L.leader || !L.loaded)
 		return;
 	int64_t now = now_us();
@@ -679,6 +698,13 @@ void schedloop_job_ended(struct app *a, uint64_t job_id, bool requeued)
 	schedloop_kick(a);
 }
 
+void schedloop_job_ended(struct app *a, uint64_t job_id, bool requeued)
+{
+	(void)a;
+	publish("ended", job_id, requeued);
+	apply_job_ended(job_id, requeued);
+}
+
 static void node_row_cb(enum pg_status st, PGresult *res, const char *ss, const char *err,
                         void *arg)
 {
@@ -694,15 +720,21 @@ static void node_row_cb(enum pg_status st, PGresult *res, const char *ss, const 
 	schedloop_kick(L.a);
 }
 
-void schedloop_node_changed(struct app *a, uint64_t node_id)
+static void apply_node_changed(uint64_t node_id)
 {
-	(void)a;
 	if (!L.leader || !L.loaded)
 		return;
 	struct numbuf n;
 	const char *params[] = { fmt_u64(&n, node_id) };
 	struct step *s = step_new(NULL, 0);
 	exec_q("SELECT " NODE_COLS " FROM nodes WHERE id = $1::bigint", 1, params, node_row_cb, s);
+}
+
+void schedloop_node_changed(struct app *a, uint64_t node_id)
+{
+	(void)a;
+	publish("node", node_id, 0);
+	apply_node_changed(node_id);
 }
 
 static void policy_row_cb(enum pg_status st, PGresult *res, const char *ss, const char *err,
@@ -720,14 +752,20 @@ static void policy_row_cb(enum pg_status st, PGresult *res, const char *ss, cons
 	schedloop_kick(L.a);
 }
 
-void schedloop_policy_changed(struct app *a)
+static void apply_policy_changed(void)
 {
-	(void)a;
 	if (!L.leader || !L.loaded)
 		return;
 	struct step *s = step_new(NULL, 0);
 	exec_q("SELECT policy_pb FROM policies ORDER BY version DESC LIMIT 1", 0, NULL,
 	       policy_row_cb, s);
+}
+
+void schedloop_policy_changed(struct app *a)
+{
+	(void)a;
+	publish("policy", 0, 0);
+	apply_policy_changed();
 }
 
 int schedloop_explain(struct app *a, uint64_t job_id, struct explain_out *out)
@@ -1093,6 +1131,144 @@ static void ignore_reply_cb(redisReply *reply, const char *err, void *arg)
 	(void)arg;
 }
 
+/* ---- changes made through other replicas -----------------------------------------------------
+ * Every replica publishes what it changed to the {gm}:events stream; the
+ * leader reads it and applies what came from elsewhere (its own changes
+ * were applied directly). A lost stream (Redis flushed) only delays: the
+ * periodic reconcile and the next leadership load read Postgres. */
+
+static void publish(const char *kind, uint64_t id, int flag)
+{
+	if (L.stopped || !rds_ready(L.a->rds))
+		return;
+	char ids[24], fl[8];
+	snprintf(ids, sizeof ids, "%" PRIu64, id);
+	snprintf(fl, sizeof fl, "%d", flag);
+	const char *argv[] = { "XADD", RK_EVENTS, "MAXLEN", "~",    "100000", "*",    "kind",
+		               kind,   "id",      ids,      "flag", fl,       "from", L.instance };
+	rds_cmd(L.a->rds, ignore_reply_cb, NULL, 14, argv, NULL);
+}
+
+static void fetch_jobs_cb(enum pg_status st, PGresult *res, const char *ss, const char *err,
+                          void *arg)
+{
+	struct step *s = arg;
+	bool cur = step_current(s);
+	free(s);
+	(void)ss;
+	(void)err;
+	if (!cur || st != PG_OK)
+		return;
+	for (int i = 0; i < PQntuples(res); i++)
+		add_job_row(res, i, 0, 1, 2, 3);
+	schedloop_kick(L.a);
+}
+
+static const char *entry_field(const redisReply *kv, const char *name)
+{
+	for (size_t i = 0; i + 1 < kv->elements; i += 2)
+		if (kv->element[i]->type == REDIS_REPLY_STRING &&
+		    !strcmp(kv->element[i]->str, name) &&
+		    kv->element[i + 1]->type == REDIS_REPLY_STRING)
+			return kv->element[i + 1]->str;
+	return "";
+}
+
+static void stream_cb(redisReply *reply, const char *err, void *arg)
+{
+	struct step *s = arg;
+	L.inflight--;
+	bool cur = s->gen == L.generation && L.leader && L.loaded && !L.stopped;
+	free(s);
+	L.stream_busy = false;
+	(void)err;
+	/* reply: [[stream, [[id, [k, v, ...]], ...]]] or nil */
+	if (!cur || !reply || reply->type != REDIS_REPLY_ARRAY || reply->elements < 1 ||
+	    reply->element[0]->type != REDIS_REPLY_ARRAY || reply->element[0]->elements < 2)
+		return;
+	const redisReply *entries = reply->element[0]->element[1];
+	struct strbuf fetch = { 0 };
+	sb_puts(&fetch, "{");
+	bool any = false;
+	for (size_t i = 0; i < entries->elements; i++) {
+		const redisReply *e = entries->element[i];
+		if (e->type != REDIS_REPLY_ARRAY || e->elements < 2 ||
+		    e->element[0]->type != REDIS_REPLY_STRING ||
+		    e->element[1]->type != REDIS_REPLY_ARRAY)
+			continue;
+		snprintf(L.stream_last, sizeof L.stream_last, "%s", e->element[0]->str);
+		const redisReply *kv = e->element[1];
+		const char *kind = entry_field(kv, "kind"), *from = entry_field(kv, "from");
+		const char *ids =
+		    *entry_field(kv, "id") ? entry_field(kv, "id") : entry_field(kv, "job");
+		uint64_t id = strtoull(ids, NULL, 10);
+		if (!strcmp(kind, "enqueue")) {
+			if (id && sched_job_state(L.c, id) == -ENOENT) {
+				sb_printf(&fetch, "%s%" PRIu64, any ? "," : "", id);
+				any = true;
+			}
+			continue;
+		}
+		if (!strcmp(from, L.instance))
+			continue; /* applied when it happened */
+		if (!strcmp(kind, "ended"))
+			apply_job_ended(id, !strcmp(entry_field(kv, "flag"), "1"));
+		else if (!strcmp(kind, "cancelled"))
+			apply_job_cancelled(id);
+		else if (!strcmp(kind, "node"))
+			apply_node_changed(id);
+		else if (!strcmp(kind, "policy"))
+			apply_policy_changed();
+	}
+	sb_puts(&fetch, "}");
+	if (any && !fetch.oom) {
+		const char *params[] = { fetch.s };
+		struct step *q = step_new(NULL, 0);
+		exec_q("SELECT id, tenant_id, spec_pb, submitted_at_us FROM jobs"
+		       " WHERE id = ANY($1::bigint[]) AND state = 1 ORDER BY id",
+		       1, params, fetch_jobs_cb, q);
+	}
+	sb_free(&fetch);
+}
+
+/* Where the stream stands when leadership is gained: later events are
+ * read, earlier ones are covered by the load from Postgres. */
+static void stream_start_cb(redisReply *reply, const char *err, void *arg)
+{
+	struct step *s = arg;
+	L.inflight--;
+	bool cur = s->gen == L.generation && L.leader && !L.stopped;
+	free(s);
+	(void)err;
+	if (!cur)
+		return;
+	snprintf(L.stream_last, sizeof L.stream_last, "0-0");
+	if (reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == 1 &&
+	    reply->element[0]->type == REDIS_REPLY_ARRAY && reply->element[0]->elements >= 1 &&
+	    reply->element[0]->element[0]->type == REDIS_REPLY_STRING)
+		snprintf(L.stream_last, sizeof L.stream_last, "%s",
+		         reply->element[0]->element[0]->str);
+	begin_load();
+}
+
+static void stream_tick_cb(evutil_socket_t fd, short ev, void *arg)
+{
+	(void)fd;
+	(void)ev;
+	(void)arg;
+	if (!L.leader || !L.loaded || L.stopped || L.stream_busy || !rds_ready(L.a->rds) ||
+	    !L.stream_last[0])
+		return;
+	L.stream_busy = true;
+	struct step *s = step_new(NULL, 0);
+	const char *argv[] = { "XREAD", "COUNT", "1000", "STREAMS", RK_EVENTS, L.stream_last };
+	if (rds_cmd(L.a->rds, stream_cb, s, 6, argv, NULL)) {
+		L.inflight--;
+		free(s);
+		L.stream_busy = false;
+	}
+}
+
 /* ---- lifecycle ---------------------------------------------------------------------------------- */
 
 static struct event *timer(struct event_base *b, int ms, event_callback_fn fn)
@@ -1122,10 +1298,11 @@ int schedloop_start(struct app *a, char *err, size_t err_len)
 	L.janitor_ev = timer(a->base, JANITOR_MS, janitor_cb);
 	L.outbox_ev = timer(a->base, OUTBOX_MS, outbox_cb);
 	L.reconcile_ev = timer(a->base, a->cfg.reconcile_interval_ms, reconcile_cb);
+	L.stream_ev = timer(a->base, 100, stream_tick_cb);
 	L.kick_ev = event_new(a->base, -1, 0, cycle_cb, NULL);
 	L.outbox_kick_ev = event_new(a->base, -1, 0, outbox_cb, NULL);
 	if (!L.leader_ev || !L.cycle_ev || !L.janitor_ev || !L.outbox_ev || !L.reconcile_ev ||
-	    !L.kick_ev || !L.outbox_kick_ev) {
+	    !L.kick_ev || !L.outbox_kick_ev || !L.stream_ev) {
 		snprintf(err, err_len, "cannot create scheduler timers");
 		return -1;
 	}
@@ -1141,8 +1318,8 @@ void schedloop_stop(struct app *a)
 	if (L.stopped)
 		return;
 	L.stopped = true;
-	struct event **evs[] = { &L.leader_ev,    &L.cycle_ev, &L.janitor_ev,    &L.outbox_ev,
-		                 &L.reconcile_ev, &L.kick_ev,  &L.outbox_kick_ev };
+	struct event **evs[] = { &L.leader_ev,    &L.cycle_ev, &L.janitor_ev,     &L.outbox_ev,
+		                 &L.reconcile_ev, &L.kick_ev,  &L.outbox_kick_ev, &L.stream_ev };
 	for (size_t i = 0; i < sizeof evs / sizeof evs[0]; i++) {
 		if (*evs[i]) {
 			event_free(*evs[i]);
