@@ -21,6 +21,7 @@
 #define TOKEN_NAME_MAX_BYTES \
 	((int)sizeof(((struct principal *)0)->name) - 1) /* as the audit actor keeps it */
 #define COMMENT_MAX_BYTES 1024
+#define REASON_MAX_BYTES  512 /* as DrainNode and CancelJob take */
 #define PAGE_DEFAULT      50
 #define PAGE_MAX          1000
 #define COLUMN_INT_MAX    2147483647u /* Postgres integer columns */
@@ -88,6 +89,82 @@ static bool text_ok(const char *s, bool multiline)
 static const char *str_or_empty(const char *s)
 {
 	return s ? s : "";
+}
+
+/* Why a tenant, operator or node is held: optional one-line text. */
+static bool reason_ok(const char *s)
+{
+	return strlen(s) <= REASON_MAX_BYTES && text_ok(s, false);
+}
+
+/* The update_mask of an Update call: proto field names of md, as the
+ * contract spells them, each one of updatable (NULL-terminated, at most 32
+ * names); sets bit i of *bits for updatable[i]. Repeats are harmless.
+ * Answers invalid_argument and returns -1 for an empty mask, a name that is
+ * not a field of md, or a read-only one. */
+static int mask_parse(struct rpc_call *call, char *const *mask, size_t n,
+                      const ProtobufCMessageDescriptor *md, const char *const *updatable,
+                      unsigned *bits)
+{
+	char may[256] = "";
+	for (size_t k = 0, len = 0; updatable[k] && len < sizeof may; k++)
+		len += (size_t)snprintf(may + len, sizeof may - len, "%s%s", k ? ", " : "",
+		                        updatable[k]);
+	*bits = 0;
+	if (!n) {
+		rpc_error(call, RPC_INVALID_ARGUMENT,
+		          "updateMask: required; name the fields of %s to change (%s)",
+		          md->short_name, may);
+		return -1;
+	}
+	for (size_t i = 0; i < n; i++) {
+		const char *m = str_or_empty(mask[i]);
+		size_t k = 0;
+		while (updatable[k] && strcmp(m, updatable[k]))
+			k++;
+		if (updatable[k]) {
+			*bits |= 1u << k;
+			continue;
+		}
+		/* echo the name only when it is short, printable text */
+		if (strlen(m) > 64 || !text_ok(m, false))
+			rpc_error(
+			    call, RPC_INVALID_ARGUMENT,
+			    "updateMask[%zu]: not a field name of %s; fields that may change: "
+			    "%s",
+			    i, md->short_name, may);
+		else if (protobuf_c_message_descriptor_get_field_by_name(md, m))
+			rpc_error(
+			    call, RPC_INVALID_ARGUMENT,
+			    "updateMask[%zu]: \"%s\" is read-only; fields that may change: %s", i,
+			    m, may);
+		else
+			rpc_error(
+			    call, RPC_INVALID_ARGUMENT,
+			    "updateMask[%zu]: \"%s\" is not a field of %s (proto field names, "
+			    "e.g. \"%s\"); fields that may change: %s",
+			    i, m, md->short_name, updatable[0], may);
+		return -1;
+	}
+	return 0;
+}
+
+/* Calls fn (may be NULL) for each id of a comma-separated list ("" = none)
+ * as string_agg writes it; returns how many there were. */
+static size_t each_id(const char *list, void (*fn)(uint64_t id))
+{
+	size_t n = 0;
+	for (const char *p = list; *p;) {
+		char *end;
+		uint64_t id = strtoull(p, &end, 10);
+		if (end == p)
+			break;
+		if (fn)
+			fn(id);
+		n++;
+		p = *end == ',' ? end + 1 : end;
+	}
+	return n;
 }
 
 /* page_size and page_token of a List request: *limit rows, after *after.
@@ -384,6 +461,261 @@ void admin_list_tenants(struct rpc_call *call, const ProtobufCMessage *req)
 	    3, params, list_tenants_cb, q);
 }
 
+/* -- UpdateTenant, DisableTenant, EnableTenant -- */
+
+/* What UpdateTenant may change, in the contract's order; bit i of the
+ * parsed mask is tenant_updatable[i]. */
+static const char *const tenant_updatable[] = {
+	"fair_share_weight", "credit_limit_micros", "max_running_gpus", "contact", "name", NULL
+};
+enum {
+	TU_WEIGHT = 1u << 0,
+	TU_CREDIT = 1u << 1,
+	TU_GPUS = 1u << 2,
+	TU_CONTACT = 1u << 3,
+	TU_NAME = 1u << 4
+};
+
+static void update_tenant_cb(enum pg_status st, PGresult *res, const char *sqlstate,
+                             const char *err, void *arg)
+{
+	struct admin_q *q = arg;
+	const Gpumatch__V1__UpdateTenantRequest *in = (const void *)q->req;
+	if (st == PG_ERROR && !strcmp(sqlstate, "23505")) {
+		rpc_error(q->call, RPC_ALREADY_EXISTS,
+		          "tenant.name: a tenant named \"%s\" already exists", in->tenant->name);
+	} else if (st != PG_OK) {
+		reply_pg_error(q->call, st, sqlstate, err);
+	} else if (PQntuples(res) != 1) {
+		rpc_error(q->call, RPC_NOT_FOUND, "tenant.id: tenant %" PRIu64 " not found",
+		          in->tenant->id);
+	} else {
+		Gpumatch__V1__Tenant t;
+		Gpumatch__V1__UpdateTenantResponse out = GPUMATCH__V1__UPDATE_TENANT_RESPONSE__INIT;
+		tenant_from_row(res, 0, &t);
+		out.tenant = &t;
+		log_info("tenant updated tenant=%" PRIu64 " fields=%zu by=%" PRIu64, t.id,
+		         in->n_update_mask, rpc_principal(q->call)->token_id);
+		rpc_reply(q->call, &out.base);
+	}
+	free(q);
+}
+
+void admin_update_tenant(struct rpc_call *call, const ProtobufCMessage *req)
+{
+	const Gpumatch__V1__UpdateTenantRequest *in = (const void *)req;
+	const Gpumatch__V1__Tenant *t = in->tenant;
+	unsigned bits;
+	if (!t) {
+		rpc_error(call, RPC_INVALID_ARGUMENT, "tenant: required");
+		return;
+	}
+	if (!t->id) {
+		rpc_error(call, RPC_INVALID_ARGUMENT, "tenant.id: required");
+		return;
+	}
+	if (mask_parse(call, in->update_mask, in->n_update_mask, &gpumatch__v1__tenant__descriptor,
+	               tenant_updatable, &bits))
+		return;
+	/* only the fields named are checked: the others are not changed */
+	if ((bits & TU_NAME) && !name_ok(t->name)) {
+		rpc_error(call, RPC_INVALID_ARGUMENT,
+		          "tenant.name: must be 1..%d bytes of letters, digits, '-', '_', '.'",
+		          NAME_MAX_BYTES);
+		return;
+	}
+	if ((bits & TU_WEIGHT) && (t->fair_share_weight < 1 || t->fair_share_weight > 1000000)) {
+		rpc_error(call, RPC_INVALID_ARGUMENT,
+		          "tenant.fairShareWeight: must be between 1 and 1000000, got %" PRIu32,
+		          t->fair_share_weight);
+		return;
+	}
+	if ((bits & TU_CREDIT) && t->credit_limit_micros < 0) {
+		rpc_error(call, RPC_INVALID_ARGUMENT,
+		          "tenant.creditLimitMicros: must be 0 or positive, got %" PRId64,
+		          t->credit_limit_micros);
+		return;
+	}
+	if ((bits & TU_GPUS) && t->max_running_gpus > COLUMN_INT_MAX) {
+		rpc_error(
+		    call, RPC_INVALID_ARGUMENT,
+		    "tenant.maxRunningGpus: must be at most %u (0 means no quota), got %" PRIu32,
+		    COLUMN_INT_MAX, t->max_running_gpus);
+		return;
+	}
+	const char *contact = str_or_empty(t->contact);
+	if ((bits & TU_CONTACT) &&
+	    (strlen(contact) > CONTACT_MAX_BYTES || !text_ok(contact, false))) {
+		rpc_error(call, RPC_INVALID_ARGUMENT,
+		          "tenant.contact: must be at most %d bytes of UTF-8 text without control "
+		          "characters",
+		          CONTACT_MAX_BYTES);
+		return;
+	}
+	struct admin_q *q = q_new(call, req, 0);
+	if (!q)
+		return;
+	/* a field not in the mask goes as NULL and keeps its value */
+	struct numbuf id, w, cl, mg, now;
+	const char *params[] = { fmt_u64(&id, t->id),
+		                 bits & TU_NAME ? t->name : NULL,
+		                 bits & TU_WEIGHT ? fmt_u64(&w, t->fair_share_weight) : NULL,
+		                 bits & TU_CREDIT ? fmt_i64(&cl, t->credit_limit_micros) : NULL,
+		                 bits & TU_GPUS ? fmt_u64(&mg, t->max_running_gpus) : NULL,
+		                 bits & TU_CONTACT ? contact : NULL,
+		                 fmt_i64(&now, now_us()) };
+	exec_or_fail(call,
+	             "UPDATE tenants SET name = coalesce($2, name),"
+	             " fair_share_weight = coalesce($3::integer, fair_share_weight),"
+	             " credit_limit_micros = coalesce($4::bigint, credit_limit_micros),"
+	             " max_running_gpus = coalesce($5::integer, max_running_gpus),"
+	             " contact = coalesce($6, contact), updated_at_us = $7::bigint"
+	             " WHERE id = $1::bigint RETURNING " TENANT_COLS,
+	             7, params, update_tenant_cb, q);
+}
+
+static void job_failed_fn(uint64_t job_id)
+{
+	/* the leader holds it as pending: it must not be placed */
+	schedloop_job_cancelled(app_get(), job_id);
+}
+
+static void job_ended_fn(uint64_t job_id)
+{
+	schedloop_job_ended(app_get(), job_id, false);
+}
+
+static void disable_tenant_cb(enum pg_status st, PGresult *res, const char *sqlstate,
+                              const char *err, void *arg)
+{
+	struct admin_q *q = arg;
+	const Gpumatch__V1__DisableTenantRequest *in = (const void *)q->req;
+	/* columns: TENANT_COLS, then the queued jobs failed, the running jobs
+	 * cancelled that ended at once (both "id,id,..."), and how many
+	 * running jobs were cancelled in all */
+	if (st != PG_OK) {
+		reply_pg_error(q->call, st, sqlstate, err);
+	} else if (PQntuples(res) != 1) {
+		rpc_error(q->call, RPC_NOT_FOUND, "tenantId: tenant %" PRIu64 " not found",
+		          in->tenant_id);
+	} else {
+		size_t failed = each_id(PQgetvalue(res, 0, 10), job_failed_fn);
+		size_t ended = each_id(PQgetvalue(res, 0, 11), job_ended_fn);
+		uint64_t cancelled = col_u64(res, 0, 12);
+		if (failed)
+			outbox_kick(app_get());
+		Gpumatch__V1__Tenant t;
+		Gpumatch__V1__DisableTenantResponse out =
+		    GPUMATCH__V1__DISABLE_TENANT_RESPONSE__INIT;
+		tenant_from_row(res, 0, &t);
+		out.tenant = &t;
+		/* tokens are not revoked: auth refuses them while the tenant is
+		 * disabled, and EnableTenant brings them back */
+		out.tokens_revoked = 0;
+		out.jobs_cancelled = (uint32_t)(failed + cancelled);
+		log_info("tenant disabled tenant=%" PRIu64 " queued_failed=%zu"
+		         " running_cancelled=%" PRIu64 " ended_at_once=%zu by=%" PRIu64,
+		         t.id, failed, cancelled, ended, rpc_principal(q->call)->token_id);
+		rpc_reply(q->call, &out.base);
+	}
+	free(q);
+}
+
+void admin_disable_tenant(struct rpc_call *call, const ProtobufCMessage *req)
+{
+	const Gpumatch__V1__DisableTenantRequest *in = (const void *)req;
+	if (!in->tenant_id) {
+		rpc_error(call, RPC_INVALID_ARGUMENT, "tenantId: required");
+		return;
+	}
+	const char *reason = str_or_empty(in->reason);
+	if (!reason_ok(reason)) {
+		rpc_error(call, RPC_INVALID_ARGUMENT,
+		          "reason: must be at most %d bytes of UTF-8 text without control "
+		          "characters",
+		          REASON_MAX_BYTES);
+		return;
+	}
+	struct admin_q *q = q_new(call, req, 0);
+	if (!q)
+		return;
+	char why[REASON_MAX_BYTES + 32];
+	snprintf(why, sizeof why, "tenant disabled%s%s", *reason ? ": " : "", reason);
+	struct numbuf id, now, grace;
+	const char *params[] = {
+		fmt_u64(&id, in->tenant_id),        reason, fmt_i64(&now, now_us()),
+		in->cancel_jobs ? "true" : "false", why,    fmt_i64(&grace, 30 * 1000000LL)
+	};
+	/* One statement: the tenant, its queued jobs failed (FAILED,
+	 * TENANT_DISABLED) each with a dequeue row for Redis, and with
+	 * cancel_jobs its running and stopping jobs cancelled as CancelJob
+	 * does. Tokens need nothing: auth wants an active tenant. Idempotent:
+	 * the second time finds no queued jobs and keeps updated_at_us. */
+	exec_or_fail(call,
+	             "WITH t AS (UPDATE tenants SET state = 2, disabled_reason = $2,"
+	             "   updated_at_us = CASE WHEN state <> 2 OR disabled_reason <> $2"
+	             "     THEN $3::bigint ELSE updated_at_us END"
+	             "  WHERE id = $1::bigint RETURNING " TENANT_COLS "),"
+	             " f AS (UPDATE jobs j SET state = 5, failure_reason = 9, failure_message = $5,"
+	             "   ended_at_us = $3::bigint, updated_at_us = $3::bigint"
+	             "  FROM t WHERE j.tenant_id = t.id AND j.state = 1 RETURNING j.id),"
+	             " fo AS (INSERT INTO outbox (job_id, kind, created_at_us)"
+	             "  SELECT f.id, 'dequeue', $3::bigint FROM f),"
+	             " fe AS (INSERT INTO job_events (job_id, at_us, kind, detail)"
+	             "  SELECT f.id, $3::bigint, 'ended', 'state 5: ' || $5 FROM f),"
+	             " c AS (SELECT x.id, r.job_done FROM (SELECT j.id, j.tenant_id FROM jobs j, t"
+	             "   WHERE $4::boolean AND j.tenant_id = t.id AND j.state IN (2, 3)) x"
+	             "  CROSS JOIN LATERAL gm_cancel_job(x.id, x.tenant_id, $3::bigint, $6::bigint,"
+	             "   $5) r)"
+	             " SELECT t.*, (SELECT coalesce(string_agg(f.id::text, ','), '') FROM f),"
+	             "  (SELECT coalesce(string_agg(c.id::text, ','), '') FROM c WHERE c.job_done),"
+	             "  (SELECT count(*) FROM c) FROM t",
+	             6, params, disable_tenant_cb, q);
+}
+
+static void enable_tenant_cb(enum pg_status st, PGresult *res, const char *sqlstate,
+                             const char *err, void *arg)
+{
+	struct admin_q *q = arg;
+	const Gpumatch__V1__EnableTenantRequest *in = (const void *)q->req;
+	if (st != PG_OK) {
+		reply_pg_error(q->call, st, sqlstate, err);
+	} else if (PQntuples(res) != 1) {
+		rpc_error(q->call, RPC_NOT_FOUND, "tenantId: tenant %" PRIu64 " not found",
+		          in->tenant_id);
+	} else {
+		Gpumatch__V1__Tenant t;
+		Gpumatch__V1__EnableTenantResponse out = GPUMATCH__V1__ENABLE_TENANT_RESPONSE__INIT;
+		tenant_from_row(res, 0, &t);
+		out.tenant = &t;
+		log_info("tenant enabled tenant=%" PRIu64 " by=%" PRIu64, t.id,
+		         rpc_principal(q->call)->token_id);
+		rpc_reply(q->call, &out.base);
+	}
+	free(q);
+}
+
+void admin_enable_tenant(struct rpc_call *call, const ProtobufCMessage *req)
+{
+	const Gpumatch__V1__EnableTenantRequest *in = (const void *)req;
+	if (!in->tenant_id) {
+		rpc_error(call, RPC_INVALID_ARGUMENT, "tenantId: required");
+		return;
+	}
+	struct admin_q *q = q_new(call, req, 0);
+	if (!q)
+		return;
+	struct numbuf id, now;
+	const char *params[] = { fmt_u64(&id, in->tenant_id), fmt_i64(&now, now_us()) };
+	/* Its tokens work again at once. Jobs failed by the disable stay
+	 * failed. Idempotent. */
+	exec_or_fail(call,
+	             "UPDATE tenants SET state = 1, disabled_reason = '',"
+	             " updated_at_us = CASE WHEN state <> 1 THEN $2::bigint ELSE updated_at_us END"
+	             " WHERE id = $1::bigint RETURNING " TENANT_COLS,
+	             2, params, enable_tenant_cb, q);
+}
+
 /* ---- operators -------------------------------------------------------------------- */
 
 /* node_count: registered nodes that are not DISABLED (NodeState 6). */
@@ -573,6 +905,354 @@ void admin_list_operators(struct rpc_call *call, const ProtobufCMessage *req)
 	             " AND ($2::smallint[] IS NULL OR o.state = ANY($2::smallint[]))"
 	             " ORDER BY o.id LIMIT $3::integer",
 	             3, params, list_operators_cb, q);
+}
+
+/* -- UpdateOperator, DisableOperator, EnableOperator -- */
+
+static const char *const operator_updatable[] = { "node_limit", "contact", "name", NULL };
+enum { OU_LIMIT = 1u << 0, OU_CONTACT = 1u << 1, OU_NAME = 1u << 2 };
+
+static void update_operator_cb(enum pg_status st, PGresult *res, const char *sqlstate,
+                               const char *err, void *arg)
+{
+	struct admin_q *q = arg;
+	const Gpumatch__V1__UpdateOperatorRequest *in = (const void *)q->req;
+	if (st == PG_ERROR && !strcmp(sqlstate, "23505")) {
+		rpc_error(q->call, RPC_ALREADY_EXISTS,
+		          "operatorRecord.name: an operator named \"%s\" already exists",
+		          in->operator_record->name);
+	} else if (st != PG_OK) {
+		reply_pg_error(q->call, st, sqlstate, err);
+	} else if (PQntuples(res) != 1) {
+		rpc_error(q->call, RPC_NOT_FOUND,
+		          "operatorRecord.id: operator %" PRIu64 " not found",
+		          in->operator_record->id);
+	} else {
+		Gpumatch__V1__Operator o;
+		Gpumatch__V1__UpdateOperatorResponse out =
+		    GPUMATCH__V1__UPDATE_OPERATOR_RESPONSE__INIT;
+		operator_from_row(res, 0, &o);
+		out.operator_record = &o;
+		log_info("operator updated operator=%" PRIu64 " fields=%zu by=%" PRIu64, o.id,
+		         in->n_update_mask, rpc_principal(q->call)->token_id);
+		rpc_reply(q->call, &out.base);
+	}
+	free(q);
+}
+
+void admin_update_operator(struct rpc_call *call, const ProtobufCMessage *req)
+{
+	const Gpumatch__V1__UpdateOperatorRequest *in = (const void *)req;
+	const Gpumatch__V1__Operator *o = in->operator_record;
+	unsigned bits;
+	if (!o) {
+		rpc_error(call, RPC_INVALID_ARGUMENT, "operatorRecord: required");
+		return;
+	}
+	if (!o->id) {
+		rpc_error(call, RPC_INVALID_ARGUMENT, "operatorRecord.id: required");
+		return;
+	}
+	if (mask_parse(call, in->update_mask, in->n_update_mask,
+	               &gpumatch__v1__operator__descriptor, operator_updatable, &bits))
+		return;
+	if ((bits & OU_NAME) && !name_ok(o->name)) {
+		rpc_error(
+		    call, RPC_INVALID_ARGUMENT,
+		    "operatorRecord.name: must be 1..%d bytes of letters, digits, '-', '_', '.'",
+		    NAME_MAX_BYTES);
+		return;
+	}
+	/* a limit below node_count is allowed: it only stops new registrations */
+	if ((bits & OU_LIMIT) && o->node_limit > COLUMN_INT_MAX) {
+		rpc_error(call, RPC_INVALID_ARGUMENT,
+		          "operatorRecord.nodeLimit: must be at most %u, got %" PRIu32,
+		          COLUMN_INT_MAX, o->node_limit);
+		return;
+	}
+	const char *contact = str_or_empty(o->contact);
+	if ((bits & OU_CONTACT) &&
+	    (strlen(contact) > CONTACT_MAX_BYTES || !text_ok(contact, false))) {
+		rpc_error(call, RPC_INVALID_ARGUMENT,
+		          "operatorRecord.contact: must be at most %d bytes of UTF-8 text without "
+		          "control characters",
+		          CONTACT_MAX_BYTES);
+		return;
+	}
+	struct admin_q *q = q_new(call, req, 0);
+	if (!q)
+		return;
+	struct numbuf id, nl, now;
+	const char *params[] = { fmt_u64(&id, o->id), bits & OU_NAME ? o->name : NULL,
+		                 bits & OU_LIMIT ? fmt_u64(&nl, o->node_limit) : NULL,
+		                 bits & OU_CONTACT ? contact : NULL, fmt_i64(&now, now_us()) };
+	exec_or_fail(call,
+	             "UPDATE operators AS o SET name = coalesce($2, o.name),"
+	             " node_limit = coalesce($3::integer, o.node_limit),"
+	             " contact = coalesce($4, o.contact), updated_at_us = $5::bigint"
+	             " WHERE o.id = $1::bigint RETURNING " OPERATOR_COLS,
+	             5, params, update_operator_cb, q);
+}
+
+static void node_changed_fn(uint64_t node_id)
+{
+	schedloop_node_changed(app_get(), node_id);
+}
+
+static void disable_operator_cb(enum pg_status st, PGresult *res, const char *sqlstate,
+                                const char *err, void *arg)
+{
+	struct admin_q *q = arg;
+	const Gpumatch__V1__DisableOperatorRequest *in = (const void *)q->req;
+	/* columns: OPERATOR_COLS, then the nodes cordoned ("id,id,...") */
+	if (st != PG_OK) {
+		reply_pg_error(q->call, st, sqlstate, err);
+	} else if (PQntuples(res) != 1) {
+		rpc_error(q->call, RPC_NOT_FOUND, "operatorId: operator %" PRIu64 " not found",
+		          in->operator_id);
+	} else {
+		size_t held = each_id(PQgetvalue(res, 0, 9), node_changed_fn);
+		Gpumatch__V1__Operator o;
+		Gpumatch__V1__DisableOperatorResponse out =
+		    GPUMATCH__V1__DISABLE_OPERATOR_RESPONSE__INIT;
+		operator_from_row(res, 0, &o);
+		out.operator_record = &o;
+		/* tokens are not revoked: auth refuses them while the operator
+		 * is disabled */
+		out.tokens_revoked = 0;
+		out.nodes_drained = (uint32_t)held;
+		log_info("operator disabled operator=%" PRIu64 " nodes_cordoned=%zu by=%" PRIu64,
+		         o.id, held, rpc_principal(q->call)->token_id);
+		rpc_reply(q->call, &out.base);
+	}
+	free(q);
+}
+
+void admin_disable_operator(struct rpc_call *call, const ProtobufCMessage *req)
+{
+	const Gpumatch__V1__DisableOperatorRequest *in = (const void *)req;
+	if (!in->operator_id) {
+		rpc_error(call, RPC_INVALID_ARGUMENT, "operatorId: required");
+		return;
+	}
+	const char *reason = str_or_empty(in->reason);
+	if (!reason_ok(reason)) {
+		rpc_error(call, RPC_INVALID_ARGUMENT,
+		          "reason: must be at most %d bytes of UTF-8 text without control "
+		          "characters",
+		          REASON_MAX_BYTES);
+		return;
+	}
+	struct admin_q *q = q_new(call, req, 0);
+	if (!q)
+		return;
+	char why[REASON_MAX_BYTES + 32];
+	snprintf(why, sizeof why, "operator disabled%s%s", *reason ? ": " : "", reason);
+	struct numbuf id, now;
+	const char *params[] = { fmt_u64(&id, in->operator_id), reason, fmt_i64(&now, now_us()),
+		                 why };
+	/* One statement: the operator and the hold on its nodes. Its nodes take
+	 * no new work: REGISTERED, READY and DRAINING ones become CORDONED and
+	 * keep what runs there (so drain_nodes asks for nothing more; the
+	 * answer's nodes_drained counts them). They stay cordoned after
+	 * EnableOperator until an admin uncordons them. Tokens need nothing:
+	 * auth wants an active operator. */
+	exec_or_fail(
+	    call,
+	    "WITH op AS (UPDATE operators AS o SET state = 2, disabled_reason = $2,"
+	    "   updated_at_us = CASE WHEN o.state <> 2 OR o.disabled_reason <> $2"
+	    "     THEN $3::bigint ELSE o.updated_at_us END"
+	    "  WHERE o.id = $1::bigint RETURNING " OPERATOR_COLS "),"
+	    " held AS (UPDATE nodes n SET state = 4, state_reason = $4,"
+	    "   state_changed_at_us = $3::bigint"
+	    "  FROM op WHERE n.operator_id = op.id AND n.state IN (1, 2, 3) RETURNING n.id)"
+	    " SELECT op.*, (SELECT coalesce(string_agg(held.id::text, ','), '') FROM held)"
+	    " FROM op",
+	    4, params, disable_operator_cb, q);
+}
+
+static void enable_operator_cb(enum pg_status st, PGresult *res, const char *sqlstate,
+                               const char *err, void *arg)
+{
+	struct admin_q *q = arg;
+	const Gpumatch__V1__EnableOperatorRequest *in = (const void *)q->req;
+	if (st != PG_OK) {
+		reply_pg_error(q->call, st, sqlstate, err);
+	} else if (PQntuples(res) != 1) {
+		rpc_error(q->call, RPC_NOT_FOUND, "operatorId: operator %" PRIu64 " not found",
+		          in->operator_id);
+	} else {
+		Gpumatch__V1__Operator o;
+		Gpumatch__V1__EnableOperatorResponse out =
+		    GPUMATCH__V1__ENABLE_OPERATOR_RESPONSE__INIT;
+		operator_from_row(res, 0, &o);
+		out.operator_record = &o;
+		log_info("operator enabled operator=%" PRIu64 " by=%" PRIu64, o.id,
+		         rpc_principal(q->call)->token_id);
+		rpc_reply(q->call, &out.base);
+	}
+	free(q);
+}
+
+void admin_enable_operator(struct rpc_call *call, const ProtobufCMessage *req)
+{
+	const Gpumatch__V1__EnableOperatorRequest *in = (const void *)req;
+	if (!in->operator_id) {
+		rpc_error(call, RPC_INVALID_ARGUMENT, "operatorId: required");
+		return;
+	}
+	struct admin_q *q = q_new(call, req, 0);
+	if (!q)
+		return;
+	struct numbuf id, now;
+	const char *params[] = { fmt_u64(&id, in->operator_id), fmt_i64(&now, now_us()) };
+	/* Its tokens work again at once; its nodes stay cordoned (an admin
+	 * uncordons each). Idempotent. */
+	exec_or_fail(call,
+	             "UPDATE operators AS o SET state = 1, disabled_reason = '',"
+	             " updated_at_us = CASE WHEN o.state <> 1 THEN $2::bigint"
+	             " ELSE o.updated_at_us END WHERE o.id = $1::bigint RETURNING " OPERATOR_COLS,
+	             2, params, enable_operator_cb, q);
+}
+
+/* ---- nodes ------------------------------------------------------------------------ */
+
+/* CordonNode and UncordonNode answer with the node as GetNode shows it,
+ * read after the change. */
+
+struct node_q {
+	struct rpc_call *call;
+	uint64_t node_id;
+};
+
+static struct node_q *node_q_new(struct rpc_call *call, uint64_t node_id)
+{
+	struct node_q *q = malloc(sizeof *q);
+	if (!q) {
+		rpc_error(call, RPC_INTERNAL, "out of memory");
+		return NULL;
+	}
+	q->call = call;
+	q->node_id = node_id;
+	return q;
+}
+
+static void cordon_cb(enum pg_status st, PGresult *res, const char *sqlstate, const char *err,
+                      void *arg)
+{
+	struct node_q *q = arg;
+	/* columns: the node's state before, whether it was updated */
+	if (st != PG_OK) {
+		reply_pg_error(q->call, st, sqlstate, err);
+	} else if (PQntuples(res) != 1) {
+		rpc_error(q->call, RPC_NOT_FOUND, "nodeId: node %" PRIu64 " not found", q->node_id);
+	} else if (strcmp(PQgetvalue(res, 0, 1), "t")) {
+		rpc_error(q->call, RPC_FAILED_PRECONDITION,
+		          "nodeId: node %" PRIu64 " is disabled; a disabled node takes no work "
+		          "already",
+		          q->node_id);
+	} else {
+		log_info("node cordoned node=%" PRIu64 " was=%s by=%" PRIu64, q->node_id,
+		         PQgetvalue(res, 0, 0), rpc_principal(q->call)->token_id);
+		schedloop_node_changed(app_get(), q->node_id);
+		nodes_reply_node(q->call, q->node_id);
+	}
+	free(q);
+}
+
+void admin_cordon_node(struct rpc_call *call, const ProtobufCMessage *req)
+{
+	const Gpumatch__V1__CordonNodeRequest *in = (const void *)req;
+	if (!in->node_id) {
+		rpc_error(call, RPC_INVALID_ARGUMENT, "nodeId: required");
+		return;
+	}
+	const char *reason = str_or_empty(in->reason);
+	if (!reason_ok(reason)) {
+		rpc_error(call, RPC_INVALID_ARGUMENT,
+		          "reason: must be at most %d bytes of UTF-8 text without control "
+		          "characters",
+		          REASON_MAX_BYTES);
+		return;
+	}
+	struct node_q *q = node_q_new(call, in->node_id);
+	if (!q)
+		return;
+	char why[REASON_MAX_BYTES + 32];
+	snprintf(why, sizeof why, "cordoned%s%s", *reason ? ": " : "", reason);
+	struct numbuf id, now;
+	const char *params[] = { fmt_u64(&id, in->node_id), why, fmt_i64(&now, now_us()) };
+	/* Any state but DISABLED; what runs there keeps running. Cordoning a
+	 * cordoned node again only updates the reason. */
+	exec_or_fail(call,
+	             "WITH cur AS (SELECT state FROM nodes WHERE id = $1::bigint),"
+	             " up AS (UPDATE nodes SET state = 4, state_reason = $2,"
+	             "   state_changed_at_us = CASE WHEN state <> 4 THEN $3::bigint"
+	             "     ELSE state_changed_at_us END"
+	             "  WHERE id = $1::bigint AND state <> 6 RETURNING id)"
+	             " SELECT cur.state, up.id IS NOT NULL FROM cur LEFT JOIN up ON true",
+	             3, params, cordon_cb, q);
+}
+
+static void uncordon_cb(enum pg_status st, PGresult *res, const char *sqlstate, const char *err,
+                        void *arg)
+{
+	struct node_q *q = arg;
+	/* columns: the node's state before, its operator's state, whether it
+	 * was updated */
+	if (st != PG_OK) {
+		reply_pg_error(q->call, st, sqlstate, err);
+	} else if (PQntuples(res) != 1) {
+		rpc_error(q->call, RPC_NOT_FOUND, "nodeId: node %" PRIu64 " not found", q->node_id);
+	} else if (col_i64(res, 0, 0) == 6) {
+		rpc_error(q->call, RPC_FAILED_PRECONDITION, "nodeId: node %" PRIu64 " is disabled",
+		          q->node_id);
+	} else if (col_i64(res, 0, 0) == 4 && col_i64(res, 0, 1) != 1) {
+		rpc_error(q->call, RPC_FAILED_PRECONDITION,
+		          "nodeId: the operator of node %" PRIu64
+		          " is disabled; enable the operator first",
+		          q->node_id);
+	} else {
+		if (!strcmp(PQgetvalue(res, 0, 2), "t")) {
+			log_info("node uncordoned node=%" PRIu64 " by=%" PRIu64, q->node_id,
+			         rpc_principal(q->call)->token_id);
+			schedloop_node_changed(app_get(), q->node_id);
+		}
+		nodes_reply_node(q->call, q->node_id);
+	}
+	free(q);
+}
+
+void admin_uncordon_node(struct rpc_call *call, const ProtobufCMessage *req)
+{
+	const Gpumatch__V1__UncordonNodeRequest *in = (const void *)req;
+	if (!in->node_id) {
+		rpc_error(call, RPC_INVALID_ARGUMENT, "nodeId: required");
+		return;
+	}
+	struct node_q *q = node_q_new(call, in->node_id);
+	if (!q)
+		return;
+	struct numbuf id, now;
+	const char *params[] = { fmt_u64(&id, in->node_id), fmt_i64(&now, now_us()) };
+	/* Only a cordoned node moves: back to READY if its agent has
+	 * heartbeated, else REGISTERED (the first heartbeat makes it READY).
+	 * Other states are left as they are (idempotent; a drain is the
+	 * operator's to undo). Not while its operator is disabled: its nodes
+	 * take no new work; the share lock makes a concurrent DisableOperator
+	 * wait, or be seen. */
+	exec_or_fail(
+	    call,
+	    "WITH cur AS (SELECT n.state, o.state AS ostate FROM nodes n"
+	    "   JOIN operators o ON o.id = n.operator_id WHERE n.id = $1::bigint"
+	    "   FOR SHARE OF o),"
+	    " up AS (UPDATE nodes n SET state = CASE WHEN n.last_heartbeat_us > 0"
+	    "     THEN 2 ELSE 1 END, state_reason = 'uncordoned',"
+	    "   state_changed_at_us = $2::bigint"
+	    "  FROM cur WHERE n.id = $1::bigint AND n.state = 4 AND cur.ostate = 1"
+	    "  RETURNING n.id)"
+	    " SELECT cur.state, cur.ostate, up.id IS NOT NULL FROM cur LEFT JOIN up ON true",
+	    2, params, uncordon_cb, q);
 }
 
 /* ---- tokens ----------------------------------------------------------------------- */

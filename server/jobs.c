@@ -92,6 +92,130 @@ struct placement_scratch {
 	uint32_t idx[SCHED_MAX_GANG_NODES][SCHED_MAX_GPUS_PER_NODE];
 };
 
+/* Every lease of the job, oldest first:
+ * "attempt:node:mask:gang:lease:state:started:ended:exit:signal:node" joined
+ * by ','. */
+#define HISTORY_SQL \
+	"(SELECT coalesce(string_agg(l.attempt || ':' || l.node_id || ':' || l.gpu_mask || ':' || \
+	 l.gang_index || ':' || l.id || ':' || l.state || ':' || l.started_at_us || ':' ||         \
+	 l.ended_at_us || ':' || l.exit_code || ':' || l.term_signal || ':' || l.node_id, ','     \
+	 ORDER BY l.attempt, l.gang_index), '') FROM leases l WHERE l.job_id = j.id)"
+
+#define MAX_HISTORY 32
+
+struct history_scratch {
+	Gpumatch__V1__JobAttempt att[MAX_HISTORY];
+	Gpumatch__V1__JobFailure fail[MAX_HISTORY];
+	Gpumatch__V1__JobAttempt *ptrs[MAX_HISTORY];
+	Gpumatch__V1__NodePlacement parts[MAX_HISTORY][8];
+	Gpumatch__V1__NodePlacement *pptrs[MAX_HISTORY][8];
+	uint32_t idx[MAX_HISTORY][8][SCHED_MAX_GPUS_PER_NODE];
+};
+
+/* What an attempt ended as, from its leases' states (LeaseState values). */
+static Gpumatch__V1__JobState attempt_outcome(int live, int ok, int failed, int expired,
+                                              int cancelled, int preempted)
+{
+	if (live)
+		return GPUMATCH__V1__JOB_STATE__JOB_STATE_UNSPECIFIED;
+	if (cancelled)
+		return GPUMATCH__V1__JOB_STATE__JOB_STATE_CANCELLED;
+	if (failed)
+		return GPUMATCH__V1__JOB_STATE__JOB_STATE_FAILED;
+	if (expired)
+		return GPUMATCH__V1__JOB_STATE__JOB_STATE_QUEUED; /* re-queued (node lost) */
+	if (preempted)
+		return GPUMATCH__V1__JOB_STATE__JOB_STATE_PREEMPTED;
+	return ok ? GPUMATCH__V1__JOB_STATE__JOB_STATE_SUCCEEDED
+	          : GPUMATCH__V1__JOB_STATE__JOB_STATE_UNSPECIFIED;
+}
+
+static void history_from_text(const char *s, Gpumatch__V1__Job *job, struct history_scratch *h)
+{
+	size_t n = 0;
+	int cur = -1;
+	int live = 0, ok = 0, failed = 0, expired = 0, cancelled = 0, preempted = 0;
+	while (*s) {
+		unsigned att, gang;
+		unsigned long long node, mask, lease;
+		int state, used = 0;
+		long long started, ended;
+		int exit_code, sig;
+		unsigned long long fnode;
+		if (sscanf(s, "%u:%llu:%llu:%u:%llu:%d:%lld:%lld:%d:%d:%llu%n", &att, &node, &mask,
+		           &gang, &lease, &state, &started, &ended, &exit_code, &sig, &fnode,
+		           &used) != 11)
+			break;
+		s += used;
+		if (*s == ',')
+			s++;
+		if ((int)att != cur) {
+			if (cur >= 0)
+				h->att[n - 1].outcome = attempt_outcome(live, ok, failed, expired,
+				                                        cancelled, preempted);
+			if (n == MAX_HISTORY)
+				break;
+			cur = (int)att;
+			live = ok = failed = expired = cancelled = preempted = 0;
+			Gpumatch__V1__JobAttempt *a = &h->att[n];
+			gpumatch__v1__job_attempt__init(a);
+			a->attempt = att;
+			a->placement = h->pptrs[n];
+			h->ptrs[n] = a;
+			n++;
+		}
+		Gpumatch__V1__JobAttempt *a = &h->att[n - 1];
+		if (started && (!a->started_at_us || started < a->started_at_us))
+			a->started_at_us = started;
+		if (ended > a->ended_at_us)
+			a->ended_at_us = ended;
+		/* the first part that failed says why the attempt did */
+		if (!a->failure && (state == 6 || state == 7)) {
+			Gpumatch__V1__JobFailure *f = &h->fail[n - 1];
+			gpumatch__v1__job_failure__init(f);
+			f->node_id = fnode;
+			if (state == 7) {
+				f->reason = GPUMATCH__V1__FAILURE_REASON__FAILURE_REASON_NODE_LOST;
+				f->message = "the node was lost or never took the lease";
+			} else {
+				f->reason =
+				    sig ? GPUMATCH__V1__FAILURE_REASON__FAILURE_REASON_SIGNAL
+				        : GPUMATCH__V1__FAILURE_REASON__FAILURE_REASON_EXIT_CODE;
+				f->exit_code = exit_code;
+				f->term_signal = sig;
+				f->message = sig ? "killed by a signal" : "exited non-zero";
+			}
+			a->failure = f;
+		}
+		live += state >= 1 && state <= 4;
+		ok += state == 5;
+		failed += state == 6;
+		expired += state == 7;
+		cancelled += state == 8;
+		preempted += state == 9;
+		if (a->n_placement < 8) {
+			size_t p = a->n_placement++;
+			Gpumatch__V1__NodePlacement *np = &h->parts[n - 1][p];
+			gpumatch__v1__node_placement__init(np);
+			np->node_id = node;
+			np->lease_id = lease;
+			np->gang_index = gang;
+			size_t k = 0;
+			for (unsigned i = 0; i < 64; i++)
+				if (mask >> i & 1)
+					h->idx[n - 1][p][k++] = i;
+			np->n_gpu_indexes = k;
+			np->gpu_indexes = h->idx[n - 1][p];
+			h->pptrs[n - 1][p] = np;
+		}
+	}
+	if (n && cur >= 0)
+		h->att[n - 1].outcome =
+		    attempt_outcome(live, ok, failed, expired, cancelled, preempted);
+	job->n_attempt_history = n;
+	job->attempt_history = h->ptrs;
+}
+
 static void placement_from_text(const char *s, Gpumatch__V1__Job *job, struct placement_scratch *ps)
 {
 	size_t n = 0;
@@ -137,12 +261,15 @@ static void reply_job_cb(enum pg_status st, PGresult *res, const char *sqlstate,
 	Gpumatch__V1__Job job;
 	struct job_scratch s;
 	struct placement_scratch *ps = malloc(sizeof *ps);
-	if (!ps || job_from_row(res, 0, &job, &s)) {
+	struct history_scratch *hs = malloc(sizeof *hs);
+	if (!ps || !hs || job_from_row(res, 0, &job, &s)) {
 		free(ps);
+		free(hs);
 		rpc_error(call, RPC_INTERNAL, "stored job could not be read");
 		return;
 	}
 	placement_from_text(PQgetvalue(res, 0, JOB_NCOLS), &job, ps);
+	history_from_text(PQgetvalue(res, 0, JOB_NCOLS + 1), &job, hs);
 	struct explain_out *ex = NULL;
 	if (job.state == GPUMATCH__V1__JOB_STATE__JOB_STATE_QUEUED && (ex = malloc(sizeof *ex)) &&
 	    schedloop_explain(app_get(), job.id, ex) == 0)
@@ -164,6 +291,7 @@ static void reply_job_cb(enum pg_status st, PGresult *res, const char *sqlstate,
 	}
 	job_scratch_free(&s);
 	free(ps);
+	free(hs);
 	free(ex);
 }
 
@@ -172,7 +300,7 @@ static void load_and_reply(struct rpc_call *call, uint64_t job_id, uint64_t tena
 	struct numbuf a, b;
 	const char *params[] = { fmt_u64(&a, job_id), fmt_u64(&b, tenant) };
 	if (pg_exec(app_get()->pg, NULL,
-	            "SELECT " JOB_COLS ", " PLACE_SQL " FROM jobs j"
+	            "SELECT " JOB_COLS ", " PLACE_SQL ", " HISTORY_SQL " FROM jobs j"
 	            " WHERE j.id = $1::bigint AND ($2::bigint = 0 OR j.tenant_id = $2::bigint)",
 	            2, params, reply_job_cb, call))
 		rpc_error(call, RPC_UNAVAILABLE, "shutting down");

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "convert.h"
+#include "gpumatch/v1/admin_service.pb-c.h"
 #include "gpumatch/v1/node_service.pb-c.h"
 #include "log.h"
 #include "service.h"
@@ -148,6 +149,15 @@ static void reply_node_cb(enum pg_status st, PGresult *res, const char *ss, cons
 		Gpumatch__V1__UndrainNodeResponse resp = GPUMATCH__V1__UNDRAIN_NODE_RESPONSE__INIT;
 		resp.node = n;
 		rpc_reply(call, &resp.base);
+	} else if (strstr(path, "/CordonNode")) {
+		Gpumatch__V1__CordonNodeResponse resp = GPUMATCH__V1__CORDON_NODE_RESPONSE__INIT;
+		resp.node = n;
+		rpc_reply(call, &resp.base);
+	} else if (strstr(path, "/UncordonNode")) {
+		Gpumatch__V1__UncordonNodeResponse resp =
+		    GPUMATCH__V1__UNCORDON_NODE_RESPONSE__INIT;
+		resp.node = n;
+		rpc_reply(call, &resp.base);
 	} else {
 		Gpumatch__V1__GetNodeResponse resp = GPUMATCH__V1__GET_NODE_RESPONSE__INIT;
 		resp.node = n;
@@ -176,6 +186,11 @@ static void load_node_and_reply(struct rpc_call *call, uint64_t node_id, uint64_
 		free(nr);
 		rpc_error(call, RPC_UNAVAILABLE, "shutting down");
 	}
+}
+
+void nodes_reply_node(struct rpc_call *call, uint64_t node_id)
+{
+	load_node_and_reply(call, node_id, 0, false);
 }
 
 /* ---- RegisterNode --------------------------------------------------------------------------- */

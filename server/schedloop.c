@@ -50,6 +50,9 @@ static struct {
 	uint64_t cycle_bucket[NCYCLE_BUCKETS + 1];
 	double cycle_sum_s;
 	uint64_t outbox_moved;
+	struct event *stats_ev;
+	bool stats_busy;
+	struct strbuf stats; /* last fleet/queue gauges, Prometheus text */
 } L;
 
 static void lose_leadership(const char *why);
@@ -1269,6 +1272,96 @@ static void stream_tick_cb(evutil_socket_t fd, short ev, void *arg)
 	}
 }
 
+/* ---- fleet and queue gauges (every replica; /metrics never waits) ---------------------------- */
+
+static void stats_cb(enum pg_status st, PGresult *res, const char *ss, const char *err, void *arg)
+{
+	(void)ss;
+	(void)err;
+	(void)arg;
+	L.inflight--;
+	L.stats_busy = false;
+	if (st != PG_OK || L.stopped)
+		return;
+	/* rows: kind, label, value */
+	struct strbuf b = { 0 };
+	const char *last = "";
+	for (int i = 0; i < PQntuples(res); i++) {
+		const char *kind = PQgetvalue(res, i, 0);
+		if (strcmp(kind, last)) {
+			if (!strcmp(kind, "queue"))
+				sb_puts(&b, "# HELP gpumatch_queue_depth_by_class Queued jobs by "
+				            "priority class.\n"
+				            "# TYPE gpumatch_queue_depth_by_class gauge\n");
+			else if (!strcmp(kind, "gpus"))
+				sb_puts(&b, "# HELP gpumatch_gpus_by_model GPUs of schedulable "
+				            "nodes by model and use.\n"
+				            "# TYPE gpumatch_gpus_by_model gauge\n");
+			else if (!strcmp(kind, "leases"))
+				sb_puts(&b, "# HELP gpumatch_leases Leases by state.\n"
+				            "# TYPE gpumatch_leases gauge\n");
+			else if (!strcmp(kind, "nodes"))
+				sb_puts(&b,
+				        "# HELP gpumatch_nodes_by_state Nodes by state (record).\n"
+				        "# TYPE gpumatch_nodes_by_state gauge\n");
+			last = kind;
+		}
+		const char *label = PQgetvalue(res, i, 1), *v = PQgetvalue(res, i, 2);
+		if (!strcmp(kind, "queue"))
+			sb_printf(&b, "gpumatch_queue_depth_by_class{class=\"%s\"} %s\n", label, v);
+		else if (!strcmp(kind, "gpus")) {
+			const char *use = strrchr(label, '|');
+			if (use)
+				sb_printf(&b,
+				          "gpumatch_gpus_by_model{model=\"%.*s\",use=\"%s\"} %s\n",
+				          (int)(use - label), label, use + 1, v);
+		} else if (!strcmp(kind, "leases"))
+			sb_printf(&b, "gpumatch_leases{state=\"%s\"} %s\n", label, v);
+		else if (!strcmp(kind, "nodes"))
+			sb_printf(&b, "gpumatch_nodes_by_state{state=\"%s\"} %s\n", label, v);
+	}
+	if (b.oom) {
+		sb_free(&b);
+		return;
+	}
+	sb_free(&L.stats);
+	L.stats = b;
+}
+
+static void stats_tick_cb(evutil_socket_t fd, short ev, void *arg)
+{
+	(void)fd;
+	(void)ev;
+	(void)arg;
+	if (L.stats_busy || L.stopped || !pg_pool_ready(L.a->pg))
+		return;
+	L.stats_busy = true;
+	L.inflight++;
+	/* model names are operator input: keep them label-safe */
+	if (pg_exec(
+	        L.a->pg, NULL,
+	        "SELECT 'gpus', regexp_replace(g.model, '[^A-Za-z0-9._ -]', '_', 'g') || '|' ||"
+	        "   CASE WHEN EXISTS (SELECT 1 FROM leases l WHERE l.node_id = g.node_id"
+	        "     AND l.state BETWEEN 1 AND 4 AND (l.gpu_mask >> g.idx) & 1 = 1)"
+	        "   THEN 'busy' ELSE 'free' END, count(*)::text"
+	        "  FROM gpus g JOIN nodes n ON n.id = g.node_id WHERE n.state IN (2, 3)"
+	        "  GROUP BY 2"
+	        " UNION ALL SELECT 'leases', CASE state WHEN 1 THEN 'assigned' WHEN 2 THEN "
+	        "'acquired'"
+	        "   WHEN 3 THEN 'running' ELSE 'stopping' END, count(*)::text FROM leases"
+	        "  WHERE state BETWEEN 1 AND 4 GROUP BY 2"
+	        " UNION ALL SELECT 'nodes', CASE state WHEN 1 THEN 'registered' WHEN 2 THEN 'ready'"
+	        "   WHEN 3 THEN 'draining' WHEN 4 THEN 'cordoned' WHEN 5 THEN 'lost'"
+	        "   ELSE 'disabled' END, count(*)::text FROM nodes GROUP BY 2"
+	        " UNION ALL SELECT 'queue', priority_class::text, count(*)::text FROM jobs"
+	        "  WHERE state = 1 GROUP BY 2"
+	        " ORDER BY 1, 2",
+	        0, NULL, stats_cb, NULL)) {
+		L.inflight--;
+		L.stats_busy = false;
+	}
+}
+
 /* ---- lifecycle ---------------------------------------------------------------------------------- */
 
 static struct event *timer(struct event_base *b, int ms, event_callback_fn fn)
@@ -1299,10 +1392,11 @@ int schedloop_start(struct app *a, char *err, size_t err_len)
 	L.outbox_ev = timer(a->base, OUTBOX_MS, outbox_cb);
 	L.reconcile_ev = timer(a->base, a->cfg.reconcile_interval_ms, reconcile_cb);
 	L.stream_ev = timer(a->base, 100, stream_tick_cb);
+	L.stats_ev = timer(a->base, 2000, stats_tick_cb);
 	L.kick_ev = event_new(a->base, -1, 0, cycle_cb, NULL);
 	L.outbox_kick_ev = event_new(a->base, -1, 0, outbox_cb, NULL);
 	if (!L.leader_ev || !L.cycle_ev || !L.janitor_ev || !L.outbox_ev || !L.reconcile_ev ||
-	    !L.kick_ev || !L.outbox_kick_ev || !L.stream_ev) {
+	    !L.kick_ev || !L.outbox_kick_ev || !L.stream_ev || !L.stats_ev) {
 		snprintf(err, err_len, "cannot create scheduler timers");
 		return -1;
 	}
@@ -1318,8 +1412,9 @@ void schedloop_stop(struct app *a)
 	if (L.stopped)
 		return;
 	L.stopped = true;
-	struct event **evs[] = { &L.leader_ev,    &L.cycle_ev, &L.janitor_ev,     &L.outbox_ev,
-		                 &L.reconcile_ev, &L.kick_ev,  &L.outbox_kick_ev, &L.stream_ev };
+	struct event **evs[] = { &L.leader_ev,      &L.cycle_ev,     &L.janitor_ev,
+		                 &L.outbox_ev,      &L.reconcile_ev, &L.kick_ev,
+		                 &L.outbox_kick_ev, &L.stream_ev,    &L.stats_ev };
 	for (size_t i = 0; i < sizeof evs / sizeof evs[0]; i++) {
 		if (*evs[i]) {
 			event_free(*evs[i]);
@@ -1335,6 +1430,7 @@ void schedloop_stop(struct app *a)
 	L.generation++;
 	sched_cluster_free(L.c);
 	L.c = NULL;
+	sb_free(&L.stats);
 }
 
 bool schedloop_idle(struct app *a)
@@ -1390,6 +1486,8 @@ void schedloop_metrics(struct app *a, struct evbuffer *b)
 		    "gpumatch_requirement_classes %u\n",
 		    st.gpus_free, st.gpus_total, st.jobs_pending, st.jobs_running, st.classes);
 	}
+	if (L.stats.s)
+		evbuffer_add(b, L.stats.s, L.stats.len);
 	evbuffer_add_printf(b, "# HELP gpumatch_cycle_duration_seconds Scheduling cycle time.\n"
 	                       "# TYPE gpumatch_cycle_duration_seconds histogram\n");
 	uint64_t cum = 0;

@@ -30,14 +30,27 @@ void nodes_undrain(struct rpc_call *call, const ProtobufCMessage *req);
 int nodes_start(struct app *a, char *err, size_t err_len);
 void nodes_stop(struct app *a);
 void nodes_drain_waiters(struct app *a);
+/* Answers call with node node_id as GetNode shows it (any operator's), in
+ * the response message of the call's method: GetNode, RegisterNode,
+ * DrainNode, UndrainNode, CordonNode or UncordonNode; not_found when there
+ * is no such node. The call must not be answered otherwise. */
+void nodes_reply_node(struct rpc_call *call, uint64_t node_id);
 
 /* admin.c */
 void admin_create_tenant(struct rpc_call *call, const ProtobufCMessage *req);
 void admin_get_tenant(struct rpc_call *call, const ProtobufCMessage *req);
 void admin_list_tenants(struct rpc_call *call, const ProtobufCMessage *req);
+void admin_update_tenant(struct rpc_call *call, const ProtobufCMessage *req);
+void admin_disable_tenant(struct rpc_call *call, const ProtobufCMessage *req);
+void admin_enable_tenant(struct rpc_call *call, const ProtobufCMessage *req);
 void admin_create_operator(struct rpc_call *call, const ProtobufCMessage *req);
 void admin_get_operator(struct rpc_call *call, const ProtobufCMessage *req);
 void admin_list_operators(struct rpc_call *call, const ProtobufCMessage *req);
+void admin_update_operator(struct rpc_call *call, const ProtobufCMessage *req);
+void admin_disable_operator(struct rpc_call *call, const ProtobufCMessage *req);
+void admin_enable_operator(struct rpc_call *call, const ProtobufCMessage *req);
+void admin_cordon_node(struct rpc_call *call, const ProtobufCMessage *req);
+void admin_uncordon_node(struct rpc_call *call, const ProtobufCMessage *req);
 void admin_create_token(struct rpc_call *call, const ProtobufCMessage *req);
 void admin_list_tokens(struct rpc_call *call, const ProtobufCMessage *req);
 void admin_revoke_token(struct rpc_call *call, const ProtobufCMessage *req);

@@ -1,0 +1,119 @@
+#!/usr/bin/env python3
+"""run.py — runs gpumatch's integration tests: every tests/integration/
+test_*.py module (each starts its own Postgres, Redis and gpumatchd), or the
+ones named. Prints each failure with the HTTP exchange and the gpumatchd log
+written during the failed test; exits 0 only if all passed.
+
+    GPUMATCH_BUILD=build python3 tests/integration/run.py [-v] [--quick]
+        [test_jobs | test_jobs.JobTest | test_jobs.JobTest.test_submit ...]
+
+--quick (or GPUMATCH_IT_QUICK=1) leaves out the slow modules (SLOW = True:
+durability and failure tests)."""
+
+import sys
+
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+
+import argparse  # noqa: E402
+import importlib  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import time  # noqa: E402
+import unittest  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "harness"))
+
+import cluster  # noqa: E402
+
+
+class LogResult(unittest.TextTestResult):
+    """Appends the server log of the failed test to its report."""
+
+    def _with_log(self, test, err):
+        text = self._exc_info_to_string(err, test)
+        c = None
+        try:
+            c = test.c
+        except Exception:
+            pass
+        if c is not None and c.log_path:
+            since = getattr(test, "log_offset", 0)
+            text += "\n---- gpumatchd log during %s (%s) ----\n%s\n---- end of log ----\n" % (
+                test.id(), c.log_path, c.log_tail(150, since=since))
+        return text
+
+    def addFailure(self, test, err):
+        super().addFailure(test, err)
+        self.failures[-1] = (test, self._with_log(test, err))
+
+    def addError(self, test, err):
+        super().addError(test, err)
+        self.errors[-1] = (test, self._with_log(test, err))
+
+    def addSubTest(self, test, subtest, err):
+        super().addSubTest(test, subtest, err)
+        if err is not None:
+            lst = self.failures if issubclass(err[0], test.failureException) else self.errors
+            if lst and lst[-1][0] is subtest:
+                lst[-1] = (subtest, self._with_log(test, err))
+
+
+def _sigterm(signum, frame):
+    # meson's timeout sends SIGTERM: unwind so every cluster is torn down
+    raise KeyboardInterrupt("SIGTERM")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("tests", nargs="*", help="modules or test ids (default: all)")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="leave out SLOW modules")
+    ap.add_argument("-f", "--failfast", action="store_true")
+    args = ap.parse_args(argv)
+    quick = args.quick or os.environ.get("GPUMATCH_IT_QUICK") == "1"
+    signal.signal(signal.SIGTERM, _sigterm)
+
+    if not os.access(cluster.gpumatchd_path(), os.X_OK):
+        print("integration: gpumatchd not built at %s (set GPUMATCH_BUILD); skipping"
+              % cluster.gpumatchd_path(), file=sys.stderr)
+        return 77
+
+    loader = unittest.TestLoader()
+    suite = unittest.TestSuite()
+    names = args.tests or sorted(f[:-3] for f in os.listdir(HERE)
+                                 if f.startswith("test_") and f.endswith(".py"))
+    for name in names:
+        modname = name.split(".")[0]
+        mod = importlib.import_module(modname)
+        if quick and getattr(mod, "SLOW", False) and not args.tests:
+            print("integration: --quick: leaving out %s (slow)" % modname, file=sys.stderr)
+            continue
+        if name == modname:
+            suite.addTests(loader.loadTestsFromModule(mod))
+        else:
+            suite.addTests(loader.loadTestsFromName(name))
+
+    runner = unittest.TextTestRunner(verbosity=2 if args.verbose else 1,
+                                     resultclass=LogResult, failfast=args.failfast,
+                                     stream=sys.stdout)
+    t0 = time.monotonic()
+    try:
+        result = runner.run(suite)
+    except KeyboardInterrupt:
+        print("integration: interrupted; tearing down", file=sys.stderr)
+        for c in cluster.live_clusters():
+            c.close()
+        return 130
+    finally:
+        for c in cluster.live_clusters():
+            c.close()
+    print("integration: %d run, %d failures, %d errors, %d skipped in %.0fs"
+          % (result.testsRun, len(result.failures), len(result.errors), len(result.skipped),
+             time.monotonic() - t0))
+    return 0 if result.wasSuccessful() else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

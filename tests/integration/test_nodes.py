@@ -1,0 +1,303 @@
+"""NodeService with operator tokens: register (limits, bad input),
+heartbeat, operator isolation, the lease path (AcquireLease long-poll ->
+ReportLease RUNNING -> SUCCEEDED, idempotent by seq) and drain. gpumatchd runs
+with --allow_unverified=true so that unprobed nodes take work. Jobs here pick
+their node with a label selector, so tests do not steal each other's work."""
+
+import json
+import threading
+import time
+
+import common
+from common import (ItCase, NodeAgent, get_job, job_spec, node_req, ok, submit,
+                    wait_job_state)
+
+
+def setUpModule():
+    common.setup_module(__name__, ["--allow_unverified=true", "--cycle_interval_ms=200"])
+
+
+def tearDownModule():
+    common.teardown_module(__name__)
+
+
+class NodeTest(ItCase):
+    @classmethod
+    def setUpClass(cls):
+        c = common._clusters[__name__]
+        cls.opa, cls.a = c.new_operator(node_limit=50)
+        cls.opb, cls.b = c.new_operator(node_limit=50)
+        cls.tenant, cls.t = c.new_tenant()
+        cls.agents = []
+
+    @classmethod
+    def tearDownClass(cls):
+        for ag in cls.agents:
+            ag.stop_heartbeats()
+
+    def ncall(self, method, body, token=None):
+        return self.c.call("NodeService", method, body, token=token or self.a)
+
+    def node(self, token=None, name=None, ready=True, **kw):
+        ag = NodeAgent.register(self.c, token or self.a, node_req(name or self.c.unique("node"),
+                                                                  **kw), ready=ready)
+        self.agents.append(ag)
+        return ag
+
+    def test_register_node(self):
+        name = self.c.unique("rig")
+        req = node_req(name, gpus=2, region="us-east", price_micros=2500000,
+                       labels={"pool": "a", "disk": "nvme"}, address="10.0.0.5:7000",
+                       taints=[{"key": "spot", "value": "yes",
+                                "effect": "TAINT_EFFECT_NO_SCHEDULE"}])
+        b = self.assertOk(self.ncall("RegisterNode", req))
+        self.assertIs(b.get("created"), True, b)
+        n = b["node"]
+        self.assertGreater(int(n["id"]), 0)
+        self.assertEqual(n.get("operatorId"), self.opa["id"])
+        self.assertEqual(n.get("name"), name)
+        self.assertEqual(n.get("region"), "us-east")
+        self.assertEqual(n.get("pricePerGpuHourMicros"), "2500000")
+        self.assertEqual(n.get("labels"), {"pool": "a", "disk": "nvme"})
+        self.assertEqual(n.get("state"), "NODE_STATE_REGISTERED")
+        self.assertEqual((n.get("verification") or {}).get("status"),
+                         "VERIFICATION_STATUS_UNVERIFIED")
+        self.assertEqual([g.get("index", 0) for g in n.get("gpus", [])], [0, 1])
+        self.assertEqual(n["gpus"][1].get("memoryMib"), 24576)
+        self.assertFalse(n["gpus"][0].get("verified"), "only the probe sets verified")
+        self.assertEqual(self.c.count("nodes", "id = %s" % n["id"]), 1)
+        self.assertEqual(self.c.count("gpus", "node_id = %s" % n["id"]), 2)
+        got = self.assertOk(self.ncall("GetNode", {"nodeId": n["id"]}))
+        self.assertEqual(got["node"]["name"], name)
+
+    def test_reregister_replaces_facts(self):
+        ag = self.node(ready=False)
+        req = node_req(ag.node["name"], gpus=1, price_micros=3000000, nodeId=ag.id)
+        b = self.assertOk(self.ncall("RegisterNode", req))
+        self.assertFalse(b.get("created", False), b)
+        self.assertEqual(b["node"]["id"], ag.id)
+        self.assertEqual(b["node"]["pricePerGpuHourMicros"], "3000000")
+
+    def test_register_bad_input_writes_nothing(self):
+        u = self.c.unique
+        cases = [
+            (node_req(u("n"), price_micros=0), "price_per_gpu_hour_micros"),
+            (node_req(u("n"), price_micros=-1), "price_per_gpu_hour_micros"),
+            (node_req(u("n"), region=""), "region"),
+            (node_req("", gpus=1), "name"),
+            (node_req("n" * 129), "name"),
+            (node_req(u("n"), gpus=0), "gpus"),
+            (dict(node_req(u("n")), bogusField=1), "bogusField"),
+            (node_req(u("n"), gpus=2) | {"gpus": [common.gpu(0), common.gpu(0)]}, "index"),
+            (node_req(u("n")) | {"gpus": [dict(common.gpu(0), memoryMib=0)]}, "memory_mib"),
+        ]
+        for req, field in cases:
+            with self.subTest(case=json.dumps(req)[:120]):
+                before = self.c.count("nodes")
+                r = self.ncall("RegisterNode", req)
+                self.assertError(r, "invalid_argument", field=field, msg=json.dumps(req)[:160])
+                self.assertUnchanged("nodes", before)
+
+    def test_duplicate_name_for_one_operator(self):
+        ag = self.node(ready=False)
+        before = self.c.count("nodes")
+        r = self.ncall("RegisterNode", node_req(ag.node["name"]))
+        self.assertError(r, ("already_exists", "failed_precondition"))
+        self.assertUnchanged("nodes", before)
+        # another operator may use the name
+        self.node(token=self.b, name=ag.node["name"], ready=False)
+
+    def test_node_limit(self):
+        _, tok = self.c.new_operator(node_limit=2)
+        for i in range(2):
+            ok(self.ncall("RegisterNode", node_req(self.c.unique("lim")), token=tok))
+        before = self.c.count("nodes")
+        r = self.ncall("RegisterNode", node_req(self.c.unique("lim")), token=tok)
+        self.assertError(r, ("resource_exhausted", "failed_precondition"))
+        self.assertUnchanged("nodes", before)
+
+    def test_node_limit_zero_allows_none(self):
+        _, tok = self.c.new_operator(node_limit=0)
+        r = self.ncall("RegisterNode", node_req(self.c.unique("zero")), token=tok)
+        self.assertError(r, ("resource_exhausted", "failed_precondition"))
+
+    def test_heartbeat_makes_node_ready(self):
+        ag = self.node(ready=False)
+        b = self.assertOk(ag.heartbeat())
+        self.assertEqual(b.get("nodeState"), "NODE_STATE_READY", b)
+        self.assertGreater(int(b.get("serverTimeUs", "0")), 0)
+        self.assertGreater(b.get("nextHeartbeatMs", 0), 0)
+        n = self.assertOk(self.ncall("GetNode", {"nodeId": ag.id}))["node"]
+        self.assertEqual(n["state"], "NODE_STATE_READY")
+        self.assertGreater(int(n.get("lastHeartbeatUs", "0")), 0)
+
+    def test_heartbeat_unknown_node(self):
+        r = self.ncall("Heartbeat", {"nodeId": "987654321", "sentAtUs": str(common.now_us())})
+        self.assertError(r, "not_found")
+
+    def test_operator_isolation(self):
+        ag = self.node()
+        hb = dict(ag.heartbeat_req())
+        for method, body in [("Heartbeat", hb),
+                             ("DrainNode", {"nodeId": ag.id, "reason": "not yours"}),
+                             ("GetNode", {"nodeId": ag.id}),
+                             ("AcquireLease", {"nodeId": ag.id}),
+                             ("RegisterNode", node_req(ag.node["name"], nodeId=ag.id))]:
+            r = self.ncall(method, body, token=self.b)
+            self.assertError(r, ("not_found", "permission_denied"), msg=method)
+        n = self.assertOk(self.ncall("GetNode", {"nodeId": ag.id}))["node"]
+        self.assertEqual(n["state"], "NODE_STATE_READY")
+        listed = self.assertOk(self.ncall("ListNodes", {"pageSize": 1000}, token=self.b))
+        self.assertNotIn(ag.id, [x["id"] for x in listed.get("nodes", [])])
+
+    def test_list_nodes_own_only(self):
+        mine = {self.node(ready=False).id for _ in range(3)}
+        listed = self.assertOk(self.ncall("ListNodes", {"pageSize": 1000}))
+        ids = {x["id"] for x in listed.get("nodes", [])}
+        self.assertTrue(mine <= ids)
+        self.assertTrue(all(x["operatorId"] == self.opa["id"] for x in listed["nodes"]))
+
+    def test_acquire_with_nothing_to_do_answers_empty(self):
+        ag = self.node(labels={"pool": self.c.unique("idle")})
+        t0 = time.monotonic()
+        b = self.assertOk(ag.acquire(wait_ms=0))
+        self.assertFalse(b.get("lease"), b)
+        self.assertLess(time.monotonic() - t0, 2.0)
+        t0 = time.monotonic()
+        b = self.assertOk(ag.acquire(wait_ms=700))
+        self.assertFalse(b.get("lease"), b)
+        self.assertGreaterEqual(time.monotonic() - t0, 0.6, "long-poll returned early")
+
+    def test_lease_path_to_success(self):
+        pool = self.c.unique("pool")
+        ag = self.node(token=self.b, labels={"pool": pool})
+        ag.start_heartbeats(0.5)
+        got = {}
+
+        def poll():
+            try:
+                got["b"] = ag.acquire_lease(within=25)
+            except Exception as e:
+                got["err"] = e
+        th = threading.Thread(target=poll)
+        th.start()
+        time.sleep(0.5)  # the long-poll is waiting before the job exists
+        job = submit(self.c, self.t, spec=job_spec(gpus=1, labelSelector={"pool": pool}))
+        th.join(30)
+        if "err" in got:
+            raise got["err"]
+        b = got["b"]
+        lease = b["lease"]
+        self.assertEqual(lease.get("jobId"), job["id"])
+        self.assertEqual(lease.get("nodeId"), ag.id)
+        self.assertEqual(lease.get("gpuIndexes", [0]), [0])
+        self.assertEqual(lease.get("state"), "LEASE_STATE_ACQUIRED")
+        self.assertGreater(int(lease.get("deadlineUs", "0")), common.now_us())
+        self.assertEqual(b.get("spec", {}).get("command"), ["sleep", "1"])
+        self.assertEqual(b.get("tenantId"), self.tenant["id"])
+
+        r = self.assertOk(ag.report(lease, "LEASE_STATE_RUNNING", seq=1))
+        self.assertEqual(r["lease"]["state"], "LEASE_STATE_RUNNING")
+        self.assertFalse(r.get("duplicate", False))
+        j = wait_job_state(self.c, self.t, job["id"], "JOB_STATE_RUNNING", timeout=5)
+        self.assertEqual([p["nodeId"] for p in j.get("placement", [])], [ag.id])
+        busy = self.assertOk(self.ncall("GetNode", {"nodeId": ag.id}, token=self.b))["node"]
+        self.assertEqual(busy.get("busyGpuIndexes", [0]), [0])
+
+        r = self.assertOk(ag.report(lease, "LEASE_STATE_SUCCEEDED", seq=2, exit_code=0))
+        self.assertEqual(r["lease"]["state"], "LEASE_STATE_SUCCEEDED")
+        self.assertFalse(r.get("duplicate", False))
+        ended = r["lease"].get("endedAtUs")
+        # the same report again: acknowledged, nothing changes
+        again = self.assertOk(ag.report(lease, "LEASE_STATE_SUCCEEDED", seq=2, exit_code=0))
+        self.assertIs(again.get("duplicate"), True, again)
+        self.assertEqual(again["lease"]["state"], "LEASE_STATE_SUCCEEDED")
+        self.assertEqual(again["lease"].get("endedAtUs"), ended)
+        # an older seq too, even with another state
+        old = self.assertOk(ag.report(lease, "LEASE_STATE_RUNNING", seq=1))
+        self.assertIs(old.get("duplicate"), True, old)
+        self.assertEqual(old["lease"]["state"], "LEASE_STATE_SUCCEEDED")
+        self.assertEqual(self.c.psql_value("SELECT last_report_seq FROM leases WHERE id = %s"
+                                           % lease["id"]), "2")
+        j = wait_job_state(self.c, self.t, job["id"], "JOB_STATE_SUCCEEDED", timeout=5)
+        self.assertGreater(int(j.get("endedAtUs", "0")), 0)
+        ag.stop_heartbeats()
+
+    def test_failed_exit_code_fails_the_job(self):
+        pool = self.c.unique("pool")
+        ag = self.node(labels={"pool": pool})
+        ag.start_heartbeats(0.5)
+        job = submit(self.c, self.t, spec=job_spec(gpus=1, labelSelector={"pool": pool}))
+        lease = ag.acquire_lease(within=20)["lease"]
+        self.assertEqual(lease["jobId"], job["id"])
+        self.assertOk(ag.report(lease, "LEASE_STATE_RUNNING"))
+        self.assertOk(ag.report(lease, "LEASE_STATE_FAILED", exit_code=3, message="boom"))
+        j = wait_job_state(self.c, self.t, job["id"], "JOB_STATE_FAILED", timeout=5)
+        f = j.get("failure") or {}
+        self.assertEqual(f.get("reason"), "FAILURE_REASON_EXIT_CODE", j)
+        self.assertEqual(f.get("exitCode"), 3, j)
+        ag.stop_heartbeats()
+
+    def test_report_bad_input(self):
+        pool = self.c.unique("pool")
+        ag = self.node(labels={"pool": pool})
+        ag.start_heartbeats(0.5)
+        job = submit(self.c, self.t, spec=job_spec(gpus=1, labelSelector={"pool": pool}))
+        lease = ag.acquire_lease(within=20)["lease"]
+        self.assertEqual(lease["jobId"], job["id"])
+        # stale fencing token
+        r = ag.report(lease, "LEASE_STATE_RUNNING", seq=1,
+                      fencing_token=str(int(lease.get("fencingToken", "0")) + 1000))
+        self.assertError(r, ("failed_precondition", "aborted", "permission_denied"),
+                         msg="a fencing token that is not the lease's")
+        for bad, field in [({"state": "LEASE_STATE_ASSIGNED"}, "state"),
+                           ({"seq": "0"}, "seq"),
+                           ({"leaseId": "987654321"}, None)]:
+            with self.subTest(case=json.dumps(bad)):
+                body = {"nodeId": ag.id, "leaseId": lease["id"],
+                        "fencingToken": lease.get("fencingToken", "0"), "seq": "5",
+                        "state": "LEASE_STATE_RUNNING"}
+                body.update(bad)
+                r = ag.call("ReportLease", body)
+                if field:
+                    self.assertError(r, "invalid_argument", field=field, msg=json.dumps(bad))
+                else:
+                    self.assertError(r, "not_found", msg=json.dumps(bad))
+        # nothing above moved the lease
+        self.assertEqual(self.c.psql_value("SELECT last_report_seq FROM leases WHERE id = %s"
+                                           % lease["id"]), "0")
+        self.assertOk(ag.report(lease, "LEASE_STATE_RUNNING", seq=1))
+        self.assertOk(ag.report(lease, "LEASE_STATE_SUCCEEDED", seq=2))
+        ag.stop_heartbeats()
+
+    def test_drain_node(self):
+        pool = self.c.unique("pool")
+        ag = self.node(labels={"pool": pool})
+        b = self.assertOk(self.ncall("DrainNode", {"nodeId": ag.id, "reason": "maintenance"}))
+        self.assertEqual(b["node"]["state"], "NODE_STATE_DRAINING")
+        again = self.assertOk(self.ncall("DrainNode", {"nodeId": ag.id}))
+        self.assertEqual(again["node"]["state"], "NODE_STATE_DRAINING")
+        hb = self.assertOk(ag.heartbeat())
+        self.assertEqual(hb.get("nodeState"), "NODE_STATE_DRAINING", "heartbeat must not undrain")
+        # a job only this node could host is not placed on it
+        job = submit(self.c, self.t, spec=job_spec(gpus=1, labelSelector={"pool": pool}))
+        b = self.assertOk(ag.acquire(wait_ms=1500))
+        self.assertFalse(b.get("lease"), "a DRAINING node got work: %s" % b)
+        self.assertEqual(get_job(self.c, self.t, job["id"])["state"], "JOB_STATE_QUEUED")
+        # undrain: the job comes
+        b = self.assertOk(self.ncall("UndrainNode", {"nodeId": ag.id}))
+        self.assertEqual(b["node"]["state"], "NODE_STATE_READY")
+        ag.start_heartbeats(0.5)
+        lease = ag.acquire_lease(within=20)["lease"]
+        self.assertEqual(lease["jobId"], job["id"])
+        self.assertOk(ag.report(lease, "LEASE_STATE_SUCCEEDED", seq=1))
+        ag.stop_heartbeats()
+
+    def test_drain_unknown_node(self):
+        self.assertError(self.ncall("DrainNode", {"nodeId": "987654321"}), "not_found")
+
+
+if __name__ == "__main__":
+    import sys
+    import run
+    raise SystemExit(run.main(["-v", __name__] + sys.argv[1:]))
