@@ -55,6 +55,7 @@ CREATE TABLE nodes (
     price_micros         bigint NOT NULL CHECK (price_micros > 0),
     state                smallint NOT NULL,                  -- NodeState
     state_reason         text NOT NULL DEFAULT '',
+    admin_hold           boolean NOT NULL DEFAULT false,     -- cordoned: survives LOST
     verification_status  smallint NOT NULL DEFAULT 1,        -- VerificationStatus
     facts_pb             bytea NOT NULL,                     -- labels, taints, gpus, address: a Node
     created_at_us        bigint NOT NULL,
@@ -332,7 +333,8 @@ BEGIN
                failure_message = p_message, exit_code = p_exit, term_signal = p_signal,
                failure_node = l.node_id
          WHERE id = j.id;
-    ELSIF (n_expired > 0 OR n_preempt > 0) AND j.attempts < p_max_attempts THEN
+    ELSIF (n_expired > 0 OR n_preempt > 0) AND j.attempts < p_max_attempts
+          AND (SELECT t.state FROM tenants t WHERE t.id = j.tenant_id) = 1 THEN
         job_state := 1; requeued := true;
         UPDATE jobs SET state = 1, updated_at_us = p_now WHERE id = j.id;
         INSERT INTO outbox (job_id, kind, created_at_us) VALUES (j.id, 'enqueue', p_now);

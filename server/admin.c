@@ -293,6 +293,7 @@ static void create_tenant_cb(enum pg_status st, PGresult *res, const char *sqlst
 		out.tenant = &t;
 		log_info("tenant created tenant=%" PRIu64 " name=%s by=%" PRIu64, t.id, t.name,
 		         rpc_principal(q->call)->token_id);
+		schedloop_tenant_changed(app_get(), t.id);
 		rpc_reply(q->call, &out.base);
 	}
 	free(q);
@@ -496,6 +497,7 @@ static void update_tenant_cb(enum pg_status st, PGresult *res, const char *sqlst
 		out.tenant = &t;
 		log_info("tenant updated tenant=%" PRIu64 " fields=%zu by=%" PRIu64, t.id,
 		         in->n_update_mask, rpc_principal(q->call)->token_id);
+		schedloop_tenant_changed(app_get(), t.id);
 		rpc_reply(q->call, &out.base);
 	}
 	free(q);
@@ -1063,7 +1065,7 @@ void admin_disable_operator(struct rpc_call *call, const ProtobufCMessage *req)
 	    "   updated_at_us = CASE WHEN o.state <> 2 OR o.disabled_reason <> $2"
 	    "     THEN $3::bigint ELSE o.updated_at_us END"
 	    "  WHERE o.id = $1::bigint RETURNING " OPERATOR_COLS "),"
-	    " held AS (UPDATE nodes n SET state = 4, state_reason = $4,"
+	    " held AS (UPDATE nodes n SET state = 4, admin_hold = true, state_reason = $4,"
 	    "   state_changed_at_us = $3::bigint"
 	    "  FROM op WHERE n.operator_id = op.id AND n.state IN (1, 2, 3) RETURNING n.id)"
 	    " SELECT op.*, (SELECT coalesce(string_agg(held.id::text, ','), '') FROM held)"
@@ -1186,7 +1188,7 @@ void admin_cordon_node(struct rpc_call *call, const ProtobufCMessage *req)
 	 * cordoned node again only updates the reason. */
 	exec_or_fail(call,
 	             "WITH cur AS (SELECT state FROM nodes WHERE id = $1::bigint),"
-	             " up AS (UPDATE nodes SET state = 4, state_reason = $2,"
+	             " up AS (UPDATE nodes SET state = 4, admin_hold = true, state_reason = $2,"
 	             "   state_changed_at_us = CASE WHEN state <> 4 THEN $3::bigint"
 	             "     ELSE state_changed_at_us END"
 	             "  WHERE id = $1::bigint AND state <> 6 RETURNING id)"
@@ -1246,7 +1248,8 @@ void admin_uncordon_node(struct rpc_call *call, const ProtobufCMessage *req)
 	    "WITH cur AS (SELECT n.state, o.state AS ostate FROM nodes n"
 	    "   JOIN operators o ON o.id = n.operator_id WHERE n.id = $1::bigint"
 	    "   FOR SHARE OF o),"
-	    " up AS (UPDATE nodes n SET state = CASE WHEN n.last_heartbeat_us > 0"
+	    " up AS (UPDATE nodes n SET admin_hold = false, state = CASE WHEN n.last_heartbeat_us "
+	    "> 0"
 	    "     THEN 2 ELSE 1 END, state_reason = 'uncordoned',"
 	    "   state_changed_at_us = $2::bigint"
 	    "  FROM cur WHERE n.id = $1::bigint AND n.state = 4 AND cur.ostate = 1"

@@ -733,6 +733,38 @@ static void apply_node_changed(uint64_t node_id)
 	exec_q("SELECT " NODE_COLS " FROM nodes WHERE id = $1::bigint", 1, params, node_row_cb, s);
 }
 
+static void tenant_row_cb(enum pg_status st, PGresult *res, const char *ss, const char *err,
+                          void *arg)
+{
+	struct step *s = arg;
+	bool cur = step_current(s);
+	free(s);
+	(void)ss;
+	(void)err;
+	if (!cur || st != PG_OK)
+		return;
+	for (int i = 0; i < PQntuples(res); i++)
+		sched_tenant_set_shares(L.c, col_u64(res, i, 0), (uint32_t)col_i64(res, i, 1));
+}
+
+static void apply_tenant_changed(uint64_t tenant_id)
+{
+	if (!L.leader || !L.loaded)
+		return;
+	struct numbuf t;
+	const char *params[] = { fmt_u64(&t, tenant_id) };
+	struct step *s = step_new(NULL, 0);
+	exec_q("SELECT id, fair_share_weight FROM tenants WHERE id = $1::bigint", 1, params,
+	       tenant_row_cb, s);
+}
+
+void schedloop_tenant_changed(struct app *a, uint64_t tenant_id)
+{
+	(void)a;
+	publish("tenant", tenant_id, 0);
+	apply_tenant_changed(tenant_id);
+}
+
 void schedloop_node_changed(struct app *a, uint64_t node_id)
 {
 	(void)a;
@@ -912,7 +944,8 @@ static void janitor_cb(evutil_socket_t fd, short ev, void *arg)
 	struct step *s = step_new(NULL, 0);
 	if (exec_q("UPDATE nodes SET state = 5, state_reason = 'missed heartbeats',"
 	           " state_changed_at_us = $1::bigint"
-	           " WHERE state IN (2, 3, 4) AND last_heartbeat_us < $2::bigint RETURNING id",
+	           " WHERE state IN (2, 3, 4) AND last_heartbeat_us > 0"
+	           " AND last_heartbeat_us < $2::bigint RETURNING id",
 	           2, params, lost_nodes_cb, s))
 		L.janitor_busy = false;
 }
@@ -1222,6 +1255,8 @@ static void stream_cb(redisReply *reply, const char *err, void *arg)
 			apply_node_changed(id);
 		else if (!strcmp(kind, "policy"))
 			apply_policy_changed();
+		else if (!strcmp(kind, "tenant"))
+			apply_tenant_changed(id);
 	}
 	sb_puts(&fetch, "}");
 	if (any && !fetch.oom) {

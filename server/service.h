@@ -67,6 +67,8 @@ void schedloop_job_queued(struct app *a, uint64_t job_id, uint64_t tenant_id,
 void schedloop_job_cancelled(struct app *a, uint64_t job_id);
 /* The job's leases all ended; requeued or finished. */
 void schedloop_job_ended(struct app *a, uint64_t job_id, bool requeued);
+/* A tenant's fair-share weight may have changed: the leader re-reads it. */
+void schedloop_tenant_changed(struct app *a, uint64_t tenant_id);
 /* Node facts or state changed in Postgres: the leader re-reads it. */
 void schedloop_node_changed(struct app *a, uint64_t node_id);
 bool schedloop_is_leader(struct app *a);

@@ -462,27 +462,32 @@ class CordonTest(LifecycleCase):
         n = self.assertOk(self.c.admin("CordonNode", {"nodeId": ag.id}))["node"]
         self.assertEqual(n["state"], "NODE_STATE_CORDONED")
         u = self.assertOk(self.c.admin("UncordonNode", {"nodeId": ag.id}))["node"]
-        if u["state"] == "NODE_STATE_LOST":
-            # the janitor (every 500 ms) came between the two calls: see
-            # test_never_heartbeated_cordoned_node_stays_cordoned
-            self.skipTest("the janitor marked the cordoned node LOST first")
         self.assertEqual(u["state"], "NODE_STATE_REGISTERED", "it never heartbeated")
         self.assertEqual(u.get("stateReason"), "uncordoned")
         self.assertEqual(self.assertOk(ag.heartbeat()).get("nodeState"), "NODE_STATE_READY")
 
-    @unittest.expectedFailure
     def test_never_heartbeated_cordoned_node_stays_cordoned(self):
-        """Known issue outside AdminService: the janitor marks CORDONED nodes
-        whose last heartbeat is older than the timeout LOST, and a node that
-        never heartbeated (last_heartbeat_us = 0) at once; its first
-        heartbeat then makes it READY, so the admin hold is lost. (The same
-        happens to a cordoned node whose agent is away longer than the
-        timeout.)"""
+        """A cordon is an admin hold: the janitor never marks a node that has
+        not heartbeated yet LOST, and a LOST node that was cordoned comes
+        back CORDONED, not READY."""
         ag = self.node(self.otok, ready=False)
         self.assertOk(self.c.admin("CordonNode", {"nodeId": ag.id}))
         time.sleep(1.5)
         self.assertEqual(self.node_state(ag.id), "4")
         self.assertEqual(self.assertOk(ag.heartbeat()).get("nodeState"), "NODE_STATE_CORDONED")
+
+    def test_cordoned_node_lost_and_back_stays_cordoned(self):
+        ag = self.node(self.otok)
+        self.assertOk(self.c.admin("CordonNode", {"nodeId": ag.id, "reason": "maintenance"}))
+        # the agent goes silent past the heartbeat timeout
+        self.c.psql("UPDATE nodes SET last_heartbeat_us = 1 WHERE id = %s" % ag.id)
+        deadline = time.time() + 5
+        while self.node_state(ag.id) != "5" and time.time() < deadline:
+            time.sleep(0.1)
+        self.assertEqual(self.node_state(ag.id), "5", "the janitor marks a silent node LOST")
+        self.assertEqual(self.assertOk(ag.heartbeat()).get("nodeState"), "NODE_STATE_CORDONED")
+        n = self.assertOk(self.c.admin("UncordonNode", {"nodeId": ag.id}))["node"]
+        self.assertEqual(n["state"], "NODE_STATE_READY")
 
     def test_draining_node_can_be_cordoned(self):
         ag = self.node(self.otok)
