@@ -99,8 +99,9 @@ CREATE TABLE jobs (
     failure_node         bigint NOT NULL DEFAULT 0,
     cost_micros          bigint NOT NULL DEFAULT 0
 );
-CREATE UNIQUE INDEX jobs_idempotency ON jobs (tenant_id, idempotency_key)
-    WHERE idempotency_key <> '';
+-- Total, not partial: the submit statement runs as a generic plan,
+-- which could not use a partial index (the API requires a key anyway).
+CREATE UNIQUE INDEX jobs_idempotency ON jobs (tenant_id, idempotency_key);
 CREATE INDEX jobs_tenant_id ON jobs (tenant_id, id);
 CREATE INDEX jobs_state_id ON jobs (state, id);
 
@@ -179,51 +180,6 @@ BEGIN
     IF cur > t THEN
         RAISE EXCEPTION 'stale fencing token % (current %)', t, cur USING ERRCODE = 'GM001';
     END IF;
-END $$;
-
--- Group commit of many submits in one statement (one transaction): each
--- element becomes a job and an outbox row, unless the tenant already used
--- its idempotency key, in which case the earlier job is returned, with
--- same_spec telling whether it was asked for with the same spec.
-CREATE FUNCTION gm_submit_jobs(
-    p_tenant bigint[], p_name text[], p_key text[], p_spec bytea[],
-    p_prio smallint[], p_gpus integer[], p_now bigint)
-RETURNS TABLE (idx integer, job_id bigint, created boolean, same_spec boolean)
-LANGUAGE plpgsql AS $$
-DECLARE
-    i integer;
-    jid bigint;
-    old_spec bytea;
-BEGIN
-    FOR i IN 1 .. coalesce(array_length(p_tenant, 1), 0) LOOP
-        jid := NULL;
-        IF p_key[i] <> '' THEN
-            SELECT j.id, j.spec_pb INTO jid, old_spec FROM jobs j
-             WHERE j.tenant_id = p_tenant[i] AND j.idempotency_key = p_key[i];
-        END IF;
-        IF jid IS NOT NULL THEN
-            idx := i; job_id := jid; created := false; same_spec := old_spec = p_spec[i];
-            RETURN NEXT;
-            CONTINUE;
-        END IF;
-        INSERT INTO jobs (tenant_id, name, idempotency_key, spec_pb, state, priority_class,
-                          gpus, submitted_at_us, updated_at_us)
-        VALUES (p_tenant[i], p_name[i], p_key[i], p_spec[i], 1, p_prio[i], p_gpus[i], p_now, p_now)
-        ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key <> '' DO NOTHING
-        RETURNING id INTO jid;
-        IF jid IS NULL THEN
-            -- the same key twice in one batch: the first one won
-            SELECT j.id, j.spec_pb INTO jid, old_spec FROM jobs j
-             WHERE j.tenant_id = p_tenant[i] AND j.idempotency_key = p_key[i];
-            idx := i; job_id := jid; created := false; same_spec := old_spec = p_spec[i];
-            RETURN NEXT;
-            CONTINUE;
-        END IF;
-        INSERT INTO job_events (job_id, at_us, kind) VALUES (jid, p_now, 'submitted');
-        INSERT INTO outbox (job_id, kind, created_at_us) VALUES (jid, 'enqueue', p_now);
-        idx := i; job_id := jid; created := true; same_spec := true;
-        RETURN NEXT;
-    END LOOP;
 END $$;
 
 -- Places jobs (one element per gang part) at the node's current price. Fenced: a write from an old

@@ -615,6 +615,7 @@ static void disable_tenant_cb(enum pg_status st, PGresult *res, const char *sqls
 		 * disabled, and EnableTenant brings them back */
 		out.tokens_revoked = 0;
 		out.jobs_cancelled = (uint32_t)(failed + cancelled);
+		auth_revoked(app_get());
 		log_info("tenant disabled tenant=%" PRIu64 " queued_failed=%zu"
 		         " running_cancelled=%" PRIu64 " ended_at_once=%zu by=%" PRIu64,
 		         t.id, failed, cancelled, ended, rpc_principal(q->call)->token_id);
@@ -1023,6 +1024,7 @@ static void disable_operator_cb(enum pg_status st, PGresult *res, const char *sq
 		 * is disabled */
 		out.tokens_revoked = 0;
 		out.nodes_drained = (uint32_t)held;
+		auth_revoked(app_get());
 		log_info("operator disabled operator=%" PRIu64 " nodes_cordoned=%zu by=%" PRIu64,
 		         o.id, held, rpc_principal(q->call)->token_id);
 		rpc_reply(q->call, &out.base);
@@ -1509,6 +1511,7 @@ static void revoke_token_cb(enum pg_status st, PGresult *res, const char *sqlsta
 		Gpumatch__V1__RevokeTokenResponse out = GPUMATCH__V1__REVOKE_TOKEN_RESPONSE__INIT;
 		token_from_row(res, 0, 0, &t);
 		out.token = &t;
+		auth_revoked(app_get());
 		log_info("token revoked token=%" PRIu64 " by=%" PRIu64, t.id,
 		         rpc_principal(q->call)->token_id);
 		rpc_reply(q->call, &out.base);

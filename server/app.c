@@ -36,6 +36,41 @@ static const struct pg_stmt pg_statements[] = {
 	  "   AND t.revoked_at_us = 0 AND (t.expires_at_us = 0 OR t.expires_at_us > $2::bigint)"
 	  "   AND coalesce(te.state, 1) = 1 AND coalesce(o.state, 1) = 1",
 	  2 },
+	/* Group commit of many submits in one statement (one transaction):
+	 * each element becomes a job and an outbox row, set-based, unless the
+	 * tenant already used its idempotency key (before, or earlier in the
+	 * same batch): then that job is returned (created = false), with
+	 * same_spec telling whether it was asked for with the same spec. A job
+	 * id is NULL when a concurrent batch took the key in a transaction this
+	 * statement could not see: the caller retries it. Prepared, so its plan
+	 * is made once per connection. */
+	{ "submit_jobs",
+	  "WITH input AS ("
+	  "   SELECT u.tenant, u.name, u.key, u.spec, u.prio, u.gpus, u.idx::integer AS idx"
+	  "     FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bytea[], $5::smallint[],"
+	  "                 $6::integer[]) WITH ORDINALITY AS u(tenant, name, key, spec, prio, "
+	  "gpus, idx)),"
+	  " firsts AS (SELECT DISTINCT ON (i.tenant, i.key) i.* FROM input i"
+	  "            ORDER BY i.tenant, i.key, i.idx),"
+	  " ins AS (INSERT INTO jobs (tenant_id, name, idempotency_key, spec_pb, state,"
+	  "            priority_class, gpus, submitted_at_us, updated_at_us)"
+	  "         SELECT f.tenant, f.name, f.key, f.spec, 1, f.prio, f.gpus, $7::bigint, "
+	  "$7::bigint"
+	  "           FROM firsts f ORDER BY f.idx"
+	  "         ON CONFLICT (tenant_id, idempotency_key) DO NOTHING"
+	  "         RETURNING id, tenant_id, idempotency_key),"
+	  " ob AS (INSERT INTO outbox (job_id, kind, created_at_us)"
+	  "        SELECT ins.id, 'enqueue', $7::bigint FROM ins ORDER BY ins.id)"
+	  " SELECT i.idx, coalesce(ins.id, old.id),"
+	  "        ins.id IS NOT NULL AND i.idx = f.idx,"
+	  "        CASE WHEN ins.id IS NOT NULL THEN i.spec = f.spec ELSE i.spec = old.spec_pb END"
+	  "   FROM input i"
+	  "   JOIN firsts f ON f.tenant = i.tenant AND f.key = i.key"
+	  "   LEFT JOIN ins ON ins.tenant_id = i.tenant AND ins.idempotency_key = i.key"
+	  "   LEFT JOIN jobs old ON ins.id IS NULL AND old.tenant_id = i.tenant"
+	  "                     AND old.idempotency_key = i.key"
+	  "  ORDER BY i.idx",
+	  7 },
 	{ NULL, NULL, 0 },
 };
 
@@ -236,6 +271,10 @@ int app_start(struct app *a, char *err, size_t err_len)
 	rpc_server_add_get(a->rpc, "/metrics", metrics_cb, a);
 	if (handlers_start(a, err, err_len))
 		return -1;
+	if (auth_start(a)) {
+		snprintf(err, err_len, "out of memory");
+		return -1;
+	}
 	a->sigterm_ev = evsignal_new(a->base, SIGTERM, signal_cb, a);
 	a->sigint_ev = evsignal_new(a->base, SIGINT, signal_cb, a);
 	a->sighup_ev = evsignal_new(a->base, SIGHUP, signal_cb, a);
@@ -253,6 +292,7 @@ int app_start(struct app *a, char *err, size_t err_len)
 void app_free(struct app *a)
 {
 	handlers_stop(a);
+	auth_stop(a);
 	if (a->drain_ev)
 		event_free(a->drain_ev);
 	if (a->sigterm_ev)

@@ -56,6 +56,13 @@ void auth_resolve(struct rpc_call *call, const char *token, rpc_auth_done done, 
 int auth_create_token_blocking(const char *conninfo, int role, uint64_t tenant_id,
                                uint64_t operator_id, const char *name, char *out, size_t out_len,
                                char *err, size_t err_len);
+/* A token, tenant or operator was revoked or disabled: forget cached
+ * tokens here at once and tell the other replicas (they poll). */
+void auth_revoked(struct app *a);
+/* Starts the cache's cross-replica invalidation poll. */
+int auth_start(struct app *a);
+void auth_stop(struct app *a);
+
 /* New random secret "gm_<base32>" and its display prefix. */
 int auth_new_secret(char *secret, size_t len, char *prefix, size_t prefix_len);
 

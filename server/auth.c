@@ -83,9 +83,133 @@ int auth_create_token_blocking(const char *conninfo, int role, uint64_t tenant_i
 	return rc;
 }
 
+/* ---- cache of resolved tokens -------------------------------------------------
+ * Resolving a token costs a Postgres query; under load that doubles the
+ * queries a submit makes. Successful lookups are kept for AUTH_TTL_US.
+ * Revoking or disabling anything clears this replica's cache at once and
+ * bumps {gm}:authgen, which every replica polls every AUTH_POLL_MS: a
+ * revoked token is refused here at once and elsewhere within that poll. */
+
+#define AUTH_SLOTS   4096 /* power of two */
+#define AUTH_TTL_US  2000000
+#define AUTH_POLL_MS 250
+#define AUTH_GEN_KEY "{gm}:authgen"
+
+struct auth_slot {
+	char token[36];
+	int64_t expires_us;
+	struct principal who;
+};
+
+static struct {
+	struct auth_slot *slots;
+	struct event *poll_ev;
+	struct app *a;
+	long long gen;
+	bool polling;
+	uint64_t hits, misses;
+} cache;
+
+static uint32_t token_hash(const char *t)
+{
+	uint32_t h = 2166136261u;
+	for (; *t; t++)
+		h = (h ^ (unsigned char)*t) * 16777619u;
+	return h;
+}
+
+static void cache_clear(void)
+{
+	if (cache.slots)
+		memset(cache.slots, 0, AUTH_SLOTS * sizeof *cache.slots);
+}
+
+static const struct principal *cache_find(const char *token, int64_t now)
+{
+	if (!cache.slots)
+		return NULL;
+	struct auth_slot *s = &cache.slots[token_hash(token) & (AUTH_SLOTS - 1)];
+	if (s->expires_us > now && !strcmp(s->token, token))
+		return &s->who;
+	return NULL;
+}
+
+static void cache_put(const char *token, const struct principal *who, int64_t now)
+{
+	if (!cache.slots || strlen(token) >= sizeof cache.slots[0].token)
+		return;
+	/* one entry per slot: a collision simply replaces */
+	struct auth_slot *s = &cache.slots[token_hash(token) & (AUTH_SLOTS - 1)];
+	snprintf(s->token, sizeof s->token, "%s", token);
+	s->who = *who;
+	s->expires_us = now + AUTH_TTL_US;
+}
+
+static void gen_cb(redisReply *reply, const char *err, void *arg)
+{
+	(void)err;
+	(void)arg;
+	cache.polling = false;
+	if (!reply)
+		return;
+	long long gen = reply->type == REDIS_REPLY_STRING ? atoll(reply->str) : 0;
+	if (gen != cache.gen) {
+		cache.gen = gen;
+		cache_clear();
+	}
+}
+
+static void poll_cb(evutil_socket_t fd, short ev, void *arg)
+{
+	(void)fd;
+	(void)ev;
+	(void)arg;
+	if (cache.polling || !rds_ready(cache.a->rds))
+		return;
+	const char *argv[] = { "GET", AUTH_GEN_KEY };
+	cache.polling = rds_cmd(cache.a->rds, gen_cb, NULL, 2, argv, NULL) == 0;
+}
+
+static void ignore_cb(redisReply *reply, const char *err, void *arg)
+{
+	(void)reply;
+	(void)err;
+	(void)arg;
+}
+
+void auth_revoked(struct app *a)
+{
+	cache_clear();
+	const char *argv[] = { "INCR", AUTH_GEN_KEY };
+	if (a->rds)
+		rds_cmd(a->rds, ignore_cb, NULL, 2, argv, NULL);
+}
+
+int auth_start(struct app *a)
+{
+	cache.a = a;
+	cache.slots = calloc(AUTH_SLOTS, sizeof *cache.slots);
+	cache.poll_ev = event_new(a->base, -1, EV_PERSIST, poll_cb, NULL);
+	struct timeval tv = { 0, AUTH_POLL_MS * 1000 };
+	if (!cache.slots || !cache.poll_ev || event_add(cache.poll_ev, &tv))
+		return -1;
+	return 0;
+}
+
+void auth_stop(struct app *a)
+{
+	(void)a;
+	if (cache.poll_ev)
+		event_free(cache.poll_ev);
+	cache.poll_ev = NULL;
+	free(cache.slots);
+	cache.slots = NULL;
+}
+
 struct auth_req {
 	struct rpc_call *call;
 	rpc_auth_done done;
+	char token[36];
 };
 
 static unsigned role_bit(int proto_role)
@@ -120,6 +244,8 @@ static void auth_done_cb(enum pg_status st, PGresult *res, const char *sqlstate,
 		who.tenant_id = strtoull(PQgetvalue(res, 0, 2), NULL, 10);
 		who.operator_id = strtoull(PQgetvalue(res, 0, 3), NULL, 10);
 		snprintf(who.name, sizeof who.name, "%s", PQgetvalue(res, 0, 4));
+		if (who.role)
+			cache_put(q->token, &who, now_us());
 		q->done(q->call, who.role != 0, false, &who);
 	}
 	free(q);
@@ -138,6 +264,15 @@ void auth_resolve(struct rpc_call *call, const char *token, rpc_auth_done done, 
 		done(call, false, false, NULL);
 		return;
 	}
+	int64_t now = now_us();
+	const struct principal *hit = cache_find(token, now);
+	if (hit) {
+		cache.hits++;
+		struct principal who = *hit;
+		done(call, true, false, &who);
+		return;
+	}
+	cache.misses++;
 	struct auth_req *q = malloc(sizeof *q);
 	if (!q) {
 		done(call, false, true, NULL);
@@ -145,9 +280,10 @@ void auth_resolve(struct rpc_call *call, const char *token, rpc_auth_done done, 
 	}
 	q->call = call;
 	q->done = done;
-	char now[24];
-	snprintf(now, sizeof now, "%" PRId64, now_us());
-	const char *params[] = { token, now };
+	snprintf(q->token, sizeof q->token, "%s", token);
+	char nows[24];
+	snprintf(nows, sizeof nows, "%" PRId64, now);
+	const char *params[] = { token, nows };
 	if (pg_exec(a->pg, "auth_lookup", NULL, 2, params, auth_done_cb, q)) {
 		free(q);
 		done(call, false, true, NULL);

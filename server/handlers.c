@@ -71,14 +71,17 @@ rpc_handler_fn handler_for(const char *path)
 /* ---- Redis scripts ---------------------------------------------------------- */
 
 static const struct rds_script scripts[] = {
-	[SCRIPT_ENQUEUE] = { "enqueue",
-	                     /* idempotent: re-adding a queued job changes nothing */
-	                     "redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])\n"
-	                     "redis.call('HSET', KEYS[2], 'tenant', ARGV[3], 'submit_us', "
-	                     "ARGV[4])\n"
-	                     "redis.call('XADD', KEYS[3], 'MAXLEN', '~', 100000, '*',"
-	                     " 'kind', 'enqueue', 'job', ARGV[1])\n"
-	                     "return 1\n" },
+	/* KEYS: pending, events, then one job hash per job; ARGV: id, score,
+	 * tenant, submit_us per job. Idempotent: re-adding changes nothing. */
+	[SCRIPT_ENQUEUE] = { "enqueue", "for i = 3, #KEYS do\n"
+	                                "  local a = (i - 3) * 4\n"
+	                                "  redis.call('ZADD', KEYS[1], ARGV[a + 2], ARGV[a + 1])\n"
+	                                "  redis.call('HSET', KEYS[i], 'tenant', ARGV[a + 3],"
+	                                " 'submit_us', ARGV[a + 4])\n"
+	                                "  redis.call('XADD', KEYS[2], 'MAXLEN', '~', 100000, '*',"
+	                                " 'kind', 'enqueue', 'job', ARGV[a + 1])\n"
+	                                "end\n"
+	                                "return #KEYS - 2\n" },
 	[SCRIPT_DEQUEUE] = { "dequeue", "redis.call('ZREM', KEYS[1], ARGV[1])\n"
 	                                "redis.call('DEL', KEYS[2])\n"
 	                                "return 1\n" },

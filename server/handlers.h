@@ -19,7 +19,7 @@ rpc_handler_fn handler_for(const char *path);
 
 /* Lua scripts loaded into Redis; indexes are enum rds_script_id. */
 enum rds_script_id {
-	SCRIPT_ENQUEUE = 0,    /* KEYS: pending, job hash, events; ARGV: id, score, fields... */
+	SCRIPT_ENQUEUE = 0,    /* KEYS: pending, events, job hashes; ARGV: 4 per job */
 	SCRIPT_DEQUEUE,        /* KEYS: pending, job hash; ARGV: id */
 	SCRIPT_LEADER_ACQUIRE, /* KEYS: leader, fence; ARGV: instance, ttl_ms -> fence or nil */
 	SCRIPT_LEADER_RENEW,   /* KEYS: leader; ARGV: instance, ttl_ms -> 1 or 0 */

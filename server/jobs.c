@@ -322,8 +322,7 @@ struct submit {
 static struct {
 	struct submit *head, *tail;
 	int queued;
-	bool inflight;
-	int inflight_n;
+	int inflight; /* batch transactions being written */
 	uint64_t batches, submits, created;
 	uint64_t latency_bucket[12];
 	double latency_sum_s;
@@ -372,6 +371,17 @@ static void batch_done_cb(enum pg_status st, PGresult *res, const char *sqlstate
 			if (i < 0 || i >= b->n || !b->items[i])
 				continue;
 			struct submit *s = b->items[i];
+			if (PQgetisnull(res, row, 1)) {
+				/* another batch took this key in a transaction this one
+				 * could not see yet: the next batch will find its job */
+				s->next = sub.head;
+				sub.head = s;
+				if (!sub.tail)
+					sub.tail = s;
+				sub.queued++;
+				b->items[i] = NULL;
+				continue;
+			}
 			uint64_t job_id = col_u64(res, row, 1);
 			bool created = !strcmp(PQgetvalue(res, row, 2), "t");
 			if (!created && strcmp(PQgetvalue(res, row, 3), "t")) {
@@ -418,17 +428,34 @@ static void batch_done_cb(enum pg_status st, PGresult *res, const char *sqlstate
 	}
 	free(b->items);
 	free(b);
-	sub.inflight = false;
-	if (sub.queued)
-		flush_batch();
+	sub.inflight--;
+	flush_batch();
 }
 
-/* Writes everything queued (up to group_commit_max) in one statement. */
+/* A few batches may be written at once: each waits for its commit's WAL
+ * flush, and Postgres flushes concurrent commits together. */
+static int max_inflight(const struct app *a)
+{
+	/* Two: one commits while the next gathers and runs. More makes
+	 * smaller batches, and each batch pays a commit and a plan. */
+	return a->cfg.pg_pool_size > 2 ? 2 : 1;
+}
+
+static void write_batch(void);
+
+/* Writes what is queued while fewer than max_inflight batches are being
+ * written; the rest gathers for the next. */
 static void flush_batch(void)
 {
 	struct app *a = app_get();
-	if (sub.inflight || !sub.queued)
-		return;
+	while (sub.queued && sub.inflight < max_inflight(a))
+		write_batch();
+}
+
+/* Writes up to group_commit_max queued submits in one statement. */
+static void write_batch(void)
+{
+	struct app *a = app_get();
 	int max = a->cfg.group_commit_max;
 	int n = sub.queued < max ? sub.queued : max;
 	struct batch *b = calloc(1, sizeof *b);
@@ -474,15 +501,11 @@ static void flush_batch(void)
 		goto oom;
 	struct numbuf now;
 	const char *params[] = { t.s, nm.s, k.s, sp.s, pr.s, gp.s, fmt_i64(&now, b->now_us) };
-	sub.inflight = true;
+	sub.inflight++;
 	sub.batches++;
-	sub.inflight_n = n;
-	if (pg_exec(a->pg, NULL,
-	            "SELECT idx, job_id, created, same_spec FROM gm_submit_jobs($1::bigint[], "
-	            "$2::text[],"
-	            " $3::text[], $4::bytea[], $5::smallint[], $6::integer[], $7::bigint)",
-	            7, params, batch_done_cb, b)) {
-		sub.inflight = false;
+	/* the statement "submit_jobs" is prepared on every connection (app.c) */
+	if (pg_exec(a->pg, "submit_jobs", NULL, 7, params, batch_done_cb, b)) {
+		sub.inflight--;
 		for (int i = 0; i < n; i++) {
 			rpc_error(items[i]->call, RPC_UNAVAILABLE, "shutting down");
 			submit_free(items[i]);

@@ -89,9 +89,17 @@ static char *read_file(const char *path, char *err, size_t err_len)
 	return buf;
 }
 
+/* CREATE ... IF NOT EXISTS and friends send NOTICEs: not news. */
+static void quiet_notice(void *arg, const char *message)
+{
+	(void)arg;
+	(void)message;
+}
+
 static PGconn *connect_db(const char *conninfo, char *err, size_t err_len)
 {
 	PGconn *c = PQconnectdb(conninfo);
+	PQsetNoticeProcessor(c, quiet_notice, NULL);
 	if (PQstatus(c) != CONNECTION_OK) {
 		snprintf(err, err_len, "postgres: %s", PQerrorMessage(c));
 		PQfinish(c);

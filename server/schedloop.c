@@ -22,6 +22,7 @@
 #define JANITOR_MS     500
 #define OUTBOX_MS      200
 #define OUTBOX_BATCH   500
+#define OUTBOX_KICK_US 10000
 
 static const double cycle_le_ms[] = { 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 1000 };
 #define NCYCLE_BUCKETS (sizeof cycle_le_ms / sizeof cycle_le_ms[0])
@@ -37,8 +38,10 @@ static struct {
 	struct sched_cluster *c;
 	struct event *leader_ev, *cycle_ev, *kick_ev, *janitor_ev, *outbox_ev, *outbox_kick_ev,
 	    *reconcile_ev, *stream_ev;
-	bool placing; /* a placement write is in flight */
-	bool rerun;   /* cycle asked for while placing */
+	bool placing;                             /* a placement write is in flight */
+	int64_t last_cycle_end_us, last_cycle_us; /* adaptive spacing */
+	struct event *spacing_ev;
+	bool rerun; /* cycle asked for while placing */
 	bool outbox_busy;
 	bool janitor_busy;
 	bool stopped;
@@ -529,10 +532,31 @@ static void run_cycle(void)
 		L.rerun = true;
 		return;
 	}
-	struct sched_actions acts = { 0 };
 	int64_t t0 = now_us();
+	/* Cycles at least one cycle-time apart: with a long queue, scheduling
+	 * takes at most about half of the loop and requests keep flowing. */
+	int64_t gap = L.last_cycle_end_us + L.last_cycle_us - t0;
+	if (gap > 0) {
+		if (!evtimer_pending(L.spacing_ev, NULL)) {
+			struct timeval tv = { 0, (suseconds_t)gap };
+			evtimer_add(L.spacing_ev, &tv);
+		}
+		return;
+	}
+	/* Nothing can be placed without a free GPU unless preemption may make
+	 * one; lease ends and node changes kick a new cycle. */
+	const struct sched_policy *pol = sched_get_policy(L.c);
+	if (!pol->preemption && !pol->infeasible_timeout_us) {
+		struct sched_stats st;
+		sched_get_stats(L.c, &st);
+		if (!st.gpus_free)
+			return;
+	}
+	struct sched_actions acts = { 0 };
 	int rc = sched_cycle(L.c, t0, &acts, NULL);
-	observe_cycle(now_us() - t0);
+	L.last_cycle_end_us = now_us();
+	L.last_cycle_us = L.last_cycle_end_us - t0;
+	observe_cycle(L.last_cycle_us);
 	L.cycles++;
 	if (rc) {
 		log_error("scheduling cycle failed rc=%d", rc);
@@ -1005,23 +1029,52 @@ static void outbox_redis_cb(redisReply *reply, const char *err, void *arg)
 	}
 }
 
-static void enqueue_redis(struct outbox_run *o, uint64_t job, uint64_t tenant, int64_t submit_us,
-                          int prio)
+#define ENQUEUE_CHUNK 100
+
+/* Jobs to enqueue, sent in one script call per ENQUEUE_CHUNK jobs. */
+struct enqueue_chunk {
+	int n;
+	char id[ENQUEUE_CHUNK][24], score[ENQUEUE_CHUNK][32], ten[ENQUEUE_CHUNK][24],
+	    sub[ENQUEUE_CHUNK][24], key[ENQUEUE_CHUNK][64];
+};
+
+static void enqueue_flush(struct outbox_run *o, struct enqueue_chunk *ch)
 {
-	char id[24], score[32], ten[24], sub_s[24], jobkey[64];
-	snprintf(id, sizeof id, "%" PRIu64, job);
-	/* lower score first: higher class, then earlier submit */
-	snprintf(score, sizeof score, "%.0f",
-	         (double)(SCHED_PRIO_CLASSES - 1 - prio) * 1e13 + (double)(submit_us / 1000));
-	snprintf(ten, sizeof ten, "%" PRIu64, tenant);
-	snprintf(sub_s, sizeof sub_s, "%" PRId64, submit_us);
-	snprintf(jobkey, sizeof jobkey, RK_JOB "%" PRIu64, job);
-	const char *argv[] = { RK_PENDING, jobkey, RK_EVENTS, id, score, ten, sub_s };
+	if (!ch->n)
+		return;
+	const char *argv[2 + ENQUEUE_CHUNK * 5];
+	int k = 0;
+	argv[k++] = RK_PENDING;
+	argv[k++] = RK_EVENTS;
+	for (int i = 0; i < ch->n; i++)
+		argv[k++] = ch->key[i];
+	for (int i = 0; i < ch->n; i++) {
+		argv[k++] = ch->id[i];
+		argv[k++] = ch->score[i];
+		argv[k++] = ch->ten[i];
+		argv[k++] = ch->sub[i];
+	}
 	o->pending++;
-	if (rds_script(L.a->rds, SCRIPT_ENQUEUE, outbox_redis_cb, o, 3, 7, argv, NULL)) {
+	if (rds_script(L.a->rds, SCRIPT_ENQUEUE, outbox_redis_cb, o, 2 + ch->n, k, argv, NULL)) {
 		o->pending--;
 		o->failed = true;
 	}
+	ch->n = 0;
+}
+
+static void enqueue_redis(struct outbox_run *o, struct enqueue_chunk *ch, uint64_t job,
+                          uint64_t tenant, int64_t submit_us, int prio)
+{
+	int i = ch->n++;
+	snprintf(ch->id[i], sizeof ch->id[i], "%" PRIu64, job);
+	/* lower score first: higher class, then earlier submit */
+	snprintf(ch->score[i], sizeof ch->score[i], "%.0f",
+	         (double)(SCHED_PRIO_CLASSES - 1 - prio) * 1e13 + (double)(submit_us / 1000));
+	snprintf(ch->ten[i], sizeof ch->ten[i], "%" PRIu64, tenant);
+	snprintf(ch->sub[i], sizeof ch->sub[i], "%" PRId64, submit_us);
+	snprintf(ch->key[i], sizeof ch->key[i], RK_JOB "%" PRIu64, job);
+	if (ch->n == ENQUEUE_CHUNK)
+		enqueue_flush(o, ch);
 }
 
 static void dequeue_redis(struct outbox_run *o, uint64_t job)
@@ -1055,18 +1108,25 @@ static void outbox_rows_cb(enum pg_status st, PGresult *res, const char *ss, con
 		abort();
 	}
 	o->pending = 1; /* held until every command is sent */
+	struct enqueue_chunk *ch = calloc(1, sizeof *ch);
+	if (!ch) {
+		log_error("out of memory");
+		abort();
+	}
 	sb_puts(&o->ids, "{");
 	for (int i = 0; i < PQntuples(res); i++) {
 		sb_printf(&o->ids, "%s%s", i ? "," : "", PQgetvalue(res, i, 0));
 		uint64_t job = col_u64(res, i, 1);
 		if (!strcmp(PQgetvalue(res, i, 2), "enqueue") &&
 		    !strcmp(PQgetvalue(res, i, 6), "1"))
-			enqueue_redis(o, job, col_u64(res, i, 3), col_i64(res, i, 4),
+			enqueue_redis(o, ch, job, col_u64(res, i, 3), col_i64(res, i, 4),
 			              (int)col_i64(res, i, 5));
 		else
 			dequeue_redis(o, job);
 		L.outbox_moved++;
 	}
+	enqueue_flush(o, ch);
+	free(ch);
 	outbox_redis_cb(&(redisReply){ .type = REDIS_REPLY_STATUS }, NULL, o);
 }
 
@@ -1096,8 +1156,13 @@ static void outbox_cb(evutil_socket_t fd, short ev, void *arg)
 void outbox_kick(struct app *a)
 {
 	(void)a;
-	if (L.outbox_kick_ev)
-		event_active(L.outbox_kick_ev, EV_TIMEOUT, 0);
+	/* Drains are coalesced to one per OUTBOX_KICK_US: under load every
+	 * batch kicks, and each drain is two statements of its own. Nothing
+	 * waits on it: the leader learns of new jobs directly. */
+	if (L.outbox_kick_ev && !evtimer_pending(L.outbox_kick_ev, NULL)) {
+		struct timeval tv = { 0, OUTBOX_KICK_US };
+		evtimer_add(L.outbox_kick_ev, &tv);
+	}
 }
 
 /* ---- reconcile Redis with Postgres (leader) --------------------------------------------------- */
@@ -1429,9 +1494,10 @@ int schedloop_start(struct app *a, char *err, size_t err_len)
 	L.stream_ev = timer(a->base, 100, stream_tick_cb);
 	L.stats_ev = timer(a->base, 2000, stats_tick_cb);
 	L.kick_ev = event_new(a->base, -1, 0, cycle_cb, NULL);
-	L.outbox_kick_ev = event_new(a->base, -1, 0, outbox_cb, NULL);
+	L.spacing_ev = evtimer_new(a->base, cycle_cb, NULL);
+	L.outbox_kick_ev = evtimer_new(a->base, outbox_cb, NULL);
 	if (!L.leader_ev || !L.cycle_ev || !L.janitor_ev || !L.outbox_ev || !L.reconcile_ev ||
-	    !L.kick_ev || !L.outbox_kick_ev || !L.stream_ev || !L.stats_ev) {
+	    !L.kick_ev || !L.outbox_kick_ev || !L.stream_ev || !L.stats_ev || !L.spacing_ev) {
 		snprintf(err, err_len, "cannot create scheduler timers");
 		return -1;
 	}
@@ -1447,9 +1513,9 @@ void schedloop_stop(struct app *a)
 	if (L.stopped)
 		return;
 	L.stopped = true;
-	struct event **evs[] = { &L.leader_ev,      &L.cycle_ev,     &L.janitor_ev,
-		                 &L.outbox_ev,      &L.reconcile_ev, &L.kick_ev,
-		                 &L.outbox_kick_ev, &L.stream_ev,    &L.stats_ev };
+	struct event **evs[] = { &L.leader_ev,    &L.cycle_ev,  &L.janitor_ev,     &L.outbox_ev,
+		                 &L.reconcile_ev, &L.kick_ev,   &L.outbox_kick_ev, &L.stream_ev,
+		                 &L.stats_ev,     &L.spacing_ev };
 	for (size_t i = 0; i < sizeof evs / sizeof evs[0]; i++) {
 		if (*evs[i]) {
 			event_free(*evs[i]);

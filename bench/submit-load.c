@@ -1,0 +1,323 @@
+/* submit-load.c — durable SubmitJob load: N keep-alive connections, one
+ * request outstanding on each, for a fixed time. Records every request's
+ * latency and writes the id of every acknowledged job (200 OK) to a file so
+ * that the caller can check each one is in Postgres. bench/submit runs it. */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <event2/http.h>
+
+#include "gpumatch/v1/job_service.pb-c.h"
+#include "rpc-client.h"
+
+#define SUBMIT_PATH     "/gpumatch.v1.JobService/SubmitJob"
+#define MAX_CONNECTIONS 4096
+#define DRAIN_S         15 /* how long replies in flight at the end are waited for */
+
+struct conn {
+	struct evhttp_connection *evcon;
+	int index;
+	uint64_t seq;    /* requests sent on this connection */
+	int64_t sent_ns; /* when the outstanding request was queued */
+	bool busy;
+};
+
+static struct {
+	const char *host_port;
+	char host[256];
+	int port;
+	const char *token;
+	int connections;
+	double seconds;
+	const char *acked_path;
+	struct event_base *base;
+	struct conn *conns;
+	int busy;
+	char nonce[32];
+	int64_t start_ns, end_ns;
+	bool stopping;
+
+	double *lat_ms; /* one per reply, 200 or not */
+	size_t n_lat, cap_lat;
+	uint64_t *acked; /* job ids of 200 OK replies */
+	size_t n_acked, cap_acked;
+	uint64_t ok_in_window; /* 200 OK received before end_ns */
+	uint64_t requests, errors, transport_errors, bad_replies;
+	int errors_shown;
+	size_t payload_bytes_min, payload_bytes_max;
+	uint64_t payload_bytes_sum;
+} L;
+
+static void die(const char *what)
+{
+	fprintf(stderr, "submit-load: %s\n", what);
+	exit(2);
+}
+
+static void *grow(void *p, size_t *cap, size_t elem)
+{
+	size_t n = *cap ? *cap * 2 : 65536;
+	void *q = realloc(p, n * elem);
+	if (!q)
+		die("out of memory");
+	*cap = n;
+	return q;
+}
+
+static void send_one(struct conn *c);
+
+/* A realistic single-GPU training job: an image, an argv, a few env vars,
+ * one hour at most. Its idempotency key is unique to this run, connection
+ * and sequence number, so every request creates a job. */
+static void submit_cb(int status, const uint8_t *body, size_t len, void *arg)
+{
+	struct conn *c = arg;
+	int64_t now = rpcc_now_ns();
+	c->busy = false;
+	L.busy--;
+	if (L.n_lat == L.cap_lat)
+		L.lat_ms = grow(L.lat_ms, &L.cap_lat, sizeof *L.lat_ms);
+	L.lat_ms[L.n_lat++] = (double)(now - c->sent_ns) / 1e6;
+	if (status == 200) {
+		Gpumatch__V1__SubmitJobResponse *r =
+		    gpumatch__v1__submit_job_response__unpack(NULL, len, body);
+		if (!r || !r->job || !r->job->id || !r->created) {
+			L.bad_replies++;
+			L.errors++;
+		} else {
+			if (L.n_acked == L.cap_acked)
+				L.acked = grow(L.acked, &L.cap_acked, sizeof *L.acked);
+			L.acked[L.n_acked++] = r->job->id;
+			if (now <= L.end_ns)
+				L.ok_in_window++;
+		}
+		if (r)
+			gpumatch__v1__submit_job_response__free_unpacked(r, NULL);
+	} else {
+		L.errors++;
+		if (!status)
+			L.transport_errors++;
+		if (L.errors_shown < 5) {
+			L.errors_shown++;
+			fprintf(stderr, "submit-load: conn %d: HTTP %d %.*s\n", c->index, status,
+			        (int)(len > 300 ? 300 : len), body ? (const char *)body : "");
+		}
+	}
+	if (now < L.end_ns && !L.stopping)
+		send_one(c);
+	else if (!L.busy)
+		event_base_loopbreak(L.base);
+}
+
+static void send_one(struct conn *c)
+{
+	char key[96], name[64];
+	snprintf(key, sizeof key, "bench-%s-%d-%" PRIu64, L.nonce, c->index, c->seq);
+	snprintf(name, sizeof name, "finetune-c%d-%" PRIu64, c->index, c->seq);
+
+	char *cmd[] = {
+		"python3",  "-m", "trainer.finetune", "--config", "configs/llama-7b-lora.yaml",
+		"--epochs", "3",  "--batch-size",     "16",       "--output",
+		"/outputs"
+	};
+	Gpumatch__V1__JobSpec__EnvEntry env[4];
+	Gpumatch__V1__JobSpec__EnvEntry *envp[4];
+	static const char *const env_kv[][2] = {
+		{ "HF_HOME", "/cache/huggingface" },
+		{ "WANDB_PROJECT", "llama-lora-sweeps" },
+		{ "NCCL_DEBUG", "WARN" },
+		{ "RUN_ID", NULL }, /* the idempotency key */
+	};
+	for (int i = 0; i < 4; i++) {
+		gpumatch__v1__job_spec__env_entry__init(&env[i]);
+		env[i].key = (char *)env_kv[i][0];
+		env[i].value = env_kv[i][1] ? (char *)env_kv[i][1] : key;
+		envp[i] = &env[i];
+	}
+	Gpumatch__V1__JobSpec spec = GPUMATCH__V1__JOB_SPEC__INIT;
+	spec.kind = GPUMATCH__V1__JOB_KIND__JOB_KIND_TRAINING;
+	spec.gpus_per_node = 1;
+	spec.node_count = 1;
+	spec.min_gpu_memory_mib = 24576;
+	spec.precision = GPUMATCH__V1__PRECISION__PRECISION_BF16;
+	spec.max_price_per_gpu_hour_micros = 2500000;
+	spec.max_duration_us = 3600LL * 1000000;
+	spec.priority_class = GPUMATCH__V1__PRIORITY_CLASS__PRIORITY_CLASS_NORMAL;
+	spec.preemptible = true;
+	spec.image = "ghcr.io/acme-ml/trainer:2024.06-cuda12.4";
+	spec.n_command = sizeof cmd / sizeof cmd[0];
+	spec.command = cmd;
+	spec.n_env = 4;
+	spec.env = envp;
+	spec.working_dir = "/workspace";
+	Gpumatch__V1__SubmitJobRequest req = GPUMATCH__V1__SUBMIT_JOB_REQUEST__INIT;
+	req.idempotency_key = key;
+	req.name = name;
+	req.spec = &spec;
+
+	size_t n = gpumatch__v1__submit_job_request__get_packed_size(&req);
+	if (!L.payload_bytes_min || n < L.payload_bytes_min)
+		L.payload_bytes_min = n;
+	if (n > L.payload_bytes_max)
+		L.payload_bytes_max = n;
+	L.payload_bytes_sum += n;
+
+	c->seq++;
+	c->busy = true;
+	L.busy++;
+	L.requests++;
+	c->sent_ns = rpcc_now_ns();
+	if (rpcc_call(c->evcon, L.host, SUBMIT_PATH, L.token, &req.base, submit_cb, c))
+		die("cannot queue a request");
+}
+
+static void end_cb(evutil_socket_t fd, short ev, void *arg)
+{
+	(void)fd;
+	(void)ev;
+	(void)arg;
+	/* the run is over: replies still in flight get DRAIN_S more seconds */
+	L.stopping = true;
+	if (!L.busy)
+		event_base_loopbreak(L.base);
+}
+
+static void drain_cb(evutil_socket_t fd, short ev, void *arg)
+{
+	(void)fd;
+	(void)ev;
+	(void)arg;
+	fprintf(stderr, "submit-load: %d replies still missing %d s after the end\n", L.busy,
+	        DRAIN_S);
+	event_base_loopbreak(L.base);
+}
+
+static void usage(void)
+{
+	fprintf(stderr,
+	        "usage: submit-load --url http://HOST:PORT --token SECRET [--connections N]\n"
+	        "                   [--seconds S] [--acked-file PATH]\n"
+	        "  --token        a tenant token (or env GPUMATCH_TOKEN)\n"
+	        "  --connections  concurrent keep-alive connections (default 64)\n"
+	        "  --seconds      how long requests are sent (default 10)\n"
+	        "  --acked-file   where the acknowledged job ids go, one a line\n"
+	        "The last line of stdout is one JSON object.\n");
+	exit(1);
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "url", required_argument, NULL, 'u' },
+		{ "token", required_argument, NULL, 't' },
+		{ "connections", required_argument, NULL, 'c' },
+		{ "seconds", required_argument, NULL, 's' },
+		{ "acked-file", required_argument, NULL, 'a' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	L.connections = 64;
+	L.seconds = 10;
+	L.token = getenv("GPUMATCH_TOKEN");
+	int o;
+	while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		char *end = NULL;
+		switch (o) {
+		case 'u':
+			L.host_port = optarg;
+			break;
+		case 't':
+			L.token = optarg;
+			break;
+		case 'c':
+			L.connections = (int)strtol(optarg, &end, 10);
+			if (*end || L.connections < 1 || L.connections > MAX_CONNECTIONS)
+				usage();
+			break;
+		case 's':
+			L.seconds = strtod(optarg, &end);
+			if (*end || !(L.seconds > 0) || L.seconds > 3600)
+				usage();
+			break;
+		case 'a':
+			L.acked_path = optarg;
+			break;
+		default:
+			usage();
+		}
+	}
+	if (!L.host_port || !L.token || !*L.token ||
+	    rpcc_parse_url(L.host_port, L.host, sizeof L.host, &L.port))
+		usage();
+	snprintf(L.nonce, sizeof L.nonce, "%x%x", (unsigned)getpid(),
+	         (unsigned)(rpcc_now_ns() & 0xffffff));
+
+	L.base = event_base_new();
+	L.conns = calloc((size_t)L.connections, sizeof *L.conns);
+	if (!L.base || !L.conns)
+		die("cannot set up the event loop");
+	for (int i = 0; i < L.connections; i++) {
+		L.conns[i].index = i;
+		L.conns[i].evcon = rpcc_connect(L.base, L.host, L.port, 30);
+		if (!L.conns[i].evcon)
+			die("cannot create a connection");
+	}
+	fprintf(stderr, "submit-load: %d connections to %s:%d for %.1f s\n", L.connections, L.host,
+	        L.port, L.seconds);
+	L.start_ns = rpcc_now_ns();
+	L.end_ns = L.start_ns + (int64_t)(L.seconds * 1e9);
+	struct timeval run = { (time_t)L.seconds,
+		               (suseconds_t)((L.seconds - (double)(time_t)L.seconds) * 1e6) };
+	struct timeval drain = { (time_t)L.seconds + DRAIN_S, run.tv_usec };
+	struct event *end_ev = evtimer_new(L.base, end_cb, NULL);
+	struct event *drain_ev = evtimer_new(L.base, drain_cb, NULL);
+	if (!end_ev || !drain_ev || evtimer_add(end_ev, &run) || evtimer_add(drain_ev, &drain))
+		die("cannot set timers");
+	for (int i = 0; i < L.connections; i++)
+		send_one(&L.conns[i]);
+	event_base_dispatch(L.base);
+	double wall_s = (double)(rpcc_now_ns() - L.start_ns) / 1e9;
+
+	if (L.acked_path) {
+		FILE *f = fopen(L.acked_path, "w");
+		if (!f)
+			die(strerror(errno));
+		for (size_t i = 0; i < L.n_acked; i++)
+			fprintf(f, "%" PRIu64 "\n", L.acked[i]);
+		if (fclose(f))
+			die(strerror(errno));
+	}
+
+	qsort(L.lat_ms, L.n_lat, sizeof *L.lat_ms, rpcc_cmp_double);
+	double window_s = (double)(L.end_ns - L.start_ns) / 1e9;
+	printf("{\"connections\":%d,\"seconds\":%.3f,\"requests\":%" PRIu64
+	       ",\"replies\":%zu,\"acked\":%zu,\"ok_in_window\":%" PRIu64 ",\"errors\":%" PRIu64
+	       ",\"transport_errors\":%" PRIu64 ",\"bad_replies\":%" PRIu64
+	       ",\"unanswered\":%d,\"submits_per_s\":%.1f,\"p50_ms\":%.3f,\"p90_ms\":%.3f"
+	       ",\"p99_ms\":%.3f,\"p999_ms\":%.3f,\"max_ms\":%.3f,\"payload_bytes\":%zu"
+	       ",\"payload_bytes_min\":%zu,\"payload_bytes_max\":%zu,\"wall_s\":%.3f}\n",
+	       L.connections, window_s, L.requests, L.n_lat, L.n_acked, L.ok_in_window, L.errors,
+	       L.transport_errors, L.bad_replies, L.busy, (double)L.ok_in_window / window_s,
+	       rpcc_quantile(L.lat_ms, L.n_lat, 0.50), rpcc_quantile(L.lat_ms, L.n_lat, 0.90),
+	       rpcc_quantile(L.lat_ms, L.n_lat, 0.99), rpcc_quantile(L.lat_ms, L.n_lat, 0.999),
+	       L.n_lat ? L.lat_ms[L.n_lat - 1] : 0.0,
+	       L.requests ? (size_t)(L.payload_bytes_sum / L.requests) : 0, L.payload_bytes_min,
+	       L.payload_bytes_max, wall_s);
+
+	event_free(end_ev);
+	event_free(drain_ev);
+	for (int i = 0; i < L.connections; i++)
+		evhttp_connection_free(L.conns[i].evcon);
+	event_base_free(L.base);
+	free(L.conns);
+	free(L.lat_ms);
+	free(L.acked);
+	return L.busy ? 3 : 0;
+}
