@@ -101,6 +101,28 @@ static int exec_q(const char *sql, int n, const char *const *params, pg_cb cb, s
 	return 0;
 }
 
+/* Ends a step: true when its result should be used (still the same
+ * leadership, and the query worked). */
+static bool step_ok(void *arg, enum pg_status st)
+{
+	struct step *s = arg;
+	bool cur = step_current(s);
+	free(s);
+	return cur && st == PG_OK;
+}
+
+/* The same for the steps of loading the leader's state: a failure there
+ * gives leadership up (another replica, or this one later, starts over). */
+static bool load_step_ok(void *arg, enum pg_status st, const char *err)
+{
+	struct step *s = arg;
+	bool cur = step_current(s);
+	free(s);
+	if (cur && st != PG_OK)
+		lose_leadership(err);
+	return cur && st == PG_OK;
+}
+
 bool schedloop_is_leader(struct app *a)
 {
 	(void)a;
@@ -191,16 +213,9 @@ static void upsert_node_row(const PGresult *r, int row)
 static void load_queued_cb(enum pg_status st, PGresult *res, const char *ss, const char *err,
                            void *arg)
 {
-	struct step *s = arg;
-	bool cur = step_current(s);
-	free(s);
 	(void)ss;
-	if (!cur)
+	if (!load_step_ok(arg, st, err))
 		return;
-	if (st != PG_OK) {
-		lose_leadership(err);
-		return;
-	}
 	for (int i = 0; i < PQntuples(res); i++)
 		add_job_row(res, i, 0, 1, 2, 3);
 	L.loading = false;
@@ -215,16 +230,9 @@ static void load_queued_cb(enum pg_status st, PGresult *res, const char *ss, con
 static void load_leases_cb(enum pg_status st, PGresult *res, const char *ss, const char *err,
                            void *arg)
 {
-	struct step *s = arg;
-	bool cur = step_current(s);
-	free(s);
 	(void)ss;
-	if (!cur)
+	if (!load_step_ok(arg, st, err))
 		return;
-	if (st != PG_OK) {
-		lose_leadership(err);
-		return;
-	}
 	/* rows: job_id, node_id, gpu_mask, assigned_at_us, tenant, spec, submitted, gang_size */
 	int rows = PQntuples(res);
 	for (int i = 0; i < rows;) {
@@ -256,16 +264,9 @@ static void load_leases_cb(enum pg_status st, PGresult *res, const char *ss, con
 static void load_nodes_cb(enum pg_status st, PGresult *res, const char *ss, const char *err,
                           void *arg)
 {
-	struct step *s = arg;
-	bool cur = step_current(s);
-	free(s);
 	(void)ss;
-	if (!cur)
+	if (!load_step_ok(arg, st, err))
 		return;
-	if (st != PG_OK) {
-		lose_leadership(err);
-		return;
-	}
 	for (int i = 0; i < PQntuples(res); i++)
 		upsert_node_row(res, i);
 	struct step *q = step_new(NULL, 0);
@@ -278,16 +279,9 @@ static void load_nodes_cb(enum pg_status st, PGresult *res, const char *ss, cons
 static void load_tenants_cb(enum pg_status st, PGresult *res, const char *ss, const char *err,
                             void *arg)
 {
-	struct step *s = arg;
-	bool cur = step_current(s);
-	free(s);
 	(void)ss;
-	if (!cur)
+	if (!load_step_ok(arg, st, err))
 		return;
-	if (st != PG_OK) {
-		lose_leadership(err);
-		return;
-	}
 	for (int i = 0; i < PQntuples(res); i++)
 		sched_tenant_set_shares(L.c, col_u64(res, i, 0), (uint32_t)col_i64(res, i, 1));
 	struct step *q = step_new(NULL, 0);
@@ -318,16 +312,9 @@ static void apply_policy_row(const PGresult *res)
 static void load_policy_cb(enum pg_status st, PGresult *res, const char *ss, const char *err,
                            void *arg)
 {
-	struct step *s = arg;
-	bool cur = step_current(s);
-	free(s);
 	(void)ss;
-	if (!cur)
+	if (!load_step_ok(arg, st, err))
 		return;
-	if (st != PG_OK) {
-		lose_leadership(err);
-		return;
-	}
 	apply_policy_row(res);
 	struct step *q = step_new(NULL, 0);
 	exec_q("SELECT id, fair_share_weight FROM tenants", 0, NULL, load_tenants_cb, q);
@@ -692,12 +679,9 @@ void schedloop_job_cancelled(struct app *a, uint64_t job_id)
 /* Re-reads a requeued job so that it goes back to pending. */
 static void requeue_cb(enum pg_status st, PGresult *res, const char *ss, const char *err, void *arg)
 {
-	struct step *s = arg;
-	bool cur = step_current(s);
-	free(s);
 	(void)ss;
 	(void)err;
-	if (!cur || st != PG_OK)
+	if (!step_ok(arg, st))
 		return;
 	for (int i = 0; i < PQntuples(res); i++)
 		add_job_row(res, i, 0, 1, 2, 3);
@@ -735,12 +719,9 @@ void schedloop_job_ended(struct app *a, uint64_t job_id, bool requeued)
 static void node_row_cb(enum pg_status st, PGresult *res, const char *ss, const char *err,
                         void *arg)
 {
-	struct step *s = arg;
-	bool cur = step_current(s);
-	free(s);
 	(void)ss;
 	(void)err;
-	if (!cur || st != PG_OK)
+	if (!step_ok(arg, st))
 		return;
 	for (int i = 0; i < PQntuples(res); i++)
 		upsert_node_row(res, i);
@@ -760,12 +741,9 @@ static void apply_node_changed(uint64_t node_id)
 static void tenant_row_cb(enum pg_status st, PGresult *res, const char *ss, const char *err,
                           void *arg)
 {
-	struct step *s = arg;
-	bool cur = step_current(s);
-	free(s);
 	(void)ss;
 	(void)err;
-	if (!cur || st != PG_OK)
+	if (!step_ok(arg, st))
 		return;
 	for (int i = 0; i < PQntuples(res); i++)
 		sched_tenant_set_shares(L.c, col_u64(res, i, 0), (uint32_t)col_i64(res, i, 1));
@@ -799,12 +777,9 @@ void schedloop_node_changed(struct app *a, uint64_t node_id)
 static void policy_row_cb(enum pg_status st, PGresult *res, const char *ss, const char *err,
                           void *arg)
 {
-	struct step *s = arg;
-	bool cur = step_current(s);
-	free(s);
 	(void)ss;
 	(void)err;
-	if (!cur || st != PG_OK)
+	if (!step_ok(arg, st))
 		return;
 	apply_policy_row(res);
 	log_info("policy applied");
@@ -1253,12 +1228,9 @@ static void publish(const char *kind, uint64_t id, int flag)
 static void fetch_jobs_cb(enum pg_status st, PGresult *res, const char *ss, const char *err,
                           void *arg)
 {
-	struct step *s = arg;
-	bool cur = step_current(s);
-	free(s);
 	(void)ss;
 	(void)err;
-	if (!cur || st != PG_OK)
+	if (!step_ok(arg, st))
 		return;
 	for (int i = 0; i < PQntuples(res); i++)
 		add_job_row(res, i, 0, 1, 2, 3);
