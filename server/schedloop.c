@@ -282,8 +282,17 @@ static void load_tenants_cb(enum pg_status st, PGresult *res, const char *ss, co
 	(void)ss;
 	if (!load_step_ok(arg, st, err))
 		return;
-	for (int i = 0; i < PQntuples(res); i++)
-		sched_tenant_set_shares(L.c, col_u64(res, i, 0), (uint32_t)col_i64(res, i, 1));
+	/* rows: id, weight, decayed GPU-seconds as of $1 (see load_policy_cb) */
+	int64_t at = col_i64(res, 0, 3);
+	int restored = 0;
+	for (int i = 0; i < PQntuples(res); i++) {
+		uint64_t id = col_u64(res, i, 0);
+		sched_tenant_set_shares(L.c, id, (uint32_t)col_i64(res, i, 1));
+		double usage = strtod(PQgetvalue(res, i, 2), NULL);
+		if (usage > 0 && sched_tenant_set_usage(L.c, id, usage, at) == 0)
+			restored++;
+	}
+	log_info("fair-share usage restored tenants=%d of=%d", restored, PQntuples(res));
 	struct step *q = step_new(NULL, 0);
 	exec_q("SELECT " NODE_COLS " FROM nodes WHERE state <> 6", 0, NULL, load_nodes_cb, q);
 }
@@ -316,8 +325,26 @@ static void load_policy_cb(enum pg_status st, PGresult *res, const char *ss, con
 	if (!load_step_ok(arg, st, err))
 		return;
 	apply_policy_row(res);
+	/* Fair share survives a change of leader: each tenant's usage is the
+	 * integral of its leases' GPUs, decayed with the policy's half-life:
+	 * H/ln2 * (2^-(now-end)/H - 2^-(now-start)/H) per lease, live leases
+	 * counted up to now. Their GPUs keep accruing once restored. */
+	struct numbuf now, half;
+	double h_s = (double)sched_get_policy(L.c)->fairshare_half_life_us / 1e6;
+	const char *params[] = { fmt_i64(&now, now_us()), fmt_i64(&half, (int64_t)h_s) };
 	struct step *q = step_new(NULL, 0);
-	exec_q("SELECT id, fair_share_weight FROM tenants", 0, NULL, load_tenants_cb, q);
+	exec_q(
+	    "SELECT t.id, t.fair_share_weight, coalesce(("
+	    "   SELECT sum(bit_count(l.gpu_mask::bit(64))::float8 * $2::float8 / ln(2) *"
+	    "     (power(2::float8, -($1::bigint - CASE WHEN l.ended_at_us > 0 THEN l.ended_at_us"
+	    "        ELSE $1::bigint END)::float8 / 1e6 / $2::float8)"
+	    "      - power(2::float8, -($1::bigint - l.started_at_us)::float8 / 1e6 / $2::float8)))"
+	    "     FROM leases l JOIN jobs j ON j.id = l.job_id"
+	    "    WHERE j.tenant_id = t.id AND l.started_at_us > 0"
+	    "      AND (l.ended_at_us = 0 OR l.ended_at_us > $1::bigint - 20 * $2::bigint * "
+	    "1000000)"
+	    " ), 0), $1::bigint FROM tenants t",
+	    2, params, load_tenants_cb, q);
 }
 
 static void begin_load(void)
