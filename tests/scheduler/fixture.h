@@ -18,11 +18,9 @@
 /* The scenario being run; every failure message names it. */
 extern const char *fx_row;
 extern int fx_failures;
-/* Set (to a short note) while running a row known to disagree with the
- * library, reported to the lead: its failures are printed as
- * KNOWN-DIVERGENT and do not fail the test. NULL otherwise. */
-extern const char *fx_divergent;
-extern int fx_divergences;
+/* A note printed with the current row's failures (which always count), or
+ * NULL. */
+extern const char *fx_note;
 
 void fx_fail(const char *file, int line, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

@@ -384,7 +384,7 @@ struct class_row {
 	bool vary_tenant;   /* jobs 1-3 of different tenants */
 	bool vary_duration; /* jobs 1-3 differ in max duration: three classes */
 	uint32_t want_placed, want_blocked, want_skipped, want_classes;
-	const char *divergent; /* reported to the lead; see fx_divergent */
+	const char *note; /* printed with the row's failures */
 };
 
 static const struct class_row class_rows[] = {
@@ -404,7 +404,7 @@ static void run_class_row(const struct class_row *r)
 	struct fx_node n;
 	struct fx_job j;
 
-	fx_divergent = r->divergent;
+	fx_note = r->note;
 	fx_node_init(&n, 1, "eu-west", "4xH100");
 	fx_add_node(c, &n);
 	if (r->free_gpus < 4) {
@@ -437,7 +437,7 @@ static void run_class_row(const struct class_row *r)
 	EXPECT_CHECK(c);
 	fx_cycle_done(&fc);
 	sched_cluster_free(c);
-	fx_divergent = NULL;
+	fx_note = NULL;
 }
 
 int main(void)

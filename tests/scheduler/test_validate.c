@@ -157,7 +157,7 @@ struct node_row {
 	node_mut mut;
 	int want_rc;
 	const char *want_field;
-	const char *divergent; /* reported to the lead; see fx_divergent */
+	const char *note; /* printed with the row's failures */
 };
 
 static const struct node_row node_rows[] = {
@@ -199,7 +199,7 @@ static const struct node_row node_rows[] = {
 
 static void run_node_row(const struct node_row *r)
 {
-	fx_divergent = r->divergent;
+	fx_note = r->note;
 	/* As a new node (id 5) and as a replacement of node 2 (idle). */
 	for (int replace = 0; replace <= 1; replace++) {
 		struct sched_cluster *c = setup(), *ref = setup();
@@ -220,7 +220,7 @@ static void run_node_row(const struct node_row *r)
 		sched_cluster_free(c);
 		sched_cluster_free(ref);
 	}
-	fx_divergent = NULL;
+	fx_note = NULL;
 }
 
 /* ---- job specs ---------------------------------------------------------- */
@@ -392,7 +392,7 @@ struct pol_row {
 	const char *name;
 	pol_mut mut;
 	const char *want_field; /* "" = valid */
-	const char *divergent;  /* reported to the lead; see fx_divergent */
+	const char *note;       /* printed with the row's failures */
 };
 
 static const struct pol_row pol_rows[] = {
@@ -432,7 +432,7 @@ static void run_pol_row(const struct pol_row *r)
 	bool valid = r->want_field[0] == '\0';
 	int rc;
 
-	fx_divergent = r->divergent;
+	fx_note = r->note;
 	sched_policy_default(&p);
 	r->mut(&p);
 	rc = sched_policy_validate(&p, &err);
@@ -449,7 +449,7 @@ static void run_pol_row(const struct pol_row *r)
 	}
 	sched_cluster_free(c);
 	sched_cluster_free(ref);
-	fx_divergent = NULL;
+	fx_note = NULL;
 }
 
 /* ---- other calls -------------------------------------------------------- */
@@ -549,8 +549,8 @@ struct call_row {
 	prep_fn prep; /* applied to the cluster and its reference; may be NULL */
 	call_fn fn;
 	int want_rc;
-	int alt_rc;            /* also accepted when non-zero (the header allows either) */
-	const char *divergent; /* reported to the lead; see fx_divergent */
+	int alt_rc;       /* also accepted when non-zero (the header allows either) */
+	const char *note; /* printed with the row's failures */
 };
 
 static const struct call_row call_rows[] = {
@@ -611,7 +611,7 @@ static void run_call_row(const struct call_row *r)
 	struct sched_error err = { 0 };
 	int rc;
 
-	fx_divergent = r->divergent;
+	fx_note = r->note;
 	if (r->prep) {
 		r->prep(c);
 		r->prep(ref);
@@ -625,7 +625,7 @@ static void run_call_row(const struct call_row *r)
 	EXPECT_CHECK(c);
 	sched_cluster_free(c);
 	sched_cluster_free(ref);
-	fx_divergent = NULL;
+	fx_note = NULL;
 }
 
 /* Strings are copied: changing the caller's buffers afterwards changes
