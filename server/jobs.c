@@ -316,6 +316,10 @@ struct submit {
 	int prio;
 	uint32_t gpus;
 	int64_t t0_us;
+	/* the spec as validated, kept for the leader once the job has an id;
+	 * its strings point into st and into req */
+	struct sched_job_spec js;
+	struct conv_strings *st;
 	struct submit *next;
 };
 
@@ -344,6 +348,7 @@ static void flush_batch(void);
 
 static void submit_free(struct submit *s)
 {
+	free(s->st);
 	free(s->spec_hex);
 	free(s);
 }
@@ -404,8 +409,9 @@ static void batch_done_cb(enum pg_status st, PGresult *res, const char *sqlstate
 				job.state = GPUMATCH__V1__JOB_STATE__JOB_STATE_QUEUED;
 				job.submitted_at_us = b->now_us;
 				job.updated_at_us = b->now_us;
-				schedloop_job_queued(a, job_id, s->tenant_id, s->req->spec,
-				                     b->now_us);
+				s->js.id = job_id;
+				s->js.submit_us = b->now_us;
+				schedloop_job_queued(a, &s->js);
 				Gpumatch__V1__SubmitJobResponse resp =
 				    GPUMATCH__V1__SUBMIT_JOB_RESPONSE__INIT;
 				resp.job = &job;
@@ -590,13 +596,15 @@ void jobs_submit(struct rpc_call *call, const ProtobufCMessage *msg)
 		rpc_error(call, RPC_INVALID_ARGUMENT, "%s: %s", field, se.message);
 		return;
 	}
-	free(st);
 	struct submit *s = calloc(1, sizeof *s);
 	if (!s || !(s->spec_hex = pack_bytea_param(&req->spec->base))) {
 		free(s);
+		free(st);
 		rpc_error(call, RPC_INTERNAL, "out of memory");
 		return;
 	}
+	s->js = js;
+	s->st = st;
 	s->call = call;
 	s->req = req;
 	s->tenant_id = who->tenant_id;

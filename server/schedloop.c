@@ -670,21 +670,13 @@ void schedloop_kick(struct app *a)
 
 /* ---- notifications from the handlers --------------------------------------------------------- */
 
-void schedloop_job_queued(struct app *a, uint64_t job_id, uint64_t tenant_id,
-                          const Gpumatch__V1__JobSpec *spec, int64_t submit_us)
+void schedloop_job_queued(struct app *a, const struct sched_job_spec *js)
 {
 	/* other replicas learn of it from the outbox's enqueue event */
 	if (!L.leader || !L.loaded)
 		return;
-	struct conv_strings *st = malloc(sizeof *st);
-	struct sched_job_spec js;
-	char f[256], m[256];
-	if (st &&
-	    !conv_job_spec(spec, job_id, tenant_id, submit_us, &js, st, f, sizeof f, m, sizeof m)) {
-		struct sched_error se;
-		sched_job_add(L.c, &js, &se);
-	}
-	free(st);
+	struct sched_error se;
+	sched_job_add(L.c, js, &se);
 	schedloop_kick(a);
 }
 

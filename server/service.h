@@ -62,8 +62,9 @@ void admin_list_policy_audit(struct rpc_call *call, const ProtobufCMessage *req)
 /* schedloop.c: the leader's scheduling loop. The notifications below keep
  * the leader's in-memory cluster current without a rebuild; on other
  * replicas they do nothing (the leader learns from Postgres/Redis). */
-void schedloop_job_queued(struct app *a, uint64_t job_id, uint64_t tenant_id,
-                          const Gpumatch__V1__JobSpec *spec, int64_t submit_us);
+/* A submitted job was committed; js is the spec as validated at submit,
+ * with its id and submit time set. */
+void schedloop_job_queued(struct app *a, const struct sched_job_spec *js);
 void schedloop_job_cancelled(struct app *a, uint64_t job_id);
 /* The job's leases all ended; requeued or finished. */
 void schedloop_job_ended(struct app *a, uint64_t job_id, bool requeued);
