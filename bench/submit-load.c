@@ -1,18 +1,27 @@
 /* submit-load.c — durable SubmitJob load: N keep-alive connections, one
  * request outstanding on each, for a fixed time. Records every request's
  * latency and writes the id of every acknowledged job (200 OK) to a file so
- * that the caller can check each one is in Postgres. bench/submit runs it. */
+ * that the caller can check each one is in Postgres. bench/submit runs it.
+ *
+ * The load generator shares the machine with the server it measures, so
+ * its own cost is kept small: plain non-blocking sockets on epoll, each
+ * request written with one send() and each reply parsed in place (status
+ * line, Content-Length, body), instead of a general HTTP client. */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
 #include <unistd.h>
-
-#include <event2/event.h>
-#include <event2/http.h>
 
 #include "gpumatch/v1/job_service.pb-c.h"
 #include "rpc-client.h"
@@ -21,9 +30,13 @@
 #define MAX_CONNECTIONS 4096
 #define DRAIN_S         15 /* how long replies in flight at the end are waited for */
 
+#define IN_CAP 8192 /* a SubmitJob reply is a few hundred bytes */
+
 struct conn {
-	struct evhttp_connection *evcon;
+	int fd;
 	int index;
+	char in[IN_CAP];
+	size_t in_len;
 	uint64_t seq;    /* requests sent on this connection */
 	int64_t sent_ns; /* when the outstanding request was queued */
 	bool busy;
@@ -37,8 +50,10 @@ static struct {
 	int connections;
 	double seconds;
 	const char *acked_path;
-	struct event_base *base;
+	int epfd;
 	struct conn *conns;
+	char prefix[1024]; /* the request line and headers up to Content-Length */
+	size_t prefix_len;
 	int busy;
 	char nonce[32];
 	int64_t start_ns, end_ns;
@@ -72,6 +87,93 @@ static void *grow(void *p, size_t *cap, size_t elem)
 }
 
 static void send_one(struct conn *c);
+
+/* Requests are small: the socket buffer takes each whole; a short write
+ * means the connection is broken. */
+static void send_all(struct conn *c, const char *p, size_t n)
+{
+	while (n) {
+		ssize_t w = send(c->fd, p, n, MSG_NOSIGNAL);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0) {
+			fprintf(stderr, "submit-load: conn %d: send: %s\n", c->index,
+			        w < 0 ? strerror(errno) : "short write");
+			exit(2);
+		}
+		p += w;
+		n -= (size_t)w;
+	}
+}
+
+static int connect_to(const char *host, int port)
+{
+	struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM }, *ai;
+	char ps[16];
+	snprintf(ps, sizeof ps, "%d", port);
+	if (getaddrinfo(host, ps, &hints, &ai))
+		die("cannot resolve the server's host");
+	int fd = socket(ai->ai_family, SOCK_STREAM, 0);
+	if (fd < 0 || connect(fd, ai->ai_addr, ai->ai_addrlen))
+		die(strerror(errno));
+	freeaddrinfo(ai);
+	int one = 1;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+	return fd;
+}
+
+static void submit_cb(int status, const uint8_t *body, size_t len, void *arg);
+
+/* Parses one complete reply at the start of c->in, if there is one: returns
+ * its length, 0 when more bytes are needed, -1 when it is not HTTP. */
+static long take_reply(struct conn *c)
+{
+	char *end = memmem(c->in, c->in_len, "\r\n\r\n", 4);
+	if (!end)
+		return c->in_len == IN_CAP ? -1 : 0;
+	size_t head = (size_t)(end - c->in) + 4;
+	int status = 0;
+	if (sscanf(c->in, "HTTP/1.%*d %d", &status) != 1)
+		return -1;
+	size_t body_len = 0;
+	for (char *line = memchr(c->in, '\n', head); line && line < end;
+	     line = memchr(line + 1, '\n', (size_t)(end - line))) {
+		if (!strncasecmp(line + 1, "content-length:", 15))
+			body_len = strtoul(line + 16, NULL, 10);
+	}
+	if (head + body_len > IN_CAP)
+		return -1;
+	if (c->in_len < head + body_len)
+		return 0;
+	submit_cb(status, (const uint8_t *)c->in + head, body_len, c);
+	return (long)(head + body_len);
+}
+
+static void on_readable(struct conn *c)
+{
+	for (;;) {
+		ssize_t r = recv(c->fd, c->in + c->in_len, IN_CAP - c->in_len, MSG_DONTWAIT);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+			return;
+		if (r <= 0) {
+			fprintf(stderr, "submit-load: conn %d: %s\n", c->index,
+			        r ? strerror(errno) : "closed by the server");
+			exit(2);
+		}
+		c->in_len += (size_t)r;
+		long used;
+		while ((used = take_reply(c)) > 0) {
+			memmove(c->in, c->in + used, c->in_len - (size_t)used);
+			c->in_len -= (size_t)used;
+		}
+		if (used < 0) {
+			fprintf(stderr, "submit-load: conn %d: not an HTTP reply\n", c->index);
+			exit(2);
+		}
+	}
+}
 
 /* A realistic single-GPU training job: an image, an argv, a few env vars,
  * one hour at most. Its idempotency key is unique to this run, connection
@@ -113,7 +215,7 @@ static void submit_cb(int status, const uint8_t *body, size_t len, void *arg)
 	if (now < L.end_ns && !L.stopping)
 		send_one(c);
 	else if (!L.busy)
-		event_base_loopbreak(L.base);
+		L.stopping = true;
 }
 
 static void send_one(struct conn *c)
@@ -173,30 +275,13 @@ static void send_one(struct conn *c)
 	c->busy = true;
 	L.busy++;
 	L.requests++;
+	char out[4096];
+	int h = snprintf(out, sizeof out, "%.*s%zu\r\n\r\n", (int)L.prefix_len, L.prefix, n);
+	if (h < 0 || (size_t)h + n > sizeof out)
+		die("request too large");
+	gpumatch__v1__submit_job_request__pack(&req, (uint8_t *)out + h);
 	c->sent_ns = rpcc_now_ns();
-	if (rpcc_call(c->evcon, L.host, SUBMIT_PATH, L.token, &req.base, submit_cb, c))
-		die("cannot queue a request");
-}
-
-static void end_cb(evutil_socket_t fd, short ev, void *arg)
-{
-	(void)fd;
-	(void)ev;
-	(void)arg;
-	/* the run is over: replies still in flight get DRAIN_S more seconds */
-	L.stopping = true;
-	if (!L.busy)
-		event_base_loopbreak(L.base);
-}
-
-static void drain_cb(evutil_socket_t fd, short ev, void *arg)
-{
-	(void)fd;
-	(void)ev;
-	(void)arg;
-	fprintf(stderr, "submit-load: %d replies still missing %d s after the end\n", L.busy,
-	        DRAIN_S);
-	event_base_loopbreak(L.base);
+	send_all(c, out, (size_t)h + n);
 }
 
 static void usage(void)
@@ -259,30 +344,53 @@ int main(int argc, char **argv)
 	snprintf(L.nonce, sizeof L.nonce, "%x%x", (unsigned)getpid(),
 	         (unsigned)(rpcc_now_ns() & 0xffffff));
 
-	L.base = event_base_new();
+	L.prefix_len = (size_t)snprintf(L.prefix, sizeof L.prefix,
+	                                "POST " SUBMIT_PATH " HTTP/1.1\r\nHost: %s:%d\r\n"
+	                                "Authorization: Bearer %s\r\n"
+	                                "Content-Type: application/proto\r\nContent-Length: ",
+	                                L.host, L.port, L.token);
+	if (L.prefix_len >= sizeof L.prefix)
+		die("token too long");
+	L.epfd = epoll_create1(0);
 	L.conns = calloc((size_t)L.connections, sizeof *L.conns);
-	if (!L.base || !L.conns)
+	if (L.epfd < 0 || !L.conns)
 		die("cannot set up the event loop");
 	for (int i = 0; i < L.connections; i++) {
-		L.conns[i].index = i;
-		L.conns[i].evcon = rpcc_connect(L.base, L.host, L.port, 30);
-		if (!L.conns[i].evcon)
-			die("cannot create a connection");
+		struct conn *c = &L.conns[i];
+		c->index = i;
+		c->fd = connect_to(L.host, L.port);
+		struct epoll_event ev = { .events = EPOLLIN, .data.ptr = c };
+		if (epoll_ctl(L.epfd, EPOLL_CTL_ADD, c->fd, &ev))
+			die(strerror(errno));
 	}
 	fprintf(stderr, "submit-load: %d connections to %s:%d for %.1f s\n", L.connections, L.host,
 	        L.port, L.seconds);
 	L.start_ns = rpcc_now_ns();
 	L.end_ns = L.start_ns + (int64_t)(L.seconds * 1e9);
-	struct timeval run = { (time_t)L.seconds,
-		               (suseconds_t)((L.seconds - (double)(time_t)L.seconds) * 1e6) };
-	struct timeval drain = { (time_t)L.seconds + DRAIN_S, run.tv_usec };
-	struct event *end_ev = evtimer_new(L.base, end_cb, NULL);
-	struct event *drain_ev = evtimer_new(L.base, drain_cb, NULL);
-	if (!end_ev || !drain_ev || evtimer_add(end_ev, &run) || evtimer_add(drain_ev, &drain))
-		die("cannot set timers");
+	int64_t drain_ns = L.end_ns + (int64_t)DRAIN_S * 1000000000;
 	for (int i = 0; i < L.connections; i++)
 		send_one(&L.conns[i]);
-	event_base_dispatch(L.base);
+	struct epoll_event evs[256];
+	for (;;) {
+		int64_t now = rpcc_now_ns();
+		if (now >= L.end_ns)
+			L.stopping = true;
+		if (L.stopping && !L.busy)
+			break;
+		if (now >= drain_ns) {
+			fprintf(stderr,
+			        "submit-load: %d replies still missing %d s after the end\n",
+			        L.busy, DRAIN_S);
+			break;
+		}
+		int64_t until = L.stopping ? drain_ns : L.end_ns;
+		int wait_ms = (int)((until - now) / 1000000) + 1;
+		int n = epoll_wait(L.epfd, evs, 256, wait_ms);
+		if (n < 0 && errno != EINTR)
+			die(strerror(errno));
+		for (int i = 0; i < n; i++)
+			on_readable(evs[i].data.ptr);
+	}
 	double wall_s = (double)(rpcc_now_ns() - L.start_ns) / 1e9;
 
 	if (L.acked_path) {
@@ -311,11 +419,9 @@ int main(int argc, char **argv)
 	       L.requests ? (size_t)(L.payload_bytes_sum / L.requests) : 0, L.payload_bytes_min,
 	       L.payload_bytes_max, wall_s);
 
-	event_free(end_ev);
-	event_free(drain_ev);
 	for (int i = 0; i < L.connections; i++)
-		evhttp_connection_free(L.conns[i].evcon);
-	event_base_free(L.base);
+		close(L.conns[i].fd);
+	close(L.epfd);
 	free(L.conns);
 	free(L.lat_ms);
 	free(L.acked);

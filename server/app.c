@@ -37,13 +37,15 @@ static const struct pg_stmt pg_statements[] = {
 	  "   AND coalesce(te.state, 1) = 1 AND coalesce(o.state, 1) = 1",
 	  2 },
 	/* Group commit of many submits in one statement (one transaction):
-	 * each element becomes a job and an outbox row, set-based, unless the
+	 * each element becomes a job, set-based, and the batch one outbox row
+	 * naming them all (0005_submit_path.sql), unless the
 	 * tenant already used its idempotency key (before, or earlier in the
 	 * same batch): then that job is returned (created = false), with
 	 * same_spec telling whether it was asked for with the same spec. A job
 	 * id is NULL when a concurrent batch took the key in a transaction this
-	 * statement could not see: the caller retries it. Prepared, so its plan
-	 * is made once per connection. */
+	 * statement could not see: the caller retries it. Only keys that were
+	 * not inserted are looked up again. Prepared, so its plan is made once
+	 * per connection. */
 	{ "submit_jobs",
 	  "WITH input AS ("
 	  "   SELECT u.tenant, u.name, u.key, u.spec, u.prio, u.gpus, u.idx::integer AS idx"
@@ -59,17 +61,20 @@ static const struct pg_stmt pg_statements[] = {
 	  "           FROM firsts f ORDER BY f.idx"
 	  "         ON CONFLICT (tenant_id, idempotency_key) DO NOTHING"
 	  "         RETURNING id, tenant_id, idempotency_key),"
-	  " ob AS (INSERT INTO outbox (job_id, kind, created_at_us)"
-	  "        SELECT ins.id, 'enqueue', $7::bigint FROM ins ORDER BY ins.id)"
-	  " SELECT i.idx, coalesce(ins.id, old.id),"
-	  "        ins.id IS NOT NULL AND i.idx = f.idx,"
-	  "        CASE WHEN ins.id IS NOT NULL THEN i.spec = f.spec ELSE i.spec = old.spec_pb END"
-	  "   FROM input i"
-	  "   JOIN firsts f ON f.tenant = i.tenant AND f.key = i.key"
-	  "   LEFT JOIN ins ON ins.tenant_id = i.tenant AND ins.idempotency_key = i.key"
-	  "   LEFT JOIN jobs old ON ins.id IS NULL AND old.tenant_id = i.tenant"
-	  "                     AND old.idempotency_key = i.key"
-	  "  ORDER BY i.idx",
+	  " ob AS (INSERT INTO outbox (job_ids, kind, created_at_us)"
+	  "        SELECT array_agg(ins.id ORDER BY ins.id), 'enqueue', $7::bigint FROM ins"
+	  "        HAVING count(*) > 0),"
+	  " res AS (SELECT i.idx, i.tenant, i.key, i.spec, f.idx AS fidx, f.spec AS fspec,"
+	  "                ins.id AS new_id"
+	  "           FROM input i JOIN firsts f ON f.tenant = i.tenant AND f.key = i.key"
+	  "           LEFT JOIN ins ON ins.tenant_id = i.tenant AND ins.idempotency_key = i.key)"
+	  " SELECT r.idx, r.new_id, r.idx = r.fidx, r.spec = r.fspec FROM res r"
+	  "  WHERE r.new_id IS NOT NULL"
+	  " UNION ALL"
+	  " SELECT r.idx, old.id, false, r.spec = old.spec_pb FROM res r"
+	  "   LEFT JOIN jobs old ON old.tenant_id = r.tenant AND old.idempotency_key = r.key"
+	  "  WHERE r.new_id IS NULL"
+	  "  ORDER BY 1",
 	  7 },
 	{ NULL, NULL, 0 },
 };

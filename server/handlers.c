@@ -71,20 +71,22 @@ rpc_handler_fn handler_for(const char *path)
 /* ---- Redis scripts ---------------------------------------------------------- */
 
 static const struct rds_script scripts[] = {
-	/* KEYS: pending, events, then one job hash per job; ARGV: id, score,
-	 * tenant, submit_us per job. Idempotent: re-adding changes nothing. */
-	[SCRIPT_ENQUEUE] = { "enqueue", "for i = 3, #KEYS do\n"
-	                                "  local a = (i - 3) * 4\n"
-	                                "  redis.call('ZADD', KEYS[1], ARGV[a + 2], ARGV[a + 1])\n"
-	                                "  redis.call('HSET', KEYS[i], 'tenant', ARGV[a + 3],"
-	                                " 'submit_us', ARGV[a + 4])\n"
-	                                "  redis.call('XADD', KEYS[2], 'MAXLEN', '~', 100000, '*',"
-	                                " 'kind', 'enqueue', 'job', ARGV[a + 1])\n"
+	/* KEYS: pending, events; ARGV: id, score per job. One ZADD and one
+	 * stream entry naming all the jobs, whatever their number: the drain
+	 * sends a submit batch's jobs together. Idempotent: re-adding changes
+	 * nothing. */
+	[SCRIPT_ENQUEUE] = { "enqueue", "local z, ids = {}, {}\n"
+	                                "for i = 1, #ARGV, 2 do\n"
+	                                "  z[#z + 1] = ARGV[i + 1]\n"
+	                                "  z[#z + 1] = ARGV[i]\n"
+	                                "  ids[#ids + 1] = ARGV[i]\n"
 	                                "end\n"
-	                                "return #KEYS - 2\n" },
-	[SCRIPT_DEQUEUE] = { "dequeue", "redis.call('ZREM', KEYS[1], ARGV[1])\n"
-	                                "redis.call('DEL', KEYS[2])\n"
-	                                "return 1\n" },
+	                                "if #ids == 0 then return 0 end\n"
+	                                "redis.call('ZADD', KEYS[1], unpack(z))\n"
+	                                "redis.call('XADD', KEYS[2], 'MAXLEN', '~', 100000, '*',"
+	                                " 'kind', 'enqueue', 'jobs', table.concat(ids, ','))\n"
+	                                "return #ids\n" },
+	[SCRIPT_DEQUEUE] = { "dequeue", "return redis.call('ZREM', KEYS[1], ARGV[1])\n" },
 	[SCRIPT_LEADER_ACQUIRE] = { "leader_acquire",
 	                            "if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) "
 	                            "then\n"

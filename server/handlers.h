@@ -19,8 +19,8 @@ rpc_handler_fn handler_for(const char *path);
 
 /* Lua scripts loaded into Redis; indexes are enum rds_script_id. */
 enum rds_script_id {
-	SCRIPT_ENQUEUE = 0,    /* KEYS: pending, events, job hashes; ARGV: 4 per job */
-	SCRIPT_DEQUEUE,        /* KEYS: pending, job hash; ARGV: id */
+	SCRIPT_ENQUEUE = 0,    /* KEYS: pending, events; ARGV: id, score per job */
+	SCRIPT_DEQUEUE,        /* KEYS: pending; ARGV: id */
 	SCRIPT_LEADER_ACQUIRE, /* KEYS: leader, fence; ARGV: instance, ttl_ms -> fence or nil */
 	SCRIPT_LEADER_RENEW,   /* KEYS: leader; ARGV: instance, ttl_ms -> 1 or 0 */
 	SCRIPT_COUNT
@@ -30,7 +30,6 @@ const struct rds_script *handler_scripts(void);
 /* Redis keys. The {gm} hash tag keeps them in one Redis Cluster slot so the
  * scripts may touch several at once. */
 #define RK_PENDING   "{gm}:pending" /* ZSET job id by priority score */
-#define RK_JOB       "{gm}:job:"    /* HASH per queued job: tenant, spec */
 #define RK_EVENTS    "{gm}:events"  /* STREAM: enqueue/node/policy changes */
 #define RK_LEADER    "{gm}:leader"  /* STRING: instance holding the lock */
 #define RK_FENCE     "{gm}:fence"   /* counter: fencing tokens */

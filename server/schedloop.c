@@ -21,7 +21,7 @@
 #define LEADER_TICK_MS 1000
 #define JANITOR_MS     500
 #define OUTBOX_MS      200
-#define OUTBOX_BATCH   500
+#define OUTBOX_BATCH   100
 #define OUTBOX_KICK_US 10000
 
 static const double cycle_le_ms[] = { 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 1000 };
@@ -1028,28 +1028,23 @@ static void outbox_redis_cb(redisReply *reply, const char *err, void *arg)
 /* Jobs to enqueue, sent in one script call per ENQUEUE_CHUNK jobs. */
 struct enqueue_chunk {
 	int n;
-	char id[ENQUEUE_CHUNK][24], score[ENQUEUE_CHUNK][32], ten[ENQUEUE_CHUNK][24],
-	    sub[ENQUEUE_CHUNK][24], key[ENQUEUE_CHUNK][64];
+	char id[ENQUEUE_CHUNK][24], score[ENQUEUE_CHUNK][32];
 };
 
 static void enqueue_flush(struct outbox_run *o, struct enqueue_chunk *ch)
 {
 	if (!ch->n)
 		return;
-	const char *argv[2 + ENQUEUE_CHUNK * 5];
+	const char *argv[2 + ENQUEUE_CHUNK * 2];
 	int k = 0;
 	argv[k++] = RK_PENDING;
 	argv[k++] = RK_EVENTS;
-	for (int i = 0; i < ch->n; i++)
-		argv[k++] = ch->key[i];
 	for (int i = 0; i < ch->n; i++) {
 		argv[k++] = ch->id[i];
 		argv[k++] = ch->score[i];
-		argv[k++] = ch->ten[i];
-		argv[k++] = ch->sub[i];
 	}
 	o->pending++;
-	if (rds_script(L.a->rds, SCRIPT_ENQUEUE, outbox_redis_cb, o, 2 + ch->n, k, argv, NULL)) {
+	if (rds_script(L.a->rds, SCRIPT_ENQUEUE, outbox_redis_cb, o, 2, k, argv, NULL)) {
 		o->pending--;
 		o->failed = true;
 	}
@@ -1057,28 +1052,24 @@ static void enqueue_flush(struct outbox_run *o, struct enqueue_chunk *ch)
 }
 
 static void enqueue_redis(struct outbox_run *o, struct enqueue_chunk *ch, uint64_t job,
-                          uint64_t tenant, int64_t submit_us, int prio)
+                          int64_t submit_us, int prio)
 {
 	int i = ch->n++;
 	snprintf(ch->id[i], sizeof ch->id[i], "%" PRIu64, job);
 	/* lower score first: higher class, then earlier submit */
 	snprintf(ch->score[i], sizeof ch->score[i], "%.0f",
 	         (double)(SCHED_PRIO_CLASSES - 1 - prio) * 1e13 + (double)(submit_us / 1000));
-	snprintf(ch->ten[i], sizeof ch->ten[i], "%" PRIu64, tenant);
-	snprintf(ch->sub[i], sizeof ch->sub[i], "%" PRId64, submit_us);
-	snprintf(ch->key[i], sizeof ch->key[i], RK_JOB "%" PRIu64, job);
 	if (ch->n == ENQUEUE_CHUNK)
 		enqueue_flush(o, ch);
 }
 
 static void dequeue_redis(struct outbox_run *o, uint64_t job)
 {
-	char id[24], jobkey[64];
+	char id[24];
 	snprintf(id, sizeof id, "%" PRIu64, job);
-	snprintf(jobkey, sizeof jobkey, RK_JOB "%" PRIu64, job);
-	const char *argv[] = { RK_PENDING, jobkey, id };
+	const char *argv[] = { RK_PENDING, id };
 	o->pending++;
-	if (rds_script(L.a->rds, SCRIPT_DEQUEUE, outbox_redis_cb, o, 2, 3, argv, NULL)) {
+	if (rds_script(L.a->rds, SCRIPT_DEQUEUE, outbox_redis_cb, o, 1, 2, argv, NULL)) {
 		o->pending--;
 		o->failed = true;
 	}
@@ -1109,12 +1100,13 @@ static void outbox_rows_cb(enum pg_status st, PGresult *res, const char *ss, con
 	}
 	sb_puts(&o->ids, "{");
 	for (int i = 0; i < PQntuples(res); i++) {
-		sb_printf(&o->ids, "%s%s", i ? "," : "", PQgetvalue(res, i, 0));
+		/* rows of one outbox row are adjacent (ORDER BY o.id) */
+		if (!i || strcmp(PQgetvalue(res, i, 0), PQgetvalue(res, i - 1, 0)))
+			sb_printf(&o->ids, "%s%s", i ? "," : "", PQgetvalue(res, i, 0));
 		uint64_t job = col_u64(res, i, 1);
 		if (!strcmp(PQgetvalue(res, i, 2), "enqueue") &&
 		    !strcmp(PQgetvalue(res, i, 6), "1"))
-			enqueue_redis(o, ch, job, col_u64(res, i, 3), col_i64(res, i, 4),
-			              (int)col_i64(res, i, 5));
+			enqueue_redis(o, ch, job, col_i64(res, i, 4), (int)col_i64(res, i, 5));
 		else
 			dequeue_redis(o, job);
 		L.outbox_moved++;
@@ -1136,11 +1128,15 @@ static void outbox_cb(evutil_socket_t fd, short ev, void *arg)
 	char lim[16];
 	snprintf(lim, sizeof lim, "%d", OUTBOX_BATCH);
 	const char *params[] = { lim };
-	/* an enqueue row is applied only while the job is still queued */
+	/* An enqueue row is applied only while the job is still queued. A
+	 * submit batch's row names all its jobs (job_ids), others one. */
 	if (pg_exec(L.a->pg, NULL,
-	            "SELECT o.id, o.job_id, o.kind, j.tenant_id, j.submitted_at_us,"
-	            " j.priority_class, j.state FROM outbox o JOIN jobs j ON j.id = o.job_id"
-	            " ORDER BY o.id LIMIT $1::integer",
+	            "SELECT o.id, u.job_id, o.kind, NULL, j.submitted_at_us,"
+	            " j.priority_class, coalesce(j.state, 0)"
+	            " FROM (SELECT id, job_id, job_ids, kind FROM outbox ORDER BY id"
+	            "       LIMIT $1::integer) o"
+	            " CROSS JOIN LATERAL unnest(coalesce(o.job_ids, ARRAY[o.job_id])) AS u(job_id)"
+	            " LEFT JOIN jobs j ON j.id = u.job_id ORDER BY o.id",
 	            1, params, outbox_rows_cb, NULL)) {
 		L.inflight--;
 		L.outbox_busy = false;
@@ -1295,9 +1291,17 @@ static void stream_cb(redisReply *reply, const char *err, void *arg)
 		    *entry_field(kv, "id") ? entry_field(kv, "id") : entry_field(kv, "job");
 		uint64_t id = strtoull(ids, NULL, 10);
 		if (!strcmp(kind, "enqueue")) {
-			if (id && sched_job_state(L.c, id) == -ENOENT) {
-				sb_printf(&fetch, "%s%" PRIu64, any ? "," : "", id);
-				any = true;
+			/* "jobs": comma-separated ids, one entry per enqueue call */
+			for (const char *p = entry_field(kv, "jobs"); *p;) {
+				char *end;
+				uint64_t j = strtoull(p, &end, 10);
+				if (end == p)
+					break;
+				if (j && sched_job_state(L.c, j) == -ENOENT) {
+					sb_printf(&fetch, "%s%" PRIu64, any ? "," : "", j);
+					any = true;
+				}
+				p = *end == ',' ? end + 1 : end;
 			}
 			continue;
 		}
@@ -1534,26 +1538,27 @@ bool schedloop_idle(struct app *a)
 void schedloop_metrics(struct app *a, struct evbuffer *b)
 {
 	(void)a;
-	evbuffer_add_printf(b,
-	                    "# HELP gpumatch_scheduler_leader Whether this replica schedules.\n"
-	                    "# TYPE gpumatch_scheduler_leader gauge\ngpumatch_scheduler_leader %d\n"
-	                    "# HELP gpumatch_placements_total Jobs (gang parts) placed.\n"
-	                    "# TYPE gpumatch_placements_total counter\n"
-	                    "gpumatch_placements_total %" PRIu64 "\n"
-	                    "# HELP gpumatch_preemptions_total Jobs told to stop for others.\n"
-	                    "# TYPE gpumatch_preemptions_total counter\n"
-	                    "gpumatch_preemptions_total %" PRIu64 "\n"
-	                    "# HELP gpumatch_nodes_lost_total Nodes marked lost.\n"
-	                    "# TYPE gpumatch_nodes_lost_total counter\n"
-	                    "gpumatch_nodes_lost_total %" PRIu64 "\n"
-	                    "# HELP gpumatch_leases_expired_total Leases ended by the janitor.\n"
-	                    "# TYPE gpumatch_leases_expired_total counter\n"
-	                    "gpumatch_leases_expired_total %" PRIu64 "\n"
-	                    "# HELP gpumatch_outbox_moved_total Outbox rows applied to Redis.\n"
-	                    "# TYPE gpumatch_outbox_moved_total counter\n"
-	                    "gpumatch_outbox_moved_total %" PRIu64 "\n",
-	                    L.leader && L.loaded ? 1 : 0, L.placements, L.preemptions, L.lost_nodes,
-	                    L.expired_leases, L.outbox_moved);
+	evbuffer_add_printf(
+	    b,
+	    "# HELP gpumatch_scheduler_leader Whether this replica schedules.\n"
+	    "# TYPE gpumatch_scheduler_leader gauge\ngpumatch_scheduler_leader %d\n"
+	    "# HELP gpumatch_placements_total Jobs (gang parts) placed.\n"
+	    "# TYPE gpumatch_placements_total counter\n"
+	    "gpumatch_placements_total %" PRIu64 "\n"
+	    "# HELP gpumatch_preemptions_total Jobs told to stop for others.\n"
+	    "# TYPE gpumatch_preemptions_total counter\n"
+	    "gpumatch_preemptions_total %" PRIu64 "\n"
+	    "# HELP gpumatch_nodes_lost_total Nodes marked lost.\n"
+	    "# TYPE gpumatch_nodes_lost_total counter\n"
+	    "gpumatch_nodes_lost_total %" PRIu64 "\n"
+	    "# HELP gpumatch_leases_expired_total Leases ended by the janitor.\n"
+	    "# TYPE gpumatch_leases_expired_total counter\n"
+	    "gpumatch_leases_expired_total %" PRIu64 "\n"
+	    "# HELP gpumatch_outbox_moved_total Outbox changes (one per job) applied to Redis.\n"
+	    "# TYPE gpumatch_outbox_moved_total counter\n"
+	    "gpumatch_outbox_moved_total %" PRIu64 "\n",
+	    L.leader && L.loaded ? 1 : 0, L.placements, L.preemptions, L.lost_nodes,
+	    L.expired_leases, L.outbox_moved);
 	if (L.c) {
 		struct sched_stats st;
 		sched_get_stats(L.c, &st);
