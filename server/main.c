@@ -128,7 +128,16 @@ int main(int argc, char **argv)
 	}
 
 	signal(SIGPIPE, SIG_IGN);
-	a.base = event_base_new();
+	/* The changelist folds the add/del pairs that evhttp makes around each
+	 * request into at most one epoll_ctl per descriptor per loop turn:
+	 * under load those calls were a tenth of the process's time. No
+	 * descriptor here is dup()ed, the one case the changelist gets wrong. */
+	struct event_config *ecfg = event_config_new();
+	if (ecfg) {
+		event_config_set_flag(ecfg, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
+		a.base = event_base_new_with_config(ecfg);
+		event_config_free(ecfg);
+	}
 	if (!a.base) {
 		fprintf(stderr, "gpumatchd: cannot create the event loop\n");
 		return 1;

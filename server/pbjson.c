@@ -172,6 +172,18 @@ static size_t utf8_len(const unsigned char *s, size_t n)
 	return 0;
 }
 
+bool pbjson_valid_utf8(const char *s, size_t n)
+{
+	const unsigned char *u = (const unsigned char *)s;
+	for (size_t i = 0; i < n;) {
+		size_t l = utf8_len(u + i, n - i);
+		if (!l)
+			return false;
+		i += l;
+	}
+	return true;
+}
+
 /* Shortest "%g" text that reads back as d (15 digits suffice for most). */
 static void fmt_double(char *buf, size_t n, double d)
 {

@@ -8,6 +8,7 @@
 #ifndef GPUMATCH_PBJSON_H
 #define GPUMATCH_PBJSON_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include <protobuf-c/protobuf-c.h>
@@ -23,6 +24,10 @@ int pbjson_decode(const ProtobufCMessageDescriptor *d, const char *json, size_t 
 /* Encodes m as compact JSON. Returns a malloc'd NUL-terminated string the
  * caller frees (length in *len when len is not NULL), or NULL when out of
  * memory. */
+/* True when s[0..n) is well-formed UTF-8 (what proto3 requires of string
+ * fields, and Postgres of text). */
+bool pbjson_valid_utf8(const char *s, size_t n);
+
 char *pbjson_encode(const ProtobufCMessage *m, size_t *len);
 
 #endif

@@ -25,6 +25,8 @@ struct pg_query {
 	char *sql;
 	int nparams;
 	char **params; /* copies; entries may be NULL (SQL NULL) */
+	int *lengths;  /* NULL, or per parameter (binary ones) */
+	int *formats;  /* NULL (all text), or 0 text / 1 binary per parameter */
 	pg_cb cb;
 	void *arg;
 	int64_t queued_us; /* monotonic */
@@ -175,6 +177,8 @@ static void query_free(struct pg_query *q)
 	for (int i = 0; i < q->nparams; i++)
 		free(q->params[i]);
 	free(q->params);
+	free(q->lengths);
+	free(q->formats);
 	free(q->name);
 	free(q->sql);
 	free(q->fail_err);
@@ -503,9 +507,11 @@ static void conn_send(struct pg_conn *c, struct pg_query *q)
 	int ok;
 
 	if (q->name)
-		ok = PQsendQueryPrepared(c->pg, q->name, q->nparams, params, NULL, NULL, 0);
+		ok = PQsendQueryPrepared(c->pg, q->name, q->nparams, params, q->lengths, q->formats,
+		                         0);
 	else
-		ok = PQsendQueryParams(c->pg, q->sql, q->nparams, NULL, params, NULL, NULL, 0);
+		ok = PQsendQueryParams(c->pg, q->sql, q->nparams, NULL, params, q->lengths,
+		                       q->formats, 0);
 	c->state = CONN_BUSY;
 	if (!ok && PQstatus(c->pg) == CONNECTION_BAD) {
 		one_line(msg, sizeof msg, PQerrorMessage(c->pg));
@@ -774,17 +780,41 @@ void pg_pool_free(struct pg_pool *p)
 int pg_exec(struct pg_pool *p, const char *name, const char *sql, int nparams,
             const char *const *params, pg_cb cb, void *arg)
 {
+	return pg_exec_bin(p, name, sql, nparams, params, NULL, NULL, cb, arg);
+}
+
+int pg_exec_bin(struct pg_pool *p, const char *name, const char *sql, int nparams,
+                const char *const *params, const int *lengths, const int *formats, pg_cb cb,
+                void *arg)
+{
 	if (!p || p->closing || !cb || (!name && !sql) || nparams < 0 || nparams > 65535 ||
-	    (nparams > 0 && !params))
+	    (nparams > 0 && !params) || (!lengths != !formats))
 		return -1;
+	for (int i = 0; formats && i < nparams; i++)
+		if ((formats[i] != 0 && formats[i] != 1) || (formats[i] && lengths[i] < 0))
+			return -1;
 
 	struct pg_query *q = xcalloc(1, sizeof *q);
 	q->name = name ? xstrdup(name) : NULL;
 	q->sql = name ? NULL : xstrdup(sql);
 	q->nparams = nparams;
 	q->params = xcalloc((size_t)nparams, sizeof *q->params);
-	for (int i = 0; i < nparams; i++)
-		q->params[i] = params[i] ? xstrdup(params[i]) : NULL;
+	if (formats) {
+		q->lengths = xcalloc((size_t)nparams ? (size_t)nparams : 1, sizeof *q->lengths);
+		q->formats = xcalloc((size_t)nparams ? (size_t)nparams : 1, sizeof *q->formats);
+	}
+	for (int i = 0; i < nparams; i++) {
+		if (!params[i])
+			continue;
+		if (formats && formats[i]) {
+			q->params[i] = xcalloc(1, (size_t)lengths[i] + 1);
+			memcpy(q->params[i], params[i], (size_t)lengths[i]);
+			q->lengths[i] = lengths[i];
+			q->formats[i] = 1;
+		} else {
+			q->params[i] = xstrdup(params[i]);
+		}
+	}
 	q->cb = cb;
 	q->arg = arg;
 	q->queued_us = mono_us();

@@ -59,6 +59,14 @@ void pg_pool_free(struct pg_pool *p);
 int pg_exec(struct pg_pool *p, const char *name, const char *sql, int nparams,
             const char *const *params, pg_cb cb, void *arg);
 
+/* As pg_exec, with per-parameter lengths and formats (0 text, 1 binary;
+ * lengths matter for binary ones only), as PQsendQueryParams takes them.
+ * lengths and formats may be NULL together (all text). Binary values are
+ * copied. Results come back as text. */
+int pg_exec_bin(struct pg_pool *p, const char *name, const char *sql, int nparams,
+                const char *const *params, const int *lengths, const int *formats, pg_cb cb,
+                void *arg);
+
 /* True when at least one connection is up. */
 bool pg_pool_ready(const struct pg_pool *p);
 

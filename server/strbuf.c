@@ -63,6 +63,59 @@ void sb_array_str(struct strbuf *b, const char *s)
 	b->s[b->len] = '\0';
 }
 
+void sb_append(struct strbuf *b, const void *p, size_t n)
+{
+	if (!grow(b, n))
+		return;
+	memcpy(b->s + b->len, p, n);
+	b->len += n;
+	b->s[b->len] = '\0';
+}
+
+static void put_u32(struct strbuf *b, uint32_t v)
+{
+	unsigned char be[4] = { (unsigned char)(v >> 24), (unsigned char)(v >> 16),
+		                (unsigned char)(v >> 8), (unsigned char)v };
+	sb_append(b, be, 4);
+}
+
+void sb_bin_array(struct strbuf *b, uint32_t elem_oid, int n)
+{
+	put_u32(b, 1); /* dimensions */
+	put_u32(b, 0); /* no NULLs */
+	put_u32(b, elem_oid);
+	put_u32(b, (uint32_t)n);
+	put_u32(b, 1); /* lower bound */
+}
+
+void sb_bin_elem(struct strbuf *b, const void *p, size_t n)
+{
+	put_u32(b, (uint32_t)n);
+	sb_append(b, p, n);
+}
+
+void sb_bin_i64(struct strbuf *b, int64_t v)
+{
+	uint64_t u = (uint64_t)v;
+	put_u32(b, 8);
+	put_u32(b, (uint32_t)(u >> 32));
+	put_u32(b, (uint32_t)u);
+}
+
+void sb_bin_i32(struct strbuf *b, int32_t v)
+{
+	put_u32(b, 4);
+	put_u32(b, (uint32_t)v);
+}
+
+void sb_bin_i16(struct strbuf *b, int16_t v)
+{
+	uint16_t u = (uint16_t)v;
+	unsigned char be[2] = { (unsigned char)(u >> 8), (unsigned char)u };
+	put_u32(b, 2);
+	sb_append(b, be, 2);
+}
+
 void sb_free(struct strbuf *b)
 {
 	free(b->s);

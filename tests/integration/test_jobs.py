@@ -35,6 +35,11 @@ def spec2(**over):
     return job_spec(gpus=2, **over)
 
 
+# outbox rows naming a job above an id (a submit batch's row names several)
+OUTBOX_AFTER = ("EXISTS (SELECT 1 FROM unnest(coalesce(job_ids, ARRAY[job_id])) j"
+                " WHERE j > %s)")
+
+
 class JobTest(ItCase):
     @classmethod
     def setUpClass(cls):
@@ -111,8 +116,23 @@ class JobTest(ItCase):
                 r = self.jcall("SubmitJob", req)
                 self.assertError(r, "invalid_argument", field=field, msg=json.dumps(req)[:200])
                 self.assertEqual(self.c.count("jobs", "id > %s" % top), 0, "job row written")
-                self.assertEqual(self.c.count("outbox", "job_id > %s" % top), 0,
+                self.assertEqual(self.c.count("outbox", OUTBOX_AFTER % top), 0,
                                  "outbox row written")
+
+    def test_binary_name_that_is_not_utf8_is_invalid_argument(self):
+        # proto3 strings are UTF-8; a binary body can carry anything. The
+        # bad submit fails alone, naming the field, and writes nothing.
+        import cluster
+        top = self.c.psql_value("SELECT coalesce(max(id), 0) FROM jobs")
+        good = cluster.to_binary("JobService", "SubmitJob",
+                                 submit_req(self.c.unique("utf8"), spec2()))
+        r = self.c.call("JobService", "SubmitJob", token=self.a, binary=True,
+                        raw_body=good + b"\x12\x03n\xff\xfe")
+        self.assertError(r, "invalid_argument", field="name")
+        self.assertEqual(self.c.count("jobs", "id > %s" % top), 0, "job row written")
+        self.assertEqual(self.c.count("outbox", OUTBOX_AFTER % top), 0, "outbox row written")
+        self.assertOk(self.c.call("JobService", "SubmitJob", token=self.a, binary=True,
+                                  raw_body=good))
 
     def test_get_job(self):
         j = submit(self.c, self.a, spec=spec2())
