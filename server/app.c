@@ -38,7 +38,7 @@ static const struct pg_stmt pg_statements[] = {
 	  2 },
 	/* Group commit of many submits in one statement (one transaction):
 	 * each element becomes a job, set-based, and the batch one outbox row
-	 * naming them all (0005_submit_path.sql), unless the
+	 * naming them all (0005_submit_and_health.sql), unless the
 	 * tenant already used its idempotency key (before, or earlier in the
 	 * same batch): then that job is returned (created = false), with
 	 * same_spec telling whether it was asked for with the same spec. A job

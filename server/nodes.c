@@ -28,13 +28,15 @@ static uint64_t scope_operator(struct rpc_call *call)
 	" n.verification_status, n.facts_pb, n.created_at_us, n.updated_at_us,"                  \
 	" n.state_changed_at_us, n.last_heartbeat_us, n.heartbeats_received,"                    \
 	" (SELECT coalesce(bit_or(l.gpu_mask), 0) FROM leases l"                                 \
-	"   WHERE l.node_id = n.id AND l.state BETWEEN 1 AND 4) AS busy"                         \
+	"   WHERE l.node_id = n.id AND l.state BETWEEN 1 AND 4) AS busy,"                        \
+	" n.unhealthy_gpus, n.health_reason"                                                     \
 	" FROM nodes n"
 
 struct node_scratch {
 	Gpumatch__V1__Node *facts; /* unpacked; owns labels, taints, gpus */
 	Gpumatch__V1__Verification ver;
 	uint32_t busy[SCHED_MAX_GPUS_PER_NODE];
+	uint32_t unhealthy[SCHED_MAX_GPUS_PER_NODE];
 };
 
 static void node_scratch_free(struct node_scratch *s)
@@ -93,6 +95,13 @@ static void node_borrow(Gpumatch__V1__Node *n, const PGresult *r, int row, struc
 	for (size_t i = 0; i < 64; i++)
 		if (col_u64(r, row, 14) >> i & 1)
 			n->n_busy_gpu_indexes++;
+	uint64_t bad = col_u64(r, row, 15);
+	n->unhealthy_gpu_indexes = s->unhealthy;
+	n->n_unhealthy_gpu_indexes = 0;
+	for (unsigned i = 0; i < 64; i++)
+		if (bad >> i & 1)
+			s->unhealthy[n->n_unhealthy_gpu_indexes++] = i;
+	n->health_message = PQgetvalue(r, row, 16);
 }
 
 static void node_unborrow(Gpumatch__V1__Node *n, char *name, char *region, char *reason)
@@ -103,6 +112,9 @@ static void node_unborrow(Gpumatch__V1__Node *n, char *name, char *region, char 
 	n->verification = NULL;
 	n->busy_gpu_indexes = NULL;
 	n->n_busy_gpu_indexes = 0;
+	n->unhealthy_gpu_indexes = NULL;
+	n->n_unhealthy_gpu_indexes = 0;
+	n->health_message = (char *)protobuf_c_empty_string;
 }
 
 struct node_reply {
@@ -574,7 +586,12 @@ static void heartbeat_cb(enum pg_status st, PGresult *res, const char *ss, const
 	}
 	struct app *a = app_get();
 	int state = (int)col_i64(res, 0, 0), old = (int)col_i64(res, 0, 2);
-	if (state != old)
+	/* a GPU turned unhealthy or healthy again: the scheduler re-reads
+	 * the node (no new work while any GPU is unhealthy) */
+	bool health_changed = !strcmp(PQgetvalue(res, 0, 5), "t");
+	if (health_changed)
+		log_info("node gpu health changed node=%" PRIu64, h->node_id);
+	if (state != old || health_changed)
 		schedloop_node_changed(a, h->node_id);
 	Gpumatch__V1__HeartbeatResponse resp = GPUMATCH__V1__HEARTBEAT_RESPONSE__INIT;
 	resp.server_time_us = now_us();
@@ -619,6 +636,54 @@ static void heartbeat_cb(enum pg_status st, PGresult *res, const char *ss, const
 	free(h);
 }
 
+/* Reads the heartbeat's per-GPU health: the GPUs reported UNHEALTHY or
+ * MISSING as a mask, and a line saying why. Answers invalid_argument and
+ * returns -1 for an index out of range or reported twice. */
+static int gpu_health(const Gpumatch__V1__HeartbeatRequest *req, uint64_t *mask, char *why,
+                      size_t why_len, struct rpc_call *call)
+{
+	uint64_t seen = 0;
+	size_t w = 0;
+	for (size_t i = 0; i < req->n_gpus; i++) {
+		const Gpumatch__V1__GpuHealth *g = req->gpus[i];
+		if (g->index >= SCHED_MAX_GPUS_PER_NODE || (seen >> g->index & 1)) {
+			rpc_error(call, RPC_INVALID_ARGUMENT, "gpus[%zu].index: %s", i,
+			          g->index >= SCHED_MAX_GPUS_PER_NODE ? "out of range"
+			                                              : "reported twice");
+			return -1;
+		}
+		seen |= 1ULL << g->index;
+		bool bad =
+		    g->status == GPUMATCH__V1__GPU_HEALTH_STATUS__GPU_HEALTH_STATUS_UNHEALTHY ||
+		    g->status == GPUMATCH__V1__GPU_HEALTH_STATUS__GPU_HEALTH_STATUS_MISSING;
+		if (!bad)
+			continue;
+		*mask |= 1ULL << g->index;
+		if (w + 1 < why_len) {
+			int n = snprintf(
+			    why + w, why_len - w, "%sgpu %u %s", w ? "; " : "", g->index,
+			    g->status == GPUMATCH__V1__GPU_HEALTH_STATUS__GPU_HEALTH_STATUS_MISSING
+			        ? "missing"
+			        : "unhealthy");
+			w = n > 0 ? w + (size_t)n : w;
+			for (size_t x = 0; x < g->n_xid_errors && x < 4 && w + 1 < why_len; x++) {
+				n = snprintf(why + w, why_len - w, "%s%u", x ? "," : ": xid ",
+				             g->xid_errors[x]);
+				w = n > 0 ? w + (size_t)n : w;
+			}
+			if (g->ecc_uncorrected && w + 1 < why_len) {
+				n = snprintf(why + w, why_len - w,
+				             " (%" PRIu64 " uncorrectable ECC)",
+				             g->ecc_uncorrected);
+				w = n > 0 ? w + (size_t)n : w;
+			}
+		}
+	}
+	if (w >= why_len)
+		why[why_len - 1] = '\0';
+	return 0;
+}
+
 void nodes_heartbeat(struct rpc_call *call, const ProtobufCMessage *msg)
 {
 	const Gpumatch__V1__HeartbeatRequest *req = (const Gpumatch__V1__HeartbeatRequest *)msg;
@@ -631,6 +696,10 @@ void nodes_heartbeat(struct rpc_call *call, const ProtobufCMessage *msg)
 		          req->n_gpus > SCHED_MAX_GPUS_PER_NODE ? "gpus" : "runningLeaseIds");
 		return;
 	}
+	uint64_t unhealthy = 0;
+	char health[256] = "";
+	if (gpu_health(req, &unhealthy, health, sizeof health, call))
+		return;
 	struct strbuf running = { 0 };
 	sb_puts(&running, "{");
 	for (size_t i = 0; i < req->n_running_lease_ids; i++)
@@ -645,14 +714,17 @@ void nodes_heartbeat(struct rpc_call *call, const ProtobufCMessage *msg)
 	}
 	h->call = call;
 	h->node_id = req->node_id;
-	struct numbuf n, o, now;
-	const char *params[] = { fmt_u64(&n, req->node_id), fmt_u64(&o, scope_operator(call)),
-		                 fmt_i64(&now, now_us()), running.s };
+	struct numbuf n, o, now, bad;
+	const char *params[] = {
+		fmt_u64(&n, req->node_id),         fmt_u64(&o, scope_operator(call)),
+		fmt_i64(&now, now_us()),           running.s,
+		fmt_i64(&bad, (int64_t)unhealthy), health
+	};
 	/* REGISTERED and LOST nodes become READY with their first heartbeat;
 	 * draining, cordoned and disabled ones keep their state. */
 	if (pg_exec(
 	        app_get()->pg, NULL,
-	        "WITH old AS (SELECT state FROM nodes WHERE id = $1::bigint"
+	        "WITH old AS (SELECT state, unhealthy_gpus FROM nodes WHERE id = $1::bigint"
 	        "   AND ($2::bigint = 0 OR operator_id = $2::bigint) AND state <> 6 FOR UPDATE),"
 	        " up AS (UPDATE nodes n SET last_heartbeat_us = $3::bigint,"
 	        "   heartbeats_received = heartbeats_received + 1,"
@@ -662,7 +734,8 @@ void nodes_heartbeat(struct rpc_call *call, const ProtobufCMessage *msg)
 	        "   state_changed_at_us = CASE WHEN n.state IN (1, 5) THEN $3::bigint"
 	        "     ELSE n.state_changed_at_us END,"
 	        "   state_reason = CASE WHEN n.state IN (1, 5) THEN 'heartbeating'"
-	        "     ELSE n.state_reason END"
+	        "     ELSE n.state_reason END,"
+	        "   unhealthy_gpus = $5::bigint, health_reason = $6"
 	        "   FROM old WHERE n.id = $1::bigint RETURNING n.state, n.verification_status)"
 	        " SELECT up.state, up.verification_status, old.state,"
 	        "  (SELECT coalesce(string_agg(l.id || ':' || l.stop_deadline_us || ':' ||"
@@ -671,8 +744,9 @@ void nodes_heartbeat(struct rpc_call *call, const ProtobufCMessage *msg)
 	        "  (SELECT coalesce(string_agg(x::text, ','), '') FROM unnest($4::bigint[]) x"
 	        "    WHERE NOT EXISTS (SELECT 1 FROM leases l WHERE l.id = x"
 	        "      AND l.node_id = $1::bigint AND l.state BETWEEN 2 AND 4))"
+	        "  , old.unhealthy_gpus <> $5::bigint"
 	        " FROM up, old",
-	        4, params, heartbeat_cb, h)) {
+	        6, params, heartbeat_cb, h)) {
 		free(h);
 		rpc_error(call, RPC_UNAVAILABLE, "shutting down");
 	}

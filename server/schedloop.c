@@ -158,7 +158,9 @@ static int add_job_row(const PGresult *r, int row, int c_id, int c_tenant, int c
 	return rc;
 }
 
-/* Node row: id, state, verification_status, price_micros, region, facts_pb */
+/* Node row: id, state, verification_status, price_micros, region, facts_pb,
+ * unhealthy_gpus. A READY node with an unhealthy GPU is given to the
+ * scheduler as DRAINING: no new work, running work goes on. */
 static void upsert_node_row(const PGresult *r, int row)
 {
 	uint64_t id = col_u64(r, row, 0);
@@ -183,6 +185,8 @@ static void upsert_node_row(const PGresult *r, int row)
 	ver.status = (Gpumatch__V1__VerificationStatus)col_i64(r, row, 2);
 	n->id = id;
 	n->state = (Gpumatch__V1__NodeState)state;
+	if (state == GPUMATCH__V1__NODE_STATE__NODE_STATE_READY && col_u64(r, row, 6))
+		n->state = GPUMATCH__V1__NODE_STATE__NODE_STATE_DRAINING;
 	n->price_per_gpu_hour_micros = col_i64(r, row, 3);
 	char *region_saved = n->region;
 	n->region = PQgetvalue(r, row, 4);
@@ -206,7 +210,7 @@ static void upsert_node_row(const PGresult *r, int row)
 	protobuf_c_message_free_unpacked(&n->base, NULL);
 }
 
-#define NODE_COLS "id, state, verification_status, price_micros, region, facts_pb"
+#define NODE_COLS "id, state, verification_status, price_micros, region, facts_pb, unhealthy_gpus"
 
 /* ---- loading on leadership -------------------------------------------------------------- */
 

@@ -270,6 +270,35 @@ class NodeTest(ItCase):
         self.assertOk(ag.report(lease, "LEASE_STATE_SUCCEEDED", seq=2))
         ag.stop_heartbeats()
 
+    def test_unhealthy_gpu_takes_node_out_until_healthy(self):
+        pool = self.c.unique("pool")
+        ag = self.node(labels={"pool": pool}, gpus=2)
+        hb = ag.heartbeat_req()
+        hb["gpus"][1].update(status="GPU_HEALTH_STATUS_UNHEALTHY", xidErrors=[79],
+                             eccUncorrected="2")
+        self.assertOk(ag.call("Heartbeat", hb))
+        got = self.assertOk(ag.call("GetNode", {"nodeId": ag.id}))["node"]
+        self.assertEqual(got.get("unhealthyGpuIndexes"), [1], got)
+        self.assertIn("gpu 1 unhealthy: xid 79", got.get("healthMessage", ""))
+        self.assertIn("2 uncorrectable ECC", got.get("healthMessage", ""))
+        self.assertEqual(got.get("state"), "NODE_STATE_READY")  # state itself unchanged
+        job = submit(self.c, self.t, spec=job_spec(gpus=1, labelSelector={"pool": pool}))
+        self.assertNotIn("lease", self.assertOk(ag.acquire(wait_ms=1500)))
+        self.assertEqual(get_job(self.c, self.t, job["id"])["state"], "JOB_STATE_QUEUED")
+        # healthy again: the node takes work again
+        self.assertOk(ag.heartbeat())
+        got = self.assertOk(ag.call("GetNode", {"nodeId": ag.id}))["node"]
+        self.assertNotIn("unhealthyGpuIndexes", got)
+        lease = ag.acquire_lease(within=20)["lease"]
+        self.assertEqual(lease.get("jobId"), job["id"])
+
+    def test_heartbeat_gpu_index_errors_name_the_field(self):
+        ag = self.node(gpus=2)
+        for gpus, want in (([{"index": 64}], "gpus[0].index"),
+                           ([{"index": 1}, {"index": 1}], "gpus[1].index")):
+            hb = dict(ag.heartbeat_req(), gpus=gpus)
+            self.assertError(ag.call("Heartbeat", hb), "invalid_argument", field=want)
+
     def test_drain_node(self):
         pool = self.c.unique("pool")
         ag = self.node(labels={"pool": pool})

@@ -1,4 +1,4 @@
--- 0005: a cheaper durable submit.
+-- 0005: a cheaper durable submit, and GPU health from heartbeats.
 --
 -- SubmitJob's group commit writes many jobs in one statement. Two costs in
 -- it were per job and bought nothing:
@@ -18,3 +18,9 @@ ALTER TABLE outbox ALTER COLUMN job_id DROP NOT NULL;
 ALTER TABLE outbox ADD COLUMN job_ids bigint[];
 ALTER TABLE outbox ADD CONSTRAINT outbox_one_target
     CHECK ((job_id IS NULL) <> (job_ids IS NULL));
+
+-- GPU health from heartbeats: GPUs an agent reports UNHEALTHY or MISSING
+-- (bit i = GPU index i), and why. A node with any such GPU takes no new
+-- work until a heartbeat reports them healthy again; running work goes on.
+ALTER TABLE nodes ADD COLUMN unhealthy_gpus bigint NOT NULL DEFAULT 0;
+ALTER TABLE nodes ADD COLUMN health_reason text NOT NULL DEFAULT '';
