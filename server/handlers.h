@@ -29,11 +29,12 @@ const struct rds_script *handler_scripts(void);
 
 /* Redis keys. The {gm} hash tag keeps them in one Redis Cluster slot so the
  * scripts may touch several at once. */
-#define RK_PENDING   "{gm}:pending" /* ZSET job id by priority score */
-#define RK_EVENTS    "{gm}:events"  /* STREAM: enqueue/node/policy changes */
-#define RK_LEADER    "{gm}:leader"  /* STRING: instance holding the lock */
-#define RK_FENCE     "{gm}:fence"   /* counter: fencing tokens */
-#define RK_HEARTBEAT "{gm}:hb:"     /* STRING per node, expires */
+#define RK_PENDING   "{gm}:pending"  /* ZSET job id by priority score */
+#define RK_EVENTS    "{gm}:events"   /* STREAM: enqueue/node/policy changes */
+#define RK_LEADER    "{gm}:leader"   /* STRING: instance holding the lock */
+#define RK_FENCE     "{gm}:fence"    /* counter: fencing tokens */
+#define RK_HEARTBEAT "{gm}:hb:"      /* STRING per node, expires */
+#define RK_EXPLAIN   "{gm}:explain:" /* STRING per ask: the leader's answer */
 
 int handlers_start(struct app *a, char *err, size_t err_len);
 void handlers_stop(struct app *a);

@@ -811,6 +811,38 @@ void jobs_cancel(struct rpc_call *call, const ProtobufCMessage *msg)
 	}
 }
 
+/* ExplainJob on a replica that is not the leader: the leader answers. */
+struct explain_remote {
+	struct rpc_call *call;
+	struct explain_ask *ask;
+	uint64_t job_id;
+	Gpumatch__V1__JobState state;
+};
+
+static void explain_remote_cb(const Gpumatch__V1__Explanation *ex, int rc, void *arg)
+{
+	struct explain_remote *r = arg;
+	if (rc == -ETIMEDOUT) {
+		rpc_error(r->call, RPC_UNAVAILABLE,
+		          "no answer from the scheduler leader (none elected yet?); retry");
+	} else {
+		Gpumatch__V1__ExplainJobResponse resp = GPUMATCH__V1__EXPLAIN_JOB_RESPONSE__INIT;
+		resp.job_id = r->job_id;
+		resp.state = r->state;
+		resp.explanation = rc == 0 ? (Gpumatch__V1__Explanation *)ex : NULL;
+		rpc_reply(r->call, &resp.base);
+	}
+	free(r);
+}
+
+static void explain_remote_abort(struct rpc_call *call, void *arg)
+{
+	(void)call;
+	struct explain_remote *r = arg;
+	schedloop_explain_ask_cancel(r->ask);
+	free(r);
+}
+
 static void explain_cb(enum pg_status st, PGresult *res, const char *sqlstate, const char *err,
                        void *arg)
 {
@@ -829,6 +861,20 @@ static void explain_cb(enum pg_status st, PGresult *res, const char *sqlstate, c
 	struct explain_out ex;
 	if (resp.state == GPUMATCH__V1__JOB_STATE__JOB_STATE_QUEUED) {
 		int rc = schedloop_explain(app_get(), resp.job_id, &ex);
+		struct explain_remote *r =
+		    rc == -EAGAIN && !schedloop_is_leader(app_get()) ? calloc(1, sizeof *r) : NULL;
+		if (r) {
+			r->call = call;
+			r->job_id = resp.job_id;
+			r->state = resp.state;
+			r->ask =
+			    schedloop_explain_ask(app_get(), resp.job_id, explain_remote_cb, r);
+			if (r->ask) {
+				rpc_on_abort(call, explain_remote_abort, r);
+				return;
+			}
+			free(r);
+		}
 		if (rc == -EAGAIN) {
 			rpc_error(call, RPC_UNAVAILABLE,
 			          "the scheduler is not running on this replica yet; retry");

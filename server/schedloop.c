@@ -61,6 +61,8 @@ static struct {
 static void lose_leadership(const char *why);
 static void begin_load(void);
 static void stream_start_cb(redisReply *reply, const char *err, void *arg);
+static void explain_waits_run(void);
+static void explain_waits_clear(void);
 
 /* ---- helpers -------------------------------------------------------------------------- */
 
@@ -376,6 +378,7 @@ static void lose_leadership(const char *why)
 	L.leader = false;
 	L.loaded = false;
 	L.loading = false;
+	explain_waits_clear();
 	L.generation++;
 	sched_cluster_free(L.c);
 	L.c = NULL;
@@ -1253,6 +1256,7 @@ static void fetch_jobs_cb(enum pg_status st, PGresult *res, const char *ss, cons
 		return;
 	for (int i = 0; i < PQntuples(res); i++)
 		add_job_row(res, i, 0, 1, 2, 3);
+	explain_waits_run();
 	schedloop_kick(L.a);
 }
 
@@ -1264,6 +1268,191 @@ static const char *entry_field(const redisReply *kv, const char *name)
 		    kv->element[i + 1]->type == REDIS_REPLY_STRING)
 			return kv->element[i + 1]->str;
 	return "";
+}
+
+/* ---- explanations for other replicas ---------------------------------------------------------- */
+
+#define EXPLAIN_ANSWER_TTL_MS "10000"
+#define EXPLAIN_POLL_MS       20
+#define EXPLAIN_WAIT_US       3000000
+
+#define EXPLAIN_DEFER_US 1500000
+
+/* Asks for jobs the leader does not hold yet: the asking replica saw the
+ * job queued in Postgres, and the leader learns of it a moment later
+ * (outbox, stream, fetch). Answered when it arrives or after
+ * EXPLAIN_DEFER_US. */
+struct explain_wait {
+	uint64_t job_id;
+	char key[192];
+	int64_t until_us;
+	struct explain_wait *next;
+};
+static struct explain_wait *explain_waits;
+
+static void explain_waits_clear(void)
+{
+	while (explain_waits) {
+		struct explain_wait *w = explain_waits;
+		explain_waits = w->next;
+		free(w);
+	}
+}
+
+/* The leader answers an ask read from the stream: the packed Explanation,
+ * or "-" when the job is not pending here. */
+static void answer_explain(uint64_t job_id, const char *key)
+{
+	if (strncmp(key, RK_EXPLAIN, strlen(RK_EXPLAIN)) || strlen(key) > 191)
+		return;
+	if (sched_job_state(L.c, job_id) == -ENOENT) {
+		struct explain_wait *w = calloc(1, sizeof *w);
+		if (w) {
+			w->job_id = job_id;
+			snprintf(w->key, sizeof w->key, "%s", key);
+			w->until_us = now_us() + EXPLAIN_DEFER_US;
+			w->next = explain_waits;
+			explain_waits = w;
+			return;
+		}
+	}
+	struct explain_out ex;
+	uint8_t buf[4096];
+	size_t n = 1;
+	buf[0] = '-';
+	if (schedloop_explain(L.a, job_id, &ex) == 0 &&
+	    protobuf_c_message_get_packed_size(&ex.msg.base) <= sizeof buf)
+		n = protobuf_c_message_pack(&ex.msg.base, buf);
+	const char *argv[] = { "SET", key, (const char *)buf, "PX", EXPLAIN_ANSWER_TTL_MS };
+	size_t lens[] = { 3, strlen(key), n, 2, strlen(EXPLAIN_ANSWER_TTL_MS) };
+	rds_cmd(L.a->rds, ignore_reply_cb, NULL, 5, argv, lens);
+}
+
+/* Answers the waiting asks whose job has arrived or whose time is up. */
+static void explain_waits_run(void)
+{
+	int64_t now = now_us();
+	for (struct explain_wait **p = &explain_waits; *p;) {
+		struct explain_wait *w = *p;
+		if (sched_job_state(L.c, w->job_id) == -ENOENT && now < w->until_us) {
+			p = &w->next;
+			continue;
+		}
+		*p = w->next;
+		w->until_us = 0;
+		if (sched_job_state(L.c, w->job_id) != -ENOENT)
+			answer_explain(w->job_id, w->key);
+		else {
+			const char *argv[] = { "SET", w->key, "-", "PX", EXPLAIN_ANSWER_TTL_MS };
+			rds_cmd(L.a->rds, ignore_reply_cb, NULL, 5, argv, NULL);
+		}
+		free(w);
+	}
+}
+
+struct explain_ask {
+	schedloop_explain_cb cb;
+	void *arg;
+	char key[192]; /* RK_EXPLAIN instance:seq */
+	int64_t until_us;
+	struct event *ev;
+	bool getting;   /* a GET is in flight */
+	bool cancelled; /* the caller went away */
+};
+
+static void explain_ask_free(struct explain_ask *q)
+{
+	event_free(q->ev);
+	free(q);
+}
+
+static void explain_ask_done(struct explain_ask *q, const Gpumatch__V1__Explanation *ex, int rc)
+{
+	if (!q->cancelled)
+		q->cb(ex, rc, q->arg);
+	explain_ask_free(q);
+}
+
+static void explain_get_cb(redisReply *reply, const char *err, void *arg)
+{
+	(void)err;
+	struct explain_ask *q = arg;
+	q->getting = false;
+	if (q->cancelled) {
+		explain_ask_free(q);
+		return;
+	}
+	if (reply && reply->type == REDIS_REPLY_STRING) {
+		if (reply->len == 1 && reply->str[0] == '-') {
+			explain_ask_done(q, NULL, -ENOENT);
+			return;
+		}
+		Gpumatch__V1__Explanation *ex = gpumatch__v1__explanation__unpack(
+		    NULL, reply->len, (const uint8_t *)reply->str);
+		explain_ask_done(q, ex, ex ? 0 : -ETIMEDOUT);
+		if (ex)
+			gpumatch__v1__explanation__free_unpacked(ex, NULL);
+		return;
+	}
+	if (now_us() >= q->until_us || L.stopped) {
+		explain_ask_done(q, NULL, -ETIMEDOUT);
+		return;
+	}
+	struct timeval tv = { 0, EXPLAIN_POLL_MS * 1000 };
+	evtimer_add(q->ev, &tv);
+}
+
+static void explain_poll_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct explain_ask *q = arg;
+	const char *argv[] = { "GET", q->key };
+	if (L.stopped || rds_cmd(L.a->rds, explain_get_cb, q, 2, argv, NULL)) {
+		explain_ask_done(q, NULL, -ETIMEDOUT);
+		return;
+	}
+	q->getting = true;
+}
+
+struct explain_ask *schedloop_explain_ask(struct app *a, uint64_t job_id, schedloop_explain_cb cb,
+                                          void *arg)
+{
+	if (L.stopped || !rds_ready(a->rds))
+		return NULL;
+	struct explain_ask *q = calloc(1, sizeof *q);
+	if (!q)
+		return NULL;
+	static uint64_t seq;
+	snprintf(q->key, sizeof q->key, RK_EXPLAIN "%s:%" PRIu64, L.instance, ++seq);
+	q->cb = cb;
+	q->arg = arg;
+	q->until_us = now_us() + EXPLAIN_WAIT_US;
+	q->ev = evtimer_new(a->base, explain_poll_cb, q);
+	char ids[24];
+	snprintf(ids, sizeof ids, "%" PRIu64, job_id);
+	const char *argv[] = {
+		"XADD",    RK_EVENTS, "MAXLEN", "~",    "100000",   "*",     "kind",
+		"explain", "id",      ids,      "from", L.instance, "reply", q->key
+	};
+	struct timeval tv = { 0, EXPLAIN_POLL_MS * 1000 };
+	if (!q->ev || rds_cmd(a->rds, ignore_reply_cb, NULL, 14, argv, NULL) ||
+	    evtimer_add(q->ev, &tv)) {
+		if (q->ev)
+			event_free(q->ev);
+		free(q);
+		return NULL;
+	}
+	return q;
+}
+
+void schedloop_explain_ask_cancel(struct explain_ask *q)
+{
+	if (!q)
+		return;
+	q->cancelled = true;
+	if (!q->getting)
+		explain_ask_free(q);
 }
 
 static void stream_cb(redisReply *reply, const char *err, void *arg)
@@ -1307,6 +1496,10 @@ static void stream_cb(redisReply *reply, const char *err, void *arg)
 				}
 				p = *end == ',' ? end + 1 : end;
 			}
+			continue;
+		}
+		if (!strcmp(kind, "explain")) {
+			answer_explain(id, entry_field(kv, "reply"));
 			continue;
 		}
 		if (!strcmp(from, L.instance))
@@ -1361,6 +1554,7 @@ static void stream_tick_cb(evutil_socket_t fd, short ev, void *arg)
 	if (!L.leader || !L.loaded || L.stopped || L.stream_busy || !rds_ready(L.a->rds) ||
 	    !L.stream_last[0])
 		return;
+	explain_waits_run();
 	L.stream_busy = true;
 	struct step *s = step_new(NULL, 0);
 	const char *argv[] = { "XREAD", "COUNT", "1000", "STREAMS", RK_EVENTS, L.stream_last };
@@ -1528,6 +1722,7 @@ void schedloop_stop(struct app *a)
 	}
 	L.leader = false;
 	L.generation++;
+	explain_waits_clear();
 	sched_cluster_free(L.c);
 	L.c = NULL;
 	sb_free(&L.stats);

@@ -85,6 +85,20 @@ struct explain_out {
  * pending; -EAGAIN when this replica is not the (loaded) leader. */
 int schedloop_explain(struct app *a, uint64_t job_id, struct explain_out *out);
 
+/* A replica that is not the leader asks the leader for a job's explanation
+ * through Redis: a request on the change stream, the answer under a
+ * one-off key that this replica polls. cb runs exactly once (unless the ask
+ * is cancelled first): rc 0 with ex (borrowed for the call), -ENOENT when
+ * the leader does not hold the job as pending, -ETIMEDOUT when no answer
+ * came within a few seconds (no leader, or Redis unreachable). Returns the
+ * ask, or NULL when it cannot be sent (cb never runs). */
+typedef void (*schedloop_explain_cb)(const Gpumatch__V1__Explanation *ex, int rc, void *arg);
+struct explain_ask;
+struct explain_ask *schedloop_explain_ask(struct app *a, uint64_t job_id, schedloop_explain_cb cb,
+                                          void *arg);
+/* Forgets an ask whose caller went away; its cb never runs. */
+void schedloop_explain_ask_cancel(struct explain_ask *q);
+
 /* Moves outbox rows to Redis soon (any replica). */
 void outbox_kick(struct app *a);
 int schedloop_start(struct app *a, char *err, size_t err_len);

@@ -18,6 +18,7 @@ Environment:
 import atexit
 import collections
 import contextlib
+import copy
 import ctypes
 import http.client
 import importlib
@@ -292,6 +293,7 @@ class Cluster:
         self._pg_up = self._redis_up = False
         self._serial = 0
         self._lock = threading.Lock()
+        self._replicas = []    # more gpumatchd processes on the same stores
 
     # ---- lifecycle ----
 
@@ -337,6 +339,12 @@ class Cluster:
 
     def _close(self):
         try:
+            for r in self._replicas:
+                r.stop_gpumatchd()
+                if r._log:
+                    r._log.close()
+                    r._log = None
+            self._replicas = []
             self.stop_gpumatchd()
         finally:
             try:
@@ -487,6 +495,31 @@ class Cluster:
         self.wait_http("/healthz", deadline)
         self.wait_http("/readyz", deadline)
         return self
+
+    def replica(self, extra_flags=(), name="b"):
+        """Starts another gpumatchd on this cluster's Postgres and Redis and
+        returns a view of the cluster that talks to it (call, http, metrics,
+        kill9, stop_gpumatchd act on that process; its log is
+        gpumatchd-NAME.log). close() of this cluster stops it too."""
+        r = copy.copy(self)
+        r.proc = None
+        r.port = None
+        r._replicas = []
+        r.log_path = os.path.join(self.dir, "gpumatchd-%s.log" % name)
+        r._log = open(r.log_path, "ab", buffering=0)
+        self._replicas.append(r)
+        return r.start_gpumatchd(extra_flags)
+
+    def metric(self, name):
+        """The value of an unlabelled metric on /metrics (None if absent)."""
+        st, _, body = self.http("GET", "/metrics", timeout=10)
+        if st != 200:
+            return None
+        for line in body.decode().splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[0] == name:
+                return float(parts[1])
+        return None
 
     def wait_http(self, path, deadline, want=200):
         last = None
