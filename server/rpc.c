@@ -6,6 +6,7 @@
 #include <assert.h>
 #include <errno.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -73,6 +74,82 @@ struct conn_slot {
  *     there is a no-op); once it returns the handler must drop the call;
  *   - without one: the call stays valid and the handler's eventual answer
  *     is a no-op that releases it (one never answered is never freed). */
+/* Binary request bodies unpack into a per-call arena: protobuf-c makes one
+ * allocation per message, string and array, and a SubmitJob has dozens;
+ * the arena takes them from blocks that are kept for the next call and
+ * frees them all at once when the call ends. */
+#define ARENA_BLOCK_BYTES 8192
+#define ARENA_CACHE_MAX   256
+
+struct arena_block {
+	struct arena_block *next;
+	size_t cap, used; /* bytes of data[] */
+	max_align_t data[];
+};
+
+struct arena {
+	ProtobufCAllocator pb; /* allocator_data points back here */
+	struct arena_block *blocks;
+};
+
+static struct arena_block *arena_cache;
+static int arena_cached;
+
+static void *arena_alloc(void *data, size_t size)
+{
+	struct arena *a = data;
+	size = (size + sizeof(max_align_t) - 1) / sizeof(max_align_t) * sizeof(max_align_t);
+	struct arena_block *b = a->blocks;
+	if (!b || b->cap - b->used < size) {
+		if (size <= ARENA_BLOCK_BYTES && arena_cache) {
+			b = arena_cache;
+			arena_cache = b->next;
+			arena_cached--;
+		} else {
+			size_t cap = size > ARENA_BLOCK_BYTES ? size : ARENA_BLOCK_BYTES;
+			b = malloc(sizeof *b + cap);
+			if (!b)
+				return NULL;
+			b->cap = cap;
+		}
+		b->used = 0;
+		b->next = a->blocks;
+		a->blocks = b;
+	}
+	void *p = (char *)b->data + b->used;
+	b->used += size;
+	return p;
+}
+
+static void arena_free_one(void *data, void *p)
+{
+	(void)data;
+	(void)p; /* everything goes at once, in arena_release */
+}
+
+static void arena_init(struct arena *a)
+{
+	a->pb.alloc = arena_alloc;
+	a->pb.free = arena_free_one;
+	a->pb.allocator_data = a;
+	a->blocks = NULL;
+}
+
+static void arena_release(struct arena *a)
+{
+	while (a->blocks) {
+		struct arena_block *b = a->blocks;
+		a->blocks = b->next;
+		if (b->cap == ARENA_BLOCK_BYTES && arena_cached < ARENA_CACHE_MAX) {
+			b->next = arena_cache;
+			arena_cache = b;
+			arena_cached++;
+		} else {
+			free(b);
+		}
+	}
+}
+
 struct rpc_call {
 	struct rpc_server *srv; /* NULL once the server is freed (orphan) */
 	struct rpc_call *prev, *next;
@@ -82,6 +159,8 @@ struct rpc_call {
 	size_t mi; /* index of m in srv->methods */
 	enum codec codec;
 	ProtobufCMessage *msg; /* decoded request */
+	struct arena arena;    /* msg's memory when it came as binary */
+	bool in_arena;
 	struct principal who;
 	void *data;
 	void (*abort_fn)(struct rpc_call *call, void *arg);
@@ -529,8 +608,9 @@ static void send_raw_error(struct rpc_server *s, struct evhttp_request *req, siz
 
 static void call_free(struct rpc_call *c)
 {
-	if (c->msg)
+	if (c->msg && !c->in_arena)
 		protobuf_c_message_free_unpacked(c->msg, NULL);
+	arena_release(&c->arena);
 	if (c->deadline_ev)
 		event_free(c->deadline_ev);
 	if (c->watch_ev)
@@ -722,7 +802,9 @@ static void call_run(struct rpc_call *c)
 	size_t len = evbuffer_get_length(in);
 	const char *data = len ? (const char *)evbuffer_pullup(in, -1) : "";
 	if (c->codec == CODEC_PROTO) {
-		c->msg = protobuf_c_message_unpack(m->in, NULL, len, (const uint8_t *)data);
+		arena_init(&c->arena);
+		c->in_arena = true;
+		c->msg = protobuf_c_message_unpack(m->in, &c->arena.pb, len, (const uint8_t *)data);
 		if (!c->msg) {
 			call_fail(c, RPC_INVALID_ARGUMENT, "invalid protobuf body: not a valid %s",
 			          m->in->name);

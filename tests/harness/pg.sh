@@ -18,7 +18,8 @@
 #
 # Runs as a normal user, or as root (initdb refuses root: the server then
 # runs as the postgres user and DIR is chowned to it). Durability settings
-# (fsync, synchronous_commit) stay at their defaults. Cleanup is the
+# (fsync, synchronous_commit) stay at their defaults. PG_EXTRA_CONF adds
+# postgresql.conf lines at initdb (e.g. shared_buffers for benchmarks). Cleanup is the
 # caller's: trap 'pg.sh stop DIR; rm -rf DIR' EXIT.
 set -euo pipefail
 
@@ -103,6 +104,10 @@ shared_buffers = 32MB
 logging_collector = off
 log_line_prefix = '%m [%p] '
 CONF
+	# PG_EXTRA_CONF: more postgresql.conf lines (benchmarks size the server)
+	if [ -n "${PG_EXTRA_CONF:-}" ]; then
+		printf '%s\n' "$PG_EXTRA_CONF" >>"$data/postgresql.conf"
+	fi
 }
 
 pg_start() {
