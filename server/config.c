@@ -59,6 +59,8 @@ static const struct key keys[] = {
 	  "attempts before a preempted or node-lost job fails" },
 	{ "group_commit_max", K_INT, N(group_commit_max), "256", 1, 10000, true,
 	  "submits written in one Postgres transaction at most" },
+	{ "group_commit_inflight", K_INT, N(group_commit_inflight), "2", 1, 8, true,
+	  "submit transactions written at once (more: lower latency, smaller batches)" },
 	{ "group_commit_delay_us", K_INT, N(group_commit_delay_us), "0", 0, 100000, true,
 	  "extra wait to gather a batch (0: batch only what queued during the last write)" },
 	{ "allow_unverified", K_BOOL, N(allow_unverified), "false", 0, 0, false,

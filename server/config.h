@@ -28,6 +28,7 @@ struct cfg {
 	int reconcile_interval_ms;
 	int max_attempts;
 	int group_commit_max;
+	int group_commit_inflight;
 	int group_commit_delay_us;
 	bool allow_unverified;
 	char instance_id[64];

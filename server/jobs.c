@@ -444,9 +444,13 @@ static void batch_done_cb(enum pg_status st, PGresult *res, const char *sqlstate
  * flush, and Postgres flushes concurrent commits together. */
 static int max_inflight(const struct app *a)
 {
-	/* Two: one commits while the next gathers and runs. More makes
-	 * smaller batches, and each batch pays a commit and a plan. */
-	return a->cfg.pg_pool_size > 2 ? 2 : 1;
+	/* Two by default: one commits while the next gathers and runs. More
+	 * makes smaller batches, and each batch pays a commit and a plan; one
+	 * makes the largest batches (least CPU per submit) at some latency.
+	 * Never all of the pool: other queries must get a connection. */
+	int n = a->cfg.group_commit_inflight;
+	return n < a->cfg.pg_pool_size ? n
+	                               : (a->cfg.pg_pool_size > 1 ? a->cfg.pg_pool_size - 1 : 1);
 }
 
 static void write_batch(void);
