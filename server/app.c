@@ -38,43 +38,35 @@ static const struct pg_stmt pg_statements[] = {
 	  2 },
 	/* Group commit of many submits in one statement (one transaction):
 	 * each element becomes a job, set-based, and the batch one outbox row
-	 * naming them all (0005_submit_and_health.sql), unless the
-	 * tenant already used its idempotency key (before, or earlier in the
-	 * same batch): then that job is returned (created = false), with
-	 * same_spec telling whether it was asked for with the same spec. A job
-	 * id is NULL when a concurrent batch took the key in a transaction this
-	 * statement could not see: the caller retries it. Only keys that were
-	 * not inserted are looked up again. Prepared, so its plan is made once
-	 * per connection. */
+	 * naming them all (0005_submit_and_health.sql). The caller sends each
+	 * (tenant, key) once per batch. Rows: tenant, key, job id, created,
+	 * same_spec. A key the tenant used before comes back with that job
+	 * (created = false) and whether it was asked for with the same spec; a
+	 * key taken by a concurrent batch this statement could not see has no
+	 * row: the caller retries it. Only keys that were not inserted are
+	 * looked up. Prepared, so its plan is made once per connection. */
 	{ "submit_jobs",
-	  "WITH input AS ("
-	  "   SELECT u.tenant, u.name, u.key, u.spec, u.prio, u.gpus, u.idx::integer AS idx"
-	  "     FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bytea[], $5::smallint[],"
-	  "                 $6::integer[]) WITH ORDINALITY AS u(tenant, name, key, spec, prio, "
-	  "gpus, idx)),"
-	  " firsts AS (SELECT DISTINCT ON (i.tenant, i.key) i.* FROM input i"
-	  "            ORDER BY i.tenant, i.key, i.idx),"
-	  " ins AS (INSERT INTO jobs (tenant_id, name, idempotency_key, spec_pb, state,"
-	  "            priority_class, gpus, submitted_at_us, updated_at_us)"
-	  "         SELECT f.tenant, f.name, f.key, f.spec, 1, f.prio, f.gpus, $7::bigint, "
-	  "$7::bigint"
-	  "           FROM firsts f ORDER BY f.idx"
-	  "         ON CONFLICT (tenant_id, idempotency_key) DO NOTHING"
-	  "         RETURNING id, tenant_id, idempotency_key),"
+	  "WITH ins AS (INSERT INTO jobs (tenant_id, name, idempotency_key, spec_pb, state,"
+	  "                priority_class, gpus, submitted_at_us, updated_at_us)"
+	  "             SELECT u.tenant, u.name, u.key, u.spec, 1, u.prio, u.gpus, $7::bigint,"
+	  "                    $7::bigint"
+	  "               FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bytea[],"
+	  "                           $5::smallint[], $6::integer[])"
+	  "                    AS u(tenant, name, key, spec, prio, gpus)"
+	  "             ON CONFLICT (tenant_id, idempotency_key) DO NOTHING"
+	  "             RETURNING id, tenant_id, idempotency_key),"
 	  " ob AS (INSERT INTO outbox (job_ids, kind, created_at_us)"
 	  "        SELECT array_agg(ins.id ORDER BY ins.id), 'enqueue', $7::bigint FROM ins"
 	  "        HAVING count(*) > 0),"
-	  " res AS (SELECT i.idx, i.tenant, i.key, i.spec, f.idx AS fidx, f.spec AS fspec,"
-	  "                ins.id AS new_id"
-	  "           FROM input i JOIN firsts f ON f.tenant = i.tenant AND f.key = i.key"
-	  "           LEFT JOIN ins ON ins.tenant_id = i.tenant AND ins.idempotency_key = i.key)"
-	  " SELECT r.idx, r.new_id, r.idx = r.fidx, r.spec = r.fspec FROM res r"
-	  "  WHERE r.new_id IS NOT NULL"
+	  " missing AS MATERIALIZED ("
+	  "   SELECT u.tenant, u.key, u.spec"
+	  "     FROM unnest($1::bigint[], $3::text[], $4::bytea[]) AS u(tenant, key, spec)"
+	  "    WHERE NOT EXISTS (SELECT 1 FROM ins WHERE ins.tenant_id = u.tenant"
+	  "                        AND ins.idempotency_key = u.key))"
+	  " SELECT ins.tenant_id, ins.idempotency_key, ins.id, true, true FROM ins"
 	  " UNION ALL"
-	  " SELECT r.idx, old.id, false, r.spec = old.spec_pb FROM res r"
-	  "   LEFT JOIN jobs old ON old.tenant_id = r.tenant AND old.idempotency_key = r.key"
-	  "  WHERE r.new_id IS NULL"
-	  "  ORDER BY 1",
+	  " SELECT m.tenant, m.key, old.id, false, old.spec_pb = m.spec FROM missing m"
+	  "   JOIN jobs old ON old.tenant_id = m.tenant AND old.idempotency_key = m.key",
 	  7 },
 	{ NULL, NULL, 0 },
 };

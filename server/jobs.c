@@ -318,6 +318,9 @@ struct submit {
 	int prio;
 	uint32_t gpus;
 	int64_t t0_us;
+	int retries;         /* batches this submit was carried over from */
+	struct submit *dups; /* on the first of a key in a batch: later submits
+	                        of the same key, answered from its row */
 	/* the spec as validated, kept for the leader once the job has an id;
 	 * its strings point into st and into req */
 	struct sched_job_spec js;
@@ -330,6 +333,7 @@ static struct {
 	int queued;
 	int inflight; /* batch transactions being written */
 	uint64_t batches, submits, created;
+	uint64_t key_repeats; /* submits answered from an earlier one's row */
 	uint64_t latency_bucket[12];
 	double latency_sum_s;
 } sub;
@@ -359,7 +363,129 @@ struct batch {
 	struct submit **items;
 	int n;
 	int64_t now_us;
+	int *slot; /* open-addressing index of items by (tenant, key) */
+	int nslots;
 };
+
+/* Retries of one submit whose key a concurrent batch held, before it is
+ * failed: each retry sees that batch committed, so one is normal. */
+#define SUBMIT_MAX_RETRIES 5
+
+static uint64_t key_hash(uint64_t tenant, const char *key)
+{
+	uint64_t h = 1469598103934665603ULL ^ (tenant * 0x9e3779b97f4a7c15ULL);
+	for (const unsigned char *p = (const unsigned char *)key; *p; p++)
+		h = (h ^ *p) * 1099511628211ULL;
+	return h;
+}
+
+/* The batch item for (tenant, key), or -1; with add, inserts item i when
+ * absent (returns -1 then too). */
+static int batch_find(struct batch *b, uint64_t tenant, const char *key, int add_i)
+{
+	size_t mask = (size_t)b->nslots - 1;
+	for (size_t h = key_hash(tenant, key) & mask;; h = (h + 1) & mask) {
+		int i = b->slot[h];
+		if (i < 0) {
+			if (add_i >= 0)
+				b->slot[h] = add_i;
+			return -1;
+		}
+		const struct submit *s = b->items[i];
+		if (s && s->tenant_id == tenant && !strcmp(s->req->idempotency_key, key))
+			return i;
+	}
+}
+
+static void requeue_front(struct submit *s)
+{
+	s->next = sub.head;
+	sub.head = s;
+	if (!sub.tail)
+		sub.tail = s;
+	sub.queued++;
+}
+
+static bool same_spec(const struct submit *x, const struct submit *y)
+{
+	return x->spec_len == y->spec_len && !memcmp(x->spec_pb, y->spec_pb, x->spec_len);
+}
+
+/* No row for s: a concurrent batch held its key in a transaction this one
+ * could not see; the next batch finds that job. */
+static void submit_retry(struct submit *s)
+{
+	if (++s->retries <= SUBMIT_MAX_RETRIES) {
+		requeue_front(s);
+	} else {
+		rpc_error(s->call, RPC_UNAVAILABLE,
+		          "idempotencyKey: still being written by another request; retry");
+		submit_free(s);
+	}
+}
+
+static void reply_created(struct submit *s, uint64_t job_id, int64_t now, bool created)
+{
+	Gpumatch__V1__Job job = GPUMATCH__V1__JOB__INIT;
+	job.id = job_id;
+	job.tenant_id = s->tenant_id;
+	job.name = s->req->name;
+	job.idempotency_key = s->req->idempotency_key;
+	job.spec = s->req->spec;
+	job.state = GPUMATCH__V1__JOB_STATE__JOB_STATE_QUEUED;
+	job.submitted_at_us = now;
+	job.updated_at_us = now;
+	Gpumatch__V1__SubmitJobResponse resp = GPUMATCH__V1__SUBMIT_JOB_RESPONSE__INIT;
+	resp.job = &job;
+	resp.created = created;
+	rpc_reply(s->call, &resp.base);
+	observe_latency(now_us() - s->t0_us);
+}
+
+static void reply_other_spec(struct submit *s, uint64_t job_id)
+{
+	rpc_error(s->call, RPC_FAILED_PRECONDITION,
+	          "idempotencyKey: already used for job %" PRIu64 " with a different spec", job_id);
+}
+
+/* Answers the first submit of a key in the batch from its row, then the
+ * repeats of that key that rode along with it. */
+static void submit_finish(struct batch *b, struct submit *first, uint64_t job_id, bool created,
+                          bool old_same_spec)
+{
+	struct app *a = app_get();
+	struct submit *dups = first->dups;
+	first->dups = NULL;
+	if (created) {
+		sub.created++;
+		first->js.id = job_id;
+		first->js.submit_us = b->now_us;
+		schedloop_job_queued(a, &first->js);
+		reply_created(first, job_id, b->now_us, true);
+	} else if (!old_same_spec) {
+		reply_other_spec(first, job_id);
+	} else {
+		/* the key was used before: answer with that job */
+		load_and_reply(first->call, job_id, first->tenant_id);
+	}
+	for (struct submit *d = dups, *next; d; d = next) {
+		next = d->dups;
+		d->dups = NULL;
+		bool same = same_spec(d, first);
+		if (created && same)
+			reply_created(d, job_id, b->now_us, false);
+		else if (!created && old_same_spec && same)
+			load_and_reply(d->call, job_id, d->tenant_id);
+		else if (created || old_same_spec || same)
+			reply_other_spec(d, job_id);
+		else {
+			submit_retry(d); /* unlike both; the next batch compares */
+			continue;
+		}
+		submit_free(d);
+	}
+	submit_free(first);
+}
 
 static void batch_done_cb(enum pg_status st, PGresult *res, const char *sqlstate, const char *err,
                           void *arg)
@@ -368,73 +494,44 @@ static void batch_done_cb(enum pg_status st, PGresult *res, const char *sqlstate
 	struct app *a = app_get();
 	if (st != PG_OK) {
 		for (int i = 0; i < b->n; i++) {
+			for (struct submit *d = b->items[i]->dups, *next; d; d = next) {
+				next = d->dups;
+				reply_pg_error(d->call, st, sqlstate, err);
+				submit_free(d);
+			}
 			reply_pg_error(b->items[i]->call, st, sqlstate, err);
 			submit_free(b->items[i]);
 		}
 	} else {
 		bool any_created = false;
 		for (int row = 0; row < PQntuples(res); row++) {
-			int i = (int)col_i64(res, row, 0) - 1;
-			if (i < 0 || i >= b->n || !b->items[i])
+			int i = batch_find(b, col_u64(res, row, 0), PQgetvalue(res, row, 1), -1);
+			if (i < 0 || !b->items[i])
 				continue;
-			struct submit *s = b->items[i];
-			if (PQgetisnull(res, row, 1)) {
-				/* another batch took this key in a transaction this one
-				 * could not see yet: the next batch will find its job */
-				s->next = sub.head;
-				sub.head = s;
-				if (!sub.tail)
-					sub.tail = s;
-				sub.queued++;
-				b->items[i] = NULL;
-				continue;
-			}
-			uint64_t job_id = col_u64(res, row, 1);
-			bool created = !strcmp(PQgetvalue(res, row, 2), "t");
-			if (!created && strcmp(PQgetvalue(res, row, 3), "t")) {
-				rpc_error(s->call, RPC_FAILED_PRECONDITION,
-				          "idempotencyKey: already used for job %" PRIu64
-				          " with a different spec",
-				          job_id);
-			} else if (!created) {
-				/* the key was used before: answer with that job */
-				load_and_reply(s->call, job_id, s->tenant_id);
-			} else {
-				any_created = true;
-				sub.created++;
-				Gpumatch__V1__Job job = GPUMATCH__V1__JOB__INIT;
-				job.id = job_id;
-				job.tenant_id = s->tenant_id;
-				job.name = s->req->name;
-				job.idempotency_key = s->req->idempotency_key;
-				job.spec = s->req->spec;
-				job.state = GPUMATCH__V1__JOB_STATE__JOB_STATE_QUEUED;
-				job.submitted_at_us = b->now_us;
-				job.updated_at_us = b->now_us;
-				s->js.id = job_id;
-				s->js.submit_us = b->now_us;
-				schedloop_job_queued(a, &s->js);
-				Gpumatch__V1__SubmitJobResponse resp =
-				    GPUMATCH__V1__SUBMIT_JOB_RESPONSE__INIT;
-				resp.job = &job;
-				resp.created = true;
-				rpc_reply(s->call, &resp.base);
-				observe_latency(now_us() - s->t0_us);
-			}
-			submit_free(s);
+			bool created = !strcmp(PQgetvalue(res, row, 3), "t");
+			any_created |= created;
+			submit_finish(b, b->items[i], col_u64(res, row, 2), created,
+			              !strcmp(PQgetvalue(res, row, 4), "t"));
 			b->items[i] = NULL;
 		}
-		for (int i = 0; i < b->n; i++) {
-			if (b->items[i]) {
-				rpc_error(b->items[i]->call, RPC_INTERNAL,
-				          "submit lost its result");
-				submit_free(b->items[i]);
+		for (int i = b->n - 1; i >= 0; i--) {
+			struct submit *s = b->items[i];
+			if (!s)
+				continue;
+			/* the repeats go back with it, in front of it */
+			for (struct submit *d = s->dups, *next; d; d = next) {
+				next = d->dups;
+				d->dups = NULL;
+				submit_retry(d);
 			}
+			s->dups = NULL;
+			submit_retry(s);
 		}
 		if (any_created)
 			outbox_kick(a);
 	}
 	free(b->items);
+	free(b->slot);
 	free(b);
 	sub.inflight--;
 	flush_batch();
@@ -472,18 +569,43 @@ static void write_batch(void)
 	int n = sub.queued < max ? sub.queued : max;
 	struct batch *b = calloc(1, sizeof *b);
 	struct submit **items = calloc((size_t)n, sizeof *items);
+	int nslots = 16;
+	while (nslots < 2 * n)
+		nslots *= 2;
+	int *slot = malloc((size_t)nslots * sizeof *slot);
 	/* arrays in Postgres's binary format: nothing to escape or parse */
 	struct strbuf t = { 0 }, nm = { 0 }, k = { 0 }, sp = { 0 }, pr = { 0 }, gp = { 0 };
-	if (!b || !items)
+	if (!b || !items || !slot)
 		goto oom;
-	for (int i = 0; i < n; i++) {
-		items[i] = sub.head;
-		sub.head = sub.head->next;
+	for (int i = 0; i < nslots; i++)
+		slot[i] = -1;
+	b->items = items;
+	b->slot = slot;
+	b->nslots = nslots;
+	/* Each (tenant, key) once per batch: a repeat rides along with the
+	 * first and is answered from its row. */
+	int taken = 0;
+	while (taken < n && sub.head) {
+		struct submit *s = sub.head;
+		sub.head = s->next;
+		sub.queued--;
+		s->next = NULL;
+		items[taken] = s;
+		int first = batch_find(b, s->tenant_id, s->req->idempotency_key, taken);
+		if (first >= 0) {
+			items[taken] = NULL;
+			struct submit **p = &items[first]->dups;
+			while (*p)
+				p = &(*p)->dups;
+			*p = s;
+			sub.key_repeats++;
+			continue;
+		}
+		taken++;
 	}
 	if (!sub.head)
 		sub.tail = NULL;
-	sub.queued -= n;
-	b->items = items;
+	n = taken;
 	b->n = n;
 	b->now_us = now_us();
 	sb_bin_array(&t, PG_OID_INT8, n);
@@ -515,10 +637,16 @@ static void write_batch(void)
 	                b)) {
 		sub.inflight--;
 		for (int i = 0; i < n; i++) {
+			for (struct submit *d = items[i]->dups, *next; d; d = next) {
+				next = d->dups;
+				rpc_error(d->call, RPC_UNAVAILABLE, "shutting down");
+				submit_free(d);
+			}
 			rpc_error(items[i]->call, RPC_UNAVAILABLE, "shutting down");
 			submit_free(items[i]);
 		}
 		free(items);
+		free(b->slot);
 		free(b);
 	}
 	sb_free(&t);
@@ -948,9 +1076,13 @@ void jobs_metrics(struct app *a, struct evbuffer *b)
 	                    "# HELP gpumatch_submit_batches_total Group-commit transactions.\n"
 	                    "# TYPE gpumatch_submit_batches_total counter\n"
 	                    "gpumatch_submit_batches_total %" PRIu64 "\n"
+	                    "# HELP gpumatch_submit_key_repeats_total Submits answered from an "
+	                    "earlier submit of the same key in the same batch.\n"
+	                    "# TYPE gpumatch_submit_key_repeats_total counter\n"
+	                    "gpumatch_submit_key_repeats_total %" PRIu64 "\n"
 	                    "# HELP gpumatch_submit_latency_seconds Submit to durable reply.\n"
 	                    "# TYPE gpumatch_submit_latency_seconds histogram\n",
-	                    sub.submits, sub.created, sub.batches);
+	                    sub.submits, sub.created, sub.batches, sub.key_repeats);
 	uint64_t cum = 0;
 	size_t nb = sizeof latency_le_ms / sizeof latency_le_ms[0];
 	for (size_t i = 0; i < nb; i++) {

@@ -308,6 +308,44 @@ class JobConcurrencyTest(ItCase):
                          "exactly one call created it")
         self.assertEqual(self.c.count("jobs", "idempotency_key = '%s'" % key), 1)
 
+    def test_parallel_submits_one_key_two_specs(self):
+        # Many submits of one key race, half with another spec; several
+        # land in one group-commit batch. One creates the job; the rest with
+        # its spec get it back, the others failed_precondition.
+        import threading
+        _, tok = self.c.new_tenant()
+        for rnd in range(3):
+            key = self.c.unique("race2")
+            specs = [spec2(), spec2(gpusPerNode=3)]
+            out = []
+            lock = threading.Lock()
+            start = threading.Event()
+
+            def go(which):
+                start.wait()
+                r = self.c.call("JobService", "SubmitJob", submit_req(key, specs[which]),
+                                token=tok)
+                with lock:
+                    out.append((which, r))
+            ts = [threading.Thread(target=go, args=(i % 2,)) for i in range(24)]
+            for t in ts:
+                t.start()
+            start.set()
+            for t in ts:
+                t.join()
+            created = [(w, r) for w, r in out if r.status == 200 and r.body.get("created")]
+            self.assertEqual(len(created), 1, [str(r) for _, r in out])
+            winner, first = created[0]
+            job_id = first.body["job"]["id"]
+            for w, r in out:
+                if w == winner:
+                    self.assertEqual(ok(r)["job"]["id"], job_id, str(r))
+                else:
+                    self.assertError(r, "failed_precondition", field="idempotencyKey")
+            self.assertEqual(self.c.count("jobs", "idempotency_key = '%s'" % key), 1)
+        print("  key repeats answered within a batch: %s"
+              % self.c.metric("gpumatch_submit_key_repeats_total"), end=" ", flush=True)
+
 
 if __name__ == "__main__":
     import sys
