@@ -250,6 +250,10 @@ void conv_policy_in(const Gpumatch__V1__Policy *in, struct sched_policy *out)
 	out->preemption = in->preemption;
 	out->preemption_grace_us = in->preemption_grace_us;
 	out->infeasible_timeout_us = in->infeasible_timeout_us;
+	out->w_speedup = in->w_speedup;
+	out->w_small_jobs = in->w_small_jobs;
+	out->w_short_jobs = in->w_short_jobs;
+	out->speedup_relative = in->speedup_relative;
 }
 
 void conv_policy_out(const struct sched_policy *in, Gpumatch__V1__Policy *out)
@@ -275,4 +279,8 @@ void conv_policy_out(const struct sched_policy *in, Gpumatch__V1__Policy *out)
 	out->preemption = in->preemption;
 	out->preemption_grace_us = in->preemption_grace_us;
 	out->infeasible_timeout_us = in->infeasible_timeout_us;
+	out->w_speedup = in->w_speedup;
+	out->w_small_jobs = in->w_small_jobs;
+	out->w_short_jobs = in->w_short_jobs;
+	out->speedup_relative = in->speedup_relative;
 }
