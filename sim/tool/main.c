@@ -313,7 +313,10 @@ int main(int argc, char **argv)
 			if (fleet.nodes[n].model == m)
 				g += fleet.nodes[n].ngpus;
 		printf("model: %s gpus=%u throughput_column=%s\n", fleet.models[m].name, g,
-		       col >= 0 ? tp.cols[col] : "(none: TFLOPS)");
+		       col >= 0          ? tp.cols[col]
+		       : !tputs          ? "(no table: TFLOPS ratio)"
+		       : cfg.interpolate ? "(none: interpolated by FP32 TFLOPS)"
+		                         : "(none: TFLOPS ratio)");
 	}
 	fflush(stdout);
 	struct sim_result res;
