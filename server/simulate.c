@@ -854,7 +854,10 @@ static void trace_metrics(const struct sim_result *r, double wall_s,
 	m->jobs_completed = r->completed;
 	m->jobs_pending = r->unfinished;
 	m->jobs_unschedulable = r->unschedulable;
-	m->jobs_placed = r->jobs - r->unschedulable;
+	uint32_t started = 0;
+	for (uint32_t i = 0; i < r->jobs; i++)
+		started += r->per_job[i].started;
+	m->jobs_placed = started;
 	m->preemptions = r->preemptions;
 	m->wait_mean_us = (int64_t)(r->avg_wait_s * 1e6);
 	m->gpu_utilization_ppm = (uint32_t)(r->gpu_utilization * 1e6);

@@ -527,6 +527,7 @@ static int handle_event(struct sim *s, const struct ev *e)
 	run_close(s, j, e->t);
 	if (e->kind == EV_COMPLETE) {
 		j->state = SJ_DONE;
+		j->out->finished = true;
 		j->out->end_us = e->t;
 	} else {
 		j->state = SJ_PENDING;
@@ -571,8 +572,10 @@ static int apply_start(struct sim *s, const struct sched_action *a, int64_t now)
 	j->run_start_us = now;
 	j->state = SJ_RUNNING;
 	s->npending--;
-	if (!j->out->first_start_us)
+	if (!j->out->started) {
+		j->out->started = true;
 		j->out->first_start_us = now;
+	}
 	j->out->node_id = a->node_id;
 	int64_t run = (int64_t)ceil(j->remaining_us / speed);
 	if (run < 1)
@@ -724,7 +727,7 @@ static int metrics(struct sim *s, int64_t first, int64_t end)
 	r->jobs = s->njobs;
 	for (uint32_t i = 0; i < s->njobs; i++) {
 		const struct sjob *j = &s->jobs[i];
-		if (j->out->first_start_us) {
+		if (j->out->started) {
 			started++;
 			wait_sum += (double)(j->out->first_start_us - j->submit_us) / 1e6;
 		}

@@ -35,8 +35,11 @@ struct sim_config {
 /* Fills c with the defaults; fleet, jobs and tputs stay NULL. */
 void sim_config_default(struct sim_config *c);
 
-/* One job's outcome. start/end are 0 while never started / not finished. */
+/* One job's outcome; first_start_us / end_us are meaningful when started /
+ * finished are set. */
 struct sim_job_out {
+	bool started;
+	bool finished;
 	uint64_t id;
 	uint64_t tenant;
 	int32_t type; /* index into tputs->types, -1 = none */

@@ -129,12 +129,17 @@ static int write_jobs_out(const char *path, const struct sim_result *r,
 	           "node_id\n");
 	for (uint32_t i = 0; i < r->jobs; i++) {
 		const struct sim_job_out *j = &r->per_job[i];
+		char start[32] = "", end[32] = "", jct[32] = "";
+		if (j->started)
+			snprintf(start, sizeof start, "%" PRId64, j->first_start_us);
+		if (j->finished) {
+			snprintf(end, sizeof end, "%" PRId64, j->end_us);
+			snprintf(jct, sizeof jct, "%" PRId64, j->end_us - j->submit_us);
+		}
 		fprintf(f,
-		        "%" PRIu64 ",%" PRIu64 ",\"%s\",%u,%" PRId64 ",%" PRId64 ",%" PRId64
-		        ",%" PRId64 ",%u,%" PRIu64 "\n",
+		        "%" PRIu64 ",%" PRIu64 ",\"%s\",%u,%" PRId64 ",%s,%s,%s,%u,%" PRIu64 "\n",
 		        j->id, j->tenant, j->type >= 0 && tp ? tp->types[j->type] : "", j->gpus,
-		        j->submit_us, j->first_start_us, j->end_us,
-		        j->end_us ? j->end_us - j->submit_us : 0, j->preemptions, j->node_id);
+		        j->submit_us, start, end, jct, j->preemptions, j->node_id);
 	}
 	if (fclose(f)) {
 		fprintf(stderr, "gpumatch-sim: %s: %s\n", path, strerror(errno));

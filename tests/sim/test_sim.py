@@ -86,6 +86,8 @@ def case_hand_fifo():
     check(out[3] == (100, 150, 140, 1), f"job 3: {out[3]}")
     check(abs(res["avg_jct_s"] - 440 / 3) < 1e-3, f"avg_jct_s {res['avg_jct_s']}")
     check(res["makespan_s"] == 200, f"makespan {res['makespan_s']}")
+    # waits 0, 0 (jobs starting at t=0 count) and 90
+    check(res["avg_wait_s"] == 30, f"avg_wait_s {res['avg_wait_s']}")
     # GPU-seconds 100 + 200 + 50 over 2 GPUs x 200 s
     check(abs(res["gpu_utilization_makespan"] - 350 / 400) < 1e-6, f"util {res}")
 
