@@ -41,7 +41,6 @@ static const char *const shipped_traces[] = {
 	"msr-itp/cluster06",
 	"alibaba-gpu-v2023/openb_pod_list_default",
 	"alibaba-gpu-v2023/openb_pod_list_gpuspec33",
-	"alibaba-gpu-v2023/openb_pod_list_multigpu50",
 };
 #define TRACE_NODES "alibaba-gpu-v2023/openb_node_list_gpu_node.csv"
 #define TRACE_TPUTS "gavel/isolated_throughputs_steps_per_sec.csv"
@@ -999,8 +998,7 @@ void simulate_policy(struct rpc_call *call, const ProtobufCMessage *req)
 			rpc_error(call, *name ? RPC_NOT_FOUND : RPC_INVALID_ARGUMENT,
 			          "traceName: %s; use \"history\" or one of msr-itp/cluster01.."
 			          "msr-itp/cluster06, alibaba-gpu-v2023/openb_pod_list_default, "
-			          "alibaba-gpu-v2023/openb_pod_list_gpuspec33, "
-			          "alibaba-gpu-v2023/openb_pod_list_multigpu50",
+			          "alibaba-gpu-v2023/openb_pod_list_gpuspec33",
 			          *name ? "no such trace"
 			                : "required with SIMULATION_SOURCE_TRACE");
 			free(s);
