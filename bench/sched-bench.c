@@ -21,6 +21,7 @@
 #include <time.h>
 
 #include "sched.h"
+#include "trace.h"
 
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 #define MIB_PER_GIB  1024u
@@ -406,7 +407,7 @@ static bool tolerates(uint8_t taint, uint8_t tols)
 
 /* ---- trace input -------------------------------------------------------- */
 
-struct trace_node {
+struct bench_tnode {
 	uint8_t model; /* index into gpu_models */
 	uint8_t ngpus;
 };
@@ -455,58 +456,41 @@ static bool traces_present(const char *dir)
 	return file_exists(path);
 }
 
-static int load_trace_nodes(const char *dir, struct trace_node **out, uint32_t *nout)
+/* The inventory is read by the simulator's trace reader (sim/trace.c), which
+ * maps the trace's models to gpumatch names; here they become rows of
+ * gpu_models by that name. */
+static int load_trace_nodes(const char *dir, struct bench_tnode **out, uint32_t *nout)
 {
-	char path[4096], line[1024];
+	char path[4096], err[512];
 	snprintf(path, sizeof path, "%s/%s", dir, NODE_CSV);
-	FILE *f = fopen(path, "r");
-	if (!f) {
-		fprintf(stderr, "sched-bench: cannot open %s: %s\n", path, strerror(errno));
+	struct trace_fleet fl;
+	if (trace_read_nodes(path, &fl, err, sizeof err)) {
+		fprintf(stderr, "sched-bench: %s\n", err);
 		return -1;
 	}
-	uint32_t cap = 2048, n = 0;
-	struct trace_node *v = malloc(cap * sizeof *v);
+	struct bench_tnode *v = malloc(fl.nnodes * sizeof *v);
 	if (!v) {
-		fclose(f);
+		trace_fleet_free(&fl);
 		return -1;
 	}
-	bool header = true;
-	while (fgets(line, sizeof line, f)) {
-		char *fl[8];
-		if (header) {
-			header = false;
-			continue;
-		}
-		if (csv_split(line, fl, 8) < 5)
-			continue;
-		long ngpus = strtol(fl[3], NULL, 10);
-		if (ngpus <= 0 || ngpus > SCHED_MAX_GPUS_PER_NODE)
-			continue;
+	uint32_t n = 0;
+	for (uint32_t i = 0; i < fl.nnodes; i++) {
+		const char *name = fl.models[fl.nodes[i].model].name;
 		uint32_t m = NMODELS;
-		for (uint32_t i = 0; i < NMODELS; i++)
-			if (gpu_models[i].trace_name &&
-			    strcmp(gpu_models[i].trace_name, fl[4]) == 0)
-				m = i;
+		for (uint32_t k = 0; k < NMODELS; k++)
+			if (gpu_models[k].trace_name && strcmp(gpu_models[k].name, name) == 0)
+				m = k;
 		if (m == NMODELS) {
-			fprintf(stderr, "sched-bench: %s: unknown GPU model '%s', skipped\n", path,
-			        fl[4]);
+			fprintf(stderr,
+			        "sched-bench: %s: GPU model '%s' has no bench row, skipped\n", path,
+			        name);
 			continue;
-		}
-		if (n == cap) {
-			cap *= 2;
-			struct trace_node *nv = realloc(v, cap * sizeof *v);
-			if (!nv) {
-				free(v);
-				fclose(f);
-				return -1;
-			}
-			v = nv;
 		}
 		v[n].model = (uint8_t)m;
-		v[n].ngpus = (uint8_t)ngpus;
+		v[n].ngpus = (uint8_t)fl.nodes[i].ngpus;
 		n++;
 	}
-	fclose(f);
+	trace_fleet_free(&fl);
 	if (n == 0) {
 		fprintf(stderr, "sched-bench: %s: no GPU nodes\n", path);
 		free(v);
@@ -635,7 +619,7 @@ struct options {
 
 struct bench {
 	struct options opt;
-	struct trace_node *tnodes;
+	struct bench_tnode *tnodes;
 	uint32_t ntnodes;
 	struct trace_pod *pods;
 	uint32_t npods;
@@ -676,7 +660,7 @@ static size_t cluster_bytes(const struct sched_cluster *c)
 
 /* ---- building the fleet ------------------------------------------------- */
 
-static void make_node(struct bench *b, struct rng *r, uint32_t i, const struct trace_node *tn)
+static void make_node(struct bench *b, struct rng *r, uint32_t i, const struct bench_tnode *tn)
 {
 	struct node_rec *n = &b->nodes[i];
 	memset(n, 0, sizeof *n);
@@ -1763,7 +1747,7 @@ int main(int argc, char **argv)
 	 * has the trace's exact model mix, a partial one a fair sample. */
 	for (uint32_t i = b.ntnodes - 1; i > 0; i--) {
 		uint32_t k = rng_below(&b.rng, i + 1);
-		struct trace_node t = b.tnodes[i];
+		struct bench_tnode t = b.tnodes[i];
 		b.tnodes[i] = b.tnodes[k];
 		b.tnodes[k] = t;
 	}

@@ -129,6 +129,16 @@ struct sched_node_spec {
 	const char *const *taints; /* "key=value" or "key" (NoSchedule) */
 };
 
+/* One entry of a job's throughput profile: how fast the job runs on a GPU
+ * model (or, with no model, on GPUs of one compute capability) relative to
+ * its other entries. Only ratios matter; the scale is the caller's. */
+struct sched_speed {
+	const char *model;    /* GPU model, e.g. "V100-SXM2-16GB"; NULL or "" =
+	                         match by compute_cap instead */
+	uint16_t compute_cap; /* without model: GPUs of exactly this capability */
+	float speed;          /* relative throughput, > 0 and < 1e9 */
+};
+
 struct sched_job_spec {
 	uint64_t id;        /* caller's id, unique; != 0 */
 	uint64_t tenant_id; /* != 0 */
@@ -156,6 +166,11 @@ struct sched_job_spec {
 	uint32_t priority_class;        /* 0..SCHED_PRIO_CLASSES-1 */
 	bool preemptible;
 	int64_t submit_us; /* arrival; ties broken by order of add */
+	/* Throughput profile (heterogeneity awareness), scored by
+	 * policy w_speedup; none = verified TFLOPS in precision decide. A model
+	 * entry wins over a compute-capability entry. At most SCHED_MAX_STRINGS. */
+	uint32_t nspeeds;
+	const struct sched_speed *speeds;
 };
 
 /* ---- policy ------------------------------------------------------------- */
@@ -189,6 +204,33 @@ struct sched_policy {
 	int64_t preemption_grace_us;   /* >= 0: victim's time to stop */
 	int64_t infeasible_timeout_us; /* a job no node of the fleet could ever
 	                                  host is given up after this; 0 = never */
+
+	/* Heterogeneity awareness (Gavel-like), weight in [0, 1000]: the job's
+	 * relative speed on the node's GPU model from its throughput profile,
+	 * divided by its best speed among the candidates (not min-max
+	 * normalized, so a job that gains little from a fast GPU cares little).
+	 * GPU models missing from the profile get a speed estimated from
+	 * verified TFLOPS in the job's precision, scaled to the profile. */
+	double w_speedup;
+	/* How much of w_speedup goes to comparative advantage, in [0, 1]: the
+	 * job's relative speed on a GPU type divided by the mean relative speed
+	 * of the pending jobs there (Gavel, OSDI'20: give each job the GPU where
+	 * it gains most relative to the others). 0 = own speed only. Speedups
+	 * every job shares cancel out, so a job that gains no more than the
+	 * others from a big node's GPUs leaves them to the jobs that need them. */
+	double speedup_relative;
+
+	/* Job priority: favour jobs that ask for fewer GPUs (Slurm's job size
+	 * factor with PriorityFavorSmall), factor 1 / (GPUs of the job), weight
+	 * in [0, 1e6]. Small jobs first shortens the average completion time
+	 * when the fleet is oversubscribed; reservations (backfill) keep large
+	 * jobs from starving. */
+	double w_small_jobs;
+	/* Job priority: favour jobs with a shorter max duration (their declared
+	 * time limit), factor 1 / (1 + max_duration / 1 hour), weight in
+	 * [0, 1e6]. Shortest-declared-first, as backfilling schedulers reward
+	 * accurate time limits. */
+	double w_short_jobs;
 };
 
 /* Fills *p with the defaults (documented in docs/scheduler.md). */

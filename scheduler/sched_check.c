@@ -232,6 +232,27 @@ static const char *str_or_empty(const struct sched_cluster *c, uint32_t id)
 	return id == NONE32 ? "" : c->strs.strs[id];
 }
 
+/* Profiles are sorted by string id, which differs between clusters: compare
+ * each entry of x with its match in y by model name. */
+static bool same_speeds(const struct sched_cluster *a, const struct jclass *x,
+                        const struct sched_cluster *b, const struct jclass *y)
+{
+	if (x->nspeeds != y->nspeeds)
+		return false;
+	for (uint32_t i = 0; i < x->nspeeds; i++) {
+		const struct kspeed *e = &x->speeds[i];
+		bool found = false;
+		for (uint32_t j = 0; j < y->nspeeds && !found; j++) {
+			const struct kspeed *f = &y->speeds[j];
+			found = e->cc == f->cc && e->speed == f->speed &&
+			        !strcmp(str_or_empty(a, e->model), str_or_empty(b, f->model));
+		}
+		if (!found)
+			return false;
+	}
+	return true;
+}
+
 static bool class_equal(const struct sched_cluster *a, const struct jclass *x,
                         const struct sched_cluster *b, const struct jclass *y)
 {
@@ -243,7 +264,9 @@ static bool class_equal(const struct sched_cluster *a, const struct jclass *x,
 	       !strcmp(str_or_empty(a, x->pref_region), str_or_empty(b, y->pref_region)) &&
 	       same_strings(a, x->regions, x->nregions, b, y->regions, y->nregions) &&
 	       same_strings(a, x->selectors, x->nselectors, b, y->selectors, y->nselectors) &&
-	       same_strings(a, x->tolerations, x->ntolerations, b, y->tolerations, y->ntolerations);
+	       same_strings(a, x->tolerations, x->ntolerations, b, y->tolerations,
+	                    y->ntolerations) &&
+	       same_speeds(a, x, b, y);
 }
 
 static bool gpu_equal(const struct sched_gpu_spec *x, const struct sched_gpu_spec *y)

@@ -872,7 +872,9 @@ static bool class_same(const struct jclass *a, const struct jclass *b)
 	       a->nselectors == b->nselectors && a->ntolerations == b->ntolerations &&
 	       (!a->nregions || !memcmp(a->regions, b->regions, a->nregions * 4)) &&
 	       (!a->nselectors || !memcmp(a->selectors, b->selectors, a->nselectors * 4)) &&
-	       (!a->ntolerations || !memcmp(a->tolerations, b->tolerations, a->ntolerations * 4));
+	       (!a->ntolerations || !memcmp(a->tolerations, b->tolerations, a->ntolerations * 4)) &&
+	       a->nspeeds == b->nspeeds &&
+	       (!a->nspeeds || !memcmp(a->speeds, b->speeds, a->nspeeds * sizeof *a->speeds));
 }
 
 static uint32_t class_hash(const struct jclass *k)
@@ -896,7 +898,13 @@ static uint32_t class_hash(const struct jclass *k)
 	h = hash_u64(h, (uint64_t)k->max_price);
 	h = hash_u32s(h, k->regions, k->nregions);
 	h = hash_u32s(h, k->selectors, k->nselectors);
-	return hash_u32s(h, k->tolerations, k->ntolerations);
+	h = hash_u32s(h, k->tolerations, k->ntolerations);
+	for (uint32_t i = 0; i < k->nspeeds; i++) {
+		uint32_t w[3] = { k->speeds[i].model, k->speeds[i].cc, 0 };
+		memcpy(&w[2], &k->speeds[i].speed, 4);
+		h = hash_u32s(h, w, 3);
+	}
+	return h;
 }
 
 static void class_free_arrays(struct sched_cluster *c, struct jclass *k)
@@ -904,7 +912,61 @@ static void class_free_arrays(struct sched_cluster *c, struct jclass *k)
 	mem_free(c, k->regions, (size_t)k->nregions * 4);
 	mem_free(c, k->selectors, (size_t)k->nselectors * 4);
 	mem_free(c, k->tolerations, (size_t)k->ntolerations * 4);
+	mem_free(c, k->speeds, (size_t)k->nspeeds * sizeof *k->speeds);
 	k->regions = k->selectors = k->tolerations = NULL;
+	k->speeds = NULL;
+	k->nspeeds = 0;
+}
+
+static int cmp_kspeed(const void *a, const void *b)
+{
+	const struct kspeed *x = a, *y = b;
+	if (x->model != y->model)
+		return x->model < y->model ? -1 : 1;
+	return (x->cc > y->cc) - (x->cc < y->cc);
+}
+
+/* Interns the profile's models and sorts it so that equal profiles compare
+ * equal. Returns 0 or -ENOMEM. */
+static int intern_speeds(struct sched_cluster *c, const struct sched_job_spec *s, struct jclass *k)
+{
+	if (!s->nspeeds)
+		return 0;
+	struct kspeed *v = mem_alloc(c, (size_t)s->nspeeds * sizeof *v);
+	if (!v)
+		return -ENOMEM;
+	for (uint32_t i = 0; i < s->nspeeds; i++) {
+		const struct sched_speed *e = &s->speeds[i];
+		v[i].model = NONE32;
+		v[i].cc = 0;
+		v[i].speed = e->speed;
+		if (e->model && *e->model) {
+			v[i].model = strtab_intern(c, &c->strs, e->model);
+			if (v[i].model == NONE32) {
+				mem_free(c, v, (size_t)s->nspeeds * sizeof *v);
+				return -ENOMEM;
+			}
+		} else {
+			v[i].cc = e->compute_cap;
+		}
+	}
+	qsort(v, s->nspeeds, sizeof *v, cmp_kspeed);
+	k->speeds = v;
+	k->nspeeds = s->nspeeds;
+	return 0;
+}
+
+float class_speed(const struct sched_cluster *c, const struct jclass *k, uint32_t gtype)
+{
+	const struct gtype *t = &c->gtypes[gtype];
+	float by_cc = -1.0f;
+	for (uint32_t i = 0; i < k->nspeeds; i++) {
+		if (k->speeds[i].model == t->model)
+			return k->speeds[i].speed;
+		if (k->speeds[i].model == NONE32 && k->speeds[i].cc == t->cc)
+			by_cc = k->speeds[i].speed;
+	}
+	return by_cc;
 }
 
 static uint32_t class_lookup(const struct sched_cluster *c, const struct jclass *k)
@@ -1106,6 +1168,8 @@ static uint32_t class_acquire(struct sched_cluster *c, const struct sched_job_sp
 		goto oom;
 	if (intern_list(c, s->tolerations, s->ntolerations, &k.tolerations, &k.ntolerations))
 		goto oom;
+	if (intern_speeds(c, s, &k))
+		goto oom;
 	k.hash = class_hash(&k);
 	if (!k.hash)
 		k.hash = 1; /* 0 marks an unused slot */
@@ -1214,6 +1278,35 @@ int sched_job_validate(const struct sched_job_spec *s, struct sched_error *err)
 		rc = validate_strings(s->selectors, s->nselectors, "selectors", err);
 	if (!rc)
 		rc = validate_strings(s->tolerations, s->ntolerations, "tolerations", err);
+	if (!rc && s->nspeeds > SCHED_MAX_STRINGS) {
+		set_err(err, "speeds", "at most %d entries, got %u", SCHED_MAX_STRINGS, s->nspeeds);
+		return -EINVAL;
+	}
+	if (!rc && s->nspeeds && !s->speeds) {
+		set_err(err, "speeds", "%u entries announced but none given", s->nspeeds);
+		return -EINVAL;
+	}
+	for (uint32_t i = 0; !rc && i < s->nspeeds; i++) {
+		const struct sched_speed *e = &s->speeds[i];
+		char f[64];
+		if (!(e->speed > 0 && e->speed < 1e9f)) {
+			snprintf(f, sizeof f, "speeds[%u].speed", i);
+			set_err(err, f, "must be greater than 0 and below 1e9, got %g",
+			        (double)e->speed);
+			return -EINVAL;
+		}
+		if (e->model && *e->model && !valid_string(e->model)) {
+			snprintf(f, sizeof f, "speeds[%u].model", i);
+			set_err(err, f, "must be at most %d bytes", SCHED_MAX_STRING_BYTES);
+			return -EINVAL;
+		}
+		if (!(e->model && *e->model) && (e->compute_cap < 30 || e->compute_cap > 150)) {
+			snprintf(f, sizeof f, "speeds[%u].compute_cap", i);
+			set_err(err, f, "must be between 30 and 150 when no model is given, got %u",
+			        e->compute_cap);
+			return -EINVAL;
+		}
+	}
 	if (!rc) {
 		for (uint32_t i = 0; i < s->nselectors; i++) {
 			if (!strchr(s->selectors[i], '=')) {

@@ -9,7 +9,7 @@
 #include <math.h>
 #include <stdlib.h>
 
-enum { C_PRICE, C_PPP, C_PERF, C_FIT, C_REL, C_LOC, C_COUNT };
+enum { C_PRICE, C_PPP, C_PERF, C_FIT, C_REL, C_LOC, C_COUNT, C_SPEED = C_COUNT, C_RAW };
 
 struct cand {
 	uint32_t node;
@@ -18,8 +18,11 @@ struct cand {
 	uint32_t pad;
 	uint64_t mask;
 	uint64_t node_id;
-	double raw[C_COUNT];
+	double raw[C_RAW];
+	double adv; /* comparative advantage (speedup_relative) */
 	double score;
+	uint32_t gtype;
+	uint32_t pad2;
 };
 
 /* One node's answer to "when / at what cost could this job run here". */
@@ -50,6 +53,9 @@ struct cycle {
 	struct sched_cycle_stats st;
 	struct okey *order;
 	double *tenant_factor;
+	double *gtype_mean; /* pending jobs' mean relative speed per GPU type;
+	                       0 = no profiled job covers it */
+	uint32_t *class_pending;
 	struct cand *cands;
 	uint32_t cand_cap;
 	struct slotinfo *slots;
@@ -171,7 +177,8 @@ static int cycle_prepare(struct cycle *cy)
 
 	size_t need = (size_t)c->npools * sizeof(uint32_t) +
 	              (size_t)c->npending * sizeof(struct okey) +
-	              (size_t)c->ntenants * sizeof(double) + cand_cap * sizeof(struct cand) +
+	              (size_t)c->ntenants * sizeof(double) + (size_t)c->ngtypes * sizeof(double) +
+	              (size_t)c->nclass_slots * sizeof(uint32_t) + cand_cap * sizeof(struct cand) +
 	              slot_cap * sizeof(struct slotinfo) + 64;
 	if (need > c->scratch_bytes) {
 		size_t grow = need + need / 2;
@@ -192,6 +199,10 @@ static int cycle_prepare(struct cycle *cy)
 	p += slot_cap * sizeof(struct slotinfo);
 	cy->tenant_factor = (double *)p;
 	p += (size_t)c->ntenants * sizeof(double);
+	cy->gtype_mean = (double *)p;
+	p += (size_t)c->ngtypes * sizeof(double);
+	cy->class_pending = (uint32_t *)p;
+	p += (size_t)c->nclass_slots * sizeof(uint32_t);
 	cy->room = (uint32_t *)p;
 
 	/* every pending job may start (one action per gang node), every running
@@ -252,9 +263,57 @@ static void cycle_order(struct cycle *cy)
 		    pol->w_prio_class * k->prio / (SCHED_PRIO_CLASSES - 1) + pol->w_age * age;
 		if (fair)
 			prio += pol->w_fairshare * cy->tenant_factor[j->tenant];
+		if (pol->w_small_jobs > 0)
+			prio += pol->w_small_jobs / ((double)k->gpus * k->nodes);
+		if (pol->w_short_jobs > 0)
+			prio += pol->w_short_jobs / (1.0 + (double)j->max_dur_us / 3600e6);
 		cy->order[i] = (struct okey){ prio, j->submit_us, j->seq, c->pending[i], 0 };
 	}
 	qsort(cy->order, c->npending, sizeof *cy->order, cmp_okey);
+}
+
+/* Gavel's "relative to others": for each GPU type, the mean over pending
+ * jobs with a throughput profile of their speed there relative to their
+ * best type. A job whose relative speed on a type beats this mean gains
+ * more there than the others would. */
+static void cycle_speed_means(struct cycle *cy)
+{
+	struct sched_cluster *c = cy->c;
+	if (!(cy->pol->w_speedup > 0 && cy->pol->speedup_relative > 0))
+		return;
+	memset(cy->class_pending, 0, (size_t)c->nclass_slots * sizeof *cy->class_pending);
+	for (uint32_t i = 0; i < c->npending; i++)
+		cy->class_pending[c->jobs[c->pending[i]].cls]++;
+	double *sum = cy->gtype_mean;
+	memset(sum, 0, (size_t)c->ngtypes * sizeof *sum);
+	/* weights (pending jobs) per type ride in the candidate buffer: it is
+	 * not in use until placement starts */
+	double *cnt = (double *)cy->cands;
+	if ((size_t)cy->cand_cap * sizeof(struct cand) < (size_t)c->ngtypes * sizeof(double))
+		return;
+	memset(cnt, 0, (size_t)c->ngtypes * sizeof *cnt);
+	for (uint32_t k = 0; k < c->nclass_slots; k++) {
+		const struct jclass *kc = &c->classes[k];
+		if (!kc->refs || !kc->nspeeds || !cy->class_pending[k])
+			continue;
+		double best = 0;
+		for (uint32_t t = 0; t < c->ngtypes; t++) {
+			double v = class_speed(c, kc, t);
+			if (v > best)
+				best = v;
+		}
+		if (!(best > 0))
+			continue;
+		for (uint32_t t = 0; t < c->ngtypes; t++) {
+			double v = class_speed(c, kc, t);
+			if (v > 0) {
+				sum[t] += cy->class_pending[k] * v / best;
+				cnt[t] += cy->class_pending[k];
+			}
+		}
+	}
+	for (uint32_t t = 0; t < c->ngtypes; t++)
+		sum[t] = cnt[t] > 0 ? sum[t] / cnt[t] : 0;
 }
 
 /* ---- candidates and scores ------------------------------------------------------- */
@@ -272,8 +331,55 @@ static void cand_fill(struct cycle *cy, struct cand *cd, const struct node *n, c
 	cd->raw[C_FIT] = pol->fit_mode == SCHED_FIT_PACK ? -left : left;
 	cd->raw[C_REL] = n->reliability_ppm;
 	cd->raw[C_LOC] = k->pref_region != NONE32 && n->region == k->pref_region;
+	cd->raw[C_SPEED] = pol->w_speedup > 0 ? class_speed(cy->c, k, p->gtype) : -1.0;
+	cd->gtype = p->gtype;
 	cd->node_id = n->id;
 	cd->region = n->region;
+}
+
+/* Heterogeneity awareness: adds w * speed / best speed. Candidates whose GPU
+ * the profile does not cover get speed = TFLOPS x (profiled speed per
+ * profiled TFLOPS over the candidates); with no profiled candidate at all,
+ * TFLOPS stand for speed. Dividing by the best (not min-max) keeps the
+ * size of the gain: a job 5x faster on one GPU cares, one 1.05x barely. */
+static void cands_score_speed(const struct cycle *cy, struct cand *cands, uint32_t n, double w)
+{
+	double sum_speed = 0, sum_perf = 0;
+	for (uint32_t i = 0; i < n; i++) {
+		if (cands[i].raw[C_SPEED] > 0) {
+			sum_speed += cands[i].raw[C_SPEED];
+			sum_perf += cands[i].raw[C_PERF];
+		}
+	}
+	double per_tflops = sum_speed > 0 ? (sum_perf > 0 ? sum_speed / sum_perf : 0) : 1.0;
+	double best = 0;
+	for (uint32_t i = 0; i < n; i++) {
+		if (!(cands[i].raw[C_SPEED] > 0))
+			cands[i].raw[C_SPEED] = cands[i].raw[C_PERF] * per_tflops;
+		if (cands[i].raw[C_SPEED] > best)
+			best = cands[i].raw[C_SPEED];
+	}
+	if (!(best > 0))
+		return;
+	double r = cy->pol->speedup_relative;
+	if (!(r > 0)) {
+		for (uint32_t i = 0; i < n; i++)
+			cands[i].score += w * cands[i].raw[C_SPEED] / best;
+		return;
+	}
+	/* comparative advantage: relative speed over the pending jobs' mean on
+	 * that GPU type (1 where no profiled job says anything) */
+	double best_adv = 0;
+	for (uint32_t i = 0; i < n; i++) {
+		double mean = cy->gtype_mean[cands[i].gtype];
+		double adv = cands[i].raw[C_SPEED] / best / (mean > 0 ? mean : 1.0);
+		cands[i].adv = adv;
+		if (adv > best_adv)
+			best_adv = adv;
+	}
+	for (uint32_t i = 0; i < n; i++)
+		cands[i].score += w * ((1 - r) * cands[i].raw[C_SPEED] / best +
+		                       r * (best_adv > 0 ? cands[i].adv / best_adv : 0));
 }
 
 /* Min-max normalizes each component over cands[0..n) and sets scores. */
@@ -302,6 +408,8 @@ static void cands_score(struct cycle *cy, struct cand *cands, uint32_t n)
 				     (span[q] > 0 ? (cands[i].raw[q] - lo[q]) / span[q] : 1.0);
 		cands[i].score = s;
 	}
+	if (pol->w_speedup > 0)
+		cands_score_speed(cy, cands, n, pol->w_speedup);
 }
 
 static bool cand_better(const struct cand *a, const struct cand *b)
@@ -878,6 +986,7 @@ int sched_cycle(struct sched_cluster *c, int64_t now_us, struct sched_actions *o
 	c->epoch++; /* last cycle's reservations lapse */
 	c->last_cycle_us = now_us;
 	cycle_order(&cy);
+	cycle_speed_means(&cy);
 
 	uint32_t n = c->npending; /* placements shrink the pending list */
 	bool blocked_seen = false;

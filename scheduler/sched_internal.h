@@ -171,6 +171,13 @@ struct egroup {
 	uint32_t next_free;
 };
 
+/* One throughput-profile entry of a class, sorted by (model, cc). */
+struct kspeed {
+	uint32_t model; /* string id; NONE32 = match by cc */
+	uint32_t cc;
+	float speed;
+};
+
 /* A requirement class (HTCondor's autocluster): everything in a job spec
  * but its id, tenant and submit time. Shared by reference. */
 struct jclass {
@@ -193,6 +200,8 @@ struct jclass {
 	uint32_t *regions, nregions;         /* sorted string ids */
 	uint32_t *selectors, nselectors;     /* sorted */
 	uint32_t *tolerations, ntolerations; /* sorted */
+	struct kspeed *speeds;               /* throughput profile */
+	uint32_t nspeeds;
 	uint32_t next_free;
 	uint32_t eg; /* eligibility group */
 	/* cycle caches (not logical state) */
@@ -355,6 +364,10 @@ static inline bool region_allowed(const struct jclass *k, uint32_t region)
 	return region_in(k->regions, k->nregions, region);
 }
 bool labels_match(const struct node *n, const struct jclass *k);
+
+/* The class's declared speed on a GPU type (model entry first, then compute
+ * capability), or a negative value when the profile does not cover it. */
+float class_speed(const struct sched_cluster *c, const struct jclass *k, uint32_t gtype);
 
 /* Free GPUs of a part that a job may use: reservations of other jobs are
  * excluded unless the job ends before they start. */

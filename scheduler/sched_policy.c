@@ -27,6 +27,9 @@ void sched_policy_default(struct sched_policy *p)
 	p->preemption = false;
 	p->preemption_grace_us = 30LL * 1000000;
 	p->infeasible_timeout_us = 0;
+	p->w_speedup = 0.0;
+	p->w_small_jobs = 0.0;
+	p->w_short_jobs = 0.0;
 }
 
 static int check_weight(double w, double max, const char *field, struct sched_error *err)
@@ -54,6 +57,9 @@ int sched_policy_validate(const struct sched_policy *p, struct sched_error *err)
 		{ "w_prio_class", offsetof(struct sched_policy, w_prio_class), 1e6 },
 		{ "w_age", offsetof(struct sched_policy, w_age), 1e6 },
 		{ "w_fairshare", offsetof(struct sched_policy, w_fairshare), 1e6 },
+		{ "w_speedup", offsetof(struct sched_policy, w_speedup), 1000 },
+		{ "w_small_jobs", offsetof(struct sched_policy, w_small_jobs), 1e6 },
+		{ "w_short_jobs", offsetof(struct sched_policy, w_short_jobs), 1e6 },
 	};
 	for (size_t i = 0; i < sizeof weights / sizeof weights[0]; i++) {
 		double w;
@@ -83,6 +89,11 @@ int sched_policy_validate(const struct sched_policy *p, struct sched_error *err)
 		set_err(err, "fairshare_half_life_us",
 		        "must be between 1 s and 3650 days, got %lld",
 		        (long long)p->fairshare_half_life_us);
+		return -EINVAL;
+	}
+	if (!(p->speedup_relative >= 0 && p->speedup_relative <= 1)) {
+		set_err(err, "speedup_relative", "must be between 0 and 1, got %g",
+		        p->speedup_relative);
 		return -EINVAL;
 	}
 	if (p->reservations > 64) {

@@ -65,6 +65,8 @@ static const struct key keys[] = {
 	  "extra wait to gather a batch (0: batch only what queued during the last write)" },
 	{ "allow_unverified", K_BOOL, N(allow_unverified), "false", 0, 0, false,
 	  "initial policy: unverified nodes may take jobs (admins change it with SetPolicy)" },
+	{ "traces_dir", K_STR, S(traces_dir), GPUMATCH_TRACES_DIR, 0, 0, true,
+	  "where SimulatePolicy finds the shipped traces (alibaba-gpu-v2023/, msr-itp/, gavel/)" },
 	{ "instance_id", K_STR, S(instance_id), "", 0, 0, false,
 	  "name of this replica in logs and the leader lock (default host:pid)" },
 };

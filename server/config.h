@@ -32,6 +32,7 @@ struct cfg {
 	int group_commit_delay_us;
 	bool allow_unverified;
 	char instance_id[64];
+	char traces_dir[512];
 	char config_file[256];
 };
 

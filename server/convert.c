@@ -140,6 +140,29 @@ int conv_job_spec(const Gpumatch__V1__JobSpec *in, uint64_t job_id, uint64_t ten
 	/* UNSPECIFIED reads as NORMAL (class 2) */
 	out->priority_class = in->priority_class ? in->priority_class - 1 : 2;
 	out->preemptible = in->preemptible;
+	if (in->n_speeds > SCHED_MAX_STRINGS) {
+		snprintf(field, field_len, "spec.speeds");
+		snprintf(msg, msg_len, "at most %d entries, got %zu", SCHED_MAX_STRINGS,
+		         in->n_speeds);
+		return -1;
+	}
+	for (size_t i = 0; i < in->n_speeds; i++) {
+		const Gpumatch__V1__GpuSpeed *e = in->speeds[i];
+		struct sched_speed *d = &st->speeds[i];
+		const char *model = e->model ? e->model : "";
+		if (strlen(model) > SCHED_MAX_STRING_BYTES) {
+			snprintf(field, field_len, "spec.speeds[%zu].model", i);
+			snprintf(msg, msg_len, "must be at most %d bytes", SCHED_MAX_STRING_BYTES);
+			return -1;
+		}
+		snprintf(st->speed_models[i], sizeof st->speed_models[i], "%s", model);
+		uint32_t cc = e->compute_capability_major * 10 + e->compute_capability_minor;
+		d->model = *model ? st->speed_models[i] : NULL;
+		d->compute_cap = (uint16_t)(cc > 65535 ? 65535 : cc);
+		d->speed = (float)e->speed;
+	}
+	out->nspeeds = (uint32_t)in->n_speeds;
+	out->speeds = out->nspeeds ? st->speeds : NULL;
 	return 0;
 }
 
@@ -250,6 +273,10 @@ void conv_policy_in(const Gpumatch__V1__Policy *in, struct sched_policy *out)
 	out->preemption = in->preemption;
 	out->preemption_grace_us = in->preemption_grace_us;
 	out->infeasible_timeout_us = in->infeasible_timeout_us;
+	out->w_speedup = in->w_speedup;
+	out->w_small_jobs = in->w_small_jobs;
+	out->w_short_jobs = in->w_short_jobs;
+	out->speedup_relative = in->speedup_relative;
 }
 
 void conv_policy_out(const struct sched_policy *in, Gpumatch__V1__Policy *out)
@@ -275,4 +302,8 @@ void conv_policy_out(const struct sched_policy *in, Gpumatch__V1__Policy *out)
 	out->preemption = in->preemption;
 	out->preemption_grace_us = in->preemption_grace_us;
 	out->infeasible_timeout_us = in->infeasible_timeout_us;
+	out->w_speedup = in->w_speedup;
+	out->w_small_jobs = in->w_small_jobs;
+	out->w_short_jobs = in->w_short_jobs;
+	out->speedup_relative = in->speedup_relative;
 }

@@ -15,6 +15,8 @@
 struct conv_strings {
 	const char *ptrs[3][SCHED_MAX_STRINGS];
 	char buf[3][SCHED_MAX_STRINGS][2 * SCHED_MAX_STRING_BYTES + 2];
+	struct sched_speed speeds[SCHED_MAX_STRINGS]; /* throughput profile */
+	char speed_models[SCHED_MAX_STRINGS][SCHED_MAX_STRING_BYTES + 1];
 };
 
 /* Fills out from the API's JobSpec. Returns 0, or -1 with field (API path,

@@ -57,6 +57,8 @@ static const struct route routes[] = {
 	{ "/gpumatch.v1.AdminService/SetPolicy", admin_set_policy },
 	{ "/gpumatch.v1.AdminService/ListPolicies", admin_list_policies },
 	{ "/gpumatch.v1.AdminService/ListPolicyAudit", admin_list_policy_audit },
+	{ "/gpumatch.v1.AdminService/SimulatePolicy", simulate_policy },
+	{ "/gpumatch.v1.AdminService/ExportTrace", simulate_export_trace },
 	{ NULL, NULL },
 };
 

@@ -133,7 +133,8 @@ bool schedloop_is_leader(struct app *a)
 
 /* ---- applying Postgres rows to the cluster -------------------------------------------- */
 
-static int add_job_row(const PGresult *r, int row, int c_id, int c_tenant, int c_spec, int c_submit)
+int schedloop_add_job_row(struct sched_cluster *c, const PGresult *r, int row, int c_id,
+                          int c_tenant, int c_spec, int c_submit)
 {
 	size_t len;
 	uint8_t *raw = col_bytea(r, row, c_spec, &len);
@@ -150,7 +151,7 @@ static int add_job_row(const PGresult *r, int row, int c_id, int c_tenant, int c
 	if (st && !conv_job_spec(spec, col_u64(r, row, c_id), col_u64(r, row, c_tenant),
 	                         col_i64(r, row, c_submit), &js, st, f, sizeof f, m, sizeof m)) {
 		struct sched_error se;
-		rc = sched_job_add(L.c, &js, &se);
+		rc = sched_job_add(c, &js, &se);
 		if (rc && rc != -EEXIST)
 			log_warn("job not schedulable job=%" PRIu64 " field=%s err=\"%s\"", js.id,
 			         se.field, se.message);
@@ -161,18 +162,18 @@ static int add_job_row(const PGresult *r, int row, int c_id, int c_tenant, int c
 }
 
 /* Node row: id, state, verification_status, price_micros, region, facts_pb,
- * unhealthy_gpus. A READY node with an unhealthy GPU is given to the
- * scheduler as DRAINING: no new work, running work goes on. */
-static void upsert_node_row(const PGresult *r, int row)
+ * unhealthy_gpus (SCHEDLOOP_NODE_COLS). A READY node with an unhealthy GPU
+ * is given to the scheduler as DRAINING: no new work, running work goes on. */
+void schedloop_upsert_node_row(struct sched_cluster *c, const PGresult *r, int row)
 {
 	uint64_t id = col_u64(r, row, 0);
 	int state = (int)col_i64(r, row, 1);
 	if (state == GPUMATCH__V1__NODE_STATE__NODE_STATE_DISABLED ||
 	    state == GPUMATCH__V1__NODE_STATE__NODE_STATE_REGISTERED) {
 		/* not schedulable; keep it only while work still runs there */
-		if (sched_node_set_state(L.c, id, SCHED_NODE_CORDONED) == 0 &&
+		if (sched_node_set_state(c, id, SCHED_NODE_CORDONED) == 0 &&
 		    state == GPUMATCH__V1__NODE_STATE__NODE_STATE_DISABLED)
-			sched_node_remove(L.c, id);
+			sched_node_remove(c, id);
 		return;
 	}
 	size_t len;
@@ -200,7 +201,7 @@ static void upsert_node_row(const PGresult *r, int row)
 	char f[256], m[256];
 	if (gpus && st && !conv_node(n, &ns, gpus, st, f, sizeof f, m, sizeof m)) {
 		struct sched_error se;
-		int rc = sched_node_upsert(L.c, &ns, &se);
+		int rc = sched_node_upsert(c, &ns, &se);
 		if (rc)
 			log_warn("node not schedulable node=%" PRIu64 " rc=%d field=%s err=\"%s\"",
 			         id, rc, se.field, se.message);
@@ -212,7 +213,7 @@ static void upsert_node_row(const PGresult *r, int row)
 	protobuf_c_message_free_unpacked(&n->base, NULL);
 }
 
-#define NODE_COLS "id, state, verification_status, price_micros, region, facts_pb, unhealthy_gpus"
+#define NODE_COLS SCHEDLOOP_NODE_COLS
 
 /* ---- loading on leadership -------------------------------------------------------------- */
 
@@ -223,7 +224,7 @@ static void load_queued_cb(enum pg_status st, PGresult *res, const char *ss, con
 	if (!load_step_ok(arg, st, err))
 		return;
 	for (int i = 0; i < PQntuples(res); i++)
-		add_job_row(res, i, 0, 1, 2, 3);
+		schedloop_add_job_row(L.c, res, i, 0, 1, 2, 3);
 	L.loading = false;
 	L.loaded = true;
 	struct sched_stats ss2;
@@ -250,7 +251,7 @@ static void load_leases_cb(enum pg_status st, PGresult *res, const char *ss, con
 			if (n < SCHED_MAX_GANG_NODES)
 				pl[n++] = (struct sched_placement){ col_u64(res, j, 1),
 					                            col_u64(res, j, 2) };
-		if (add_job_row(res, i, 0, 4, 5, 6) == 0) {
+		if (schedloop_add_job_row(L.c, res, i, 0, 4, 5, 6) == 0) {
 			struct sched_error se;
 			int rc = sched_lease_start(L.c, job, pl, n, col_i64(res, i, 3), &se);
 			if (rc) {
@@ -274,7 +275,7 @@ static void load_nodes_cb(enum pg_status st, PGresult *res, const char *ss, cons
 	if (!load_step_ok(arg, st, err))
 		return;
 	for (int i = 0; i < PQntuples(res); i++)
-		upsert_node_row(res, i);
+		schedloop_upsert_node_row(L.c, res, i);
 	struct step *q = step_new(NULL, 0);
 	exec_q("SELECT l.job_id, l.node_id, l.gpu_mask, l.assigned_at_us, j.tenant_id, j.spec_pb,"
 	       " j.submitted_at_us, l.gang_size FROM leases l JOIN jobs j ON j.id = l.job_id"
@@ -710,7 +711,7 @@ static void requeue_cb(enum pg_status st, PGresult *res, const char *ss, const c
 	if (!step_ok(arg, st))
 		return;
 	for (int i = 0; i < PQntuples(res); i++)
-		add_job_row(res, i, 0, 1, 2, 3);
+		schedloop_add_job_row(L.c, res, i, 0, 1, 2, 3);
 	schedloop_kick(L.a);
 }
 
@@ -750,7 +751,7 @@ static void node_row_cb(enum pg_status st, PGresult *res, const char *ss, const 
 	if (!step_ok(arg, st))
 		return;
 	for (int i = 0; i < PQntuples(res); i++)
-		upsert_node_row(res, i);
+		schedloop_upsert_node_row(L.c, res, i);
 	schedloop_kick(L.a);
 }
 
@@ -1255,7 +1256,7 @@ static void fetch_jobs_cb(enum pg_status st, PGresult *res, const char *ss, cons
 	if (!step_ok(arg, st))
 		return;
 	for (int i = 0; i < PQntuples(res); i++)
-		add_job_row(res, i, 0, 1, 2, 3);
+		schedloop_add_job_row(L.c, res, i, 0, 1, 2, 3);
 	explain_waits_run();
 	schedloop_kick(L.a);
 }

@@ -59,6 +59,10 @@ void admin_set_policy(struct rpc_call *call, const ProtobufCMessage *req);
 void admin_list_policies(struct rpc_call *call, const ProtobufCMessage *req);
 void admin_list_policy_audit(struct rpc_call *call, const ProtobufCMessage *req);
 
+/* simulate.c */
+void simulate_policy(struct rpc_call *call, const ProtobufCMessage *req);
+void simulate_export_trace(struct rpc_call *call, const ProtobufCMessage *req);
+
 /* schedloop.c: the leader's scheduling loop. The notifications below keep
  * the leader's in-memory cluster current without a rebuild; on other
  * replicas they do nothing (the leader learns from Postgres/Redis). */
@@ -73,6 +77,15 @@ void schedloop_tenant_changed(struct app *a, uint64_t tenant_id);
 /* Node facts or state changed in Postgres: the leader re-reads it. */
 void schedloop_node_changed(struct app *a, uint64_t node_id);
 bool schedloop_is_leader(struct app *a);
+/* Row helpers the leader's load and simulate.c share: apply one Postgres row
+ * to cluster c. A job row has id, tenant, spec_pb and submitted_at_us at
+ * the given columns (returns sched_job_add's result, -1 if unreadable); a
+ * node row has SCHEDLOOP_NODE_COLS. */
+#define SCHEDLOOP_NODE_COLS \
+	"id, state, verification_status, price_micros, region, facts_pb, unhealthy_gpus"
+int schedloop_add_job_row(struct sched_cluster *c, const PGresult *r, int row, int c_id,
+                          int c_tenant, int c_spec, int c_submit);
+void schedloop_upsert_node_row(struct sched_cluster *c, const PGresult *r, int row);
 
 struct explain_out {
 	Gpumatch__V1__Explanation msg;

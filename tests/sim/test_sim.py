@@ -1,0 +1,211 @@
+#!/usr/bin/env python3
+"""Tests of gpumatch-sim, one scenario per invocation: test_sim.py CASE.
+
+Runs the real gpumatch-sim binary (GPUMATCH_SIM) on the fixtures next to
+this file and on the public traces under <source>/../shared/traces
+(GPUMATCH_TRACES overrides). A case that needs the traces fails when they
+are missing: a replay that did not run is not a pass.
+"""
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FIX = os.path.join(HERE, "fixtures")
+SOURCE = os.environ.get("GPUMATCH_SOURCE", os.path.dirname(os.path.dirname(HERE)))
+SIM = os.environ.get("GPUMATCH_SIM", "")
+TRACES = os.environ.get("GPUMATCH_TRACES",
+                        os.path.normpath(os.path.join(SOURCE, "..", "shared", "traces")))
+POLICIES = os.path.join(SOURCE, "examples", "policies")
+
+
+class Failure(Exception):
+    pass
+
+
+def check(cond, what):
+    if not cond:
+        raise Failure(what)
+
+
+def trace(rel):
+    path = os.path.join(TRACES, rel)
+    if not os.path.isfile(path):
+        raise Failure(f"trace file missing: {path} (the public traces must be at "
+                      f"<source>/../shared/traces or GPUMATCH_TRACES)")
+    return path
+
+
+def run(args, expect_rc=0):
+    p = subprocess.run([SIM] + args, capture_output=True, text=True, timeout=600)
+    if p.returncode != expect_rc:
+        raise Failure(f"gpumatch-sim {' '.join(args)}: exit {p.returncode}, "
+                      f"expected {expect_rc}\nstdout:\n{p.stdout}\nstderr:\n{p.stderr}")
+    return p
+
+
+def last_json(out):
+    lines = out.strip().splitlines()
+    check(lines, "no output")
+    return json.loads(lines[-1])
+
+
+def hand(policy):
+    """The hand-checked scenario; returns {job_id: (start_s, end_s, jct_s)}."""
+    with tempfile.TemporaryDirectory() as d:
+        jobs_out = os.path.join(d, "jobs.csv")
+        p = run(["--nodes", f"{FIX}/nodes.csv", "--jobs", f"{FIX}/jobs.csv",
+                 "--throughputs", f"{FIX}/tputs.csv", "--policy", policy,
+                 "--cycle-interval-s", "0", "--no-wall-clock", "--check",
+                 "--jobs-out", jobs_out])
+        res = last_json(p.stdout)
+        check(res["overcommits"] == 0 and res["check_failures"] == 0,
+              f"invariants broken: {res}")
+        out = {}
+        with open(jobs_out) as f:
+            for r in csv.DictReader(f):
+                out[int(r["job_id"])] = (int(r["start_us"]) / 1e6, int(r["end_us"]) / 1e6,
+                                         int(r["jct_us"]) / 1e6, int(r["node_id"]))
+        return res, out
+
+
+# Scenario (tests/sim/fixtures): node 1 has one FAST GPU, node 2 one SLOW
+# GPU. Type A runs 2x faster on FAST (the reference), type B the same on
+# both. Jobs: 2 (B, 100 s) and 1 (A, 100 s) at t=0, 3 (A, 50 s) at t=10;
+# cycles at every event.
+
+def case_hand_fifo():
+    # first fit by node id: 2 -> FAST (100 s), 1 -> SLOW (200 s at half
+    # speed), 3 waits for FAST at t=100 and ends at 150.
+    res, out = hand(f"{POLICIES}/fifo.json")
+    check(out[2] == (0, 100, 100, 1), f"job 2: {out[2]}")
+    check(out[1] == (0, 200, 200, 2), f"job 1: {out[1]}")
+    check(out[3] == (100, 150, 140, 1), f"job 3: {out[3]}")
+    check(abs(res["avg_jct_s"] - 440 / 3) < 1e-3, f"avg_jct_s {res['avg_jct_s']}")
+    check(res["makespan_s"] == 200, f"makespan {res['makespan_s']}")
+    # waits 0, 0 (jobs starting at t=0 count) and 90
+    check(res["avg_wait_s"] == 30, f"avg_wait_s {res['avg_wait_s']}")
+    # GPU-seconds 100 + 200 + 50 over 2 GPUs x 200 s
+    check(abs(res["gpu_utilization_makespan"] - 350 / 400) < 1e-6, f"util {res}")
+
+
+def case_hand_gavel():
+    # comparative advantage: B gains nothing from FAST while A gains 2x, so
+    # 2 -> SLOW and 1 -> FAST, both end at 100; 3 starts on FAST at 100.
+    res, out = hand(f"{FIX}/gavel.json")
+    check(out[2] == (0, 100, 100, 2), f"job 2: {out[2]}")
+    check(out[1] == (0, 100, 100, 1), f"job 1: {out[1]}")
+    check(out[3] == (100, 150, 140, 1), f"job 3: {out[3]}")
+    check(abs(res["avg_jct_s"] - 340 / 3) < 1e-3, f"avg_jct_s {res['avg_jct_s']}")
+    check(res["makespan_s"] == 150, f"makespan {res['makespan_s']}")
+
+
+def case_hand_own_speed():
+    # own speed only: B is as fast on both (tie -> lowest node id, FAST), so
+    # A is left the SLOW GPU: the same outcome as FIFO.
+    res, out = hand(f"{FIX}/own-speed.json")
+    check(out[2][3] == 1 and out[1][3] == 2, f"placements {out}")
+    check(out[1][1] == 200, f"job 1: {out[1]}")
+
+
+def replay(jobs, policy, seed="1", scale="0.05", extra=()):
+    return run(["--nodes", trace("alibaba-gpu-v2023/openb_node_list_gpu_node.csv"),
+                "--jobs", jobs,
+                "--throughputs", trace("gavel/isolated_throughputs_steps_per_sec.csv"),
+                "--policy", policy, "--seed", seed, "--arrival-scale", scale,
+                "--no-wall-clock"] + list(extra))
+
+
+def case_determinism():
+    jobs = trace("msr-itp/cluster01.csv")
+    a = replay(jobs, f"{POLICIES}/default.json").stdout
+    b = replay(jobs, f"{POLICIES}/default.json").stdout
+    check(a == b, "same inputs and seed gave different output")
+    c = replay(jobs, f"{POLICIES}/default.json", seed="2").stdout
+    check(a != c, "a different seed gave the same output (seed unused?)")
+    with tempfile.TemporaryDirectory() as d:
+        for name in ("x", "y"):
+            replay(jobs, f"{POLICIES}/fifo.json",
+                   extra=["--jobs-out", os.path.join(d, name)])
+        with open(os.path.join(d, "x"), "rb") as x, open(os.path.join(d, "y"), "rb") as y:
+            check(x.read() == y.read(), "per-job output differs between runs")
+
+
+def case_conservation():
+    jobs = trace("msr-itp/cluster02.csv")
+    full = last_json(replay(jobs, f"{POLICIES}/default.json").stdout)
+    check(full["jobs"] == 5778, f"jobs {full['jobs']}")
+    check(full["completed"] + full["unfinished"] + full["unschedulable"] == full["jobs"],
+          f"jobs lost: {full}")
+    check(full["completed"] == full["jobs"], f"not all completed without a horizon: {full}")
+    cut = last_json(replay(jobs, f"{POLICIES}/default.json",
+                           extra=["--horizon-s", "50000"]).stdout)
+    check(cut["completed"] + cut["unfinished"] + cut["unschedulable"] == cut["jobs"],
+          f"jobs lost at the horizon: {cut}")
+    check(cut["unfinished"] > 0 and cut["completed"] > 0, f"horizon had no effect: {cut}")
+    check(cut["sim_seconds"] <= 50000, f"ran past the horizon: {cut}")
+
+
+def case_no_overcommit():
+    # the simulator's own GPU ledger and the library's invariants, checked
+    # after every cycle, on a loaded replay with gangs
+    for policy in ("default.json", "fifo.json"):
+        res = last_json(replay(trace("msr-itp/cluster06.csv"), f"{POLICIES}/{policy}",
+                               scale="0.02", extra=["--check"]).stdout)
+        check(res["overcommits"] == 0, f"{policy}: GPUs given twice: {res}")
+        check(res["check_failures"] == 0, f"{policy}: invariants broken: {res}")
+        check(res["completed"] == res["jobs"], f"{policy}: {res}")
+
+
+def case_readers():
+    # Alibaba pod list and Gavel's JSON table read directly
+    p = run(["--nodes", trace("alibaba-gpu-v2023/openb_node_list_all_node.csv"),
+             "--jobs", trace("alibaba-gpu-v2023/openb_pod_list_default.csv"),
+             "--throughputs", trace("gavel/simulation_throughputs.json"),
+             "--policy", f"{POLICIES}/default.json", "--no-wall-clock"])
+    res = last_json(p.stdout)
+    check("job_types=26" in p.stdout, f"Gavel JSON types: {p.stdout.splitlines()[0]}")
+    check(res["jobs"] > 7000 and res["completed"] + res["unfinished"] == res["jobs"],
+          f"pods: {res}")
+    # gpumatch's own format round-trips through the reader (fixtures)
+    run(["--nodes", f"{FIX}/nodes.csv", "--jobs", f"{FIX}/jobs.csv",
+         "--policy", f"{POLICIES}/fifo.json"])
+
+
+def case_bad_input():
+    p = run(["--nodes", f"{FIX}/nodes.csv", "--jobs", f"{FIX}/jobs.csv",
+             "--policy", f"{FIX}/bad-weight.json"], expect_rc=1)
+    check("wPrice" in p.stderr and "1000" in p.stderr, f"policy error: {p.stderr}")
+    p = run(["--nodes", f"{FIX}/nodes.csv", "--jobs", f"{FIX}/bad-jobs.csv",
+             "--policy", f"{POLICIES}/fifo.json"], expect_rc=1)
+    check("bad-jobs.csv:4: column gpus_per_node" in p.stderr, f"jobs error: {p.stderr}")
+    p = run(["--nodes", f"{FIX}/jobs.csv", "--jobs", f"{FIX}/jobs.csv",
+             "--policy", f"{POLICIES}/fifo.json"], expect_rc=1)
+    check("not a node inventory" in p.stderr, f"format error: {p.stderr}")
+    p = run(["--nodes", f"{FIX}/nodes.csv", "--jobs", f"{FIX}/jobs.csv",
+             "--policy", f"{POLICIES}/fifo.json", "--arrival-scale", "0"], expect_rc=2)
+    check("--arrival-scale" in p.stderr, f"option error: {p.stderr}")
+
+
+def main():
+    if len(sys.argv) != 2 or not SIM:
+        print("usage: GPUMATCH_SIM=path test_sim.py CASE", file=sys.stderr)
+        return 2
+    fn = globals().get("case_" + sys.argv[1])
+    if not fn:
+        print(f"unknown case {sys.argv[1]}", file=sys.stderr)
+        return 2
+    try:
+        fn()
+    except Failure as e:
+        print(f"FAIL {sys.argv[1]}: {e}", file=sys.stderr)
+        return 1
+    print(f"ok {sys.argv[1]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
