@@ -244,11 +244,21 @@ int app_start(struct app *a, char *err, size_t err_len)
 	if (v < 0)
 		return -1;
 	a->schema_version = v;
-	if (v < SCHEMA_VERSION) {
-		snprintf(err, err_len,
-		         "database schema is at version %d but this gpumatchd needs %d: migration "
-		         "%04d is missing (run `gpumatchd migrate`)",
-		         v, SCHEMA_VERSION, v + 1);
+	char missing[256] = "";
+	int m = migrate_missing(a->cfg.pg_conninfo, migrate_default_dir(), SCHEMA_VERSION, missing,
+	                        sizeof missing, err, err_len);
+	if (m < 0) {
+		/* no migrations directory here (an installed binary): the
+		 * version alone decides */
+		log_warn("cannot check for missing migrations err=\"%s\"", err);
+		err[0] = '\0';
+	}
+	if (m > 0 || v < SCHEMA_VERSION) {
+		snprintf(
+		    err, err_len,
+		    "database schema is older than this gpumatchd needs (version %d): migration "
+		    "%s is missing (run `gpumatchd migrate`)",
+		    SCHEMA_VERSION, m > 0 ? missing : "newer than the database's");
 		return -1;
 	}
 	a->pg = pg_pool_new(a->base, a->cfg.pg_conninfo, a->cfg.pg_pool_size, pg_statements);

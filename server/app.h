@@ -13,7 +13,7 @@
 #include "rds.h"
 #include "rpc.h"
 
-#define SCHEMA_VERSION 1 /* newest migration this binary needs */
+#define SCHEMA_VERSION 5 /* newest migration this binary needs */
 
 struct app {
 	struct event_base *base;
@@ -39,11 +39,17 @@ void app_free(struct app *a);
 
 /* ---- migrations (migrate.c; blocking libpq, only outside the loop) ---- */
 
-/* Applies every migration in dir newer than the database's version.
- * Returns the resulting version, or -1 with err. */
+/* Applies, in order, every migration in dir the database has not recorded
+ * (also one numbered below the newest applied). Returns the newest applied
+ * version, or -1 with err. */
 int migrate_apply(const char *conninfo, const char *dir, bool quiet, char *err, size_t err_len);
 /* Returns the database's schema version (0 = empty), or -1 with err. */
 int migrate_current(const char *conninfo, char *err, size_t err_len);
+/* The first migration file in dir numbered up to upto that the database
+ * has not applied: 1 with its name in missing, 0 when none is missing, -1
+ * on error (err). */
+int migrate_missing(const char *conninfo, const char *dir, int upto, char *missing,
+                    size_t missing_len, char *err, size_t err_len);
 /* Where migrations live: GPUMATCH_MIGRATIONS, else the source tree's. */
 const char *migrate_default_dir(void);
 

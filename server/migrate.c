@@ -148,6 +148,36 @@ int migrate_current(const char *conninfo, char *err, size_t err_len)
 	return v;
 }
 
+int migrate_missing(const char *conninfo, const char *dir, int upto, char *missing,
+                    size_t missing_len, char *err, size_t err_len)
+{
+	struct mfile files[512];
+	int n = list_migrations(dir, files, 512, err, err_len);
+	if (n < 0)
+		return -1;
+	PGconn *c = connect_db(conninfo, err, err_len);
+	if (!c)
+		return -1;
+	int rc = current_version(c, err, err_len) < 0 ? -1 : 0;
+	PGresult *done = rc ? NULL : PQexec(c, "SELECT version FROM schema_migrations");
+	if (!rc && PQresultStatus(done) != PGRES_TUPLES_OK) {
+		snprintf(err, err_len, "%s", PQresultErrorMessage(done));
+		rc = -1;
+	}
+	for (int i = 0; !rc && i < n && files[i].version <= upto; i++) {
+		bool applied = false;
+		for (int r = 0; r < PQntuples(done) && !applied; r++)
+			applied = atoi(PQgetvalue(done, r, 0)) == files[i].version;
+		if (!applied) {
+			snprintf(missing, missing_len, "%s", files[i].name);
+			rc = 1;
+		}
+	}
+	PQclear(done);
+	PQfinish(c);
+	return rc;
+}
+
 int migrate_apply(const char *conninfo, const char *dir, bool quiet, char *err, size_t err_len)
 {
 	struct mfile files[512];
@@ -161,8 +191,19 @@ int migrate_apply(const char *conninfo, const char *dir, bool quiet, char *err, 
 	int v = exec_ok(c, "SELECT pg_advisory_lock(7070001)", err, err_len)
 	            ? current_version(c, err, err_len)
 	            : -1;
+	/* Every file not yet recorded is applied, in order, also one numbered
+	 * below the newest applied (a migration from a branch that landed
+	 * later): the record is the set of versions, not just the highest. */
+	PGresult *done = v >= 0 ? PQexec(c, "SELECT version FROM schema_migrations") : NULL;
+	if (v >= 0 && PQresultStatus(done) != PGRES_TUPLES_OK) {
+		snprintf(err, err_len, "%s", PQresultErrorMessage(done));
+		v = -1;
+	}
 	for (int i = 0; v >= 0 && i < n; i++) {
-		if (files[i].version <= v)
+		bool applied = false;
+		for (int r = 0; r < PQntuples(done) && !applied; r++)
+			applied = atoi(PQgetvalue(done, r, 0)) == files[i].version;
+		if (applied)
 			continue;
 		char path[1024];
 		snprintf(path, sizeof path, "%s/%s", dir, files[i].name);
@@ -189,8 +230,10 @@ int migrate_apply(const char *conninfo, const char *dir, bool quiet, char *err, 
 		}
 		if (!quiet)
 			fprintf(stderr, "migrate: applied %s\n", files[i].name);
-		v = files[i].version;
+		if (files[i].version > v)
+			v = files[i].version;
 	}
+	PQclear(done);
 	PQfinish(c);
 	return v;
 }
