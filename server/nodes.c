@@ -28,7 +28,9 @@ static uint64_t scope_operator(struct rpc_call *call)
 	" n.verification_status, n.facts_pb, n.created_at_us, n.updated_at_us,"                  \
 	" n.state_changed_at_us, n.last_heartbeat_us, n.heartbeats_received,"                    \
 	" (SELECT coalesce(bit_or(l.gpu_mask), 0) FROM leases l"                                 \
-	"   WHERE l.node_id = n.id AND l.state BETWEEN 1 AND 4) AS busy"                         \
+	"   WHERE l.node_id = n.id AND l.state BETWEEN 1 AND 4) AS busy,"                        \
+	" n.verified_at_us, n.last_challenge_id, n.last_probe_failure, n.probe_attempts,"        \
+	" n.probe_failures"                                                                      \
 	" FROM nodes n"
 
 struct node_scratch {
@@ -64,6 +66,12 @@ static Gpumatch__V1__Node *node_from_row(const PGresult *r, int row, struct node
 	n->state = (Gpumatch__V1__NodeState)col_i64(r, row, 5);
 	gpumatch__v1__verification__init(&s->ver);
 	s->ver.status = (Gpumatch__V1__VerificationStatus)col_i64(r, row, 7);
+	/* the probe's record (probe.c); last_failure is borrowed from r */
+	s->ver.verified_at_us = col_i64(r, row, 15);
+	s->ver.last_challenge_id = col_u64(r, row, 16);
+	s->ver.last_failure = PQgetvalue(r, row, 17);
+	s->ver.attempts = (uint32_t)col_u64(r, row, 18);
+	s->ver.failures = (uint32_t)col_u64(r, row, 19);
 	n->created_at_us = col_i64(r, row, 9);
 	n->updated_at_us = col_i64(r, row, 10);
 	n->state_changed_at_us = col_i64(r, row, 11);
@@ -410,7 +418,10 @@ void nodes_register(struct rpc_call *call, const ProtobufCMessage *msg)
 	    " SELECT id FROM ins";
 	const char *sql_update =
 	    "WITH up AS (UPDATE nodes SET name = $2, region = $3, price_micros = $4::bigint,"
-	    "   facts_pb = $5::bytea, updated_at_us = $6::bigint"
+	    "   facts_pb = $5::bytea, updated_at_us = $6::bigint,"
+	    /* new facts carry no verified figures: a verified node probes again */
+	    "   verification_status = CASE WHEN verification_status = 3 THEN 1"
+	    "   ELSE verification_status END"
 	    "   WHERE id = $11::bigint AND operator_id = $1::bigint AND state <> 6 RETURNING id),"
 	    " d AS (DELETE FROM gpus WHERE node_id IN (SELECT id FROM up)),"
 	    " g AS (INSERT INTO gpus (node_id, idx, model, uuid, memory_mib)"
