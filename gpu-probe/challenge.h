@@ -24,6 +24,10 @@
 #define CHALLENGE_HD static inline
 #endif
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 #define CHALLENGE_HASH_BYTES 32
 #define CHALLENGE_SEED_BYTES 32
 #define CHALLENGE_MAX_DIM    65536u
@@ -114,6 +118,99 @@ CHALLENGE_HD int32_t challenge_elem(struct challenge_gen_key g, int which, uint3
 	return (int32_t)((x >> 32) % span) - (int32_t)range;
 }
 
+/* ---- leaf hashing as the devices do it ------------------------------------------ */
+
+/* SHA-256's round constants (FIPS 180-4), for challenge_leaf_stream's k. */
+extern const uint32_t challenge_sha256_k[64];
+
+CHALLENGE_HD uint32_t challenge_ror(uint32_t x, int n)
+{
+	return x >> n | x << (32 - n);
+}
+
+/* One SHA-256 compression of the 64-byte block blk into h; k is the round
+ * constant table (challenge_sha256_k, or a device copy of it). */
+CHALLENGE_HD void challenge_sha256_compress(uint32_t h[8], const uint8_t *blk, const uint32_t *k)
+{
+	uint32_t w[64];
+	for (int i = 0; i < 16; i++)
+		w[i] = (uint32_t)blk[4 * i] << 24 | (uint32_t)blk[4 * i + 1] << 16 |
+		       (uint32_t)blk[4 * i + 2] << 8 | blk[4 * i + 3];
+	for (int i = 16; i < 64; i++) {
+		uint32_t s0 =
+		    challenge_ror(w[i - 15], 7) ^ challenge_ror(w[i - 15], 18) ^ w[i - 15] >> 3;
+		uint32_t s1 =
+		    challenge_ror(w[i - 2], 17) ^ challenge_ror(w[i - 2], 19) ^ w[i - 2] >> 10;
+		w[i] = w[i - 16] + s0 + w[i - 7] + s1;
+	}
+	uint32_t a = h[0], b = h[1], c = h[2], d = h[3], e = h[4], f = h[5], g = h[6], hh = h[7];
+	for (int i = 0; i < 64; i++) {
+		uint32_t t1 = hh +
+		              (challenge_ror(e, 6) ^ challenge_ror(e, 11) ^ challenge_ror(e, 25)) +
+		              ((e & f) ^ (~e & g)) + k[i] + w[i];
+		uint32_t t2 = (challenge_ror(a, 2) ^ challenge_ror(a, 13) ^ challenge_ror(a, 22)) +
+		              ((a & b) ^ (a & c) ^ (b & c));
+		hh = g;
+		g = f;
+		f = e;
+		e = d + t1;
+		d = c;
+		c = b;
+		b = a;
+		a = t1 + t2;
+	}
+	h[0] += a;
+	h[1] += b;
+	h[2] += c;
+	h[3] += d;
+	h[4] += e;
+	h[5] += f;
+	h[6] += g;
+	h[7] += hh;
+}
+
+/* The leaf hash of one row, as challenge_leaf defines it, computed the way
+ * a device thread does: the padded message built block by block, no
+ * buffers beyond one block. Equal to challenge_leaf (the unit test checks). */
+CHALLENGE_HD void challenge_leaf_stream(const float *row, uint32_t n, const uint32_t *k,
+                                        uint8_t out[CHALLENGE_HASH_BYTES])
+{
+	uint32_t h[8] = { 0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+		          0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19 };
+	uint64_t len = 1 + 4 * (uint64_t)n; /* message bytes */
+	uint64_t total = (len + 8 + 64) / 64 * 64;
+	uint64_t bits = len * 8;
+	uint8_t blk[64];
+	for (uint64_t base = 0; base < total; base += 64) {
+		for (int i = 0; i < 64; i++) {
+			uint64_t pos = base + (uint64_t)i;
+			uint8_t byte = 0;
+			if (pos == 0) {
+				byte = 0; /* the leaf tag */
+			} else if (pos < len) {
+				union {
+					float f;
+					uint32_t u;
+				} v;
+				v.f = row[(pos - 1) / 4];
+				byte = (uint8_t)(v.u >> (8 * ((pos - 1) % 4)));
+			} else if (pos == len) {
+				byte = 0x80;
+			} else if (pos >= total - 8) {
+				byte = (uint8_t)(bits >> (8 * (total - 1 - pos)));
+			}
+			blk[i] = byte;
+		}
+		challenge_sha256_compress(h, blk, k);
+	}
+	for (int i = 0; i < 8; i++) {
+		out[4 * i] = (uint8_t)(h[i] >> 24);
+		out[4 * i + 1] = (uint8_t)(h[i] >> 16);
+		out[4 * i + 2] = (uint8_t)(h[i] >> 8);
+		out[4 * i + 3] = (uint8_t)h[i];
+	}
+}
+
 /* ---- one row, the whole step ------------------------------------------------ */
 
 /* Row `row` of step key's product into out[0..n): sum over t of
@@ -156,5 +253,9 @@ void challenge_tree_path(const uint8_t (*nodes)[CHALLENGE_HASH_BYTES], uint32_t 
 int challenge_path_check(const uint8_t leaf[CHALLENGE_HASH_BYTES], uint32_t leaves, uint32_t index,
                          const uint8_t (*path)[CHALLENGE_HASH_BYTES], size_t npath,
                          const uint8_t root[CHALLENGE_HASH_BYTES]);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

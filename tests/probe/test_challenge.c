@@ -189,6 +189,17 @@ static void test_tree(void)
 			float row[3] = { (float)i, -(float)i, 7 };
 			challenge_leaf(row, 3, nodes[i]);
 		}
+		/* the devices' way of hashing a leaf gives the same bits, at
+		 * every length around the block boundaries */
+		for (uint32_t n = 0; n <= 70; n++) {
+			float row[70];
+			uint8_t a[32], b[32];
+			for (uint32_t j = 0; j < n; j++)
+				row[j] = (float)((int)(j * 7919 + leaves) % 2001 - 1000);
+			challenge_leaf(row, n, a);
+			challenge_leaf_stream(row, n, challenge_sha256_k, b);
+			CHECK(!memcmp(a, b, 32), "leaf_stream differs from leaf at n = %u", n);
+		}
 		challenge_tree_build(nodes, leaves, root);
 		if (leaves == 1)
 			CHECK(!memcmp(root, nodes[0], 32), "one leaf: root is the leaf");
