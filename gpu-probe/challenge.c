@@ -189,16 +189,19 @@ void challenge_product(const struct challenge_params *p, const uint8_t key[CHALL
 
 /* ---- the hash tree ----------------------------------------------------------------------- */
 
-void challenge_leaf(const float *row, uint32_t n, uint8_t out[CHALLENGE_HASH_BYTES])
+/* SHA-256(tag || floats as little-endian float32), through the streaming
+ * API: an implementation apart from challenge_sha256_tagged's. */
+static void hash_floats(uint8_t tag, const float *f, uint32_t count,
+                        uint8_t out[CHALLENGE_HASH_BYTES])
 {
 	struct challenge_sha256 s;
-	uint8_t tag = 0, buf[256];
+	uint8_t buf[256];
 	size_t fill = 0;
 	challenge_sha256_init(&s);
 	challenge_sha256_update(&s, &tag, 1);
-	for (uint32_t j = 0; j < n; j++) {
+	for (uint32_t j = 0; j < count; j++) {
 		uint32_t bits;
-		memcpy(&bits, &row[j], 4);
+		memcpy(&bits, &f[j], 4);
 		for (int b = 0; b < 4; b++)
 			buf[fill++] = (uint8_t)(bits >> (8 * b));
 		if (fill == sizeof buf) {
@@ -207,6 +210,20 @@ void challenge_leaf(const float *row, uint32_t n, uint8_t out[CHALLENGE_HASH_BYT
 		}
 	}
 	challenge_sha256_update(&s, buf, fill);
+	challenge_sha256_final(&s, out);
+}
+
+void challenge_leaf(const float *row, uint32_t n, uint8_t out[CHALLENGE_HASH_BYTES])
+{
+	struct challenge_sha256 s;
+	uint8_t tag = 0, chunk[CHALLENGE_HASH_BYTES];
+	challenge_sha256_init(&s);
+	challenge_sha256_update(&s, &tag, 1);
+	for (uint32_t first = 0; first < n; first += CHALLENGE_CHUNK) {
+		uint32_t count = n - first < CHALLENGE_CHUNK ? n - first : CHALLENGE_CHUNK;
+		hash_floats(2, row + first, count, chunk);
+		challenge_sha256_update(&s, chunk, sizeof chunk);
+	}
 	challenge_sha256_final(&s, out);
 }
 

@@ -120,7 +120,7 @@ CHALLENGE_HD int32_t challenge_elem(struct challenge_gen_key g, int which, uint3
 
 /* ---- leaf hashing as the devices do it ------------------------------------------ */
 
-/* SHA-256's round constants (FIPS 180-4), for challenge_leaf_stream's k. */
+/* SHA-256's round constants (FIPS 180-4), the k of the functions below. */
 extern const uint32_t challenge_sha256_k[64];
 
 CHALLENGE_HD uint32_t challenge_ror(uint32_t x, int n)
@@ -169,15 +169,16 @@ CHALLENGE_HD void challenge_sha256_compress(uint32_t h[8], const uint8_t *blk, c
 	h[7] += hh;
 }
 
-/* The leaf hash of one row, as challenge_leaf defines it, computed the way
- * a device thread does: the padded message built block by block, no
- * buffers beyond one block. Equal to challenge_leaf (the unit test checks). */
-CHALLENGE_HD void challenge_leaf_stream(const float *row, uint32_t n, const uint32_t *k,
-                                        uint8_t out[CHALLENGE_HASH_BYTES])
+/* SHA-256(tag || payload) with the padded message built block by block, as
+ * a device thread does it: payload is the count little-endian float32 of f
+ * when f is non-NULL, else count bytes of b. No buffer beyond one block. */
+CHALLENGE_HD void challenge_sha256_tagged(uint8_t tag, const float *f, const uint8_t *b,
+                                          uint32_t count, const uint32_t *k,
+                                          uint8_t out[CHALLENGE_HASH_BYTES])
 {
 	uint32_t h[8] = { 0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
 		          0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19 };
-	uint64_t len = 1 + 4 * (uint64_t)n; /* message bytes */
+	uint64_t len = 1 + (f ? 4 * (uint64_t)count : count); /* message bytes */
 	uint64_t total = (len + 8 + 64) / 64 * 64;
 	uint64_t bits = len * 8;
 	uint8_t blk[64];
@@ -186,14 +187,16 @@ CHALLENGE_HD void challenge_leaf_stream(const float *row, uint32_t n, const uint
 			uint64_t pos = base + (uint64_t)i;
 			uint8_t byte = 0;
 			if (pos == 0) {
-				byte = 0; /* the leaf tag */
-			} else if (pos < len) {
+				byte = tag;
+			} else if (pos < len && f) {
 				union {
 					float f;
 					uint32_t u;
 				} v;
-				v.f = row[(pos - 1) / 4];
+				v.f = f[(pos - 1) / 4];
 				byte = (uint8_t)(v.u >> (8 * ((pos - 1) % 4)));
+			} else if (pos < len) {
+				byte = b[pos - 1];
 			} else if (pos == len) {
 				byte = 0x80;
 			} else if (pos >= total - 8) {
@@ -209,6 +212,32 @@ CHALLENGE_HD void challenge_leaf_stream(const float *row, uint32_t n, const uint
 		out[4 * i + 2] = (uint8_t)(h[i] >> 8);
 		out[4 * i + 3] = (uint8_t)h[i];
 	}
+}
+
+/* Floats per chunk of a row: a row's leaf hashes its chunks' hashes, so a
+ * device hashes the chunks of all rows in parallel. */
+#define CHALLENGE_CHUNK 256u
+
+CHALLENGE_HD uint32_t challenge_chunks(uint32_t n)
+{
+	return (n + CHALLENGE_CHUNK - 1) / CHALLENGE_CHUNK;
+}
+
+/* Chunk j of a row of n values: SHA-256(0x02 || its floats, little endian). */
+CHALLENGE_HD void challenge_chunk_hash(const float *row, uint32_t n, uint32_t j, const uint32_t *k,
+                                       uint8_t out[CHALLENGE_HASH_BYTES])
+{
+	uint32_t first = j * CHALLENGE_CHUNK;
+	uint32_t count = n - first < CHALLENGE_CHUNK ? n - first : CHALLENGE_CHUNK;
+	challenge_sha256_tagged(2, row + first, 0, count, k, out);
+}
+
+/* A leaf from its row's chunk hashes (nchunks x 32 bytes):
+ * SHA-256(0x00 || chunk hashes). Equal to challenge_leaf (unit-tested). */
+CHALLENGE_HD void challenge_leaf_of_chunks(const uint8_t *chunks, uint32_t nchunks,
+                                           const uint32_t *k, uint8_t out[CHALLENGE_HASH_BYTES])
+{
+	challenge_sha256_tagged(0, 0, chunks, nchunks * CHALLENGE_HASH_BYTES, k, out);
 }
 
 /* ---- one row, the whole step ------------------------------------------------ */
@@ -227,7 +256,9 @@ void challenge_product(const struct challenge_params *p, const uint8_t key[CHALL
 
 /* ---- the hash tree --------------------------------------------------------- */
 
-/* Leaf hash of one row: SHA-256(0x00 || n little-endian float32). */
+/* Leaf hash of one row of n values: SHA-256(0x00 || c_0 || c_1 || ...) where
+ * c_j = SHA-256(0x02 || values [256 j, 256 j + 256) as little-endian
+ * float32); n = 0 hashes the tag alone. */
 void challenge_leaf(const float *row, uint32_t n, uint8_t out[CHALLENGE_HASH_BYTES]);
 /* Inner node: SHA-256(0x01 || left || right). */
 void challenge_inner(const uint8_t l[CHALLENGE_HASH_BYTES], const uint8_t r[CHALLENGE_HASH_BYTES],

@@ -89,21 +89,21 @@ static int cuda_fail(cudaError_t e, const char *what, char *err, size_t err_len)
 	return -1;
 }
 
-#define CK(call, what)                                                                             \
-	do {                                                                                       \
-		cudaError_t e_ = (call);                                                           \
-		if (e_ != cudaSuccess)                                                             \
-			return cuda_fail(e_, what, err, err_len);                                  \
+#define CK(call, what)                                            \
+	do {                                                      \
+		cudaError_t e_ = (call);                          \
+		if (e_ != cudaSuccess)                            \
+			return cuda_fail(e_, what, err, err_len); \
 	} while (0)
 
-#define LK(call, what)                                                                             \
-	do {                                                                                       \
-		cublasStatus_t s_ = (call);                                                        \
-		if (s_ != CUBLAS_STATUS_SUCCESS) {                                                 \
-			snprintf(err, err_len, "%s: cuBLASLt status %d", what, (int)s_);           \
-			rc = -1;                                                                   \
-			goto out;                                                                  \
-		}                                                                                  \
+#define LK(call, what)                                                                   \
+	do {                                                                             \
+		cublasStatus_t s_ = (call);                                              \
+		if (s_ != CUBLAS_STATUS_SUCCESS) {                                       \
+			snprintf(err, err_len, "%s: cuBLASLt status %d", what, (int)s_); \
+			rc = -1;                                                         \
+			goto out;                                                        \
+		}                                                                        \
 	} while (0)
 
 static int cu_open(uint32_t *count, char *err, size_t err_len)
@@ -111,8 +111,9 @@ static int cu_open(uint32_t *count, char *err, size_t err_len)
 	int n = 0;
 	cudaError_t e = cudaGetDeviceCount(&n);
 	if (e == cudaErrorNoDevice || (e == cudaSuccess && n == 0)) {
-		snprintf(err, err_len, "the CUDA runtime sees no GPU (none installed, or hidden by "
-		                       "CUDA_VISIBLE_DEVICES)");
+		snprintf(err, err_len,
+		         "the CUDA runtime sees no GPU (none installed, or hidden by "
+		         "CUDA_VISIBLE_DEVICES)");
 		return -1;
 	}
 	if (e == cudaErrorInsufficientDriver) {
@@ -246,8 +247,8 @@ template <> __device__ __nv_fp8_e4m3 from_int<__nv_fp8_e4m3>(int32_t v)
  * (element (t, j) at j * k + t), as the TN GEMM below reads them. nonzero:
  * bench data, where a zero becomes 1 (zeros make GEMMs look faster). */
 template <typename T>
-__global__ void gen_kernel(T *a, T *bt, uint32_t m, uint32_t n, uint32_t k, uint64_t w0, uint64_t w1,
-                           uint32_t range, int nonzero)
+__global__ void gen_kernel(T *a, T *bt, uint32_t m, uint32_t n, uint32_t k, uint64_t w0,
+                           uint64_t w1, uint32_t range, int nonzero)
 {
 	struct challenge_gen_key g = { w0, w1 };
 	size_t total_a = (size_t)m * k, total = total_a + (size_t)n * k;
@@ -255,10 +256,12 @@ __global__ void gen_kernel(T *a, T *bt, uint32_t m, uint32_t n, uint32_t k, uint
 	     x += (size_t)gridDim.x * blockDim.x) {
 		int32_t v;
 		if (x < total_a) {
-			v = challenge_elem(g, CHALLENGE_A, (uint32_t)(x / k), (uint32_t)(x % k), range);
+			v = challenge_elem(g, CHALLENGE_A, (uint32_t)(x / k), (uint32_t)(x % k),
+			                   range);
 		} else {
 			size_t y = x - total_a;
-			v = challenge_elem(g, CHALLENGE_B, (uint32_t)(y % k), (uint32_t)(y / k), range);
+			v = challenge_elem(g, CHALLENGE_B, (uint32_t)(y % k), (uint32_t)(y / k),
+			                   range);
 		}
 		if (nonzero && v == 0)
 			v = 1;
@@ -269,11 +272,24 @@ __global__ void gen_kernel(T *a, T *bt, uint32_t m, uint32_t n, uint32_t k, uint
 	}
 }
 
-__global__ void leaf_kernel(const float *c, uint32_t m, uint32_t n, uint8_t *leaves)
+/* Chunk hashes of every row, one thread per (row, chunk): chunks holds
+ * m x challenge_chunks(n) hashes. */
+__global__ void chunk_kernel(const float *c, uint32_t m, uint32_t n, uint8_t *chunks)
 {
+	uint32_t nc = challenge_chunks(n);
+	size_t x = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+	if (x < (size_t)m * nc)
+		challenge_chunk_hash(c + (x / nc) * n, n, (uint32_t)(x % nc), dev_sha_k,
+		                     chunks + x * CHALLENGE_HASH_BYTES);
+}
+
+__global__ void leaf_kernel(const uint8_t *chunks, uint32_t m, uint32_t n, uint8_t *leaves)
+{
+	uint32_t nc = challenge_chunks(n);
 	uint32_t i = blockIdx.x * blockDim.x + threadIdx.x;
 	if (i < m)
-		challenge_leaf_stream(c + (size_t)i * n, n, dev_sha_k, leaves + (size_t)i * 32);
+		challenge_leaf_of_chunks(chunks + (size_t)i * nc * CHALLENGE_HASH_BYTES, nc,
+		                         dev_sha_k, leaves + (size_t)i * CHALLENGE_HASH_BYTES);
 }
 
 __global__ void triad_kernel(float *a, const float *b, const float *c, size_t n, float s)
@@ -320,8 +336,8 @@ static void launch_gen(int precision, void *a, void *bt, uint32_t m, uint32_t n,
 	switch (precision) {
 	case 1:
 	case 2:
-		gen_kernel<float><<<grid, block, 0, s>>>((float *)a, (float *)bt, m, n, k, g.w0, g.w1,
-		                                         range, nonzero);
+		gen_kernel<float><<<grid, block, 0, s>>>((float *)a, (float *)bt, m, n, k, g.w0,
+		                                         g.w1, range, nonzero);
 		break;
 	case 3:
 		gen_kernel<__half><<<grid, block, 0, s>>>((__half *)a, (__half *)bt, m, n, k, g.w0,
@@ -427,7 +443,7 @@ static struct {
 	int precision;
 	void *a, *bt;
 	float *c;
-	uint8_t *leaves;
+	uint8_t *chunks, *leaves;
 	struct gemm g;
 	int ready;
 } S = { -1 };
@@ -439,6 +455,7 @@ static void step_free(void)
 	cudaFree(S.a);
 	cudaFree(S.bt);
 	cudaFree(S.c);
+	cudaFree(S.chunks);
 	cudaFree(S.leaves);
 	memset(&S, 0, sizeof S);
 	S.dev = -1;
@@ -460,6 +477,9 @@ static int cu_step(uint32_t dev, const struct challenge_params *p, int precision
 		CK(cudaMalloc(&S.a, (size_t)p->m * p->k * t.elem), "allocating A");
 		CK(cudaMalloc(&S.bt, (size_t)p->n * p->k * t.elem), "allocating B");
 		CK(cudaMalloc(&S.c, (size_t)p->m * p->n * sizeof(float)), "allocating C");
+		CK(cudaMalloc(&S.chunks,
+		              (size_t)p->m * challenge_chunks(p->n) * CHALLENGE_HASH_BYTES),
+		   "allocating chunk hashes");
 		CK(cudaMalloc(&S.leaves, (size_t)p->m * CHALLENGE_HASH_BYTES), "allocating leaves");
 		CK(cudaMemcpyToSymbol(dev_sha_k, challenge_sha256_k, sizeof dev_sha_k),
 		   "copying the SHA-256 constants");
@@ -480,9 +500,12 @@ static int cu_step(uint32_t dev, const struct challenge_params *p, int precision
 		snprintf(err, err_len, "cublasLtMatmul: status %d", (int)st);
 		return -1;
 	}
-	leaf_kernel<<<(p->m + 127) / 128, 128>>>(S.c, p->m, p->n, S.leaves);
+	size_t nchunks = (size_t)p->m * challenge_chunks(p->n);
+	chunk_kernel<<<(unsigned)((nchunks + 127) / 128), 128>>>(S.c, p->m, p->n, S.chunks);
+	leaf_kernel<<<(p->m + 127) / 128, 128>>>(S.chunks, p->m, p->n, S.leaves);
 	CK(cudaGetLastError(), "hashing the rows");
-	CK(cudaMemcpy(leaves, S.leaves, (size_t)p->m * CHALLENGE_HASH_BYTES, cudaMemcpyDeviceToHost),
+	CK(cudaMemcpy(leaves, S.leaves, (size_t)p->m * CHALLENGE_HASH_BYTES,
+	              cudaMemcpyDeviceToHost),
 	   "copying the leaves");
 	return 0;
 }
@@ -578,12 +601,13 @@ done:
 	return rc;
 }
 
-static int bench_memory(uint32_t dev, int quick, nvml_dev nd, struct probe_transfer *out,
-                        char *err, size_t err_len)
+static int bench_memory(uint32_t dev, int quick, nvml_dev nd, struct probe_transfer *out, char *err,
+                        size_t err_len)
 {
 	int l2 = 0;
 	cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, (int)dev);
-	size_t elems = std::max<size_t>((size_t)l2 * 16 / sizeof(float), quick ? (16u << 20) : (128u << 20));
+	size_t elems =
+	    std::max<size_t>((size_t)l2 * 16 / sizeof(float), quick ? (16u << 20) : (128u << 20));
 	float *a, *b, *c;
 	CK(cudaMalloc(&a, elems * 4), "allocating the bandwidth buffers");
 	CK(cudaMalloc(&b, elems * 4), "allocating the bandwidth buffers");
@@ -680,11 +704,13 @@ static int cu_bench(uint32_t dev, int quick, struct probe_bench *out, char *err,
 		memset(g, 0, sizeof *g);
 		g->precision = prec;
 		if ((prec == 2 || prec == 4) && cc < 80) {
-			snprintf(g->error, sizeof g->error, "needs compute capability 8.0 or newer");
+			snprintf(g->error, sizeof g->error,
+			         "needs compute capability 8.0 or newer");
 			continue;
 		}
 		if (prec == 5 && cc < 89) {
-			snprintf(g->error, sizeof g->error, "FP8 needs compute capability 8.9 or newer");
+			snprintf(g->error, sizeof g->error,
+			         "FP8 needs compute capability 8.9 or newer");
 			continue;
 		}
 		bench_gemm(dev, prec, quick, nd, g, err, err_len);

@@ -189,16 +189,31 @@ static void test_tree(void)
 			float row[3] = { (float)i, -(float)i, 7 };
 			challenge_leaf(row, 3, nodes[i]);
 		}
-		/* the devices' way of hashing a leaf gives the same bits, at
-		 * every length around the block boundaries */
-		for (uint32_t n = 0; n <= 70; n++) {
-			float row[70];
-			uint8_t a[32], b[32];
+		/* the devices' way of hashing a leaf (chunk hashes, then the
+		 * leaf over them) gives the same bits, around every block and
+		 * chunk boundary */
+		static const uint32_t lens[] = { 0,  1,   2,   13,  14,  15,  16,  17,   63,
+			                         64, 255, 256, 257, 511, 512, 513, 1000, 4097 };
+		for (size_t li = 0; leaves == 1 && li < sizeof lens / sizeof lens[0]; li++) {
+			uint32_t n = lens[li], nc = challenge_chunks(n);
+			float *row = malloc((n ? n : 1) * sizeof *row);
+			uint8_t(*chunks)[32] = malloc((nc ? nc : 1) * 32), a[32], b[32];
 			for (uint32_t j = 0; j < n; j++)
-				row[j] = (float)((int)(j * 7919 + leaves) % 2001 - 1000);
+				row[j] = (float)((int)(j * 7919 + 3) % 2001 - 1000);
+			for (uint32_t j = 0; j < nc; j++)
+				challenge_chunk_hash(row, n, j, challenge_sha256_k, chunks[j]);
 			challenge_leaf(row, n, a);
-			challenge_leaf_stream(row, n, challenge_sha256_k, b);
-			CHECK(!memcmp(a, b, 32), "leaf_stream differs from leaf at n = %u", n);
+			challenge_leaf_of_chunks(&chunks[0][0], nc, challenge_sha256_k, b);
+			CHECK(!memcmp(a, b, 32),
+			      "device-style leaf differs from challenge_leaf at n = %u", n);
+			if (n) {
+				row[n - 1] += 1;
+				challenge_leaf(row, n, b);
+				CHECK(memcmp(a, b, 32),
+				      "the last value must change the leaf (n = %u)", n);
+			}
+			free(row);
+			free(chunks);
 		}
 		challenge_tree_build(nodes, leaves, root);
 		if (leaves == 1)
