@@ -3,6 +3,7 @@
  * gpu-probe and gpumatchd; see challenge.h for the construction. */
 #include "challenge.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 /* ---- SHA-256 ---------------------------------------------------------- */
@@ -158,6 +159,35 @@ void challenge_row(const struct challenge_params *p, const uint8_t key[CHALLENGE
 			       challenge_elem(g, CHALLENGE_B, t, j, p->value_range);
 		out[j] = (float)acc;
 	}
+}
+
+int challenge_rows(const struct challenge_params *p, const uint8_t key[CHALLENGE_HASH_BYTES],
+                   const uint32_t *rows, size_t nrows, float *out)
+{
+	if (!nrows)
+		return 0;
+	int64_t *a = malloc(nrows * p->k * sizeof *a), *acc = calloc(nrows * p->n, sizeof *acc);
+	if (!a || !acc) {
+		free(a);
+		free(acc);
+		return -1;
+	}
+	struct challenge_gen_key g = challenge_gen_key_of(key);
+	for (size_t r = 0; r < nrows; r++)
+		for (uint32_t t = 0; t < p->k; t++)
+			a[r * p->k + t] =
+			    challenge_elem(g, CHALLENGE_A, rows[r], t, p->value_range);
+	for (uint32_t t = 0; t < p->k; t++)
+		for (uint32_t j = 0; j < p->n; j++) {
+			int64_t b = challenge_elem(g, CHALLENGE_B, t, j, p->value_range);
+			for (size_t r = 0; r < nrows; r++)
+				acc[r * p->n + j] += a[r * p->k + t] * b;
+		}
+	for (size_t x = 0; x < nrows * p->n; x++)
+		out[x] = (float)acc[x];
+	free(a);
+	free(acc);
+	return 0;
 }
 
 void challenge_product(const struct challenge_params *p, const uint8_t key[CHALLENGE_HASH_BYTES],

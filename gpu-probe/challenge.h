@@ -248,6 +248,13 @@ CHALLENGE_HD void challenge_leaf_of_chunks(const uint8_t *chunks, uint32_t nchun
 void challenge_row(const struct challenge_params *p, const uint8_t key[CHALLENGE_HASH_BYTES],
                    uint32_t row, float *out);
 
+/* Rows rows[0..nrows) of step key's product into out (nrows x n floats),
+ * generating B once for all of them: O(k * n * (1 + nrows)) with a
+ * scratch of nrows * (k + n) int64 allocated here. Returns 0, or -1 when
+ * out of memory (out untouched). What the server runs per opened step. */
+int challenge_rows(const struct challenge_params *p, const uint8_t key[CHALLENGE_HASH_BYTES],
+                   const uint32_t *rows, size_t nrows, float *out);
+
 /* The whole product of one step into c (m * n floats, row-major). Uses a
  * scratch of k * n int32 for B when scratch is non-NULL (faster), else
  * generates B per row. The CPU backend's GEMM. */

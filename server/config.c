@@ -73,7 +73,7 @@ static const struct key keys[] = {
 	  "probe challenge matrix size (m = n = k)" },
 	{ "probe_chain_length", K_INT, N(probe_chain_length), "200", 1, 100000, true,
 	  "GEMMs chained in one probe challenge" },
-	{ "probe_open_rows", K_INT, N(probe_open_rows), "4", 1, 64, true,
+	{ "probe_open_rows", K_INT, N(probe_open_rows), "8", 1, 64, true,
 	  "result rows per GPU the probe must open (each costs the server k * n)" },
 	{ "probe_commit_timeout_ms", K_INT, N(probe_commit_timeout_ms), "120000", 100, 3600000,
 	  true, "a probe commitment must arrive this long after its challenge" },

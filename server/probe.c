@@ -124,8 +124,11 @@ static const struct peak *peak_find(const Gpumatch__V1__Gpu *g)
 int probe_start(struct app *a, char *err, size_t err_len)
 {
 	probe_stop(a);
+	/* "": the source tree's copy, else the installed one */
 	const char *path = a->cfg.probe_peaks_file[0] ? a->cfg.probe_peaks_file
-	                                              : GPUMATCH_DATA_DIR "/gpu-peaks.csv";
+	                   : access(GPUMATCH_DATA_DIR "/gpu-peaks.csv", R_OK) == 0
+	                       ? GPUMATCH_DATA_DIR "/gpu-peaks.csv"
+	                       : GPUMATCH_INSTALLED_DATA_DIR "/gpu-peaks.csv";
 	if (peaks_load(path, err, err_len))
 		return -1;
 	if (a->cfg.probe_peaks_extra_file[0] &&
@@ -988,9 +991,8 @@ static void recompute_thread(void *arg)
 	struct sub_ctx *sc = arg;
 	const struct run *r = &sc->run;
 	sc->bad_gpu = -1;
-	float *row = malloc((size_t)r->p.n * sizeof *row);
 	uint8_t(*keys)[CHALLENGE_HASH_BYTES] = malloc((size_t)r->p.chain * CHALLENGE_HASH_BYTES);
-	if (!row || !keys) {
+	if (!keys) {
 		sc->bad_gpu = -2;
 		goto out;
 	}
@@ -1006,24 +1008,46 @@ static void recompute_thread(void *arg)
 		challenge_first_key(r->seed, r->node_id, r->uuids[i], keys[0]);
 		for (uint32_t s = 0; s < top; s++)
 			challenge_next_key(keys[s], c->step_roots[s].data, keys[s + 1]);
+		/* rows of one step share its B: generate it once per step */
 		for (size_t k = 0; k < o->n_rows && sc->bad_gpu == -1; k++) {
-			const Gpumatch__V1__RowOpening *ro = o->rows[k];
-			challenge_row(&r->p, keys[ro->step], ro->row, row);
-			for (uint32_t j = 0; j < r->p.n; j++)
-				if (memcmp(&row[j], &ro->values[j], sizeof row[j])) {
-					sc->bad_gpu = (int)i;
-					snprintf(
-					    sc->bad, sizeof sc->bad,
-					    "row %u of step %u differs at column %u: %.9g, the "
-					    "server computes %.9g",
-					    ro->row, ro->step, j, (double)ro->values[j],
-					    (double)row[j]);
-					break;
+			uint32_t step = o->rows[k]->step;
+			bool seen = false;
+			for (size_t e = 0; e < k; e++)
+				seen = seen || o->rows[e]->step == step;
+			if (seen)
+				continue;
+			uint32_t which[64];
+			const Gpumatch__V1__RowOpening *ros[64];
+			size_t nw = 0;
+			for (size_t e = k; e < o->n_rows && nw < 64; e++)
+				if (o->rows[e]->step == step) {
+					ros[nw] = o->rows[e];
+					which[nw++] = o->rows[e]->row;
 				}
+			float *vals = malloc(nw * r->p.n * sizeof *vals);
+			if (!vals || challenge_rows(&r->p, keys[step], which, nw, vals)) {
+				free(vals);
+				sc->bad_gpu = -2;
+				goto out;
+			}
+			for (size_t w = 0; w < nw && sc->bad_gpu == -1; w++) {
+				const float *want = vals + w * r->p.n;
+				for (uint32_t j = 0; j < r->p.n; j++)
+					if (memcmp(&want[j], &ros[w]->values[j], sizeof want[j])) {
+						sc->bad_gpu = (int)i;
+						snprintf(
+						    sc->bad, sizeof sc->bad,
+						    "row %u of step %u differs at column %u: %.9g, "
+						    "the server computes %.9g",
+						    ros[w]->row, step, j, (double)ros[w]->values[j],
+						    (double)want[j]);
+						break;
+					}
+			}
+			free(vals);
 		}
 	}
 out:
-	free(row);
 	free(keys);
 }
 
@@ -1119,6 +1143,8 @@ static void phase_two(struct sub_ctx *sc)
 		return;
 	}
 	struct app *a = app_get();
+	/* recomputing rows at production sizes takes seconds per GPU */
+	rpc_set_timeout(sc->call, 300000);
 	if (pipe(sc->pipefd)) {
 		rpc_error(sc->call, RPC_INTERNAL, "cannot start the verification: %s",
 		          strerror(errno));

@@ -121,6 +121,15 @@ static void test_products(void)
 				CHECK(!memcmp(row, want + (size_t)i * p->n, p->n * sizeof *row),
 				      "size %zu row %u differs", s, i);
 			}
+			/* several rows at once, repeats included, as the server does */
+			uint32_t pick[4] = { 0, p->m - 1, p->m / 2, 0 };
+			float *many = malloc(4 * (size_t)p->n * sizeof *many);
+			CHECK(!challenge_rows(p, key, pick, 4, many), "challenge_rows failed");
+			for (int r = 0; r < 4; r++)
+				CHECK(!memcmp(many + (size_t)r * p->n,
+				              want + (size_t)pick[r] * p->n, p->n * sizeof *many),
+				      "size %zu: challenge_rows row %u differs", s, pick[r]);
+			free(many);
 			/* inputs span the range and are not degenerate */
 			struct challenge_gen_key g = challenge_gen_key_of(key);
 			int32_t lo = 0, hi = 0;
