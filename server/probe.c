@@ -671,9 +671,17 @@ static void record_cb(enum pg_status st, PGresult *res, const char *ss, const ch
 		          "are single-use",
 		          sc->challenge_id);
 	} else {
-		if (!PQgetisnull(res, 0, 1))
+		if (!PQgetisnull(res, 0, 1)) {
 			sc->v.verification_status =
 			    (Gpumatch__V1__VerificationStatus)col_i64(res, 0, 1);
+		} else {
+			/* the node's facts changed or a newer challenge was issued
+			 * meanwhile: the attempt is recorded, the node left as it is */
+			sc->v.verification_status = VS(UNSPECIFIED);
+			log_warn("probe verdict not applied to the node challenge=%" PRIu64
+			         " node=%" PRIu64 " (re-registered or re-challenged meanwhile)",
+			         sc->challenge_id, sc->node_id);
+		}
 		schedloop_node_changed(app_get(), sc->node_id);
 		log_info("probe verdict challenge=%" PRIu64 " node=%" PRIu64
 		         " result=%s reason=%d msg=\"%s\"",
@@ -904,8 +912,9 @@ static void check_commitment(struct sub_ctx *sc)
 	}
 }
 
-/* Rows to open per GPU, drawn only now: half (at least one) from the last
- * step, the rest from any step, so skipping steps is caught too. */
+/* Rows to open per GPU, drawn only now: one from the last step (the
+ * result), the others from random steps, so that skipped steps are caught
+ * too (a step skipped means a made-up root whose rows cannot be opened). */
 static int choose_rows(struct sub_ctx *sc)
 {
 	const struct run *r = &sc->run;
@@ -935,8 +944,8 @@ static int choose_rows(struct sub_ctx *sc)
 		g->n_rows = g->n_steps = want;
 		for (uint32_t k = 0; k < want; k++) {
 			g->rows[k] = (uint32_t)(rnd[k] % r->p.m);
-			g->steps[k] = k < (want + 1) / 2 ? r->p.chain - 1
-			                                 : (uint32_t)((rnd[k] >> 32) % r->p.chain);
+			g->steps[k] =
+			    k == 0 ? r->p.chain - 1 : (uint32_t)((rnd[k] >> 32) % r->p.chain);
 		}
 	}
 	sel->commit_received_at_us = sc->received_us;

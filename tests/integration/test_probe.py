@@ -317,3 +317,39 @@ class ProbeTest(ItCase):
         self.assertError(r, "resource_exhausted")
         self.assertIn("last hour", r.message)
         self.assertUnchanged("probe_runs", before)
+
+    # ---- the peaks file and gpu-probe's report ----
+
+    def test_bad_peaks_file_stops_start_up_naming_the_line(self):
+        bad = os.path.join(self.c.dir, "bad-peaks.csv")
+        with open(bad, "w") as f:
+            f.write("# comment\npci_vendor_id,pci_device_id,product,fp32,tf32,fp16,bf16,fp8\n"
+                    "0x10de,0x2204,RTX-3090-24GB,35.6,35.6,71,71,0\n0x10de,oops\n")
+        from cluster import gpumatchd_path
+        p = subprocess.run([gpumatchd_path(), "--listen_host=127.0.0.1", "--listen_port=0",
+                            "--redis_host=" + self.c.redis_host,
+                            "--redis_port=%d" % self.c.redis_port,
+                            "--pg_conninfo=" + self.c.pg_conninfo,
+                            "--probe_peaks_extra_file=" + bad],
+                           capture_output=True, text=True, timeout=60)
+        self.assertNotEqual(p.returncode, 0, p)
+        self.assertIn(bad + ":4: expected pci_vendor_id,pci_device_id", p.stderr)
+
+    def test_bench_report_is_a_probe_report(self):
+        p = subprocess.run([gpu_probe_path(), "bench", "--backend", "cpu", "--quick", "--proto"],
+                           capture_output=True, timeout=120)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        from cluster import proto_module
+        rep = proto_module("probe").ProbeReport()
+        rep.ParseFromString(p.stdout)
+        self.assertTrue(rep.cpu_reference)
+        self.assertEqual(len(rep.gpus), 1)
+        g = rep.gpus[0].measurements
+        self.assertEqual(g.gemm[0].precision, 1)  # FP32
+        self.assertGreater(g.gemm[0].tflops_median, 0)
+        self.assertEqual(g.summary.fp32_tflops, g.gemm[0].tflops_median)
+        # and it travels as RegisterNode evidence
+        ag_req = node_req(self.c.unique("evidence"))
+        from google.protobuf import json_format
+        ag_req["probeReport"] = json_format.MessageToDict(rep)
+        self.assertOk(self.c.call("NodeService", "RegisterNode", ag_req, token=self.a))
