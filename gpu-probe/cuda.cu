@@ -437,8 +437,9 @@ static cublasStatus_t gemm_run(struct gemm *g, int algo, const void *a, const vo
 
 /* ---- the challenge step ---------------------------------------------------------------------- */
 
-static struct {
-	int dev;
+/* Buffers and the GEMM plan of each device's challenge steps: every GPU
+ * runs its chain on its own host thread, so nothing is shared. */
+struct step_state {
 	uint32_t m, n, k;
 	int precision;
 	void *a, *bt;
@@ -446,19 +447,23 @@ static struct {
 	uint8_t *chunks, *leaves;
 	struct gemm g;
 	int ready;
-} S = { -1 };
+};
+static struct step_state S[64];
 
-static void step_free(void)
+static void step_free(uint32_t dev)
 {
-	if (S.ready)
-		gemm_free(&S.g);
-	cudaFree(S.a);
-	cudaFree(S.bt);
-	cudaFree(S.c);
-	cudaFree(S.chunks);
-	cudaFree(S.leaves);
-	memset(&S, 0, sizeof S);
-	S.dev = -1;
+	struct step_state *st = &S[dev];
+	if (!st->ready && !st->a)
+		return;
+	cudaSetDevice((int)dev);
+	if (st->ready)
+		gemm_free(&st->g);
+	cudaFree(st->a);
+	cudaFree(st->bt);
+	cudaFree(st->c);
+	cudaFree(st->chunks);
+	cudaFree(st->leaves);
+	memset(st, 0, sizeof *st);
 }
 
 static int cu_step(uint32_t dev, const struct challenge_params *p, int precision,
@@ -470,41 +475,47 @@ static int cu_step(uint32_t dev, const struct challenge_params *p, int precision
 		snprintf(err, err_len, "challenge precision %d unknown", precision);
 		return -1;
 	}
+	if (dev >= 64) {
+		snprintf(err, err_len, "GPU index %u: at most 64 GPUs", dev);
+		return -1;
+	}
 	CK(cudaSetDevice((int)dev), "cudaSetDevice");
-	if (!S.ready || S.dev != (int)dev || S.m != p->m || S.n != p->n || S.k != p->k ||
-	    S.precision != precision) {
-		step_free();
-		CK(cudaMalloc(&S.a, (size_t)p->m * p->k * t.elem), "allocating A");
-		CK(cudaMalloc(&S.bt, (size_t)p->n * p->k * t.elem), "allocating B");
-		CK(cudaMalloc(&S.c, (size_t)p->m * p->n * sizeof(float)), "allocating C");
-		CK(cudaMalloc(&S.chunks,
+	struct step_state *st = &S[dev];
+	if (!st->ready || st->m != p->m || st->n != p->n || st->k != p->k ||
+	    st->precision != precision) {
+		step_free(dev);
+		CK(cudaSetDevice((int)dev), "cudaSetDevice");
+		CK(cudaMalloc(&st->a, (size_t)p->m * p->k * t.elem), "allocating A");
+		CK(cudaMalloc(&st->bt, (size_t)p->n * p->k * t.elem), "allocating B");
+		CK(cudaMalloc(&st->c, (size_t)p->m * p->n * sizeof(float)), "allocating C");
+		CK(cudaMalloc(&st->chunks,
 		              (size_t)p->m * challenge_chunks(p->n) * CHALLENGE_HASH_BYTES),
 		   "allocating chunk hashes");
-		CK(cudaMalloc(&S.leaves, (size_t)p->m * CHALLENGE_HASH_BYTES), "allocating leaves");
+		CK(cudaMalloc(&st->leaves, (size_t)p->m * CHALLENGE_HASH_BYTES),
+		   "allocating leaves");
 		CK(cudaMemcpyToSymbol(dev_sha_k, challenge_sha256_k, sizeof dev_sha_k),
 		   "copying the SHA-256 constants");
-		if (gemm_init(&S.g, precision, p->m, p->n, p->k, 1, err, err_len))
+		if (gemm_init(&st->g, precision, p->m, p->n, p->k, 1, err, err_len))
 			return -1;
-		S.dev = (int)dev;
-		S.m = p->m;
-		S.n = p->n;
-		S.k = p->k;
-		S.precision = precision;
-		S.ready = 1;
+		st->m = p->m;
+		st->n = p->n;
+		st->k = p->k;
+		st->precision = precision;
+		st->ready = 1;
 	}
-	launch_gen(precision, S.a, S.bt, p->m, p->n, p->k, challenge_gen_key_of(key),
+	launch_gen(precision, st->a, st->bt, p->m, p->n, p->k, challenge_gen_key_of(key),
 	           p->value_range, 0, 0);
 	CK(cudaGetLastError(), "generating the inputs");
-	cublasStatus_t st = gemm_run(&S.g, 0, S.a, S.bt, S.c, 0);
-	if (st != CUBLAS_STATUS_SUCCESS) {
-		snprintf(err, err_len, "cublasLtMatmul: status %d", (int)st);
+	cublasStatus_t cs = gemm_run(&st->g, 0, st->a, st->bt, st->c, 0);
+	if (cs != CUBLAS_STATUS_SUCCESS) {
+		snprintf(err, err_len, "cublasLtMatmul: status %d", (int)cs);
 		return -1;
 	}
 	size_t nchunks = (size_t)p->m * challenge_chunks(p->n);
-	chunk_kernel<<<(unsigned)((nchunks + 127) / 128), 128>>>(S.c, p->m, p->n, S.chunks);
-	leaf_kernel<<<(p->m + 127) / 128, 128>>>(S.chunks, p->m, p->n, S.leaves);
+	chunk_kernel<<<(unsigned)((nchunks + 127) / 128), 128>>>(st->c, p->m, p->n, st->chunks);
+	leaf_kernel<<<(p->m + 127) / 128, 128>>>(st->chunks, p->m, p->n, st->leaves);
 	CK(cudaGetLastError(), "hashing the rows");
-	CK(cudaMemcpy(leaves, S.leaves, (size_t)p->m * CHALLENGE_HASH_BYTES,
+	CK(cudaMemcpy(leaves, st->leaves, (size_t)p->m * CHALLENGE_HASH_BYTES,
 	              cudaMemcpyDeviceToHost),
 	   "copying the leaves");
 	return 0;
@@ -724,7 +735,8 @@ static int cu_bench(uint32_t dev, int quick, struct probe_bench *out, char *err,
 
 static void cu_close(void)
 {
-	step_free();
+	for (uint32_t d = 0; d < 64; d++)
+		step_free(d);
 	if (N.ok && N.shutdown)
 		N.shutdown();
 	N.ok = 0;
