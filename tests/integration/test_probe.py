@@ -140,6 +140,23 @@ class ProbeTest(ItCase):
         lease = ag.acquire_lease(within=20)
         self.assertEqual(lease["lease"]["jobId"], job["id"], lease)
 
+    def test_second_precision_adds_to_the_first_and_re_registering_drops_both(self):
+        ag = self.node()
+        self.run_probe(ag.id, "--precision", "fp16", expect_rc=0)
+        rc, out = self.run_probe(ag.id, "--precision", "fp32", expect_rc=0)
+        self.assertEqual(out["verification_status"], "VERIFICATION_STATUS_VERIFIED", out)
+        g = self.get_node(ag.id)["gpus"][0]
+        self.assertGreater(g["verified"].get("fp16Tflops", 0), 0, g)
+        self.assertGreater(g["verified"].get("fp32Tflops", 0), 0, g)
+        self.assertLessEqual(g["verified"]["fp32Tflops"], 0.5e-8 * 1.000001, g)
+        # new facts carry no proof: the node must probe again
+        req = node_req(ag.node["name"], labels={"probe": ag.node["name"]})
+        req["gpus"] = [probe_gpu(0, ag.node["name"])]
+        req["nodeId"] = ag.id
+        n = self.assertOk(self.c.call("NodeService", "RegisterNode", req, token=self.a))["node"]
+        self.assertEqual(n["verification"]["status"], "VERIFICATION_STATUS_UNVERIFIED", n)
+        self.assertNotIn("verified", n["gpus"][0], n)
+
     def test_replayed_challenge_is_refused(self):
         ag = self.node()
         rc, out = self.run_probe(ag.id, "--tamper", "replay", expect_rc=4)
