@@ -44,6 +44,7 @@ static void usage(FILE *out)
 	      "  --backend cpu|cuda   cuda (default): the GPUs; cpu: the CPU reference\n"
 	      "                       path, same challenge arithmetic, proves no GPU\n"
 	      "  --quick              bench: small sizes and few runs\n"
+	      "  --json               bench: JSON (the default)\n"
 	      "  --proto              bench: write a binary ProbeReport to stdout\n"
 	      "  --server URL         challenge: gpumatchd, e.g. http://127.0.0.1:7070\n"
 	      "  --token T            challenge: the operator's token (or GPUMATCH_TOKEN)\n"
@@ -108,6 +109,9 @@ static int parse_args(int argc, char **argv, struct opts *o)
 			takes = false;
 		} else if (!strcmp(a, "--proto")) {
 			o->proto = true;
+			takes = false;
+		} else if (!strcmp(a, "--json")) {
+			o->proto = false; /* the default */
 			takes = false;
 		} else if (a[0] != '-') {
 			if (o->cmd) {

@@ -918,7 +918,18 @@ static void check_commitment(struct sub_ctx *sc)
 static int choose_rows(struct sub_ctx *sc)
 {
 	const struct run *r = &sc->run;
-	uint32_t want = (uint32_t)app_get()->cfg.probe_open_rows;
+	struct app *a = app_get();
+	uint32_t want = (uint32_t)a->cfg.probe_open_rows;
+	/* the opening must fit the request size limit: each row is n floats
+	 * plus its path; keep a quarter of the limit spare */
+	uint64_t per_row = (uint64_t)r->p.n * 4 + 64 * (CHALLENGE_HASH_BYTES + 2) + 32;
+	uint64_t fit = (uint64_t)a->cfg.max_body_bytes * 3 / 4 / (per_row * r->ngpus);
+	if (fit < want) {
+		log_warn("probe opens fewer rows to fit max_body_bytes challenge=%" PRIu64
+		         " rows_per_gpu=%" PRIu64 " wanted=%u",
+		         sc->challenge_id, fit ? fit : 1, want);
+		want = fit ? (uint32_t)fit : 1;
+	}
 	Gpumatch__V1__RowSelection *sel = calloc(1, sizeof *sel);
 	if (!sel)
 		return -1;
