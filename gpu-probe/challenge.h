@@ -115,7 +115,8 @@ CHALLENGE_HD int32_t challenge_elem(struct challenge_gen_key g, int which, uint3
 	x = challenge_mix(x ^ ((uint64_t)row << 32 | col));
 	x = challenge_mix(x + g.w1);
 	uint32_t span = 2 * range + 1;
-	return (int32_t)((x >> 32) % span) - (int32_t)range;
+	/* a 32-bit modulo: cheap on a GPU, same value */
+	return (int32_t)((uint32_t)(x >> 32) % span) - (int32_t)range;
 }
 
 /* ---- leaf hashing as the devices do it ------------------------------------------ */
