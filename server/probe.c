@@ -586,12 +586,17 @@ struct sub_ctx {
 	char msg[512];
 	/* phase one's answer */
 	Gpumatch__V1__RowSelection *sel;
-	/* the off-loop recomputation */
-	struct worker *worker;
+	/* the off-loop recomputation: one worker per GPU */
+	struct gpu_check {
+		struct sub_ctx *sc;
+		size_t i;         /* index into run.indexes */
+		struct worker *w; /* NULL: never started */
+		int status;       /* 0 rows match, 1 a row differs, -1 no memory */
+		char text[256];   /* which row and column differed */
+	} checks[SCHED_MAX_GPUS_PER_NODE];
+	int pending; /* workers not yet done */
 	int pipefd[2];
 	struct event *ev;
-	int bad_gpu;   /* -1: every opened row matched */
-	char bad[256]; /* which row and column differed */
 };
 
 static void sub_free(struct sub_ctx *sc)
@@ -1004,90 +1009,100 @@ static void phase_one(struct sub_ctx *sc)
 
 /* ---- SubmitProbe phase two: the opening ------------------------------------------------- */
 
-/* Off the loop: recompute each opened row from the chain of keys and
- * compare bit for bit. Reads sc->run and sc->open only. */
-static void recompute_thread(void *arg)
+/* Off the loop, one GPU: recompute its opened rows from the chain of keys
+ * and compare bit for bit. Reads sc->run and sc->open only; writes only
+ * its own gpu_check. */
+static void recompute_gpu(void *arg)
 {
-	struct sub_ctx *sc = arg;
+	struct gpu_check *gc = arg;
+	const struct sub_ctx *sc = gc->sc;
 	const struct run *r = &sc->run;
-	sc->bad_gpu = -1;
+	size_t i = gc->i;
 	uint8_t(*keys)[CHALLENGE_HASH_BYTES] = malloc((size_t)r->p.chain * CHALLENGE_HASH_BYTES);
 	if (!keys) {
-		sc->bad_gpu = -2;
-		goto out;
+		gc->status = -1;
+		return;
 	}
-	for (size_t i = 0; i < r->ngpus && sc->bad_gpu == -1; i++) {
-		const Gpumatch__V1__GpuCommitment *c = commitment_for(r->com, r->indexes[i]);
-		const Gpumatch__V1__GpuOpening *o = NULL;
-		for (size_t g = 0; g < sc->open->n_gpus; g++)
-			if (sc->open->gpus[g]->gpu_index == r->indexes[i])
-				o = sc->open->gpus[g];
-		uint32_t top = 0;
-		for (size_t k = 0; k < o->n_rows; k++)
-			top = o->rows[k]->step > top ? o->rows[k]->step : top;
-		challenge_first_key(r->seed, r->node_id, r->uuids[i], keys[0]);
-		for (uint32_t s = 0; s < top; s++)
-			challenge_next_key(keys[s], c->step_roots[s].data, keys[s + 1]);
-		/* rows of one step share its B: generate it once per step */
-		for (size_t k = 0; k < o->n_rows && sc->bad_gpu == -1; k++) {
-			uint32_t step = o->rows[k]->step;
-			bool seen = false;
-			for (size_t e = 0; e < k; e++)
-				seen = seen || o->rows[e]->step == step;
-			if (seen)
-				continue;
-			uint32_t which[64];
-			const Gpumatch__V1__RowOpening *ros[64];
-			size_t nw = 0;
-			for (size_t e = k; e < o->n_rows && nw < 64; e++)
-				if (o->rows[e]->step == step) {
-					ros[nw] = o->rows[e];
-					which[nw++] = o->rows[e]->row;
-				}
-			float *vals = malloc(nw * r->p.n * sizeof *vals);
-			if (!vals || challenge_rows(&r->p, keys[step], which, nw, vals)) {
-				free(vals);
-				sc->bad_gpu = -2;
-				goto out;
+	const Gpumatch__V1__GpuCommitment *c = commitment_for(r->com, r->indexes[i]);
+	const Gpumatch__V1__GpuOpening *o = NULL;
+	for (size_t g = 0; g < sc->open->n_gpus; g++)
+		if (sc->open->gpus[g]->gpu_index == r->indexes[i])
+			o = sc->open->gpus[g];
+	uint32_t top = 0;
+	for (size_t k = 0; k < o->n_rows; k++)
+		top = o->rows[k]->step > top ? o->rows[k]->step : top;
+	challenge_first_key(r->seed, r->node_id, r->uuids[i], keys[0]);
+	for (uint32_t s = 0; s < top; s++)
+		challenge_next_key(keys[s], c->step_roots[s].data, keys[s + 1]);
+	/* rows of one step share its B: generate it once per step */
+	for (size_t k = 0; k < o->n_rows && gc->status == 0; k++) {
+		uint32_t step = o->rows[k]->step;
+		bool seen = false;
+		for (size_t e = 0; e < k; e++)
+			seen = seen || o->rows[e]->step == step;
+		if (seen)
+			continue;
+		uint32_t which[64];
+		const Gpumatch__V1__RowOpening *ros[64];
+		size_t nw = 0;
+		for (size_t e = k; e < o->n_rows && nw < 64; e++)
+			if (o->rows[e]->step == step) {
+				ros[nw] = o->rows[e];
+				which[nw++] = o->rows[e]->row;
 			}
-			for (size_t w = 0; w < nw && sc->bad_gpu == -1; w++) {
-				const float *want = vals + w * r->p.n;
-				for (uint32_t j = 0; j < r->p.n; j++)
-					if (memcmp(&want[j], &ros[w]->values[j], sizeof want[j])) {
-						sc->bad_gpu = (int)i;
-						snprintf(
-						    sc->bad, sizeof sc->bad,
-						    "row %u of step %u differs at column %u: %.9g, "
-						    "the server computes %.9g",
-						    ros[w]->row, step, j, (double)ros[w]->values[j],
-						    (double)want[j]);
-						break;
-					}
-			}
+		float *vals = malloc(nw * r->p.n * sizeof *vals);
+		if (!vals || challenge_rows(&r->p, keys[step], which, nw, vals)) {
 			free(vals);
+			gc->status = -1;
+			break;
 		}
+		for (size_t w = 0; w < nw && gc->status == 0; w++) {
+			const float *want = vals + w * r->p.n;
+			for (uint32_t j = 0; j < r->p.n; j++)
+				if (memcmp(&want[j], &ros[w]->values[j], sizeof want[j])) {
+					gc->status = 1;
+					snprintf(
+					    gc->text, sizeof gc->text,
+					    "row %u of step %u differs at column %u: %.9g, the "
+					    "server computes %.9g",
+					    ros[w]->row, step, j, (double)ros[w]->values[j],
+					    (double)want[j]);
+					break;
+				}
+		}
+		free(vals);
 	}
-out:
 	free(keys);
 }
 
+/* A worker finished (one byte each): once all have, judge and record. */
 static void recompute_done_cb(evutil_socket_t fd, short what, void *arg)
 {
-	(void)fd;
 	(void)what;
 	struct sub_ctx *sc = arg;
-	worker_join(sc->worker);
+	char buf[SCHED_MAX_GPUS_PER_NODE];
+	ssize_t n = read(fd, buf, sizeof buf);
+	if (n > 0)
+		sc->pending -= (int)n;
+	if (sc->pending > 0)
+		return;
+	bool oom = false;
+	for (size_t i = 0; i < sc->run.ngpus; i++) {
+		worker_join(sc->checks[i].w);
+		oom = oom || !sc->checks[i].w || sc->checks[i].status < 0;
+	}
 	event_free(sc->ev);
 	close(sc->pipefd[0]);
 	close(sc->pipefd[1]);
 	P.inflight--;
-	if (sc->bad_gpu == -2) {
-		rpc_error(sc->call, RPC_INTERNAL, "out of memory");
+	if (oom) {
+		rpc_error(sc->call, RPC_INTERNAL, "out of memory or threads verifying the rows");
 		sub_free(sc);
 		return;
 	}
-	if (sc->bad_gpu >= 0)
-		fail_gpu(sc, sc->bad_gpu, F(ROW_MISMATCH), "%s", sc->bad);
+	for (size_t i = 0; i < sc->run.ngpus; i++)
+		if (sc->checks[i].status == 1)
+			fail_gpu(sc, (int)i, F(ROW_MISMATCH), "%s", sc->checks[i].text);
 	judge_throughput(sc);
 	record_verdict(sc);
 }
@@ -1171,9 +1186,8 @@ static void phase_two(struct sub_ctx *sc)
 		sub_free(sc);
 		return;
 	}
-	sc->ev = event_new(a->base, sc->pipefd[0], EV_READ, recompute_done_cb, sc);
-	if (!sc->ev || event_add(sc->ev, NULL) ||
-	    !(sc->worker = worker_start(recompute_thread, sc, sc->pipefd[1]))) {
+	sc->ev = event_new(a->base, sc->pipefd[0], EV_READ | EV_PERSIST, recompute_done_cb, sc);
+	if (!sc->ev || event_add(sc->ev, NULL)) {
 		if (sc->ev)
 			event_free(sc->ev);
 		close(sc->pipefd[0]);
@@ -1182,7 +1196,23 @@ static void phase_two(struct sub_ctx *sc)
 		sub_free(sc);
 		return;
 	}
+	/* GPUs whose worker cannot start are answered as internal errors once
+	 * the others are done; with none started, at once */
+	for (size_t i = 0; i < sc->run.ngpus; i++) {
+		struct gpu_check *gc = &sc->checks[i];
+		gc->sc = sc;
+		gc->i = i;
+		gc->w = worker_start(recompute_gpu, gc, sc->pipefd[1]);
+		if (gc->w)
+			sc->pending++;
+	}
 	P.inflight++;
+	if (!sc->pending) {
+		sc->pending = 1;
+		if (write(sc->pipefd[1], "x", 1) != 1)
+			log_error("probe: cannot wake the loop challenge=%" PRIu64,
+			          sc->challenge_id);
+	}
 }
 
 /* ---- SubmitProbe ---------------------------------------------------------------------------- */
