@@ -66,8 +66,9 @@ struct challenge_params {
 int challenge_params_check(const struct challenge_params *p, const char **why);
 
 /* The largest R with k * R^2 < 2^24 that precision can hold exactly
- * (precision: the proto Precision value; FP8 E4M3 holds integers up to
- * 16, BF16 up to 256, FP16/TF32 up to 2048). 0 when k is too large. */
+ * (precision: the proto Precision value; FP8 at most 4 for its narrow
+ * accumulators, BF16 up to 256, FP16/TF32 up to 2048). 0 when k is too
+ * large. */
 uint32_t challenge_value_range(uint32_t k, int precision);
 
 /* Step 0's key for one GPU (uuid: NUL-terminated, at most
