@@ -112,7 +112,7 @@ uint32_t challenge_value_range(uint32_t k, int precision)
 {
 	/* FP8 E4M3 holds integers to 16, but FP8 tensor cores (Hopper) keep
 	 * only ~14 bits in their partial sums between promotions to FP32:
-	 * |values| <= 4 keeps a 128-deep partial sum under 2^11 */
+	 * |values| <= 4 keeps a 128-deep partial sum within 2^11 */
 	uint32_t cap = precision == 5 ? 4 : precision == 4 ? 256 : 2048;
 	uint32_t r = 0;
 	while (r < cap && (uint64_t)k * (r + 1) * (r + 1) < (1ull << 24))
