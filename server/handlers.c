@@ -143,6 +143,7 @@ bool handlers_idle(struct app *a)
 void handlers_metrics(struct app *a, struct evbuffer *b)
 {
 	jobs_metrics(a, b);
+	probe_metrics(a, b);
 	schedloop_metrics(a, b);
 }
 

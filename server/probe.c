@@ -48,7 +48,9 @@ struct peak {
 static struct {
 	struct peak *rows;
 	size_t n;
-	int inflight; /* verifications running off the loop */
+	int inflight;             /* verifications running off the loop */
+	uint64_t issued;          /* challenges issued */
+	uint64_t verdicts[2][10]; /* [passed][ProbeFailureReason] */
 } P;
 
 /* Reads one CSV of peaks; rows for a vendor:device already known replace
@@ -144,6 +146,36 @@ void probe_stop(struct app *a)
 	free(P.rows);
 	P.rows = NULL;
 	P.n = 0;
+}
+
+void probe_metrics(struct app *a, struct evbuffer *b)
+{
+	(void)a;
+	evbuffer_add_printf(b,
+	                    "# HELP gpumatch_probe_challenges_total Probe challenges issued.\n"
+	                    "# TYPE gpumatch_probe_challenges_total counter\n"
+	                    "gpumatch_probe_challenges_total %" PRIu64 "\n"
+	                    "# HELP gpumatch_probe_verifications_running Openings being "
+	                    "recomputed off the loop.\n"
+	                    "# TYPE gpumatch_probe_verifications_running gauge\n"
+	                    "gpumatch_probe_verifications_running %d\n"
+	                    "# HELP gpumatch_probe_verdicts_total Probe verdicts by result and "
+	                    "failure reason.\n"
+	                    "# TYPE gpumatch_probe_verdicts_total counter\n",
+	                    P.issued, P.inflight);
+	for (int pass = 0; pass < 2; pass++)
+		for (int r = 0; r < 10; r++) {
+			const ProtobufCEnumValue *ev = protobuf_c_enum_descriptor_get_value(
+			    &gpumatch__v1__probe_failure_reason__descriptor, r);
+			if (!ev || (pass && r) || (!pass && !r))
+				continue;
+			evbuffer_add_printf(b,
+			                    "gpumatch_probe_verdicts_total{result=\"%s\","
+			                    "reason=\"%s\"} %" PRIu64 "\n",
+			                    pass ? "pass" : "fail",
+			                    r ? ev->name + strlen("PROBE_FAILURE_REASON_") : "none",
+			                    P.verdicts[pass][r]);
+		}
 }
 
 bool probe_idle(struct app *a)
@@ -250,6 +282,7 @@ static void issue_cb(enum pg_status st, PGresult *res, const char *ss, const cha
 		          rc->node_id, app_get()->cfg.probe_attempts_per_hour);
 	} else {
 		rc->ch.challenge_id = col_u64(res, 0, 0);
+		P.issued++;
 		log_info("probe challenge issued challenge=%" PRIu64 " node=%" PRIu64
 		         " gpus=%zu precision=%s m=%u chain=%u",
 		         rc->ch.challenge_id, rc->node_id, rc->ch.n_gpus,
@@ -688,6 +721,8 @@ static void record_cb(enum pg_status st, PGresult *res, const char *ss, const ch
 			         sc->challenge_id, sc->node_id);
 		}
 		schedloop_node_changed(app_get(), sc->node_id);
+		if ((unsigned)sc->v.reason < 10)
+			P.verdicts[sc->v.result == R_PASS][sc->v.reason]++;
 		log_info("probe verdict challenge=%" PRIu64 " node=%" PRIu64
 		         " result=%s reason=%d msg=\"%s\"",
 		         sc->challenge_id, sc->node_id, sc->v.result == R_PASS ? "pass" : "fail",

@@ -43,6 +43,7 @@ void probe_submit(struct rpc_call *call, const ProtobufCMessage *req);
 int probe_start(struct app *a, char *err, size_t err_len);
 void probe_stop(struct app *a);
 bool probe_idle(struct app *a); /* no verification running off the loop */
+void probe_metrics(struct app *a, struct evbuffer *b);
 
 /* admin.c */
 void admin_create_tenant(struct rpc_call *call, const ProtobufCMessage *req);

@@ -157,6 +157,23 @@ class ProbeTest(ItCase):
         self.assertEqual(n["verification"]["status"], "VERIFICATION_STATUS_UNVERIFIED", n)
         self.assertNotIn("verified", n["gpus"][0], n)
 
+    def test_metrics_count_challenges_and_verdicts(self):
+        def metric(text, name):
+            for line in text.splitlines():
+                if line.startswith(name + " "):
+                    return float(line.split()[1])
+            self.fail("no %s in /metrics" % name)
+        before = self.c.http("GET", "/metrics")[2].decode()
+        ag = self.node()
+        self.run_probe(ag.id, "--tamper", "wrong-path", expect_rc=3)
+        after = self.c.http("GET", "/metrics")[2].decode()
+        for name, delta in (("gpumatch_probe_challenges_total", 1),
+                            ('gpumatch_probe_verdicts_total{result="fail",'
+                             'reason="PATH_INVALID"}', 1)):
+            self.assertEqual(metric(after, name) - metric(before, name), delta, name)
+        self.assertIn('gpumatch_probe_verdicts_total{result="pass",reason="none"}', after)
+        self.assertEqual(metric(after, "gpumatch_probe_verifications_running"), 0)
+
     def test_replayed_challenge_is_refused(self):
         ag = self.node()
         rc, out = self.run_probe(ag.id, "--tamper", "replay", expect_rc=4)
