@@ -333,6 +333,17 @@ static void fill_identity_pb(Gpumatch__V1__GpuIdentity *g, const struct probe_id
 	g->pcie_max_width = id->pcie_max_width;
 }
 
+/* One sample of the device's conditions (what the backends take). */
+static void conditions_pb(Gpumatch__V1__DeviceConditions *c, uint32_t sm_mhz, uint32_t power_mw,
+                          uint64_t throttle)
+{
+	gpumatch__v1__device_conditions__init(c);
+	c->samples = sm_mhz || power_mw ? 1 : 0;
+	c->sm_clock_mhz_min = c->sm_clock_mhz_median = c->sm_clock_mhz_max = sm_mhz;
+	c->power_mw_mean = c->power_mw_max = power_mw;
+	c->throttle_reasons = throttle;
+}
+
 static int bench_proto(const struct probe_backend *b, uint32_t count, struct probe_identity *ids,
                        struct probe_bench *res, int64_t t0)
 {
@@ -351,8 +362,12 @@ static int bench_proto(const struct probe_backend *b, uint32_t count, struct pro
 	Gpumatch__V1__GemmMeasurement *ge = calloc((size_t)count * 5, sizeof *ge);
 	Gpumatch__V1__GemmMeasurement **gep = calloc((size_t)count * 5, sizeof *gep);
 	Gpumatch__V1__Throughput *sum = calloc(count, sizeof *sum);
+	/* per GPU: 5 GEMMs + memory + 2 copies, each with its conditions */
+	Gpumatch__V1__DeviceConditions *dc = calloc((size_t)count * 8, sizeof *dc);
+	Gpumatch__V1__MemoryBandwidthMeasurement *mb = calloc(count, sizeof *mb);
+	Gpumatch__V1__TransferMeasurement *tm = calloc((size_t)count * 2, sizeof *tm);
 	int rc = EXIT_INTERNAL;
-	if (!gr || !grp || !gi || !gm || !ge || !gep || !sum)
+	if (!gr || !grp || !gi || !gm || !ge || !gep || !sum || !dc || !mb || !tm)
 		goto out;
 	for (uint32_t d = 0; d < count; d++) {
 		gpumatch__v1__gpu_probe_result__init(&gr[d]);
@@ -378,6 +393,9 @@ static int bench_proto(const struct probe_backend *b, uint32_t count, struct pro
 			e->tflops_max = g->tflops_max;
 			e->runs = g->runs;
 			e->warmup_runs = g->warmup_runs;
+			Gpumatch__V1__DeviceConditions *c = &dc[8 * d + gm[d].n_gemm];
+			conditions_pb(c, g->sm_clock_mhz, g->power_mw, g->throttle_reasons);
+			e->conditions = c;
 			gep[5 * d + gm[d].n_gemm++] = e;
 			double *slot[] = { NULL,
 				           &sum[d].fp32_tflops,
@@ -389,6 +407,36 @@ static int bench_proto(const struct probe_backend *b, uint32_t count, struct pro
 				*slot[g->precision] = g->tflops_median;
 		}
 		sum[d].mem_bandwidth_gbps = res[d].device_memory.gbps_median;
+		if (!rep.cpu_reference) {
+			const struct probe_transfer *m = &res[d].device_memory;
+			gpumatch__v1__memory_bandwidth_measurement__init(&mb[d]);
+			mb[d].gbps_median = m->gbps_median;
+			mb[d].gbps_max = m->gbps_max;
+			mb[d].bytes = m->bytes;
+			mb[d].runs = m->runs;
+			conditions_pb(&dc[8 * d + 5], m->sm_clock_mhz, m->power_mw,
+			              m->throttle_reasons);
+			mb[d].conditions = &dc[8 * d + 5];
+			gm[d].device_memory = &mb[d];
+			const struct probe_transfer *t[2] = { &res[d].host_to_device,
+				                              &res[d].device_to_host };
+			for (int k = 0; k < 2; k++) {
+				Gpumatch__V1__TransferMeasurement *x = &tm[2 * d + k];
+				gpumatch__v1__transfer_measurement__init(x);
+				x->gbps_median = t[k]->gbps_median;
+				x->gbps_max = t[k]->gbps_max;
+				x->bytes = t[k]->bytes;
+				x->runs = t[k]->runs;
+				x->pinned = true;
+				x->pcie_gen_seen = t[k]->pcie_gen_seen;
+				x->pcie_width_seen = t[k]->pcie_width_seen;
+				conditions_pb(&dc[8 * d + 6 + k], t[k]->sm_clock_mhz,
+				              t[k]->power_mw, t[k]->throttle_reasons);
+				x->conditions = &dc[8 * d + 6 + k];
+			}
+			gm[d].host_to_device = &tm[2 * d];
+			gm[d].device_to_host = &tm[2 * d + 1];
+		}
 		grp[d] = &gr[d];
 	}
 	rep.n_gpus = count;
@@ -408,6 +456,9 @@ out:
 	free(ge);
 	free(gep);
 	free(sum);
+	free(dc);
+	free(mb);
+	free(tm);
 	return rc;
 }
 
