@@ -7,8 +7,11 @@ single-use, expire, are bound to the GPU's UUID, are rate-limited and only
 the node's own operator may run them. Sizes are tiny so that the CPU
 finishes in milliseconds; gpumatchd runs with allow_unverified=false."""
 
+import base64
+import hashlib
 import json
 import os
+import struct
 import subprocess
 
 import common
@@ -51,6 +54,57 @@ def probe_gpu(index, tag, claimed_fp16=1e-8, model="CPU-REFERENCE", device_id=0x
         "interconnect": "INTERCONNECT_PCIE",
         "claimed": {"fp32Tflops": claimed_fp16 / 2, "fp16Tflops": claimed_fp16},
     }
+
+
+# ---- the construction of docs/probe.md, written again from the text ----
+
+M64 = (1 << 64) - 1
+
+
+def _mix(x):
+    x ^= x >> 30
+    x = (x * 0xBF58476D1CE4E5B9) & M64
+    x ^= x >> 27
+    x = (x * 0x94D049BB133111EB) & M64
+    return x ^ (x >> 31)
+
+
+def _elem(key, which, row, col, rng):
+    w0 = int.from_bytes(key[0:8], "little")
+    w1 = int.from_bytes(key[8:16], "little")
+    x = w0 ^ ((which * 0x9E3779B97F4A7C15) & M64)
+    x = _mix(x ^ ((row << 32) | col))
+    x = _mix((x + w1) & M64)
+    return (x >> 32) % (2 * rng + 1) - rng
+
+
+def _sha(*parts):
+    return hashlib.sha256(b"".join(parts)).digest()
+
+
+def _leaf(values):
+    raw = struct.pack("<%df" % len(values), *values)
+    chunks = [_sha(b"\x02", raw[i:i + 1024]) for i in range(0, len(raw), 1024)]
+    return _sha(b"\x00", *chunks)
+
+
+def _tree(leaves):
+    """All levels, leaves first; a lone last node is promoted."""
+    levels = [list(leaves)]
+    while len(levels[-1]) > 1:
+        lv = levels[-1]
+        levels.append([_sha(b"\x01", lv[i], lv[i + 1]) if i + 1 < len(lv) else lv[i]
+                       for i in range(0, len(lv), 2)])
+    return levels
+
+
+def _path(levels, index):
+    path = []
+    for lv in levels[:-1]:
+        if index ^ 1 < len(lv):
+            path.append(lv[index ^ 1])
+        index //= 2
+    return path
 
 
 class ProbeTest(ItCase):
@@ -173,6 +227,51 @@ class ProbeTest(ItCase):
             self.assertEqual(metric(after, name) - metric(before, name), delta, name)
         self.assertIn('gpumatch_probe_verdicts_total{result="pass",reason="none"}', after)
         self.assertEqual(metric(after, "gpumatch_probe_verifications_running"), 0)
+
+    def test_the_documented_construction_passes(self):
+        """A prover written from docs/probe.md alone, in Python, over JSON."""
+        ag = self.node()
+        ch = ok(self.c.call("NodeService", "RequestChallenge",
+                            {"nodeId": ag.id, "precision": "PRECISION_FP16"},
+                            token=self.a))["challenge"]
+        m, n, k, rng = ch["m"], ch["n"], ch["k"], ch["valueRange"]
+        seed = base64.b64decode(ch["seed"])
+        uuid = ch["gpus"][0]["gpuUuid"]
+        key = _sha(b"gpumatch-probe-v1", seed, int(ag.id).to_bytes(8, "little"),
+                   uuid.encode())
+        keys, trees, rows_of = [], [], []
+        for _ in range(ch["chainLength"]):
+            B = [[_elem(key, 2, t, j, rng) for j in range(n)] for t in range(k)]
+            rows = []
+            for i in range(m):
+                a = [_elem(key, 1, i, t, rng) for t in range(k)]
+                rows.append([float(sum(a[t] * B[t][j] for t in range(k))) for j in range(n)])
+            levels = _tree([_leaf(r) for r in rows])
+            keys.append(key)
+            trees.append(levels)
+            rows_of.append(rows)
+            key = _sha(key, levels[-1][0])
+        b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
+        roots = [t[-1][0] for t in trees]
+        com = {"challengeId": ch["challengeId"], "gpus": [{
+            "gpuIndex": 0, "gpuUuid": uuid, "root": b64(roots[-1]), "leafCount": m,
+            "stepRoots": [b64(r) for r in roots]}]}
+        sel = self.assertOk(self.c.call("NodeService", "SubmitProbe", {
+            "nodeId": ag.id, "challengeId": ch["challengeId"], "commitment": com},
+            token=self.a))["selection"]
+        g = sel["gpus"][0]
+        self.assertEqual(len(g["rows"]), 4, sel)
+        steps = g.get("steps", [])
+        self.assertEqual(steps[0], ch["chainLength"] - 1, "first row in the last step")
+        opened = [{"row": r, "step": st, "values": rows_of[st][r],
+                   "path": [b64(h) for h in _path(trees[st], r)]}
+                  for r, st in zip(g["rows"], steps)]
+        v = self.assertOk(self.c.call("NodeService", "SubmitProbe", {
+            "nodeId": ag.id, "challengeId": ch["challengeId"],
+            "opening": {"challengeId": ch["challengeId"],
+                        "gpus": [{"gpuIndex": 0, "rows": opened}]}}, token=self.a))["verdict"]
+        self.assertEqual(v["result"], "PROBE_RESULT_PASS", v)
+        self.assertEqual(v["verificationStatus"], "VERIFICATION_STATUS_VERIFIED", v)
 
     def test_replayed_challenge_is_refused(self):
         ag = self.node()
