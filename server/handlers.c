@@ -140,6 +140,11 @@ bool handlers_idle(struct app *a)
 	return jobs_idle(a) && schedloop_idle(a) && probe_idle(a);
 }
 
+void handlers_reload(struct app *a)
+{
+	probe_reload(a);
+}
+
 void handlers_metrics(struct app *a, struct evbuffer *b)
 {
 	jobs_metrics(a, b);

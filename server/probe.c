@@ -45,9 +45,13 @@ struct peak {
 	double tflops[6]; /* by Precision; 0 = none */
 };
 
-static struct {
+struct peak_table {
 	struct peak *rows;
 	size_t n;
+};
+
+static struct {
+	struct peak_table peaks;
 	int inflight;             /* verifications running off the loop */
 	uint64_t issued;          /* challenges issued */
 	uint64_t verdicts[2][10]; /* [passed][ProbeFailureReason] */
@@ -55,7 +59,7 @@ static struct {
 
 /* Reads one CSV of peaks; rows for a vendor:device already known replace
  * it. Returns 0, or -1 with err naming the file and line. */
-static int peaks_load(const char *path, char *err, size_t err_len)
+static int peaks_load(struct peak_table *t, const char *path, char *err, size_t err_len)
 {
 	FILE *f = fopen(path, "r");
 	if (!f) {
@@ -92,19 +96,19 @@ static int peaks_load(const char *path, char *err, size_t err_len)
 		pk.vendor = v;
 		pk.device = d;
 		size_t i = 0;
-		while (i < P.n && !(P.rows[i].vendor == v && P.rows[i].device == d))
+		while (i < t->n && !(t->rows[i].vendor == v && t->rows[i].device == d))
 			i++;
-		if (i == P.n) {
-			struct peak *more = realloc(P.rows, (P.n + 1) * sizeof *more);
+		if (i == t->n) {
+			struct peak *more = realloc(t->rows, (t->n + 1) * sizeof *more);
 			if (!more) {
 				snprintf(err, err_len, "out of memory");
 				rc = -1;
 				break;
 			}
-			P.rows = more;
-			P.n++;
+			t->rows = more;
+			t->n++;
 		}
-		P.rows[i] = pk;
+		t->rows[i] = pk;
 	}
 	fclose(f);
 	return rc;
@@ -113,39 +117,58 @@ static int peaks_load(const char *path, char *err, size_t err_len)
 /* The peak row for a GPU: by PCI ids, else by product = model. */
 static const struct peak *peak_find(const Gpumatch__V1__Gpu *g)
 {
-	for (size_t i = 0; i < P.n; i++)
-		if (g->pci_device_id && P.rows[i].device == g->pci_device_id &&
-		    (!g->pci_vendor_id || P.rows[i].vendor == g->pci_vendor_id))
-			return &P.rows[i];
-	for (size_t i = 0; i < P.n; i++)
-		if (g->model && !strcmp(P.rows[i].product, g->model))
-			return &P.rows[i];
+	for (size_t i = 0; i < P.peaks.n; i++)
+		if (g->pci_device_id && P.peaks.rows[i].device == g->pci_device_id &&
+		    (!g->pci_vendor_id || P.peaks.rows[i].vendor == g->pci_vendor_id))
+			return &P.peaks.rows[i];
+	for (size_t i = 0; i < P.peaks.n; i++)
+		if (g->model && !strcmp(P.peaks.rows[i].product, g->model))
+			return &P.peaks.rows[i];
 	return NULL;
 }
 
-int probe_start(struct app *a, char *err, size_t err_len)
+/* Reads the configured peak files into a new table; the old one stays
+ * when they do not parse. */
+static int peaks_read(struct app *a, char *err, size_t err_len)
 {
-	probe_stop(a);
 	/* "": the source tree's copy, else the installed one */
 	const char *path = a->cfg.probe_peaks_file[0] ? a->cfg.probe_peaks_file
 	                   : access(GPUMATCH_DATA_DIR "/gpu-peaks.csv", R_OK) == 0
 	                       ? GPUMATCH_DATA_DIR "/gpu-peaks.csv"
 	                       : GPUMATCH_INSTALLED_DATA_DIR "/gpu-peaks.csv";
-	if (peaks_load(path, err, err_len))
+	struct peak_table t = { NULL, 0 };
+	if (peaks_load(&t, path, err, err_len) ||
+	    (a->cfg.probe_peaks_extra_file[0] &&
+	     peaks_load(&t, a->cfg.probe_peaks_extra_file, err, err_len))) {
+		free(t.rows);
 		return -1;
-	if (a->cfg.probe_peaks_extra_file[0] &&
-	    peaks_load(a->cfg.probe_peaks_extra_file, err, err_len))
-		return -1;
-	log_info("probe peaks loaded products=%zu file=%s", P.n, path);
+	}
+	free(P.peaks.rows);
+	P.peaks = t;
+	log_info("probe peaks loaded products=%zu file=%s extra=%s", t.n, path,
+	         a->cfg.probe_peaks_extra_file);
 	return 0;
+}
+
+int probe_start(struct app *a, char *err, size_t err_len)
+{
+	probe_stop(a);
+	return peaks_read(a, err, err_len);
+}
+
+void probe_reload(struct app *a)
+{
+	char err[512];
+	if (peaks_read(a, err, sizeof err))
+		log_error("probe peaks not reloaded, keeping the old table err=\"%s\"", err);
 }
 
 void probe_stop(struct app *a)
 {
 	(void)a;
-	free(P.rows);
-	P.rows = NULL;
-	P.n = 0;
+	free(P.peaks.rows);
+	P.peaks.rows = NULL;
+	P.peaks.n = 0;
 }
 
 void probe_metrics(struct app *a, struct evbuffer *b)

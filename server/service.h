@@ -42,6 +42,8 @@ void probe_submit(struct rpc_call *call, const ProtobufCMessage *req);
 /* Loads the expected-peak table named by the config; -1 with err. */
 int probe_start(struct app *a, char *err, size_t err_len);
 void probe_stop(struct app *a);
+/* SIGHUP: re-reads the peak files; keeps the old table if they fail. */
+void probe_reload(struct app *a);
 bool probe_idle(struct app *a); /* no verification running off the loop */
 void probe_metrics(struct app *a, struct evbuffer *b);
 

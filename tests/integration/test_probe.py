@@ -11,15 +11,20 @@ import base64
 import hashlib
 import json
 import os
+import shutil
+import signal
 import struct
 import subprocess
+import tempfile
 
 import common
 from common import ItCase, NodeAgent, job_spec, node_req, ok, submit, wait_job_state
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PEAKS_EXTRA = os.path.join(HERE, "probe-peaks-extra.csv")
 RATE_LIMIT = 12
+# the module's copy of probe-peaks-extra.csv, which a test rewrites
+_peaks_dir = tempfile.mkdtemp(prefix="gpumatch-probe-peaks-")
+PEAKS_EXTRA = os.path.join(_peaks_dir, "peaks-extra.csv")
 
 
 def gpu_probe_path():
@@ -29,6 +34,7 @@ def gpu_probe_path():
 
 
 def setUpModule():
+    shutil.copy(os.path.join(HERE, "probe-peaks-extra.csv"), PEAKS_EXTRA)
     common.setup_module(__name__, [
         "--cycle_interval_ms=200",
         "--probe_dim=24", "--probe_chain_length=3", "--probe_open_rows=4",
@@ -39,6 +45,7 @@ def setUpModule():
 
 
 def tearDownModule():
+    shutil.rmtree(_peaks_dir, True)
     common.teardown_module(__name__)
 
 
@@ -151,7 +158,11 @@ class ProbeTest(ItCase):
         self.assertEqual(len(rows), 1, "probe_runs row for challenge %s" % challenge_id)
         return rows[0]
 
-    def assert_rejected(self, out, reason, text):
+    def assert_rejected(self, out, reason, text, fresh=True):
+        """The verdict, the probe_runs row and GetNode all show the failure;
+        fresh: the node never passed, so it has no verified figures (after a
+        pass they stay as history; the FAILED status takes the node off
+        paid work)."""
         self.assertEqual(out.get("result"), "PROBE_RESULT_FAIL", out)
         self.assertEqual(out.get("reason"), "PROBE_FAILURE_REASON_" + reason, out)
         self.assertIn(text, out.get("message", ""), out)
@@ -163,7 +174,8 @@ class ProbeTest(ItCase):
         ver = n.get("verification", {})
         self.assertEqual(ver.get("status"), "VERIFICATION_STATUS_FAILED", n)
         self.assertEqual(ver.get("lastFailure"), out["message"], n)
-        self.assertNotIn("verified", n["gpus"][0], "no verified figures after a failure")
+        if fresh:
+            self.assertNotIn("verified", n["gpus"][0], "no verified figures after a failure")
 
     # ---- the honest path ----
 
@@ -467,6 +479,39 @@ class ProbeTest(ItCase):
                            capture_output=True, text=True, timeout=60)
         self.assertNotEqual(p.returncode, 0, p)
         self.assertIn(bad + ":4: expected pci_vendor_id,pci_device_id", p.stderr)
+
+    def test_sighup_reloads_the_peaks_and_keeps_them_when_broken(self):
+        with open(PEAKS_EXTRA) as f:
+            good = f.read()
+        ag = self.node(model="RELOADED-GPU", device_id=0xFFF1, claimed_fp16=1e-12)
+        rc, out = self.run_probe(ag.id, expect_rc=0)
+        self.assertEqual(out["gpus"][0]["expected_peak_tflops"], 0, "unknown before")
+        try:
+            with open(PEAKS_EXTRA, "a") as f:
+                f.write("0x10de,0xfff1,RELOADED-GPU,1e-9,1e-9,1e-9,1e-9,0,1\n")
+            off = self.c.log_offset()
+            os.kill(self.c.pid, signal.SIGHUP)
+            common.wait_for(lambda: "probe peaks loaded" in self.c.log_since(off), 10,
+                            what="the peaks reload")
+            rc, out = self.run_probe(ag.id, expect_rc=3)
+            self.assert_rejected(out, "ABOVE_PEAK", "above the RELOADED-GPU peak", fresh=False)
+            # a broken file: the table in use stays
+            with open(PEAKS_EXTRA, "a") as f:
+                f.write("not,a,row\n")
+            off = self.c.log_offset()
+            os.kill(self.c.pid, signal.SIGHUP)
+            common.wait_for(lambda: "probe peaks not reloaded" in self.c.log_since(off), 10,
+                            what="the refused reload")
+            self.assertIn("peaks-extra.csv:", self.c.log_since(off))
+            rc, out = self.run_probe(ag.id, expect_rc=3)
+            self.assertEqual(out["gpus"][0]["expected_peak_tflops"], 1e-9, out)
+        finally:
+            with open(PEAKS_EXTRA, "w") as f:
+                f.write(good)
+            off = self.c.log_offset()
+            os.kill(self.c.pid, signal.SIGHUP)
+            common.wait_for(lambda: "probe peaks loaded" in self.c.log_since(off), 10,
+                            what="the peaks restored")
 
     def test_bench_report_is_a_probe_report(self):
         p = subprocess.run([gpu_probe_path(), "bench", "--backend", "cpu", "--quick", "--proto"],
