@@ -227,6 +227,7 @@ static void signal_cb(evutil_socket_t sig, short ev, void *arg)
 		struct rpc_limits l;
 		rpc_limits_from_cfg(&a->cfg, &l);
 		rpc_server_set_limits(a->rpc, &l);
+		handlers_reload(a);
 		log_info("configuration reloaded");
 		return;
 	}

@@ -33,6 +33,16 @@ struct cfg {
 	bool allow_unverified;
 	char instance_id[64];
 	char traces_dir[512];
+	char probe_peaks_file[512];       /* "" = the shipped data/gpu-peaks.csv */
+	char probe_peaks_extra_file[512]; /* admin's rows, override the shipped ones */
+	int probe_dim;                    /* challenge m = n = k */
+	int probe_chain_length;           /* GEMMs per challenge */
+	int probe_open_rows;              /* rows opened per GPU */
+	int probe_commit_timeout_ms;      /* issue -> commitment */
+	int probe_open_timeout_ms;        /* commitment -> opening */
+	int probe_attempts_per_hour;      /* challenges per node per hour */
+	int probe_peak_margin_pct;        /* above peak x (1 + this/100): spoofed */
+	int probe_min_ratio_pct;          /* below claim x this/100: rejected */
 	char config_file[256];
 };
 

@@ -36,6 +36,8 @@ static const struct route routes[] = {
 	{ "/gpumatch.v1.NodeService/ReportLease", nodes_report_lease },
 	{ "/gpumatch.v1.NodeService/DrainNode", nodes_drain },
 	{ "/gpumatch.v1.NodeService/UndrainNode", nodes_undrain },
+	{ "/gpumatch.v1.NodeService/RequestChallenge", probe_request_challenge },
+	{ "/gpumatch.v1.NodeService/SubmitProbe", probe_submit },
 	{ "/gpumatch.v1.AdminService/CreateTenant", admin_create_tenant },
 	{ "/gpumatch.v1.AdminService/GetTenant", admin_get_tenant },
 	{ "/gpumatch.v1.AdminService/ListTenants", admin_list_tenants },
@@ -118,7 +120,7 @@ int handlers_start(struct app *a, char *err, size_t err_len)
 {
 	the_app = a;
 	if (jobs_start(a, err, err_len) || nodes_start(a, err, err_len) ||
-	    schedloop_start(a, err, err_len))
+	    probe_start(a, err, err_len) || schedloop_start(a, err, err_len))
 		return -1;
 	return 0;
 }
@@ -126,6 +128,7 @@ int handlers_start(struct app *a, char *err, size_t err_len)
 void handlers_stop(struct app *a)
 {
 	schedloop_stop(a);
+	probe_stop(a);
 	nodes_stop(a);
 	jobs_stop(a);
 }
@@ -138,12 +141,18 @@ void handlers_drain(struct app *a)
 
 bool handlers_idle(struct app *a)
 {
-	return jobs_idle(a) && schedloop_idle(a);
+	return jobs_idle(a) && schedloop_idle(a) && probe_idle(a);
+}
+
+void handlers_reload(struct app *a)
+{
+	probe_reload(a);
 }
 
 void handlers_metrics(struct app *a, struct evbuffer *b)
 {
 	jobs_metrics(a, b);
+	probe_metrics(a, b);
 	schedloop_metrics(a, b);
 }
 

@@ -38,8 +38,9 @@ const struct rds_script *handler_scripts(void);
 
 int handlers_start(struct app *a, char *err, size_t err_len);
 void handlers_stop(struct app *a);
-void handlers_drain(struct app *a); /* answer long polls, stop scheduling */
-bool handlers_idle(struct app *a);  /* nothing of ours in flight */
+void handlers_drain(struct app *a);  /* answer long polls, stop scheduling */
+bool handlers_idle(struct app *a);   /* nothing of ours in flight */
+void handlers_reload(struct app *a); /* SIGHUP: re-read the handlers' data files */
 void handlers_metrics(struct app *a, struct evbuffer *b);
 
 /* The process's app (there is one per process). */

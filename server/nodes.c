@@ -29,7 +29,8 @@ static uint64_t scope_operator(struct rpc_call *call)
 	" n.state_changed_at_us, n.last_heartbeat_us, n.heartbeats_received,"                    \
 	" (SELECT coalesce(bit_or(l.gpu_mask), 0) FROM leases l"                                 \
 	"   WHERE l.node_id = n.id AND l.state BETWEEN 1 AND 4) AS busy,"                        \
-	" n.unhealthy_gpus, n.health_reason"                                                     \
+	" n.verified_at_us, n.last_challenge_id, n.last_probe_failure, n.probe_attempts,"        \
+	" n.probe_failures, n.unhealthy_gpus, n.health_reason"                                   \
 	" FROM nodes n"
 
 struct node_scratch {
@@ -66,6 +67,12 @@ static Gpumatch__V1__Node *node_from_row(const PGresult *r, int row, struct node
 	n->state = (Gpumatch__V1__NodeState)col_i64(r, row, 5);
 	gpumatch__v1__verification__init(&s->ver);
 	s->ver.status = (Gpumatch__V1__VerificationStatus)col_i64(r, row, 7);
+	/* the probe's record (probe.c); last_failure is borrowed from r */
+	s->ver.verified_at_us = col_i64(r, row, 15);
+	s->ver.last_challenge_id = col_u64(r, row, 16);
+	s->ver.last_failure = PQgetvalue(r, row, 17);
+	s->ver.attempts = (uint32_t)col_u64(r, row, 18);
+	s->ver.failures = (uint32_t)col_u64(r, row, 19);
 	n->created_at_us = col_i64(r, row, 9);
 	n->updated_at_us = col_i64(r, row, 10);
 	n->state_changed_at_us = col_i64(r, row, 11);
@@ -95,13 +102,13 @@ static void node_borrow(Gpumatch__V1__Node *n, const PGresult *r, int row, struc
 	for (size_t i = 0; i < 64; i++)
 		if (col_u64(r, row, 14) >> i & 1)
 			n->n_busy_gpu_indexes++;
-	uint64_t bad = col_u64(r, row, 15);
+	uint64_t bad = col_u64(r, row, 20);
 	n->unhealthy_gpu_indexes = s->unhealthy;
 	n->n_unhealthy_gpu_indexes = 0;
 	for (unsigned i = 0; i < 64; i++)
 		if (bad >> i & 1)
 			s->unhealthy[n->n_unhealthy_gpu_indexes++] = i;
-	n->health_message = PQgetvalue(r, row, 16);
+	n->health_message = PQgetvalue(r, row, 21);
 }
 
 static void node_unborrow(Gpumatch__V1__Node *n, char *name, char *region, char *reason)
@@ -422,7 +429,10 @@ void nodes_register(struct rpc_call *call, const ProtobufCMessage *msg)
 	    " SELECT id FROM ins";
 	const char *sql_update =
 	    "WITH up AS (UPDATE nodes SET name = $2, region = $3, price_micros = $4::bigint,"
-	    "   facts_pb = $5::bytea, updated_at_us = $6::bigint"
+	    "   facts_pb = $5::bytea, updated_at_us = $6::bigint,"
+	    /* new facts carry no verified figures: a verified node probes again */
+	    "   verification_status = CASE WHEN verification_status = 3 THEN 1"
+	    "   ELSE verification_status END"
 	    "   WHERE id = $11::bigint AND operator_id = $1::bigint AND state <> 6 RETURNING id),"
 	    " d AS (DELETE FROM gpus WHERE node_id IN (SELECT id FROM up)),"
 	    " g AS (INSERT INTO gpus (node_id, idx, model, uuid, memory_mib)"

@@ -36,6 +36,17 @@ void nodes_drain_waiters(struct app *a);
  * is no such node. The call must not be answered otherwise. */
 void nodes_reply_node(struct rpc_call *call, uint64_t node_id);
 
+/* probe.c: the probe challenge (docs/probe.md) */
+void probe_request_challenge(struct rpc_call *call, const ProtobufCMessage *req);
+void probe_submit(struct rpc_call *call, const ProtobufCMessage *req);
+/* Loads the expected-peak table named by the config; -1 with err. */
+int probe_start(struct app *a, char *err, size_t err_len);
+void probe_stop(struct app *a);
+/* SIGHUP: re-reads the peak files; keeps the old table if they fail. */
+void probe_reload(struct app *a);
+bool probe_idle(struct app *a); /* no verification running off the loop */
+void probe_metrics(struct app *a, struct evbuffer *b);
+
 /* admin.c */
 void admin_create_tenant(struct rpc_call *call, const ProtobufCMessage *req);
 void admin_get_tenant(struct rpc_call *call, const ProtobufCMessage *req);
