@@ -3,6 +3,7 @@
  * audited with a field-by-field diff). Every input is checked before any
  * query runs, so a rejected call writes nothing. */
 #include <inttypes.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -274,6 +275,56 @@ static void tenant_from_row(const PGresult *r, int row, Gpumatch__V1__Tenant *t)
 	t->updated_at_us = col_i64(r, row, 9);
 }
 
+/* Tenants and operators as records one answer carries. */
+struct record_kind {
+	const char *what; /* for messages: "tenant" */
+	void (*from_row)(const PGresult *r, int row, void *rec);
+};
+
+static void tenant_row(const PGresult *r, int row, void *rec)
+{
+	tenant_from_row(r, row, rec);
+}
+
+static const struct record_kind TENANT = { "tenant", tenant_row };
+
+/* Answers q from a statement returning the record's row: the Postgres
+ * error, not_found naming id_field, or a resp_d message with its field
+ * `field` set to the record. Returns the record's id (0 when not found or
+ * failed). Tenant and Operator messages both start with their id. */
+static uint64_t reply_record(struct admin_q *q, enum pg_status st, PGresult *res,
+                             const char *sqlstate, const char *err, const struct record_kind *k,
+                             const char *id_field, uint64_t id,
+                             const ProtobufCMessageDescriptor *resp_d, const char *field)
+{
+	if (st != PG_OK) {
+		reply_pg_error(q->call, st, sqlstate, err);
+		return 0;
+	}
+	if (PQntuples(res) != 1) {
+		rpc_error(q->call, RPC_NOT_FOUND, "%s: %s %" PRIu64 " not found", id_field, k->what,
+		          id);
+		return 0;
+	}
+	union {
+		Gpumatch__V1__Tenant t;
+		Gpumatch__V1__Operator o;
+	} rec;
+	k->from_row(res, 0, &rec);
+	max_align_t buf[16]; /* any of the one-record responses */
+	const ProtobufCFieldDescriptor *f =
+	    protobuf_c_message_descriptor_get_field_by_name(resp_d, field);
+	if (resp_d->sizeof_message > sizeof buf || !f || f->type != PROTOBUF_C_TYPE_MESSAGE) {
+		rpc_error(q->call, RPC_INTERNAL, "no %s field in %s", field, resp_d->name);
+		return 0;
+	}
+	ProtobufCMessage *out = (ProtobufCMessage *)buf;
+	resp_d->message_init(out);
+	*(void **)((char *)out + f->offset) = &rec;
+	rpc_reply(q->call, out);
+	return k == &TENANT ? rec.t.id : rec.o.id;
+}
+
 static void create_tenant_cb(enum pg_status st, PGresult *res, const char *sqlstate,
                              const char *err, void *arg)
 {
@@ -366,18 +417,8 @@ static void get_tenant_cb(enum pg_status st, PGresult *res, const char *sqlstate
 {
 	struct admin_q *q = arg;
 	const Gpumatch__V1__GetTenantRequest *in = (const void *)q->req;
-	if (st != PG_OK) {
-		reply_pg_error(q->call, st, sqlstate, err);
-	} else if (PQntuples(res) != 1) {
-		rpc_error(q->call, RPC_NOT_FOUND, "tenantId: tenant %" PRIu64 " not found",
-		          in->tenant_id);
-	} else {
-		Gpumatch__V1__Tenant t;
-		Gpumatch__V1__GetTenantResponse out = GPUMATCH__V1__GET_TENANT_RESPONSE__INIT;
-		tenant_from_row(res, 0, &t);
-		out.tenant = &t;
-		rpc_reply(q->call, &out.base);
-	}
+	reply_record(q, st, res, sqlstate, err, &TENANT, "tenantId", in->tenant_id,
+	             &gpumatch__v1__get_tenant_response__descriptor, "tenant");
 	free(q);
 }
 
@@ -482,23 +523,16 @@ static void update_tenant_cb(enum pg_status st, PGresult *res, const char *sqlst
 {
 	struct admin_q *q = arg;
 	const Gpumatch__V1__UpdateTenantRequest *in = (const void *)q->req;
+	uint64_t id;
 	if (st == PG_ERROR && !strcmp(sqlstate, "23505")) {
 		rpc_error(q->call, RPC_ALREADY_EXISTS,
 		          "tenant.name: a tenant named \"%s\" already exists", in->tenant->name);
-	} else if (st != PG_OK) {
-		reply_pg_error(q->call, st, sqlstate, err);
-	} else if (PQntuples(res) != 1) {
-		rpc_error(q->call, RPC_NOT_FOUND, "tenant.id: tenant %" PRIu64 " not found",
-		          in->tenant->id);
-	} else {
-		Gpumatch__V1__Tenant t;
-		Gpumatch__V1__UpdateTenantResponse out = GPUMATCH__V1__UPDATE_TENANT_RESPONSE__INIT;
-		tenant_from_row(res, 0, &t);
-		out.tenant = &t;
-		log_info("tenant updated tenant=%" PRIu64 " fields=%zu by=%" PRIu64, t.id,
+	} else if ((id = reply_record(
+	                q, st, res, sqlstate, err, &TENANT, "tenant.id", in->tenant->id,
+	                &gpumatch__v1__update_tenant_response__descriptor, "tenant"))) {
+		log_info("tenant updated tenant=%" PRIu64 " fields=%zu by=%" PRIu64, id,
 		         in->n_update_mask, rpc_principal(q->call)->token_id);
-		schedloop_tenant_changed(app_get(), t.id);
-		rpc_reply(q->call, &out.base);
+		schedloop_tenant_changed(app_get(), id);
 	}
 	free(q);
 }
@@ -681,20 +715,11 @@ static void enable_tenant_cb(enum pg_status st, PGresult *res, const char *sqlst
 {
 	struct admin_q *q = arg;
 	const Gpumatch__V1__EnableTenantRequest *in = (const void *)q->req;
-	if (st != PG_OK) {
-		reply_pg_error(q->call, st, sqlstate, err);
-	} else if (PQntuples(res) != 1) {
-		rpc_error(q->call, RPC_NOT_FOUND, "tenantId: tenant %" PRIu64 " not found",
-		          in->tenant_id);
-	} else {
-		Gpumatch__V1__Tenant t;
-		Gpumatch__V1__EnableTenantResponse out = GPUMATCH__V1__ENABLE_TENANT_RESPONSE__INIT;
-		tenant_from_row(res, 0, &t);
-		out.tenant = &t;
-		log_info("tenant enabled tenant=%" PRIu64 " by=%" PRIu64, t.id,
+	uint64_t id = reply_record(q, st, res, sqlstate, err, &TENANT, "tenantId", in->tenant_id,
+	                           &gpumatch__v1__enable_tenant_response__descriptor, "tenant");
+	if (id)
+		log_info("tenant enabled tenant=%" PRIu64 " by=%" PRIu64, id,
 		         rpc_principal(q->call)->token_id);
-		rpc_reply(q->call, &out.base);
-	}
 	free(q);
 }
 
@@ -740,6 +765,13 @@ static void operator_from_row(const PGresult *r, int row, Gpumatch__V1__Operator
 	o->updated_at_us = col_i64(r, row, 7);
 	o->node_count = (uint32_t)col_u64(r, row, 8);
 }
+
+static void operator_row(const PGresult *r, int row, void *rec)
+{
+	operator_from_row(r, row, rec);
+}
+
+static const struct record_kind OPERATOR = { "operator", operator_row };
 
 static void create_operator_cb(enum pg_status st, PGresult *res, const char *sqlstate,
                                const char *err, void *arg)
@@ -814,18 +846,8 @@ static void get_operator_cb(enum pg_status st, PGresult *res, const char *sqlsta
 {
 	struct admin_q *q = arg;
 	const Gpumatch__V1__GetOperatorRequest *in = (const void *)q->req;
-	if (st != PG_OK) {
-		reply_pg_error(q->call, st, sqlstate, err);
-	} else if (PQntuples(res) != 1) {
-		rpc_error(q->call, RPC_NOT_FOUND, "operatorId: operator %" PRIu64 " not found",
-		          in->operator_id);
-	} else {
-		Gpumatch__V1__Operator o;
-		Gpumatch__V1__GetOperatorResponse out = GPUMATCH__V1__GET_OPERATOR_RESPONSE__INIT;
-		operator_from_row(res, 0, &o);
-		out.operator_record = &o;
-		rpc_reply(q->call, &out.base);
-	}
+	reply_record(q, st, res, sqlstate, err, &OPERATOR, "operatorId", in->operator_id,
+	             &gpumatch__v1__get_operator_response__descriptor, "operator_record");
 	free(q);
 }
 
@@ -920,25 +942,17 @@ static void update_operator_cb(enum pg_status st, PGresult *res, const char *sql
 {
 	struct admin_q *q = arg;
 	const Gpumatch__V1__UpdateOperatorRequest *in = (const void *)q->req;
+	uint64_t id;
 	if (st == PG_ERROR && !strcmp(sqlstate, "23505")) {
 		rpc_error(q->call, RPC_ALREADY_EXISTS,
 		          "operatorRecord.name: an operator named \"%s\" already exists",
 		          in->operator_record->name);
-	} else if (st != PG_OK) {
-		reply_pg_error(q->call, st, sqlstate, err);
-	} else if (PQntuples(res) != 1) {
-		rpc_error(q->call, RPC_NOT_FOUND,
-		          "operatorRecord.id: operator %" PRIu64 " not found",
-		          in->operator_record->id);
-	} else {
-		Gpumatch__V1__Operator o;
-		Gpumatch__V1__UpdateOperatorResponse out =
-		    GPUMATCH__V1__UPDATE_OPERATOR_RESPONSE__INIT;
-		operator_from_row(res, 0, &o);
-		out.operator_record = &o;
-		log_info("operator updated operator=%" PRIu64 " fields=%zu by=%" PRIu64, o.id,
+	} else if ((id = reply_record(q, st, res, sqlstate, err, &OPERATOR, "operatorRecord.id",
+	                              in->operator_record->id,
+	                              &gpumatch__v1__update_operator_response__descriptor,
+	                              "operator_record"))) {
+		log_info("operator updated operator=%" PRIu64 " fields=%zu by=%" PRIu64, id,
 		         in->n_update_mask, rpc_principal(q->call)->token_id);
-		rpc_reply(q->call, &out.base);
 	}
 	free(q);
 }
@@ -1080,21 +1094,12 @@ static void enable_operator_cb(enum pg_status st, PGresult *res, const char *sql
 {
 	struct admin_q *q = arg;
 	const Gpumatch__V1__EnableOperatorRequest *in = (const void *)q->req;
-	if (st != PG_OK) {
-		reply_pg_error(q->call, st, sqlstate, err);
-	} else if (PQntuples(res) != 1) {
-		rpc_error(q->call, RPC_NOT_FOUND, "operatorId: operator %" PRIu64 " not found",
-		          in->operator_id);
-	} else {
-		Gpumatch__V1__Operator o;
-		Gpumatch__V1__EnableOperatorResponse out =
-		    GPUMATCH__V1__ENABLE_OPERATOR_RESPONSE__INIT;
-		operator_from_row(res, 0, &o);
-		out.operator_record = &o;
-		log_info("operator enabled operator=%" PRIu64 " by=%" PRIu64, o.id,
+	uint64_t id =
+	    reply_record(q, st, res, sqlstate, err, &OPERATOR, "operatorId", in->operator_id,
+	                 &gpumatch__v1__enable_operator_response__descriptor, "operator_record");
+	if (id)
+		log_info("operator enabled operator=%" PRIu64 " by=%" PRIu64, id,
 		         rpc_principal(q->call)->token_id);
-		rpc_reply(q->call, &out.base);
-	}
 	free(q);
 }
 
