@@ -167,6 +167,13 @@ static uint64_t ju64(json_t *v)
 
 /* ---- jobs ---- */
 
+static const char *lease_state_name(int state)
+{
+	const ProtobufCEnumValue *v =
+	    protobuf_c_enum_descriptor_get_value(&gpumatch__v1__lease_state__descriptor, state);
+	return v ? v->name + strlen("LEASE_STATE_") : "?";
+}
+
 static void pump_reports(struct job *j);
 static void stop_job(struct job *j, int64_t deadline_server_us, const char *reason);
 
@@ -252,8 +259,8 @@ static void report_done(struct cl_result *r, void *arg)
 	if (r->http_status == 200) {
 		Gpumatch__V1__ReportLeaseResponse *resp =
 		    (Gpumatch__V1__ReportLeaseResponse *)r->resp;
-		alog("info", "msg=\"reported\" lease=%" PRIu64 " seq=%" PRIu64 " state=%d%s",
-		     j->lease_id, j->q[0].seq, j->q[0].state,
+		alog("info", "msg=\"reported\" lease=%" PRIu64 " seq=%" PRIu64 " state=%s%s",
+		     j->lease_id, j->q[0].seq, lease_state_name(j->q[0].state),
 		     resp->duplicate ? " duplicate=true" : "");
 		if (resp->command &&
 		    resp->command->action == GPUMATCH__V1__LEASE_ACTION__LEASE_ACTION_STOP)
@@ -729,9 +736,11 @@ static void register_done(struct cl_result *r, void *arg)
 	}
 	Gpumatch__V1__RegisterNodeResponse *resp = (Gpumatch__V1__RegisterNodeResponse *)r->resp;
 	a->node_id = resp->node->id;
-	alog("info", "msg=\"registered\" node=%" PRIu64 " name=%s created=%s gpus=%zu state=%d",
+	const ProtobufCEnumValue *st = protobuf_c_enum_descriptor_get_value(
+	    &gpumatch__v1__node_state__descriptor, (int)resp->node->state);
+	alog("info", "msg=\"registered\" node=%" PRIu64 " name=%s created=%s gpus=%zu state=%s",
 	     a->node_id, resp->node->name, resp->created ? "true" : "false", resp->node->n_gpus,
-	     (int)resp->node->state);
+	     st ? st->name + strlen("NODE_STATE_") : "?");
 	save_node(a);
 	schedule_heartbeat(a, 0);
 	schedule_poll(a, 0);
@@ -954,6 +963,15 @@ static int run_agent(struct ctx *c)
 		}
 		json_decref(saved);
 	}
+	if ((v = opt_str(c, "node-id"))) {
+		/* adopt a node registered before (e.g. with `gpumatch node register`) */
+		char *end;
+		unsigned long long id = strtoull(v, &end, 10);
+		if (*end || !id || *v == '-')
+			return usage_error(c, "--node-id: expected a positive integer, got \"%s\"",
+			                   v);
+		json_object_set_new(a->reg, "nodeId", juint64(id));
+	}
 	a->node_id = 0; /* until the server confirms it */
 	signal(SIGPIPE, SIG_IGN);
 	a->base = event_base_new();
@@ -1013,6 +1031,8 @@ static const struct optdef agent_opts[] = {
 	{ "price", "AMOUNT", "asking price per GPU-hour, e.g. 1.50", false },
 	{ "label", "KEY=VALUE", "node label", true },
 	{ "address", "HOST:PORT", "rendezvous address for multi-node jobs", false },
+	{ "node-id", "ID",
+	  "take over this registered node (default: the saved one, else a new one)", false },
 	{ "state-dir", "DIR",
 	  "node identity, pending reports, job logs (default $STATE_DIRECTORY, "
 	  "/var/lib/gpumatch-agent as root, else ~/.local/state/gpumatch-agent)",
