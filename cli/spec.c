@@ -248,6 +248,16 @@ int spec_sugar(json_t *spec, char *err, size_t err_len)
 		json_object_set_new(spec, "maxPricePerGpuHourMicros", jint64(m));
 		json_object_del(spec, "maxPricePerGpuHour");
 	}
+	/* enums may drop their type prefix: kind: training */
+	static const char *const enums[][2] = { { "kind", "JOB_KIND_" },
+		                                { "priorityClass", "PRIORITY_CLASS_" },
+		                                { "precision", "PRECISION_" } };
+	for (size_t i = 0; i < NELEM(enums); i++) {
+		json_t *e = json_object_get(spec, enums[i][0]);
+		if (json_is_string(e))
+			json_object_set_new(spec, enums[i][0],
+			                    enum_arg(enums[i][1], json_string_value(e)));
+	}
 	/* env values written as numbers or booleans in YAML are still strings */
 	json_t *env = json_object_get(spec, "env");
 	if (json_is_object(env)) {
