@@ -15,14 +15,19 @@
 
 #include "gpumatch/v1/registry.h"
 
+struct call;
+
 struct cl_conn {
 	struct event_base *base;
 	struct evhttp_connection *http;
 	char host[256];
 	int port;
+	struct call *calls; /* in flight: freed with the connection */
 };
 
 struct call {
+	struct cl_conn *conn;
+	struct call *prev, *next;
 	cl_done_cb cb;
 	void *arg;
 	const ProtobufCMessageDescriptor *out;
@@ -144,7 +149,13 @@ void cl_conn_free(struct cl_conn *c)
 {
 	if (!c)
 		return;
+	/* evhttp frees the requests still queued without calling back */
 	evhttp_connection_free(c->http);
+	while (c->calls) {
+		struct call *k = c->calls;
+		c->calls = k->next;
+		free(k);
+	}
 	free(c);
 }
 
@@ -203,6 +214,12 @@ static void reply_cb(struct evhttp_request *req, void *arg)
 			parse_error_body(&r, body, len);
 		}
 	}
+	if (k->prev)
+		k->prev->next = k->next;
+	else
+		k->conn->calls = k->next;
+	if (k->next)
+		k->next->prev = k->prev;
 	k->cb(&r, k->arg);
 	cl_result_clear(&r);
 	free(k);
@@ -253,6 +270,11 @@ int cl_call_async(struct cl_conn *c, const char *token, const char *service, con
 		free(k);
 		return -1;
 	}
+	k->conn = c;
+	k->next = c->calls;
+	if (c->calls)
+		c->calls->prev = k;
+	c->calls = k;
 	return 0;
 }
 
