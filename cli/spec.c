@@ -285,6 +285,9 @@ int spec_sugar(json_t *spec, char *err, size_t err_len)
 		{
 			if (json_is_integer(v))
 				json_array_set_new(cmd, i, jint64((int64_t)json_integer_value(v)));
+			else if (json_is_boolean(v))
+				json_array_set_new(cmd, i,
+				                   json_string(json_is_true(v) ? "true" : "false"));
 			else if (json_is_real(v)) {
 				char b[64];
 				snprintf(b, sizeof b, "%g", json_real_value(v));

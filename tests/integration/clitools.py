@@ -22,7 +22,8 @@ TERMINAL = {"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED",
 def cli_env(cluster, token=None, extra=None):
     env = _clean_env()
     # never the user's own config: a private path that does not exist
-    env["GPUMATCH_CONFIG"] = os.path.join(tempfile.gettempdir(), "gpumatch-it-no-config")
+    env["GPUMATCH_CONFIG"] = os.path.join(cluster.dir if cluster else tempfile.gettempdir(),
+                                          "gpumatch-it-no-config", "config")
     if cluster is not None:
         env["GPUMATCH_URL"] = "http://127.0.0.1:%d" % cluster.port
     if token:
