@@ -124,7 +124,8 @@ enum col_fmt {
 	F_LIST,  /* array of scalars -> a,b,c */
 	F_MAP,   /* object -> k=v,k=v */
 	F_BOOL,
-	F_PPM, /* parts per million -> 99.5% */
+	F_PPM,  /* parts per million -> 99.5% */
+	F_GPUS, /* array of Gpu -> 8x A100-SXM4-80GB */
 };
 
 struct col {

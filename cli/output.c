@@ -178,6 +178,29 @@ static void one_text(json_t *v, enum col_fmt fmt, char *buf, size_t len)
 	case F_DUR:
 		dur_text(num_of(v), buf, len);
 		break;
+	case F_GPUS: {
+		/* runs of one model: "8x A100-SXM4-80GB", "2x A, 1x B" */
+		size_t used = 0, i = 0, n = json_array_size(v);
+		buf[0] = '\0';
+		while (i < n) {
+			const char *m =
+			    json_string_value(json_object_get(json_array_get(v, i), "model"));
+			size_t k = i + 1;
+			while (k < n) {
+				const char *mk = json_string_value(
+				    json_object_get(json_array_get(v, k), "model"));
+				if ((m == NULL) != (mk == NULL) || (m && strcmp(m, mk)))
+					break;
+				k++;
+			}
+			used += (size_t)snprintf(buf + used, used < len ? len - used : 0,
+			                         "%s%zux %s", i ? ", " : "", k - i, m ? m : "?");
+			i = k;
+		}
+		if (!buf[0])
+			snprintf(buf, len, "-");
+		break;
+	}
 	case F_LIST:
 	case F_MAP: {
 		size_t used = 0;
