@@ -34,7 +34,6 @@ static const struct col job_cols[] = {
 	{ "STATE", "state", F_ENUM },
 	{ "KIND", "spec.kind", F_ENUM },
 	{ "GPUS", "spec.gpusPerNode", F_NUM },
-	{ "NODES", "placement[].nodeId", F_LIST },
 	{ "ATTEMPTS", "attempts", F_NUM },
 	{ "SUBMITTED", "submittedAtUs", F_TIME },
 	{ "COST", "costMicros", F_MONEY },

@@ -218,7 +218,7 @@ class CliTest(ItCase):
         self.assertRegex(out, r"(?m)^MAX PRICE/GPU-H\s+2\.50$")
         out = self.run_cli("list", "--state", "queued", token=self.ttok).stdout
         self.assertEqual(out.splitlines()[0].split(),
-                         ["ID", "NAME", "STATE", "KIND", "GPUS", "NODES", "ATTEMPTS",
+                         ["ID", "NAME", "STATE", "KIND", "GPUS", "ATTEMPTS",
                           "SUBMITTED", "COST"])
         self.assertIn(jid, [line.split()[0] for line in out.splitlines()[1:]])
         # explain: why it waits, per constraint, as a table
