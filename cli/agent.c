@@ -883,6 +883,10 @@ static void load_leases(struct agent *a)
 		if (j->nq)
 			alog("info", "msg=\"resending saved reports\" lease=%" PRIu64 " count=%d",
 			     j->lease_id, j->nq);
+		else {
+			a->jobs = j->next; /* nothing left to say about it */
+			free_job(j);
+		}
 	}
 	json_decref(arr);
 	save_leases(a);

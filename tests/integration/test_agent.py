@@ -231,6 +231,33 @@ class AgentTest(ItCase):
         n = cli_json(c, "node", "get", victim_id, token=self.otok)["node"]
         self.assertEqual(n["state"], "NODE_STATE_LOST")
 
+    def test_agent_restart_resumes_identity_and_reports_lost_job(self):
+        c = self.c
+        ag = Agent(c, self.otok, "rtx3090-x4.json", c.unique("phoenix"),
+                   labels={"pool": "phoenix"}).start()
+        self.extra_agents.append(ag)
+        node = ag.node_id()
+        pidfile = os.path.join(self.work, "phoenix.pid")
+        jid = self.submit_file({"gpusPerNode": 1, "maxDuration": "5m",
+                                "labelSelector": {"pool": "phoenix"},
+                                "command": ["sh", "-c", "echo $$ > %s; exec sleep 120" % pidfile]},
+                               "phoenix")
+        pid = int(self.wait_file(pidfile))
+        common.wait_for(lambda: self.job(jid)["state"] == "JOB_STATE_RUNNING", 10,
+                        what="job running")
+        ag.kill9()
+        self.assertTrue(pid_alive(pid), "the job outlives a killed agent")
+        ag.start()  # same state directory
+        j = wait_jobs(c, self.ttok, [jid], 30)[jid]
+        self.assertEqual(j["state"], "JOB_STATE_FAILED", j)
+        self.assertEqual(j["failure"].get("termSignal"), 9, j)
+        self.assertIn("agent restarted", j["failure"].get("message", ""), j)
+        common.wait_for(lambda: not pid_alive(pid), 10, what="orphan %d killed" % pid)
+        self.assertEqual(ag.node_id(), node)
+        self.assertIn("resuming node identity", ag.log())
+        n = cli_json(c, "node", "list", token=self.otok)["nodes"]
+        self.assertEqual(len([x for x in n if x["name"] == ag.name]), 1)
+
     def test_gpumatchd_restart_mid_run_loses_nothing(self):
         c = self.c
         ids = [self.submit_file({"gpusPerNode": 1 + i % 2, "maxDuration": "5m",
@@ -242,8 +269,14 @@ class AgentTest(ItCase):
                                              token=self.ttok).get("jobs", [])),
                         20, what="some jobs running")
         port = c.port
+        offsets = [len(a.log()) for a in self.agents]
         self.assertEqual(c.stop_gpumatchd(timeout=30), 0)
-        time.sleep(1.5)  # agents see refused connections and keep their jobs
+        # jobs go on; at least one ends while gpumatchd is down, so its
+        # outcome must wait on the agent's disk and be resent
+        common.wait_for(lambda: any('msg="job exited"' in a.log()[o:]
+                                    for a, o in zip(self.agents, offsets)),
+                        15, what="a job to end while gpumatchd is down")
+        time.sleep(0.5)
         c.start_gpumatchd(extra_flags=["--listen_port=%d" % port])
         self.assertEqual(c.port, port)
         jobs = wait_jobs(c, self.ttok, ids, 120)
@@ -259,6 +292,7 @@ class AgentTest(ItCase):
         # each lease's process ended once and was reported once (repeats are
         # the server's duplicates, never a second outcome)
         logs = "".join(a.log() for a in self.agents)
+        self.assertIn("report not delivered, will retry", logs)
         for i in ids:
             lease = self.job(i)["attemptHistory"][0]["placement"][0]["leaseId"]
             exits = [line for line in logs.splitlines()
