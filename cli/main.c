@@ -345,8 +345,6 @@ static int run_login(struct ctx *c)
 		return usage_error(c, "--url is required (or GPUMATCH_URL)");
 	if (!*c->token)
 		return usage_error(c, "--token is required (or GPUMATCH_TOKEN)");
-	char host[256];
-	(void)host;
 	if (strncmp(c->url, "http://", 7))
 		return usage_error(c, "--url: \"%s\" is not http://HOST:PORT", c->url);
 	if (mkdir_parents(c->config_path)) {
