@@ -258,6 +258,48 @@ class AgentTest(ItCase):
         n = cli_json(c, "node", "list", token=self.otok)["nodes"]
         self.assertEqual(len([x for x in n if x["name"] == ag.name]), 1)
 
+    def test_preempted_job_is_stopped_and_runs_again(self):
+        c = self.c
+        admin = c.admin_token
+        cur = cli_json(c, "admin", "policy", "get", token=admin)["policy"]
+        d = os.path.join(self.work, "policy")
+        os.makedirs(d, exist_ok=True)
+
+        def set_policy(p, comment):
+            path = os.path.join(d, "%s.json" % comment)
+            with open(path, "w") as f:
+                json.dump(p, f)
+            r = cli(c, "admin", "policy", "set", path, "--comment", comment, token=admin)
+            self.assertEqual(r.returncode, 0, r.stderr)
+        set_policy(dict(cur, preemption=True, preemptionGraceUs="1000000"), "preempt-on")
+        try:
+            ag = Agent(c, self.otok, "rtx3090-x4.json", c.unique("pre"),
+                       labels={"pool": "pre"}).start()
+            self.extra_agents.append(ag)
+            ag.node_id()
+            pidfile = os.path.join(self.work, "low.pid")
+            marker = os.path.join(self.work, "low.marker")
+            low = self.submit_file({"gpusPerNode": 4, "maxDuration": "5m", "preemptible": True,
+                                    "priorityClass": "low", "labelSelector": {"pool": "pre"},
+                                    "command": ["sh", "-c", "[ -e %s ] && exit 0; touch %s; "
+                                                "echo $$ > %s; exec sleep 120"
+                                                % (marker, marker, pidfile)]}, "low")
+            pid = int(self.wait_file(pidfile))
+            high = self.submit_file({"gpusPerNode": 4, "maxDuration": "5m",
+                                     "priorityClass": "critical",
+                                     "labelSelector": {"pool": "pre"},
+                                     "command": ["sleep", "1"]}, "high")
+            common.wait_for(lambda: not pid_alive(pid), 20, what="preempted pid %d gone" % pid)
+            jobs = wait_jobs(c, self.ttok, [low, high], 60)
+            self.assertEqual(jobs[high]["state"], "JOB_STATE_SUCCEEDED", jobs[high])
+            self.assertEqual(jobs[low]["state"], "JOB_STATE_SUCCEEDED", jobs[low])
+            hist = self.job(low)["attemptHistory"]
+            self.assertEqual(len(hist), 2, hist)
+            self.assertIn(hist[0].get("outcome"), ("JOB_STATE_PREEMPTED", "JOB_STATE_QUEUED"),
+                          hist)
+        finally:
+            set_policy(dict(cur), "preempt-off")
+
     def test_gpumatchd_restart_mid_run_loses_nothing(self):
         c = self.c
         ids = [self.submit_file({"gpusPerNode": 1 + i % 2, "maxDuration": "5m",
