@@ -601,6 +601,11 @@ static void heartbeat_done(struct cl_result *r, void *arg)
 		if (j)
 			stop_job(j, 0, "the server no longer knows this lease");
 	}
+	if (resp->reprobe_requested)
+		alog("warn",
+		     "msg=\"the server asks for a new probe run; run gpu-probe challenge\" "
+		     "node=%" PRIu64,
+		     a->node_id);
 	if (!a->shutting_down)
 		schedule_heartbeat(a, a->hb_override_ms ? a->hb_override_ms : a->hb_ms);
 }
@@ -663,8 +668,18 @@ static void acquire_done(struct cl_result *r, void *arg)
 {
 	struct agent *a = arg;
 	a->poll_inflight = false;
-	if (a->shutting_down)
+	if (a->shutting_down) {
+		Gpumatch__V1__AcquireLeaseResponse *late =
+		    r->http_status == 200 ? (Gpumatch__V1__AcquireLeaseResponse *)r->resp : NULL;
+		/* not started and not reported: once this node stops heartbeating
+		 * the server expires the lease and queues the job again */
+		if (late && late->lease && late->lease->id)
+			alog("warn",
+			     "msg=\"lease arrived while shutting down, not started\" lease=%" PRIu64
+			     " job=%" PRIu64,
+			     late->lease->id, late->lease->job_id);
 		return;
+	}
 	if (r->http_status != 200) {
 		a->poll_backoff_ms = a->poll_backoff_ms ? a->poll_backoff_ms * 2 : 250;
 		if (a->poll_backoff_ms > 5000)
