@@ -71,6 +71,7 @@ struct agent {
 	int64_t grace_us;
 	int64_t clock_skew_us; /* server - local, from heartbeats */
 	bool shutting_down;
+	bool reprobe_logged; /* said once per request */
 	int64_t shutdown_started_us;
 	int exit_code;
 };
@@ -601,11 +602,12 @@ static void heartbeat_done(struct cl_result *r, void *arg)
 		if (j)
 			stop_job(j, 0, "the server no longer knows this lease");
 	}
-	if (resp->reprobe_requested)
+	if (resp->reprobe_requested && !a->reprobe_logged)
 		alog("warn",
 		     "msg=\"the server asks for a new probe run; run gpu-probe challenge\" "
 		     "node=%" PRIu64,
 		     a->node_id);
+	a->reprobe_logged = resp->reprobe_requested;
 	if (!a->shutting_down)
 		schedule_heartbeat(a, a->hb_override_ms ? a->hb_override_ms : a->hb_ms);
 }
