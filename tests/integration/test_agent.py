@@ -100,6 +100,18 @@ class AgentTest(ItCase):
             return None
         return common.wait_for(read, timeout, what=path)
 
+    def test_heartbeats_never_wait_behind_the_long_poll(self):
+        # agents long-poll for 5 s; gpumatchd declares a node lost after 3 s
+        # without a heartbeat: idle nodes stay READY only if heartbeats go
+        # out while a poll is waiting
+        time.sleep(6)
+        nodes = {n["id"]: n for n in cli_json(self.c, "node", "list", token=self.otok)["nodes"]}
+        now = common.now_us()
+        for ag in self.agents:
+            n = nodes[ag.node_id()]
+            self.assertEqual(n["state"], "NODE_STATE_READY", n)
+            self.assertLess(now - int(n["lastHeartbeatUs"]), 2 * 10**6, n)
+
     def test_fifty_jobs_of_mixed_shapes_finish_with_their_exit_codes(self):
         # (gpus per node, nodes): 8-GPU and 2-node gangs fit only the two
         # 8-GPU nodes in us-east; the 4-GPU RTX node is in eu-west
