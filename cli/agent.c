@@ -39,8 +39,9 @@ struct job {
 	struct agent *a;
 	struct job *next;
 	uint64_t lease_id, job_id, fencing, seq;
-	pid_t pid;    /* process group leader; 0 = not started or reaped */
-	bool running; /* process alive */
+	uint64_t gpu_mask; /* bit i = GPU index i held by this lease */
+	pid_t pid;         /* process group leader; 0 = not started or reaped */
+	bool running;      /* process alive */
 	bool stopping;
 	struct event *kill_ev;     /* SIGKILL at the end of the grace period */
 	struct event *deadline_ev; /* the lease's deadline */
@@ -394,6 +395,9 @@ static void start_job(struct agent *a, const Gpumatch__V1__AcquireLeaseResponse 
 		return;
 	}
 	const Gpumatch__V1__JobSpec *s = r->spec;
+	for (size_t i = 0; i < l->n_gpu_indexes; i++)
+		if (l->gpu_indexes[i] < 64)
+			j->gpu_mask |= 1ULL << l->gpu_indexes[i];
 	char gpus[512] = "";
 	size_t used = 0;
 	for (size_t i = 0; i < l->n_gpu_indexes; i++)
@@ -638,6 +642,10 @@ static void heartbeat_cb(evutil_socket_t fd, short what, void *arg)
 		h[i].index = i;
 		h[i].uuid = a->gpu_uuids[i];
 		h[i].status = GPUMATCH__V1__GPU_HEALTH_STATUS__GPU_HEALTH_STATUS_HEALTHY;
+		/* without NVML, a GPU held by a running job counts as fully busy */
+		for (struct job *j = a->jobs; j; j = j->next)
+			if (j->running && i < 64 && (j->gpu_mask >> i & 1))
+				h[i].utilization_ppm = 1000000;
 		hp[i] = &h[i];
 	}
 	req.n_gpus = a->gpu_count;
