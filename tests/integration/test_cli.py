@@ -279,6 +279,32 @@ class CliTest(ItCase):
         self.assertEqual(r.returncode, 2)
         self.assertIn("gpu-probe", r.stderr)
 
+    def test_node_register_from_gpu_probe_info(self):
+        d = tempfile.mkdtemp(dir=self.c.dir)
+        with open(os.path.join(NODES_DIR, "h100-x8.json")) as f:
+            gpus = json.load(f)["gpus"][:2]
+        probe = os.path.join(d, "gpu-probe")
+        with open(probe, "w") as f:
+            f.write("#!/bin/sh\n[ \"$1\" = info ] || exit 9\ncat <<'EOF'\n%s\nEOF\n"
+                    % json.dumps({"gpus": gpus}))
+        os.chmod(probe, 0o755)
+        name = self.c.unique("probed")
+        n = cli_json(self.c, "node", "register", "--probe", probe, "--name", name, "--region",
+                     "eu-north", "--price", "3", token=self.otok)["node"]
+        self.assertEqual([g["uuid"] for g in n["gpus"]], [g["uuid"] for g in gpus])
+        self.assertEqual(n["region"], "eu-north")
+        # found on PATH when --probe is not given
+        env = cli_env(self.c, self.otok, {"PATH": d + ":/usr/bin:/bin"})
+        r = cli(None, "node", "register", "--name", self.c.unique("onpath"), "--region", "r",
+                "--price", "1", env=env)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        # a probe that fails is reported, nothing is registered
+        with open(probe, "w") as f:
+            f.write("#!/bin/sh\necho no driver >&2\nexit 3\n")
+        r = self.run_cli("node", "register", "--probe", probe, "--name", "x", "--region", "r",
+                         token=self.otok, rc=1)
+        self.assertIn("info failed (exit 3)", r.stderr)
+
     # ---- admins ----
 
     def test_admin_tenants_operators_tokens(self):
