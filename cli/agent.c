@@ -62,6 +62,10 @@ struct agent {
 	uint64_t node_id;
 	uint32_t gpu_count;
 	char **gpu_uuids;
+	const char *sim_path; /* --simulate FILE: its "health" block is re-read on SIGHUP */
+	int *gpu_status;      /* Gpumatch__V1__GpuHealthStatus per GPU */
+	char **gpu_message;   /* per GPU, NULL = none */
+	struct event *sighup_ev;
 	struct job *jobs;
 	struct event *hb_ev, *poll_ev, *reg_ev, *tick_ev;
 	struct event *sigchld_ev, *sigterm_ev, *sigint_ev;
@@ -641,7 +645,9 @@ static void heartbeat_cb(evutil_socket_t fd, short what, void *arg)
 		gpumatch__v1__gpu_health__init(&h[i]);
 		h[i].index = i;
 		h[i].uuid = a->gpu_uuids[i];
-		h[i].status = GPUMATCH__V1__GPU_HEALTH_STATUS__GPU_HEALTH_STATUS_HEALTHY;
+		h[i].status = (Gpumatch__V1__GpuHealthStatus)a->gpu_status[i];
+		if (a->gpu_message[i])
+			h[i].message = a->gpu_message[i];
 		/* without NVML, a GPU held by a running job counts as fully busy */
 		for (struct job *j = a->jobs; j; j = j->next)
 			if (j->running && i < 64 && (j->gpu_mask >> i & 1))
@@ -835,6 +841,90 @@ static void sigterm_cb(evutil_socket_t fd, short what, void *arg)
 	event_add(a->tick_ev, &tv);
 }
 
+/* ---- simulated GPU health ---- */
+
+/* The --simulate file's optional "health" list (GpuHealth messages, e.g.
+ * {"index": 1, "status": "GPU_HEALTH_STATUS_UNHEALTHY", "message": "xid 79"})
+ * sets what heartbeats report; GPUs not listed are HEALTHY. On any error
+ * the previous figures stay. */
+static void load_health(struct agent *a)
+{
+	char err[600];
+	json_t *t = a->sim_path ? tree_load(a->sim_path, err, sizeof err) : NULL;
+	if (!a->sim_path)
+		return;
+	if (!t) {
+		alog("error", "msg=\"cannot read simulated health\" err=\"%s\"", err);
+		return;
+	}
+	json_t *list = json_object_get(t, "health");
+	int *status = calloc(a->gpu_count ? a->gpu_count : 1, sizeof *status);
+	char **msg = calloc(a->gpu_count ? a->gpu_count : 1, sizeof *msg);
+	bool bad = !status || !msg || (list && !json_is_array(list));
+	size_t i;
+	json_t *e;
+	for (i = 0; i < a->gpu_count && status; i++)
+		status[i] = GPUMATCH__V1__GPU_HEALTH_STATUS__GPU_HEALTH_STATUS_HEALTHY;
+	json_array_foreach(list, i, e)
+	{
+		if (bad)
+			break;
+		char *text = json_dumps(e, JSON_COMPACT | JSON_ENCODE_ANY);
+		ProtobufCMessage *m = NULL;
+		if (!text || pbjson_decode(&gpumatch__v1__gpu_health__descriptor, text,
+		                           strlen(text), &m, err, sizeof err)) {
+			alog("error", "msg=\"bad simulated health\" entry=%zu err=\"%s\"", i,
+			     text ? err : "out of memory");
+			bad = true;
+		} else {
+			Gpumatch__V1__GpuHealth *g = (Gpumatch__V1__GpuHealth *)m;
+			if (g->index >= a->gpu_count) {
+				alog("error",
+				     "msg=\"bad simulated health\" entry=%zu err=\"index %u: "
+				     "the node has %u GPUs\"",
+				     i, g->index, a->gpu_count);
+				bad = true;
+			} else {
+				status[g->index] = (int)g->status;
+				free(msg[g->index]);
+				msg[g->index] =
+				    g->message && *g->message ? strdup(g->message) : NULL;
+			}
+			protobuf_c_message_free_unpacked(m, NULL);
+		}
+		free(text);
+	}
+	json_decref(t);
+	if (bad) {
+		for (i = 0; msg && i < a->gpu_count; i++)
+			free(msg[i]);
+		free(msg);
+		free(status);
+		return;
+	}
+	for (i = 0; a->gpu_message && i < a->gpu_count; i++)
+		free(a->gpu_message[i]);
+	free(a->gpu_message);
+	free(a->gpu_status);
+	a->gpu_status = status;
+	a->gpu_message = msg;
+	int sick = 0;
+	for (i = 0; i < a->gpu_count; i++)
+		sick += status[i] != GPUMATCH__V1__GPU_HEALTH_STATUS__GPU_HEALTH_STATUS_HEALTHY;
+	alog("info", "msg=\"simulated health loaded\" gpus=%u not_healthy=%d", a->gpu_count, sick);
+}
+
+static void sighup_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct agent *a = arg;
+	load_health(a);
+	/* tell the server now rather than at the next period */
+	if (a->node_id && !a->hb_inflight && !a->shutting_down)
+		schedule_heartbeat(a, 0);
+}
+
 /* ---- start-up ---- */
 
 static int mkdirs(const char *path)
@@ -977,6 +1067,12 @@ static int run_agent(struct ctx *c)
 		const char *u = json_string_value(json_object_get(json_array_get(gpus, i), "uuid"));
 		a->gpu_uuids[i] = strdup(u ? u : "");
 	}
+	a->gpu_status = calloc(a->gpu_count ? a->gpu_count : 1, sizeof *a->gpu_status);
+	a->gpu_message = calloc(a->gpu_count ? a->gpu_count : 1, sizeof *a->gpu_message);
+	for (uint32_t i = 0; i < a->gpu_count; i++)
+		a->gpu_status[i] = GPUMATCH__V1__GPU_HEALTH_STATUS__GPU_HEALTH_STATUS_HEALTHY;
+	a->sim_path = opt_str(c, "simulate");
+	load_health(a);
 	/* resume the identity a previous run saved, if it is this node's */
 	char path[1200];
 	snprintf(path, sizeof path, "%s/node.json", a->state_dir);
@@ -1021,6 +1117,8 @@ static int run_agent(struct ctx *c)
 	a->sigchld_ev = evsignal_new(a->base, SIGCHLD, sigchld_cb, a);
 	a->sigterm_ev = evsignal_new(a->base, SIGTERM, sigterm_cb, a);
 	a->sigint_ev = evsignal_new(a->base, SIGINT, sigterm_cb, a);
+	a->sighup_ev = evsignal_new(a->base, SIGHUP, sighup_cb, a);
+	event_add(a->sighup_ev, NULL);
 	event_add(a->sigchld_ev, NULL);
 	event_add(a->sigterm_ev, NULL);
 	event_add(a->sigint_ev, NULL);
@@ -1042,18 +1140,26 @@ static int run_agent(struct ctx *c)
 	event_free(a->sigchld_ev);
 	event_free(a->sigterm_ev);
 	event_free(a->sigint_ev);
+	event_free(a->sighup_ev);
 	cl_conn_free(a->ctl);
 	cl_conn_free(a->poll);
 	event_base_free(a->base);
-	for (uint32_t i = 0; i < a->gpu_count; i++)
+	for (uint32_t i = 0; i < a->gpu_count; i++) {
 		free(a->gpu_uuids[i]);
+		free(a->gpu_message[i]);
+	}
 	free(a->gpu_uuids);
+	free(a->gpu_message);
+	free(a->gpu_status);
 	json_decref(a->reg);
 	return a->exit_code;
 }
 
 static const struct optdef agent_opts[] = {
-	{ "simulate", "FILE", "simulated GPUs from a JSON/YAML file (examples/nodes/)", false },
+	{ "simulate", "FILE",
+	  "simulated GPUs from a JSON/YAML file (examples/nodes/); its \"health\" list is "
+	  "re-read on SIGHUP",
+	  false },
 	{ "probe", "PATH", "gpu-probe binary (default: gpu-probe on PATH)", false },
 	{ "name", "NAME", "node name (default: the file's, else the host name)", false },
 	{ "region", "REGION", "region, e.g. eu-west", false },

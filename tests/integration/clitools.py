@@ -61,7 +61,7 @@ class Agent:
     def __init__(self, cluster, token, node_file, name, region=None, labels=None,
                  grace="1s", state_dir=None):
         self.c, self.token, self.name = cluster, token, name
-        self.node_file = os.path.join(NODES_DIR, node_file)
+        self.node_file = os.path.join(NODES_DIR, node_file)  # absolute paths stay as they are
         self.region, self.labels, self.grace = region, labels or {}, grace
         self.state_dir = state_dir or tempfile.mkdtemp(prefix="gpumatch-agent-%s-" % name,
                                                        dir=cluster.dir)

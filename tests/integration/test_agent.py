@@ -6,10 +6,12 @@ other's GPUs."""
 
 import json
 import os
+import signal
 import time
 
 import common
-from clitools import Agent, cli, cli_json, sanitizer_text, wait_jobs
+from clitools import NODES_DIR, Agent, cli, cli_json, sanitizer_text, wait_jobs
+from cluster import SOURCE
 from common import ItCase
 
 SLOW = True
@@ -99,6 +101,45 @@ class AgentTest(ItCase):
                 return t or None
             return None
         return common.wait_for(read, timeout, what=path)
+
+    def test_simulated_gpu_health_reaches_heartbeats_and_reloads_on_sighup(self):
+        c = self.c
+        with open(os.path.join(NODES_DIR, "rtx3090-x4.json")) as f:
+            desc = json.load(f)
+        path = os.path.join(self.work, "sick-node.json")
+
+        def write(health):
+            with open(path + ".tmp", "w") as f:
+                json.dump(dict(desc, health=health), f)
+            os.replace(path + ".tmp", path)
+        write([{"index": 1, "status": "GPU_HEALTH_STATUS_UNHEALTHY", "xidErrors": [79],
+                "message": "xid 79"}])
+        ag = Agent(c, self.otok, path, c.unique("sick"), labels={"pool": "sick"}).start()
+        self.extra_agents.append(ag)
+        node = ag.node_id()
+        common.wait_for(lambda: "not_healthy=1" in ag.log(), 10, what="health loaded")
+        # where the server tracks GPU health, the node lists the sick GPU
+        with open(os.path.join(SOURCE, "proto", "gpumatch", "v1",
+                               "node.proto")) as f:
+            tracked = "unhealthy_gpu_indexes" in f.read()
+
+        def unhealthy():
+            return cli_json(c, "node", "get", node, token=self.otok)["node"].get(
+                "unhealthyGpuIndexes", [])
+        if tracked:
+            common.wait_for(lambda: unhealthy() == [1], 10, what="gpu 1 unhealthy on the node")
+        # a bad entry is refused and the previous figures stay
+        write([{"index": 9, "status": "GPU_HEALTH_STATUS_UNHEALTHY"}])
+        ag.proc.send_signal(signal.SIGHUP)
+        common.wait_for(lambda: "index 9: the node has 4 GPUs" in ag.log(), 10,
+                        what="bad health refused")
+        write([])
+        ag.proc.send_signal(signal.SIGHUP)
+        common.wait_for(lambda: "not_healthy=0" in ag.log(), 10, what="health reloaded")
+        if tracked:
+            common.wait_for(lambda: unhealthy() == [], 10, what="node healthy again")
+        self.assertNotIn("heartbeat failed", ag.log())
+        self.assertIsNone(ag.proc.poll())
 
     def test_heartbeats_never_wait_behind_the_long_poll(self):
         # agents long-poll for 5 s; gpumatchd declares a node lost after 3 s
