@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
 	build-essential pkg-config meson ninja-build python3 clang-format
 	protobuf-c-compiler libprotobuf-c-dev
-	libevent-dev libpq-dev libhiredis-dev libjansson-dev
+	libevent-dev libpq-dev libhiredis-dev libjansson-dev libyaml-dev
 	postgresql redis-server
 	protobuf-compiler python3-protobuf
 )

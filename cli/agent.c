@@ -1,0 +1,1187 @@
+/* agent.c — `gpumatch agent`, the node agent: registers the node (or
+ * resumes its identity from the state directory), heartbeats with per-GPU
+ * health, long-polls AcquireLease, runs each lease's command in its own
+ * process group with CUDA_VISIBLE_DEVICES set, and reports the outcome
+ * exactly once through ReportLease (pending reports are kept on disk and
+ * resent until acknowledged). One libevent loop: the long-poll has its own
+ * connection so that heartbeats and reports never wait behind it; children
+ * are reaped on SIGCHLD. */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+
+#include "cli.h"
+#include "client.h"
+#include "pbjson.h"
+#include "gpumatch/v1/node_service.pb-c.h"
+
+#define MAX_REPORTS 4
+
+struct report {
+	uint64_t seq;
+	int state; /* Gpumatch__V1__LeaseState */
+	int exit_code, term_signal;
+	char message[256];
+};
+
+struct job {
+	struct agent *a;
+	struct job *next;
+	uint64_t lease_id, job_id, fencing, seq;
+	uint64_t gpu_mask; /* bit i = GPU index i held by this lease */
+	pid_t pid;         /* process group leader; 0 = not started or reaped */
+	bool running;      /* process alive */
+	bool stopping;
+	struct event *kill_ev;     /* SIGKILL at the end of the grace period */
+	struct event *deadline_ev; /* the lease's deadline */
+	struct report q[MAX_REPORTS];
+	int nq;
+	bool inflight;
+	int backoff_ms;
+	struct event *retry_ev;
+};
+
+struct agent {
+	struct ctx *c;
+	struct event_base *base;
+	struct cl_conn *ctl;  /* register, heartbeats, reports */
+	struct cl_conn *poll; /* the AcquireLease long-poll */
+	char state_dir[900];
+	json_t *reg; /* RegisterNodeRequest JSON */
+	uint64_t node_id;
+	uint32_t gpu_count;
+	char **gpu_uuids;
+	const char *sim_path; /* --simulate FILE: its "health" block is re-read on SIGHUP */
+	int *gpu_status;      /* Gpumatch__V1__GpuHealthStatus per GPU */
+	char **gpu_message;   /* per GPU, NULL = none */
+	struct event *sighup_ev;
+	struct job *jobs;
+	struct event *hb_ev, *poll_ev, *reg_ev, *tick_ev;
+	struct event *sigchld_ev, *sigterm_ev, *sigint_ev;
+	int hb_ms, hb_override_ms;
+	bool hb_inflight, poll_inflight;
+	int poll_backoff_ms, reg_backoff_ms;
+	uint32_t poll_ms;
+	int64_t grace_us;
+	int64_t clock_skew_us; /* server - local, from heartbeats */
+	bool shutting_down;
+	bool reprobe_logged; /* said once per request */
+	int64_t shutdown_started_us;
+	int exit_code;
+};
+
+/* ---- logging: key=value lines to stderr ---- */
+
+static void alog(const char *level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void alog(const char *level, const char *fmt, ...)
+{
+	char ts[40];
+	struct timespec now;
+	clock_gettime(CLOCK_REALTIME, &now);
+	struct tm tm;
+	gmtime_r(&now.tv_sec, &tm);
+	size_t n = strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%S", &tm);
+	snprintf(ts + n, sizeof ts - n, ".%03ldZ", now.tv_nsec / 1000000);
+	char line[2048];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(line, sizeof line, fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "ts=%s level=%s %s\n", ts, level, line);
+}
+
+/* ---- state directory ---- */
+
+static int write_file_atomic(const char *path, const char *text)
+{
+	char tmp[1300];
+	snprintf(tmp, sizeof tmp, "%s.tmp", path);
+	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return -1;
+	size_t len = strlen(text);
+	int bad = write(fd, text, len) != (ssize_t)len || fsync(fd);
+	bad |= close(fd);
+	if (bad || rename(tmp, path)) {
+		unlink(tmp);
+		return -1;
+	}
+	return 0;
+}
+
+static void save_node(struct agent *a)
+{
+	char path[1200];
+	snprintf(path, sizeof path, "%s/node.json", a->state_dir);
+	json_t *j = json_pack("{s:o,s:O}", "nodeId", juint64(a->node_id), "name",
+	                      json_object_get(a->reg, "name"));
+	char *s = json_dumps(j, JSON_INDENT(2));
+	if (!s || write_file_atomic(path, s))
+		alog("error", "msg=\"cannot save node identity\" path=%s err=\"%s\"", path,
+		     strerror(errno));
+	free(s);
+	json_decref(j);
+}
+
+/* Every lease not yet fully reported, with its queued reports: what a
+ * restarted agent must still tell the server. */
+static void save_leases(struct agent *a)
+{
+	json_t *arr = json_array();
+	for (struct job *j = a->jobs; j; j = j->next) {
+		json_t *q = json_array();
+		for (int i = 0; i < j->nq; i++)
+			json_array_append_new(
+			    q,
+			    json_pack("{s:o,s:i,s:i,s:i,s:s}", "seq", juint64(j->q[i].seq), "state",
+			              j->q[i].state, "exitCode", j->q[i].exit_code, "termSignal",
+			              j->q[i].term_signal, "message", j->q[i].message));
+		json_array_append_new(
+		    arr, json_pack("{s:o,s:o,s:o,s:o,s:i,s:b,s:o}", "leaseId", juint64(j->lease_id),
+		                   "jobId", juint64(j->job_id), "fencingToken", juint64(j->fencing),
+		                   "seq", juint64(j->seq), "pid", (int)j->pid, "running",
+		                   j->running, "reports", q));
+	}
+	char path[1200];
+	snprintf(path, sizeof path, "%s/leases.json", a->state_dir);
+	char *s = json_dumps(arr, JSON_INDENT(1));
+	if (!s || write_file_atomic(path, s))
+		alog("error", "msg=\"cannot save pending reports\" path=%s err=\"%s\"", path,
+		     strerror(errno));
+	free(s);
+	json_decref(arr);
+}
+
+static uint64_t ju64(json_t *v)
+{
+	if (json_is_string(v))
+		return strtoull(json_string_value(v), NULL, 10);
+	return json_is_integer(v) ? (uint64_t)json_integer_value(v) : 0;
+}
+
+/* ---- jobs ---- */
+
+static const char *lease_state_name(int state)
+{
+	const ProtobufCEnumValue *v =
+	    protobuf_c_enum_descriptor_get_value(&gpumatch__v1__lease_state__descriptor, state);
+	return v ? v->name + strlen("LEASE_STATE_") : "?";
+}
+
+static void pump_reports(struct job *j);
+static void stop_job(struct job *j, int64_t deadline_server_us, const char *reason);
+
+static struct job *find_job(struct agent *a, uint64_t lease_id)
+{
+	for (struct job *j = a->jobs; j; j = j->next)
+		if (j->lease_id == lease_id)
+			return j;
+	return NULL;
+}
+
+static void free_job(struct job *j)
+{
+	if (j->kill_ev)
+		event_free(j->kill_ev);
+	if (j->deadline_ev)
+		event_free(j->deadline_ev);
+	if (j->retry_ev)
+		event_free(j->retry_ev);
+	free(j);
+}
+
+static void remove_job(struct job *j)
+{
+	struct agent *a = j->a;
+	for (struct job **p = &a->jobs; *p; p = &(*p)->next)
+		if (*p == j) {
+			*p = j->next;
+			break;
+		}
+	free_job(j);
+	save_leases(a);
+}
+
+static void queue_report(struct job *j, int state, int exit_code, int term_signal, const char *fmt,
+                         ...) __attribute__((format(printf, 5, 6)));
+
+static void queue_report(struct job *j, int state, int exit_code, int term_signal, const char *fmt,
+                         ...)
+{
+	if (j->nq >= MAX_REPORTS)
+		return;
+	struct report *r = &j->q[j->nq++];
+	memset(r, 0, sizeof *r);
+	r->seq = ++j->seq;
+	r->state = state;
+	r->exit_code = exit_code;
+	r->term_signal = term_signal;
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(r->message, sizeof r->message, fmt, ap);
+	va_end(ap);
+	/* on disk before it is sent: a restarted agent sends the same seq */
+	save_leases(j->a);
+	pump_reports(j);
+}
+
+static void retry_report_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	pump_reports(arg);
+}
+
+static void report_done(struct cl_result *r, void *arg)
+{
+	struct job *j = arg;
+	struct agent *a = j->a;
+	j->inflight = false;
+	if (r->http_status != 200 && !cl_result_final_error(r)) {
+		j->backoff_ms = j->backoff_ms ? j->backoff_ms * 2 : 250;
+		if (j->backoff_ms > 10000)
+			j->backoff_ms = 10000;
+		alog("warn",
+		     "msg=\"report not delivered, will retry\" lease=%" PRIu64 " seq=%" PRIu64
+		     " code=%s err=\"%s\" retry_ms=%d",
+		     j->lease_id, j->q[0].seq, r->code, r->message, j->backoff_ms);
+		struct timeval tv = { j->backoff_ms / 1000, (j->backoff_ms % 1000) * 1000 };
+		evtimer_add(j->retry_ev, &tv);
+		return;
+	}
+	j->backoff_ms = 0;
+	if (r->http_status == 200) {
+		Gpumatch__V1__ReportLeaseResponse *resp =
+		    (Gpumatch__V1__ReportLeaseResponse *)r->resp;
+		alog("info", "msg=\"reported\" lease=%" PRIu64 " seq=%" PRIu64 " state=%s%s",
+		     j->lease_id, j->q[0].seq, lease_state_name(j->q[0].state),
+		     resp->duplicate ? " duplicate=true" : "");
+		if (resp->command &&
+		    resp->command->action == GPUMATCH__V1__LEASE_ACTION__LEASE_ACTION_STOP)
+			stop_job(j, resp->command->deadline_us, resp->command->reason);
+	} else {
+		/* the server will never take it (lease re-placed, unknown): drop */
+		alog("warn",
+		     "msg=\"report refused, dropped\" lease=%" PRIu64 " seq=%" PRIu64
+		     " code=%s err=\"%s\"",
+		     j->lease_id, j->q[0].seq, r->code, r->message);
+	}
+	memmove(&j->q[0], &j->q[1], (size_t)(j->nq - 1) * sizeof j->q[0]);
+	j->nq--;
+	if (!j->nq && !j->running && j->pid == 0) {
+		remove_job(j);
+		return;
+	}
+	save_leases(a);
+	pump_reports(j);
+}
+
+static void pump_reports(struct job *j)
+{
+	struct agent *a = j->a;
+	if (j->inflight || !j->nq || evtimer_pending(j->retry_ev, NULL) || !a->node_id)
+		return;
+	struct report *rp = &j->q[0];
+	Gpumatch__V1__ReportLeaseRequest req = GPUMATCH__V1__REPORT_LEASE_REQUEST__INIT;
+	req.node_id = a->node_id;
+	req.lease_id = j->lease_id;
+	req.fencing_token = j->fencing;
+	req.seq = rp->seq;
+	req.state = (Gpumatch__V1__LeaseState)rp->state;
+	req.exit_code = rp->exit_code;
+	req.term_signal = rp->term_signal;
+	req.message = rp->message;
+	req.reported_at_us = cl_now_us();
+	if (cl_call_async(a->ctl, a->c->token, "NodeService", "ReportLease", &req.base, report_done,
+	                  j) == 0)
+		j->inflight = true;
+}
+
+static void kill_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct job *j = arg;
+	if (j->running && j->pid > 0) {
+		alog("info", "msg=\"grace period over, killing\" lease=%" PRIu64 " pid=%d",
+		     j->lease_id, (int)j->pid);
+		kill(-j->pid, SIGKILL);
+	}
+}
+
+/* SIGTERM to the job's process group now, SIGKILL when the server's
+ * deadline (server clock; 0 = the agent's --grace) has passed. */
+static void stop_job(struct job *j, int64_t deadline_server_us, const char *reason)
+{
+	struct agent *a = j->a;
+	if (!j->running || j->stopping)
+		return;
+	j->stopping = true;
+	int64_t grace = a->grace_us;
+	if (deadline_server_us > 0) {
+		int64_t left = deadline_server_us - a->clock_skew_us - cl_now_us();
+		grace = left < 0 ? 0 : left;
+		if (grace > a->grace_us * 30)
+			grace = a->grace_us * 30;
+	}
+	alog("info",
+	     "msg=\"stopping job\" lease=%" PRIu64 " job=%" PRIu64 " pid=%d grace_ms=%" PRId64
+	     " reason=\"%s\"",
+	     j->lease_id, j->job_id, (int)j->pid, grace / 1000, reason ? reason : "");
+	kill(-j->pid, SIGTERM);
+	struct timeval tv = { (time_t)(grace / 1000000), (suseconds_t)(grace % 1000000) };
+	evtimer_add(j->kill_ev, &tv);
+}
+
+static void deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	stop_job(arg, 0, "lease deadline reached");
+}
+
+static struct job *new_job(struct agent *a, uint64_t lease_id, uint64_t job_id, uint64_t fencing)
+{
+	struct job *j = calloc(1, sizeof *j);
+	if (!j)
+		return NULL;
+	j->a = a;
+	j->lease_id = lease_id;
+	j->job_id = job_id;
+	j->fencing = fencing;
+	j->kill_ev = evtimer_new(a->base, kill_cb, j);
+	j->deadline_ev = evtimer_new(a->base, deadline_cb, j);
+	j->retry_ev = evtimer_new(a->base, retry_report_cb, j);
+	if (!j->kill_ev || !j->deadline_ev || !j->retry_ev) {
+		free_job(j);
+		return NULL;
+	}
+	j->next = a->jobs;
+	a->jobs = j;
+	return j;
+}
+
+static void env_setf(const char *name, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void env_setf(const char *name, const char *fmt, ...)
+{
+	char v[4096];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(v, sizeof v, fmt, ap);
+	va_end(ap);
+	setenv(name, v, 1);
+}
+
+/* Starts the lease's command; queues RUNNING, or FAILED when it cannot. */
+static void start_job(struct agent *a, const Gpumatch__V1__AcquireLeaseResponse *r)
+{
+	const Gpumatch__V1__Lease *l = r->lease;
+	if (find_job(a, l->id)) {
+		alog("warn", "msg=\"lease handed out twice, ignored\" lease=%" PRIu64, l->id);
+		return;
+	}
+	struct job *j = new_job(a, l->id, l->job_id, l->fencing_token);
+	if (!j) {
+		alog("error", "msg=\"out of memory\"");
+		return;
+	}
+	const Gpumatch__V1__JobSpec *s = r->spec;
+	for (size_t i = 0; i < l->n_gpu_indexes; i++)
+		if (l->gpu_indexes[i] < 64)
+			j->gpu_mask |= 1ULL << l->gpu_indexes[i];
+	char gpus[512] = "";
+	size_t used = 0;
+	for (size_t i = 0; i < l->n_gpu_indexes; i++)
+		used += (size_t)snprintf(gpus + used, used < sizeof gpus ? sizeof gpus - used : 0,
+		                         "%s%u", i ? "," : "", l->gpu_indexes[i]);
+	alog("info", "msg=\"lease acquired\" lease=%" PRIu64 " job=%" PRIu64 " gpus=%s name=\"%s\"",
+	     l->id, l->job_id, gpus, r->job_name ? r->job_name : "");
+	if (!s || !s->n_command) {
+		queue_report(
+		    j, GPUMATCH__V1__LEASE_STATE__LEASE_STATE_FAILED, 127, 0, "%s",
+		    s && s->image && *s->image
+		        ? "this agent runs host commands only; the job names an image and no "
+		          "command"
+		        : "the job spec has no command");
+		return;
+	}
+	if (s->image && *s->image)
+		alog("warn",
+		     "msg=\"image ignored: this agent runs the command on the host\" lease=%" PRIu64
+		     " image=%s",
+		     l->id, s->image);
+	char logpath[1200];
+	snprintf(logpath, sizeof logpath, "%s/logs/lease-%" PRIu64 ".log", a->state_dir, l->id);
+	int ep[2];
+	if (pipe2(ep, O_CLOEXEC)) {
+		queue_report(j, GPUMATCH__V1__LEASE_STATE__LEASE_STATE_FAILED, 127, 0, "pipe: %s",
+		             strerror(errno));
+		return;
+	}
+	pid_t pid = fork();
+	if (pid < 0) {
+		close(ep[0]);
+		close(ep[1]);
+		queue_report(j, GPUMATCH__V1__LEASE_STATE__LEASE_STATE_FAILED, 127, 0, "fork: %s",
+		             strerror(errno));
+		return;
+	}
+	if (pid == 0) {
+		/* the child: its own process group, log as stdout/stderr, the
+		 * spec's argv, env and working directory; no shell */
+		setpgid(0, 0);
+		sigset_t none;
+		sigemptyset(&none);
+		sigprocmask(SIG_SETMASK, &none, NULL);
+		signal(SIGPIPE, SIG_DFL);
+		int err = 0;
+		const char *stage = "open log";
+		int fd = open(logpath, O_WRONLY | O_CREAT | O_APPEND, 0640);
+		int nul = open("/dev/null", O_RDONLY);
+		if (fd < 0 || nul < 0 || dup2(nul, 0) < 0 || dup2(fd, 1) < 0 || dup2(fd, 2) < 0)
+			err = errno;
+		if (!err && s->working_dir && *s->working_dir) {
+			stage = "chdir";
+			if (chdir(s->working_dir))
+				err = errno;
+		}
+		if (!err) {
+			env_setf("CUDA_VISIBLE_DEVICES", "%s", gpus);
+			env_setf("GPUMATCH_JOB_ID", "%" PRIu64, l->job_id);
+			env_setf("GPUMATCH_LEASE_ID", "%" PRIu64, l->id);
+			env_setf("GPUMATCH_NODE_ID", "%" PRIu64, a->node_id);
+			env_setf("GPUMATCH_GANG_INDEX", "%u", l->gang_index);
+			env_setf("GPUMATCH_GANG_SIZE", "%u", l->gang_size ? l->gang_size : 1);
+			env_setf("GPUMATCH_DEADLINE_US", "%" PRId64, l->deadline_us);
+			char peers[2048] = "";
+			size_t pu = 0;
+			for (size_t i = 0; i < r->n_peers; i++)
+				pu += (size_t)snprintf(
+				    peers + pu, pu < sizeof peers ? sizeof peers - pu : 0, "%s%s",
+				    i ? "," : "", r->peers[i]->address ? r->peers[i]->address : "");
+			env_setf("GPUMATCH_GANG_PEERS", "%s", peers);
+			for (size_t i = 0; i < s->n_env; i++)
+				setenv(s->env[i]->key, s->env[i]->value, 1);
+			char **argv = calloc(s->n_command + 1, sizeof *argv);
+			if (argv) {
+				for (size_t i = 0; i < s->n_command; i++)
+					argv[i] = s->command[i];
+				stage = "exec";
+				execvp(argv[0], argv);
+			}
+			err = errno;
+		}
+		char msg[300];
+		int n = snprintf(msg, sizeof msg, "%s: %s", stage, strerror(err));
+		if (write(ep[1], msg, (size_t)n) < 0)
+			_exit(126);
+		_exit(127);
+	}
+	close(ep[1]);
+	setpgid(pid, pid); /* also here: no window where kill(-pid) misses it */
+	char msg[300];
+	ssize_t n;
+	while ((n = read(ep[0], msg, sizeof msg - 1)) < 0 && errno == EINTR)
+		;
+	close(ep[0]);
+	j->pid = pid;
+	j->running = true;
+	if (n > 0) {
+		/* it never ran: reaped by the SIGCHLD handler; the outcome is this */
+		msg[n] = '\0';
+		j->running = false;
+		j->stopping = true;
+		alog("warn", "msg=\"job did not start\" lease=%" PRIu64 " err=\"%s\"", l->id, msg);
+		queue_report(j, GPUMATCH__V1__LEASE_STATE__LEASE_STATE_FAILED, 127, 0,
+		             "cannot start %s: %s", s->command[0], msg);
+		return;
+	}
+	alog("info",
+	     "msg=\"job started\" lease=%" PRIu64 " job=%" PRIu64
+	     " pid=%d cuda_visible_devices=%s log=%s",
+	     l->id, l->job_id, (int)pid, gpus, logpath);
+	if (l->deadline_us > 0) {
+		int64_t left = l->deadline_us - a->clock_skew_us - cl_now_us();
+		if (left < 0)
+			left = 0;
+		struct timeval tv = { (time_t)(left / 1000000), (suseconds_t)(left % 1000000) };
+		evtimer_add(j->deadline_ev, &tv);
+	}
+	queue_report(j, GPUMATCH__V1__LEASE_STATE__LEASE_STATE_RUNNING, 0, 0, "pid %d", (int)pid);
+}
+
+static void sigchld_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct agent *a = arg;
+	int st;
+	pid_t pid;
+	while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
+		struct job *j = NULL;
+		for (struct job *k = a->jobs; k; k = k->next)
+			if (k->pid == pid)
+				j = k;
+		if (!j)
+			continue;
+		/* whatever the leader left behind in its group goes too */
+		kill(-pid, SIGKILL);
+		j->pid = 0;
+		evtimer_del(j->kill_ev);
+		evtimer_del(j->deadline_ev);
+		if (!j->running)
+			continue; /* never started: already reported */
+		j->running = false;
+		if (WIFEXITED(st) && WEXITSTATUS(st) == 0) {
+			alog("info",
+			     "msg=\"job exited\" lease=%" PRIu64 " job=%" PRIu64 " exit_code=0",
+			     j->lease_id, j->job_id);
+			queue_report(j, GPUMATCH__V1__LEASE_STATE__LEASE_STATE_SUCCEEDED, 0, 0,
+			             "%s", "exited 0");
+		} else if (WIFEXITED(st)) {
+			alog("info",
+			     "msg=\"job exited\" lease=%" PRIu64 " job=%" PRIu64 " exit_code=%d",
+			     j->lease_id, j->job_id, WEXITSTATUS(st));
+			queue_report(j, GPUMATCH__V1__LEASE_STATE__LEASE_STATE_FAILED,
+			             WEXITSTATUS(st), 0, "exited %d", WEXITSTATUS(st));
+		} else {
+			int sig = WIFSIGNALED(st) ? WTERMSIG(st) : 0;
+			alog("info",
+			     "msg=\"job killed\" lease=%" PRIu64 " job=%" PRIu64 " signal=%d%s",
+			     j->lease_id, j->job_id, sig, j->stopping ? " stopped=true" : "");
+			queue_report(j, GPUMATCH__V1__LEASE_STATE__LEASE_STATE_FAILED, 0, sig,
+			             "killed by signal %d (%s)%s", sig, strsignal(sig),
+			             j->stopping ? " after a stop request" : "");
+		}
+	}
+}
+
+/* ---- heartbeats ---- */
+
+static void schedule_heartbeat(struct agent *a, int ms)
+{
+	struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+	evtimer_add(a->hb_ev, &tv);
+}
+
+static void handle_commands(struct agent *a, Gpumatch__V1__LeaseCommand **cmds, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (cmds[i]->action != GPUMATCH__V1__LEASE_ACTION__LEASE_ACTION_STOP)
+			continue;
+		struct job *j = find_job(a, cmds[i]->lease_id);
+		if (j)
+			stop_job(j, cmds[i]->deadline_us, cmds[i]->reason);
+	}
+}
+
+static void heartbeat_done(struct cl_result *r, void *arg)
+{
+	struct agent *a = arg;
+	a->hb_inflight = false;
+	int next = a->hb_override_ms ? a->hb_override_ms : a->hb_ms;
+	if (r->http_status != 200) {
+		alog("warn", "msg=\"heartbeat failed\" code=%s err=\"%s\"", r->code, r->message);
+		if (!a->shutting_down)
+			schedule_heartbeat(a, next > 2000 ? 2000 : next);
+		return;
+	}
+	Gpumatch__V1__HeartbeatResponse *resp = (Gpumatch__V1__HeartbeatResponse *)r->resp;
+	if (resp->server_time_us)
+		a->clock_skew_us = resp->server_time_us - cl_now_us();
+	if (resp->next_heartbeat_ms && !a->hb_override_ms)
+		a->hb_ms = (int)resp->next_heartbeat_ms;
+	handle_commands(a, resp->commands, resp->n_commands);
+	for (size_t i = 0; i < resp->n_unknown_lease_ids; i++) {
+		struct job *j = find_job(a, resp->unknown_lease_ids[i]);
+		if (j)
+			stop_job(j, 0, "the server no longer knows this lease");
+	}
+	if (resp->reprobe_requested && !a->reprobe_logged)
+		alog("warn",
+		     "msg=\"the server asks for a new probe run; run gpu-probe challenge\" "
+		     "node=%" PRIu64,
+		     a->node_id);
+	a->reprobe_logged = resp->reprobe_requested;
+	if (!a->shutting_down)
+		schedule_heartbeat(a, a->hb_override_ms ? a->hb_override_ms : a->hb_ms);
+}
+
+static void heartbeat_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct agent *a = arg;
+	if (a->hb_inflight || !a->node_id)
+		return;
+	Gpumatch__V1__HeartbeatRequest req = GPUMATCH__V1__HEARTBEAT_REQUEST__INIT;
+	req.node_id = a->node_id;
+	req.sent_at_us = cl_now_us();
+	req.agent_version = "gpumatch-agent/" GPUMATCH_VERSION;
+	Gpumatch__V1__GpuHealth *h = calloc(a->gpu_count ? a->gpu_count : 1, sizeof *h);
+	Gpumatch__V1__GpuHealth **hp = calloc(a->gpu_count ? a->gpu_count : 1, sizeof *hp);
+	uint64_t *running = calloc(256, sizeof *running);
+	if (!h || !hp || !running) {
+		free(h);
+		free(hp);
+		free(running);
+		schedule_heartbeat(a, 1000);
+		return;
+	}
+	for (uint32_t i = 0; i < a->gpu_count; i++) {
+		gpumatch__v1__gpu_health__init(&h[i]);
+		h[i].index = i;
+		h[i].uuid = a->gpu_uuids[i];
+		h[i].status = (Gpumatch__V1__GpuHealthStatus)a->gpu_status[i];
+		if (a->gpu_message[i])
+			h[i].message = a->gpu_message[i];
+		/* without NVML, a GPU held by a running job counts as fully busy */
+		for (struct job *j = a->jobs; j; j = j->next)
+			if (j->running && i < 64 && (j->gpu_mask >> i & 1))
+				h[i].utilization_ppm = 1000000;
+		hp[i] = &h[i];
+	}
+	req.n_gpus = a->gpu_count;
+	req.gpus = hp;
+	size_t nr = 0;
+	for (struct job *j = a->jobs; j && nr < 256; j = j->next)
+		if (j->running)
+			running[nr++] = j->lease_id;
+	req.n_running_lease_ids = nr;
+	req.running_lease_ids = running;
+	if (cl_call_async(a->ctl, a->c->token, "NodeService", "Heartbeat", &req.base,
+	                  heartbeat_done, a) == 0)
+		a->hb_inflight = true;
+	else
+		schedule_heartbeat(a, 1000);
+	free(h);
+	free(hp);
+	free(running);
+}
+
+/* ---- the lease long-poll ---- */
+
+static void schedule_poll(struct agent *a, int ms)
+{
+	struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+	evtimer_add(a->poll_ev, &tv);
+}
+
+static void acquire_done(struct cl_result *r, void *arg)
+{
+	struct agent *a = arg;
+	a->poll_inflight = false;
+	if (a->shutting_down) {
+		Gpumatch__V1__AcquireLeaseResponse *late =
+		    r->http_status == 200 ? (Gpumatch__V1__AcquireLeaseResponse *)r->resp : NULL;
+		/* not started and not reported: once this node stops heartbeating
+		 * the server expires the lease and queues the job again */
+		if (late && late->lease && late->lease->id)
+			alog("warn",
+			     "msg=\"lease arrived while shutting down, not started\" lease=%" PRIu64
+			     " job=%" PRIu64,
+			     late->lease->id, late->lease->job_id);
+		return;
+	}
+	if (r->http_status != 200) {
+		a->poll_backoff_ms = a->poll_backoff_ms ? a->poll_backoff_ms * 2 : 250;
+		if (a->poll_backoff_ms > 5000)
+			a->poll_backoff_ms = 5000;
+		alog("warn", "msg=\"lease poll failed\" code=%s err=\"%s\" retry_ms=%d", r->code,
+		     r->message, a->poll_backoff_ms);
+		schedule_poll(a, a->poll_backoff_ms);
+		return;
+	}
+	a->poll_backoff_ms = 0;
+	Gpumatch__V1__AcquireLeaseResponse *resp = (Gpumatch__V1__AcquireLeaseResponse *)r->resp;
+	handle_commands(a, resp->commands, resp->n_commands);
+	if (resp->lease && resp->lease->id)
+		start_job(a, resp);
+	schedule_poll(a, 0);
+}
+
+static void poll_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct agent *a = arg;
+	if (a->poll_inflight || a->shutting_down || !a->node_id)
+		return;
+	Gpumatch__V1__AcquireLeaseRequest req = GPUMATCH__V1__ACQUIRE_LEASE_REQUEST__INIT;
+	req.node_id = a->node_id;
+	req.wait_timeout_ms = a->poll_ms;
+	if (cl_call_async(a->poll, a->c->token, "NodeService", "AcquireLease", &req.base,
+	                  acquire_done, a) == 0)
+		a->poll_inflight = true;
+	else
+		schedule_poll(a, 1000);
+}
+
+/* ---- registration ---- */
+
+static void register_cb(evutil_socket_t fd, short what, void *arg);
+
+static void register_done(struct cl_result *r, void *arg)
+{
+	struct agent *a = arg;
+	if (r->http_status != 200) {
+		if (!strcmp(r->code, "not_found") && json_object_get(a->reg, "nodeId")) {
+			alog("warn",
+			     "msg=\"saved node unknown to the server, registering anew\" "
+			     "node=%" PRIu64,
+			     a->node_id);
+			json_object_del(a->reg, "nodeId");
+			a->node_id = 0;
+			event_active(a->reg_ev, EV_TIMEOUT, 0);
+			return;
+		}
+		if (cl_result_final_error(r)) {
+			alog("error", "msg=\"registration refused\" code=%s err=\"%s\"", r->code,
+			     r->message);
+			a->exit_code = EXIT_SERVER;
+			event_base_loopbreak(a->base);
+			return;
+		}
+		a->reg_backoff_ms = a->reg_backoff_ms ? a->reg_backoff_ms * 2 : 500;
+		if (a->reg_backoff_ms > 10000)
+			a->reg_backoff_ms = 10000;
+		alog("warn",
+		     "msg=\"registration failed, will retry\" code=%s err=\"%s\" retry_ms=%d",
+		     r->code, r->message, a->reg_backoff_ms);
+		struct timeval tv = { a->reg_backoff_ms / 1000, (a->reg_backoff_ms % 1000) * 1000 };
+		evtimer_add(a->reg_ev, &tv);
+		return;
+	}
+	Gpumatch__V1__RegisterNodeResponse *resp = (Gpumatch__V1__RegisterNodeResponse *)r->resp;
+	a->node_id = resp->node->id;
+	const ProtobufCEnumValue *st = protobuf_c_enum_descriptor_get_value(
+	    &gpumatch__v1__node_state__descriptor, (int)resp->node->state);
+	alog("info", "msg=\"registered\" node=%" PRIu64 " name=%s created=%s gpus=%zu state=%s",
+	     a->node_id, resp->node->name, resp->created ? "true" : "false", resp->node->n_gpus,
+	     st ? st->name + strlen("NODE_STATE_") : "?");
+	save_node(a);
+	schedule_heartbeat(a, 0);
+	schedule_poll(a, 0);
+	for (struct job *j = a->jobs; j; j = j->next)
+		pump_reports(j);
+}
+
+static void register_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct agent *a = arg;
+	char *text = json_dumps(a->reg, JSON_COMPACT);
+	ProtobufCMessage *m = NULL;
+	char err[512];
+	if (!text || pbjson_decode(&gpumatch__v1__register_node_request__descriptor, text,
+	                           strlen(text), &m, err, sizeof err)) {
+		alog("error", "msg=\"bad node description\" err=\"%s\"",
+		     text ? err : "out of memory");
+		free(text);
+		a->exit_code = EXIT_USAGE;
+		event_base_loopbreak(a->base);
+		return;
+	}
+	free(text);
+	if (cl_call_async(a->ctl, a->c->token, "NodeService", "RegisterNode", m, register_done,
+	                  a)) {
+		struct timeval tv = { 1, 0 };
+		evtimer_add(a->reg_ev, &tv);
+	}
+	protobuf_c_message_free_unpacked(m, NULL);
+}
+
+/* ---- shutdown ---- */
+
+static void tick_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct agent *a = arg;
+	bool busy = false;
+	for (struct job *j = a->jobs; j; j = j->next)
+		busy |= j->running || j->nq;
+	/* reports that cannot be delivered now stay on disk for the next start */
+	if (!busy || cl_now_us() - a->shutdown_started_us > a->grace_us + 5000000)
+		event_base_loopbreak(a->base);
+}
+
+static void sigterm_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct agent *a = arg;
+	if (a->shutting_down) {
+		alog("info", "msg=\"second signal, exiting now\"");
+		event_base_loopbreak(a->base);
+		return;
+	}
+	a->shutting_down = true;
+	a->shutdown_started_us = cl_now_us();
+	alog("info", "msg=\"shutting down: stopping jobs and sending their reports\"");
+	for (struct job *j = a->jobs; j; j = j->next)
+		stop_job(j, 0, "agent shutting down");
+	evtimer_del(a->hb_ev);
+	evtimer_del(a->poll_ev);
+	struct timeval tv = { 0, 100000 };
+	event_add(a->tick_ev, &tv);
+}
+
+/* ---- simulated GPU health ---- */
+
+/* The --simulate file's optional "health" list (GpuHealth messages, e.g.
+ * {"index": 1, "status": "GPU_HEALTH_STATUS_UNHEALTHY", "message": "xid 79"})
+ * sets what heartbeats report; GPUs not listed are HEALTHY. On any error
+ * the previous figures stay. */
+static void load_health(struct agent *a)
+{
+	char err[600];
+	json_t *t = a->sim_path ? tree_load(a->sim_path, err, sizeof err) : NULL;
+	if (!a->sim_path)
+		return;
+	if (!t) {
+		alog("error", "msg=\"cannot read simulated health\" err=\"%s\"", err);
+		return;
+	}
+	json_t *list = json_object_get(t, "health");
+	int *status = calloc(a->gpu_count ? a->gpu_count : 1, sizeof *status);
+	char **msg = calloc(a->gpu_count ? a->gpu_count : 1, sizeof *msg);
+	bool bad = !status || !msg || (list && !json_is_array(list));
+	size_t i;
+	json_t *e;
+	for (i = 0; i < a->gpu_count && status; i++)
+		status[i] = GPUMATCH__V1__GPU_HEALTH_STATUS__GPU_HEALTH_STATUS_HEALTHY;
+	json_array_foreach(list, i, e)
+	{
+		if (bad)
+			break;
+		char *text = json_dumps(e, JSON_COMPACT | JSON_ENCODE_ANY);
+		ProtobufCMessage *m = NULL;
+		if (!text || pbjson_decode(&gpumatch__v1__gpu_health__descriptor, text,
+		                           strlen(text), &m, err, sizeof err)) {
+			alog("error", "msg=\"bad simulated health\" entry=%zu err=\"%s\"", i,
+			     text ? err : "out of memory");
+			bad = true;
+		} else {
+			Gpumatch__V1__GpuHealth *g = (Gpumatch__V1__GpuHealth *)m;
+			if (g->index >= a->gpu_count) {
+				alog("error",
+				     "msg=\"bad simulated health\" entry=%zu err=\"index %u: "
+				     "the node has %u GPUs\"",
+				     i, g->index, a->gpu_count);
+				bad = true;
+			} else {
+				status[g->index] = (int)g->status;
+				free(msg[g->index]);
+				msg[g->index] =
+				    g->message && *g->message ? strdup(g->message) : NULL;
+			}
+			protobuf_c_message_free_unpacked(m, NULL);
+		}
+		free(text);
+	}
+	json_decref(t);
+	if (bad) {
+		for (i = 0; msg && i < a->gpu_count; i++)
+			free(msg[i]);
+		free(msg);
+		free(status);
+		return;
+	}
+	for (i = 0; a->gpu_message && i < a->gpu_count; i++)
+		free(a->gpu_message[i]);
+	free(a->gpu_message);
+	free(a->gpu_status);
+	a->gpu_status = status;
+	a->gpu_message = msg;
+	int sick = 0;
+	for (i = 0; i < a->gpu_count; i++)
+		sick += status[i] != GPUMATCH__V1__GPU_HEALTH_STATUS__GPU_HEALTH_STATUS_HEALTHY;
+	alog("info", "msg=\"simulated health loaded\" gpus=%u not_healthy=%d", a->gpu_count, sick);
+}
+
+static void sighup_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct agent *a = arg;
+	load_health(a);
+	/* tell the server now rather than at the next period */
+	if (a->node_id && !a->hb_inflight && !a->shutting_down)
+		schedule_heartbeat(a, 0);
+}
+
+/* ---- start-up ---- */
+
+static int mkdirs(const char *path)
+{
+	char tmp[1000];
+	snprintf(tmp, sizeof tmp, "%s", path);
+	for (char *p = tmp + 1; *p; p++)
+		if (*p == '/') {
+			*p = '\0';
+			if (mkdir(tmp, 0700) && errno != EEXIST)
+				return -1;
+			*p = '/';
+		}
+	return mkdir(tmp, 0700) && errno != EEXIST ? -1 : 0;
+}
+
+/* Leases a previous run left: their processes died with it (or are
+ * killed now); their outcome is reported as lost, and reports already
+ * queued are resent with their original seq. */
+static void load_leases(struct agent *a)
+{
+	char path[1200];
+	snprintf(path, sizeof path, "%s/leases.json", a->state_dir);
+	json_t *arr = json_load_file(path, 0, NULL);
+	size_t i;
+	json_t *e;
+	json_array_foreach(arr, i, e)
+	{
+		struct job *j = new_job(a, ju64(json_object_get(e, "leaseId")),
+		                        ju64(json_object_get(e, "jobId")),
+		                        ju64(json_object_get(e, "fencingToken")));
+		if (!j)
+			break;
+		j->seq = ju64(json_object_get(e, "seq"));
+		size_t k;
+		json_t *q;
+		json_array_foreach(json_object_get(e, "reports"), k, q)
+		{
+			if (j->nq >= MAX_REPORTS)
+				break;
+			struct report *r = &j->q[j->nq++];
+			r->seq = ju64(json_object_get(q, "seq"));
+			r->state = (int)json_integer_value(json_object_get(q, "state"));
+			r->exit_code = (int)json_integer_value(json_object_get(q, "exitCode"));
+			r->term_signal = (int)json_integer_value(json_object_get(q, "termSignal"));
+			snprintf(r->message, sizeof r->message, "%s",
+			         json_string_value(json_object_get(q, "message"))
+			             ? json_string_value(json_object_get(q, "message"))
+			             : "");
+		}
+		pid_t pid = (pid_t)json_integer_value(json_object_get(e, "pid"));
+		bool was_running = json_is_true(json_object_get(e, "running"));
+		if (was_running) {
+			if (pid > 0)
+				kill(-pid, SIGKILL);
+			alog("warn",
+			     "msg=\"job lost with the previous agent run\" lease=%" PRIu64
+			     " pid=%d",
+			     j->lease_id, (int)pid);
+			if (j->nq < MAX_REPORTS) {
+				struct report *r = &j->q[j->nq++];
+				memset(r, 0, sizeof *r);
+				r->seq = ++j->seq;
+				r->state = GPUMATCH__V1__LEASE_STATE__LEASE_STATE_FAILED;
+				r->term_signal = SIGKILL;
+				snprintf(
+				    r->message, sizeof r->message,
+				    "the agent restarted while the job ran; its process was lost");
+			}
+		}
+		if (j->nq)
+			alog("info", "msg=\"resending saved reports\" lease=%" PRIu64 " count=%d",
+			     j->lease_id, j->nq);
+		else {
+			a->jobs = j->next; /* nothing left to say about it */
+			free_job(j);
+		}
+	}
+	json_decref(arr);
+	save_leases(a);
+}
+
+static int run_agent(struct ctx *c)
+{
+	static struct agent ag;
+	struct agent *a = &ag;
+	a->c = c;
+	int rc;
+	const char *v;
+	if (!*c->token)
+		return usage_error(c, "an operator token is required (--token, GPUMATCH_TOKEN or "
+		                      "gpumatch login)");
+	a->grace_us = 10000000;
+	if ((v = opt_str(c, "grace")) && (a->grace_us = parse_duration_us(v)) < 0)
+		return usage_error(c, "--grace: expected a duration such as 10s, got \"%s\"", v);
+	a->poll_ms = 20000;
+	if ((v = opt_str(c, "poll"))) {
+		int64_t us = parse_duration_us(v);
+		if (us < 0 || us > 600000000)
+			return usage_error(c, "--poll: expected a duration up to 10m, got \"%s\"",
+			                   v);
+		a->poll_ms = (uint32_t)(us / 1000);
+	}
+	a->hb_ms = 5000;
+	if ((v = opt_str(c, "heartbeat"))) {
+		int64_t us = parse_duration_us(v);
+		if (us < 100000 || us > 600000000)
+			return usage_error(c,
+			                   "--heartbeat: expected a duration of 100ms..10m, got "
+			                   "\"%s\"",
+			                   v);
+		a->hb_override_ms = (int)(us / 1000);
+	}
+	if ((v = opt_str(c, "state-dir")))
+		snprintf(a->state_dir, sizeof a->state_dir, "%s", v);
+	else if ((v = getenv("STATE_DIRECTORY")) && *v)
+		snprintf(a->state_dir, sizeof a->state_dir, "%s", v);
+	else if (geteuid() == 0)
+		snprintf(a->state_dir, sizeof a->state_dir, "/var/lib/gpumatch-agent");
+	else
+		snprintf(a->state_dir, sizeof a->state_dir, "%s/.local/state/gpumatch-agent",
+		         getenv("HOME") ? getenv("HOME") : ".");
+	char logs[1200];
+	snprintf(logs, sizeof logs, "%s/logs", a->state_dir);
+	if (mkdirs(a->state_dir) || mkdirs(logs)) {
+		fprintf(stderr, "gpumatch agent: cannot create state directory %s: %s\n",
+		        a->state_dir, strerror(errno));
+		return EXIT_USAGE;
+	}
+	a->reg = node_request(c, &rc);
+	if (!a->reg)
+		return rc;
+	if (!json_object_get(a->reg, "region"))
+		return usage_error(c,
+		                   "--region is required (or \"region\" in the --simulate file)");
+	json_t *gpus = json_object_get(a->reg, "gpus");
+	a->gpu_count = (uint32_t)json_array_size(gpus);
+	a->gpu_uuids = calloc(a->gpu_count ? a->gpu_count : 1, sizeof *a->gpu_uuids);
+	for (uint32_t i = 0; i < a->gpu_count; i++) {
+		const char *u = json_string_value(json_object_get(json_array_get(gpus, i), "uuid"));
+		a->gpu_uuids[i] = strdup(u ? u : "");
+	}
+	a->gpu_status = calloc(a->gpu_count ? a->gpu_count : 1, sizeof *a->gpu_status);
+	a->gpu_message = calloc(a->gpu_count ? a->gpu_count : 1, sizeof *a->gpu_message);
+	for (uint32_t i = 0; i < a->gpu_count; i++)
+		a->gpu_status[i] = GPUMATCH__V1__GPU_HEALTH_STATUS__GPU_HEALTH_STATUS_HEALTHY;
+	a->sim_path = opt_str(c, "simulate");
+	load_health(a);
+	/* resume the identity a previous run saved, if it is this node's */
+	char path[1200];
+	snprintf(path, sizeof path, "%s/node.json", a->state_dir);
+	json_t *saved = json_load_file(path, 0, NULL);
+	if (saved) {
+		const char *sn = json_string_value(json_object_get(saved, "name"));
+		const char *nn = json_string_value(json_object_get(a->reg, "name"));
+		if (sn && nn && !strcmp(sn, nn)) {
+			a->node_id = ju64(json_object_get(saved, "nodeId"));
+			json_object_set_new(a->reg, "nodeId", juint64(a->node_id));
+			alog("info", "msg=\"resuming node identity\" node=%" PRIu64 " state_dir=%s",
+			     a->node_id, a->state_dir);
+		}
+		json_decref(saved);
+	}
+	if ((v = opt_str(c, "node-id"))) {
+		/* adopt a node registered before (e.g. with `gpumatch node register`) */
+		char *end;
+		unsigned long long id = strtoull(v, &end, 10);
+		if (*end || !id || *v == '-')
+			return usage_error(c, "--node-id: expected a positive integer, got \"%s\"",
+			                   v);
+		json_object_set_new(a->reg, "nodeId", juint64(id));
+	}
+	a->node_id = 0; /* until the server confirms it */
+	signal(SIGPIPE, SIG_IGN);
+	a->base = event_base_new();
+	char err[300];
+	a->ctl = a->base ? cl_conn_new(a->base, c->url, 10, err, sizeof err) : NULL;
+	a->poll = a->ctl
+	              ? cl_conn_new(a->base, c->url, (int)(a->poll_ms / 1000) + 15, err, sizeof err)
+	              : NULL;
+	if (!a->poll) {
+		fprintf(stderr, "gpumatch agent: %s\n",
+		        a->base ? err : "cannot make an event loop");
+		return EXIT_USAGE;
+	}
+	a->hb_ev = evtimer_new(a->base, heartbeat_cb, a);
+	a->poll_ev = evtimer_new(a->base, poll_cb, a);
+	a->reg_ev = evtimer_new(a->base, register_cb, a);
+	a->tick_ev = event_new(a->base, -1, EV_PERSIST, tick_cb, a);
+	a->sigchld_ev = evsignal_new(a->base, SIGCHLD, sigchld_cb, a);
+	a->sigterm_ev = evsignal_new(a->base, SIGTERM, sigterm_cb, a);
+	a->sigint_ev = evsignal_new(a->base, SIGINT, sigterm_cb, a);
+	a->sighup_ev = evsignal_new(a->base, SIGHUP, sighup_cb, a);
+	event_add(a->sighup_ev, NULL);
+	event_add(a->sigchld_ev, NULL);
+	event_add(a->sigterm_ev, NULL);
+	event_add(a->sigint_ev, NULL);
+	alog("info", "msg=\"agent starting\" url=%s name=%s gpus=%u state_dir=%s", c->url,
+	     json_string_value(json_object_get(a->reg, "name")), a->gpu_count, a->state_dir);
+	load_leases(a);
+	event_active(a->reg_ev, EV_TIMEOUT, 0);
+	event_base_dispatch(a->base);
+	alog("info", "msg=\"agent stopped\"");
+	while (a->jobs) {
+		struct job *j = a->jobs;
+		a->jobs = j->next;
+		free_job(j);
+	}
+	event_free(a->hb_ev);
+	event_free(a->poll_ev);
+	event_free(a->reg_ev);
+	event_free(a->tick_ev);
+	event_free(a->sigchld_ev);
+	event_free(a->sigterm_ev);
+	event_free(a->sigint_ev);
+	event_free(a->sighup_ev);
+	cl_conn_free(a->ctl);
+	cl_conn_free(a->poll);
+	event_base_free(a->base);
+	for (uint32_t i = 0; i < a->gpu_count; i++) {
+		free(a->gpu_uuids[i]);
+		free(a->gpu_message[i]);
+	}
+	free(a->gpu_uuids);
+	free(a->gpu_message);
+	free(a->gpu_status);
+	json_decref(a->reg);
+	return a->exit_code;
+}
+
+static const struct optdef agent_opts[] = {
+	{ "simulate", "FILE",
+	  "simulated GPUs from a JSON/YAML file (examples/nodes/); its \"health\" list is "
+	  "re-read on SIGHUP",
+	  false },
+	{ "probe", "PATH", "gpu-probe binary (default: gpu-probe on PATH)", false },
+	{ "name", "NAME", "node name (default: the file's, else the host name)", false },
+	{ "region", "REGION", "region, e.g. eu-west", false },
+	{ "price", "AMOUNT", "asking price per GPU-hour, e.g. 1.50", false },
+	{ "label", "KEY=VALUE", "node label", true },
+	{ "address", "HOST:PORT", "rendezvous address for multi-node jobs", false },
+	{ "node-id", "ID",
+	  "take over this registered node (default: the saved one, else a new one)", false },
+	{ "state-dir", "DIR",
+	  "node identity, pending reports, job logs (default $STATE_DIRECTORY, "
+	  "/var/lib/gpumatch-agent as root, else ~/.local/state/gpumatch-agent)",
+	  false },
+	{ "grace", "DUR", "SIGTERM-to-SIGKILL time when the server names none (default 10s)",
+	  false },
+	{ "poll", "DUR", "AcquireLease long-poll wait (default 20s)", false },
+	{ "heartbeat", "DUR", "heartbeat period (default: what the server asks for)", false },
+	{ 0 },
+};
+
+const struct cmd cmds_agent[] = {
+	{ "agent", "",
+	  "run the node agent in the foreground: register, heartbeat, take leases, run jobs",
+	  agent_opts, 0, 0, run_agent, false },
+	{ 0 },
+};

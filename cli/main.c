@@ -1,0 +1,606 @@
+/* main.c — the gpumatch command: the command table, flag parsing, the
+ * connection settings (flags, then GPUMATCH_URL/GPUMATCH_TOKEN, then the
+ * config file) and dispatch. */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "client.h"
+#include "pbjson.h"
+
+#define DEFAULT_URL "http://127.0.0.1:7070"
+
+static const struct optdef global_opts[] = {
+	{ "url", "URL", "gpumatchd's address (GPUMATCH_URL; default " DEFAULT_URL ")", false },
+	{ "token", "TOKEN", "bearer token (GPUMATCH_TOKEN)", false },
+	{ "output", "FORMAT", "table or json (short: -o)", false },
+	{ "config", "FILE", "config file (GPUMATCH_CONFIG; default ~/.config/gpumatch/config)",
+	  false },
+	{ "timeout", "SECONDS", "per-request timeout (default 30)", false },
+	{ "help", NULL, "show this help (short: -h)", false },
+	{ 0 },
+};
+
+static int run_login(struct ctx *c);
+
+static const struct optdef login_opts[] = { { 0 } };
+
+static const struct cmd cmds_main[] = {
+	{ "login", "", "store --url and --token in the config file (mode 0600)", login_opts, 0, 0,
+	  run_login, false },
+	{ 0 },
+};
+
+static const struct cmd *const tables[] = { cmds_main, cmds_jobs, cmds_nodes, cmds_admin,
+	                                    cmds_agent };
+
+/* ---- flags ---- */
+
+const char *opt_str(const struct ctx *c, const char *name)
+{
+	const char *v = NULL;
+	for (size_t i = 0; i < c->nval; i++)
+		if (!strcmp(c->val[i].name, name))
+			v = c->val[i].val;
+	return v;
+}
+
+bool opt_has(const struct ctx *c, const char *name)
+{
+	return opt_str(c, name) != NULL;
+}
+
+size_t opt_all(const struct ctx *c, const char *name, const char **out, size_t max)
+{
+	size_t n = 0;
+	for (size_t i = 0; i < c->nval; i++)
+		if (!strcmp(c->val[i].name, name) && n < max)
+			out[n++] = c->val[i].val;
+	return n;
+}
+
+int usage_error(const struct ctx *c, const char *fmt, ...)
+{
+	va_list ap;
+	fprintf(stderr, "gpumatch %s: ", c->cmd ? c->cmd->words : "");
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "\nrun 'gpumatch %s --help' for usage\n", c->cmd ? c->cmd->words : "");
+	return EXIT_USAGE;
+}
+
+int pos_id(struct ctx *c, int i, const char *what, uint64_t *out)
+{
+	if (i >= c->npos)
+		return usage_error(c, "missing %s", what);
+	char *end;
+	errno = 0;
+	unsigned long long v = strtoull(c->pos[i], &end, 10);
+	if (errno || end == c->pos[i] || *end || !v || c->pos[i][0] == '-')
+		return usage_error(c, "%s: expected a positive integer id, got \"%s\"", what,
+		                   c->pos[i]);
+	*out = v;
+	return EXIT_OK;
+}
+
+/* ---- values ---- */
+
+int64_t parse_duration_us(const char *s)
+{
+	if (!s || !*s)
+		return -1;
+	int64_t total = 0;
+	const char *p = s;
+	while (*p) {
+		char *end;
+		errno = 0;
+		double v = strtod(p, &end);
+		if (end == p || errno || v < 0 || !isfinite(v))
+			return -1;
+		double mult;
+		if (!strncmp(end, "us", 2)) {
+			mult = 1;
+			end += 2;
+		} else if (!strncmp(end, "ms", 2)) {
+			mult = 1e3;
+			end += 2;
+		} else if (*end == 's') {
+			mult = 1e6;
+			end++;
+		} else if (*end == 'm') {
+			mult = 60e6;
+			end++;
+		} else if (*end == 'h') {
+			mult = 3600e6;
+			end++;
+		} else if (*end == 'd') {
+			mult = 86400e6;
+			end++;
+		} else if (!*end && p == s) {
+			mult = 1e6; /* plain seconds */
+		} else {
+			return -1;
+		}
+		double us = v * mult;
+		if (us > 9e18 || total > INT64_MAX - (int64_t)us)
+			return -1;
+		total += (int64_t)llround(us);
+		p = end;
+	}
+	return total;
+}
+
+int parse_money_micros(const char *s, int64_t *out)
+{
+	if (!s || !*s || *s == '-')
+		return -1;
+	int64_t units = 0, frac = 0;
+	int digits = 0;
+	const char *p = s;
+	if (*p == '$')
+		p++;
+	if (!(*p >= '0' && *p <= '9'))
+		return -1;
+	for (; *p >= '0' && *p <= '9'; p++) {
+		if (units > INT64_MAX / 10 / 1000000 - 10)
+			return -1;
+		units = units * 10 + (*p - '0');
+	}
+	if (*p == '.') {
+		for (p++; *p >= '0' && *p <= '9'; p++) {
+			if (++digits > 6)
+				return -1;
+			frac = frac * 10 + (*p - '0');
+		}
+	}
+	if (*p)
+		return -1;
+	for (; digits < 6; digits++)
+		frac *= 10;
+	*out = units * 1000000 + frac;
+	return 0;
+}
+
+void jset(json_t *o, const char *path, json_t *v)
+{
+	char key[128];
+	const char *dot;
+	while ((dot = strchr(path, '.'))) {
+		snprintf(key, sizeof key, "%.*s", (int)(dot - path), path);
+		json_t *next = json_object_get(o, key);
+		if (!next) {
+			next = json_object();
+			json_object_set_new(o, key, next);
+		}
+		o = next;
+		path = dot + 1;
+	}
+	json_object_set_new(o, path, v);
+}
+
+json_t *jint64(int64_t v)
+{
+	char b[32];
+	snprintf(b, sizeof b, "%" PRId64, v);
+	return json_string(b);
+}
+
+json_t *juint64(uint64_t v)
+{
+	char b[32];
+	snprintf(b, sizeof b, "%" PRIu64, v);
+	return json_string(b);
+}
+
+int set_window_since(struct ctx *c, json_t *req, const char *path)
+{
+	const char *since = opt_str(c, "since");
+	if (!since)
+		return EXIT_OK;
+	int64_t us = parse_duration_us(since);
+	if (us <= 0)
+		return usage_error(c, "--since: expected a duration such as 24h or 30d, got \"%s\"",
+		                   since);
+	char p[128];
+	snprintf(p, sizeof p, "%s.startUs", path);
+	jset(req, p, jint64(cl_now_us() - us));
+	return EXIT_OK;
+}
+
+/* ---- RPCs ---- */
+
+int call_msg(struct ctx *c, const char *service, const char *method, const ProtobufCMessage *req,
+             ProtobufCMessage **resp)
+{
+	struct cl_result r;
+	*resp = NULL;
+	if (!cl_call(c->url, c->token, c->timeout_s, service, method, req, &r)) {
+		*resp = r.resp;
+		r.resp = NULL;
+		cl_result_clear(&r);
+		return EXIT_OK;
+	}
+	int rc;
+	if (!strcmp(r.code, "invalid_url")) {
+		fprintf(stderr, "gpumatch: %s\n", r.message);
+		rc = EXIT_USAGE;
+	} else if (r.http_status == 0) {
+		fprintf(stderr, "gpumatch: %s (is gpumatchd running? set --url or GPUMATCH_URL)\n",
+		        r.message);
+		rc = EXIT_UNREACHABLE;
+	} else {
+		fprintf(stderr, "gpumatch: %s/%s failed: %s: %s\n", service, method, r.code,
+		        r.message);
+		rc = EXIT_SERVER;
+	}
+	cl_result_clear(&r);
+	return rc;
+}
+
+int call_json(struct ctx *c, const char *service, const char *method, json_t *req,
+              ProtobufCMessage **resp)
+{
+	*resp = NULL;
+	const ProtobufCMessageDescriptor *d = cl_method_input(service, method);
+	char *text = json_dumps(req, JSON_COMPACT);
+	json_decref(req);
+	if (!d || !text) {
+		free(text);
+		fprintf(stderr, "gpumatch: cannot build %s/%s\n", service, method);
+		return EXIT_USAGE;
+	}
+	ProtobufCMessage *m = NULL;
+	char err[512];
+	if (pbjson_decode(d, text, strlen(text), &m, err, sizeof err)) {
+		free(text);
+		return usage_error(c, "invalid request: %s", err);
+	}
+	free(text);
+	int rc = call_msg(c, service, method, m, resp);
+	protobuf_c_message_free_unpacked(m, NULL);
+	return rc;
+}
+
+/* ---- config ---- */
+
+static void default_config_path(char *out, size_t len)
+{
+	const char *env = getenv("GPUMATCH_CONFIG");
+	const char *xdg = getenv("XDG_CONFIG_HOME");
+	const char *home = getenv("HOME");
+	if (env && *env)
+		snprintf(out, len, "%s", env);
+	else if (xdg && *xdg)
+		snprintf(out, len, "%s/gpumatch/config", xdg);
+	else
+		snprintf(out, len, "%s/.config/gpumatch/config", home && *home ? home : ".");
+}
+
+/* Reads "key = value" lines; '#' starts a comment. Missing file: nothing. */
+static void read_config(const char *path, char *url, size_t url_len, char *token, size_t token_len)
+{
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return;
+	char line[1200];
+	while (fgets(line, sizeof line, f)) {
+		char *s = line + strspn(line, " \t");
+		if (*s == '#' || *s == '\n' || !*s)
+			continue;
+		char *eq = strchr(s, '=');
+		if (!eq)
+			continue;
+		char *k = s, *v = eq + 1;
+		char *ke = eq;
+		while (ke > k && (ke[-1] == ' ' || ke[-1] == '\t'))
+			ke--;
+		*ke = '\0';
+		v += strspn(v, " \t");
+		v[strcspn(v, "\r\n")] = '\0';
+		size_t vl = strlen(v);
+		while (vl && (v[vl - 1] == ' ' || v[vl - 1] == '\t'))
+			v[--vl] = '\0';
+		if (!strcmp(k, "url") && !*url)
+			snprintf(url, url_len, "%s", v);
+		else if (!strcmp(k, "token") && !*token)
+			snprintf(token, token_len, "%s", v);
+	}
+	fclose(f);
+}
+
+static int mkdir_parents(const char *path)
+{
+	char tmp[1024];
+	snprintf(tmp, sizeof tmp, "%s", path);
+	char *slash = strrchr(tmp, '/');
+	if (!slash || slash == tmp)
+		return 0;
+	*slash = '\0';
+	for (char *p = tmp + 1; *p; p++) {
+		if (*p == '/') {
+			*p = '\0';
+			if (mkdir(tmp, 0700) && errno != EEXIST)
+				return -1;
+			*p = '/';
+		}
+	}
+	if (mkdir(tmp, 0700) && errno != EEXIST)
+		return -1;
+	return 0;
+}
+
+static int run_login(struct ctx *c)
+{
+	if (!opt_has(c, "url") && !getenv("GPUMATCH_URL"))
+		return usage_error(c, "--url is required (or GPUMATCH_URL)");
+	if (!*c->token)
+		return usage_error(c, "--token is required (or GPUMATCH_TOKEN)");
+	if (strncmp(c->url, "http://", 7))
+		return usage_error(c, "--url: \"%s\" is not http://HOST:PORT", c->url);
+	if (mkdir_parents(c->config_path)) {
+		fprintf(stderr, "gpumatch login: cannot create the directory of %s: %s\n",
+		        c->config_path, strerror(errno));
+		return EXIT_USAGE;
+	}
+	char tmp[1100];
+	snprintf(tmp, sizeof tmp, "%s.tmp", c->config_path);
+	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0 || fchmod(fd, 0600)) {
+		fprintf(stderr, "gpumatch login: cannot write %s: %s\n", tmp, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		return EXIT_USAGE;
+	}
+	FILE *f = fdopen(fd, "w");
+	fprintf(f, "# written by gpumatch login\nurl = %s\ntoken = %s\n", c->url, c->token);
+	if (fclose(f) || rename(tmp, c->config_path)) {
+		fprintf(stderr, "gpumatch login: cannot write %s: %s\n", c->config_path,
+		        strerror(errno));
+		unlink(tmp);
+		return EXIT_USAGE;
+	}
+	printf("saved url and token to %s\n", c->config_path);
+	return EXIT_OK;
+}
+
+/* ---- help ---- */
+
+static void print_opts(FILE *f, const struct optdef *o)
+{
+	for (; o && o->name; o++) {
+		char left[80];
+		snprintf(left, sizeof left, "--%s%s%s", o->name, o->arg ? " " : "",
+		         o->arg ? o->arg : "");
+		fprintf(f, "  %-26s %s%s\n", left, o->help, o->multi ? " (repeatable)" : "");
+	}
+}
+
+static void cmd_help(FILE *f, const struct cmd *k)
+{
+	fprintf(f, "usage: gpumatch %s [flags]%s%s%s\n\n%s\n", k->words, *k->args ? " " : "",
+	        k->args, k->rest ? " [-- COMMAND ARGS...]" : "", k->summary);
+	if (k->opts && k->opts->name) {
+		fprintf(f, "\nflags:\n");
+		print_opts(f, k->opts);
+	}
+	fprintf(f, "\nglobal flags:\n");
+	print_opts(f, global_opts);
+	fprintf(f, "\nexit codes: 0 ok, 1 server error, 2 usage error, 3 server unreachable%s\n",
+	        !strcmp(k->words, "watch") || !strcmp(k->words, "submit")
+	            ? ", 4 job failed, 5 job cancelled or preempted (submit: with --watch)"
+	            : "");
+}
+
+/* Lists the commands whose words start with prefix ("" = all). */
+static void list_help(FILE *f, const char *prefix)
+{
+	size_t pl = strlen(prefix);
+	if (pl)
+		fprintf(f, "usage: gpumatch %s COMMAND [flags]\n\ncommands:\n", prefix);
+	else
+		fprintf(f, "usage: gpumatch COMMAND [flags]\n\n"
+		           "The gpumatch command: submit and watch jobs, run and manage nodes,\n"
+		           "administer gpumatchd. 'gpumatch COMMAND --help' describes one.\n\n"
+		           "commands:\n");
+	for (size_t t = 0; t < NELEM(tables); t++)
+		for (const struct cmd *k = tables[t]; k->words; k++)
+			if (!strncmp(k->words, prefix, pl) && (!pl || k->words[pl] == ' '))
+				fprintf(f, "  %-24s %s\n", k->words, k->summary);
+	fprintf(f, "\nglobal flags:\n");
+	print_opts(f, global_opts);
+}
+
+/* ---- parsing ---- */
+
+static const struct optdef *find_opt(const struct optdef *defs, const char *name, size_t len)
+{
+	for (const struct optdef *o = defs; o && o->name; o++)
+		if (strlen(o->name) == len && !strncmp(o->name, name, len))
+			return o;
+	return NULL;
+}
+
+static int parse_flags(struct ctx *c, int argc, char **argv)
+{
+	static char *pos[256];
+	c->pos = pos;
+	for (int i = 0; i < argc; i++) {
+		char *a = argv[i];
+		if (!strcmp(a, "--")) {
+			if (!c->cmd->rest)
+				return usage_error(c, "unexpected \"--\"");
+			c->rest = argv + i + 1;
+			c->nrest = argc - i - 1;
+			break;
+		}
+		if (!strcmp(a, "-h")) {
+			a = "--help";
+		} else if (!strcmp(a, "-o")) {
+			if (i + 1 >= argc)
+				return usage_error(c, "-o needs a value (table or json)");
+			if (c->nval >= NELEM(c->val))
+				return usage_error(c, "too many flags");
+			c->val[c->nval++] = (struct optval){ "output", argv[++i] };
+			continue;
+		}
+		if (a[0] != '-' || !a[1] || (a[1] != '-' && (a[1] < 'a' || a[1] > 'z'))) {
+			if (c->npos >= (int)NELEM(pos))
+				return usage_error(c, "too many arguments");
+			pos[c->npos++] = a;
+			continue;
+		}
+		if (a[1] != '-')
+			return usage_error(c, "unknown flag %s", a);
+		const char *name = a + 2, *eq = strchr(name, '=');
+		size_t nl = eq ? (size_t)(eq - name) : strlen(name);
+		const struct optdef *o = find_opt(c->cmd->opts, name, nl);
+		if (!o)
+			o = find_opt(global_opts, name, nl);
+		if (!o)
+			return usage_error(c, "unknown flag --%.*s", (int)nl, name);
+		const char *v = "";
+		if (o->arg) {
+			if (eq)
+				v = eq + 1;
+			else if (i + 1 < argc)
+				v = argv[++i];
+			else
+				return usage_error(c, "--%s needs a value (%s)", o->name, o->arg);
+		} else if (eq) {
+			return usage_error(c, "--%s takes no value", o->name);
+		}
+		if (!o->multi && o->arg && opt_has(c, o->name) &&
+		    find_opt(c->cmd->opts, o->name, nl))
+			return usage_error(c, "--%s given twice", o->name);
+		if (c->nval >= NELEM(c->val))
+			return usage_error(c, "too many flags");
+		c->val[c->nval++] = (struct optval){ o->name, v };
+	}
+	return EXIT_OK;
+}
+
+static const struct cmd *match_cmd(int argc, char **argv, int *used)
+{
+	const struct cmd *best = NULL;
+	int best_n = 0;
+	for (size_t t = 0; t < NELEM(tables); t++)
+		for (const struct cmd *k = tables[t]; k->words; k++) {
+			char words[128];
+			snprintf(words, sizeof words, "%s", k->words);
+			int n = 0;
+			bool okm = true;
+			for (char *save = NULL, *w = strtok_r(words, " ", &save); w;
+			     w = strtok_r(NULL, " ", &save), n++)
+				if (n >= argc || strcmp(argv[n], w)) {
+					okm = false;
+					break;
+				}
+			if (okm && n > best_n) {
+				best = k;
+				best_n = n;
+			}
+		}
+	*used = best_n;
+	return best;
+}
+
+static bool is_group(const char *prefix)
+{
+	size_t pl = strlen(prefix);
+	for (size_t t = 0; t < NELEM(tables); t++)
+		for (const struct cmd *k = tables[t]; k->words; k++)
+			if (!strncmp(k->words, prefix, pl) && k->words[pl] == ' ')
+				return true;
+	return false;
+}
+
+int main(int argc, char **argv)
+{
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") ||
+	    !strcmp(argv[1], "help")) {
+		list_help(argc < 2 ? stderr : stdout, "");
+		return argc < 2 ? EXIT_USAGE : EXIT_OK;
+	}
+	int used = 0;
+	const struct cmd *k = match_cmd(argc - 1, argv + 1, &used);
+	/* "gpumatch node" or "gpumatch node bogus": the group's commands */
+	char group[128] = "";
+	for (int i = 1; i < argc && argv[i][0] != '-'; i++) {
+		char next[128];
+		snprintf(next, sizeof next, "%s%s%s", group, *group ? " " : "", argv[i]);
+		if (!is_group(next))
+			break;
+		snprintf(group, sizeof group, "%s", next);
+	}
+	if (*group && (!k || strlen(group) >= strlen(k->words))) {
+		bool help = false;
+		for (int i = 1; i < argc; i++)
+			help |= !strcmp(argv[i], "--help") || !strcmp(argv[i], "-h");
+		int gw = 1;
+		for (const char *p = group; *p; p++)
+			gw += *p == ' ';
+		if (!help && 1 + gw < argc)
+			fprintf(stderr, "gpumatch %s: unknown command \"%s\"\n\n", group,
+			        argv[1 + gw]);
+		list_help(help ? stdout : stderr, group);
+		return help ? EXIT_OK : EXIT_USAGE;
+	}
+	if (!k) {
+		fprintf(stderr,
+		        "gpumatch: unknown command \"%s\"\nrun 'gpumatch --help' for the list\n",
+		        argv[1]);
+		return EXIT_USAGE;
+	}
+	static struct ctx c;
+	c.cmd = k;
+	int rc = parse_flags(&c, argc - 1 - used, argv + 1 + used);
+	if (rc)
+		return rc;
+	if (opt_has(&c, "help")) {
+		cmd_help(stdout, k);
+		return EXIT_OK;
+	}
+	if (c.npos < k->min_pos)
+		return usage_error(&c, "missing argument%s %s", k->min_pos - c.npos > 1 ? "s" : "",
+		                   k->args);
+	if (k->max_pos >= 0 && c.npos > k->max_pos)
+		return usage_error(&c, "unexpected argument \"%s\"", c.pos[k->max_pos]);
+	const char *out = opt_str(&c, "output");
+	if (out && strcmp(out, "table") && strcmp(out, "json"))
+		return usage_error(&c, "--output: expected table or json, got \"%s\"", out);
+	c.json = out && !strcmp(out, "json");
+	c.timeout_s = 30;
+	if (opt_has(&c, "timeout")) {
+		char *end;
+		long t = strtol(opt_str(&c, "timeout"), &end, 10);
+		if (*end || t < 1 || t > 3600)
+			return usage_error(&c, "--timeout: expected seconds 1..3600, got \"%s\"",
+			                   opt_str(&c, "timeout"));
+		c.timeout_s = (int)t;
+	}
+	if (opt_has(&c, "config"))
+		snprintf(c.config_path, sizeof c.config_path, "%s", opt_str(&c, "config"));
+	else
+		default_config_path(c.config_path, sizeof c.config_path);
+	const char *v;
+	if ((v = opt_str(&c, "url")) || ((v = getenv("GPUMATCH_URL")) && *v))
+		snprintf(c.url, sizeof c.url, "%s", v);
+	if ((v = opt_str(&c, "token")) || ((v = getenv("GPUMATCH_TOKEN")) && *v))
+		snprintf(c.token, sizeof c.token, "%s", v);
+	if (k->run != run_login)
+		read_config(c.config_path, c.url, sizeof c.url, c.token, sizeof c.token);
+	if (!*c.url)
+		snprintf(c.url, sizeof c.url, "%s", DEFAULT_URL);
+	return k->run(&c);
+}
