@@ -1165,6 +1165,8 @@ static const struct optdef agent_opts[] = {
 	{ "region", "REGION", "region, e.g. eu-west", false },
 	{ "price", "AMOUNT", "asking price per GPU-hour, e.g. 1.50", false },
 	{ "label", "KEY=VALUE", "node label", true },
+	{ "claim", "PRECISION=TFLOPS", "throughput claimed per GPU (fp32, tf32, fp16, bf16, fp8)",
+	  true },
 	{ "address", "HOST:PORT", "rendezvous address for multi-node jobs", false },
 	{ "node-id", "ID",
 	  "take over this registered node (default: the saved one, else a new one)", false },

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -86,6 +87,49 @@ static bool on_path(const char *name)
 	return false;
 }
 
+/* One GPU of `gpu-probe info` as the contract's Gpu message (proto3 JSON):
+ * the identity fields carry over, compute capability "9.0" splits, the
+ * probe's other facts (clocks, PCIe link, driver) stay with the probe. An
+ * entry already in the Gpu shape (a --probe stand-in) passes unchanged. */
+static json_t *gpu_from_probe(json_t *g)
+{
+	if (!json_object_get(g, "compute_capability") && !json_object_get(g, "memory_total_bytes"))
+		return json_incref(g);
+	json_t *out = json_object();
+	static const char *const same[] = { "index",         "name",          "uuid",
+		                            "pci_vendor_id", "pci_device_id", "pci_subsystem_id",
+		                            "memory_mib",    "pci_bus_id",    "sm_count" };
+	for (size_t i = 0; i < NELEM(same); i++) {
+		json_t *v = json_object_get(g, same[i]);
+		if (v && !(json_is_string(v) && !*json_string_value(v)))
+			json_object_set(out, same[i], v);
+	}
+	json_t *name = json_object_get(g, "name");
+	if (json_is_string(name))
+		json_object_set(out, "model", name);
+	json_t *cc = json_object_get(g, "compute_capability");
+	unsigned maj = 0, min = 0;
+	if (json_is_string(cc) && sscanf(json_string_value(cc), "%u.%u", &maj, &min) == 2) {
+		json_object_set_new(out, "compute_capability_major", json_integer(maj));
+		json_object_set_new(out, "compute_capability_minor", json_integer(min));
+		/* what the architecture runs: FP16 from Pascal (6.0), TF32 and
+		 * BF16 from Ampere (8.0), FP8 from Ada and Hopper (8.9) */
+		unsigned v = maj * 10 + min;
+		json_t *pr = json_array();
+		json_array_append_new(pr, json_string("PRECISION_FP32"));
+		if (v >= 60)
+			json_array_append_new(pr, json_string("PRECISION_FP16"));
+		if (v >= 80) {
+			json_array_append_new(pr, json_string("PRECISION_TF32"));
+			json_array_append_new(pr, json_string("PRECISION_BF16"));
+		}
+		if (v >= 89)
+			json_array_append_new(pr, json_string("PRECISION_FP8"));
+		json_object_set_new(out, "precisions", pr);
+	}
+	return out;
+}
+
 json_t *node_request(struct ctx *c, int *rc)
 {
 	char err[700];
@@ -129,7 +173,15 @@ json_t *node_request(struct ctx *c, int *rc)
 			return NULL;
 		}
 		req = json_object();
-		json_object_set(req, "gpus", gpus);
+		json_t *mapped = json_array();
+		size_t gi;
+		json_t *g;
+		json_array_foreach(gpus, gi, g)
+		{
+			json_array_append_new(mapped, json_is_object(g) ? gpu_from_probe(g)
+			                                                : json_incref(g));
+		}
+		json_object_set_new(req, "gpus", mapped);
 		json_decref(j);
 	}
 	/* the file may give the price in currency units */
@@ -170,6 +222,52 @@ json_t *node_request(struct ctx *c, int *rc)
 		}
 		json_object_set_new(req, "pricePerGpuHourMicros", jint64(m));
 	}
+	/* --claim PRECISION=TFLOPS: the figures claimed for every GPU (the
+	 * probe reports identity, not claims); a file's own claims stay */
+	const char *claims[8];
+	size_t ncl = opt_all(c, "claim", claims, NELEM(claims));
+	json_t *claimed = ncl ? json_object() : NULL;
+	for (size_t i = 0; i < ncl; i++) {
+		static const char *const prec[] = { "fp32", "tf32", "fp16", "bf16", "fp8" };
+		const char *eq = strchr(claims[i], '=');
+		char *end = NULL;
+		double tf = eq ? strtod(eq + 1, &end) : 0;
+		size_t k = 0;
+		while (eq && k < NELEM(prec) &&
+		       (strlen(prec[k]) != (size_t)(eq - claims[i]) ||
+		        strncasecmp(prec[k], claims[i], (size_t)(eq - claims[i]))))
+			k++;
+		if (!eq || k == NELEM(prec) || end == eq + 1 || *end || !(tf > 0) || tf > 1e6) {
+			usage_error(
+			    c,
+			    "--claim: expected PRECISION=TFLOPS with PRECISION one of fp32, "
+			    "tf32, fp16, bf16, fp8, got \"%s\"",
+			    claims[i]);
+			json_decref(claimed);
+			json_decref(req);
+			return NULL;
+		}
+		char key[32];
+		snprintf(key, sizeof key, "%sTflops", prec[k]);
+		json_object_set_new(claimed, key, json_real(tf));
+	}
+	size_t gi;
+	json_t *g;
+	json_array_foreach(json_object_get(req, "gpus"), gi, g)
+	{
+		if (!json_is_object(g) || json_object_get(g, "claimed"))
+			continue;
+		if (!claimed) {
+			usage_error(c,
+			            "gpus[%zu].claimed: give the throughput claimed per GPU, e.g. "
+			            "--claim bf16=989 --claim fp32=67",
+			            gi);
+			json_decref(req);
+			return NULL;
+		}
+		json_object_set(g, "claimed", claimed);
+	}
+	json_decref(claimed);
 	const char *labels[64];
 	size_t nl = opt_all(c, "label", labels, NELEM(labels));
 	for (size_t i = 0; i < nl; i++) {
@@ -354,6 +452,8 @@ static const struct optdef register_opts[] = {
 	{ "region", "REGION", "region, e.g. eu-west", false },
 	{ "price", "AMOUNT", "asking price per GPU-hour, e.g. 1.50", false },
 	{ "label", "KEY=VALUE", "node label", true },
+	{ "claim", "PRECISION=TFLOPS", "throughput claimed per GPU (fp32, tf32, fp16, bf16, fp8)",
+	  true },
 	{ "address", "HOST:PORT", "rendezvous address for multi-node jobs", false },
 	{ "node-id", "ID", "replace the facts of this registered node", false },
 	{ 0 },

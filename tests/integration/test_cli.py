@@ -9,9 +9,11 @@ import json
 import os
 import re
 import stat
+import subprocess
 import tempfile
 
 import common
+from cluster import BUILD
 from clitools import GPUMATCH, JOBS_DIR, NODES_DIR, cli, cli_env, cli_json
 from common import ItCase
 
@@ -304,6 +306,37 @@ class CliTest(ItCase):
         r = self.run_cli("node", "register", "--probe", probe, "--name", "x", "--region", "r",
                          token=self.otok, rc=1)
         self.assertIn("info failed (exit 3)", r.stderr)
+
+    def test_node_register_from_the_real_gpu_probe(self):
+        # gpu-probe's own `info` output (its CPU reference backend here)
+        # becomes the node's GPUs. The CPU device has no compute capability
+        # (0.0, which RegisterNode refuses): the wrapper gives it one.
+        real = os.path.join(BUILD, "gpu-probe", "gpu-probe")
+        d = tempfile.mkdtemp(dir=self.c.dir)
+        probe = os.path.join(d, "gpu-probe")
+        with open(probe, "w") as f:
+            f.write("#!/bin/sh\nset -e\n%s \"$@\" --backend cpu |"
+                    " sed 's/\"compute_capability\": \"0.0\"/\"compute_capability\": \"8.6\"/'\n"
+                    % real)
+        os.chmod(probe, 0o755)
+        info = json.loads(subprocess.run([probe, "info"], capture_output=True, text=True,
+                                         check=True).stdout)["gpus"]
+        # the probe gives identity; the operator states the claim
+        r = self.run_cli("node", "register", "--probe", probe, "--name", "x", "--region", "r",
+                         "--price", "1", token=self.otok, rc=2)
+        self.assertIn("gpus[0].claimed", r.stderr)
+        r = self.run_cli("node", "register", "--probe", probe, "--name", "x", "--region", "r",
+                         "--price", "1", "--claim", "int4=5", token=self.otok, rc=2)
+        self.assertIn("--claim", r.stderr)
+        n = cli_json(self.c, "node", "register", "--probe", probe, "--name",
+                     self.c.unique("cpu-probed"), "--region", "eu-north", "--price", "1",
+                     "--claim", "fp32=0.05", "--claim", "BF16=0.1", token=self.otok)["node"]
+        self.assertEqual(n["gpus"][0]["claimed"], {"fp32Tflops": 0.05, "bf16Tflops": 0.1})
+        self.assertEqual([g["uuid"] for g in n["gpus"]], [g["uuid"] for g in info])
+        self.assertEqual(n["gpus"][0]["memoryMib"], info[0]["memory_mib"])
+        self.assertEqual(n["gpus"][0]["model"], info[0]["name"])
+        self.assertEqual((n["gpus"][0]["computeCapabilityMajor"],
+                          n["gpus"][0]["computeCapabilityMinor"]), (8, 6))
 
     # ---- admins ----
 
