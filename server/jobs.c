@@ -541,9 +541,10 @@ static void batch_done_cb(enum pg_status st, PGresult *res, const char *sqlstate
  * flush, and Postgres flushes concurrent commits together. */
 static int max_inflight(const struct app *a)
 {
-	/* Two by default: one commits while the next gathers and runs. More
-	 * makes smaller batches, and each batch pays a commit and a plan; one
-	 * makes the largest batches (least CPU per submit) at some latency.
+	/* One by default: while a batch commits the next gathers, so batches
+	 * are as large as the load makes them and each submit pays the least
+	 * Postgres and server CPU (bench/submit: about a quarter less than
+	 * with two in flight, for a slightly longer wait when lightly loaded).
 	 * Never all of the pool: other queries must get a connection. */
 	int n = a->cfg.group_commit_inflight;
 	return n < a->cfg.pg_pool_size ? n
