@@ -17,6 +17,7 @@
 #include "gpumatch/v1/registry.h"
 #include "handlers.h"
 #include "log.h"
+#include "speeds.h"
 
 int64_t now_us(void)
 {
@@ -312,6 +313,7 @@ void app_free(struct app *a)
 	rpc_server_free(a->rpc);
 	rds_free(a->rds);
 	pg_pool_free(a->pg);
+	speeds_clear(); /* after the pool: a reload in flight settles there */
 	if (a->methods) {
 		for (struct rpc_method *m = a->methods; m->path; m++)
 			free((char *)m->path);

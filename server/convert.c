@@ -1,6 +1,7 @@
 /* convert.c — API messages to scheduling-library specs and back. */
 #include "convert.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -163,6 +164,17 @@ int conv_job_spec(const Gpumatch__V1__JobSpec *in, uint64_t job_id, uint64_t ten
 	}
 	out->nspeeds = (uint32_t)in->n_speeds;
 	out->speeds = out->nspeeds ? st->speeds : NULL;
+	if (in->job_type && strlen(in->job_type) > SCHED_MAX_STRING_BYTES) {
+		snprintf(field, field_len, "spec.jobType");
+		snprintf(msg, msg_len, "must be at most %d bytes", SCHED_MAX_STRING_BYTES);
+		return -1;
+	}
+	if (!isfinite(in->work_units) || in->work_units < 0 || in->work_units > 1e18) {
+		snprintf(field, field_len, "spec.workUnits");
+		snprintf(msg, msg_len, "must be a finite number between 0 and 1e18, got %g",
+		         in->work_units);
+		return -1;
+	}
 	return 0;
 }
 

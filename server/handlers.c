@@ -61,6 +61,7 @@ static const struct route routes[] = {
 	{ "/gpumatch.v1.AdminService/ListPolicyAudit", admin_list_policy_audit },
 	{ "/gpumatch.v1.AdminService/SimulatePolicy", simulate_policy },
 	{ "/gpumatch.v1.AdminService/ExportTrace", simulate_export_trace },
+	{ "/gpumatch.v1.AdminService/ListLearnedSpeeds", admin_list_learned_speeds },
 	{ NULL, NULL },
 };
 

@@ -12,6 +12,7 @@
 #include "log.h"
 #include "pbjson.h"
 #include "service.h"
+#include "speeds.h"
 #include "strbuf.h"
 
 /* ---- building Job messages from rows -------------------------------------------- */
@@ -720,6 +721,7 @@ void jobs_submit(struct rpc_call *call, const ProtobufCMessage *msg)
 		rpc_error(call, RPC_INVALID_ARGUMENT, "%s: %s", field, why);
 		return;
 	}
+	speeds_apply(req->spec->job_type, &js, st);
 	struct sched_error se;
 	if (sched_job_validate(&js, &se)) {
 		free(st);

@@ -4,6 +4,7 @@
  * "not found". */
 #include <errno.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +14,7 @@
 #include "gpumatch/v1/node_service.pb-c.h"
 #include "log.h"
 #include "service.h"
+#include "speeds.h"
 #include "strbuf.h"
 
 static uint64_t scope_operator(struct rpc_call *call)
@@ -1025,6 +1027,8 @@ struct report_ctx {
 	struct rpc_call *call;
 	uint64_t lease_id;
 	bool duplicate;
+	bool succeeded;   /* reported SUCCEEDED: a sample for the learned speeds */
+	double work_done; /* ReportLeaseRequest.work_done */
 };
 
 static void report_lease_row_cb(enum pg_status st, PGresult *res, const char *ss, const char *err,
@@ -1083,6 +1087,8 @@ static void report_cb(enum pg_status st, PGresult *res, const char *ss, const ch
 		return;
 	}
 	rc->duplicate = !strcmp(status, "duplicate");
+	if (rc->succeeded && !strcmp(status, "ok"))
+		speeds_learn(app_get(), rc->lease_id, rc->work_done);
 	if (!strcmp(PQgetvalue(res, 0, 3), "t")) {
 		struct app *a = app_get();
 		schedloop_job_ended(a, col_u64(res, 0, 1), !strcmp(PQgetvalue(res, 0, 4), "t"));
@@ -1125,6 +1131,17 @@ void nodes_report_lease(struct rpc_call *call, const ProtobufCMessage *msg)
 		          "exitCode: a succeeded lease exits 0 with no signal");
 		return;
 	}
+	if (!isfinite(req->work_done) || req->work_done < 0 || req->work_done > 1e18) {
+		rpc_error(call, RPC_INVALID_ARGUMENT,
+		          "workDone: must be a finite number between 0 and 1e18, got %g",
+		          req->work_done);
+		return;
+	}
+	if (req->work_done > 0 && req->state != GPUMATCH__V1__LEASE_STATE__LEASE_STATE_SUCCEEDED) {
+		rpc_error(call, RPC_INVALID_ARGUMENT,
+		          "workDone: only with state LEASE_STATE_SUCCEEDED");
+		return;
+	}
 	if (strlen(req->message) > 1024) {
 		rpc_error(call, RPC_INVALID_ARGUMENT, "message: at most 1024 bytes");
 		return;
@@ -1136,6 +1153,8 @@ void nodes_report_lease(struct rpc_call *call, const ProtobufCMessage *msg)
 	}
 	rc->call = call;
 	rc->lease_id = req->lease_id;
+	rc->succeeded = req->state == GPUMATCH__V1__LEASE_STATE__LEASE_STATE_SUCCEEDED;
+	rc->work_done = req->work_done;
 	struct numbuf l, n, o, f, s, st, ex, sg, now, ma;
 	const char *params[] = { fmt_u64(&l, req->lease_id),
 		                 fmt_u64(&n, req->node_id),

@@ -5,6 +5,7 @@
  * lost nodes and unclaimed leases. Every replica also drains the outbox to
  * Redis; the leader reconciles Redis's queue with Postgres. */
 #include <errno.h>
+#include <stdint.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +16,7 @@
 #include "log.h"
 #include "sched.h"
 #include "service.h"
+#include "speeds.h"
 #include "strbuf.h"
 
 #define LEADER_TTL_MS  6000
@@ -150,6 +152,7 @@ int schedloop_add_job_row(struct sched_cluster *c, const PGresult *r, int row, i
 	int rc = -1;
 	if (st && !conv_job_spec(spec, col_u64(r, row, c_id), col_u64(r, row, c_tenant),
 	                         col_i64(r, row, c_submit), &js, st, f, sizeof f, m, sizeof m)) {
+		speeds_apply(spec->job_type, &js, st);
 		struct sched_error se;
 		rc = sched_job_add(c, &js, &se);
 		if (rc && rc != -EEXIST)
@@ -354,6 +357,16 @@ static void load_policy_cb(enum pg_status st, PGresult *res, const char *ss, con
 	    2, params, load_tenants_cb, q);
 }
 
+static void load_speeds_done(void *arg, bool ok)
+{
+	(void)ok; /* without them, jobs are scored as if they declared none */
+	if ((uint64_t)(uintptr_t)arg != (uint64_t)L.generation || !L.leader || L.stopped)
+		return;
+	struct step *q = step_new(NULL, 0);
+	exec_q("SELECT policy_pb FROM policies ORDER BY version DESC LIMIT 1", 0, NULL,
+	       load_policy_cb, q);
+}
+
 static void begin_load(void)
 {
 	sched_cluster_free(L.c);
@@ -364,9 +377,8 @@ static void begin_load(void)
 	}
 	L.loading = true;
 	L.loaded = false;
-	struct step *q = step_new(NULL, 0);
-	exec_q("SELECT policy_pb FROM policies ORDER BY version DESC LIMIT 1", 0, NULL,
-	       load_policy_cb, q);
+	/* learned profiles first: the queued jobs loaded below use them */
+	speeds_reload(L.a, load_speeds_done, (void *)(uintptr_t)L.generation);
 }
 
 /* ---- leadership ----------------------------------------------------------------------------- */
@@ -820,6 +832,14 @@ static void apply_policy_changed(void)
 	struct step *s = step_new(NULL, 0);
 	exec_q("SELECT policy_pb FROM policies ORDER BY version DESC LIMIT 1", 0, NULL,
 	       policy_row_cb, s);
+}
+
+/* Learned speeds apply to jobs that enter the queue from now on (and to
+ * every queued job at the next leadership load). */
+void schedloop_speeds_changed(struct app *a)
+{
+	speeds_reload(a, NULL, NULL);
+	publish("speeds", 0, 0);
 }
 
 void schedloop_policy_changed(struct app *a)
@@ -1515,6 +1535,8 @@ static void stream_cb(redisReply *reply, const char *err, void *arg)
 			apply_policy_changed();
 		else if (!strcmp(kind, "tenant"))
 			apply_tenant_changed(id);
+		else if (!strcmp(kind, "speeds"))
+			speeds_reload(L.a, NULL, NULL);
 	}
 	sb_puts(&fetch, "}");
 	if (any && !fetch.oom) {

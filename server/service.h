@@ -70,6 +70,9 @@ void admin_set_policy(struct rpc_call *call, const ProtobufCMessage *req);
 void admin_list_policies(struct rpc_call *call, const ProtobufCMessage *req);
 void admin_list_policy_audit(struct rpc_call *call, const ProtobufCMessage *req);
 
+/* speeds.c */
+void admin_list_learned_speeds(struct rpc_call *call, const ProtobufCMessage *req);
+
 /* simulate.c */
 void simulate_policy(struct rpc_call *call, const ProtobufCMessage *req);
 void simulate_export_trace(struct rpc_call *call, const ProtobufCMessage *req);
