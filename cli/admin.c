@@ -1,10 +1,12 @@
 /* admin.c — the admin's commands (AdminService): tenants, operators,
  * tokens, node cordons, money (top-ups, payouts), reports, the ledger
  * audit, transfers and the matching policy. */
+#include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "cli.h"
 #include "client.h"
@@ -586,6 +588,64 @@ static int run_audit(struct ctx *c)
 	return ok ? EXIT_OK : EXIT_SERVER;
 }
 
+/* Writes s to dir/name; returns 0 or prints why and returns -1. */
+static int write_text(const char *dir, const char *name, const char *s)
+{
+	char path[4096];
+	snprintf(path, sizeof path, "%s/%s", dir, name);
+	FILE *f = fopen(path, "w");
+	if (!f || fputs(s, f) < 0 || fclose(f)) {
+		fprintf(stderr, "gpumatch admin export-trace: %s: %s\n", path, strerror(errno));
+		if (f)
+			fclose(f);
+		return -1;
+	}
+	return 0;
+}
+
+/* gpumatchd's own jobs and nodes as a trace for gpumatch-sim
+ * (docs/traces.md): nodes.csv and jobs.csv in --dir. */
+static int run_export_trace(struct ctx *c)
+{
+	const char *dir = opt_str(c, "dir");
+	if (!dir)
+		return usage_error(c, "--dir is required (where nodes.csv and jobs.csv go)");
+	json_t *req = json_object();
+	int rc = window_req(c, req);
+	if (rc) {
+		json_decref(req);
+		return rc;
+	}
+	const char *v;
+	if ((v = opt_str(c, "max-jobs")))
+		json_object_set_new(req, "maxJobs", json_string(v));
+	ProtobufCMessage *m;
+	rc = admin_call(c, "ExportTrace", req, &m);
+	if (rc)
+		return rc;
+	Gpumatch__V1__ExportTraceResponse *r = (Gpumatch__V1__ExportTraceResponse *)m;
+	if (mkdir(dir, 0755) && errno != EEXIST) {
+		fprintf(stderr, "gpumatch admin export-trace: %s: %s\n", dir, strerror(errno));
+		protobuf_c_message_free_unpacked(m, NULL);
+		return EXIT_USAGE;
+	}
+	rc = write_text(dir, "nodes.csv", r->nodes_csv) || write_text(dir, "jobs.csv", r->jobs_csv)
+	         ? EXIT_USAGE
+	         : EXIT_OK;
+	if (!rc) {
+		if (c->json)
+			printf("{\"dir\":\"%s\",\"nodes\":%u,\"jobs\":%u}\n", dir, r->nodes,
+			       r->jobs);
+		else
+			printf("%u nodes and %u jobs written to %s/nodes.csv and %s/jobs.csv\n"
+			       "replay: gpumatch-sim --nodes %s/nodes.csv --jobs %s/jobs.csv "
+			       "--policy POLICY.json --seed 1\n",
+			       r->nodes, r->jobs, dir, dir, dir, dir);
+	}
+	protobuf_c_message_free_unpacked(m, NULL);
+	return rc;
+}
+
 static int run_transfers(struct ctx *c)
 {
 	json_t *req = json_object();
@@ -992,6 +1052,12 @@ static const struct optdef since_opts[] = {
 	{ "since", "DUR", "window: the last DUR (default 30d)", false },
 	{ 0 },
 };
+static const struct optdef export_opts[] = {
+	{ "dir", "DIR", "where nodes.csv and jobs.csv go (created if missing)", false },
+	{ "since", "DUR", "jobs submitted within the last DUR (default 30d)", false },
+	{ "max-jobs", "N", "at most N jobs (default 100000)", false },
+	{ 0 },
+};
 static const struct optdef audit_opts[] = {
 	{ "max", "N", "violations listed at most (default 1000)", false },
 	{ 0 },
@@ -1076,6 +1142,8 @@ const struct cmd cmds_admin[] = {
 	  run_report_revenue, false },
 	{ "admin audit", "", "check every ledger invariant (exit 1 if violated)", audit_opts, 0, 0,
 	  run_audit, false },
+	{ "admin export-trace", "", "this server's jobs and nodes as a trace for gpumatch-sim",
+	  export_opts, 0, 0, run_export_trace, false },
 	{ "admin transfers", "", "list ledger transfers", transfers_opts, 0, 0, run_transfers,
 	  false },
 	{ "admin policy get", "", "show the active (or an older) matching policy", policy_get_opts,

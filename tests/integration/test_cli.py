@@ -13,6 +13,7 @@ import subprocess
 import tempfile
 
 import common
+import cluster
 from cluster import BUILD
 from clitools import GPUMATCH, JOBS_DIR, NODES_DIR, cli, cli_env, cli_json
 from common import ItCase
@@ -339,6 +340,35 @@ class CliTest(ItCase):
                           n["gpus"][0]["computeCapabilityMinor"]), (8, 6))
 
     # ---- admins ----
+
+    def test_admin_export_trace_replays_in_gpumatch_sim(self):
+        # some history: a registered node and a queued job
+        n = cli_json(self.c, "node", "register", "--simulate",
+                     os.path.join(NODES_DIR, "h100-x8.json"), "--name", self.c.unique("ex"),
+                     token=self.otok)["node"]
+        job = cli_json(self.c, "submit", os.path.join(JOBS_DIR, "hello.yaml"),
+                       token=self.ttok)
+        d = os.path.join(tempfile.mkdtemp(dir=self.c.dir), "trace")
+        r = self.run_cli("admin", "export-trace", "--dir", d, "--since", "1h")
+        self.assertIn("written to", r.stdout)
+        with open(os.path.join(d, "jobs.csv")) as f:
+            jobs = f.read().splitlines()
+        with open(os.path.join(d, "nodes.csv")) as f:
+            nodes = f.read().splitlines()
+        self.assertTrue(jobs[0].startswith("job_id,"), jobs[0])
+        self.assertIn(str(job.get("job", job).get("id")), [x.split(",")[0] for x in jobs[1:]])
+        self.assertIn(n["id"], [x.split(",")[0] for x in nodes[1:]])
+        sim = subprocess.run([os.path.join(BUILD, "sim", "tool", "gpumatch-sim"), "--nodes",
+                              os.path.join(d, "nodes.csv"), "--jobs",
+                              os.path.join(d, "jobs.csv"), "--policy",
+                              os.path.join(cluster.SOURCE, "examples", "policies",
+                                           "default.json"), "--seed", "1"],
+                             capture_output=True, text=True, timeout=120)
+        self.assertEqual(sim.returncode, 0, sim.stderr)
+        last = json.loads(sim.stdout.strip().splitlines()[-1])
+        self.assertEqual(last["jobs"], len(jobs) - 1)
+        # a missing --dir is a usage error
+        self.run_cli("admin", "export-trace", rc=2)
 
     def test_admin_tenants_operators_tokens(self):
         name = self.c.unique("acme")
