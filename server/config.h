@@ -29,6 +29,8 @@ struct cfg {
 	int max_attempts;
 	int group_commit_max;
 	int group_commit_delay_us;
+	int ledger_settle_interval_ms;
+	int ledger_meter_interval_ms;
 	bool allow_unverified;
 	char instance_id[64];
 	char config_file[256];

@@ -9,6 +9,7 @@
 
 #include "convert.h"
 #include "gpumatch/v1/job_service.pb-c.h"
+#include "ledger.h"
 #include "log.h"
 #include "service.h"
 #include "strbuf.h"
@@ -531,6 +532,26 @@ oom:
 	abort(); /* server: out-of-memory is fatal */
 }
 
+static void submit_admitted(void *arg)
+{
+	struct submit *s = arg;
+	if (sub.tail)
+		sub.tail->next = s;
+	else
+		sub.head = s;
+	sub.tail = s;
+	sub.queued++;
+	sub.submits++;
+	/* While one batch is being written, later submits gather for the next:
+	 * the batch size follows the load with no added wait. */
+	flush_batch();
+}
+
+static void submit_refused(void *arg)
+{
+	submit_free(arg);
+}
+
 static bool valid_label(const char *s, size_t max)
 {
 	size_t n = strlen(s);
@@ -611,16 +632,9 @@ void jobs_submit(struct rpc_call *call, const ProtobufCMessage *msg)
 	s->prio = (int)js.priority_class;
 	s->gpus = js.gpus_per_node * js.node_count;
 	s->t0_us = t0;
-	if (sub.tail)
-		sub.tail->next = s;
-	else
-		sub.head = s;
-	sub.tail = s;
-	sub.queued++;
-	sub.submits++;
-	/* While one batch is being written, later submits gather for the next:
-	 * the batch size follows the load with no added wait. */
-	flush_batch();
+	/* the tenant must afford the job's worst case: checked in memory */
+	ledger_admit(call, who->tenant_id, js.max_price_micros, s->gpus, js.max_duration_us,
+	             submit_admitted, submit_refused, s);
 }
 
 /* ---- GetJob / ListJobs / CancelJob / ExplainJob ----------------------------------- */
