@@ -1,4 +1,4 @@
-"""SLOW: the ledger. Hand-computed money for every way a lease ends
+"""The ledger. Hand-computed money for every way a lease ends
 (success, failure, cancel, preemption, node lost), interim settlement of a
 long lease, duplicate reports / heartbeats / settlements that never
 double-bill, admission of submits against the tenant's balance and the hold
@@ -15,14 +15,11 @@ fixes a lease's usage it moves started_at_us back in Postgres (the agent
 "has run for N s"), 0.3 s past the whole second, so that the report that
 ends it a few milliseconds later bills exactly N seconds."""
 
-import random
-import threading
 import time
 
 import common
 from common import ItCase, NodeAgent, job_spec, node_req, ok, submit, wait_job_state
 
-SLOW = True
 
 PRICE = 3600000           # micros per GPU-hour: 1000 per GPU-second
 FEE_PPM = 100000          # 10 %
