@@ -86,10 +86,15 @@ CREATE TABLE ledger_transfers (
     created_at_us        bigint NOT NULL,
     CHECK (debit_account_id <> credit_account_id)
 );
-CREATE INDEX ledger_transfers_at ON ledger_transfers (created_at_us);
+-- appended in time order: a BRIN index finds a window for almost nothing
+CREATE INDEX ledger_transfers_at ON ledger_transfers USING brin (created_at_us);
 CREATE INDEX ledger_transfers_lease ON ledger_transfers (lease_id) WHERE lease_id <> 0;
-CREATE INDEX ledger_transfers_debit ON ledger_transfers (debit_account_id, id);
-CREATE INDEX ledger_transfers_credit ON ledger_transfers (credit_account_id, id);
+-- Per account, for listings; the system accounts (ids 1-3, on nearly every
+-- transfer) are left out: a listing of theirs finds its rows scanning by id.
+CREATE INDEX ledger_transfers_debit ON ledger_transfers (debit_account_id, id)
+    WHERE debit_account_id > 3;
+CREATE INDEX ledger_transfers_credit ON ledger_transfers (credit_account_id, id)
+    WHERE credit_account_id > 3;
 
 -- One row per side of a posted transfer: credit > 0, debit < 0.
 CREATE TABLE ledger_entries (
@@ -201,13 +206,16 @@ ALTER TABLE leases
     ADD COLUMN posted_micros       bigint NOT NULL DEFAULT 0,   -- usage posted so far (gross)
     ADD COLUMN fee_posted_micros   bigint NOT NULL DEFAULT 0,   -- of which platform fee
     ADD COLUMN billed_gpu_seconds  bigint NOT NULL DEFAULT 0,   -- GPU-seconds posted so far
-    ADD COLUMN metered_at_us       bigint NOT NULL DEFAULT 0,   -- last settle sweep that metered it
+    ADD COLUMN metered_at_us       bigint NOT NULL DEFAULT 0,   -- usage posted up to here
     ADD COLUMN settle_seq          integer NOT NULL DEFAULT 0,  -- settlement steps so far
     ADD COLUMN billed_end_us       bigint NOT NULL DEFAULT 0,   -- ended: usage counts up to here
     ADD COLUMN ledger_settled      boolean NOT NULL DEFAULT false;
 -- Leases ended before the ledger existed carry nothing to settle.
 UPDATE leases SET ledger_settled = true WHERE state > 4;
 CREATE INDEX leases_unsettled ON leases (id) WHERE state > 4 AND NOT ledger_settled;
+CREATE INDEX leases_running ON leases (id) WHERE state BETWEEN 2 AND 4;
+-- room on each page for the sweep's updates to stay HOT
+ALTER TABLE leases SET (fillfactor = 80);
 
 -- The worst case of one lease: price x GPUs x duration, rounded up.
 CREATE FUNCTION gm_ledger_hold_amount(p_price bigint, p_mask bigint, p_duration_us bigint)
@@ -487,7 +495,8 @@ END $$;
 -- Posts usage of up to p_limit leases in one transaction: every ended lease
 -- not yet settled (usage up to billed_end_us, then the rest of its hold is
 -- released and the lease is settled), and every running lease last metered
--- before p_meter_before (usage up to its node's last heartbeat). Usage is
+-- before p_meter_before with a new second of usage since (usage up to its
+-- node's last heartbeat). Usage is
 -- whole seconds from started_at_us: gross = price x GPUs x seconds / 3600
 -- (rounded down, at most the hold), fee = gross x fee_ppm / 1e6 (rounded
 -- down), both cumulative, so each step posts the difference to what was
@@ -497,17 +506,48 @@ END $$;
 -- A running lease whose usage reached its hold is told to stop (stop_kind
 -- 5). Leases or jobs locked by someone else are left for the next sweep.
 CREATE FUNCTION gm_ledger_sweep(p_now bigint, p_meter_before bigint, p_limit integer,
-                                p_stop_grace_us bigint)
+                                p_stop_grace_us bigint, p_after bigint DEFAULT 0)
 RETURNS TABLE (transfers bigint, settled bigint, metered bigint, gross_micros bigint,
-               fee_micros bigint, gpu_seconds bigint, stopped bigint)
+               fee_micros bigint, gpu_seconds bigint, stopped bigint, next_after bigint)
 LANGUAGE plpgsql AS $$
+DECLARE
+    ids bigint[];
+    nrun bigint;
+    lastrun bigint;
 BEGIN
+    -- The batch, locked: ended leases not yet settled, then running ones
+    -- after lease p_after (the caller walks the running leases in id order
+    -- and starts again from 0 when next_after comes back 0) metered longer
+    -- ago than the interval, with at least a second of usage their node's
+    -- heartbeats vouch for since. Never waits for a lock.
+    SELECT array_agg(b.id), count(*) FILTER (WHERE b.running), max(b.id) FILTER (WHERE b.running)
+      INTO ids, nrun, lastrun
+      FROM (SELECT l.id, l.state <= 4 AS running FROM leases l JOIN jobs j ON j.id = l.job_id
+             WHERE l.id IN (
+                     (SELECT x.id FROM leases x WHERE x.state > 4 AND NOT x.ledger_settled
+                       ORDER BY x.id LIMIT p_limit)
+                     UNION ALL
+                     (SELECT x.id FROM leases x JOIN nodes y ON y.id = x.node_id
+                       WHERE x.state BETWEEN 2 AND 4 AND x.id > p_after AND x.started_at_us > 0
+                         AND greatest(x.metered_at_us, x.started_at_us) < p_meter_before
+                         AND least(p_now, y.last_heartbeat_us)
+                             >= greatest(x.metered_at_us, x.started_at_us) + 1000000
+                       ORDER BY x.id LIMIT p_limit))
+             ORDER BY l.id LIMIT p_limit
+               FOR UPDATE OF l, j SKIP LOCKED) b;
+    next_after := CASE WHEN nrun > 0 AND cardinality(ids) >= p_limit THEN lastrun ELSE 0 END;
+    IF ids IS NULL THEN
+        transfers := 0; settled := 0; metered := 0; gross_micros := 0; fee_micros := 0;
+        gpu_seconds := 0; stopped := 0;
+        RETURN NEXT;
+        RETURN;
+    END IF;
     PERFORM gm_ledger_lock();
     RETURN QUERY
     WITH c AS (
         SELECT l.id, l.job_id, l.state, l.started_at_us, l.gpu_mask, l.price_micros,
                l.hold_micros, l.hold_id, l.fee_ppm, l.posted_micros, l.fee_posted_micros,
-               l.billed_gpu_seconds, l.settle_seq, l.state > 4 AS final,
+               l.billed_gpu_seconds, l.settle_seq, l.metered_at_us, l.state > 4 AS final,
                CASE WHEN l.state > 4 THEN l.billed_end_us
                     ELSE least(p_now, n.last_heartbeat_us) END AS upto,
                ta.id AS tenant_acct, oa.id AS op_acct
@@ -516,11 +556,7 @@ BEGIN
           JOIN nodes n ON n.id = l.node_id
           JOIN ledger_accounts ta ON ta.kind = 1 AND ta.owner_id = j.tenant_id
           JOIN ledger_accounts oa ON oa.kind = 2 AND oa.owner_id = n.operator_id
-         WHERE (l.state > 4 AND NOT l.ledger_settled)
-            OR (l.state BETWEEN 2 AND 4 AND l.started_at_us > 0
-                AND greatest(l.metered_at_us, l.started_at_us) < p_meter_before)
-         ORDER BY l.id LIMIT p_limit
-           FOR UPDATE OF l, j SKIP LOCKED),
+         WHERE l.id = ANY(ids)),
     u AS (
         SELECT c.*, bit_count(c.gpu_mask::bit(64)) AS gpus,
                CASE WHEN c.started_at_us > 0 AND c.upto > c.started_at_us
@@ -588,7 +624,8 @@ BEGIN
     ul AS (
         UPDATE leases l
            SET posted_micros = k.gross, fee_posted_micros = k.fee_posted_micros + k.f,
-               billed_gpu_seconds = k.billed_gpu_seconds + k.gs, metered_at_us = p_now,
+               billed_gpu_seconds = k.billed_gpu_seconds + k.gs,
+               metered_at_us = greatest(k.metered_at_us, k.upto),
                settle_seq = k.seq, ledger_settled = k.final,
                state = CASE WHEN k.stop THEN 4 ELSE l.state END,
                stop_kind = CASE WHEN k.stop THEN 5 ELSE l.stop_kind END,
@@ -598,14 +635,17 @@ BEGIN
                    THEN 'the tenant''s funds held for this lease are used up'
                    ELSE l.stop_reason END
           FROM k WHERE l.id = k.id),
+    -- a job's cost_micros counts its settled leases; readers add what its
+    -- live leases posted so far (leases.posted_micros)
     uj AS (
-        UPDATE jobs j SET cost_micros = j.cost_micros + s.d
-          FROM (SELECT k.job_id, sum(k.d) AS d FROM k GROUP BY k.job_id) s
-         WHERE j.id = s.job_id AND s.d > 0)
+        UPDATE jobs j SET cost_micros = j.cost_micros + s.g
+          FROM (SELECT k.job_id, sum(k.gross) AS g FROM k WHERE k.final GROUP BY k.job_id) s
+         WHERE j.id = s.job_id AND s.g > 0)
     SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM k WHERE k.final),
            (SELECT count(*) FROM k WHERE NOT k.final),
            (SELECT coalesce(sum(k.d), 0)::bigint FROM k), (SELECT coalesce(sum(k.f), 0)::bigint FROM k),
-           (SELECT coalesce(sum(k.gs), 0)::bigint FROM k), (SELECT count(*) FROM k WHERE k.stop);
+           (SELECT coalesce(sum(k.gs), 0)::bigint FROM k), (SELECT count(*) FROM k WHERE k.stop),
+           next_after;
 END $$;
 
 -- ---- node state history (for utilization) -------------------------------------------

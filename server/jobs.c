@@ -20,7 +20,8 @@
 	"j.id, j.tenant_id, j.name, j.idempotency_key, j.spec_pb, j.state, j.attempts,"     \
 	" j.submitted_at_us, j.started_at_us, j.ended_at_us, j.updated_at_us,"              \
 	" j.failure_reason, j.failure_message, j.exit_code, j.term_signal, j.failure_node," \
-	" j.cost_micros"
+	" j.cost_micros + (SELECT coalesce(sum(l.posted_micros), 0) FROM leases l"          \
+	"   WHERE l.job_id = j.id AND NOT l.ledger_settled)"
 #define JOB_NCOLS 17
 
 /* What a Job built from a row owns; freed after the reply. */

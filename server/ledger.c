@@ -44,7 +44,7 @@ static struct {
 	bool cache_busy, sweep_busy, stopped;
 	int inflight;
 	struct event *cache_ev, *sweep_ev;
-	int64_t last_meter_us;
+	uint64_t meter_after; /* the sweep walks running leases in id order */
 	/* counters (this process) */
 	uint64_t sweeps, transfers_swept, leases_settled, leases_metered, leases_stopped;
 	uint64_t gross_micros, fee_micros, gpu_seconds;
@@ -355,6 +355,7 @@ static void sweep_cb(enum pg_status st, PGresult *res, const char *sqlstate, con
 	G.fee_micros += col_u64(res, 0, 4);
 	G.gpu_seconds += col_u64(res, 0, 5);
 	G.leases_stopped += stopped;
+	G.meter_after = col_u64(res, 0, 7);
 	if (settled || stopped)
 		log_debug("settled leases=%" PRIu64 " metered=%" PRIu64 " transfers=%" PRIu64
 		          " stopped=%" PRIu64,
@@ -363,7 +364,7 @@ static void sweep_cb(enum pg_status st, PGresult *res, const char *sqlstate, con
 		log_info("leases stopped: tenant funds held for them are used up count=%" PRIu64,
 		         stopped);
 	/* a full batch: more is waiting */
-	if (settled + metered >= SWEEP_BATCH && !G.stopped)
+	if ((settled + metered >= SWEEP_BATCH || G.meter_after) && !G.stopped)
 		sweep_run();
 }
 
@@ -373,16 +374,17 @@ static void sweep_run(void)
 		return;
 	int64_t now = now_us();
 	int64_t meter_ms = G.a->cfg.ledger_meter_interval_ms;
-	struct numbuf n, mb, lim, gr;
+	struct numbuf n, mb, lim, gr, af;
 	const char *params[] = { fmt_i64(&n, now), fmt_i64(&mb, now - meter_ms * 1000),
-		                 fmt_i64(&lim, SWEEP_BATCH), fmt_i64(&gr, STOP_GRACE_US) };
+		                 fmt_i64(&lim, SWEEP_BATCH), fmt_i64(&gr, STOP_GRACE_US),
+		                 fmt_u64(&af, G.meter_after) };
 	G.sweep_busy = true;
 	G.inflight++;
-	if (pg_exec(
-	        G.a->pg, NULL,
-	        "SELECT transfers, settled, metered, gross_micros, fee_micros, gpu_seconds,"
-	        " stopped FROM gm_ledger_sweep($1::bigint, $2::bigint, $3::integer, $4::bigint)",
-	        4, params, sweep_cb, NULL)) {
+	if (pg_exec(G.a->pg, NULL,
+	            "SELECT transfers, settled, metered, gross_micros, fee_micros, gpu_seconds,"
+	            " stopped, next_after FROM gm_ledger_sweep($1::bigint, $2::bigint, $3::integer,"
+	            " $4::bigint, $5::bigint)",
+	            5, params, sweep_cb, NULL)) {
 		G.inflight--;
 		G.sweep_busy = false;
 	}
@@ -735,6 +737,13 @@ void ledger_audit(struct rpc_call *call, const ProtobufCMessage *msg)
 		rpc_error(call, RPC_UNAVAILABLE, "shutting down");
 }
 
+/* The filters of a listing other than the account. */
+#define LIST_FILTER                                                              \
+	"($1::bigint = 0 OR t.id < $1::bigint)"                                  \
+	" AND (cardinality($3::smallint[]) = 0 OR t.kind = ANY($3::smallint[]))" \
+	" AND t.created_at_us >= $5::bigint AND t.created_at_us < $6::bigint"    \
+	" AND ($7::bigint = 0 OR t.lease_id = $7::bigint)"
+
 /* ---- ListTransfers --------------------------------------------------------------------------- */
 
 struct list_q {
@@ -824,14 +833,21 @@ void ledger_list_transfers(struct rpc_call *call, const ProtobufCMessage *msg)
 		                 fmt_i64(&u, we),
 		                 fmt_u64(&le, req->lease_id) };
 	if (pg_exec(app_get()->pg, NULL,
-	            "SELECT " TRANSFER_COLS " FROM ledger_transfers t"
-	            " WHERE ($1::bigint = 0 OR t.id < $1::bigint)"
-	            " AND ($2::bigint = 0 OR t.debit_account_id = $2::bigint"
-	            "      OR t.credit_account_id = $2::bigint)"
-	            " AND (cardinality($3::smallint[]) = 0 OR t.kind = ANY($3::smallint[]))"
-	            " AND t.created_at_us >= $5::bigint AND t.created_at_us < $6::bigint"
-	            " AND ($7::bigint = 0 OR t.lease_id = $7::bigint)"
-	            " ORDER BY t.id DESC LIMIT $4::integer",
+	            /* a tenant's or operator's account: through the per-account
+	             * indexes (which leave the system accounts out) */
+	            "WITH ids AS ("
+	            "  (SELECT t.id FROM ledger_transfers t WHERE $2::bigint <= 3"
+	            "     AND ($2::bigint = 0 OR t.debit_account_id = $2::bigint"
+	            "          OR t.credit_account_id = $2::bigint) AND " LIST_FILTER
+	            "   ORDER BY t.id DESC LIMIT $4::integer)"
+	            "  UNION ALL (SELECT t.id FROM ledger_transfers t WHERE $2::bigint > 3"
+	            "     AND t.debit_account_id = $2::bigint AND t.debit_account_id > 3"
+	            "     AND " LIST_FILTER " ORDER BY t.id DESC LIMIT $4::integer)"
+	            "  UNION ALL (SELECT t.id FROM ledger_transfers t WHERE $2::bigint > 3"
+	            "     AND t.credit_account_id = $2::bigint AND t.credit_account_id > 3"
+	            "     AND " LIST_FILTER " ORDER BY t.id DESC LIMIT $4::integer))"
+	            " SELECT " TRANSFER_COLS " FROM ledger_transfers t"
+	            " WHERE t.id IN (SELECT id FROM ids) ORDER BY t.id DESC LIMIT $4::integer",
 	            7, params, list_cb, q)) {
 		free(q);
 		rpc_error(call, RPC_UNAVAILABLE, "shutting down");

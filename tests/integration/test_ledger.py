@@ -93,8 +93,12 @@ class LedgerCase(ItCase):
     def setUpClass(cls):
         c = common._clusters[__name__]
         cls.op, cls.optok = c.new_operator(node_limit=100)
-        cls.tenant, cls.ttok = c.new_tenant(funds_micros=10**12)
         cls.agents = []
+
+    def setUp(self):
+        super().setUp()
+        # a tenant per test: no other test's holds move its balances
+        self.tenant, self.ttok = self.c.new_tenant(funds_micros=10**12)
 
     @classmethod
     def tearDownClass(cls):
@@ -226,9 +230,9 @@ class FixtureTest(LedgerCase):
 
     def test_long_lease_paid_as_it_goes(self):
         ag = self.node()
+        op0 = account(self.c, 2, self.op["id"])[0]
         job, lease = self.run_lease(ag)
         ran_for(self.c, lease["id"], 500)
-        op0 = account(self.c, 2, self.op["id"])[0]
         # the settle sweep meters it every second while it runs
         common.wait_for(lambda: lease_money(self.c, lease["id"]).get(3, 0) >= 450000, 10, 0.2,
                         "interim settlement")
