@@ -163,11 +163,14 @@ for k in sys.argv[1].split("."):
 print(v)' "$1"
 }
 
-# new_tenant NAME: creates a tenant and a tenant token; prints the secret.
+# new_tenant NAME: creates a tenant funded with 10^15 micro-units (submits
+# must afford their worst case) and a tenant token; prints the secret.
 new_tenant() {
 	local id
 	id=$(api "$ADMIN_TOKEN" AdminService CreateTenant "{\"tenant\":{\"name\":\"$1\"}}" |
 		json_get tenant.id)
+	api "$ADMIN_TOKEN" AdminService TopUpTenant \
+		"{\"tenantId\":\"$id\",\"amountMicros\":\"1000000000000000\",\"idempotencyId\":\"bench-$1\"}" >/dev/null
 	api "$ADMIN_TOKEN" AdminService CreateToken \
 		"{\"role\":\"ROLE_TENANT\",\"tenantId\":\"$id\",\"name\":\"$1-bench\"}" | json_get secret
 }

@@ -30,6 +30,8 @@ struct cfg {
 	int group_commit_max;
 	int group_commit_inflight;
 	int group_commit_delay_us;
+	int ledger_settle_interval_ms;
+	int ledger_meter_interval_ms;
 	bool allow_unverified;
 	char instance_id[64];
 	char traces_dir[512];

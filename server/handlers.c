@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ledger.h"
 #include "log.h"
 #include "service.h"
 
@@ -62,6 +63,14 @@ static const struct route routes[] = {
 	{ "/gpumatch.v1.AdminService/SimulatePolicy", simulate_policy },
 	{ "/gpumatch.v1.AdminService/ExportTrace", simulate_export_trace },
 	{ "/gpumatch.v1.AdminService/ListLearnedSpeeds", admin_list_learned_speeds },
+	{ "/gpumatch.v1.AdminService/TopUpTenant", ledger_top_up },
+	{ "/gpumatch.v1.AdminService/PayoutOperator", ledger_payout },
+	{ "/gpumatch.v1.AdminService/AuditLedger", ledger_audit },
+	{ "/gpumatch.v1.AdminService/ListTransfers", ledger_list_transfers },
+	{ "/gpumatch.v1.AdminService/GetUsageReport", ledger_usage_report },
+	{ "/gpumatch.v1.AdminService/GetRevenueReport", ledger_revenue_report },
+	{ "/gpumatch.v1.JobService/GetSpend", ledger_get_spend },
+	{ "/gpumatch.v1.NodeService/GetEarnings", ledger_get_earnings },
 	{ NULL, NULL },
 };
 
@@ -121,13 +130,15 @@ int handlers_start(struct app *a, char *err, size_t err_len)
 {
 	the_app = a;
 	if (jobs_start(a, err, err_len) || nodes_start(a, err, err_len) ||
-	    probe_start(a, err, err_len) || schedloop_start(a, err, err_len))
+	    probe_start(a, err, err_len) || schedloop_start(a, err, err_len) ||
+	    ledger_start(a, err, err_len))
 		return -1;
 	return 0;
 }
 
 void handlers_stop(struct app *a)
 {
+	ledger_stop(a);
 	schedloop_stop(a);
 	probe_stop(a);
 	nodes_stop(a);
@@ -142,7 +153,7 @@ void handlers_drain(struct app *a)
 
 bool handlers_idle(struct app *a)
 {
-	return jobs_idle(a) && schedloop_idle(a) && probe_idle(a);
+	return jobs_idle(a) && schedloop_idle(a) && probe_idle(a) && ledger_idle(a);
 }
 
 void handlers_reload(struct app *a)
@@ -155,6 +166,7 @@ void handlers_metrics(struct app *a, struct evbuffer *b)
 	jobs_metrics(a, b);
 	probe_metrics(a, b);
 	schedloop_metrics(a, b);
+	ledger_metrics(a, b);
 }
 
 /* ---- helpers ------------------------------------------------------------------------ */

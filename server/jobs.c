@@ -9,6 +9,7 @@
 
 #include "convert.h"
 #include "gpumatch/v1/job_service.pb-c.h"
+#include "ledger.h"
 #include "log.h"
 #include "pbjson.h"
 #include "service.h"
@@ -21,7 +22,8 @@
 	"j.id, j.tenant_id, j.name, j.idempotency_key, j.spec_pb, j.state, j.attempts,"     \
 	" j.submitted_at_us, j.started_at_us, j.ended_at_us, j.updated_at_us,"              \
 	" j.failure_reason, j.failure_message, j.exit_code, j.term_signal, j.failure_node," \
-	" j.cost_micros"
+	" j.cost_micros + (SELECT coalesce(sum(l.posted_micros), 0) FROM leases l"          \
+	"   WHERE l.job_id = j.id AND NOT l.ledger_settled)"
 #define JOB_NCOLS 17
 
 /* What a Job built from a row owns; freed after the reply. */
@@ -663,6 +665,26 @@ oom:
 	abort(); /* server: out-of-memory is fatal */
 }
 
+static void submit_admitted(void *arg)
+{
+	struct submit *s = arg;
+	if (sub.tail)
+		sub.tail->next = s;
+	else
+		sub.head = s;
+	sub.tail = s;
+	sub.queued++;
+	sub.submits++;
+	/* While one batch is being written, later submits gather for the next:
+	 * the batch size follows the load with no added wait. */
+	flush_batch();
+}
+
+static void submit_refused(void *arg)
+{
+	submit_free(arg);
+}
+
 static bool valid_label(const char *s, size_t max)
 {
 	size_t n = strlen(s);
@@ -750,16 +772,9 @@ void jobs_submit(struct rpc_call *call, const ProtobufCMessage *msg)
 	s->prio = (int)js.priority_class;
 	s->gpus = js.gpus_per_node * js.node_count;
 	s->t0_us = t0;
-	if (sub.tail)
-		sub.tail->next = s;
-	else
-		sub.head = s;
-	sub.tail = s;
-	sub.queued++;
-	sub.submits++;
-	/* While one batch is being written, later submits gather for the next:
-	 * the batch size follows the load with no added wait. */
-	flush_batch();
+	/* the tenant must afford the job's worst case: checked in memory */
+	ledger_admit(call, who->tenant_id, js.max_price_micros, s->gpus, js.max_duration_us,
+	             submit_admitted, submit_refused, s);
 }
 
 /* ---- GetJob / ListJobs / CancelJob / ExplainJob ----------------------------------- */

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "convert.h"
+#include "ledger.h"
 #include "log.h"
 #include "sched.h"
 #include "service.h"
@@ -319,6 +320,7 @@ static void apply_policy_row(const PGresult *res)
 		free(raw);
 		if (m) {
 			conv_policy_in(m, &p);
+			ledger_set_fee_ppm(m->platform_fee_ppm);
 			protobuf_c_message_free_unpacked(&m->base, NULL);
 		}
 	}
@@ -649,14 +651,23 @@ static void run_cycle(void)
 		log_error("out of memory");
 		abort();
 	}
-	struct numbuf fence, now;
-	const char *params[] = { fmt_u64(&fence, L.fence), sj.s, sn.s, sm.s, sg.s, ss.s, sd.s,
-		                 fmt_i64(&now, t0) };
+	struct numbuf fence, now, fee;
+	const char *params[] = { fmt_u64(&fence, L.fence),
+		                 sj.s,
+		                 sn.s,
+		                 sm.s,
+		                 sg.s,
+		                 ss.s,
+		                 sd.s,
+		                 fmt_i64(&now, t0),
+		                 fmt_u64(&fee, ledger_fee_ppm()) };
 	struct step *s = step_new(pb, pb->n);
 	L.placing = true;
+	/* gm_place also takes each lease's ledger hold, locking in the fee */
 	if (exec_q("SELECT idx, lease_id FROM gm_place($1::bigint, $2::bigint[], $3::bigint[],"
-	           " $4::bigint[], $5::integer[], $6::integer[], $7::bigint[], $8::bigint)",
-	           8, params, place_done_cb, s)) {
+	           " $4::bigint[], $5::integer[], $6::integer[], $7::bigint[], $8::bigint,"
+	           " $9::integer)",
+	           9, params, place_done_cb, s)) {
 		L.placing = false;
 		for (size_t i = 0; i < pb->n; i++)
 			sched_lease_end(L.c, pb->jobs[i], t0, true);

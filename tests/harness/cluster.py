@@ -712,9 +712,15 @@ class Cluster:
         b = self.must(self.admin("CreateToken", req))
         return b["secret"], b["token"]
 
-    def new_tenant(self, name=None, **fields):
-        """A tenant and a tenant token: (tenant dict, secret)."""
+    def new_tenant(self, name=None, funds_micros=10**15, **fields):
+        """A tenant and a tenant token: (tenant dict, secret). The tenant is
+        topped up with funds_micros (0: none), so that its submits can
+        afford their worst case."""
         t = self.create_tenant(name, **fields)
+        if funds_micros:
+            self.must(self.admin("TopUpTenant", {
+                "tenantId": str(t["id"]), "amountMicros": str(funds_micros),
+                "idempotencyId": "harness-funds-%s" % t["id"]}))
         secret, _ = self.create_token("ROLE_TENANT", tenant_id=t["id"])
         return t, secret
 
