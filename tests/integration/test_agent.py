@@ -163,11 +163,8 @@ class AgentTest(ItCase):
         for i in range(50):
             gpus, nodes = shapes[i % len(shapes)]
             code = 3 if i % 9 == 4 else (1 if i % 13 == 6 else 0)
-            if nodes > 1:
-                # a gang whose member fails has its others stopped, and which
-                # member's end names the job's failure is the server's race
-                # (docs/cli.md): the gangs here succeed
-                code = 0
+            # a gang's failing member stops the others; the job's failure is
+            # the member that failed, not a peer stopped because of it
             spec = {
                 "kind": ["batch", "training", "inference"][i % 3],
                 "gpusPerNode": gpus,

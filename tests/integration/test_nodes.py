@@ -238,6 +238,43 @@ class NodeTest(ItCase):
         self.assertEqual(f.get("exitCode"), 3, j)
         ag.stop_heartbeats()
 
+    def test_failed_gang_names_the_part_that_failed(self):
+        # part 0 exits 3; part 1 is stopped because of it and ends by
+        # SIGTERM after. The job's failure is part 0's, not the last report.
+        pool = self.c.unique("pool")
+        ags = [self.node(labels={"pool": pool}, region="gang-r") for _ in range(2)]
+        for ag in ags:
+            ag.start_heartbeats(0.3)
+        try:
+            job = submit(self.c, self.t, spec=job_spec(gpus=1, nodeCount=2,
+                                                       labelSelector={"pool": pool}))
+            leases = {}
+            for ag in ags:
+                lease = ag.acquire_lease(within=20)["lease"]
+                self.assertEqual(lease["jobId"], job["id"])
+                self.assertOk(ag.report(lease, "LEASE_STATE_RUNNING"))
+                leases[int(lease.get("gangIndex", 0))] = (ag, lease)
+            ag0, l0 = leases[0]
+            ag1, l1 = leases[1]
+            self.assertOk(ag0.report(l0, "LEASE_STATE_FAILED", exit_code=3, message="oom"))
+            # the peer is told to stop; it ends killed by SIGTERM
+            stopped = common.wait_for(
+                lambda: [c for c in self.assertOk(ag1.heartbeat()).get("commands", [])
+                         if c.get("leaseId") == l1["id"]], timeout=10, what="stop command")
+            self.assertTrue(stopped)
+            self.assertOk(ag1.report(l1, "LEASE_STATE_FAILED", exit_code=0, termSignal=15,
+                                     message="stopped"))
+            j = wait_job_state(self.c, self.t, job["id"], "JOB_STATE_FAILED", timeout=10)
+            f = j.get("failure") or {}
+            self.assertEqual(f.get("reason"), "FAILURE_REASON_EXIT_CODE", j)
+            self.assertEqual(f.get("exitCode"), 3, j)
+            self.assertFalse(f.get("termSignal"), j)
+            self.assertEqual(f.get("nodeId"), ag0.id, j)
+            self.assertIn("gang part 0 of 2 failed: oom", f.get("message", ""), j)
+        finally:
+            for ag in ags:
+                ag.stop_heartbeats()
+
     def test_report_bad_input(self):
         pool = self.c.unique("pool")
         ag = self.node(labels={"pool": pool})
