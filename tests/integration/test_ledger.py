@@ -15,6 +15,7 @@ fixes a lease's usage it moves started_at_us back in Postgres (the agent
 "has run for N s"), 0.3 s past the whole second, so that the report that
 ends it a few milliseconds later bills exactly N seconds."""
 
+import os
 import time
 
 import common
@@ -482,6 +483,30 @@ class AuthzTest(LedgerCase):
                              "invalid_argument", "window", msg=m)
         self.assertError(self.c.admin("AuditLedger", {"maxViolations": 1000000}),
                          "invalid_argument", "max_violations")
+
+
+class AuditTest(LedgerCase):
+    def test_a_transfer_to_an_unknown_account_is_a_violation(self):
+        # nothing in gpumatchd writes one (the writers take account ids from
+        # ledger_accounts); written by hand here, then removed again
+        c = self.c
+        tid = c.psql_value(
+            "INSERT INTO ledger_transfers (idempotency_id, debit_account_id, credit_account_id,"
+            " amount_micros, kind, state, created_at_us) VALUES"
+            " ('it:bogus:%d', 1, 987654321, 5, 6, 1, 0) RETURNING id" % os.getpid())
+        try:
+            b = audit(c)
+            self.assertFalse(b.get("ok"), b)
+            v = [x for x in b.get("violations", []) if x.get("transferId") == tid]
+            self.assertEqual(len(v), 1, b)
+            self.assertEqual(v[0]["kind"], "VIOLATION_KIND_UNBALANCED_TRANSFER")
+            self.assertIn("does not exist", v[0]["message"])
+        finally:
+            c.psql("ALTER TABLE ledger_transfers DISABLE TRIGGER ledger_transfers_immutable;"
+                   " DELETE FROM ledger_transfers WHERE id = %s;"
+                   " ALTER TABLE ledger_transfers ENABLE TRIGGER ledger_transfers_immutable"
+                   % tid)
+        self.assertTrue(audit(c).get("ok"), "audit clean again")
 
 
 class ReportTest(LedgerCase):
