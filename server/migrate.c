@@ -138,6 +138,27 @@ static int current_version(PGconn *c, char *err, size_t err_len)
 	return v;
 }
 
+/* The versions recorded in schema_migrations (the table must exist), or
+ * NULL with err. The caller clears the result. */
+static PGresult *applied_versions(PGconn *c, char *err, size_t err_len)
+{
+	PGresult *r = PQexec(c, "SELECT version FROM schema_migrations");
+	if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+		snprintf(err, err_len, "%s", PQresultErrorMessage(r));
+		PQclear(r);
+		return NULL;
+	}
+	return r;
+}
+
+static bool is_applied(const PGresult *done, int version)
+{
+	for (int r = 0; r < PQntuples(done); r++)
+		if (atoi(PQgetvalue(done, r, 0)) == version)
+			return true;
+	return false;
+}
+
 int migrate_current(const char *conninfo, char *err, size_t err_len)
 {
 	PGconn *c = connect_db(conninfo, err, err_len);
@@ -158,17 +179,11 @@ int migrate_missing(const char *conninfo, const char *dir, int upto, char *missi
 	PGconn *c = connect_db(conninfo, err, err_len);
 	if (!c)
 		return -1;
-	int rc = current_version(c, err, err_len) < 0 ? -1 : 0;
-	PGresult *done = rc ? NULL : PQexec(c, "SELECT version FROM schema_migrations");
-	if (!rc && PQresultStatus(done) != PGRES_TUPLES_OK) {
-		snprintf(err, err_len, "%s", PQresultErrorMessage(done));
-		rc = -1;
-	}
+	PGresult *done =
+	    current_version(c, err, err_len) < 0 ? NULL : applied_versions(c, err, err_len);
+	int rc = done ? 0 : -1;
 	for (int i = 0; !rc && i < n && files[i].version <= upto; i++) {
-		bool applied = false;
-		for (int r = 0; r < PQntuples(done) && !applied; r++)
-			applied = atoi(PQgetvalue(done, r, 0)) == files[i].version;
-		if (!applied) {
+		if (!is_applied(done, files[i].version)) {
 			snprintf(missing, missing_len, "%s", files[i].name);
 			rc = 1;
 		}
@@ -194,16 +209,11 @@ int migrate_apply(const char *conninfo, const char *dir, bool quiet, char *err, 
 	/* Every file not yet recorded is applied, in order, also one numbered
 	 * below the newest applied (a migration from a branch that landed
 	 * later): the record is the set of versions, not just the highest. */
-	PGresult *done = v >= 0 ? PQexec(c, "SELECT version FROM schema_migrations") : NULL;
-	if (v >= 0 && PQresultStatus(done) != PGRES_TUPLES_OK) {
-		snprintf(err, err_len, "%s", PQresultErrorMessage(done));
+	PGresult *done = v >= 0 ? applied_versions(c, err, err_len) : NULL;
+	if (!done)
 		v = -1;
-	}
 	for (int i = 0; v >= 0 && i < n; i++) {
-		bool applied = false;
-		for (int r = 0; r < PQntuples(done) && !applied; r++)
-			applied = atoi(PQgetvalue(done, r, 0)) == files[i].version;
-		if (applied)
+		if (is_applied(done, files[i].version))
 			continue;
 		char path[1024];
 		snprintf(path, sizeof path, "%s/%s", dir, files[i].name);

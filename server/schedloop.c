@@ -1332,12 +1332,13 @@ static void explain_waits_clear(void)
 }
 
 /* The leader answers an ask read from the stream: the packed Explanation,
- * or "-" when the job is not pending here. */
-static void answer_explain(uint64_t job_id, const char *key)
+ * or "-" when the job is not pending here. With may_wait, an ask for a job
+ * not held yet waits for it (explain_waits_run answers it later). */
+static void answer_explain(uint64_t job_id, const char *key, bool may_wait)
 {
 	if (strncmp(key, RK_EXPLAIN, strlen(RK_EXPLAIN)) || strlen(key) > 191)
 		return;
-	if (sched_job_state(L.c, job_id) == -ENOENT) {
+	if (may_wait && sched_job_state(L.c, job_id) == -ENOENT) {
 		struct explain_wait *w = calloc(1, sizeof *w);
 		if (w) {
 			w->job_id = job_id;
@@ -1371,13 +1372,7 @@ static void explain_waits_run(void)
 			continue;
 		}
 		*p = w->next;
-		w->until_us = 0;
-		if (sched_job_state(L.c, w->job_id) != -ENOENT)
-			answer_explain(w->job_id, w->key);
-		else {
-			const char *argv[] = { "SET", w->key, "-", "PX", EXPLAIN_ANSWER_TTL_MS };
-			rds_cmd(L.a->rds, ignore_reply_cb, NULL, 5, argv, NULL);
-		}
+		answer_explain(w->job_id, w->key, false);
 		free(w);
 	}
 }
@@ -1531,7 +1526,7 @@ static void stream_cb(redisReply *reply, const char *err, void *arg)
 			continue;
 		}
 		if (!strcmp(kind, "explain")) {
-			answer_explain(id, entry_field(kv, "reply"));
+			answer_explain(id, entry_field(kv, "reply"), true);
 			continue;
 		}
 		if (!strcmp(from, L.instance))
