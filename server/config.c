@@ -65,6 +65,8 @@ static const struct key keys[] = {
 	  "extra wait to gather a batch (0: batch only what queued during the last write)" },
 	{ "ledger_settle_interval_ms", K_INT, N(ledger_settle_interval_ms), "1000", 10, 600000,
 	  false, "how often the leader's settle sweep posts ended leases' usage" },
+	{ "ledger_sweep_shards", K_INT, N(ledger_sweep_shards), "2", 1, LEDGER_MAX_SWEEP_SHARDS,
+	  false, "settle sweeps run in parallel, each on its share of the leases (id % shards)" },
 	{ "ledger_meter_interval_ms", K_INT, N(ledger_meter_interval_ms), "60000", 10, 86400000,
 	  true, "running leases' usage is posted (operators paid as they go) this often" },
 	{ "allow_unverified", K_BOOL, N(allow_unverified), "false", 0, 0, false,

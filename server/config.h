@@ -8,6 +8,8 @@
 #include <stddef.h>
 #include <stdio.h>
 
+#define LEDGER_MAX_SWEEP_SHARDS 16 /* ledger_sweep_shards at most */
+
 struct cfg {
 	char listen_host[64];
 	int listen_port;
@@ -32,6 +34,7 @@ struct cfg {
 	int group_commit_delay_us;
 	int ledger_settle_interval_ms;
 	int ledger_meter_interval_ms;
+	int ledger_sweep_shards; /* 1..LEDGER_MAX_SWEEP_SHARDS */
 	bool allow_unverified;
 	char instance_id[64];
 	char traces_dir[512];

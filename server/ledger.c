@@ -22,6 +22,7 @@
 #define CACHE_REFRESH_MS  1000
 #define SWEEP_BATCH       2000 /* leases per settlement transaction */
 #define STOP_GRACE_US     30000000LL
+#define AUDIT_TIMEOUT_MS  600000
 #define AUDIT_GRACE_US    60000000LL /* an ended lease may wait this long to settle */
 #define DEFAULT_WINDOW_US (30LL * 24 * 3600 * 1000000)
 #define IDEM_MAX          128
@@ -41,10 +42,15 @@ static struct {
 	struct avail_slot *slots;
 	size_t cap; /* power of two, or 0 */
 	int64_t max_node_price_micros;
-	bool cache_busy, sweep_busy, stopped;
+	bool cache_busy, stopped;
 	int inflight;
 	struct event *cache_ev, *sweep_ev;
-	uint64_t meter_after; /* the sweep walks running leases in id order */
+	/* one sweep per shard of the leases (id % shards), in parallel; each
+	 * walks its running leases in id order */
+	struct sweep_shard {
+		bool busy;
+		uint64_t meter_after;
+	} shard[LEDGER_MAX_SWEEP_SHARDS];
 	/* counters (this process) */
 	uint64_t sweeps, transfers_swept, leases_settled, leases_metered, leases_stopped;
 	uint64_t gross_micros, fee_micros, gpu_seconds;
@@ -331,18 +337,18 @@ static void cache_tick_cb(evutil_socket_t fd, short ev, void *arg)
 
 /* ---- the settle sweep (leader) ---------------------------------------------------------- */
 
-static void sweep_run(void);
+static void sweep_run(int shard);
 
 static void sweep_cb(enum pg_status st, PGresult *res, const char *sqlstate, const char *err,
                      void *arg)
 {
 	(void)sqlstate;
-	(void)arg;
+	struct sweep_shard *sh = arg;
 	G.inflight--;
-	G.sweep_busy = false;
+	sh->busy = false;
 	if (st != PG_OK || PQntuples(res) != 1) {
 		G.sweep_failures++;
-		log_warn("settle sweep failed err=\"%s\"", err);
+		log_warn("settle sweep failed shard=%d err=\"%s\"", (int)(sh - G.shard), err);
 		return;
 	}
 	G.sweeps++;
@@ -355,7 +361,7 @@ static void sweep_cb(enum pg_status st, PGresult *res, const char *sqlstate, con
 	G.fee_micros += col_u64(res, 0, 4);
 	G.gpu_seconds += col_u64(res, 0, 5);
 	G.leases_stopped += stopped;
-	G.meter_after = col_u64(res, 0, 7);
+	sh->meter_after = col_u64(res, 0, 7);
 	if (settled || stopped)
 		log_debug("settled leases=%" PRIu64 " metered=%" PRIu64 " transfers=%" PRIu64
 		          " stopped=%" PRIu64,
@@ -364,29 +370,35 @@ static void sweep_cb(enum pg_status st, PGresult *res, const char *sqlstate, con
 		log_info("leases stopped: tenant funds held for them are used up count=%" PRIu64,
 		         stopped);
 	/* a full batch: more is waiting */
-	if ((settled + metered >= SWEEP_BATCH || G.meter_after) && !G.stopped)
-		sweep_run();
+	if ((settled + metered >= SWEEP_BATCH || sh->meter_after) && !G.stopped)
+		sweep_run((int)(sh - G.shard));
 }
 
-static void sweep_run(void)
+static void sweep_run(int i)
 {
-	if (G.sweep_busy || G.stopped || !schedloop_is_leader(G.a))
+	struct sweep_shard *sh = &G.shard[i];
+	int shards = G.a->cfg.ledger_sweep_shards;
+	if (sh->busy || G.stopped || i >= shards || !schedloop_is_leader(G.a))
 		return;
 	int64_t now = now_us();
 	int64_t meter_ms = G.a->cfg.ledger_meter_interval_ms;
-	struct numbuf n, mb, lim, gr, af;
-	const char *params[] = { fmt_i64(&n, now), fmt_i64(&mb, now - meter_ms * 1000),
-		                 fmt_i64(&lim, SWEEP_BATCH), fmt_i64(&gr, STOP_GRACE_US),
-		                 fmt_u64(&af, G.meter_after) };
-	G.sweep_busy = true;
+	struct numbuf n, mb, lim, gr, af, si, sn;
+	const char *params[] = { fmt_i64(&n, now),
+		                 fmt_i64(&mb, now - meter_ms * 1000),
+		                 fmt_i64(&lim, SWEEP_BATCH),
+		                 fmt_i64(&gr, STOP_GRACE_US),
+		                 fmt_u64(&af, sh->meter_after),
+		                 fmt_i64(&si, i),
+		                 fmt_i64(&sn, shards) };
+	sh->busy = true;
 	G.inflight++;
 	if (pg_exec(G.a->pg, NULL,
 	            "SELECT transfers, settled, metered, gross_micros, fee_micros, gpu_seconds,"
 	            " stopped, next_after FROM gm_ledger_sweep($1::bigint, $2::bigint, $3::integer,"
-	            " $4::bigint, $5::bigint)",
-	            5, params, sweep_cb, NULL)) {
+	            " $4::bigint, $5::bigint, $6::integer, $7::integer)",
+	            7, params, sweep_cb, sh)) {
 		G.inflight--;
-		G.sweep_busy = false;
+		sh->busy = false;
 	}
 }
 
@@ -395,7 +407,8 @@ static void sweep_tick_cb(evutil_socket_t fd, short ev, void *arg)
 	(void)fd;
 	(void)ev;
 	(void)arg;
-	sweep_run();
+	for (int i = 0; i < G.a->cfg.ledger_sweep_shards; i++)
+		sweep_run(i);
 }
 
 /* ---- transfers as messages -------------------------------------------------------------- */
@@ -736,6 +749,8 @@ void ledger_audit(struct rpc_call *call, const ProtobufCMessage *msg)
 		return;
 	}
 	rpc_set_data(call, (void *)req);
+	/* one scan of the whole ledger: minutes on a large one, not seconds */
+	rpc_set_timeout(call, AUDIT_TIMEOUT_MS);
 	struct numbuf now, grace;
 	const char *params[] = { fmt_i64(&now, now_us()), fmt_i64(&grace, AUDIT_GRACE_US) };
 	if (pg_exec(app_get()->pg, NULL, audit_sql, 2, params, audit_cb, call))

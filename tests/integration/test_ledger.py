@@ -268,10 +268,17 @@ class FixtureTest(LedgerCase):
         for _ in range(3):
             self.assertOk(ag.heartbeat())
         ag.running.remove(lease["id"])
-        # settlement run again, by hand, several times
+        # settlement run again, by hand, several times, whole and by shards
         for _ in range(3):
             self.c.psql("SELECT * FROM gm_ledger_sweep(%d, %d, 1000, 30000000)"
                         % (common.now_us(), common.now_us()))
+        for shard in range(3):
+            self.c.psql("SELECT * FROM gm_ledger_sweep(%d, %d, 1000, 30000000, 0, %d, 3)"
+                        % (common.now_us(), common.now_us(), shard))
+        for shard, shards in ((3, 3), (-1, 2), (0, 0)):
+            with self.assertRaises(common.HarnessError):
+                self.c.psql("SELECT * FROM gm_ledger_sweep(%d, %d, 1000, 30000000, 0, %d, %d)"
+                            % (common.now_us(), common.now_us(), shard, shards))
         time.sleep(0.5)
         self.assertEqual(lease_transfer_count(self.c, lease["id"]), n)
         self.assertEqual(account(self.c, 1, self.tenant["id"]), bal)
