@@ -968,10 +968,12 @@ static void lost_nodes_cb(enum pg_status st, PGresult *res, const char *ss, cons
 	struct step *q = step_new(NULL, 0);
 	exec_q("SELECT r.job_id, r.job_state, r.job_done, r.requeued FROM"
 	       " (SELECT l.id, CASE WHEN l.state = 4 THEN 6 ELSE 7 END AS outcome FROM leases l"
-	       "   JOIN nodes n ON n.id = l.node_id"
-	       "  WHERE l.state BETWEEN 1 AND 4 AND (n.state = 5"
-	       "     OR (l.state = 1 AND l.assigned_at_us < $2::bigint)"
-	       "     OR (l.state = 4 AND l.stop_deadline_us < $1::bigint))"
+	       "   WHERE l.id IN (SELECT x.id FROM nodes n JOIN leases x ON x.node_id = n.id"
+	       "       AND x.state BETWEEN 1 AND 4 WHERE n.state = 5"
+	       "     UNION ALL SELECT x.id FROM leases x"
+	       "      WHERE x.state = 1 AND x.assigned_at_us < $2::bigint"
+	       "     UNION ALL SELECT x.id FROM leases x"
+	       "      WHERE x.state = 4 AND x.stop_deadline_us < $1::bigint)"
 	       "  ORDER BY l.id LIMIT 1000) x"
 	       " CROSS JOIN LATERAL gm_end_lease(x.id, x.outcome::smallint, 0, 0,"
 	       "   'lease expired', $1::bigint, $3::integer) r",
@@ -1662,12 +1664,14 @@ static void stats_tick_cb(evutil_socket_t fd, short ev, void *arg)
 	/* model names are operator input: keep them label-safe */
 	if (pg_exec(
 	        L.a->pg, NULL,
-	        "SELECT 'gpus', regexp_replace(g.model, '[^A-Za-z0-9._ -]', '_', 'g') || '|' ||"
-	        "   CASE WHEN EXISTS (SELECT 1 FROM leases l WHERE l.node_id = g.node_id"
-	        "     AND l.state BETWEEN 1 AND 4 AND (l.gpu_mask >> g.idx) & 1 = 1)"
-	        "   THEN 'busy' ELSE 'free' END, count(*)::text"
-	        "  FROM gpus g JOIN nodes n ON n.id = g.node_id WHERE n.state IN (2, 3)"
-	        "  GROUP BY 2"
+	        "WITH busy AS (SELECT node_id, bit_or(gpu_mask) AS mask FROM leases"
+	        "   WHERE state BETWEEN 1 AND 4 GROUP BY node_id),"
+	        " per AS (SELECT g.model, (coalesce(b.mask, 0) >> g.idx) & 1 = 1 AS busy,"
+	        "   count(*) AS n FROM gpus g JOIN nodes n ON n.id = g.node_id"
+	        "   LEFT JOIN busy b ON b.node_id = g.node_id WHERE n.state IN (2, 3) GROUP BY 1, "
+	        "2)"
+	        " SELECT 'gpus', regexp_replace(model, '[^A-Za-z0-9._ -]', '_', 'g') || '|' ||"
+	        "   CASE WHEN busy THEN 'busy' ELSE 'free' END, sum(n)::text FROM per GROUP BY 2"
 	        " UNION ALL SELECT 'leases', CASE state WHEN 1 THEN 'assigned' WHEN 2 THEN "
 	        "'acquired'"
 	        "   WHEN 3 THEN 'running' ELSE 'stopping' END, count(*)::text FROM leases"
