@@ -860,13 +860,55 @@ static void make_reservation(struct cycle *cy, uint32_t js)
 
 /* ---- preemption -------------------------------------------------------------------- */
 
-/* The shorter-work rule (preempt_shorter_factor): v has run long enough
- * since its last start (and did not start in this very cycle), its
- * remaining lease time is at least factor times j's max duration, and
- * queued again it would rank below j (else it would take its GPUs back at
- * the next cycle and be evicted again). The remaining time is what the
- * scheduler knows: the declared limit, not the work left. */
-static bool shorter_victim(const struct cycle *cy, const struct job *j, const struct job *v)
+/* The shorter-work rule (preempt_shorter_factor): v (slot vs, on node
+ * slot node) has run long enough since its last start (and did not start
+ * in this very cycle), its remaining lease time is at least factor times
+ * j's max duration, and queued again it would rank below j, or it could
+ * start again at once on free GPUs of another node (it moves, and the
+ * whole node goes to the wider job). Otherwise it would take its GPUs back
+ * at the next cycle and be evicted again. The remaining time is what the
+ * scheduler knows: the declared limit, not the work left. Several victims
+ * may count on the same free GPUs; one that finds none waits in the
+ * queue, protected by preempt_min_run_us when it runs again. */
+/* Could v start again now on free GPUs of a node other than not_node, so
+ * that evicting it moves it rather than queues it? Single-node jobs only;
+ * the first fit found answers. */
+static bool victim_can_move(const struct cycle *cy, uint32_t vs, uint32_t not_node)
+{
+	struct sched_cluster *c = cy->c;
+	const struct job *v = &c->jobs[vs];
+	const struct jclass *k = &c->classes[v->cls];
+	if (k->nodes != 1)
+		return false;
+	const struct egroup *eg = &c->egroups[k->eg];
+	int64_t end = cy->now + v->max_dur_us;
+	for (uint32_t e = 0; e < eg->nelig; e++) {
+		const struct pool *pool = &c->pools[eg->elig[e]];
+		uint64_t m = pool->nonempty & mask_at_least(k->gpus);
+		if (!m || !pool_may_host(pool, k))
+			continue;
+		while (m) {
+			uint32_t f = (uint32_t)__builtin_ctzll(m) + 1;
+			m &= m - 1;
+			const struct bucket *b = &pool->b[f];
+			for (uint32_t i = 0; i < b->len; i++) {
+				uint32_t ns = PREF_NODE(b->items[i]), pi = PREF_PART(b->items[i]);
+				if (ns == not_node)
+					continue;
+				const struct node *n = &c->nodes[ns];
+				const struct part *p = &n->parts[pi];
+				if (node_static_reason(c, n, p, k) != SCHED_R_COUNT)
+					continue;
+				if (pick_gpus(n, p, k, usable_mask(c, n, p, vs, end)))
+					return true;
+			}
+		}
+	}
+	return false;
+}
+
+static bool shorter_victim(const struct cycle *cy, const struct job *j, const struct job *v,
+                           uint32_t vs, uint32_t node)
 {
 	double f = cy->pol->preempt_shorter_factor;
 	if (!(f > 0) || v->start_us >= cy->now ||
@@ -875,21 +917,21 @@ static bool shorter_victim(const struct cycle *cy, const struct job *j, const st
 		return false;
 	struct okey a = { job_prio(cy, j), j->submit_us, j->seq, 0, 0 };
 	struct okey b = { job_prio(cy, v), v->submit_us, v->seq, 0, 0 };
-	return cmp_okey(&a, &b) < 0;
+	return cmp_okey(&a, &b) < 0 || victim_can_move(cy, vs, node);
 }
 
 /* Never a job that is not preemptible, never one of a higher class; a lower
  * class under `preemption`, the job's own or a lower one under the
  * shorter-work rule. */
 static bool victim_ok(const struct cycle *cy, const struct jclass *k, const struct job *j,
-                      const struct job *v)
+                      const struct job *v, uint32_t vs, uint32_t node)
 {
 	const struct jclass *vk = &cy->c->classes[v->cls];
 	if (v->state != SCHED_JOB_RUNNING || !vk->preemptible || vk->prio > k->prio)
 		return false;
 	if (cy->pol->preemption && vk->prio < k->prio)
 		return true;
-	return shorter_victim(cy, j, v);
+	return shorter_victim(cy, j, v, vs, node);
 }
 
 static uint32_t job_gpus(const struct sched_cluster *c, const struct job *v)
@@ -999,7 +1041,7 @@ static int node_victims(struct cycle *cy, const struct node *n, const struct par
 			continue;
 		if (v->state == SCHED_JOB_PREEMPTING)
 			avail |= n->leases[l].mask & p->mask & ~blocked;
-		else if (victim_ok(cy, k, j, v))
+		else if (victim_ok(cy, k, j, v, n->leases[l].job, (uint32_t)(n - c->nodes)))
 			cand[ncand++] = l;
 	}
 	*gpus = 0;

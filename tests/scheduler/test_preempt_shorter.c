@@ -2,7 +2,8 @@
  * (preempt_shorter_factor, preempt_min_run_us): which running jobs a
  * blocked job may evict (preemptible, same or lower class, remaining lease
  * at least factor x its max duration, run at least the minimum, ranked
- * below it in the queue), the victim set that evicts the fewest GPUs, and
+ * below it in the queue or able to restart elsewhere at once), the victim
+ * set that evicts the fewest GPUs, and
  * no eviction back once the evicted job is queued again. Rows rank by
  * class first, then w_short_jobs (shorter time limit first). */
 #include "fixture.h"
@@ -112,7 +113,7 @@ static const struct row rows[] = {
 	  .want_count = 1,
 	  .want = { 11 },
 	  .target = 1 },
-	{ .name = "never a job the queue would rank first: it would take its GPUs back",
+	{ .name = "never a job the queue ranks first and nothing else can take: it would come back",
 	  .factor = 4,
 	  .fifo = true,
 	  .nodes = { { 1, "4xH100" } },
@@ -120,6 +121,20 @@ static const struct row rows[] = {
 	  .cls = 2,
 	  .gpus = 4,
 	  .max_s = 3600 },
+	{ .name = "a job the queue ranks first goes when free GPUs elsewhere can take it now",
+	  .factor = 4,
+	  .fifo = true,
+	  .nodes = { { 1, "4xH100" }, { 2, "4xH100" } },
+	  .running = { { 11, 1, 0x3, 2, true, 0, 100000 },
+	               { 12, 1, 0xc, 0, true, 0, 100000 },
+	               { 21, 2, 0x3, 2, false, 0, 100000 } },
+	  .cls = 2,
+	  .gpus = 4,
+	  .max_s = 3600,
+	  .want_count = 2,
+	  .want = { 11, 12 },
+	  .target = 1,
+	  .target_mask = 0xf },
 	{ .name = "never a higher class for a lower one",
 	  .factor = 4,
 	  .nodes = { { 1, "4xH100" } },
@@ -238,6 +253,7 @@ static void run_row(const struct row *r)
 	p.preempt_min_run_us = FX_S(r->min_run_s);
 	p.w_prio_class = 1e6;
 	p.w_short_jobs = r->fifo ? 0 : 1000;
+	p.w_fit = 1; /* PACK: a moved victim takes the fullest node */
 	REQUIRE_OK(sched_set_policy(c, &p, NULL));
 	for (; nn < MAX_NODES && r->nodes[nn].id; nn++) {
 		struct fx_node n;
