@@ -20,6 +20,8 @@ SIM = os.environ.get("GPUMATCH_SIM", "")
 TRACES = os.environ.get("GPUMATCH_TRACES",
                         os.path.normpath(os.path.join(SOURCE, "..", "shared", "traces")))
 POLICIES = os.path.join(SOURCE, "examples", "policies")
+# default.json with preemption for shorter work
+SHORTER = os.path.join(POLICIES, "default-preempt-shorter.json")
 
 
 class Failure(Exception):
@@ -186,12 +188,10 @@ def case_determinism():
     check(a == b, "same inputs and seed gave different output")
     c = replay(jobs, f"{POLICIES}/default.json", seed="2").stdout
     check(a != c, "a different seed gave the same output (seed unused?)")
-    with tempfile.TemporaryDirectory() as d:
-        pol = shorter_policy(d)
-        a = replay(jobs, pol, extra=["--preemptible"]).stdout
-        b = replay(jobs, pol, extra=["--preemptible"]).stdout
-        check(a == b, "with preemption: same inputs and seed gave different output")
-        check("preemptible=all" in a, f"--preemptible not reported: {a.splitlines()[0]}")
+    a = replay(jobs, SHORTER, extra=["--preemptible"]).stdout
+    b = replay(jobs, SHORTER, extra=["--preemptible"]).stdout
+    check(a == b, "with preemption: same inputs and seed gave different output")
+    check("preemptible=all" in a, f"--preemptible not reported: {a.splitlines()[0]}")
     with tempfile.TemporaryDirectory() as d:
         for name in ("x", "y"):
             replay(jobs, f"{POLICIES}/fifo.json",
@@ -215,33 +215,21 @@ def case_conservation():
     check(cut["sim_seconds"] <= 50000, f"ran past the horizon: {cut}")
 
 
-def shorter_policy(d):
-    """default.json with preemption for shorter work, written into d."""
-    with open(f"{POLICIES}/default.json") as f:
-        pol = json.load(f)
-    pol.update(preemptShorterFactor=4, preemptMinRunUs="1800000000")
-    path = os.path.join(d, "shorter.json")
-    with open(path, "w") as f:
-        json.dump(pol, f)
-    return path
-
-
 def case_no_overcommit():
     # the simulator's own GPU ledger and the library's invariants, checked
     # after every cycle, on a loaded replay with gangs (and with jobs
     # preempted for shorter ones)
-    with tempfile.TemporaryDirectory() as d:
-        for policy, scale, extra in ((f"{POLICIES}/default.json", "0.02", []),
-                                     (f"{POLICIES}/fifo.json", "0.02", []),
-                                     (shorter_policy(d), "0.005", ["--preemptible"])):
-            res = last_json(replay(trace("msr-itp/cluster06.csv"), policy,
-                                   scale=scale, extra=["--check"] + extra).stdout)
-            check(res["overcommits"] == 0, f"{policy}: GPUs given twice: {res}")
-            check(res["check_failures"] == 0, f"{policy}: invariants broken: {res}")
-            check(res["completed"] == res["jobs"], f"{policy}: {res}")
-            if extra:
-                check(res["preemptions"] > 0 and res["lost_gpu_s"] > 0,
-                      f"{policy}: nothing preempted: {res}")
+    for policy, scale, extra in ((f"{POLICIES}/default.json", "0.02", []),
+                                 (f"{POLICIES}/fifo.json", "0.02", []),
+                                 (SHORTER, "0.005", ["--preemptible"])):
+        res = last_json(replay(trace("msr-itp/cluster06.csv"), policy,
+                               scale=scale, extra=["--check"] + extra).stdout)
+        check(res["overcommits"] == 0, f"{policy}: GPUs given twice: {res}")
+        check(res["check_failures"] == 0, f"{policy}: invariants broken: {res}")
+        check(res["completed"] == res["jobs"], f"{policy}: {res}")
+        if extra:
+            check(res["preemptions"] > 0 and res["lost_gpu_s"] > 0,
+                  f"{policy}: nothing preempted: {res}")
 
 
 def case_readers():
