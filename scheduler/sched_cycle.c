@@ -860,16 +860,6 @@ static void make_reservation(struct cycle *cy, uint32_t js)
 
 /* ---- preemption -------------------------------------------------------------------- */
 
-/* The shorter-work rule (preempt_shorter_factor): v (slot vs, on node
- * slot node) has run long enough since its last start (and did not start
- * in this very cycle), its remaining lease time is at least factor times
- * j's max duration, and queued again it would rank below j, or it could
- * start again at once on free GPUs of another node (it moves, and the
- * whole node goes to the wider job). Otherwise it would take its GPUs back
- * at the next cycle and be evicted again. The remaining time is what the
- * scheduler knows: the declared limit, not the work left. Several victims
- * may count on the same free GPUs; one that finds none waits in the
- * queue, protected by preempt_min_run_us when it runs again. */
 /* Could v start again now on free GPUs of a node other than not_node, so
  * that evicting it moves it rather than queues it? Single-node jobs only;
  * the first fit found answers. */
@@ -907,6 +897,16 @@ static bool victim_can_move(const struct cycle *cy, uint32_t vs, uint32_t not_no
 	return false;
 }
 
+/* The shorter-work rule (preempt_shorter_factor): v (slot vs, on node
+ * slot node) has run long enough since its last start (and did not start
+ * in this very cycle), its remaining lease time is at least factor times
+ * j's max duration, and queued again it would rank below j, or it could
+ * start again at once on free GPUs of another node (it moves, and the
+ * whole node goes to the wider job). Otherwise it would take its GPUs back
+ * at the next cycle and be evicted again. The remaining time is what the
+ * scheduler knows: the declared limit, not the work left. Several victims
+ * may count on the same free GPUs; one that finds none waits in the
+ * queue, protected by preempt_min_run_us when it runs again. */
 static bool shorter_victim(const struct cycle *cy, const struct job *j, const struct job *v,
                            uint32_t vs, uint32_t node)
 {
