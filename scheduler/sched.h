@@ -231,6 +231,16 @@ struct sched_policy {
 	 * [0, 1e6]. Shortest-declared-first, as backfilling schedulers reward
 	 * accurate time limits. */
 	double w_short_jobs;
+
+	/* Preemption for much shorter work (SRPT / Tiresias-like), independent
+	 * of `preemption`: a blocked job may evict running preemptible jobs of
+	 * its own or a lower class whose remaining lease time (deadline - now)
+	 * is at least this factor times the blocked job's max duration, and
+	 * that have run at least preempt_min_run_us since their last start.
+	 * Victims are chosen to evict the fewest GPUs. 0 = off; else 1..1e6. */
+	double preempt_shorter_factor;
+	int64_t preempt_min_run_us; /* 0 .. 30 days: a victim's least run time
+	                               since its last start (no thrashing) */
 };
 
 /* Fills *p with the defaults (documented in docs/scheduler.md). */

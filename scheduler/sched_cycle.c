@@ -27,8 +27,10 @@ struct cand {
 
 /* One node's answer to "when / at what cost could this job run here". */
 struct slotinfo {
-	int64_t t;          /* reservation: start time; preemption: victims */
-	uint64_t cost_gpus; /* preemption: GPUs evicted */
+	int64_t t;          /* reservation: start time; preemption: victims
+	                       (GPUs evicted with preempt_shorter_factor) */
+	uint64_t cost_gpus; /* preemption: GPUs evicted (victims with
+	                       preempt_shorter_factor) */
 	uint64_t node_id;
 	uint32_t node;
 	uint32_t part;
@@ -53,6 +55,7 @@ struct cycle {
 	struct sched_cycle_stats st;
 	struct okey *order;
 	double *tenant_factor;
+	bool fair;          /* tenant_factor is filled (fair share on) */
 	double *gtype_mean; /* pending jobs' mean relative speed per GPU type;
 	                       0 = no profiled job covers it */
 	uint32_t *class_pending;
@@ -63,6 +66,15 @@ struct cycle {
 	uint32_t *room; /* pools with room for the current job */
 	uint32_t nresv; /* reservations made under policy.reservations */
 	bool resv_hit;  /* the current job was kept off reserved GPUs */
+	/* preempt_shorter_factor: per class, the longest remaining lease time
+	 * of a running preemptible job past preempt_min_run_us, taken once per
+	 * cycle on first use (only shrinks during the cycle: a bound) */
+	bool rem_ready;
+	int64_t rem_max[SCHED_PRIO_CLASSES];
+	/* > 0 while a preemption search can find victims only by the shorter
+	 * rule: the least remaining lease a victim needs (nodes without such a
+	 * lease, free or stopping GPUs are skipped) */
+	int64_t need_rem_us;
 };
 
 /* ---- eligibility cache ------------------------------------------------------ */
@@ -234,6 +246,24 @@ static int cmp_okey(const void *a, const void *b)
 	return (x->seq > y->seq) - (x->seq < y->seq);
 }
 
+/* A job's priority now (pending, or running as if queued again); tenant
+ * factors come from cycle_order. */
+static double job_prio(const struct cycle *cy, const struct job *j)
+{
+	const struct sched_policy *pol = cy->pol;
+	const struct jclass *k = &cy->c->classes[j->cls];
+	double age = (double)(cy->now - j->submit_us) / (double)pol->age_max_us;
+	age = age < 0 ? 0 : age > 1 ? 1 : age;
+	double prio = pol->w_prio_class * k->prio / (SCHED_PRIO_CLASSES - 1) + pol->w_age * age;
+	if (cy->fair)
+		prio += pol->w_fairshare * cy->tenant_factor[j->tenant];
+	if (pol->w_small_jobs > 0)
+		prio += pol->w_small_jobs / ((double)k->gpus * k->nodes);
+	if (pol->w_short_jobs > 0)
+		prio += pol->w_short_jobs / (1.0 + (double)j->max_dur_us / 3600e6);
+	return prio;
+}
+
 static void cycle_order(struct cycle *cy)
 {
 	struct sched_cluster *c = cy->c;
@@ -253,21 +283,11 @@ static void cycle_order(struct cycle *cy)
 			                    : 1.0;
 		}
 	}
-	double age_max = (double)pol->age_max_us;
+	cy->fair = fair;
 	for (uint32_t i = 0; i < c->npending; i++) {
 		const struct job *j = &c->jobs[c->pending[i]];
-		const struct jclass *k = &c->classes[j->cls];
-		double age = (double)(cy->now - j->submit_us) / age_max;
-		age = age < 0 ? 0 : age > 1 ? 1 : age;
-		double prio =
-		    pol->w_prio_class * k->prio / (SCHED_PRIO_CLASSES - 1) + pol->w_age * age;
-		if (fair)
-			prio += pol->w_fairshare * cy->tenant_factor[j->tenant];
-		if (pol->w_small_jobs > 0)
-			prio += pol->w_small_jobs / ((double)k->gpus * k->nodes);
-		if (pol->w_short_jobs > 0)
-			prio += pol->w_short_jobs / (1.0 + (double)j->max_dur_us / 3600e6);
-		cy->order[i] = (struct okey){ prio, j->submit_us, j->seq, c->pending[i], 0 };
+		cy->order[i] =
+		    (struct okey){ job_prio(cy, j), j->submit_us, j->seq, c->pending[i], 0 };
 	}
 	qsort(cy->order, c->npending, sizeof *cy->order, cmp_okey);
 }
@@ -681,27 +701,58 @@ static int cmp_slot_t(const void *a, const void *b)
 	return (x->node_id > y->node_id) - (x->node_id < y->node_id);
 }
 
+/* Can the node offer nothing to a preemption search that needs victims
+ * with cy->need_rem_us of lease left (the shorter rule alone)? Decided from
+ * a per-cycle cache of the node's leases, which try_preempt keeps exact
+ * (stopping GPUs added; a victim's remaining time only leaves the bound;
+ * jobs started in the cycle cannot be victims). */
+static bool node_no_victims(struct cycle *cy, struct node *n, const struct part *p)
+{
+	struct sched_cluster *c = cy->c;
+	if (n->vc_epoch != c->epoch) {
+		n->vc_epoch = c->epoch;
+		n->vc_rem_us = INT64_MIN;
+		n->vc_stop_mask = 0;
+		for (uint32_t l = 0; l < n->nleases; l++) {
+			const struct job *v = &c->jobs[n->leases[l].job];
+			if (v->state == SCHED_JOB_PREEMPTING) {
+				n->vc_stop_mask |= n->leases[l].mask;
+				continue;
+			}
+			if (!c->classes[v->cls].preemptible || v->start_us >= cy->now ||
+			    cy->now - v->start_us < cy->pol->preempt_min_run_us)
+				continue;
+			if (v->deadline_us - cy->now > n->vc_rem_us)
+				n->vc_rem_us = v->deadline_us - cy->now;
+		}
+	}
+	return n->vc_rem_us < cy->need_rem_us && !((n->free_mask | n->vc_stop_mask) & p->mask);
+}
+
 /* Visits every part of every eligible pool that passes the node-level static
  * filters and could ever hold the job; fills cy->slots via fn. Returns the
  * number of slots, at most one per node for gangs. */
 typedef bool (*slot_fn)(struct cycle *cy, const struct node *n, const struct part *p,
                         const struct jclass *k, uint32_t js, struct slotinfo *out);
 
-/* Could preemption find anything in this pool for a job of class prio? */
-static bool pool_has_victims(const struct pool *p, const struct jclass *k)
+/* Could preemption find anything in this pool for a job of class k, with
+ * victims of the classes below below_cls? */
+static bool pool_has_victims(const struct pool *p, const struct jclass *k, uint32_t below_cls)
 {
 	if (p->stopping_gpus || (p->nonempty & mask_at_least(k->gpus)))
 		return true;
-	for (uint32_t c = 0; c < k->prio; c++)
+	for (uint32_t c = 0; c < below_cls && c < SCHED_PRIO_CLASSES; c++)
 		if (p->victim_gpus[c])
 			return true;
 	return false;
 }
 
 /* limit: stop after that many slots for single-node jobs (sampling, as for
- * placement); 0 = visit all. */
+ * placement); 0 = visit all. victims_below: 0 = every pool; else only pools
+ * with stopping work, free GPUs or preemptible work of the classes below
+ * victims_below - 1. */
 static uint32_t collect_slots(struct cycle *cy, uint32_t js, slot_fn fn, uint32_t limit,
-                              bool need_victims)
+                              uint32_t victims_below)
 {
 	struct sched_cluster *c = cy->c;
 	const struct job *j = &c->jobs[js];
@@ -711,7 +762,8 @@ static uint32_t collect_slots(struct cycle *cy, uint32_t js, slot_fn fn, uint32_
 	c->stamp++;
 	for (uint32_t e = 0; e < eg->nelig; e++) {
 		const struct pool *pool = &c->pools[eg->elig[e]];
-		if (!pool_may_host(pool, k) || (need_victims && !pool_has_victims(pool, k)))
+		if (!pool_may_host(pool, k) ||
+		    (victims_below && !pool_has_victims(pool, k, victims_below - 1)))
 			continue;
 		if (limit && k->nodes == 1 && nslots >= limit)
 			break;
@@ -723,6 +775,8 @@ static uint32_t collect_slots(struct cycle *cy, uint32_t js, slot_fn fn, uint32_
 				const struct part *p = &n->parts[pi];
 				cy->st.nodes_visited++;
 				if ((k->nvlink ? p->max_group : popcount64(p->mask)) < k->gpus)
+					continue;
+				if (cy->need_rem_us > 0 && node_no_victims(cy, n, p))
 					continue;
 				if (node_static_reason(c, n, p, k) != SCHED_R_COUNT)
 					continue;
@@ -793,7 +847,7 @@ static void make_reservation(struct cycle *cy, uint32_t js)
 	struct sched_cluster *c = cy->c;
 	struct job *j = &c->jobs[js];
 	const struct jclass *k = &c->classes[j->cls];
-	uint32_t first = choose_slots(cy, collect_slots(cy, js, slot_when, 0, false), k);
+	uint32_t first = choose_slots(cy, collect_slots(cy, js, slot_when, 0, 0), k);
 	if (first == NONE32)
 		return;
 	int64_t t = cy->slots[first + k->nodes - 1].t;
@@ -806,10 +860,78 @@ static void make_reservation(struct cycle *cy, uint32_t js)
 
 /* ---- preemption -------------------------------------------------------------------- */
 
-static bool victim_ok(const struct sched_cluster *c, const struct jclass *k, const struct job *v)
+/* Could v start again now on free GPUs of a node other than not_node, so
+ * that evicting it moves it rather than queues it? Single-node jobs only;
+ * the first fit found answers. */
+static bool victim_can_move(const struct cycle *cy, uint32_t vs, uint32_t not_node)
 {
-	const struct jclass *vk = &c->classes[v->cls];
-	return v->state == SCHED_JOB_RUNNING && vk->preemptible && vk->prio < k->prio;
+	struct sched_cluster *c = cy->c;
+	const struct job *v = &c->jobs[vs];
+	const struct jclass *k = &c->classes[v->cls];
+	if (k->nodes != 1)
+		return false;
+	const struct egroup *eg = &c->egroups[k->eg];
+	int64_t end = cy->now + v->max_dur_us;
+	for (uint32_t e = 0; e < eg->nelig; e++) {
+		const struct pool *pool = &c->pools[eg->elig[e]];
+		uint64_t m = pool->nonempty & mask_at_least(k->gpus);
+		if (!m || !pool_may_host(pool, k))
+			continue;
+		while (m) {
+			uint32_t f = (uint32_t)__builtin_ctzll(m) + 1;
+			m &= m - 1;
+			const struct bucket *b = &pool->b[f];
+			for (uint32_t i = 0; i < b->len; i++) {
+				uint32_t ns = PREF_NODE(b->items[i]), pi = PREF_PART(b->items[i]);
+				if (ns == not_node)
+					continue;
+				const struct node *n = &c->nodes[ns];
+				const struct part *p = &n->parts[pi];
+				if (node_static_reason(c, n, p, k) != SCHED_R_COUNT)
+					continue;
+				if (pick_gpus(n, p, k, usable_mask(c, n, p, vs, end)))
+					return true;
+			}
+		}
+	}
+	return false;
+}
+
+/* The shorter-work rule (preempt_shorter_factor): v (slot vs, on node
+ * slot node) has run long enough since its last start (and did not start
+ * in this very cycle), its remaining lease time is at least factor times
+ * j's max duration, and queued again it would rank below j, or it could
+ * start again at once on free GPUs of another node (it moves, and the
+ * whole node goes to the wider job). Otherwise it would take its GPUs back
+ * at the next cycle and be evicted again. The remaining time is what the
+ * scheduler knows: the declared limit, not the work left. Several victims
+ * may count on the same free GPUs; one that finds none waits in the
+ * queue, protected by preempt_min_run_us when it runs again. */
+static bool shorter_victim(const struct cycle *cy, const struct job *j, const struct job *v,
+                           uint32_t vs, uint32_t node)
+{
+	double f = cy->pol->preempt_shorter_factor;
+	if (!(f > 0) || v->start_us >= cy->now ||
+	    cy->now - v->start_us < cy->pol->preempt_min_run_us ||
+	    (double)(v->deadline_us - cy->now) < f * (double)j->max_dur_us)
+		return false;
+	struct okey a = { job_prio(cy, j), j->submit_us, j->seq, 0, 0 };
+	struct okey b = { job_prio(cy, v), v->submit_us, v->seq, 0, 0 };
+	return cmp_okey(&a, &b) < 0 || victim_can_move(cy, vs, node);
+}
+
+/* Never a job that is not preemptible, never one of a higher class; a lower
+ * class under `preemption`, the job's own or a lower one under the
+ * shorter-work rule. */
+static bool victim_ok(const struct cycle *cy, const struct jclass *k, const struct job *j,
+                      const struct job *v, uint32_t vs, uint32_t node)
+{
+	const struct jclass *vk = &cy->c->classes[v->cls];
+	if (v->state != SCHED_JOB_RUNNING || !vk->preemptible || vk->prio > k->prio)
+		return false;
+	if (cy->pol->preemption && vk->prio < k->prio)
+		return true;
+	return shorter_victim(cy, j, v, vs, node);
 }
 
 static uint32_t job_gpus(const struct sched_cluster *c, const struct job *v)
@@ -818,14 +940,98 @@ static uint32_t job_gpus(const struct sched_cluster *c, const struct job *v)
 	return vk->gpus * vk->nodes;
 }
 
+/* Victim order for least waste: lower class first, then fewest GPUs of the
+ * whole job (all of them stop), then the longest remaining lease, then the
+ * lower job id. */
+static bool waste_before(const struct sched_cluster *c, const struct job *x, const struct job *y)
+{
+	uint32_t px = c->classes[x->cls].prio, py = c->classes[y->cls].prio;
+	if (px != py)
+		return px < py;
+	uint32_t gx = job_gpus(c, x), gy = job_gpus(c, y);
+	if (gx != gy)
+		return gx < gy;
+	if (x->deadline_us != y->deadline_us)
+		return x->deadline_us > y->deadline_us;
+	return x->id < y->id;
+}
+
+/* With preempt_shorter_factor the victims may be work of the job's own
+ * class, so what counts is the work thrown away (GPUs evicted), not the
+ * number of victims. Two answers, the one evicting fewer GPUs wins (the
+ * single victim on a tie): the first candidate that frees enough alone,
+ * and the greedy prefix of the order above with every victim it does not
+ * need dropped again (last added first). cand is sorted here. Returns the
+ * number of victims or -1. */
+static int victims_least_waste(const struct cycle *cy, const struct node *n, const struct part *p,
+                               const struct jclass *k, uint64_t avail, uint64_t blocked,
+                               uint32_t *cand, uint32_t ncand, uint32_t *victims, uint64_t *mask,
+                               uint64_t *gpus)
+{
+	const struct sched_cluster *c = cy->c;
+	for (uint32_t a = 1; a < ncand; a++) {
+		uint32_t x = cand[a], b = a;
+		while (b > 0 && waste_before(c, &c->jobs[n->leases[x].job],
+		                             &c->jobs[n->leases[cand[b - 1]].job])) {
+			cand[b] = cand[b - 1];
+			b--;
+		}
+		cand[b] = x;
+	}
+	uint32_t keep[SCHED_MAX_GPUS_PER_NODE], nkeep = 0;
+	uint64_t acc = avail;
+	bool fits = false;
+	for (uint32_t a = 0; a < ncand && !fits; a++) {
+		acc |= n->leases[cand[a]].mask & p->mask & ~blocked;
+		keep[nkeep++] = cand[a];
+		fits = pick_gpus(n, p, k, acc) != 0;
+	}
+	if (!fits)
+		return -1;
+	for (uint32_t d = nkeep; d-- > 0;) {
+		uint64_t without = avail;
+		for (uint32_t i = 0; i < nkeep; i++)
+			if (i != d)
+				without |= n->leases[keep[i]].mask & p->mask & ~blocked;
+		if (pick_gpus(n, p, k, without)) {
+			memmove(&keep[d], &keep[d + 1], (nkeep - d - 1) * sizeof *keep);
+			nkeep--;
+		}
+	}
+	uint64_t keep_gpus = 0;
+	for (uint32_t i = 0; i < nkeep; i++)
+		keep_gpus += job_gpus(c, &c->jobs[n->leases[keep[i]].job]);
+	for (uint32_t a = 0; a < ncand; a++) {
+		uint64_t g1 = job_gpus(c, &c->jobs[n->leases[cand[a]].job]);
+		if (g1 > keep_gpus)
+			continue;
+		if (pick_gpus(n, p, k, avail | (n->leases[cand[a]].mask & p->mask & ~blocked))) {
+			keep[0] = cand[a];
+			nkeep = 1;
+			keep_gpus = g1;
+			break;
+		}
+	}
+	acc = avail;
+	for (uint32_t i = 0; i < nkeep; i++) {
+		victims[i] = keep[i];
+		acc |= n->leases[keep[i]].mask & p->mask & ~blocked;
+	}
+	*mask = pick_gpus(n, p, k, acc);
+	*gpus = keep_gpus;
+	return (int)nkeep;
+}
+
 /* Greedy victim choice on one node: already-stopping work is free, then the
- * largest eligible victims first (fewest victims to cover the gap). Returns
- * the number of new victims or -1; fills victims[] with lease indexes. */
+ * largest eligible victims first (fewest victims to cover the gap; with
+ * preempt_shorter_factor, victims_least_waste). Returns the number of new
+ * victims or -1; fills victims[] with lease indexes. */
 static int node_victims(struct cycle *cy, const struct node *n, const struct part *p,
                         const struct jclass *k, uint32_t js, uint32_t *victims, uint64_t *mask,
                         uint64_t *gpus)
 {
 	const struct sched_cluster *c = cy->c;
+	const struct job *j = &c->jobs[js];
 	uint64_t blocked = reserved_by_others(c, n, js);
 	uint64_t avail = n->free_mask & p->mask & ~blocked;
 	uint32_t cand[SCHED_MAX_GPUS_PER_NODE], ncand = 0;
@@ -835,7 +1041,7 @@ static int node_victims(struct cycle *cy, const struct node *n, const struct par
 			continue;
 		if (v->state == SCHED_JOB_PREEMPTING)
 			avail |= n->leases[l].mask & p->mask & ~blocked;
-		else if (victim_ok(c, k, v))
+		else if (victim_ok(cy, k, j, v, n->leases[l].job, (uint32_t)(n - c->nodes)))
 			cand[ncand++] = l;
 	}
 	*gpus = 0;
@@ -844,6 +1050,9 @@ static int node_victims(struct cycle *cy, const struct node *n, const struct par
 		*mask = g;
 		return 0;
 	}
+	if (cy->pol->preempt_shorter_factor > 0)
+		return victims_least_waste(cy, n, p, k, avail, blocked, cand, ncand, victims, mask,
+		                           gpus);
 	/* largest share of this part first; ties by lower job id */
 	for (uint32_t a = 1; a < ncand; a++) {
 		uint32_t x = cand[a], b = a;
@@ -877,9 +1086,46 @@ static bool slot_cost(struct cycle *cy, const struct node *n, const struct part 
                       const struct jclass *k, uint32_t js, struct slotinfo *out)
 {
 	uint32_t victims[SCHED_MAX_GPUS_PER_NODE];
-	int nv = node_victims(cy, n, p, k, js, victims, &out->mask, &out->cost_gpus);
-	out->t = nv;
-	return nv >= 0;
+	uint64_t gpus;
+	int nv = node_victims(cy, n, p, k, js, victims, &out->mask, &gpus);
+	if (nv < 0)
+		return false;
+	/* slots sort by t, then cost_gpus */
+	bool waste = cy->pol->preempt_shorter_factor > 0;
+	out->t = waste ? (int64_t)gpus : nv;
+	out->cost_gpus = waste ? (uint64_t)nv : gpus;
+	return true;
+}
+
+/* May the shorter-work rule find a victim anywhere for j (class k)? From
+ * the per-class longest remaining lease, taken once per cycle. */
+static bool shorter_possible(struct cycle *cy, const struct job *j, const struct jclass *k)
+{
+	struct sched_cluster *c = cy->c;
+	double f = cy->pol->preempt_shorter_factor;
+	if (!(f > 0))
+		return false;
+	if (!cy->rem_ready) {
+		for (int q = 0; q < SCHED_PRIO_CLASSES; q++)
+			cy->rem_max[q] = INT64_MIN;
+		for (uint32_t s = 0; s < c->njob_slots; s++) {
+			const struct job *v = &c->jobs[s];
+			if (!v->id || v->state != SCHED_JOB_RUNNING)
+				continue;
+			const struct jclass *vk = &c->classes[v->cls];
+			if (!vk->preemptible || v->start_us >= cy->now ||
+			    cy->now - v->start_us < cy->pol->preempt_min_run_us)
+				continue;
+			if (v->deadline_us - cy->now > cy->rem_max[vk->prio])
+				cy->rem_max[vk->prio] = v->deadline_us - cy->now;
+		}
+		cy->rem_ready = true;
+	}
+	for (uint32_t q = 0; q <= k->prio; q++)
+		if (cy->rem_max[q] != INT64_MIN &&
+		    (double)cy->rem_max[q] >= f * (double)j->max_dur_us)
+			return true;
+	return false;
 }
 
 /* Returns true when the job now holds GPUs that are being freed for it. */
@@ -888,10 +1134,20 @@ static bool try_preempt(struct cycle *cy, uint32_t js)
 	struct sched_cluster *c = cy->c;
 	struct job *j = &c->jobs[js];
 	const struct jclass *k = &c->classes[j->cls];
-	if (k->prio == 0)
-		return false; /* nothing is below the lowest class */
-	uint32_t first =
-	    choose_slots(cy, collect_slots(cy, js, slot_cost, cy->pol->score_nodes, true), k);
+	/* victims come from the classes below victims_below - 1 */
+	uint32_t victims_below = 1 + (shorter_possible(cy, j, k) ? k->prio + 1
+	                              : cy->pol->preemption      ? k->prio
+	                                                         : 0);
+	if (victims_below == 1)
+		return false; /* nothing is below the lowest class, no shorter rule */
+	cy->need_rem_us = 0;
+	if (!(cy->pol->preemption && k->prio > 0)) {
+		double need = ceil(cy->pol->preempt_shorter_factor * (double)j->max_dur_us);
+		cy->need_rem_us = need < 1 ? 1 : need > 9e18 ? INT64_MAX : (int64_t)need;
+	}
+	uint32_t first = choose_slots(
+	    cy, collect_slots(cy, js, slot_cost, cy->pol->score_nodes, victims_below), k);
+	cy->need_rem_us = 0;
 	if (first == NONE32)
 		return false;
 	int64_t ready_at = cy->now;
@@ -917,8 +1173,14 @@ static bool try_preempt(struct cycle *cy, uint32_t js)
 			for (uint32_t q = 0; q < vk->nodes; q++)
 				pool_count_lease(c, vj->place[q].node, vj->place[q].mask, vs, -1);
 			vj->state = SCHED_JOB_PREEMPTING;
-			for (uint32_t q = 0; q < vk->nodes; q++)
+			for (uint32_t q = 0; q < vk->nodes; q++) {
 				pool_count_lease(c, vj->place[q].node, vj->place[q].mask, vs, 1);
+				/* a gang victim's other nodes get stopping GPUs no one
+				 * reserved: keep the shorter rule's node cache exact */
+				struct node *vn = &c->nodes[vj->place[q].node];
+				if (vn->vc_epoch == c->epoch)
+					vn->vc_stop_mask |= vj->place[q].mask;
+			}
 			vj->preempt_for = j->id;
 			if (vj->deadline_us > grace_end)
 				vj->deadline_us = grace_end;
@@ -1031,7 +1293,8 @@ int sched_cycle(struct sched_cluster *c, int64_t now_us, struct sched_actions *o
 			give_up(&cy, js);
 			continue;
 		}
-		if (cy.pol->preemption && try_preempt(&cy, js))
+		if ((cy.pol->preemption || cy.pol->preempt_shorter_factor > 0) &&
+		    try_preempt(&cy, js))
 			continue;
 		if (cy.pol->backfill && cy.nresv < cy.pol->reservations) {
 			cy.nresv++;

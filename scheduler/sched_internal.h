@@ -113,6 +113,12 @@ struct node {
 	uint32_t resv_job;   /* job slot of the first reservation */
 	uint64_t resv_epoch; /* reservations hold while == c->epoch */
 	uint64_t stamp;      /* visit mark for searches */
+	/* cycle cache for the shorter-work rule, valid while vc_epoch ==
+	 * c->epoch: the longest remaining lease of a preemptible job here that
+	 * may be a victim (INT64_MIN: none), and the GPUs of stopping jobs */
+	int64_t vc_rem_us;
+	uint64_t vc_stop_mask;
+	uint64_t vc_epoch;
 };
 
 /* ---- the index ------------------------------------------------------------ */

@@ -30,6 +30,8 @@ void sched_policy_default(struct sched_policy *p)
 	p->w_speedup = 0.0;
 	p->w_small_jobs = 0.0;
 	p->w_short_jobs = 0.0;
+	p->preempt_shorter_factor = 0.0;
+	p->preempt_min_run_us = 0;
 }
 
 static int check_weight(double w, double max, const char *field, struct sched_error *err)
@@ -103,6 +105,20 @@ int sched_policy_validate(const struct sched_policy *p, struct sched_error *err)
 	if (p->preemption_grace_us < 0 || p->preemption_grace_us > (int64_t)86400 * 1000000) {
 		set_err(err, "preemption_grace_us", "must be between 0 and 1 day, got %lld",
 		        (long long)p->preemption_grace_us);
+		return -EINVAL;
+	}
+	/* below 1 a job could evict one shorter than itself, which could then
+	 * evict it back */
+	if (!(p->preempt_shorter_factor == 0 ||
+	      (p->preempt_shorter_factor >= 1 && p->preempt_shorter_factor <= 1e6))) {
+		set_err(err, "preempt_shorter_factor",
+		        "must be 0 (off) or between 1 and 1e+06, got %g",
+		        p->preempt_shorter_factor);
+		return -EINVAL;
+	}
+	if (p->preempt_min_run_us < 0 || p->preempt_min_run_us > (int64_t)30 * 86400 * 1000000) {
+		set_err(err, "preempt_min_run_us", "must be between 0 and 30 days, got %lld",
+		        (long long)p->preempt_min_run_us);
 		return -EINVAL;
 	}
 	if (p->infeasible_timeout_us < 0) {

@@ -289,6 +289,8 @@ void conv_policy_in(const Gpumatch__V1__Policy *in, struct sched_policy *out)
 	out->w_small_jobs = in->w_small_jobs;
 	out->w_short_jobs = in->w_short_jobs;
 	out->speedup_relative = in->speedup_relative;
+	out->preempt_shorter_factor = in->preempt_shorter_factor;
+	out->preempt_min_run_us = in->preempt_min_run_us;
 }
 
 void conv_policy_out(const struct sched_policy *in, Gpumatch__V1__Policy *out)
@@ -318,4 +320,6 @@ void conv_policy_out(const struct sched_policy *in, Gpumatch__V1__Policy *out)
 	out->w_small_jobs = in->w_small_jobs;
 	out->w_short_jobs = in->w_short_jobs;
 	out->speedup_relative = in->speedup_relative;
+	out->preempt_shorter_factor = in->preempt_shorter_factor;
+	out->preempt_min_run_us = in->preempt_min_run_us;
 }

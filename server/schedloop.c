@@ -579,10 +579,11 @@ static void run_cycle(void)
 		}
 		return;
 	}
-	/* Nothing can be placed without a free GPU unless preemption may make
-	 * one; lease ends and node changes kick a new cycle. */
+	/* Nothing can be placed without a free GPU unless preemption (of lower
+	 * classes, or for shorter work) may make one; lease ends and node
+	 * changes kick a new cycle. */
 	const struct sched_policy *pol = sched_get_policy(L.c);
-	if (!pol->preemption && !pol->infeasible_timeout_us) {
+	if (!pol->preemption && !(pol->preempt_shorter_factor > 0) && !pol->infeasible_timeout_us) {
 		struct sched_stats st;
 		sched_get_stats(L.c, &st);
 		if (!st.gpus_free)

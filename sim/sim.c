@@ -33,6 +33,8 @@ void sim_config_default(struct sim_config *c)
 	c->seed = 1;
 	c->arrival_scale = 1.0;
 	c->cycle_interval_us = 10 * 1000000LL;
+	/* a training job that checkpoints every 10 minutes of run time */
+	c->checkpoint_interval_us = 600 * 1000000LL;
 	c->tenants = 8;
 	c->precision = SCHED_PREC_FP32;
 	c->declare_profiles = true;
@@ -75,7 +77,10 @@ struct sjob {
 	struct sim_job_out *out;
 };
 
-enum { EV_COMPLETE = 0, EV_STOP = 1 };
+/* EV_WAKE: a running job becomes a possible victim of the shorter-work
+ * rule (preempt_min_run_us after its start); it only calls a cycle, as
+ * gpumatchd's periodic cycle would. */
+enum { EV_COMPLETE = 0, EV_STOP = 1, EV_WAKE = 2 };
 
 struct ev {
 	int64_t t;
@@ -183,6 +188,8 @@ struct sim {
 	uint32_t npending;
 	double busy_gpu_s;
 	double busy_window_gpu_s; /* inside [first, last arrival] */
+	double lost_gpu_s;        /* thrown away by preemption */
+	double lost_window_gpu_s; /* the same inside [first, last arrival] */
 	int64_t first_arrival_us, last_arrival_us;
 	double cost_micros;
 	struct sim_result *res;
@@ -491,23 +498,40 @@ static int job_arrive(struct sim *s, uint32_t ji)
 	return 0;
 }
 
-/* Ends the current run at t: GPUs released in the shadow, usage counted. */
-static void run_close(struct sim *s, struct sjob *j, int64_t t)
+/* Seconds of [a, b) inside [first, last arrival]. */
+static double window_s(const struct sim *s, int64_t a, int64_t b)
+{
+	int64_t w0 = a > s->first_arrival_us ? a : s->first_arrival_us;
+	int64_t w1 = b < s->last_arrival_us ? b : s->last_arrival_us;
+	return w1 > w0 ? (double)(w1 - w0) / 1e6 : 0;
+}
+
+/* Ends the current run at t: GPUs released in the shadow, usage counted.
+ * preempted: the run keeps only the work up to its last checkpoint (one
+ * every checkpoint_interval_us of run time since its start; the stop
+ * request itself writes none), the rest is lost. */
+static void run_close(struct sim *s, struct sjob *j, int64_t t, bool preempted)
 {
 	const struct trace_fleet *fl = s->cfg->fleet;
-	double secs = (double)(t - j->run_start_us) / 1e6;
-	int64_t w0 = j->run_start_us > s->first_arrival_us ? j->run_start_us : s->first_arrival_us;
-	int64_t w1 = t < s->last_arrival_us ? t : s->last_arrival_us;
-	double wsecs = w1 > w0 ? (double)(w1 - w0) / 1e6 : 0;
+	int64_t ran = t - j->run_start_us, kept = ran;
+	int64_t ckpt = s->cfg->checkpoint_interval_us;
+	if (preempted && ckpt > 0)
+		kept = ran / ckpt * ckpt;
+	double secs = (double)ran / 1e6;
+	double wsecs = window_s(s, j->run_start_us, t);
+	double lost_s = (double)(ran - kept) / 1e6;
+	double lost_wsecs = window_s(s, j->run_start_us + kept, t);
 	for (uint32_t p = 0; p < j->nparts; p++) {
 		const struct spart *sp = &j->parts[p];
 		double g = (double)__builtin_popcountll(sp->mask);
 		s->busy[sp->node] &= ~sp->mask;
 		s->busy_gpu_s += g * secs;
 		s->busy_window_gpu_s += g * wsecs;
+		s->lost_gpu_s += g * lost_s;
+		s->lost_window_gpu_s += g * lost_wsecs;
 		s->cost_micros += (double)fl->nodes[sp->node].price_micros * g * secs / 3600.0;
 	}
-	j->remaining_us -= (double)(t - j->run_start_us) * j->run_speed;
+	j->remaining_us -= (double)kept * j->run_speed;
 	if (j->remaining_us < 1)
 		j->remaining_us = 1;
 	j->nparts = 0;
@@ -524,7 +548,7 @@ static int handle_event(struct sim *s, const struct ev *e)
 		errf(s->err, s->err_len, "job %" PRIu64 ": lease end failed (%d)", j->tj->id, rc);
 		return -2;
 	}
-	run_close(s, j, e->t);
+	run_close(s, j, e->t, e->kind == EV_STOP);
 	if (e->kind == EV_COMPLETE) {
 		j->state = SJ_DONE;
 		j->out->finished = true;
@@ -582,6 +606,11 @@ static int apply_start(struct sim *s, const struct sched_action *a, int64_t now)
 		run = 1;
 	if (heap_push(&s->h, (struct ev){ now + run, ji, j->gen, EV_COMPLETE }))
 		return -1;
+	const struct sched_policy *pol = &s->cfg->policy;
+	if (pol->preempt_shorter_factor > 0 && j->tj->preemptible && pol->preempt_min_run_us > 0 &&
+	    pol->preempt_min_run_us < run &&
+	    heap_push(&s->h, (struct ev){ now + pol->preempt_min_run_us, ji, j->gen, EV_WAKE }))
+		return -1;
 	return 0;
 }
 
@@ -636,6 +665,12 @@ static int run_loop(struct sim *s, int64_t *end_us, int64_t *first_us)
 	for (;;) {
 		while (s->h.n && s->h.v[0].t <= now) {
 			struct ev e = heap_pop(&s->h);
+			if (e.kind == EV_WAKE) {
+				const struct sjob *wj = &s->jobs[e.job];
+				if (e.gen == wj->gen && wj->state == SJ_RUNNING)
+					dirty = true;
+				continue;
+			}
 			if ((rc = handle_event(s, &e)))
 				goto out;
 			last_event = e.t;
@@ -685,7 +720,7 @@ static int run_loop(struct sim *s, int64_t *end_us, int64_t *first_us)
 	/* work still running at the horizon counts up to it */
 	for (uint32_t i = 0; i < s->njobs; i++)
 		if (s->jobs[i].state == SJ_RUNNING)
-			run_close(s, &s->jobs[i], now);
+			run_close(s, &s->jobs[i], now, false);
 	*end_us = last_event;
 out:
 	sched_actions_free(s->c, &acts);
@@ -764,6 +799,10 @@ static int metrics(struct sim *s, int64_t first, int64_t end)
 	int64_t w1 = s->last_arrival_us < end ? s->last_arrival_us : end;
 	double wcap = (double)s->cfg->fleet->gpus * (double)(w1 - first) / 1e6;
 	r->gpu_utilization = wcap > 0 ? s->busy_window_gpu_s / wcap : r->gpu_utilization_makespan;
+	r->gpu_utilization_useful = wcap > 0
+	                                ? (s->busy_window_gpu_s - s->lost_window_gpu_s) / wcap
+	                                : (cap > 0 ? (s->busy_gpu_s - s->lost_gpu_s) / cap : 0);
+	r->lost_gpu_s = s->lost_gpu_s;
 	double a = 0, b = 0;
 	for (uint32_t t = 0; t < nts; t++) {
 		double x = ts[t].sum / ts[t].n;
@@ -790,11 +829,13 @@ int sim_run(const struct sim_config *cfg, struct sim_result *out, char *err, siz
 		     cfg->arrival_scale);
 		return -1;
 	}
-	if (cfg->tenants < 1 || cfg->cycle_interval_us < 0 || cfg->horizon_us < 0) {
+	if (cfg->tenants < 1 || cfg->cycle_interval_us < 0 || cfg->horizon_us < 0 ||
+	    cfg->checkpoint_interval_us < 0) {
 		errf(err, err_len, "%s: must be %s",
-		     cfg->tenants < 1      ? "tenants"
-		     : cfg->horizon_us < 0 ? "horizon"
-		                           : "cycle_interval",
+		     cfg->tenants < 1                  ? "tenants"
+		     : cfg->horizon_us < 0             ? "horizon"
+		     : cfg->checkpoint_interval_us < 0 ? "checkpoint_interval"
+		                                       : "cycle_interval",
 		     cfg->tenants < 1 ? "at least 1" : "0 or positive");
 		return -1;
 	}
@@ -868,11 +909,13 @@ size_t sim_result_json(const struct sim_result *r, double wall_s, char *buf, siz
 	    "\"avg_jct_s\":%.3f,\"p50_jct_s\":%.3f,\"p99_jct_s\":%.3f,\"avg_wait_s\":%.3f,"
 	    "\"makespan_s\":%.3f,\"gpu_utilization\":%.6f,\"gpu_utilization_makespan\":%.6f,"
 	    "\"jain_fairness\":%.6f,"
-	    "\"cost_micros\":%" PRId64 ",\"preemptions\":%u,\"cycles\":%" PRIu64
-	    ",\"overcommits\":%" PRIu64 ",\"check_failures\":%" PRIu64 ",\"sim_seconds\":%.3f%s}",
+	    "\"cost_micros\":%" PRId64 ",\"preemptions\":%u,\"lost_gpu_s\":%.3f,"
+	    "\"gpu_utilization_useful\":%.6f,\"cycles\":%" PRIu64 ",\"overcommits\":%" PRIu64
+	    ",\"check_failures\":%" PRIu64 ",\"sim_seconds\":%.3f%s}",
 	    r->jobs, r->completed, r->unfinished, r->unschedulable, r->avg_jct_s, r->p50_jct_s,
 	    r->p99_jct_s, r->avg_wait_s, r->makespan_s, r->gpu_utilization,
 	    r->gpu_utilization_makespan, r->jain_fairness, r->cost_micros, r->preemptions,
-	    r->cycles, r->overcommits, r->check_failures, r->sim_seconds, wall);
+	    r->lost_gpu_s, r->gpu_utilization_useful, r->cycles, r->overcommits, r->check_failures,
+	    r->sim_seconds, wall);
 	return n < 0 ? 0 : (size_t)n;
 }

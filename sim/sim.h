@@ -23,6 +23,10 @@ struct sim_config {
 	int64_t horizon_us;             /* stop this long after the first arrival; 0 = run
 	                              until nothing more can happen */
 	int64_t cycle_interval_us;      /* least virtual time between cycles, >= 0 */
+	int64_t checkpoint_interval_us; /* a running job checkpoints every this much
+	                                   run time; a preempted one loses the work
+	                                   since its last checkpoint. 0 = perfect
+	                                   checkpointing (nothing lost); >= 0 */
 	uint32_t tenants;               /* drawn for jobs without one, >= 1 */
 	enum sched_precision precision; /* what the jobs compute in */
 	bool check;                     /* sched_cluster_check after every cycle */
@@ -67,6 +71,9 @@ struct sim_result {
 	double jain_fairness;                   /* over tenants' mean ref/JCT */
 	int64_t cost_micros;                    /* price x GPU-time of every run */
 	uint32_t preemptions;
+	double lost_gpu_s;             /* GPU-seconds of work preemption threw away
+	                                     (run since the last checkpoint) */
+	double gpu_utilization_useful; /* gpu_utilization less the lost work */
 	uint64_t cycles;
 	uint64_t overcommits; /* GPUs given while busy: must be 0 */
 	uint64_t check_failures;

@@ -30,6 +30,13 @@ static void usage(FILE *f)
 	    "                        arrivals 4x closer (default 1)\n"
 	    "  --horizon-s S         stop S seconds after the first arrival (default: run out)\n"
 	    "  --cycle-interval-s S  least virtual time between scheduling cycles (default 10)\n"
+	    "  --checkpoint-interval-s S\n"
+	    "                        jobs checkpoint every S seconds of run time; a preempted\n"
+	    "                        job loses the work since its last checkpoint (default 600;\n"
+	    "                        0 = perfect checkpointing, nothing lost)\n"
+	    "  --preemptible         every job is preemptible: for traces with no such column\n"
+	    "                        (MSR ITP); rejected for the others, which carry their own\n"
+	    "                        preemptible flag\n"
 	    "  --tenants N           tenants drawn for jobs without one (default 8)\n"
 	    "  --precision P         fp32|tf32|fp16|bf16|fp8: what jobs compute in (default fp32)\n"
 	    "  --no-profiles         jobs do not declare throughput profiles\n"
@@ -166,7 +173,9 @@ int main(int argc, char **argv)
 		O_JOBSOUT,
 		O_NOWALL,
 		O_HELP,
-		O_NOINTERP
+		O_NOINTERP,
+		O_CKPT,
+		O_PREEMPTIBLE
 	};
 	static const struct option opts[] = {
 		{ "nodes", required_argument, NULL, O_NODES },
@@ -177,6 +186,8 @@ int main(int argc, char **argv)
 		{ "arrival-scale", required_argument, NULL, O_SCALE },
 		{ "horizon-s", required_argument, NULL, O_HORIZON },
 		{ "cycle-interval-s", required_argument, NULL, O_INTERVAL },
+		{ "checkpoint-interval-s", required_argument, NULL, O_CKPT },
+		{ "preemptible", no_argument, NULL, O_PREEMPTIBLE },
 		{ "tenants", required_argument, NULL, O_TENANTS },
 		{ "precision", required_argument, NULL, O_PREC },
 		{ "no-profiles", no_argument, NULL, O_NOPROF },
@@ -190,7 +201,7 @@ int main(int argc, char **argv)
 	const char *nodes = NULL, *jobs = NULL, *tputs = NULL, *policy = NULL, *jobs_out = NULL;
 	struct sim_config cfg;
 	sim_config_default(&cfg);
-	bool wall = true;
+	bool wall = true, preemptible = false;
 	int o;
 	double v;
 	while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -226,6 +237,14 @@ int main(int argc, char **argv)
 			if (parse_num("--cycle-interval-s", optarg, 0, 86400, &v))
 				return 2;
 			cfg.cycle_interval_us = (int64_t)(v * 1e6);
+			break;
+		case O_CKPT:
+			if (parse_num("--checkpoint-interval-s", optarg, 0, 1e8, &v))
+				return 2;
+			cfg.checkpoint_interval_us = (int64_t)(v * 1e6);
+			break;
+		case O_PREEMPTIBLE:
+			preemptible = true;
 			break;
 		case O_TENANTS:
 			if (parse_num("--tenants", optarg, 1, 1e6, &v))
@@ -295,6 +314,21 @@ int main(int argc, char **argv)
 		trace_fleet_free(&fleet);
 		return 1;
 	}
+	/* an explicit choice, never a silent change to the trace: only formats
+	 * that say nothing about preemption take it */
+	if (preemptible) {
+		if (trace_detect(jobs, err, sizeof err) != TRACE_FMT_MSR_JOBS) {
+			fprintf(stderr,
+			        "gpumatch-sim: --preemptible: %s has a preemptible column of its "
+			        "own (only traces without one, MSR ITP, take this option)\n",
+			        jobs);
+			trace_fleet_free(&fleet);
+			trace_jobs_free(&tj);
+			return 2;
+		}
+		for (uint32_t i = 0; i < tj.n; i++)
+			tj.v[i].preemptible = true;
+	}
 	if (tputs && trace_read_tputs(tputs, &tp, err, sizeof err)) {
 		fprintf(stderr, "gpumatch-sim: %s\n", err);
 		trace_fleet_free(&fleet);
@@ -305,9 +339,10 @@ int main(int argc, char **argv)
 	cfg.jobs = &tj;
 	cfg.tputs = tputs ? &tp : NULL;
 	printf("inputs: nodes=%u gpus=%" PRIu64 " models=%u jobs=%u job_types=%u seed=%" PRIu64
-	       " arrival_scale=%g\n",
+	       " arrival_scale=%g checkpoint_interval_s=%g%s\n",
 	       fleet.nnodes, fleet.gpus, fleet.nmodels, tj.n, tputs ? tp.ntypes : 0, cfg.seed,
-	       cfg.arrival_scale);
+	       cfg.arrival_scale, (double)cfg.checkpoint_interval_us / 1e6,
+	       preemptible ? " preemptible=all" : "");
 	for (uint32_t m = 0; m < fleet.nmodels; m++) {
 		int col = -1;
 		for (uint32_t c = 0; tputs && c < tp.ncols && col < 0; c++)

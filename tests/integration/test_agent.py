@@ -355,6 +355,52 @@ class AgentTest(ItCase):
         finally:
             set_policy(dict(cur), "preempt-off")
 
+    def test_preempted_for_a_much_shorter_job_of_its_class(self):
+        """preemptShorterFactor: a job with a far shorter limit evicts a long
+        preemptible one of the same (default) class through the same PREEMPT
+        path."""
+        c = self.c
+        admin = c.admin_token
+        cur = cli_json(c, "admin", "policy", "get", token=admin)["policy"]
+        d = os.path.join(self.work, "policy-shorter")
+        os.makedirs(d, exist_ok=True)
+
+        def set_policy(p, comment):
+            path = os.path.join(d, "%s.json" % comment)
+            with open(path, "w") as f:
+                json.dump(p, f)
+            r = cli(c, "admin", "policy", "set", path, "--comment", comment, token=admin)
+            self.assertEqual(r.returncode, 0, r.stderr)
+        set_policy(dict(cur, preemptShorterFactor=4, preemptMinRunUs="1000000",
+                        preemptionGraceUs="1000000", wShortJobs=1000), "shorter-on")
+        try:
+            ag = Agent(c, self.otok, "rtx3090-x4.json", c.unique("srt"),
+                       labels={"pool": "srt"}).start()
+            self.extra_agents.append(ag)
+            ag.node_id()
+            pidfile = os.path.join(self.work, "long.pid")
+            marker = os.path.join(self.work, "long.marker")
+            long_ = self.submit_file({"gpusPerNode": 4, "maxDuration": "2h", "preemptible": True,
+                                      "labelSelector": {"pool": "srt"},
+                                      "command": ["sh", "-c", "[ -e %s ] && exit 0; touch %s; "
+                                                  "echo $$ > %s; exec sleep 120"
+                                                  % (marker, marker, pidfile)]}, "long")
+            pid = int(self.wait_file(pidfile))
+            time.sleep(1.2)  # past preemptMinRunUs
+            short = self.submit_file({"gpusPerNode": 4, "maxDuration": "1m",
+                                      "labelSelector": {"pool": "srt"},
+                                      "command": ["sleep", "1"]}, "short")
+            common.wait_for(lambda: not pid_alive(pid), 20, what="preempted pid %d gone" % pid)
+            jobs = wait_jobs(c, self.ttok, [long_, short], 60)
+            self.assertEqual(jobs[short]["state"], "JOB_STATE_SUCCEEDED", jobs[short])
+            self.assertEqual(jobs[long_]["state"], "JOB_STATE_SUCCEEDED", jobs[long_])
+            hist = self.job(long_)["attemptHistory"]
+            self.assertEqual(len(hist), 2, hist)
+            self.assertIn(hist[0].get("outcome"), ("JOB_STATE_PREEMPTED", "JOB_STATE_QUEUED"),
+                          hist)
+        finally:
+            set_policy(dict(cur), "shorter-off")
+
     def test_gpumatchd_restart_mid_run_loses_nothing(self):
         c = self.c
         ids = [self.submit_file({"gpusPerNode": 1 + i % 2, "maxDuration": "5m",

@@ -447,12 +447,14 @@ class CliTest(ItCase):
     def test_policy_get_diff_validate_apply_history_rollback(self):
         d = tempfile.mkdtemp(dir=self.c.dir)
         cur = cli_json(self.c, "admin", "policy", "get", token=self.admin)
-        p = dict(cur["policy"], wPrice=4.25)
+        p = dict(cur["policy"], wPrice=4.25, preemptShorterFactor=3, wShortJobs=7)
         path = os.path.join(d, "p.json")
         with open(path, "w") as f:
             json.dump(p, f)
         out = self.run_cli("admin", "policy", "diff", path).stdout
         self.assertRegex(out, r"W_PRICE\s+\S+ -> 4\.25")
+        self.assertRegex(out, r"PREEMPT_SHORTER_FACTOR\s+\S+ -> 3")
+        self.assertRegex(out, r"W_SHORT_JOBS\s+\S+ -> 7")
         out = self.run_cli("admin", "policy", "validate", path).stdout
         self.assertIn("policy is valid", out)
         self.assertEqual(cli_json(self.c, "admin", "policy", "get", token=self.admin), cur,

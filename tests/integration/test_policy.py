@@ -53,6 +53,10 @@ class PolicyTest(ItCase):
             ({"policy": dict(base, scoreNodes=0), "comment": "x"}, "score_nodes"),
             ({"policy": dict(base, ageMaxUs="0"), "comment": "x"}, "age_max_us"),
             ({"policy": dict(base, reservations=65), "comment": "x"}, "reservations"),
+            ({"policy": dict(base, preemptShorterFactor=0.5), "comment": "x"},
+             "preempt_shorter_factor"),
+            ({"policy": dict(base, preemptMinRunUs="-1"), "comment": "x"},
+             "preempt_min_run_us"),
             ({"policy": dict(base, platformFeePpm=1000001), "comment": "x"}, "platform_fee_ppm"),
             ({"policy": dict(base, wNope=1), "comment": "x"}, "wNope"),
         ]
@@ -103,6 +107,24 @@ class PolicyTest(ItCase):
         self.assertEqual(e.get("version"), v)
         self.assertEqual(e.get("comment"), "cheaper first")
         self.assertTrue(e.get("actor"))
+
+    def test_shorter_preemption_fields_stored_and_audited(self):
+        p, _ = self.active()
+        try:
+            b = self.assertOk(self.set_policy(comment="shorter first", preemptShorterFactor=4,
+                                              preemptMinRunUs="1800000000"))
+            self.assertEqual(b["policy"].get("preemptShorterFactor"), 4, b)
+            self.assertEqual(b["policy"].get("preemptMinRunUs"), "1800000000", b)
+            changes = {c.get("field"): c for c in (b.get("audit") or {}).get("changes", [])}
+            self.assertEqual(changes["preempt_shorter_factor"].get("newValue"), "4", changes)
+            self.assertEqual(changes["preempt_min_run_us"].get("newValue"), "1800000000",
+                             changes)
+            got, _ = self.active()
+            self.assertEqual(got.get("preemptShorterFactor"), 4, got)
+        finally:
+            self.assertOk(self.set_policy(
+                comment="back", preemptShorterFactor=p.get("preemptShorterFactor", 0),
+                preemptMinRunUs=p.get("preemptMinRunUs", "0")))
 
     def test_expected_version_conflict_is_aborted(self):
         _, active = self.active()

@@ -62,8 +62,8 @@ struct model {
 
 /* What the cases exercised, summed over all of them. */
 static struct {
-	uint64_t cycles, starts, preempts, unschedulable, reservations_checked, fresh_compared,
-	    ebusy, lease_starts, clamped_grace;
+	uint64_t cycles, starts, preempts, shorter_preempts, unschedulable, reservations_checked,
+	    fresh_compared, ebusy, lease_starts, clamped_grace;
 } cov;
 
 static char row_buf[160];
@@ -229,6 +229,10 @@ static void gen_policy(struct model *m)
 	p->backfill_depth = chance(m, 30) ? 1 + rnd(m, 3) : 0;
 	p->preemption = chance(m, 40);
 	p->preemption_grace_us = FX_S(rnd(m, 20));
+	if (chance(m, 40)) {
+		p->preempt_shorter_factor = 1 + rnd(m, 4);
+		p->preempt_min_run_us = FX_S(rnd(m, 30));
+	}
 	p->infeasible_timeout_us = chance(m, 30) ? FX_S(1 + rnd(m, 200)) : 0;
 }
 
@@ -1126,13 +1130,24 @@ static void op_cycle(struct model *m)
 			PFAIL(m, "PREEMPT job %" PRIu64 " in state %d", a->job_id, v->state);
 		if (!v->j.spec.preemptible)
 			PFAIL(m, "PREEMPT of non-preemptible job %" PRIu64, a->job_id);
-		if (v->j.spec.priority_class >= j->j.spec.priority_class)
+		/* the class rule, or the shorter-work rule (same or lower class,
+		 * run long enough, lease left >= factor x the job's limit) */
+		bool by_class =
+		    m->pol.preemption && v->j.spec.priority_class < j->j.spec.priority_class;
+		bool by_shorter =
+		    m->pol.preempt_shorter_factor > 0 &&
+		    v->j.spec.priority_class <= j->j.spec.priority_class && v->start_us < m->now &&
+		    m->now - v->start_us >= m->pol.preempt_min_run_us &&
+		    (double)(v->start_us + v->j.spec.max_duration_us - m->now) >=
+		        m->pol.preempt_shorter_factor * (double)j->j.spec.max_duration_us;
+		if (!by_class && !by_shorter)
 			PFAIL(m,
-			      "PREEMPT job %" PRIu64 " (class %u) for job %" PRIu64 " (class %u)",
-			      a->job_id, v->j.spec.priority_class, a->for_job_id,
+			      "PREEMPT job %" PRIu64 " (class %u, started %" PRId64
+			      ") for job %" PRIu64 " (class %u): neither rule allows it",
+			      a->job_id, v->j.spec.priority_class, v->start_us, a->for_job_id,
 			      j->j.spec.priority_class);
-		if (!m->pol.preemption)
-			PFAIL(m, "PREEMPT with preemption off");
+		if (by_shorter && !by_class)
+			cov.shorter_preempts++;
 		if (j->state != SCHED_JOB_PENDING)
 			PFAIL(m, "PREEMPT for job %" PRIu64 " that is not pending", a->for_job_id);
 		/* the grace never extends a victim past its own deadline */
@@ -1355,15 +1370,17 @@ int main(int argc, char **argv)
 		if (!run_case(seed + (uint64_t)i))
 			failed++;
 	printf("test_property: seed %" PRIu64 ", %ld cases: %" PRIu64 " cycles, %" PRIu64
-	       " starts, %" PRIu64 " preemptions, %" PRIu64 " unschedulable, %" PRIu64
-	       " reservations checked, %" PRIu64 " fresh comparisons, %" PRIu64
-	       " refused upserts, %" PRIu64 " lease starts\n",
-	       seed, cases, cov.cycles, cov.starts, cov.preempts, cov.unschedulable,
-	       cov.reservations_checked, cov.fresh_compared, cov.ebusy, cov.lease_starts);
+	       " starts, %" PRIu64 " preemptions (%" PRIu64 " for shorter work), %" PRIu64
+	       " unschedulable, %" PRIu64 " reservations checked, %" PRIu64
+	       " fresh comparisons, %" PRIu64 " refused upserts, %" PRIu64 " lease starts\n",
+	       seed, cases, cov.cycles, cov.starts, cov.preempts, cov.shorter_preempts,
+	       cov.unschedulable, cov.reservations_checked, cov.fresh_compared, cov.ebusy,
+	       cov.lease_starts);
 	fx_row = "coverage";
 	if (cases >= 100) {
 		EXPECT(cov.starts > 0);
 		EXPECT(cov.preempts > 0);
+		EXPECT(cov.shorter_preempts > 0);
 		EXPECT(cov.unschedulable > 0);
 		EXPECT(cov.reservations_checked > 0);
 		EXPECT(cov.fresh_compared > 0);

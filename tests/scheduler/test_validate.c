@@ -344,7 +344,9 @@ static bool pol_eq(const struct sched_policy *a, const struct sched_policy *b)
 	       a->allow_unverified == b->allow_unverified && a->backfill == b->backfill &&
 	       a->reservations == b->reservations && a->backfill_depth == b->backfill_depth &&
 	       a->preemption == b->preemption && a->preemption_grace_us == b->preemption_grace_us &&
-	       a->infeasible_timeout_us == b->infeasible_timeout_us;
+	       a->infeasible_timeout_us == b->infeasible_timeout_us &&
+	       a->preempt_shorter_factor == b->preempt_shorter_factor &&
+	       a->preempt_min_run_us == b->preempt_min_run_us;
 }
 
 typedef void (*pol_mut)(struct sched_policy *p);
@@ -361,9 +363,10 @@ POL_MUT(p_max, p->w_price = 1000; p->w_perf_per_price = 1000; p->w_perf = 1000; 
         p->w_fairshare = 1e6; p->score_nodes = 100000; p->reservations = 64;
         p->backfill_depth = 1000000; p->preemption_grace_us = 0;
         p->infeasible_timeout_us = FX_S(86400); p->fit_mode = SCHED_FIT_SPREAD;
-        p->fairness = SCHED_FAIR_SHARE)
+        p->fairness = SCHED_FAIR_SHARE; p->preempt_shorter_factor = 1e6;
+        p->preempt_min_run_us = FX_S(30 * 86400))
 POL_MUT(p_min, p->score_nodes = 1; p->reservations = 0; p->age_max_us = 1;
-        p->fairshare_half_life_us = FX_S(1))
+        p->fairshare_half_life_us = FX_S(1); p->preempt_shorter_factor = 1)
 POL_MUT(p_hl1us, p->fairshare_half_life_us = 1)
 POL_MUT(p_price_neg, p->w_price = -1)
 POL_MUT(p_price_big, p->w_price = 1000.5)
@@ -387,6 +390,12 @@ POL_MUT(p_hl0, p->fairshare_half_life_us = 0)
 POL_MUT(p_res65, p->reservations = 65)
 POL_MUT(p_grace_neg, p->preemption_grace_us = -1)
 POL_MUT(p_infeasible_neg, p->infeasible_timeout_us = -1)
+POL_MUT(p_shorter_below1, p->preempt_shorter_factor = 0.5)
+POL_MUT(p_shorter_neg, p->preempt_shorter_factor = -1)
+POL_MUT(p_shorter_big, p->preempt_shorter_factor = 2e6)
+POL_MUT(p_shorter_nan, p->preempt_shorter_factor = NAN)
+POL_MUT(p_minrun_neg, p->preempt_min_run_us = -1)
+POL_MUT(p_minrun_big, p->preempt_min_run_us = FX_S(30 * 86400) + 1)
 
 struct pol_row {
 	const char *name;
@@ -422,6 +431,12 @@ static const struct pol_row pol_rows[] = {
 	{ "policy: 65 reservations", p_res65, "reservations", NULL },
 	{ "policy: negative grace", p_grace_neg, "preemption_grace_us", NULL },
 	{ "policy: negative infeasible timeout", p_infeasible_neg, "infeasible_timeout_us", NULL },
+	{ "policy: shorter-work factor below 1", p_shorter_below1, "preempt_shorter_factor", NULL },
+	{ "policy: negative shorter-work factor", p_shorter_neg, "preempt_shorter_factor", NULL },
+	{ "policy: shorter-work factor above 1e6", p_shorter_big, "preempt_shorter_factor", NULL },
+	{ "policy: NaN shorter-work factor", p_shorter_nan, "preempt_shorter_factor", NULL },
+	{ "policy: negative minimum run", p_minrun_neg, "preempt_min_run_us", NULL },
+	{ "policy: minimum run above 30 days", p_minrun_big, "preempt_min_run_us", NULL },
 };
 
 static void run_pol_row(const struct pol_row *r)

@@ -20,6 +20,8 @@ SIM = os.environ.get("GPUMATCH_SIM", "")
 TRACES = os.environ.get("GPUMATCH_TRACES",
                         os.path.normpath(os.path.join(SOURCE, "..", "shared", "traces")))
 POLICIES = os.path.join(SOURCE, "examples", "policies")
+# default.json with preemption for shorter work
+SHORTER = os.path.join(POLICIES, "default-preempt-shorter.json")
 
 
 class Failure(Exception):
@@ -111,6 +113,66 @@ def case_hand_own_speed():
     check(out[1][1] == 200, f"job 1: {out[1]}")
 
 
+def hand_shorter(policy, extra=()):
+    """The shorter-work preemption scenario; returns (result, {job_id: (start_s,
+    end_s, jct_s, preemptions)})."""
+    with tempfile.TemporaryDirectory() as d:
+        jobs_out = os.path.join(d, "jobs.csv")
+        p = run(["--nodes", f"{FIX}/shorter-nodes.csv", "--jobs", f"{FIX}/shorter-jobs.csv",
+                 "--policy", policy, "--cycle-interval-s", "0", "--no-wall-clock", "--check",
+                 "--jobs-out", jobs_out] + list(extra))
+        res = last_json(p.stdout)
+        check(res["overcommits"] == 0 and res["check_failures"] == 0,
+              f"invariants broken: {res}")
+        out = {}
+        with open(jobs_out) as f:
+            for r in csv.DictReader(f):
+                out[int(r["job_id"])] = (int(r["start_us"]) / 1e6, int(r["end_us"]) / 1e6,
+                                         int(r["jct_us"]) / 1e6, int(r["preemptions"]))
+        return res, out
+
+
+# Scenario (fixtures shorter-*): one GPU; job 1 (5,000 s, preemptible) at
+# t=0, jobs 2 and 3 (100 s each, not preemptible) at t=1,500 and t=1,700.
+# Policy shorter.json: shortest time limit first (wShortJobs), victims need
+# 4 x 100 s of lease left and 1,000 s of run since their last start, 30 s
+# grace; cycles at every event.
+
+def case_hand_shorter():
+    # t=1500: job 1 has run 1,500 s (>= 1,000) with 3,500 s left (>= 400):
+    # evicted, stops at 1530 having checkpointed at 600 and 1200 s of run:
+    # 330 s lost, 3,800 s left. Job 2 runs 1530-1630. Job 1 restarts at
+    # 1630; job 3 (t=1700) waits until job 1 has run 1,000 s again (2630),
+    # evicts it; it stops at 2660 with 600 s kept of 1,030 (430 s lost),
+    # 3,200 s left. Job 3 runs 2660-2760; job 1 ends at 2760 + 3200.
+    res, out = hand_shorter(f"{FIX}/shorter.json")
+    check(out[2] == (1530, 1630, 130, 0), f"job 2: {out[2]}")
+    check(out[3] == (2660, 2760, 1060, 0), f"job 3: {out[3]}")
+    check(out[1] == (0, 5960, 5960, 2), f"job 1: {out[1]}")
+    check(abs(res["avg_jct_s"] - (5960 + 130 + 1060) / 3) < 1e-3, f"avg_jct_s {res}")
+    check(res["preemptions"] == 2, f"preemptions {res}")
+    check(abs(res["lost_gpu_s"] - 760) < 1e-6, f"lost_gpu_s {res}")
+    check(res["makespan_s"] == 5960, f"makespan {res}")
+    # perfect checkpointing: nothing lost; 3,470 s left at 1530, 2,440 s at 2660
+    res, out = hand_shorter(f"{FIX}/shorter.json", ["--checkpoint-interval-s", "0"])
+    check(out[1] == (0, 5200, 5200, 2), f"job 1, no loss: {out[1]}")
+    check(out[3] == (2660, 2760, 1060, 0), f"job 3, no loss: {out[3]}")
+    check(res["lost_gpu_s"] == 0, f"lost_gpu_s, no loss: {res}")
+    # factor 0: off; the short jobs wait for job 1
+    with tempfile.TemporaryDirectory() as d:
+        off = os.path.join(d, "off.json")
+        with open(f"{FIX}/shorter.json") as f:
+            pol = json.load(f)
+        pol["preemptShorterFactor"] = 0
+        with open(off, "w") as f:
+            json.dump(pol, f)
+        res, out = hand_shorter(off)
+    check(out[1] == (0, 5000, 5000, 0), f"job 1, off: {out[1]}")
+    check(out[2] == (5000, 5100, 3600, 0), f"job 2, off: {out[2]}")
+    check(out[3] == (5100, 5200, 3500, 0), f"job 3, off: {out[3]}")
+    check(res["preemptions"] == 0, f"preemptions, off: {res}")
+
+
 def replay(jobs, policy, seed="1", scale="0.05", extra=()):
     return run(["--nodes", trace("alibaba-gpu-v2023/openb_node_list_gpu_node.csv"),
                 "--jobs", jobs,
@@ -126,6 +188,10 @@ def case_determinism():
     check(a == b, "same inputs and seed gave different output")
     c = replay(jobs, f"{POLICIES}/default.json", seed="2").stdout
     check(a != c, "a different seed gave the same output (seed unused?)")
+    a = replay(jobs, SHORTER, extra=["--preemptible"]).stdout
+    b = replay(jobs, SHORTER, extra=["--preemptible"]).stdout
+    check(a == b, "with preemption: same inputs and seed gave different output")
+    check("preemptible=all" in a, f"--preemptible not reported: {a.splitlines()[0]}")
     with tempfile.TemporaryDirectory() as d:
         for name in ("x", "y"):
             replay(jobs, f"{POLICIES}/fifo.json",
@@ -151,13 +217,19 @@ def case_conservation():
 
 def case_no_overcommit():
     # the simulator's own GPU ledger and the library's invariants, checked
-    # after every cycle, on a loaded replay with gangs
-    for policy in ("default.json", "fifo.json"):
-        res = last_json(replay(trace("msr-itp/cluster06.csv"), f"{POLICIES}/{policy}",
-                               scale="0.02", extra=["--check"]).stdout)
+    # after every cycle, on a loaded replay with gangs (and with jobs
+    # preempted for shorter ones)
+    for policy, scale, extra in ((f"{POLICIES}/default.json", "0.02", []),
+                                 (f"{POLICIES}/fifo.json", "0.02", []),
+                                 (SHORTER, "0.005", ["--preemptible"])):
+        res = last_json(replay(trace("msr-itp/cluster06.csv"), policy,
+                               scale=scale, extra=["--check"] + extra).stdout)
         check(res["overcommits"] == 0, f"{policy}: GPUs given twice: {res}")
         check(res["check_failures"] == 0, f"{policy}: invariants broken: {res}")
         check(res["completed"] == res["jobs"], f"{policy}: {res}")
+        if extra:
+            check(res["preemptions"] > 0 and res["lost_gpu_s"] > 0,
+                  f"{policy}: nothing preempted: {res}")
 
 
 def case_readers():
@@ -188,6 +260,17 @@ def case_bad_input():
     p = run(["--nodes", f"{FIX}/nodes.csv", "--jobs", f"{FIX}/jobs.csv",
              "--policy", f"{POLICIES}/fifo.json", "--arrival-scale", "0"], expect_rc=2)
     check("--arrival-scale" in p.stderr, f"option error: {p.stderr}")
+    p = run(["--nodes", f"{FIX}/nodes.csv", "--jobs", f"{FIX}/jobs.csv",
+             "--policy", f"{POLICIES}/fifo.json", "--checkpoint-interval-s", "-1"],
+            expect_rc=2)
+    check("--checkpoint-interval-s" in p.stderr, f"option error: {p.stderr}")
+    # --preemptible only for traces without a preemptible column of their own
+    p = run(["--nodes", f"{FIX}/nodes.csv", "--jobs", f"{FIX}/jobs.csv",
+             "--policy", f"{POLICIES}/fifo.json", "--preemptible"], expect_rc=2)
+    check("--preemptible" in p.stderr and "jobs.csv" in p.stderr, f"option error: {p.stderr}")
+    p = run(["--nodes", f"{FIX}/nodes.csv", "--jobs", f"{FIX}/shorter-jobs.csv",
+             "--policy", f"{FIX}/bad-shorter.json"], expect_rc=1)
+    check("preemptShorterFactor" in p.stderr and "0.5" in p.stderr, f"policy error: {p.stderr}")
 
 
 def main():
