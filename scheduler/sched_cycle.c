@@ -701,6 +701,13 @@ static int cmp_slot_t(const void *a, const void *b)
 	return (x->node_id > y->node_id) - (x->node_id < y->node_id);
 }
 
+/* Has running job v been running long enough to be evicted for shorter
+ * work: started before this cycle and at least preempt_min_run_us ago? */
+static bool past_min_run(const struct cycle *cy, const struct job *v)
+{
+	return v->start_us < cy->now && cy->now - v->start_us >= cy->pol->preempt_min_run_us;
+}
+
 /* Can the node offer nothing to a preemption search that needs victims
  * with cy->need_rem_us of lease left (the shorter rule alone)? Decided from
  * a per-cycle cache of the node's leases, which try_preempt keeps exact
@@ -719,8 +726,7 @@ static bool node_no_victims(struct cycle *cy, struct node *n, const struct part 
 				n->vc_stop_mask |= n->leases[l].mask;
 				continue;
 			}
-			if (!c->classes[v->cls].preemptible || v->start_us >= cy->now ||
-			    cy->now - v->start_us < cy->pol->preempt_min_run_us)
+			if (!c->classes[v->cls].preemptible || !past_min_run(cy, v))
 				continue;
 			if (v->deadline_us - cy->now > n->vc_rem_us)
 				n->vc_rem_us = v->deadline_us - cy->now;
@@ -911,8 +917,7 @@ static bool shorter_victim(const struct cycle *cy, const struct job *j, const st
                            uint32_t vs, uint32_t node)
 {
 	double f = cy->pol->preempt_shorter_factor;
-	if (!(f > 0) || v->start_us >= cy->now ||
-	    cy->now - v->start_us < cy->pol->preempt_min_run_us ||
+	if (!(f > 0) || !past_min_run(cy, v) ||
 	    (double)(v->deadline_us - cy->now) < f * (double)j->max_dur_us)
 		return false;
 	struct okey a = { job_prio(cy, j), j->submit_us, j->seq, 0, 0 };
@@ -1113,8 +1118,7 @@ static bool shorter_possible(struct cycle *cy, const struct job *j, const struct
 			if (!v->id || v->state != SCHED_JOB_RUNNING)
 				continue;
 			const struct jclass *vk = &c->classes[v->cls];
-			if (!vk->preemptible || v->start_us >= cy->now ||
-			    cy->now - v->start_us < cy->pol->preempt_min_run_us)
+			if (!vk->preemptible || !past_min_run(cy, v))
 				continue;
 			if (v->deadline_us - cy->now > cy->rem_max[vk->prio])
 				cy->rem_max[vk->prio] = v->deadline_us - cy->now;
