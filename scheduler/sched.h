@@ -241,6 +241,14 @@ struct sched_policy {
 	double preempt_shorter_factor;
 	int64_t preempt_min_run_us; /* 0 .. 30 days: a victim's least run time
 	                               since its last start (no thrashing) */
+
+	/* Node scoring, weight in [0, 1000], min-max normalized like the
+	 * others: fragmentation-aware packing. A node's free GPUs count as
+	 * fragmented by the share of pending jobs that need more GPUs on one
+	 * node than it has free; the component is how much the placement lowers
+	 * that. Small jobs go to small nodes and to the leftovers of big ones,
+	 * keeping whole nodes for the jobs that need them. */
+	double w_frag;
 };
 
 /* Fills *p with the defaults (documented in docs/scheduler.md). */

@@ -9,7 +9,7 @@
 #include <math.h>
 #include <stdlib.h>
 
-enum { C_PRICE, C_PPP, C_PERF, C_FIT, C_REL, C_LOC, C_COUNT, C_SPEED = C_COUNT, C_RAW };
+enum { C_PRICE, C_PPP, C_PERF, C_FIT, C_REL, C_LOC, C_FRAG, C_COUNT, C_SPEED = C_COUNT, C_RAW };
 
 struct cand {
 	uint32_t node;
@@ -75,6 +75,10 @@ struct cycle {
 	 * rule: the least remaining lease a victim needs (nodes without such a
 	 * lease, free or stopping GPUs are skipped) */
 	int64_t need_rem_us;
+	/* w_frag: share of pending jobs that need more than f GPUs on one node,
+	 * f = 0..SCHED_MAX_GPUS_PER_NODE (the workload fragmentation is judged
+	 * against) */
+	double frag_wider[SCHED_MAX_GPUS_PER_NODE + 1];
 };
 
 /* ---- eligibility cache ------------------------------------------------------ */
@@ -336,6 +340,33 @@ static void cycle_speed_means(struct cycle *cy)
 		sum[t] = cnt[t] > 0 ? sum[t] / cnt[t] : 0;
 }
 
+/* w_frag: the pending jobs' mix of per-node GPU counts, once per cycle. A
+ * job counts once whatever its width: what matters is how many of the jobs
+ * waiting could use a node's free GPUs (the fragmentation measure of
+ * Weng et al., ATC'23, with GPU counts for their fractional shares). */
+static void cycle_frag_mix(struct cycle *cy)
+{
+	struct sched_cluster *c = cy->c;
+	if (!(cy->pol->w_frag > 0))
+		return;
+	uint32_t hist[SCHED_MAX_GPUS_PER_NODE + 1] = { 0 };
+	for (uint32_t i = 0; i < c->npending; i++)
+		hist[c->classes[c->jobs[c->pending[i]].cls].gpus]++;
+	uint32_t wider = c->npending;
+	for (uint32_t f = 0; f <= SCHED_MAX_GPUS_PER_NODE; f++) {
+		wider -= hist[f];
+		cy->frag_wider[f] = c->npending ? (double)wider / c->npending : 0;
+	}
+}
+
+/* Fragmented GPUs of a node with `free` GPUs free: those the pending jobs
+ * that need more than `free` GPUs on one node cannot use, weighted by how
+ * many such jobs there are. */
+static inline double frag_of(const struct cycle *cy, uint32_t free)
+{
+	return free * cy->frag_wider[free];
+}
+
 /* ---- candidates and scores ------------------------------------------------------- */
 
 static void cand_fill(struct cycle *cy, struct cand *cd, const struct node *n, const struct part *p,
@@ -351,6 +382,12 @@ static void cand_fill(struct cycle *cy, struct cand *cd, const struct node *n, c
 	cd->raw[C_FIT] = pol->fit_mode == SCHED_FIT_PACK ? -left : left;
 	cd->raw[C_REL] = n->reliability_ppm;
 	cd->raw[C_LOC] = k->pref_region != NONE32 && n->region == k->pref_region;
+	/* how much the placement lowers the node's fragmentation: taking GPUs
+	 * no wider job could use scores high, breaking up a whole node low */
+	uint32_t nfree = popcount64(n->free_mask);
+	cd->raw[C_FRAG] = pol->w_frag > 0 && k->gpus <= nfree
+	                      ? frag_of(cy, nfree) - frag_of(cy, nfree - k->gpus)
+	                      : 0;
 	cd->raw[C_SPEED] = pol->w_speedup > 0 ? class_speed(cy->c, k, p->gtype) : -1.0;
 	cd->gtype = p->gtype;
 	cd->node_id = n->id;
@@ -407,7 +444,8 @@ static void cands_score(struct cycle *cy, struct cand *cands, uint32_t n)
 {
 	const struct sched_policy *pol = cy->pol;
 	const double w[C_COUNT] = { pol->w_price, pol->w_perf_per_price, pol->w_perf,
-		                    pol->w_fit,   pol->w_reliability,    pol->w_locality };
+		                    pol->w_fit,   pol->w_reliability,    pol->w_locality,
+		                    pol->w_frag };
 	double lo[C_COUNT], span[C_COUNT];
 	for (int q = 0; q < C_COUNT; q++) {
 		double mn = INFINITY, mx = -INFINITY;
@@ -1253,6 +1291,7 @@ int sched_cycle(struct sched_cluster *c, int64_t now_us, struct sched_actions *o
 	c->last_cycle_us = now_us;
 	cycle_order(&cy);
 	cycle_speed_means(&cy);
+	cycle_frag_mix(&cy);
 
 	uint32_t n = c->npending; /* placements shrink the pending list */
 	bool blocked_seen = false;

@@ -32,6 +32,7 @@ void sched_policy_default(struct sched_policy *p)
 	p->w_short_jobs = 0.0;
 	p->preempt_shorter_factor = 0.0;
 	p->preempt_min_run_us = 0;
+	p->w_frag = 0.0;
 }
 
 static int check_weight(double w, double max, const char *field, struct sched_error *err)
@@ -62,6 +63,7 @@ int sched_policy_validate(const struct sched_policy *p, struct sched_error *err)
 		{ "w_speedup", offsetof(struct sched_policy, w_speedup), 1000 },
 		{ "w_small_jobs", offsetof(struct sched_policy, w_small_jobs), 1e6 },
 		{ "w_short_jobs", offsetof(struct sched_policy, w_short_jobs), 1e6 },
+		{ "w_frag", offsetof(struct sched_policy, w_frag), 1000 },
 	};
 	for (size_t i = 0; i < sizeof weights / sizeof weights[0]; i++) {
 		double w;

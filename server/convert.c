@@ -291,6 +291,7 @@ void conv_policy_in(const Gpumatch__V1__Policy *in, struct sched_policy *out)
 	out->speedup_relative = in->speedup_relative;
 	out->preempt_shorter_factor = in->preempt_shorter_factor;
 	out->preempt_min_run_us = in->preempt_min_run_us;
+	out->w_frag = in->w_frag;
 }
 
 void conv_policy_out(const struct sched_policy *in, Gpumatch__V1__Policy *out)
@@ -322,4 +323,5 @@ void conv_policy_out(const struct sched_policy *in, Gpumatch__V1__Policy *out)
 	out->speedup_relative = in->speedup_relative;
 	out->preempt_shorter_factor = in->preempt_shorter_factor;
 	out->preempt_min_run_us = in->preempt_min_run_us;
+	out->w_frag = in->w_frag;
 }

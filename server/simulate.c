@@ -132,6 +132,7 @@ struct simreq {
 	int64_t win_start_us, win_end_us;
 	uint64_t seed;
 	double arrival_scale;
+	bool all_preemptible; /* every trace job preemptible (MSR ITP only) */
 	struct sim_result res[1 + MAX_CANDIDATES];
 	double wall_s[1 + MAX_CANDIDATES];
 	uint32_t trace_jobs, trace_nodes;
@@ -813,6 +814,8 @@ static int trace_thread(void *arg)
 				jobs.v[m++] = jobs.v[i];
 		}
 		jobs.n = m;
+		for (uint32_t i = 0; s->all_preemptible && i < jobs.n; i++)
+			jobs.v[i].preemptible = true;
 	}
 	s->trace_jobs = jobs.n;
 	s->trace_nodes = fleet.nnodes;
@@ -973,6 +976,12 @@ void simulate_policy(struct rpc_call *call, const ProtobufCMessage *req)
 		          "source: required (SIMULATION_SOURCE_LIVE or SIMULATION_SOURCE_TRACE)");
 		return;
 	}
+	if (!trace && in->preemptible) {
+		rpc_error(call, RPC_INVALID_ARGUMENT,
+		          "preemptible: only with SIMULATION_SOURCE_TRACE (live jobs carry their "
+		          "own flag)");
+		return;
+	}
 	struct simreq *s = calloc(1, sizeof *s);
 	if (!s) {
 		rpc_error(call, RPC_INTERNAL, "out of memory");
@@ -1018,6 +1027,15 @@ void simulate_policy(struct rpc_call *call, const ProtobufCMessage *req)
 			free(s);
 			return;
 		}
+		if (in->preemptible && strncmp(name, "msr-itp/", 8) != 0) {
+			rpc_error(
+			    call, RPC_INVALID_ARGUMENT,
+			    "preemptible: only the msr-itp traces take it (%s carries its own "
+			    "preemptible flag)",
+			    name);
+			free(s);
+			return;
+		}
 		if (trace_running) {
 			rpc_error(call, RPC_RESOURCE_EXHAUSTED,
 			          "a trace simulation is already running; retry when it ends");
@@ -1032,6 +1050,7 @@ void simulate_policy(struct rpc_call *call, const ProtobufCMessage *req)
 		s->win_end_us = w ? w->end_us : 0;
 		s->seed = in->seed ? in->seed : 1;
 		s->arrival_scale = in->arrival_scale > 0 ? in->arrival_scale : 1.0;
+		s->all_preemptible = in->preemptible;
 		snprintf(s->trace_dir, sizeof s->trace_dir, "%s", app_get()->cfg.traces_dir);
 	}
 	/* a replay of a whole trace takes seconds to minutes of a worker

@@ -57,6 +57,8 @@ class PolicyTest(ItCase):
              "preempt_shorter_factor"),
             ({"policy": dict(base, preemptMinRunUs="-1"), "comment": "x"},
              "preempt_min_run_us"),
+            ({"policy": dict(base, wFrag=1000.5), "comment": "x"}, "w_frag"),
+            ({"policy": dict(base, wFrag=-2), "comment": "x"}, "w_frag"),
             ({"policy": dict(base, platformFeePpm=1000001), "comment": "x"}, "platform_fee_ppm"),
             ({"policy": dict(base, wNope=1), "comment": "x"}, "wNope"),
         ]
@@ -125,6 +127,18 @@ class PolicyTest(ItCase):
             self.assertOk(self.set_policy(
                 comment="back", preemptShorterFactor=p.get("preemptShorterFactor", 0),
                 preemptMinRunUs=p.get("preemptMinRunUs", "0")))
+
+    def test_frag_weight_stored_and_audited(self):
+        p, _ = self.active()
+        try:
+            b = self.assertOk(self.set_policy(comment="keep big nodes whole", wFrag=5))
+            self.assertEqual(b["policy"].get("wFrag"), 5, b)
+            changes = {c.get("field"): c for c in (b.get("audit") or {}).get("changes", [])}
+            self.assertEqual(changes["w_frag"].get("newValue"), "5", changes)
+            got, _ = self.active()
+            self.assertEqual(got.get("wFrag"), 5, got)
+        finally:
+            self.assertOk(self.set_policy(comment="back", wFrag=p.get("wFrag", 0)))
 
     def test_expected_version_conflict_is_aborted(self):
         _, active = self.active()

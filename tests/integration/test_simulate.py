@@ -185,6 +185,29 @@ class SimulateTest(ItCase):
         self.assertEqual([strip(r) for r in b2["candidates"]],
                          [strip(r) for r in b["candidates"]])
 
+    def test_trace_replay_preemptible(self):
+        """preemptible replays an MSR trace's jobs as preemptible, so the
+        default policy's shorter-work rule has victims; without it, none."""
+        req = {"source": "SIMULATION_SOURCE_TRACE", "traceName": "msr-itp/cluster06",
+               "arrivalScale": 0.005, "candidates": [example_policy("default")]}
+        plain = self.assertOk(self.c.admin("SimulatePolicy", req, timeout=600))
+        pre = self.assertOk(self.c.admin("SimulatePolicy", dict(req, preemptible=True),
+                                         timeout=600))
+        self.assertEqual(plain["candidates"][0]["metrics"].get("preemptions", 0), 0, plain)
+        m = pre["candidates"][0]["metrics"]
+        self.assertGreater(m.get("preemptions", 0), 0, m)
+        self.assertEqual(m.get("jobsCompleted", 0) + m.get("jobsPending", 0)
+                         + m.get("jobsUnschedulable", 0), m["jobsTotal"], m)
+        before = self.live_state()
+        self.assertError(self.c.admin("SimulatePolicy", dict(
+            req, traceName="alibaba-gpu-v2023/openb_pod_list_default", preemptible=True)),
+            "invalid_argument", field="preemptible")
+        self.assertError(self.c.admin("SimulatePolicy", {
+            "source": "SIMULATION_SOURCE_LIVE", "preemptible": True,
+            "candidates": [example_policy("default")]}), "invalid_argument",
+            field="preemptible")
+        self.assertEqual(self.live_state(), before)
+
     def test_trace_replay_does_not_hold_the_loop(self):
         """A long replay runs on a worker thread: other calls are answered
         while it is still in flight."""

@@ -346,7 +346,7 @@ static bool pol_eq(const struct sched_policy *a, const struct sched_policy *b)
 	       a->preemption == b->preemption && a->preemption_grace_us == b->preemption_grace_us &&
 	       a->infeasible_timeout_us == b->infeasible_timeout_us &&
 	       a->preempt_shorter_factor == b->preempt_shorter_factor &&
-	       a->preempt_min_run_us == b->preempt_min_run_us;
+	       a->preempt_min_run_us == b->preempt_min_run_us && a->w_frag == b->w_frag;
 }
 
 typedef void (*pol_mut)(struct sched_policy *p);
@@ -364,7 +364,7 @@ POL_MUT(p_max, p->w_price = 1000; p->w_perf_per_price = 1000; p->w_perf = 1000; 
         p->backfill_depth = 1000000; p->preemption_grace_us = 0;
         p->infeasible_timeout_us = FX_S(86400); p->fit_mode = SCHED_FIT_SPREAD;
         p->fairness = SCHED_FAIR_SHARE; p->preempt_shorter_factor = 1e6;
-        p->preempt_min_run_us = FX_S(30 * 86400))
+        p->preempt_min_run_us = FX_S(30 * 86400); p->w_frag = 1000)
 POL_MUT(p_min, p->score_nodes = 1; p->reservations = 0; p->age_max_us = 1;
         p->fairshare_half_life_us = FX_S(1); p->preempt_shorter_factor = 1)
 POL_MUT(p_hl1us, p->fairshare_half_life_us = 1)
@@ -396,6 +396,7 @@ POL_MUT(p_shorter_big, p->preempt_shorter_factor = 2e6)
 POL_MUT(p_shorter_nan, p->preempt_shorter_factor = NAN)
 POL_MUT(p_minrun_neg, p->preempt_min_run_us = -1)
 POL_MUT(p_minrun_big, p->preempt_min_run_us = FX_S(30 * 86400) + 1)
+POL_MUT(p_frag_big, p->w_frag = 1001)
 
 struct pol_row {
 	const char *name;
@@ -437,6 +438,7 @@ static const struct pol_row pol_rows[] = {
 	{ "policy: NaN shorter-work factor", p_shorter_nan, "preempt_shorter_factor", NULL },
 	{ "policy: negative minimum run", p_minrun_neg, "preempt_min_run_us", NULL },
 	{ "policy: minimum run above 30 days", p_minrun_big, "preempt_min_run_us", NULL },
+	{ "policy: fragmentation weight above 1000", p_frag_big, "w_frag", NULL },
 };
 
 static void run_pol_row(const struct pol_row *r)

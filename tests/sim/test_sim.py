@@ -221,7 +221,8 @@ def case_no_overcommit():
     # preempted for shorter ones)
     for policy, scale, extra in ((f"{POLICIES}/default.json", "0.02", []),
                                  (f"{POLICIES}/fifo.json", "0.02", []),
-                                 (SHORTER, "0.005", ["--preemptible"])):
+                                 (SHORTER, "0.005", ["--preemptible"]),
+                                 (f"{POLICIES}/default.json", "0.005", ["--preemptible"])):
         res = last_json(replay(trace("msr-itp/cluster06.csv"), policy,
                                scale=scale, extra=["--check"] + extra).stdout)
         check(res["overcommits"] == 0, f"{policy}: GPUs given twice: {res}")
