@@ -375,7 +375,8 @@ static void cand_fill(struct cycle *cy, struct cand *cd, const struct node *n, c
 	const struct sched_policy *pol = cy->pol;
 	double price = (double)n->price_micros;
 	double perf = p->tflops[k->precision];
-	double left = (double)popcount64(n->free_mask) - (double)k->gpus;
+	uint32_t nfree = popcount64(n->free_mask);
+	double left = (double)nfree - (double)k->gpus;
 	cd->raw[C_PRICE] = -price;
 	cd->raw[C_PPP] = perf / price;
 	cd->raw[C_PERF] = perf;
@@ -384,7 +385,6 @@ static void cand_fill(struct cycle *cy, struct cand *cd, const struct node *n, c
 	cd->raw[C_LOC] = k->pref_region != NONE32 && n->region == k->pref_region;
 	/* how much the placement lowers the node's fragmentation: taking GPUs
 	 * no wider job could use scores high, breaking up a whole node low */
-	uint32_t nfree = popcount64(n->free_mask);
 	cd->raw[C_FRAG] = pol->w_frag > 0 && k->gpus <= nfree
 	                      ? frag_of(cy, nfree) - frag_of(cy, nfree - k->gpus)
 	                      : 0;
