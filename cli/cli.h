@@ -118,7 +118,7 @@ enum col_fmt {
 	F_STR,
 	F_NUM,   /* 0 when absent */
 	F_ENUM,  /* prefix removed: JOB_STATE_QUEUED -> QUEUED */
-	F_MONEY, /* micros -> 1.50 */
+	F_MONEY, /* micros -> 1.50, <0.01 */
 	F_TIME,  /* us since epoch -> 2026-01-02 03:04:05 (UTC) */
 	F_DUR,   /* us -> 1h30m */
 	F_LIST,  /* array of scalars -> a,b,c */
@@ -138,6 +138,8 @@ struct col {
 json_t *msg_to_json(const ProtobufCMessage *m);
 /* Prints m as indented JSON. */
 void out_json(const ProtobufCMessage *m);
+/* Micro-units as people read money: "12.34", "<0.01" (docs/cli.md). */
+void money_text(int64_t m, char *buf, size_t len);
 /* A table of the objects in array rows (NULL = empty), aligned; header
  * from the columns' heads. */
 void out_table(json_t *rows, const struct col *cols, size_t ncols);

@@ -15,6 +15,7 @@
 
 #include "cli.h"
 #include "client.h"
+#include "gpumatch-version.h"
 #include "pbjson.h"
 
 #define DEFAULT_URL "http://127.0.0.1:7070"
@@ -410,7 +411,8 @@ static void list_help(FILE *f, const char *prefix)
 	else
 		fprintf(f, "usage: gpumatch COMMAND [flags]\n\n"
 		           "The gpumatch command: submit and watch jobs, run and manage nodes,\n"
-		           "administer gpumatchd. 'gpumatch COMMAND --help' describes one.\n\n"
+		           "administer gpumatchd. 'gpumatch COMMAND --help' describes one;\n"
+		           "'gpumatch --version' prints the version.\n\n"
 		           "commands:\n");
 	for (size_t t = 0; t < NELEM(tables); t++)
 		for (const struct cmd *k = tables[t]; k->words; k++)
@@ -418,6 +420,35 @@ static void list_help(FILE *f, const char *prefix)
 				fprintf(f, "  %-24s %s\n", k->words, k->summary);
 	fprintf(f, "\nglobal flags:\n");
 	print_opts(f, global_opts);
+}
+
+/* The command tables as JSON, for the build's man page and shell
+ * completion generators (not listed in help): {"global": [flags],
+ * "commands": [{"words", "args", "summary", "rest", "flags": [...]}]}. */
+static json_t *opts_json(const struct optdef *o)
+{
+	json_t *a = json_array();
+	for (; o && o->name; o++)
+		json_array_append_new(a, json_pack("{s:s, s:s?, s:s, s:b}", "name", o->name, "arg",
+		                                   o->arg, "help", o->help, "multi", o->multi));
+	return a;
+}
+
+static int dump_tables(void)
+{
+	json_t *cmds = json_array();
+	for (size_t t = 0; t < NELEM(tables); t++)
+		for (const struct cmd *k = tables[t]; k->words; k++)
+			json_array_append_new(cmds, json_pack("{s:s, s:s, s:s, s:b, s:o}", "words",
+			                                      k->words, "args", k->args, "summary",
+			                                      k->summary, "rest", k->rest, "flags",
+			                                      opts_json(k->opts)));
+	json_t *all = json_pack("{s:s, s:o, s:o}", "version", GPUMATCH_VERSION_STRING, "global",
+	                        opts_json(global_opts), "commands", cmds);
+	int rc = json_dumpf(all, stdout, JSON_INDENT(1)) ? EXIT_USAGE : EXIT_OK;
+	putchar('\n');
+	json_decref(all);
+	return rc;
 }
 
 /* ---- parsing ---- */
@@ -532,6 +563,12 @@ int main(int argc, char **argv)
 		list_help(argc < 2 ? stderr : stdout, "");
 		return argc < 2 ? EXIT_USAGE : EXIT_OK;
 	}
+	if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "version")) {
+		printf("gpumatch %s\n", GPUMATCH_VERSION_STRING);
+		return EXIT_OK;
+	}
+	if (!strcmp(argv[1], "__commands"))
+		return dump_tables();
 	int used = 0;
 	const struct cmd *k = match_cmd(argc - 1, argv + 1, &used);
 	/* "gpumatch node" or "gpumatch node bogus": the group's commands */

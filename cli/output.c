@@ -78,15 +78,18 @@ static int64_t num_of(json_t *v)
 	return 0;
 }
 
-static void money_text(int64_t m, char *buf, size_t len)
+/* Money as people read it (docs/cli.md): currency units rounded to the
+ * cent, "12.34"; an amount that is not zero but rounds to 0.00 shows as
+ * "<0.01" ("-<0.01"). Exact micro-units are in -o json. */
+void money_text(int64_t m, char *buf, size_t len)
 {
 	const char *sign = m < 0 ? "-" : "";
 	uint64_t a = m < 0 ? (uint64_t)0 - (uint64_t)m : (uint64_t)m;
-	uint64_t frac = a % 1000000;
-	if (frac % 10000 == 0)
-		snprintf(buf, len, "%s%" PRIu64 ".%02" PRIu64, sign, a / 1000000, frac / 10000);
+	uint64_t cents = a / 10000 + (a % 10000 >= 5000);
+	if (a && !cents)
+		snprintf(buf, len, "%s<0.01", sign);
 	else
-		snprintf(buf, len, "%s%" PRIu64 ".%06" PRIu64, sign, a / 1000000, frac);
+		snprintf(buf, len, "%s%" PRIu64 ".%02" PRIu64, sign, cents / 100, cents % 100);
 }
 
 static void dur_text(int64_t us, char *buf, size_t len)
