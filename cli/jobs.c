@@ -268,8 +268,8 @@ static void placement_text(json_t *pl, bool gpus, char *buf, size_t len)
 		cat_text(buf, len, "%snode %s: ", i ? "; " : "", node ? node : "?");
 		size_t k;
 		json_t *g;
-		json_array_foreach(json_object_get(p, "gpuIndexes"), k, g)
-			cat_text(buf, len, "%s%" JSON_INTEGER_FORMAT, k ? "," : "", json_integer_value(g));
+		json_array_foreach(json_object_get(p, "gpuIndexes"), k, g) cat_text(
+		    buf, len, "%s%" JSON_INTEGER_FORMAT, k ? "," : "", json_integer_value(g));
 	}
 }
 
@@ -301,7 +301,8 @@ static void job_shown(json_t *job)
 		         json_integer_value(v));
 	json_int_t ccmaj = json_integer_value(json_object_get(spec, "minComputeCapabilityMajor"));
 	if (ccmaj)
-		cat_text(b, sizeof b, "%scompute capability >= %" JSON_INTEGER_FORMAT ".%" JSON_INTEGER_FORMAT,
+		cat_text(b, sizeof b,
+		         "%scompute capability >= %" JSON_INTEGER_FORMAT ".%" JSON_INTEGER_FORMAT,
 		         *b ? ", " : "", ccmaj,
 		         json_integer_value(json_object_get(spec, "minComputeCapabilityMinor")));
 	const char *prec = json_string_value(json_object_get(spec, "precision"));
@@ -313,9 +314,11 @@ static void job_shown(json_t *job)
 		cat_text(b, sizeof b, "%s%s", *b ? ", " : "", e);
 	}
 	if ((v = json_object_get(spec, "minTflopsPerGpu")) && json_number_value(v) > 0)
-		cat_text(b, sizeof b, "%s>= %g TFLOPS per GPU", *b ? ", " : "", json_number_value(v));
+		cat_text(b, sizeof b, "%s>= %g TFLOPS per GPU", *b ? ", " : "",
+		         json_number_value(v));
 	if ((v = json_object_get(spec, "minTflopsTotal")) && json_number_value(v) > 0)
-		cat_text(b, sizeof b, "%s>= %g TFLOPS in all", *b ? ", " : "", json_number_value(v));
+		cat_text(b, sizeof b, "%s>= %g TFLOPS in all", *b ? ", " : "",
+		         json_number_value(v));
 	if (json_is_true(json_object_get(spec, "requireNvlink")))
 		cat_text(b, sizeof b, "%sNVLink", *b ? ", " : "");
 	json_t *regions = json_object_get(spec, "allowedRegions");
@@ -323,11 +326,11 @@ static void job_shown(json_t *job)
 		cat_text(b, sizeof b, "%sregions ", *b ? ", " : "");
 		size_t i;
 		json_array_foreach(regions, i, v)
-			cat_text(b, sizeof b, "%s%s", i ? "|" : "", json_string_value(v));
+		    cat_text(b, sizeof b, "%s%s", i ? "|" : "", json_string_value(v));
 	}
 	const char *key;
 	json_object_foreach(json_object_get(spec, "labelSelector"), key, v)
-		cat_text(b, sizeof b, "%slabel %s=%s", *b ? ", " : "", key, json_string_value(v));
+	    cat_text(b, sizeof b, "%slabel %s=%s", *b ? ", " : "", key, json_string_value(v));
 	size_t nt = json_array_size(json_object_get(spec, "tolerations"));
 	if (nt)
 		cat_text(b, sizeof b, "%s%zu toleration%s", *b ? ", " : "", nt, nt == 1 ? "" : "s");
@@ -420,8 +423,7 @@ static int run_list(struct ctx *c)
 			json_t *jobs = json_object_get(j, "jobs");
 			size_t i;
 			json_t *job;
-			json_array_foreach(jobs, i, job)
-				job_shown(job);
+			json_array_foreach(jobs, i, job) job_shown(job);
 			out_table(jobs, job_cols, NELEM(job_cols));
 			const char *next = json_string_value(json_object_get(j, "nextPageToken"));
 			if (next && *next)
@@ -460,8 +462,7 @@ static int run_list(struct ctx *c)
 		} else {
 			size_t i;
 			json_t *job;
-			json_array_foreach(all, i, job)
-				job_shown(job);
+			json_array_foreach(all, i, job) job_shown(job);
 			out_table(all, job_cols, NELEM(job_cols));
 		}
 	}
@@ -628,7 +629,8 @@ static int run_explain(struct ctx *c)
 		if (e->gang_nodes > 1)
 			printf("; it needs %u nodes in one region, and at most %u fit%s in any one "
 			       "region",
-			       e->gang_nodes, e->best_region_fit, e->best_region_fit == 1 ? "s" : "");
+			       e->gang_nodes, e->best_region_fit,
+			       e->best_region_fit == 1 ? "s" : "");
 		printf("\n");
 		if (!e->fleet_feasible)
 			printf("even with every node idle it could not start: %s\n",

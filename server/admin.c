@@ -255,11 +255,11 @@ static struct admin_q *q_new(struct rpc_call *call, const ProtobufCMessage *req,
 /* ---- tenants ---------------------------------------------------------------------- */
 
 #define TENANT_COLS                                                                           \
-	"id, name, state, fair_share_weight, credit_limit_micros, max_running_gpus, contact,"   \
-	" disabled_reason, created_at_us, updated_at_us,"                                       \
-	" coalesce((SELECT la.balance_micros FROM ledger_accounts la"                           \
-	"   WHERE la.kind = 1 AND la.owner_id = tenants.id), 0) AS balance_micros,"             \
-	" coalesce((SELECT la.pending_debits_micros FROM ledger_accounts la"                    \
+	"id, name, state, fair_share_weight, credit_limit_micros, max_running_gpus, contact," \
+	" disabled_reason, created_at_us, updated_at_us,"                                     \
+	" coalesce((SELECT la.balance_micros FROM ledger_accounts la"                         \
+	"   WHERE la.kind = 1 AND la.owner_id = tenants.id), 0) AS balance_micros,"           \
+	" coalesce((SELECT la.pending_debits_micros FROM ledger_accounts la"                  \
 	"   WHERE la.kind = 1 AND la.owner_id = tenants.id), 0) AS held_micros"
 
 /* Fills t from TENANT_COLS at row; strings borrow from r. The ledger fields

@@ -1052,7 +1052,8 @@ void simulate_policy(struct rpc_call *call, const ProtobufCMessage *req)
 		s->arrival_scale = in->arrival_scale > 0 ? in->arrival_scale : 1.0;
 		s->all_preemptible = in->preemptible;
 		if (app_get()->cfg.traces_dir[0])
-			snprintf(s->trace_dir, sizeof s->trace_dir, "%s", app_get()->cfg.traces_dir);
+			snprintf(s->trace_dir, sizeof s->trace_dir, "%s",
+			         app_get()->cfg.traces_dir);
 		else
 			share_path("traces", s->trace_dir, sizeof s->trace_dir);
 	}
