@@ -33,11 +33,64 @@ static const struct optdef global_opts[] = {
 
 static int run_login(struct ctx *c);
 
-static const struct optdef login_opts[] = { { 0 } };
+static const struct optdef login_opts[] = {
+	{ "no-check", NULL, "save without asking the server whether the token is valid", false },
+	{ 0 },
+};
+
+/* Asks the server whether the token is accepted: a call every role may
+ * make in one of the services (tenants ListJobs, operators ListNodes).
+ * Returns EXIT_OK, or prints one line and returns the exit code. */
+static int check_login(struct ctx *c)
+{
+	static const char *const calls[][2] = { { "JobService", "ListJobs" },
+		                                { "NodeService", "ListNodes" } };
+	int rc = EXIT_OK;
+	for (size_t i = 0; i < NELEM(calls); i++) {
+		const ProtobufCMessageDescriptor *d = cl_method_input(calls[i][0], calls[i][1]);
+		ProtobufCMessage *m = NULL;
+		char err[256];
+		if (!d || pbjson_decode(d, "{\"pageSize\":1}", 14, &m, err, sizeof err))
+			return EXIT_USAGE;
+		struct cl_result r;
+		int failed =
+		    cl_call(c->url, c->token, c->timeout_s, calls[i][0], calls[i][1], m, &r);
+		protobuf_c_message_free_unpacked(m, NULL);
+		if (!failed) {
+			cl_result_clear(&r);
+			return EXIT_OK;
+		}
+		if (r.http_status == 0) {
+			fprintf(stderr,
+			        "gpumatch login: --url: no answer from %s: %s (--no-check saves "
+			        "anyway)\n",
+			        c->url, r.message);
+			rc = EXIT_UNREACHABLE;
+		} else if (!strcmp(r.code, "unauthenticated")) {
+			fprintf(stderr,
+			        "gpumatch login: --token: the server does not accept this token "
+			        "(%s); nothing saved\n",
+			        r.message);
+			rc = EXIT_USAGE;
+		} else if (!strcmp(r.code, "permission_denied")) {
+			rc = EXIT_USAGE; /* valid, but not for this service: try the next */
+			cl_result_clear(&r);
+			continue;
+		} else {
+			fprintf(stderr, "gpumatch login: %s/%s failed: %s: %s\n", calls[i][0],
+			        calls[i][1], r.code, r.message);
+			rc = EXIT_SERVER;
+		}
+		cl_result_clear(&r);
+		return rc;
+	}
+	return EXIT_OK; /* permission_denied in both: a valid token of some role */
+}
 
 static const struct cmd cmds_main[] = {
-	{ "login", "", "store --url and --token in the config file (mode 0600)", login_opts, 0, 0,
-	  run_login, false },
+	{ "login", "",
+	  "check --url and --token with the server, then store them in the config file (mode 0600)",
+	  login_opts, 0, 0, run_login, false },
 	{ 0 },
 };
 
@@ -348,6 +401,9 @@ static int run_login(struct ctx *c)
 		return usage_error(c, "--token is required (or GPUMATCH_TOKEN)");
 	if (strncmp(c->url, "http://", 7))
 		return usage_error(c, "--url: \"%s\" is not http://HOST:PORT", c->url);
+	int rc;
+	if (!opt_has(c, "no-check") && (rc = check_login(c)))
+		return rc;
 	if (mkdir_parents(c->config_path)) {
 		fprintf(stderr, "gpumatch login: cannot create the directory of %s: %s\n",
 		        c->config_path, strerror(errno));
