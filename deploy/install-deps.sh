@@ -9,6 +9,9 @@ packages=(
 	libevent-dev libpq-dev libhiredis-dev libjansson-dev libyaml-dev
 	postgresql redis-server
 	protobuf-compiler python3-protobuf
+	debhelper # the Debian package (debian/, tests/install)
+	fakeroot  # dpkg-buildpackage -us -uc
+	lintian   # the package's check (tests/install)
 )
 
 missing=()
