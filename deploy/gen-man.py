@@ -67,7 +67,7 @@ def help_page(name, section, summary, prog):
     text = subprocess.run([prog, "--help"], check=True, capture_output=True, text=True).stdout
     version = subprocess.run([prog, "--version"], check=True, capture_output=True,
                              text=True).stdout.split(None, 1)[1].strip()
-    others = [p for p in ("gpumatch(1)", "gpumatchd(8)", "gpu-probe(1)")
+    others = [p for p in ("gpumatch(1)", "gpumatchd(8)", "gpu-probe(1)", "gpumatch-sim(1)")
               if not p.startswith(name + "(")]
     return (head(name, section, version, summary)
             + ".SH DESCRIPTION\nWhat \\fB%s \\-\\-help\\fR prints:\n.PP\n.nf\n%s\n.fi\n"

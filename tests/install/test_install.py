@@ -19,6 +19,7 @@
 
 import glob
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -91,7 +92,7 @@ class InstallTest(unittest.TestCase):
                     "lib/systemd/system/gpumatchd.service",
                     "lib/systemd/system/gpumatch-agent.service",
                     "share/man/man1/gpumatch.1", "share/man/man8/gpumatchd.8",
-                    "share/man/man1/gpu-probe.1",
+                    "share/man/man1/gpu-probe.1", "share/man/man1/gpumatch-sim.1",
                     "share/bash-completion/completions/gpumatch",
                     "share/zsh/vendor-completions/_gpumatch"):
             with self.subTest(path=rel):
@@ -185,6 +186,50 @@ class InstallTest(unittest.TestCase):
                 log.close()
         finally:
             os.unlink(marker)
+
+
+class ComposeTest(unittest.TestCase):
+    """deploy/compose.yaml and deploy/Containerfile as far as this machine
+    can check them without a registry: the file parses, its services are
+    the documented ones, what it builds from exists, every gpumatchd key it
+    sets is one gpumatchd knows, and the commands it runs exist."""
+
+    def test_compose_file(self):
+        import yaml
+        with open(os.path.join(SOURCE, "deploy", "compose.yaml")) as f:
+            doc = yaml.safe_load(f)
+        svc = doc["services"]
+        self.assertEqual(set(svc), {"postgres", "redis", "setup", "gpumatchd", "agent"})
+        build = svc["setup"]["build"]
+        ctx = os.path.normpath(os.path.join(SOURCE, "deploy", build["context"]))
+        self.assertEqual(ctx, SOURCE)
+        self.assertTrue(os.path.isfile(os.path.join(ctx, build["dockerfile"])))
+        with open(os.path.join(ctx, build["dockerfile"])) as f:
+            cf = f.read()
+        self.assertIn("debian:12", cf)
+        self.assertIn("meson install", cf)
+        helptext = run([os.path.join(BUILD, "server", "gpumatchd"), "--help"]).stdout
+        keys = set(re.findall(r"^\s+([a-z_0-9]+)\s", helptext, re.M))
+        for name in ("setup", "gpumatchd"):
+            for k in svc[name].get("environment", {}):
+                with self.subTest(service=name, key=k):
+                    self.assertTrue(k.startswith("GPUMATCH_"), k)
+                    self.assertIn(k[len("GPUMATCH_"):].lower(), keys)
+        self.assertEqual(svc["gpumatchd"]["depends_on"]["setup"]["condition"],
+                         "service_completed_successfully")
+        script = svc["setup"]["command"][0] + svc["agent"]["command"][0]
+        for cmd in ("gpumatchd migrate", "gpumatchd create-admin-token",
+                    "gpumatch admin operators create", "gpumatch admin tokens create",
+                    "gpumatch agent --simulate"):
+            self.assertIn(cmd, script)
+        for words in ("admin operators create", "admin tokens create", "agent"):
+            r = run([os.path.join(BUILD, "cli", "gpumatch")] + words.split() + ["--help"])
+            self.assertIn("usage: gpumatch " + words, r.stdout)
+        for v in svc["agent"]["volumes"]:
+            src = v.split(":")[0]
+            if src.startswith(".."):
+                self.assertTrue(os.path.isfile(os.path.join(SOURCE, "deploy", src,
+                                                            "rtx3090-x4.json")), v)
 
 
 def deb_tools():
