@@ -1,6 +1,7 @@
 /* admin.c — the admin's commands (AdminService): tenants, operators,
  * tokens, node cordons, money (top-ups, payouts), reports, the ledger
  * audit, transfers and the matching policy. */
+#include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -709,11 +710,32 @@ static const struct col policy_fields[] = {
 	{ "COMMENT", "comment", F_STR },
 };
 
-static int get_policy(struct ctx *c, uint64_t version, json_t **out)
+/* A policy version given on the command line: N >= 1 a stored version, 0
+ * the built-in policy that ran before the first change (*builtin). */
+static int policy_version_arg(struct ctx *c, const char *what, const char *text, uint64_t *ver,
+                              bool *builtin)
+{
+	char *end;
+	errno = 0;
+	unsigned long long v = strtoull(text, &end, 10);
+	if (errno || end == text || *end || text[0] == '-')
+		return usage_error(c,
+		                   "%s: expected a policy version (0 = the built-in policy, 1, 2, "
+		                   "...), got \"%s\"",
+		                   what, text);
+	*ver = v;
+	*builtin = v == 0;
+	return EXIT_OK;
+}
+
+/* version 0 and !builtin: the active policy */
+static int get_policy_v(struct ctx *c, uint64_t version, bool builtin, json_t **out)
 {
 	json_t *req = json_object();
 	if (version)
 		json_object_set_new(req, "version", juint64(version));
+	if (builtin)
+		json_object_set_new(req, "builtin", json_true());
 	ProtobufCMessage *m;
 	int rc = admin_call(c, "GetPolicy", req, &m);
 	if (rc)
@@ -727,11 +749,27 @@ static int get_policy(struct ctx *c, uint64_t version, json_t **out)
 	return EXIT_OK;
 }
 
+static int get_policy(struct ctx *c, uint64_t version, json_t **out)
+{
+	return get_policy_v(c, version, false, out);
+}
+
 static int run_policy_get(struct ctx *c)
 {
 	json_t *req = json_object();
-	if (opt_str(c, "version"))
-		json_object_set_new(req, "version", json_string(opt_str(c, "version")));
+	if (opt_str(c, "version")) {
+		uint64_t ver;
+		bool builtin;
+		int rc = policy_version_arg(c, "--version", opt_str(c, "version"), &ver, &builtin);
+		if (rc) {
+			json_decref(req);
+			return rc;
+		}
+		if (builtin)
+			json_object_set_new(req, "builtin", json_true());
+		else
+			json_object_set_new(req, "version", juint64(ver));
+	}
 	return call_print(c, "GetPolicy", req, NULL, "policy", policy_fields, NELEM(policy_fields));
 }
 
@@ -804,8 +842,14 @@ static int run_policy_diff(struct ctx *c)
 	int rc = load_policy(c, c->pos[0], &want);
 	if (rc)
 		return rc;
-	uint64_t ver = opt_str(c, "version") ? strtoull(opt_str(c, "version"), NULL, 10) : 0;
-	if ((rc = get_policy(c, ver, &have))) {
+	uint64_t ver = 0;
+	bool builtin = false;
+	if (opt_str(c, "version") &&
+	    (rc = policy_version_arg(c, "--version", opt_str(c, "version"), &ver, &builtin))) {
+		json_decref(want);
+		return rc;
+	}
+	if ((rc = get_policy_v(c, ver, builtin, &have))) {
 		json_decref(want);
 		return rc;
 	}
@@ -840,9 +884,18 @@ static int set_policy(struct ctx *c, json_t *policy, bool validate_only, uint64_
 		else
 			printf("policy version %" PRIu64 " is active\n",
 			       r->policy ? r->policy->version : 0);
-		for (size_t i = 0; r->audit && i < r->audit->n_changes; i++)
-			printf("  %-22s %s -> %s\n", r->audit->changes[i]->field,
-			       r->audit->changes[i]->old_value, r->audit->changes[i]->new_value);
+		/* the same lines as `policy diff`: FIELD old -> new */
+		for (size_t i = 0; r->audit && i < r->audit->n_changes; i++) {
+			char head[64], ov[128], nv[128];
+			size_t k = 0;
+			for (const char *q = r->audit->changes[i]->field; *q && k + 1 < sizeof head;
+			     q++)
+				head[k++] = (char)toupper((unsigned char)*q);
+			head[k] = '\0';
+			enum_text(r->audit->changes[i]->old_value, ov, sizeof ov);
+			enum_text(r->audit->changes[i]->new_value, nv, sizeof nv);
+			printf("%-22s %s -> %s\n", head, ov, nv);
+		}
 	}
 	protobuf_c_message_free_unpacked(m, NULL);
 	return EXIT_OK;
@@ -872,9 +925,8 @@ static int run_policy_set(struct ctx *c)
 		                        ? json_string_value(json_object_get(have, "version"))
 		                        : "0",
 		                    NULL, 10);
-		printf("changes against active version %" PRIu64 ":\n", expected);
-		if (!print_diff(have, p))
-			printf("(none)\n");
+		/* the server's audit of the change is printed once, below */
+		printf("applying over active version %" PRIu64 "\n", expected);
 		json_decref(have);
 	}
 	return set_policy(c, p, validate, expected, comment ? comment : "validate");
@@ -883,11 +935,12 @@ static int run_policy_set(struct ctx *c)
 static int run_policy_rollback(struct ctx *c)
 {
 	uint64_t ver;
-	int rc = pos_id(c, 0, "VERSION", &ver);
+	bool builtin;
+	int rc = policy_version_arg(c, "VERSION", c->pos[0], &ver, &builtin);
 	if (rc)
 		return rc;
 	json_t *old;
-	if ((rc = get_policy(c, ver, &old)))
+	if ((rc = get_policy_v(c, ver, builtin, &old)))
 		return rc;
 	for (size_t i = 0; i < NELEM(policy_meta); i++)
 		json_object_del(old, policy_meta[i]);
@@ -1079,7 +1132,8 @@ static const struct optdef transfers_opts[] = {
 	{ 0 },
 };
 static const struct optdef policy_get_opts[] = {
-	{ "version", "N", "an older version (default: the active one)", false },
+	{ "version", "N", "an older version (0: the built-in policy; default: the active one)",
+	  false },
 	{ 0 },
 };
 static const struct optdef policy_set_opts[] = {
@@ -1170,7 +1224,8 @@ const struct cmd cmds_admin[] = {
 	  run_policy_simulate, false },
 	{ "admin policy history", "", "the policy audit log", page_opts, 0, 0, run_policy_history,
 	  false },
-	{ "admin policy rollback", "VERSION", "make an older version the active policy again",
-	  rollback_opts, 1, 1, run_policy_rollback, false },
+	{ "admin policy rollback", "VERSION",
+	  "make an older version (0: the built-in policy) the active policy again", rollback_opts,
+	  1, 1, run_policy_rollback, false },
 	{ 0 },
 };

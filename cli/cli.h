@@ -62,6 +62,7 @@ struct ctx {
 	char **rest; /* after "--" */
 	size_t nval;
 	struct optval val[256];
+	const char *input_file; /* the file the request came from, named in its errors */
 };
 
 /* The command tables of the modules. */
@@ -138,6 +139,8 @@ struct col {
 json_t *msg_to_json(const ProtobufCMessage *m);
 /* Prints m as indented JSON. */
 void out_json(const ProtobufCMessage *m);
+/* An enum value without its type prefix: FIT_MODE_PACK -> PACK. */
+void enum_text(const char *s, char *buf, size_t len);
 /* Micro-units as people read money: "12.34", "<0.01" (docs/cli.md). */
 void money_text(int64_t m, char *buf, size_t len);
 /* A table of the objects in array rows (NULL = empty), aligned; header

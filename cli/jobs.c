@@ -117,6 +117,7 @@ static int run_submit(struct ctx *c)
 	char err[600];
 	json_t *req;
 	if (c->npos == 1) {
+		c->input_file = c->pos[0];
 		req = spec_load(c->pos[0], err, sizeof err);
 		if (!req) {
 			fprintf(stderr, "gpumatch submit: %s\n", err);
@@ -154,6 +155,46 @@ static int run_submit(struct ctx *c)
 		json_object_set_new(spec, "preemptible", json_true());
 	if (opt_has(c, "nvlink"))
 		json_object_set_new(spec, "requireNvlink", json_true());
+	if ((v = opt_str(c, "min-cc"))) {
+		/* "8.0" -> major 8, minor 0 */
+		unsigned maj = 0, min = 0;
+		char tail = 0;
+		int n = sscanf(v, "%u.%u%c", &maj, &min, &tail);
+		if (n != 2 || maj == 0 || maj > 99 || min > 9)
+			rc = usage_error(c,
+			                 "--min-cc: expected a compute capability such as 8.0, got "
+			                 "\"%s\"",
+			                 v);
+		json_object_set_new(spec, "minComputeCapabilityMajor", json_integer(maj));
+		json_object_set_new(spec, "minComputeCapabilityMinor", json_integer(min));
+	}
+	if ((v = opt_str(c, "min-tflops")))
+		json_object_set_new(spec, "minTflopsPerGpu", json_string(v));
+	if ((v = opt_str(c, "min-tflops-total")))
+		json_object_set_new(spec, "minTflopsTotal", json_string(v));
+	const char *tols[32];
+	size_t nt = opt_all(c, "toleration", tols, NELEM(tols));
+	if (nt) {
+		/* KEY (any value, any effect) or KEY=VALUE */
+		json_t *a = json_array();
+		for (size_t i = 0; i < nt; i++) {
+			const char *eq = strchr(tols[i], '=');
+			json_t *t = json_object();
+			if (eq) {
+				json_object_set_new(t, "key",
+				                    json_stringn(tols[i], (size_t)(eq - tols[i])));
+				json_object_set_new(t, "value", json_string(eq + 1));
+				json_object_set_new(t, "match",
+				                    json_string("TOLERATION_MATCH_EQUAL"));
+			} else {
+				json_object_set_new(t, "key", json_string(tols[i]));
+				json_object_set_new(t, "match",
+				                    json_string("TOLERATION_MATCH_EXISTS"));
+			}
+			json_array_append_new(a, t);
+		}
+		json_object_set_new(spec, "tolerations", a);
+	}
 	if ((v = opt_str(c, "image")))
 		json_object_set_new(spec, "image", json_string(v));
 	if ((v = opt_str(c, "workdir")))
@@ -699,6 +740,10 @@ static const struct optdef submit_opts[] = {
 	{ "priority", "CLASS", "best-effort, low, normal, high or critical", false },
 	{ "preemptible", NULL, "may be preempted for higher-class work", false },
 	{ "nvlink", NULL, "GPUs of a node must share an NVLink domain", false },
+	{ "min-cc", "X.Y", "minimum compute capability, e.g. 8.0", false },
+	{ "min-tflops", "N", "minimum verified TFLOPS per GPU in --precision", false },
+	{ "min-tflops-total", "N", "minimum verified TFLOPS of the whole job", false },
+	{ "toleration", "KEY[=VALUE]", "tolerate a node taint (any effect)", true },
 	{ "region", "REGION", "allowed region", true },
 	{ "label", "KEY=VALUE", "node label the job needs", true },
 	{ "env", "KEY=VALUE", "environment variable for the job", true },

@@ -125,11 +125,12 @@ size_t opt_all(const struct ctx *c, const char *name, const char **out, size_t m
 int usage_error(const struct ctx *c, const char *fmt, ...)
 {
 	va_list ap;
+	/* one line: what is wrong, naming the flag, file and field */
 	fprintf(stderr, "gpumatch %s: ", c->cmd ? c->cmd->words : "");
 	va_start(ap, fmt);
 	vfprintf(stderr, fmt, ap);
 	va_end(ap);
-	fprintf(stderr, "\nrun 'gpumatch %s --help' for usage\n", c->cmd ? c->cmd->words : "");
+	fprintf(stderr, " (see gpumatch %s --help)\n", c->cmd ? c->cmd->words : "");
 	return EXIT_USAGE;
 }
 
@@ -317,6 +318,8 @@ int call_json(struct ctx *c, const char *service, const char *method, json_t *re
 	char err[512];
 	if (pbjson_decode(d, text, strlen(text), &m, err, sizeof err)) {
 		free(text);
+		if (c->input_file)
+			return usage_error(c, "%s: %s", c->input_file, err);
 		return usage_error(c, "invalid request: %s", err);
 	}
 	free(text);

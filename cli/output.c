@@ -105,7 +105,7 @@ static void dur_text(int64_t us, char *buf, size_t len)
 		snprintf(buf, len, "%" PRId64 "h%02" PRId64 "m", s / 3600, s % 3600 / 60);
 }
 
-static void enum_text(const char *s, char *buf, size_t len)
+void enum_text(const char *s, char *buf, size_t len)
 {
 	/* strip the enum's type prefix: JOB_STATE_QUEUED -> QUEUED. Prefixes
 	 * are the upper-cased enum name; the value part is what follows the
@@ -129,6 +129,7 @@ static void enum_text(const char *s, char *buf, size_t len)
 		"TRANSFER_STATE_",
 		"GPU_HEALTH_STATUS_",
 		"FIT_MODE_",
+		"FAIRNESS_MODE_",
 		"SIMULATION_SOURCE_",
 		"ACCOUNT_KIND_",
 	};

@@ -1637,6 +1637,20 @@ static void get_policy_cb(enum pg_status st, PGresult *res, const char *sqlstate
 void admin_get_policy(struct rpc_call *call, const ProtobufCMessage *req)
 {
 	const Gpumatch__V1__GetPolicyRequest *in = (const void *)req;
+	if (in->builtin && in->version) {
+		rpc_error(call, RPC_INVALID_ARGUMENT,
+		          "version: must be 0 (unset) with builtin, got %" PRIu64, in->version);
+		return;
+	}
+	if (in->builtin) {
+		/* what runs before the first SetPolicy: rollback's version 0 */
+		Gpumatch__V1__GetPolicyResponse out = GPUMATCH__V1__GET_POLICY_RESPONSE__INIT;
+		Gpumatch__V1__Policy p;
+		policy_defaults(&p);
+		out.policy = &p;
+		rpc_reply(call, &out.base);
+		return;
+	}
 	struct admin_q *q = q_new(call, req, 0);
 	if (!q)
 		return;

@@ -151,3 +151,57 @@ class FirstHourTest(ItCase):
         r = cli(None, "login", "--url", "http://127.0.0.1:1", "--token", "gm_x", "--no-check",
                 env=env)
         self.assertEqual(r.returncode, 0, r.stderr)
+
+    def test_first_policy_change_rolls_back_to_the_builtin(self):
+        d = tempfile.mkdtemp(dir=self.c.dir)
+        builtin = cli_json(self.c, "admin", "policy", "get", token=self.admin)["policy"]
+        # enums without their type prefix, all of them
+        r = self.run_cli("admin", "policy", "get")
+        self.assertNotRegex(r.stdout, r"FAIRNESS_MODE_|FIT_MODE_")
+        path = os.path.join(d, "p.json")
+        import json
+        with open(path, "w") as f:
+            json.dump(dict(builtin, wPrice=3.5), f)
+        diff = self.run_cli("admin", "policy", "diff", path).stdout
+        out = self.run_cli("admin", "policy", "apply", path, "--comment", "first").stdout
+        # apply prints the change once, in the diff's own format
+        self.assertEqual(out.count("W_PRICE"), 1, out)
+        self.assertIn(diff.strip().splitlines()[0].split()[0], out)
+        self.assertRegex(out, r"W_PRICE\s+\S+ -> 3\.5\n")
+        # version 0 is the built-in policy, not silently the active one
+        j = cli_json(self.c, "admin", "policy", "get", "--version", "0", token=self.admin)
+        self.assertNotEqual(j["policy"].get("wPrice"), 3.5)
+        self.assertEqual(j["policy"].get("wPrice"), builtin.get("wPrice"))
+        r = self.run_cli("admin", "policy", "rollback", "0", "--comment", "undo the first")
+        self.assertRegex(r.stdout, r"policy version \d+ is active")
+        now = cli_json(self.c, "admin", "policy", "get", token=self.admin)["policy"]
+        self.assertEqual(now.get("wPrice"), builtin.get("wPrice"))
+        r = self.run_cli("admin", "policy", "get", "--version", "x", rc=2)
+        self.assert_one_plain_line(r.stderr.splitlines()[0])
+        self.assertIn("--version", r.stderr)
+
+    def test_submit_flags_and_spec_errors(self):
+        t, tok = self.c.new_tenant()
+        jid = self.run_cli("submit", "--min-cc", "8.0", "--min-tflops", "12.5",
+                           "--min-tflops-total", "100", "--toleration", "gpu=a100",
+                           "--toleration", "spot", "--duration", "1m", "--", "true",
+                           token=tok).stdout.strip()
+        spec = cli_json(self.c, "get", jid, token=tok)["job"]["spec"]
+        self.assertEqual(spec["minComputeCapabilityMajor"], 8)
+        self.assertEqual(spec["minTflopsPerGpu"], 12.5)
+        self.assertEqual(spec["minTflopsTotal"], 100)
+        self.assertEqual([x["key"] for x in spec["tolerations"]], ["gpu", "spot"])
+        r = self.run_cli("submit", "--min-cc", "eight", "--duration", "1m", "--", "true",
+                         token=tok, rc=2)
+        self.assert_one_plain_line(r.stderr)
+        self.assertIn("--min-cc", r.stderr)
+        # an unknown field in a spec file: one line naming the file and the field
+        d = tempfile.mkdtemp(dir=self.c.dir)
+        path = os.path.join(d, "bad.yaml")
+        with open(path, "w") as f:
+            f.write("spec:\n  gpusPerNode: 1\n  maxDuration: 1m\n  bogusField: 3\n"
+                    "  command: [\"true\"]\n")
+        r = self.run_cli("submit", path, token=tok, rc=2)
+        self.assert_one_plain_line(r.stderr)
+        self.assertIn(path, r.stderr)
+        self.assertIn("bogusField", r.stderr)
