@@ -417,6 +417,10 @@ static int money_call(struct ctx *c, const char *method, const char *id_field)
 	if (!idem)
 		return usage_error(c, "--idempotency-id is required (e.g. the payment reference); "
 		                      "a retry with the same id moves no money twice");
+	static const char *const aliases[][2] = { { "amountMicros", "AMOUNT" },
+		                                  { "idempotencyId", "--idempotency-id" },
+		                                  { NULL, NULL } };
+	c->aliases = aliases;
 	json_t *req = json_pack("{s:o,s:o,s:s}", id_field, juint64(id), "amountMicros",
 	                        jint64(amount), "idempotencyId", idem);
 	const char *v;
@@ -1003,6 +1007,53 @@ static int run_policy_simulate(struct ctx *c)
 	}
 	if ((v = opt_str(c, "max-diffs")))
 		json_object_set_new(req, "maxDiffs", json_string(v));
+	bool trace = opt_has(c, "trace");
+	static const char *const trace_only[] = { "window", "arrival-scale", "seed",
+		                                  "preemptible" };
+	for (size_t i = 0; i < NELEM(trace_only); i++)
+		if (!trace && opt_has(c, trace_only[i])) {
+			json_decref(req);
+			return usage_error(c, "--%s: only with --trace", trace_only[i]);
+		}
+	if ((v = opt_str(c, "window"))) {
+		const char *comma = strchr(v, ',');
+		char from[64] = "";
+		if (comma && (size_t)(comma - v) < sizeof from)
+			snprintf(from, sizeof from, "%.*s", (int)(comma - v), v);
+		int64_t a = comma ? (strcmp(from, "0") ? parse_duration_us(from) : 0) : -1;
+		int64_t b = comma ? parse_duration_us(comma + 1) : -1;
+		if (a < 0 || b <= a) {
+			json_decref(req);
+			return usage_error(
+			    c,
+			    "--window: expected FROM,TO offsets into the trace such as "
+			    "0,7d, got \"%s\"",
+			    v);
+		}
+		jset(req, "window.startUs", jint64(a));
+		jset(req, "window.endUs", jint64(b));
+	}
+	if ((v = opt_str(c, "arrival-scale"))) {
+		char *end;
+		double x = strtod(v, &end);
+		if (*end || !(x > 0) || x > 1000) {
+			json_decref(req);
+			return usage_error(
+			    c,
+			    "--arrival-scale: expected a factor such as 2 or 0.5, got "
+			    "\"%s\"",
+			    v);
+		}
+		json_object_set_new(req, "arrivalScale", json_real(x));
+	}
+	if ((v = opt_str(c, "seed")))
+		json_object_set_new(req, "seed", json_string(v));
+	if (opt_has(c, "preemptible"))
+		json_object_set_new(req, "preemptible", json_true());
+	/* the server allows a trace replay ten minutes: so does the client,
+	 * unless --timeout says otherwise */
+	if (trace && !opt_has(c, "timeout"))
+		c->timeout_s = 660;
 	ProtobufCMessage *m;
 	int rc = admin_call(c, "SimulatePolicy", req, &m);
 	if (rc)
@@ -1030,14 +1081,32 @@ static int run_policy_simulate(struct ctx *c)
 			{ "PLACED", "metrics.jobsPlaced", F_NUM },
 			{ "PENDING", "metrics.jobsPending", F_NUM },
 			{ "PREEMPTIONS", "metrics.preemptions", F_NUM },
-			{ "WAIT P50", "metrics.waitP50Us", F_DUR },
-			{ "WAIT P95", "metrics.waitP95Us", F_DUR },
+			{ "WAIT P50", "metrics.waitP50Us", F_DUR0 },
+			{ "WAIT P95", "metrics.waitP95Us", F_DUR0 },
 			{ "UTILIZATION", "metrics.gpuUtilizationPpm", F_PPM },
 			{ "REVENUE", "metrics.revenueMicros", F_MONEY },
 			{ "FAIRNESS", "metrics.fairnessJainPpm", F_PPM },
 			{ "DIFFS", "diffCount", F_NUM },
 		};
-		out_table(rows, cols, NELEM(cols));
+		/* a replay runs jobs to completion: their times too */
+		static const struct col trace_cols[] = {
+			{ "POLICY", "label", F_STR },
+			{ "COMPLETED", "metrics.jobsCompleted", F_NUM },
+			{ "PENDING", "metrics.jobsPending", F_NUM },
+			{ "PREEMPTIONS", "metrics.preemptions", F_NUM },
+			{ "WAIT P50", "metrics.waitP50Us", F_DUR0 },
+			{ "WAIT P95", "metrics.waitP95Us", F_DUR0 },
+			{ "JCT MEAN", "metrics.jctMeanUs", F_DUR0 },
+			{ "JCT P50", "metrics.jctP50Us", F_DUR0 },
+			{ "JCT P99", "metrics.jctP99Us", F_DUR0 },
+			{ "MAKESPAN", "metrics.makespanUs", F_DUR0 },
+			{ "UTILIZATION", "metrics.gpuUtilizationPpm", F_PPM },
+			{ "COST", "metrics.costMicros", F_MONEY },
+		};
+		if (trace)
+			out_table(rows, trace_cols, NELEM(trace_cols));
+		else
+			out_table(rows, cols, NELEM(cols));
 		json_decref(rows);
 		json_decref(j);
 	}
@@ -1148,6 +1217,10 @@ static const struct optdef policy_diff_opts[] = {
 static const struct optdef policy_sim_opts[] = {
 	{ "trace", "NAME", "replay a recorded trace instead of the live queue", false },
 	{ "max-diffs", "N", "placement differences returned per candidate", false },
+	{ "window", "FROM,TO", "with --trace: the part of the trace to replay, e.g. 0,7d", false },
+	{ "arrival-scale", "X", "with --trace: arrivals X times as dense (default 1)", false },
+	{ "seed", "N", "with --trace: the draw of job types and tenants (default 1)", false },
+	{ "preemptible", NULL, "with --trace: every job preemptible", false },
 	{ 0 },
 };
 static const struct optdef page_opts[] = {

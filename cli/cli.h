@@ -63,6 +63,9 @@ struct ctx {
 	size_t nval;
 	struct optval val[256];
 	const char *input_file; /* the file the request came from, named in its errors */
+	/* wire field names a server error may start with and what this
+	 * command calls them ({"amountMicros", "AMOUNT"}, ...; NULL-ended) */
+	const char *const (*aliases)[2];
 };
 
 /* The command tables of the modules. */
@@ -125,8 +128,10 @@ enum col_fmt {
 	F_LIST,  /* array of scalars -> a,b,c */
 	F_MAP,   /* object -> k=v,k=v */
 	F_BOOL,
-	F_PPM,  /* parts per million -> 99.5% */
-	F_GPUS, /* array of Gpu -> 8x A100-SXM4-80GB */
+	F_PPM,          /* parts per million -> 99.5% */
+	F_DUR0,         /* as F_DUR, but absent (proto3's zero) is 0s, not "-" */
+	F_PPM_MEASURED, /* as F_PPM, but absent (0: not measured yet) is "-" */
+	F_GPUS,         /* array of Gpu -> 8x A100-SXM4-80GB */
 };
 
 struct col {

@@ -294,8 +294,18 @@ int call_msg(struct ctx *c, const char *service, const char *method, const Proto
 		        r.message);
 		rc = EXIT_UNREACHABLE;
 	} else {
-		fprintf(stderr, "gpumatch: %s/%s failed: %s: %s\n", service, method, r.code,
-		        r.message);
+		/* "amountMicros: ..." reads as the command's own "AMOUNT: ..." */
+		const char *msg = r.message, *alias = NULL;
+		for (size_t i = 0; c->aliases && c->aliases[i][0]; i++) {
+			size_t n = strlen(c->aliases[i][0]);
+			if (!strncmp(msg, c->aliases[i][0], n) && msg[n] == ':') {
+				alias = c->aliases[i][1];
+				msg += n;
+				break;
+			}
+		}
+		fprintf(stderr, "gpumatch: %s/%s failed: %s: %s%s\n", service, method, r.code,
+		        alias ? alias : "", msg);
 		rc = EXIT_SERVER;
 	}
 	cl_result_clear(&r);

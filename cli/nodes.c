@@ -320,7 +320,7 @@ static const struct col node_fields[] = {
 	{ "BUSY GPUS", "busyGpuIndexes", F_LIST },
 	{ "ADDRESS", "address", F_STR },
 	{ "AGENT", "agentVersion", F_STR },
-	{ "RELIABILITY", "reliability.scorePpm", F_PPM },
+	{ "RELIABILITY", "reliability.scorePpm", F_PPM_MEASURED },
 	{ "LAST HEARTBEAT", "lastHeartbeatUs", F_TIME },
 	{ "CREATED", "createdAtUs", F_TIME },
 };

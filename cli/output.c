@@ -146,7 +146,7 @@ void enum_text(const char *s, char *buf, size_t len)
 static void one_text(json_t *v, enum col_fmt fmt, char *buf, size_t len)
 {
 	if (!v || json_is_null(v)) {
-		if (fmt == F_NUM || fmt == F_MONEY || fmt == F_PPM)
+		if (fmt == F_NUM || fmt == F_MONEY || fmt == F_PPM || fmt == F_DUR0)
 			v = json_integer(0), one_text(v, fmt, buf, len), json_decref(v);
 		else if (fmt == F_BOOL)
 			snprintf(buf, len, "false");
@@ -165,6 +165,7 @@ static void one_text(json_t *v, enum col_fmt fmt, char *buf, size_t len)
 		money_text(num_of(v), buf, len);
 		break;
 	case F_PPM:
+	case F_PPM_MEASURED:
 		snprintf(buf, len, "%.1f%%", (double)num_of(v) / 10000.0);
 		break;
 	case F_TIME: {
@@ -180,6 +181,7 @@ static void one_text(json_t *v, enum col_fmt fmt, char *buf, size_t len)
 		break;
 	}
 	case F_DUR:
+	case F_DUR0:
 		dur_text(num_of(v), buf, len);
 		break;
 	case F_GPUS: {

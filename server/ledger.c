@@ -496,8 +496,8 @@ static void move_cb(enum pg_status st, PGresult *res, const char *sqlstate, cons
 		if (has)
 			money_str(av, sizeof av, strtoll(has + 5, NULL, 10));
 		rpc_error(q->call, RPC_FAILED_PRECONDITION,
-		          "amount: exceeds the operator's unpaid earnings%s%s%s", *av ? " (" : "",
-		          av, *av ? " available)" : "");
+		          "amountMicros: exceeds the operator's unpaid earnings%s%s%s",
+		          *av ? " (" : "", av, *av ? " available)" : "");
 	} else if (st != PG_OK) {
 		reply_pg_error(q->call, st, sqlstate, err);
 	} else if (PQntuples(res) != 1) {
