@@ -232,6 +232,43 @@ class ComposeTest(unittest.TestCase):
                                                             "rtx3090-x4.json")), v)
 
 
+class InstallDepsTest(unittest.TestCase):
+    """deploy/install-deps.sh waits for a held apt lock instead of failing
+    and lets apt show its progress. apt-get and dpkg-query are stood in for
+    by scripts on PATH that record how they were called (nothing is
+    installed); one package is reported missing."""
+
+    def test_waits_for_the_apt_lock_and_shows_progress(self):
+        d = tempfile.mkdtemp(prefix="gpumatch-deps-")
+        try:
+            calls = os.path.join(d, "calls")
+            with open(os.path.join(d, "dpkg-query"), "w") as f:
+                f.write('#!/bin/sh\nfor a; do last=$a; done\n'
+                        '[ "$last" = lintian ] && exit 1\n'
+                        'printf "install ok installed"\n')
+            with open(os.path.join(d, "apt-get"), "w") as f:
+                f.write('#!/bin/sh\necho "$*" >> %s\necho "Setting up fake (1.0) ..."\n' % calls)
+            for n in ("dpkg-query", "apt-get"):
+                os.chmod(os.path.join(d, n), 0o755)
+            env = dict(os.environ, PATH=d + ":" + os.environ["PATH"], APT_LOCK_TIMEOUT="900")
+            if os.getuid() != 0:
+                self.skipTest("install-deps.sh uses sudo when not root")
+            r = subprocess.run([os.path.join(SOURCE, "deploy", "install-deps.sh")],
+                               capture_output=True, text=True, timeout=60, env=env)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            with open(calls) as f:
+                lines = f.read().splitlines()
+            self.assertEqual(len(lines), 2, lines)
+            self.assertIn("update", lines[0])
+            self.assertRegex(lines[1], r"install -y .*lintian")
+            for line in lines:
+                self.assertIn("DPkg::Lock::Timeout=900", line)
+            self.assertIn("installing 1 packages: lintian", r.stderr)
+            self.assertIn("Setting up fake", r.stderr, "apt's own progress is shown")
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+
+
 def deb_tools():
     return all(shutil.which(t) for t in ("dpkg-buildpackage", "dh", "lintian", "fakeroot"))
 
