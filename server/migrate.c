@@ -53,8 +53,8 @@ const char *share_path(const char *name, char *buf, size_t len)
 	const char *inst = installed_share();
 	if (inst)
 		snprintf(buf, len, "%s/%s", inst, name);
-	else if (!strcmp(name, "gpu-peaks.csv"))
-		snprintf(buf, len, "%s/data/%s", GPUMATCH_SOURCE_ROOT, name);
+	else if (strcmp(name, "migrations") && strcmp(name, "traces"))
+		snprintf(buf, len, "%s/data/%s", GPUMATCH_SOURCE_ROOT, name); /* data/ files */
 	else
 		snprintf(buf, len, "%s/%s", GPUMATCH_SOURCE_ROOT, name);
 	return buf;
