@@ -66,6 +66,9 @@ KNOWN_FAILING = {
         "leases expire before the agent starts their process and are billed ~10 s for ~0 s run",
     "test_09_gpumatchd_sigstop_10s":
         "a lease expires before the agent starts its process and is billed ~10 s for ~0 s run",
+    "test_10_gpumatchd_sigstop_35s":
+        "after the 35 s stall a lease ends EXPIRED billed for the whole stall (35 GPU-s for a run "
+        "of at most 3 s), and a job that had completed ran a second time",
 }
 
 TERMINAL_JOB = {4: "SUCCEEDED", 5: "FAILED", 6: "CANCELLED", 7: "PREEMPTED"}
@@ -314,12 +317,14 @@ class ChaosTest(ItCase):
         seconds = 1 + (i % 3) * 0.5
         code = 3 if i % 5 == 4 else 0
         def rec(kind, tail=""):
-            return ('echo "%s $GPUMATCH_JOB_ID $GPUMATCH_LEASE_ID $GPUMATCH_NODE_ID '
-                    '$(date +%%s%%N)%s" >> %s' % (kind, tail, shlex.quote(self.truth)))
+            # bash builtins only (printf, $EPOCHREALTIME): no process is
+            # started between the event and its record
+            return ('printf "%%s\\n" "%s $GPUMATCH_JOB_ID $GPUMATCH_LEASE_ID $GPUMATCH_NODE_ID '
+                    '${EPOCHREALTIME/./}000%s" >> %s' % (kind, tail, shlex.quote(self.truth)))
         script = "; ".join([
+            rec("S"),
             "exec 9>>%s/$GPUMATCH_JOB_ID.lock" % shlex.quote(self.locks),
             "flock -n 9 || " + rec("C"),
-            rec("S"),
             "sleep %s" % seconds,
             # the lock goes before the end record: a C record means the
             # other run started before this one's work was over
@@ -329,7 +334,7 @@ class ChaosTest(ItCase):
         ])
         return {"kind": "JOB_KIND_BATCH", "gpusPerNode": 1 + (i % 4 == 3),
                 "maxDurationUs": str(60 * 1000000), "labelSelector": {"pool": "chaos"},
-                "command": ["sh", "-c", script],
+                "command": ["bash", "-c", script],
                 "env": {"CHAOS_SECONDS": str(seconds), "CHAOS_CODE": str(code)}}
 
     def submit_carefully(self, key, spec, load=None, timeout=300):
