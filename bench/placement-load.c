@@ -79,8 +79,8 @@ static struct {
 	int phase; /* 0 setup, 1 throughput, 2 latency, 3 done */
 	int64_t t_setup0, t_phase1, t_last_confirm1, t_phase2;
 	struct event *pace_ev, *progress_ev;
-	uint64_t polls, empty_polls, poll_errors, hb_sent, hb_errors, report_errors,
-	    submit_errors, stray;
+	uint64_t polls, empty_polls, poll_errors, hb_sent, hb_errors, report_errors, submit_errors,
+	    stray;
 } P;
 
 static void die_msg(const char *what, int status, const uint8_t *body, size_t len)
@@ -480,8 +480,8 @@ static void progress_cb(evutil_socket_t fd, short ev, void *arg)
 	if (P.phase == 0 && P.ready == P.nodes) {
 		P.phase = 1;
 		P.t_phase1 = rpcc_now_ns();
-		fprintf(stderr, "placement-load: %d nodes READY and polling after %.1f s\n", P.nodes,
-		        (double)(P.t_phase1 - P.t_setup0) / 1e9);
+		fprintf(stderr, "placement-load: %d nodes READY and polling after %.1f s\n",
+		        P.nodes, (double)(P.t_phase1 - P.t_setup0) / 1e9);
 		submit_some();
 	}
 }
@@ -490,22 +490,23 @@ static void progress_cb(evutil_socket_t fd, short ev, void *arg)
 
 static void usage(void)
 {
-	fprintf(stderr,
-	        "usage: placement-load --url http://HOST:PORT --tenant-token T --operator-token O\n"
-	        "         [--nodes N] [--jobs N] [--window N] [--latency-jobs N]\n"
-	        "         [--latency-rate PER_S] [--job-ms MS] [--wait-ms MS]\n"
-	        "         [--ctl-connections N] [--submit-connections N]\n"
-	        "  --nodes              simulated 8-GPU nodes, one long-poll connection each (10000)\n"
-	        "  --jobs               single-GPU jobs of the throughput phase (100000)\n"
-	        "  --window             submits outstanding at once in that phase (512)\n"
-	        "  --latency-jobs       jobs of the latency phase (2000)\n"
-	        "  --latency-rate       their submits per second (200)\n"
-	        "  --job-ms             how long each job runs before SUCCEEDED (2000)\n"
-	        "  --wait-ms            AcquireLease waitTimeoutMs (20000)\n"
-	        "  --ctl-connections    keep-alive connections for reports, and as many for\n"
-	        "                       heartbeats (64)\n"
-	        "  --submit-connections keep-alive connections for submits (32)\n"
-	        "The last line of stdout is one JSON object.\n");
+	fprintf(
+	    stderr,
+	    "usage: placement-load --url http://HOST:PORT --tenant-token T --operator-token O\n"
+	    "         [--nodes N] [--jobs N] [--window N] [--latency-jobs N]\n"
+	    "         [--latency-rate PER_S] [--job-ms MS] [--wait-ms MS]\n"
+	    "         [--ctl-connections N] [--submit-connections N]\n"
+	    "  --nodes              simulated 8-GPU nodes, one long-poll connection each (10000)\n"
+	    "  --jobs               single-GPU jobs of the throughput phase (100000)\n"
+	    "  --window             submits outstanding at once in that phase (512)\n"
+	    "  --latency-jobs       jobs of the latency phase (2000)\n"
+	    "  --latency-rate       their submits per second (200)\n"
+	    "  --job-ms             how long each job runs before SUCCEEDED (2000)\n"
+	    "  --wait-ms            AcquireLease waitTimeoutMs (20000)\n"
+	    "  --ctl-connections    keep-alive connections for reports, and as many for\n"
+	    "                       heartbeats (64)\n"
+	    "  --submit-connections keep-alive connections for submits (32)\n"
+	    "The last line of stdout is one JSON object.\n");
 	exit(1);
 }
 
@@ -635,7 +636,8 @@ int main(int argc, char **argv)
 			rl.rlim_cur = want < rl.rlim_max ? want : rl.rlim_max;
 			setrlimit(RLIMIT_NOFILE, &rl);
 			if (rl.rlim_cur < want) {
-				fprintf(stderr, "placement-load: needs %lu open files, the limit is %lu\n",
+				fprintf(stderr,
+				        "placement-load: needs %lu open files, the limit is %lu\n",
 				        (unsigned long)want, (unsigned long)rl.rlim_cur);
 				return 2;
 			}
