@@ -32,21 +32,12 @@
   }
   GM.onUnauthenticated = (err) => signOut(`Signed out: the server no longer accepts this token (${err.code}: ${err.apiMessage}). Sign in again.`);
 
-  // Which role a token has: the API's own authorization decides.
+  // Which role a token has: the server says (IdentityService.GetIdentity).
   async function detectRole(token) {
-    const tries = [['admin', 'AdminService', 'GetPolicy', {}], ['tenant', 'JobService', 'ListJobs', { pageSize: 1 }],
-      ['operator', 'NodeService', 'ListNodes', { pageSize: 1 }]];
-    let last;
-    for (const [role, svc, m, body] of tries) {
-      try {
-        await GM.call(svc, m, body, token);
-        return role;
-      } catch (e) {
-        if (e.code === 'unauthenticated') throw e;
-        last = e;
-      }
-    }
-    throw last;
+    const r = await GM.call('IdentityService', 'GetIdentity', {}, token);
+    const role = { ROLE_ADMIN: 'admin', ROLE_TENANT: 'tenant', ROLE_OPERATOR: 'operator' }[r.role];
+    if (!role) throw new GM.ApiError('internal', 'unknown role ' + r.role);
+    return role;
   }
 
   function signInPage(view) {

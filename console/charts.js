@@ -38,7 +38,7 @@
   function legend(series) {
     return GM.h('div', { class: 'legend' }, series.map((se, i) => GM.h('span', {},
       (() => {
-        const sv = s('svg', { width: 28, height: 10, class: 'chart' });
+        const sv = s('svg', { width: 28, height: 10, class: 'chart swatch' });
         sv.append(s('line', { class: `line s${i % 4}`, x1: 0, x2: 28, y1: 5, y2: 5 }));
         return sv;
       })(), ' ' + se.name)));
@@ -108,13 +108,15 @@
 
   // Overlaid CDFs from quantiles (0 %, 5 %, ..., 100 %): [{name, q: [us...]}]
   GM.cdfChart = function (opts) {
+    const max = Math.max(0, ...opts.series.flatMap((se) => (se.q || []).map(GM.num)));
+    const [div, unit] = max >= 7200e6 ? [3.6e9, 'h'] : max >= 120e6 ? [60e6, 'min'] : [1e6, 's'];
     const series = opts.series.map((se) => ({
       name: se.name,
-      points: (se.q || []).map((v, i, a) => [GM.num(v) / 3.6e9, i / (a.length - 1)]),
+      points: (se.q || []).map((v, i, a) => [GM.num(v) / div, i / (a.length - 1)]),
     }));
     return GM.lineChart({
       id: opts.id, title: opts.title, series, step: true, yMax: 1,
-      xFmt: (x) => x.toFixed(x < 10 ? 1 : 0) + ' h', yFmt: (y) => Math.round(y * 100) + ' %',
+      xFmt: (x) => x.toFixed(x < 10 ? 1 : 0) + ' ' + unit, yFmt: (y) => Math.round(y * 100) + ' %',
       empty: 'no job finished in this replay',
     });
   };

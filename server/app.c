@@ -79,6 +79,8 @@ static unsigned service_roles(const char *service)
 {
 	if (!strcmp(service, "gpumatch.v1.JobService"))
 		return ROLE_TENANT | ROLE_ADMIN;
+	if (!strcmp(service, "gpumatch.v1.IdentityService"))
+		return ROLE_TENANT | ROLE_OPERATOR | ROLE_ADMIN;
 	if (!strcmp(service, "gpumatch.v1.NodeService"))
 		return ROLE_OPERATOR | ROLE_ADMIN;
 	return ROLE_ADMIN;

@@ -76,6 +76,7 @@ static const struct route routes[] = {
 	{ "/gpumatch.v1.AdminService/GetFleetSummary", series_fleet_summary },
 	{ "/gpumatch.v1.NodeService/GetNodeSeries", series_node },
 	{ "/gpumatch.v1.JobService/GetSpendSeries", series_spend },
+	{ "/gpumatch.v1.IdentityService/GetIdentity", series_identity },
 	{ NULL, NULL },
 };
 

@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "gpumatch/v1/admin_service.pb-c.h"
+#include "gpumatch/v1/identity_service.pb-c.h"
 #include "gpumatch/v1/job.pb-c.h"
 #include "gpumatch/v1/job_service.pb-c.h"
 #include "gpumatch/v1/node.pb-c.h"
@@ -37,24 +38,76 @@ static struct {
 	uint64_t runs_ok, runs_failed;
 	int64_t last_ok_us;
 	int inflight;
+	/* the leader's gauges, from the newest rollup and the queue */
+	bool have_gauges;
+	int64_t gpus[5]; /* total, free, busy, unhealthy, unverified */
+	double wait_p95_s, wait_max_s;
+	/* the newest AuditLedger run on this replica */
+	uint32_t audit_violations;
+	int64_t audit_at_us;
 } R;
 
+static void *xcalloc(size_t n, size_t size);
+
+static const char *const gauge_state[5] = { "total", "free", "busy", "unhealthy", "unverified" };
+
 /* ---- the leader's rollup --------------------------------------------------------------- */
+
+static void gauges_cb(enum pg_status st, PGresult *res, const char *sqlstate, const char *err,
+                      void *arg)
+{
+	(void)arg;
+	R.busy = false;
+	R.inflight--;
+	if (st != PG_OK || PQntuples(res) != 1) {
+		log_warn("fleet gauges query failed sqlstate=%s err=\"%s\"", sqlstate, err);
+		return;
+	}
+	for (int i = 0; i < 5; i++)
+		R.gpus[i] = col_i64(res, 0, i);
+	R.wait_p95_s = strtod(PQgetvalue(res, 0, 5), NULL) / 1e6;
+	R.wait_max_s = strtod(PQgetvalue(res, 0, 6), NULL) / 1e6;
+	R.have_gauges = true;
+}
 
 static void rollup_cb(enum pg_status st, PGresult *res, const char *sqlstate, const char *err,
                       void *arg)
 {
 	(void)res;
-	(void)arg;
-	R.busy = false;
-	R.inflight--;
+	int64_t *minute = arg;
 	if (st != PG_OK) {
+		R.busy = false;
+		R.inflight--;
 		R.runs_failed++;
 		log_warn("rollup failed sqlstate=%s err=\"%s\"", sqlstate, err);
+		free(minute);
 		return;
 	}
 	R.runs_ok++;
 	R.last_ok_us = now_us();
+	/* the gauges /metrics exports for dashboards and alerts */
+	struct numbuf n, m;
+	const char *params[] = { fmt_i64(&n, R.last_ok_us), fmt_i64(&m, *minute) };
+	free(minute);
+	if (pg_exec(
+	        R.a->pg, NULL,
+	        "SELECT coalesce(sum(gpus_total), 0), coalesce(sum(gpus_free), 0),"
+	        " coalesce(sum(gpus_busy), 0), coalesce(sum(gpus_unhealthy), 0),"
+	        " coalesce(sum(gpus_unverified), 0),"
+	        " (SELECT coalesce(percentile_cont(0.95) WITHIN GROUP"
+	        "          (ORDER BY $1::bigint - submitted_at_us), 0) FROM jobs WHERE state = 1),"
+	        " (SELECT coalesce(max($1::bigint - submitted_at_us), 0) FROM jobs WHERE state = 1)"
+	        " FROM rollup_fleet_minute WHERE minute_us = $2::bigint",
+	        2, params, gauges_cb, NULL)) {
+		R.busy = false;
+		R.inflight--;
+	}
+}
+
+void series_note_audit(uint32_t count, int64_t at_us)
+{
+	R.audit_violations = count;
+	R.audit_at_us = at_us;
 }
 
 static void tick_cb(evutil_socket_t fd, short ev, void *arg)
@@ -75,10 +128,13 @@ static void tick_cb(evutil_socket_t fd, short ev, void *arg)
 	}
 	struct numbuf n, p;
 	const char *params[] = { fmt_i64(&n, now), fmt_i64(&p, prune) };
+	int64_t *m = xcalloc(1, sizeof *m);
+	*m = minute;
 	R.busy = true;
 	R.inflight++;
 	if (pg_exec(R.a->pg, NULL, "SELECT gm_rollup($1::bigint, $2::bigint)", 2, params, rollup_cb,
-	            NULL)) {
+	            m)) {
+		free(m);
 		R.busy = false;
 		R.inflight--;
 	}
@@ -127,6 +183,36 @@ void series_metrics(struct app *a, struct evbuffer *b)
 	    "# TYPE gpumatch_rollup_last_success_timestamp_seconds gauge\n"
 	    "gpumatch_rollup_last_success_timestamp_seconds %.3f\n",
 	    R.runs_ok, R.runs_failed, (double)R.last_ok_us / 1e6);
+	evbuffer_add_printf(
+	    b,
+	    "# HELP gpumatch_ledger_audit_violations Violations the newest AuditLedger "
+	    "run on this replica found.\n"
+	    "# TYPE gpumatch_ledger_audit_violations gauge\n"
+	    "gpumatch_ledger_audit_violations %u\n"
+	    "# HELP gpumatch_ledger_audit_last_run_timestamp_seconds When AuditLedger "
+	    "last ran on this replica (0 = never).\n"
+	    "# TYPE gpumatch_ledger_audit_last_run_timestamp_seconds gauge\n"
+	    "gpumatch_ledger_audit_last_run_timestamp_seconds %.3f\n",
+	    R.audit_violations, (double)R.audit_at_us / 1e6);
+	/* the fleet as the leader last rolled it up; only the leader has it */
+	if (!R.have_gauges || !schedloop_is_leader(R.a))
+		return;
+	evbuffer_add_printf(b, "# HELP gpumatch_fleet_gpus GPUs by state at the newest rollup "
+	                       "(leader only).\n"
+	                       "# TYPE gpumatch_fleet_gpus gauge\n");
+	for (int i = 0; i < 5; i++)
+		evbuffer_add_printf(b, "gpumatch_fleet_gpus{state=\"%s\"} %" PRId64 "\n",
+		                    gauge_state[i], R.gpus[i]);
+	evbuffer_add_printf(b,
+	                    "# HELP gpumatch_queue_wait_p95_seconds 95th percentile of how long "
+	                    "queued jobs have waited so far (leader only).\n"
+	                    "# TYPE gpumatch_queue_wait_p95_seconds gauge\n"
+	                    "gpumatch_queue_wait_p95_seconds %.3f\n"
+	                    "# HELP gpumatch_queue_wait_max_seconds The longest wait of a queued "
+	                    "job so far (leader only).\n"
+	                    "# TYPE gpumatch_queue_wait_max_seconds gauge\n"
+	                    "gpumatch_queue_wait_max_seconds %.3f\n",
+	                    R.wait_p95_s, R.wait_max_s);
 }
 
 /* ---- series queries -------------------------------------------------------------------- */
@@ -610,4 +696,21 @@ void series_fleet_summary(struct rpc_call *call, const ProtobufCMessage *msg)
 	const char *params[] = { fmt_i64(&n, now_us()) };
 	if (pg_exec(app_get()->pg, NULL, summary_sql, 1, params, summary_cb, call))
 		rpc_error(call, RPC_UNAVAILABLE, "shutting down");
+}
+
+/* ---- identity ----------------------------------------------------------------------------- */
+
+void series_identity(struct rpc_call *call, const ProtobufCMessage *msg)
+{
+	(void)msg;
+	const struct principal *who = rpc_principal(call);
+	Gpumatch__V1__GetIdentityResponse out = GPUMATCH__V1__GET_IDENTITY_RESPONSE__INIT;
+	out.role = who->role == ROLE_ADMIN      ? GPUMATCH__V1__ROLE__ROLE_ADMIN
+	           : who->role == ROLE_OPERATOR ? GPUMATCH__V1__ROLE__ROLE_OPERATOR
+	                                        : GPUMATCH__V1__ROLE__ROLE_TENANT;
+	out.tenant_id = who->role == ROLE_TENANT ? who->tenant_id : 0;
+	out.operator_id = who->role == ROLE_OPERATOR ? who->operator_id : 0;
+	out.token_id = who->token_id;
+	out.token_name = (char *)who->name;
+	rpc_reply(call, &out.base);
 }

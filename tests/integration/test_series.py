@@ -189,3 +189,48 @@ class SeriesTest(ItCase):
         self.assertEqual(self.c.http("GET", "/healthz")[0], 200)
         r = self.c.call("AdminService", "NoSuchMethod", {}, token=self.c.admin_token)
         self.assertError(r, "unimplemented", status=404)
+
+    def test_dashboard_and_rules_use_exported_metrics(self):
+        """Every gpumatch_* metric that deploy/grafana's dashboard and
+        deploy/prometheus's rules query is exported by this (leader)
+        replica's /metrics, and every label value there is from a bounded
+        set (no ids, names or free text)."""
+        import glob
+        import json
+        import os
+        import re
+        src = os.environ.get("GPUMATCH_SOURCE", ".")
+        exprs = []
+        for f in glob.glob(os.path.join(src, "deploy/grafana/*.json")):
+            def walk(x):
+                if isinstance(x, dict):
+                    if isinstance(x.get("expr"), str):
+                        exprs.append(x["expr"])
+                    for v in x.values():
+                        walk(v)
+                elif isinstance(x, list):
+                    for v in x:
+                        walk(v)
+            walk(json.load(open(f)))
+        for f in glob.glob(os.path.join(src, "deploy/prometheus/*.yml")):
+            if not f.endswith("_test.yml"):
+                exprs += re.findall(r"expr: *\|?\n?((?:.*\n?)(?: {10,}.*\n)*)", open(f).read())
+        wanted = set()
+        for e in exprs:
+            wanted |= set(re.findall(r"\bgpumatch_[a-z0-9_]+", e))
+        self.assertGreater(len(wanted), 20, wanted)
+        common.wait_for(lambda: "gpumatch_fleet_gpus{" in self.c.http("GET", "/metrics")[2].decode(),
+                        10, 0.2, "the leader's fleet gauges")
+        text = self.c.http("GET", "/metrics")[2].decode()
+        exported = set(re.findall(r"^(gpumatch_[a-z0-9_]+)", text, re.M))
+        self.assertEqual(sorted(wanted - exported), [], "queried but not exported")
+        for name, labels in re.findall(r"^(gpumatch_[a-z0-9_]+)\{([^}]*)\}", text, re.M):
+            for k, v in re.findall(r'(\w+)="([^"]*)"', labels):
+                if k == "method":
+                    self.assertRegex(v, r"^/gpumatch\.v1\.\w+/\w+$|^other$|^unknown$")
+                elif k == "model":   # GPU products: a short, bounded list
+                    self.assertRegex(v, r"^[A-Za-z0-9._-]{1,64}$")
+                elif k == "le":
+                    self.assertRegex(v, r"^[0-9.e+-]+$|^\+Inf$")
+                else:
+                    self.assertRegex(v, r"^[A-Za-z0-9_]{1,32}$", "%s{%s}" % (name, labels))
