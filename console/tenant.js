@@ -77,9 +77,12 @@
   // Logs come from JobService.GetJobLogs where the server has it.
   job.logs = async (ctx) => {
     try {
-      const r = await J('GetJobLogs', { jobId: ctx.id });
-      const text = r.data ? atob(r.data) : (r.text || (r.lines || []).join('\n') || '');
-      ctx.logs.replaceChildren(h('h2', {}, 'Logs'), h('pre', {}, text || '(no output yet)'));
+      // the last 64 KiB of the latest attempt's output
+      const r = await J('GetJobLogs', { jobId: ctx.id, offset: '-65536' });
+      const bytes = Uint8Array.from(atob(r.data || ''), (ch) => ch.charCodeAt(0));
+      const text = new TextDecoder().decode(bytes);
+      ctx.logs.replaceChildren(h('h2', {}, 'Logs'), h('pre', { id: 'log-text' }, text || '(no output yet)'),
+        r.truncated ? h('p', { class: 'muted' }, `output was cut at ${GM.num(r.truncatedAt)} bytes`) : null);
     } catch (e) {
       ctx.logs.replaceChildren(h('h2', {}, 'Logs'), e.code === 'unimplemented'
         ? h('p', { class: 'muted' }, 'This server does not serve job logs.') : GM.errorBox(e));
