@@ -552,24 +552,23 @@ void series_spend(struct rpc_call *call, const ProtobufCMessage *msg)
 static const double wait_le_s[] = { 10, 30, 60, 300, 900, 3600, 14400, 86400, 0 };
 #define N_WAIT (sizeof wait_le_s / sizeof wait_le_s[0])
 
+/* GPU counts come from the newest fleet rollup (the leader refreshes it every
+ * rollup_interval_ms), not from classifying every GPU again per call; jobs
+ * are counted in their active states only (terminal ones grow without
+ * bound), through jobs_state_id. */
 static const char summary_sql[] =
-    "WITH live AS (SELECT node_id, bit_or(gpu_mask) AS mask FROM leases"
-    "               WHERE state BETWEEN 1 AND 4 GROUP BY node_id),"
-    " g AS (SELECT gp.model,"
-    "         CASE WHEN (n.unhealthy_gpus >> gp.idx) & 1 = 1 THEN 'u'"
-    "              WHEN (coalesce(l.mask, 0) >> gp.idx) & 1 = 1 THEN 'b'"
-    "              WHEN n.verification_status <> 3 THEN 'v'"
-    "              WHEN n.state = 2 THEN 'f' ELSE 'o' END AS c"
-    "         FROM nodes n JOIN gpus gp ON gp.node_id = n.id"
-    "         LEFT JOIN live l ON l.node_id = n.id WHERE n.state <> 6),"
+    "WITH lm AS (SELECT max(minute_us) AS m FROM rollup_fleet_minute),"
+    " g AS (SELECT gpu_model AS model, sum(gpus_total) t, sum(gpus_free) f, sum(gpus_busy) b,"
+    "         sum(gpus_unhealthy) u, sum(gpus_unverified) v"
+    "         FROM rollup_fleet_minute, lm WHERE minute_us = lm.m"
+    "        GROUP BY gpu_model HAVING sum(gpus_total) > 0),"
     " q AS (SELECT priority_class, greatest($1::bigint - submitted_at_us, 0) / 1e6 AS w"
     "         FROM jobs WHERE state = 1)"
-    " SELECT 'g', model, count(*), count(*) FILTER (WHERE c = 'f'),"
-    "        count(*) FILTER (WHERE c = 'b'), count(*) FILTER (WHERE c = 'u'),"
-    "        count(*) FILTER (WHERE c = 'v'), count(*) FILTER (WHERE c = 'o')"
-    "   FROM g GROUP BY model"
+    " SELECT 'g', model, t, f, b, u, v, t - f - b - u - v FROM g"
+    " UNION ALL SELECT 'm', '', coalesce(max(m), 0), 0, 0, 0, 0, 0 FROM lm"
     " UNION ALL SELECT 'n', state::text, count(*), 0, 0, 0, 0, 0 FROM nodes GROUP BY state"
-    " UNION ALL SELECT 'j', state::text, count(*), 0, 0, 0, 0, 0 FROM jobs GROUP BY state"
+    " UNION ALL SELECT 'j', state::text, count(*), 0, 0, 0, 0, 0 FROM jobs"
+    "   WHERE state IN (1, 2, 3) GROUP BY state"
     " UNION ALL SELECT 'c', priority_class::text, count(*), 0, 0, 0, 0, 0 FROM q"
     "   GROUP BY priority_class"
     " UNION ALL SELECT 'w', b::text, count(*), 0, 0, 0, 0, 0 FROM"
@@ -637,6 +636,8 @@ static void summary_cb(enum pg_status st, PGresult *r, const char *sqlstate, con
 			tot.unverified += m->unverified;
 			tot.offline += m->offline;
 			mp[nm++] = m;
+		} else if (!strcmp(sec, "m")) {
+			out.gpus_as_of_minute_us = col_i64(r, i, 2);
 		} else if (!strcmp(sec, "p")) {
 			out.queue_wait_p50_s = strtod(key, NULL);
 			out.queue_wait_p95_s = (double)col_i64(r, i, 2) / 1000.0;
