@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""run_browser.py — the console's browser suite: tests/browser/test_*.py,
+"""run_browser.py — the console's suite: tests/browser/test_*.py (the series
+RPCs and metrics, and the browser walk),
 run like the integration tests (each module starts its own Postgres, Redis
 and gpumatchd) with headless Chromium driven over the DevTools protocol.
 
