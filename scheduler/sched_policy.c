@@ -37,6 +37,23 @@ void sched_policy_default(struct sched_policy *p)
 	p->w_cost_per_work = 0.0;
 }
 
+void sched_policy_recommended(struct sched_policy *p)
+{
+	sched_policy_default(p);
+	/* price per GPU-hour is left to the tenant's max price and to
+	 * w_cost_per_work: preferring cheap GPUs however slow lengthens jobs */
+	p->w_price = 0.0;
+	p->w_perf_per_price = 0.0;
+	p->w_speedup = 100.0;
+	p->comparative_advantage = 0.5;
+	p->w_cost_per_work = 0.0;
+	p->w_small_jobs = 0.0;
+	p->w_short_jobs = 1000.0;
+	p->w_frag = 20.0;
+	p->preempt_shorter_factor = 16.0;
+	p->preempt_min_run_us = 2LL * 3600 * 1000000;
+}
+
 static int check_weight(double w, double max, const char *field, struct sched_error *err)
 {
 	if (!(w >= 0 && w <= max)) {

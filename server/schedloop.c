@@ -311,7 +311,7 @@ static void load_tenants_cb(enum pg_status st, PGresult *res, const char *ss, co
 static void apply_policy_row(const PGresult *res)
 {
 	struct sched_policy p;
-	sched_policy_default(&p);
+	sched_policy_recommended(&p);
 	p.allow_unverified = L.a->cfg.allow_unverified;
 	if (res && PQntuples(res) == 1) {
 		size_t len;

@@ -93,7 +93,7 @@ static int candidate_policy(struct rpc_call *call, const Gpumatch__V1__Policy *m
 /* The active policy from its row (policy_pb), as the leader applies it. */
 static void active_policy(const PGresult *res, struct sched_policy *p)
 {
-	sched_policy_default(p);
+	sched_policy_recommended(p);
 	p->allow_unverified = app_get()->cfg.allow_unverified;
 	if (!res || PQntuples(res) != 1)
 		return;

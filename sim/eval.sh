@@ -22,6 +22,9 @@
 #                     narrow the matrix (defaults: the full one)
 #   --no-msr / --no-gavel   leave a part out
 #   --parallel N      replays at once (default 1)
+#   --cache DIR       keep each replay's result under DIR, keyed by the
+#                     policy file's content, the binary and the arguments,
+#                     and reuse it (the baseline is then replayed once)
 #   --extra "ARGS"    more gpumatch-sim options for every replay
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -29,7 +32,7 @@ traces= sim=$here/build-rel/sim/tool/gpumatch-sim out=/tmp/gpumatch-eval
 base=$here/examples/policies/fifo.json cand=$here/examples/policies/default.json
 clusters="01 02 03 04 05 06" fleets="alibaba modern" scales="0.0025 0.005 0.01 0.02"
 seeds="1 2 3" modes="np p" grates="0.5 1 1.5 2 2.5 3" gjobs=1000 par=1 extra=
-msr=1 gavel=1
+msr=1 gavel=1 cache=
 while [ $# -gt 0 ]; do
 	case $1 in
 	--traces) traces=$2; shift ;;
@@ -46,6 +49,7 @@ while [ $# -gt 0 ]; do
 	--gavel-jobs) gjobs=$2; shift ;;
 	--parallel) par=$2; shift ;;
 	--extra) extra=$2; shift ;;
+	--cache) cache=$2; shift ;;
 	--no-msr) msr=0 ;;
 	--no-gavel) gavel=0 ;;
 	-h|--help) sed -n '2,30p' "$0"; exit 0 ;;
@@ -58,6 +62,7 @@ tput=$traces/gavel/isolated_throughputs_steps_per_sec.csv
 for f in "$sim" "$tput" "$base" "$cand"; do
 	[ -e "$f" ] || { echo "eval.sh: $f: not found" >&2; exit 2; }
 done
+rm -rf "$out/cells"
 mkdir -p "$out/cells" "$out/jobs"
 : > "$out/cells.txt"
 fleet_file() {
@@ -91,14 +96,27 @@ if [ $gavel = 1 ]; then
 fi
 run_one() {
 	name=$1; shift
+	key=
+	if [ -n "$cache" ]; then
+		pol=
+		prev=
+		for a in "$@"; do [ "$prev" = --policy ] && pol=$a; prev=$a; done
+		key=$cache/$( { sha1sum "$sim" "$pol" | cut -c1-40; echo "$extra $*" | sed "s|--policy [^ ]*||"; for a in "$@"; do case $a in *.csv) sha1sum "$a" | cut -c1-40 ;; esac; done; } | sha1sum | cut -c1-40).json
+		if [ -s "$key" ]; then
+			cp "$key" "$out/cells/$name.json"
+			return 0
+		fi
+	fi
 	if ! "$sim" --throughputs "$tput" $extra "$@" > "$out/cells/$name.out" 2> "$out/cells/$name.err"; then
 		echo "eval.sh: $name failed: $(tail -1 "$out/cells/$name.err")" >&2
 		return 0
 	fi
 	tail -1 "$out/cells/$name.out" > "$out/cells/$name.json"
+	if [ -n "$key" ]; then cp "$out/cells/$name.json" "$key"; fi
 }
 export -f run_one
-export sim tput out extra
+[ -z "$cache" ] || mkdir -p "$cache"
+export sim tput out extra cache
 echo "eval.sh: $(wc -l < "$out/cells.txt") replays, $par at a time, results in $out" >&2
 xargs -P "$par" -L 1 bash -c 'run_one "$@"' _ < "$out/cells.txt"
 python3 "$here/sim/eval-summary.py" "$out"
