@@ -263,6 +263,13 @@ int app_start(struct app *a, char *err, size_t err_len)
 		    SCHEMA_VERSION, m > 0 ? missing : "newer than the database's");
 		return -1;
 	}
+	/* the shipped speed model, for job types nothing was learned about */
+	char merr[512];
+	if (speeds_model_load(GPUMATCH_DATA_DIR "/speed-model.csv",
+	                      GPUMATCH_DATA_DIR "/gpu-roofline.csv", merr, sizeof merr))
+		log_warn("speed model not loaded: job types without learned speeds get no "
+		         "profile err=\"%s\"",
+		         merr);
 	a->pg = pg_pool_new(a->base, a->cfg.pg_conninfo, a->cfg.pg_pool_size, pg_statements);
 	a->rds = rds_new(a->base, a->cfg.redis_host, a->cfg.redis_port, handler_scripts());
 	if (!a->pg || !a->rds || build_methods(a)) {
