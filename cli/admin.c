@@ -845,7 +845,8 @@ static int set_policy(struct ctx *c, json_t *policy, bool validate_only, uint64_
 			printf("  %-22s %s -> %s\n", r->audit->changes[i]->field,
 			       r->audit->changes[i]->old_value, r->audit->changes[i]->new_value);
 		for (size_t i = 0; i < r->n_warnings; i++)
-			fprintf(stderr, "gpumatch %s: warning: %s\n", c->cmd->words, r->warnings[i]);
+			fprintf(stderr, "gpumatch %s: warning: %s\n", c->cmd->words,
+			        r->warnings[i]);
 	}
 	protobuf_c_message_free_unpacked(m, NULL);
 	return EXIT_OK;

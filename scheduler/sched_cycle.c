@@ -390,9 +390,8 @@ static void cand_fill(struct cycle *cy, struct cand *cd, const struct node *n, c
 	cd->raw[C_FRAG] = pol->w_frag > 0 && k->gpus <= nfree
 	                      ? frag_of(cy, nfree) - frag_of(cy, nfree - k->gpus)
 	                      : 0;
-	cd->raw[C_SPEED] = pol->w_speedup > 0 || pol->w_cost_per_work > 0
-	                       ? class_speed(cy->c, k, p->gtype)
-	                       : -1.0;
+	cd->raw[C_SPEED] =
+	    pol->w_speedup > 0 || pol->w_cost_per_work > 0 ? class_speed(cy->c, k, p->gtype) : -1.0;
 	cd->price = price;
 	cd->gtype = p->gtype;
 	cd->node_id = n->id;
@@ -429,8 +428,9 @@ static void cands_score_speed(const struct cycle *cy, struct cand *cands, uint32
 	if (pol->w_cost_per_work > 0) {
 		double lo = INFINITY, hi = -INFINITY;
 		for (uint32_t i = 0; i < n; i++) {
-			double v = cands[i].raw[C_SPEED] > 0 ? cands[i].price / cands[i].raw[C_SPEED]
-			                                     : INFINITY;
+			double v = cands[i].raw[C_SPEED] > 0
+			               ? cands[i].price / cands[i].raw[C_SPEED]
+			               : INFINITY;
 			cands[i].adv = v;
 			if (v < lo)
 				lo = v;
@@ -439,8 +439,9 @@ static void cands_score_speed(const struct cycle *cy, struct cand *cands, uint32
 		}
 		for (uint32_t i = 0; i < n; i++) {
 			double v = cands[i].adv;
-			cands[i].score += pol->w_cost_per_work *
-			                  (v == INFINITY ? 0 : hi > lo ? (hi - v) / (hi - lo) : 1.0);
+			cands[i].score += pol->w_cost_per_work * (v == INFINITY ? 0
+			                                          : hi > lo ? (hi - v) / (hi - lo)
+			                                                    : 1.0);
 		}
 	}
 	double w = pol->w_speedup;

@@ -1831,8 +1831,8 @@ struct set_policy_q {
 	int64_t now_us;
 	uint64_t prev_version; /* the active version the diff is against */
 	struct policy_diff diff;
-	char *pb;      /* the stored message as a bytea parameter */
-	char *changes; /* the diff as JSON */
+	char *pb;          /* the stored message as a bytea parameter */
+	char *changes;     /* the diff as JSON */
 	char warning[320]; /* "" = none */
 };
 
@@ -1904,11 +1904,12 @@ static void set_policy_active_cb(enum pg_status st, PGresult *res, const char *s
 		long ready = strtol(PQgetvalue(res, 0, 6), NULL, 10);
 		long verified = strtol(PQgetvalue(res, 0, 5), NULL, 10);
 		if (!q->cand.allow_unverified && ready > 0 && verified == 0)
-			snprintf(q->warning, sizeof q->warning,
-			         "policy.allowUnverified: false, and none of the %ld ready nodes is "
-			         "verified: every job waits until a node passes the probe (true lets "
-			         "unverified nodes, such as run-local's demo nodes, take work)",
-			         ready);
+			snprintf(
+			    q->warning, sizeof q->warning,
+			    "policy.allowUnverified: false, and none of the %ld ready nodes is "
+			    "verified: every job waits until a node passes the probe (true lets "
+			    "unverified nodes, such as run-local's demo nodes, take work)",
+			    ready);
 	}
 	if (PQntuples(res) == 1 && !PQgetisnull(res, 0, 0)) {
 		if (policy_from_row(res, 0, 0, &prev, &keep)) {

@@ -828,9 +828,9 @@ static int trace_thread(void *arg)
 	}
 	/* the shipped speed model: speeds on GPU models the throughput table
 	 * does not measure (as gpumatch-sim uses it by default) */
-	if (have_tp && speed_model_read(GPUMATCH_DATA_DIR "/speed-model.csv",
-	                                GPUMATCH_DATA_DIR "/gpu-roofline.csv", &sm, s->err,
-	                                sizeof s->err))
+	if (have_tp &&
+	    speed_model_read(GPUMATCH_DATA_DIR "/speed-model.csv",
+	                     GPUMATCH_DATA_DIR "/gpu-roofline.csv", &sm, s->err, sizeof s->err))
 		goto out;
 	for (uint32_t i = 0; i < s->n; i++) {
 		struct sim_config cfg;

@@ -30,8 +30,8 @@ int speeds_model_load(const char *rows_path, const char *gpus_path, char *err, s
 static uint32_t model_apply(const char *job_type, struct sched_job_spec *js,
                             struct conv_strings *st)
 {
-	const struct speed_row *w =
-	    speed_model_row(&M, job_type, js->gpus_per_node * (js->node_count ? js->node_count : 1));
+	const struct speed_row *w = speed_model_row(
+	    &M, job_type, js->gpus_per_node * (js->node_count ? js->node_count : 1));
 	if (!w || !M.ngpus)
 		return 0;
 	double best = 0;

@@ -181,10 +181,10 @@ struct sim {
 	uint32_t njobs;
 	uint32_t *order; /* jobs by scaled submit time */
 	struct idx *job_ids, *node_ids;
-	int32_t *col_of;    /* fleet model -> throughput column, -1 = none */
+	int32_t *col_of;                    /* fleet model -> throughput column, -1 = none */
 	const struct speed_gpu **model_gpu; /* fleet model -> speed model GPU */
 	const struct speed_gpu *ref_gpu;    /* the reference column's GPU */
-	double *col_tflops; /* per throughput column, FP32; 0 = unknown */
+	double *col_tflops;                 /* per throughput column, FP32; 0 = unknown */
 	double ref_tflops;
 	uint64_t *busy; /* shadow of GPUs in use, per fleet node */
 	struct heap h;
@@ -280,7 +280,8 @@ static double job_speed(const struct sim *s, const struct sjob *j, uint32_t mode
 				double r = speed_model_rel(w, s->model_gpu[model], s->ref_gpu);
 				if (!(r > 0))
 					return 0; /* does not fit in the model's memory */
-				float meas = trace_tput_speed(cfg->tputs, (uint32_t)j->type, gpus, 0);
+				float meas =
+				    trace_tput_speed(cfg->tputs, (uint32_t)j->type, gpus, 0);
 				if (meas > 0 && ref > 0)
 					return r * meas / ref;
 			}
@@ -841,8 +842,8 @@ static int metrics(struct sim *s, int64_t first, int64_t end)
 	                                : (cap > 0 ? (s->busy_gpu_s - s->lost_gpu_s) / cap : 0);
 	r->lost_gpu_s = s->lost_gpu_s;
 	r->effective_throughput_makespan = cap > 0 ? s->work_gpu_s / cap : 0;
-	r->effective_throughput = wcap > 0 ? s->work_window_gpu_s / wcap
-	                                   : r->effective_throughput_makespan;
+	r->effective_throughput =
+	    wcap > 0 ? s->work_window_gpu_s / wcap : r->effective_throughput_makespan;
 	double a = 0, b = 0;
 	for (uint32_t t = 0; t < nts; t++) {
 		double x = ts[t].sum / ts[t].n;
@@ -958,13 +959,13 @@ size_t sim_result_json(const struct sim_result *r, double wall_s, char *buf, siz
 	    "\"cost_micros\":%" PRId64 ",\"preemptions\":%u,\"lost_gpu_s\":%.3f,"
 	    "\"gpu_utilization_useful\":%.6f,\"useful_utilization\":%.6f,"
 	    "\"effective_throughput\":%.6f,\"effective_throughput_makespan\":%.6f,"
-	    "\"cycles\":%" PRIu64 ",\"overcommits\":%" PRIu64
-	    ",\"check_failures\":%" PRIu64 ",\"sim_seconds\":%.3f%s}",
+	    "\"cycles\":%" PRIu64 ",\"overcommits\":%" PRIu64 ",\"check_failures\":%" PRIu64
+	    ",\"sim_seconds\":%.3f%s}",
 	    r->jobs, r->completed, r->unfinished, r->unschedulable, r->avg_jct_s, r->p50_jct_s,
 	    r->p99_jct_s, r->avg_wait_s, r->makespan_s, r->gpu_utilization,
 	    r->gpu_utilization_makespan, r->jain_fairness, r->cost_micros, r->preemptions,
 	    r->lost_gpu_s, r->gpu_utilization_useful, r->gpu_utilization_useful,
-	    r->effective_throughput, r->effective_throughput_makespan, r->cycles, r->overcommits, r->check_failures,
-	    r->sim_seconds, wall);
+	    r->effective_throughput, r->effective_throughput_makespan, r->cycles, r->overcommits,
+	    r->check_failures, r->sim_seconds, wall);
 	return n < 0 ? 0 : (size_t)n;
 }

@@ -989,7 +989,8 @@ static int model_header(struct rd *r, char **p, const char *const *cols, int nco
 	int nf = csv_split(line, f, MAX_FIELDS);
 	for (int i = 0; i < ncols; i++)
 		if (i >= nf || strcmp(f[i], cols[i]))
-			return bad(r, "*", "header must start with column %d \"%s\"", i + 1, cols[i]);
+			return bad(r, "*", "header must start with column %d \"%s\"", i + 1,
+			           cols[i]);
 	return 0;
 }
 
@@ -1031,8 +1032,8 @@ static int parse_speed_gpus(struct rd *r, char *text, struct speed_model *m)
 		g.line = r->line;
 		for (uint32_t i = 0; i < m->ngpus; i++)
 			if (!strcasecmp(m->gpus[i].name, g.name))
-				return bad(r, "model", "GPU model \"%s\" is already on line %u", g.name,
-				           m->gpus[i].line);
+				return bad(r, "model", "GPU model \"%s\" is already on line %u",
+				           g.name, m->gpus[i].line);
 		if (m->ngpus == cap) {
 			cap = cap ? cap * 2 : 32;
 			struct speed_gpu *nv = realloc(m->gpus, cap * sizeof *nv);
@@ -1070,16 +1071,16 @@ static int parse_speed_rows(struct rd *r, char *text, struct speed_model *m)
 		if (get_name(r, "job_type", f[0], true, w.type))
 			return -1;
 		int64_t sc = 0;
-		if (get_i64(r, "scale_factor", f[1], 1, SCHED_MAX_GPUS_PER_NODE * SCHED_MAX_GANG_NODES,
-		            &sc))
+		if (get_i64(r, "scale_factor", f[1], 1,
+		            SCHED_MAX_GPUS_PER_NODE * SCHED_MAX_GANG_NODES, &sc))
 			return -1;
 		w.scale = (uint32_t)sc;
 		int q = 0;
 		while (q < SCHED_PREC_COUNT && strcmp(f[2], precs[q]))
 			q++;
 		if (q == SCHED_PREC_COUNT)
-			return bad(r, "precision", "must be fp32, tf32, fp16, bf16 or fp8, got \"%s\"",
-			           f[2]);
+			return bad(r, "precision",
+			           "must be fp32, tf32, fp16, bf16 or fp8, got \"%s\"", f[2]);
 		w.precision = (enum sched_precision)q;
 		double v;
 		if (get_f64(r, "compute_share", f[3], 0, 1, &v))
@@ -1092,8 +1093,8 @@ static int parse_speed_rows(struct rd *r, char *text, struct speed_model *m)
 		for (uint32_t i = 0; i < m->nrows; i++)
 			if (!strcmp(m->rows[i].type, w.type) && m->rows[i].scale == w.scale)
 				return bad(r, "job_type",
-				           "\"%s\" with scale_factor %u is already on line %u", w.type,
-				           w.scale, m->rows[i].line);
+				           "\"%s\" with scale_factor %u is already on line %u",
+				           w.type, w.scale, m->rows[i].line);
 		if (m->nrows == cap) {
 			cap = cap ? cap * 2 : 64;
 			struct speed_row *nv = realloc(m->rows, cap * sizeof *nv);

@@ -188,8 +188,10 @@ static void validation(void)
 		const char *field;
 		double w_speedup, relative, small, shortj;
 	} pol[] = {
-		{ "w_speedup", 1001, 0, 0, 0 },       { "w_speedup", -1, 0, 0, 0 },
-		{ "comparative_advantage", 1, 1.5, 0, 0 }, { "w_small_jobs", 0, 0, 2e6, 0 },
+		{ "w_speedup", 1001, 0, 0, 0 },
+		{ "w_speedup", -1, 0, 0, 0 },
+		{ "comparative_advantage", 1, 1.5, 0, 0 },
+		{ "w_small_jobs", 0, 0, 2e6, 0 },
 		{ "w_short_jobs", 0, 0, 0, -1 },
 	};
 	for (size_t i = 0; i < FX_ARRAY_LEN(pol); i++) {
