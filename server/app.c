@@ -264,9 +264,9 @@ int app_start(struct app *a, char *err, size_t err_len)
 		return -1;
 	}
 	/* the shipped speed model, for job types nothing was learned about */
-	char merr[512];
-	if (speeds_model_load(GPUMATCH_DATA_DIR "/speed-model.csv",
-	                      GPUMATCH_DATA_DIR "/gpu-roofline.csv", merr, sizeof merr))
+	char merr[512], mp[PATH_MAX], gp[PATH_MAX];
+	if (speeds_model_load(share_path("speed-model.csv", mp, sizeof mp),
+	                      share_path("gpu-roofline.csv", gp, sizeof gp), merr, sizeof merr))
 		log_warn("speed model not loaded: job types without learned speeds get no "
 		         "profile err=\"%s\"",
 		         merr);

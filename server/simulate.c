@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <threads.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1068,7 +1069,11 @@ void simulate_policy(struct rpc_call *call, const ProtobufCMessage *req)
 		s->arrival_scale = in->arrival_scale > 0 ? in->arrival_scale : 1.0;
 		s->all_preemptible = in->preemptible;
 		s->oracle_limits = in->oracle_limits;
-		snprintf(s->trace_dir, sizeof s->trace_dir, "%s", app_get()->cfg.traces_dir);
+		if (app_get()->cfg.traces_dir[0])
+			snprintf(s->trace_dir, sizeof s->trace_dir, "%s",
+			         app_get()->cfg.traces_dir);
+		else
+			share_path("traces", s->trace_dir, sizeof s->trace_dir);
 	}
 	/* a replay of a whole trace takes seconds to minutes of a worker
 	 * thread; the event loop is not held meanwhile */

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,7 +11,9 @@
 
 #include <jansson.h>
 
+#include "app.h"
 #include "convert.h"
+#include "gpumatch-version.h"
 #include "pbjson.h"
 #include "sim.h"
 #include "trace.h"
@@ -197,6 +200,7 @@ int main(int argc, char **argv)
 		O_JOBSOUT,
 		O_NOWALL,
 		O_HELP,
+		O_VERSION,
 		O_NOINTERP,
 		O_CKPT,
 		O_PREEMPTIBLE,
@@ -230,11 +234,13 @@ int main(int argc, char **argv)
 		{ "jobs-out", required_argument, NULL, O_JOBSOUT },
 		{ "no-wall-clock", no_argument, NULL, O_NOWALL },
 		{ "help", no_argument, NULL, O_HELP },
+		{ "version", no_argument, NULL, O_VERSION },
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *nodes = NULL, *jobs = NULL, *tputs = NULL, *policy = NULL, *jobs_out = NULL;
-	const char *model_path = GPUMATCH_DATA_DIR "/speed-model.csv";
-	const char *roof_path = GPUMATCH_DATA_DIR "/gpu-roofline.csv";
+	char model_buf[PATH_MAX], roof_buf[PATH_MAX];
+	const char *model_path = share_path("speed-model.csv", model_buf, sizeof model_buf);
+	const char *roof_path = share_path("gpu-roofline.csv", roof_buf, sizeof roof_buf);
 	bool use_model = true;
 	struct sim_config cfg;
 	sim_config_default(&cfg);
@@ -339,6 +345,9 @@ int main(int argc, char **argv)
 			break;
 		case O_HELP:
 			usage(stdout);
+			return 0;
+		case O_VERSION:
+			printf("gpumatch-sim %s\n", GPUMATCH_VERSION_STRING);
 			return 0;
 		default:
 			usage(stderr);
