@@ -76,6 +76,10 @@ struct pg_pool {
 	struct event *defer_ev;
 	int queue_timeout_ms;
 	int query_timeout_ms;
+	int stall_timeout_ms; /* 0: off */
+	int64_t progress_us;  /* monotonic: the last time Postgres answered anything */
+	bool stalled;         /* queries waited stall_timeout_ms with no answer */
+	uint64_t stalls;      /* stalls declared so far */
 	int nup;
 	bool starting; /* no first attempt settled yet: queue instead of failing */
 	bool closing;
@@ -84,6 +88,10 @@ struct pg_pool {
 
 static void conn_io_cb(evutil_socket_t fd, short what, void *arg);
 static void pool_dispatch(struct pg_pool *p);
+static bool conn_lost(struct pg_conn *c, const char *err);
+
+/* Postgres answered: not stalled (any more). */
+static void pool_progress(struct pg_pool *p);
 
 static void *pg_oom(void)
 {
@@ -252,6 +260,13 @@ static void queue_timer_arm(struct pg_pool *p)
 		return;
 	}
 	int64_t due_us = p->queue.head->queued_us + (int64_t)p->queue_timeout_ms * 1000;
+	if (p->stall_timeout_ms > 0 && !p->stalled) {
+		int64_t from = p->queue.head->queued_us > p->progress_us ? p->queue.head->queued_us
+		                                                         : p->progress_us;
+		int64_t stall_due = from + (int64_t)p->stall_timeout_ms * 1000;
+		if (stall_due < due_us)
+			due_us = stall_due;
+	}
 	int64_t wait_ms = (due_us - mono_us() + 999) / 1000;
 	struct timeval tv = ms_tv(wait_ms);
 	evtimer_add(p->queue_timer, &tv);
@@ -263,6 +278,27 @@ static void queue_timer_cb(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	int64_t now = mono_us();
+	int64_t stall_us = (int64_t)p->stall_timeout_ms * 1000;
+	if (stall_us > 0 && !p->stalled && p->queue.head &&
+	    now - p->queue.head->queued_us >= stall_us && now - p->progress_us >= stall_us) {
+		/* A query waited stall_timeout_ms for a connection and none
+		 * answered meanwhile: Postgres is stalled (stopped, its host
+		 * frozen). Fail fast until it answers again: the waiting queries,
+		 * the ones on its connections (they may have run), new ones. */
+		p->stalled = true;
+		p->stalls++;
+		log_warn("postgres is not answering: failing queries fast until it does "
+		         "stall_timeout_ms=%d queued=%d",
+		         p->stall_timeout_ms, p->queue.n);
+		pool_fail_queue(p, "postgres is not answering");
+		for (int i = 0; i < p->size; i++) {
+			if (p->conns[i].state == CONN_BUSY &&
+			    !conn_lost(&p->conns[i], "postgres is not answering"))
+				return;
+		}
+		queue_timer_arm(p);
+		return;
+	}
 	while (p->queue.head &&
 	       p->queue.head->queued_us + (int64_t)p->queue_timeout_ms * 1000 <= now) {
 		struct pg_query *q = qlist_pop(&p->queue);
@@ -428,10 +464,20 @@ static void conn_connect(struct pg_conn *c)
 		conn_drop(c, PQerrorMessage(c->pg));
 }
 
+static void pool_progress(struct pg_pool *p)
+{
+	p->progress_us = mono_us();
+	if (p->stalled) {
+		p->stalled = false;
+		log_info("postgres answers again");
+	}
+}
+
 static void conn_up(struct pg_conn *c)
 {
 	struct pg_pool *p = c->pool;
 
+	pool_progress(p);
 	c->state = CONN_IDLE;
 	evtimer_del(c->timer);
 	p->nup++;
@@ -565,6 +611,7 @@ static void conn_command_done(struct pg_conn *c)
 	c->q = NULL;
 	c->state = CONN_IDLE;
 	evtimer_del(c->timer);
+	pool_progress(p);
 
 	enum pg_status st;
 	const char *sqlstate = "";
@@ -823,6 +870,10 @@ int pg_exec_bin(struct pg_pool *p, const char *name, const char *sql, int nparam
 		query_fail_later(p, q, "postgres unavailable");
 		return 0;
 	}
+	if (p->stalled) {
+		query_fail_later(p, q, "postgres is not answering");
+		return 0;
+	}
 	if (p->queue.n >= PG_QUEUE_MAX) {
 		query_fail_later(p, q, "postgres queue full");
 		return 0;
@@ -834,7 +885,23 @@ int pg_exec_bin(struct pg_pool *p, const char *name, const char *sql, int nparam
 
 bool pg_pool_ready(const struct pg_pool *p)
 {
-	return p && !p->closing && p->nup > 0;
+	return p && !p->closing && p->nup > 0 && !p->stalled;
+}
+
+bool pg_pool_stalled(const struct pg_pool *p, uint64_t *stalls)
+{
+	if (stalls)
+		*stalls = p ? p->stalls : 0;
+	return p && p->stalled;
+}
+
+void pg_pool_set_stall_timeout(struct pg_pool *p, int ms)
+{
+	if (!p || ms < 0)
+		return;
+	p->stall_timeout_ms = ms;
+	if (!p->closing)
+		queue_timer_arm(p);
 }
 
 void pg_pool_stats(const struct pg_pool *p, int *up, int *busy, int *queued)

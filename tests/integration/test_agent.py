@@ -302,12 +302,22 @@ class AgentTest(ItCase):
                         what="job running")
         ag.kill9()
         self.assertTrue(pid_alive(pid), "the job outlives a killed agent")
+        os.unlink(pidfile)
         ag.start()  # same state directory
-        j = wait_jobs(c, self.ttok, [jid], 30)[jid]
-        self.assertEqual(j["state"], "JOB_STATE_FAILED", j)
-        self.assertEqual(j["failure"].get("termSignal"), 9, j)
-        self.assertIn("agent restarted", j["failure"].get("message", ""), j)
+        # the lost run is reported as lost (EXPIRED), not as the job's
+        # failure: the job is queued again and runs anew
+        common.wait_for(lambda: c.psql_value(
+            "SELECT count(*) FROM leases WHERE job_id = %s AND state = 7"
+            " AND end_message LIKE '%%agent restarted%%'" % jid) == "1", 30,
+            what="the lost lease reported EXPIRED")
         common.wait_for(lambda: not pid_alive(pid), 10, what="orphan %d killed" % pid)
+        pid2 = int(self.wait_file(pidfile))
+        self.assertNotEqual(pid2, pid)
+        common.wait_for(lambda: self.job(jid)["state"] == "JOB_STATE_RUNNING", 30,
+                        what="job running again")
+        self.assertEqual(c.psql_value("SELECT attempts FROM jobs WHERE id = %s" % jid), "2")
+        self.assertOk(c.call("JobService", "CancelJob", {"jobId": jid}, token=self.ttok))
+        wait_jobs(c, self.ttok, [jid], 60)
         self.assertEqual(ag.node_id(), node)
         self.assertIn("resuming node identity", ag.log())
         n = cli_json(c, "node", "list", token=self.otok)["nodes"]
