@@ -21,6 +21,10 @@ ALTER TABLE leases ADD COLUMN offered_at_us bigint NOT NULL DEFAULT 0;
 UPDATE leases SET offered_at_us = started_at_us WHERE state >= 2 AND started_at_us > 0;
 CREATE INDEX leases_offered ON leases (offered_at_us) WHERE state = 2;
 ALTER TABLE nodes ADD COLUMN running_leases bigint[] NOT NULL DEFAULT '{}';
+-- Set by a heartbeat that left out a live lease of its node: the janitor
+-- looks at these nodes only, not at every running lease.
+ALTER TABLE nodes ADD COLUMN leases_unlisted boolean NOT NULL DEFAULT false;
+CREATE INDEX nodes_leases_unlisted ON nodes (id) WHERE leases_unlisted;
 -- Attempts none of whose parts ever ran (every offer withdrawn): they keep
 -- their number in the lease history but do not count against max_attempts.
 ALTER TABLE jobs ADD COLUMN attempts_withdrawn integer NOT NULL DEFAULT 0;

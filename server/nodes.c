@@ -775,6 +775,8 @@ void nodes_heartbeat(struct rpc_call *call, const ProtobufCMessage *msg)
 	        "   AND ($2::bigint = 0 OR operator_id = $2::bigint) AND state <> 6 FOR UPDATE),"
 	        " up AS (UPDATE nodes n SET last_heartbeat_us = $3::bigint,"
 	        "   running_leases = $4::bigint[],"
+	        "   leases_unlisted = EXISTS (SELECT 1 FROM leases l WHERE l.node_id = $1::bigint"
+	        "     AND l.state IN (2, 3) AND NOT (l.id = ANY ($4::bigint[]))),"
 	        "   heartbeats_received = heartbeats_received + 1,"
 	        "   state = CASE WHEN n.state = 1 THEN 2"
 	        "     WHEN n.state = 5 THEN (CASE WHEN n.admin_hold THEN 4 ELSE 2 END)"

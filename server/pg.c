@@ -61,7 +61,8 @@ struct pg_conn {
 	int stmt_next; /* index into pool->stmts while preparing */
 	bool flushing; /* PQflush returned 1: output still pending */
 	struct pg_query *q;
-	PGresult *res; /* first result of the current command */
+	int64_t sent_us; /* monotonic: when q was sent */
+	PGresult *res;   /* first result of the current command */
 };
 
 struct pg_pool {
@@ -74,12 +75,14 @@ struct pg_pool {
 	struct pg_qlist failed; /* failed fast: callbacks run from defer_ev */
 	struct event *queue_timer;
 	struct event *defer_ev;
+	struct event *stall_ev; /* every 250 ms: the stall check */
 	int queue_timeout_ms;
 	int query_timeout_ms;
 	int stall_timeout_ms; /* 0: off */
 	int64_t progress_us;  /* monotonic: the last time Postgres answered anything */
 	bool stalled;         /* queries waited stall_timeout_ms with no answer */
 	uint64_t stalls;      /* stalls declared so far */
+	int64_t checked_us;   /* monotonic: the last stall check */
 	int nup;
 	bool starting; /* no first attempt settled yet: queue instead of failing */
 	bool closing;
@@ -272,6 +275,19 @@ static void queue_timer_arm(struct pg_pool *p)
 	evtimer_add(p->queue_timer, &tv);
 }
 
+/* True when a query has waited at least us for a connection or for its
+ * answer. */
+static bool pool_waited(const struct pg_pool *p, int64_t now, int64_t us)
+{
+	if (p->queue.head && now - p->queue.head->queued_us >= us)
+		return true;
+	for (int i = 0; i < p->size; i++)
+		if (p->conns[i].state == CONN_BUSY && p->conns[i].q &&
+		    now - p->conns[i].sent_us >= us)
+			return true;
+	return false;
+}
+
 static void queue_timer_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct pg_pool *p = arg;
@@ -279,10 +295,14 @@ static void queue_timer_cb(evutil_socket_t fd, short what, void *arg)
 	(void)what;
 	int64_t now = mono_us();
 	int64_t stall_us = (int64_t)p->stall_timeout_ms * 1000;
-	if (stall_us > 0 && !p->stalled && p->queue.head &&
-	    now - p->queue.head->queued_us >= stall_us && now - p->progress_us >= stall_us) {
-		/* A query waited stall_timeout_ms for a connection and none
-		 * answered meanwhile: Postgres is stalled (stopped, its host
+	/* this process itself was stopped (its loop came late): it could not
+	 * see answers either, so that is not Postgres's stall */
+	bool loop_late = p->checked_us && now - p->checked_us > 1000000;
+	p->checked_us = now;
+	if (stall_us > 0 && !p->stalled && !loop_late && pool_waited(p, now, stall_us) &&
+	    now - p->progress_us >= stall_us) {
+		/* A query waited stall_timeout_ms (for a connection or for its
+		 * answer) and no connection got any answer meanwhile: Postgres is stalled (stopped, its host
 		 * frozen). Fail fast until it answers again: the waiting queries,
 		 * the ones on its connections (they may have run), new ones. */
 		p->stalled = true;
@@ -572,6 +592,7 @@ static void conn_send(struct pg_conn *c, struct pg_query *q)
 		return;
 	}
 	c->q = q;
+	c->sent_us = mono_us();
 	conn_timer_ms(c, p->query_timeout_ms);
 }
 
@@ -770,8 +791,11 @@ struct pg_pool *pg_pool_new(struct event_base *base, const char *conninfo, int s
 	p->conns = xcalloc((size_t)size, sizeof *p->conns);
 	p->queue_timer = evtimer_new(base, queue_timer_cb, p);
 	p->defer_ev = evtimer_new(base, defer_cb, p);
-	if (!p->queue_timer || !p->defer_ev)
+	p->stall_ev = event_new(base, -1, EV_PERSIST, queue_timer_cb, p);
+	if (!p->queue_timer || !p->defer_ev || !p->stall_ev)
 		pg_oom();
+	struct timeval quarter = { 0, 250000 };
+	event_add(p->stall_ev, &quarter);
 	/* Connecting starts on the first loop turn, all connections at once. */
 	struct timeval zero = { 0, 0 };
 	for (int i = 0; i < size; i++) {
@@ -817,7 +841,8 @@ void pg_pool_free(struct pg_pool *p)
 	}
 	event_free(p->queue_timer);
 	event_free(p->defer_ev);
-	p->queue_timer = p->defer_ev = NULL;
+	event_free(p->stall_ev);
+	p->queue_timer = p->defer_ev = p->stall_ev = NULL;
 	p->nup = 0;
 	p->in_cb--;
 	if (p->in_cb == 0)

@@ -1049,7 +1049,7 @@ static void janitor_leases(void)
 	       "    WHERE x.state = 2 AND x.offered_at_us < $4::bigint"
 	       "      AND NOT (x.id = ANY (n.running_leases))"
 	       "   UNION ALL SELECT x.id, 7 FROM nodes n JOIN leases x ON x.node_id = n.id"
-	       "       AND x.state = 3 WHERE n.state IN (2, 3, 4)"
+	       "       AND x.state = 3 WHERE n.leases_unlisted AND n.state IN (2, 3, 4)"
 	       "      AND NOT (x.id = ANY (n.running_leases))"
 	       "      AND x.started_at_us < n.last_heartbeat_us - $5::bigint"
 	       "   UNION ALL SELECT x.id, 6 FROM leases x JOIN nodes n ON n.id = x.node_id"

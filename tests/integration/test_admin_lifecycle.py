@@ -481,7 +481,9 @@ class CordonTest(LifecycleCase):
         self.assertOk(self.c.admin("CordonNode", {"nodeId": ag.id, "reason": "maintenance"}))
         # the agent goes silent past the heartbeat timeout
         self.c.psql("UPDATE nodes SET last_heartbeat_us = 1 WHERE id = %s" % ag.id)
-        deadline = time.time() + 5
+        # (once the leader has heard for a whole heartbeat timeout since it
+        # gained leadership: generous bound)
+        deadline = time.time() + 90
         while self.node_state(ag.id) != "5" and time.time() < deadline:
             time.sleep(0.1)
         self.assertEqual(self.node_state(ag.id), "5", "the janitor marks a silent node LOST")

@@ -20,6 +20,7 @@ import common
 from common import ItCase, NodeAgent, get_job, job_spec, node_req, submit, wait_job_state
 
 SLOW = True
+OWN_SUITE = True  # meson test "lease_handshake"
 
 FLAGS = [
     "--allow_unverified=true",

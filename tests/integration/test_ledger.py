@@ -78,10 +78,28 @@ def wait_settled(c, lease_id, timeout=15):
                     "lease %s to be settled" % lease_id)
 
 
+# lease id -> when its job exited, as ran_for made it
+EXITED = {}
+
+
 def ran_for(c, lease_id, seconds):
-    """The lease has run for `seconds` (+0.3 s): moves its start back."""
+    """The lease has run for `seconds` (+0.3 s) and its job exits now: moves
+    its start back; the agent's final report will say it exited now (usage
+    is billed to the reported exit, however late the report comes)."""
+    now = common.now_us()
+    EXITED[str(lease_id)] = now
     c.psql("UPDATE leases SET started_at_us = %d WHERE id = %s"
-           % (common.now_us() - int((seconds + 0.3) * 1e6), lease_id))
+           % (now - int((seconds + 0.3) * 1e6), lease_id))
+
+
+class LedgerAgent(NodeAgent):
+    """Reports the exit time ran_for set, as a real agent reports its job's."""
+
+    def report(self, lease, state, *args, **kw):
+        if state != "LEASE_STATE_RUNNING" and "exitedAtUs" not in kw \
+                and str(lease["id"]) in EXITED:
+            kw["exitedAtUs"] = str(EXITED[str(lease["id"])])
+        return NodeAgent.report(self, lease, state, *args, **kw)
 
 
 def audit(c):
@@ -112,7 +130,7 @@ class LedgerCase(ItCase):
                        labels={"pool": pool}, **kw)
         for g in req["gpus"]:
             g["model"] = model
-        ag = NodeAgent.register(self.c, token or self.optok, req)
+        ag = LedgerAgent.register(self.c, token or self.optok, req)
         ag.pool = pool
         ag.start_heartbeats(0.25)
         self.agents.append(ag)
@@ -260,10 +278,13 @@ class FixtureTest(LedgerCase):
         self.check_money(lease["id"], 1, 10)
         n = lease_transfer_count(self.c, lease["id"])
         bal = account(self.c, 1, self.tenant["id"])
-        # the same report, a later seq, an older one; heartbeats naming it
+        # the same report, later seqs; heartbeats naming it
         for seq, st in ((5, "LEASE_STATE_SUCCEEDED"), (6, "LEASE_STATE_SUCCEEDED"),
-                        (7, "LEASE_STATE_FAILED"), (2, "LEASE_STATE_RUNNING")):
+                        (7, "LEASE_STATE_FAILED")):
             self.assertOk(ag.report(lease, st, seq=seq))
+        # an older one is out of order: refused, changes nothing
+        self.assertEqual(ag.report(lease, "LEASE_STATE_RUNNING", seq=2).code,
+                         "failed_precondition")
         ag.running.append(lease["id"])
         for _ in range(3):
             self.assertOk(ag.heartbeat())
