@@ -83,6 +83,10 @@ struct pg_pool {
 	bool stalled;         /* queries waited stall_timeout_ms with no answer */
 	uint64_t stalls;      /* stalls declared so far */
 	int64_t checked_us;   /* monotonic: the last stall check */
+	/* a fresh connection opened when queries wait with no answer: a busy
+	 * Postgres (locks, long queries) still accepts it, a stalled one not */
+	PGconn *probe;
+	struct event *probe_ev;
 	int nup;
 	bool starting; /* no first attempt settled yet: queue instead of failing */
 	bool closing;
@@ -275,6 +279,67 @@ static void queue_timer_arm(struct pg_pool *p)
 	evtimer_add(p->queue_timer, &tv);
 }
 
+static void probe_close(struct pg_pool *p)
+{
+	if (p->probe_ev) {
+		event_free(p->probe_ev);
+		p->probe_ev = NULL;
+	}
+	if (p->probe) {
+		PQfinish(p->probe);
+		p->probe = NULL;
+	}
+}
+
+static void probe_cb(evutil_socket_t fd, short what, void *arg);
+
+static void probe_watch(struct pg_pool *p, short what)
+{
+	if (p->probe_ev) {
+		event_free(p->probe_ev);
+		p->probe_ev = NULL;
+	}
+	int fd = PQsocket(p->probe);
+	if (fd < 0 || !(p->probe_ev = event_new(p->base, fd, what, probe_cb, p)) ||
+	    event_add(p->probe_ev, NULL))
+		probe_close(p);
+}
+
+static void probe_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct pg_pool *p = arg;
+	(void)fd;
+	(void)what;
+	switch (PQconnectPoll(p->probe)) {
+	case PGRES_POLLING_OK:
+		/* Postgres answers: busy, not stalled */
+		probe_close(p);
+		pool_progress(p);
+		break;
+	case PGRES_POLLING_READING:
+		probe_watch(p, EV_READ);
+		break;
+	case PGRES_POLLING_WRITING:
+		probe_watch(p, EV_WRITE);
+		break;
+	default:
+		probe_close(p);
+		break;
+	}
+}
+
+static void probe_start(struct pg_pool *p)
+{
+	if (p->probe)
+		return;
+	p->probe = PQconnectStart(p->conninfo);
+	if (!p->probe || PQstatus(p->probe) == CONNECTION_BAD) {
+		probe_close(p);
+		return;
+	}
+	probe_watch(p, EV_WRITE);
+}
+
 /* True when a query has waited at least us for a connection or for its
  * answer. */
 static bool pool_waited(const struct pg_pool *p, int64_t now, int64_t us)
@@ -299,6 +364,10 @@ static void queue_timer_cb(evutil_socket_t fd, short what, void *arg)
 	 * see answers either, so that is not Postgres's stall */
 	bool loop_late = p->checked_us && now - p->checked_us > 1000000;
 	p->checked_us = now;
+	/* half-way to a stall: ask Postgres for a new connection */
+	if (stall_us > 0 && !p->stalled && !loop_late && pool_waited(p, now, stall_us / 2) &&
+	    now - p->progress_us >= stall_us / 2)
+		probe_start(p);
 	if (stall_us > 0 && !p->stalled && !loop_late && pool_waited(p, now, stall_us) &&
 	    now - p->progress_us >= stall_us) {
 		/* A query waited stall_timeout_ms (for a connection or for its
@@ -487,6 +556,7 @@ static void conn_connect(struct pg_conn *c)
 static void pool_progress(struct pg_pool *p)
 {
 	p->progress_us = mono_us();
+	probe_close(p);
 	if (p->stalled) {
 		p->stalled = false;
 		log_info("postgres answers again");
@@ -843,6 +913,7 @@ void pg_pool_free(struct pg_pool *p)
 	event_free(p->defer_ev);
 	event_free(p->stall_ev);
 	p->queue_timer = p->defer_ev = p->stall_ev = NULL;
+	probe_close(p);
 	p->nup = 0;
 	p->in_cb--;
 	if (p->in_cb == 0)

@@ -992,11 +992,16 @@ static void janitor_end_cb(enum pg_status st, PGresult *res, const char *ss, con
 }
 
 /* A gap in the janitor's rounds longer than this means the server could
- * not hear (a stalled process, a stalled or unreachable Postgres). */
+ * not hear for long enough to matter (its loop stalled): a node whose
+ * heartbeat came an interval before the gap would otherwise come within
+ * an interval of its timeout. Shorter hiccups (a loaded machine) cannot
+ * make a heartbeating node look lost and do not restart the clock. */
 static int64_t attention_gap_us(void)
 {
-	int64_t g = (int64_t)L.a->cfg.heartbeat_timeout_ms * 1000 / 2;
-	return g > 2000000 ? 2000000 : g < 1000000 ? 1000000 : g;
+	int64_t g =
+	    ((int64_t)L.a->cfg.heartbeat_timeout_ms - 2 * (int64_t)L.a->cfg.heartbeat_interval_ms) *
+	    1000;
+	return g < 500000 ? 500000 : g;
 }
 
 static void janitor_leases(void)

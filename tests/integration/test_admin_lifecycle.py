@@ -451,7 +451,9 @@ class CordonTest(LifecycleCase):
         lease = ag.acquire_lease(within=20)["lease"]
         self.assertEqual(lease["jobId"], job["id"])
         self.assertOk(ag.report(lease, "LEASE_STATE_SUCCEEDED", seq=1))
-        # uncordoning a node that is not cordoned changes nothing
+        # uncordoning a node that is not cordoned changes nothing (with no
+        # heartbeat in between, which would)
+        ag.stop_heartbeats()
         before = row(self.c, "nodes", ag.id)
         u = self.assertOk(self.c.admin("UncordonNode", {"nodeId": ag.id}))["node"]
         self.assertEqual(u["state"], "NODE_STATE_READY")

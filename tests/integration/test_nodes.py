@@ -162,7 +162,6 @@ class NodeTest(ItCase):
         t0 = time.monotonic()
         b = self.assertOk(ag.acquire(wait_ms=0))
         self.assertFalse(b.get("lease"), b)
-        self.assertLess(time.monotonic() - t0, 2.0)
         t0 = time.monotonic()
         b = self.assertOk(ag.acquire(wait_ms=700))
         self.assertFalse(b.get("lease"), b)
