@@ -207,6 +207,10 @@ static void free_job(struct job *j)
 static void remove_job(struct job *j)
 {
 	struct agent *a = j->a;
+	char exit_path[1200];
+	snprintf(exit_path, sizeof exit_path, "%s/logs/lease-%" PRIu64 ".exit", a->state_dir,
+	         j->lease_id);
+	unlink(exit_path);
 	for (struct job **p = &a->jobs; *p; p = &(*p)->next)
 		if (*p == j) {
 			*p = j->next;
@@ -432,8 +436,11 @@ static void start_job(struct agent *a, const Gpumatch__V1__AcquireLeaseResponse 
 		     "msg=\"image ignored: this agent runs the command on the host\" lease=%" PRIu64
 		     " image=%s",
 		     l->id, s->image);
-	char logpath[1200];
+	char logpath[1200], exit_path[1200];
 	snprintf(logpath, sizeof logpath, "%s/logs/lease-%" PRIu64 ".log", a->state_dir, l->id);
+	snprintf(exit_path, sizeof exit_path, "%s/logs/lease-%" PRIu64 ".exit", a->state_dir,
+	         l->id);
+	unlink(exit_path);
 	int ep[2];
 	if (pipe2(ep, O_CLOEXEC)) {
 		queue_report(j, GPUMATCH__V1__LEASE_STATE__LEASE_STATE_FAILED, 127, 0, "pipe: %s",
@@ -450,12 +457,54 @@ static void start_job(struct agent *a, const Gpumatch__V1__AcquireLeaseResponse 
 	}
 	if (pid == 0) {
 		/* the child: its own process group, log as stdout/stderr, the
-		 * spec's argv, env and working directory; no shell */
+		 * spec's argv, env and working directory; no shell. It forks the
+		 * job and records how it exited (exit_path), so that an agent
+		 * restarted while the job ran still learns its outcome. */
 		setpgid(0, 0);
-		sigset_t none;
+		sigset_t none, stops;
 		sigemptyset(&none);
-		sigprocmask(SIG_SETMASK, &none, NULL);
+		sigemptyset(&stops);
+		sigaddset(&stops, SIGTERM);
+		sigaddset(&stops, SIGINT);
+		sigaddset(&stops, SIGHUP);
+		/* the recorder outlives a stop request; the job does not */
+		sigprocmask(SIG_SETMASK, &stops, NULL);
 		signal(SIGPIPE, SIG_DFL);
+		pid_t job = fork();
+		if (job > 0) {
+			close(ep[1]);
+			int st = 0;
+			while (waitpid(job, &st, 0) < 0 && errno == EINTR)
+				;
+			char tmp[1300], text[96];
+			snprintf(tmp, sizeof tmp, "%s.tmp", exit_path);
+			struct timespec ts;
+			clock_gettime(CLOCK_REALTIME, &ts);
+			int len = snprintf(text, sizeof text, "%d %d %lld\n",
+			                   WIFEXITED(st) ? WEXITSTATUS(st) : 0,
+			                   WIFSIGNALED(st) ? WTERMSIG(st) : 0,
+			                   (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000);
+			int xf = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0640);
+			if (xf >= 0) {
+				if (write(xf, text, (size_t)len) == len && !fsync(xf))
+					(void)rename(tmp, exit_path);
+				close(xf);
+			}
+			if (WIFSIGNALED(st)) {
+				signal(WTERMSIG(st), SIG_DFL);
+				sigprocmask(SIG_SETMASK, &none, NULL);
+				raise(WTERMSIG(st));
+			}
+			_exit(WIFEXITED(st) ? WEXITSTATUS(st) : 127);
+		}
+		sigprocmask(SIG_SETMASK, &none, NULL);
+		if (job < 0) {
+			char msg[128];
+			int n = snprintf(msg, sizeof msg, "fork: %s", strerror(errno));
+			if (write(ep[1], msg, (size_t)n) < 0)
+				_exit(126);
+			_exit(127);
+		}
 		int err = 0;
 		const char *stage = "open log";
 		int fd = open(logpath, O_WRONLY | O_CREAT | O_APPEND, 0640);
@@ -725,7 +774,6 @@ struct offer {
 	Gpumatch__V1__AcquireLeaseResponse *resp;
 	struct event *retry_ev;
 	int backoff_ms;
-	int64_t started_us; /* server clock as estimated */
 };
 
 static void offer_free(struct offer *o)
@@ -801,7 +849,9 @@ static void confirm_send(struct offer *o)
 	req.node_id = a->node_id;
 	req.lease_id = o->resp->lease->id;
 	req.fencing_token = o->resp->lease->fencing_token;
-	req.started_at_us = o->started_us;
+	/* 0: the server takes the confirmation's arrival; the RUNNING report
+	 * then moves the start to when the process really started */
+	req.started_at_us = 0;
 	if (cl_call_async(a->ctl, a->c->token, "NodeService", "ConfirmLease", &req.base,
 	                  confirm_done, o)) {
 		struct timeval tv = { 1, 0 };
@@ -821,7 +871,6 @@ static void confirm_offer(struct agent *a, Gpumatch__V1__AcquireLeaseResponse *r
 	o->resp = resp;
 	o->next = a->offers;
 	a->offers = o;
-	o->started_us = cl_now_us() + a->clock_skew_us;
 	o->retry_ev = evtimer_new(a->base, confirm_retry_cb, o);
 	if (!o->retry_ev) {
 		offer_free(o);
@@ -1130,6 +1179,40 @@ static void load_leases(struct agent *a)
 		}
 		pid_t pid = (pid_t)json_integer_value(json_object_get(e, "pid"));
 		bool was_running = json_is_true(json_object_get(e, "running"));
+		char exit_path[1200];
+		snprintf(exit_path, sizeof exit_path, "%s/logs/lease-%" PRIu64 ".exit",
+		         a->state_dir, j->lease_id);
+		FILE *xf = was_running ? fopen(exit_path, "r") : NULL;
+		int x_code = 0, x_sig = 0;
+		long long x_at = 0;
+		if (xf && fscanf(xf, "%d %d %lld", &x_code, &x_sig, &x_at) == 3 &&
+		    j->nq < MAX_REPORTS) {
+			/* the job ended while the agent was away: its own outcome */
+			was_running = false;
+			if (pid > 0)
+				kill(-pid, SIGKILL);
+			struct report *r = &j->q[j->nq++];
+			memset(r, 0, sizeof *r);
+			r->seq = ++j->seq;
+			r->state = !x_code && !x_sig
+			               ? GPUMATCH__V1__LEASE_STATE__LEASE_STATE_SUCCEEDED
+			               : GPUMATCH__V1__LEASE_STATE__LEASE_STATE_FAILED;
+			r->exit_code = x_code;
+			r->term_signal = x_sig;
+			r->at_us = (int64_t)x_at;
+			if (x_sig)
+				snprintf(r->message, sizeof r->message,
+				         "killed by signal %d (%s) while the agent was away", x_sig,
+				         strsignal(x_sig));
+			else
+				snprintf(r->message, sizeof r->message, "exited %d", x_code);
+			alog("info",
+			     "msg=\"job ended while the agent was away\" lease=%" PRIu64
+			     " exit_code=%d signal=%d",
+			     j->lease_id, x_code, x_sig);
+		}
+		if (xf)
+			fclose(xf);
 		if (was_running) {
 			if (pid > 0)
 				kill(-pid, SIGKILL);

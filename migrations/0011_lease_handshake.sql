@@ -20,6 +20,10 @@
 ALTER TABLE leases ADD COLUMN offered_at_us bigint NOT NULL DEFAULT 0;
 UPDATE leases SET offered_at_us = started_at_us WHERE state >= 2 AND started_at_us > 0;
 CREATE INDEX leases_offered ON leases (offered_at_us) WHERE state = 2;
+-- false after a ConfirmLease: the agent starts the job once the
+-- confirmation's reply arrives, so its first RUNNING report may move the
+-- start (and metering) later, to when the process really started
+ALTER TABLE leases ADD COLUMN confirmed_by_report boolean NOT NULL DEFAULT true;
 ALTER TABLE nodes ADD COLUMN running_leases bigint[] NOT NULL DEFAULT '{}';
 -- Set by a heartbeat that left out a live lease of its node: the janitor
 -- looks at these nodes only, not at every running lease.
@@ -75,7 +79,8 @@ BEGIN
     UPDATE leases SET state = 3,
            started_at_us = greatest(l.offered_at_us,
                                     least(p_now, CASE WHEN p_started > 0 THEN p_started
-                                                      ELSE p_now END))
+                                                      ELSE p_now END)),
+           confirmed_by_report = false
      WHERE id = p_lease;
     INSERT INTO job_events (job_id, at_us, kind, detail)
         VALUES (l.job_id, p_now, 'running', 'node ' || p_node);
@@ -278,10 +283,16 @@ BEGIN
         RETURN;
     END IF;
     IF p_state = 3 THEN
+        -- the first RUNNING report after a ConfirmLease moves the start to
+        -- when the process started (later only: never bills more)
         UPDATE leases SET state = CASE WHEN state = 2 THEN 3 ELSE state END,
-                          started_at_us = CASE WHEN started_at_us > 0 THEN started_at_us
-                              ELSE greatest(offered_at_us, least(p_now,
-                                  CASE WHEN p_started > 0 THEN p_started ELSE p_now END)) END
+                          started_at_us = CASE
+                              WHEN started_at_us = 0 THEN greatest(offered_at_us, least(p_now,
+                                  CASE WHEN p_started > 0 THEN p_started ELSE p_now END))
+                              WHEN NOT confirmed_by_report AND p_started > started_at_us
+                                  THEN least(p_now, p_started)
+                              ELSE started_at_us END,
+                          confirmed_by_report = true
          WHERE id = p_lease;
         IF l.state = 2 THEN
             INSERT INTO job_events (job_id, at_us, kind, detail)

@@ -1295,6 +1295,15 @@ static void confirm_row_cb(enum pg_status st, PGresult *res, const char *ss, con
 		Gpumatch__V1__Lease lease;
 		struct lease_scratch ls;
 		lease_from_row(res, 0, 0, &lease, &ls);
+		if (lease.state != GPUMATCH__V1__LEASE_STATE__LEASE_STATE_RUNNING) {
+			/* ended (or told to stop) between the confirmation and now */
+			rpc_error(cc->call, RPC_FAILED_PRECONDITION,
+			          "leaseId: lease %" PRIu64 " is no longer to be run (state %d); "
+			          "do not run it",
+			          cc->lease_id, (int)lease.state);
+			free(cc);
+			return;
+		}
 		resp.lease = &lease;
 		resp.duplicate = cc->duplicate;
 		rpc_reply(cc->call, &resp.base);

@@ -1019,12 +1019,18 @@ static void janitor_leases(void)
 	int64_t silent = attention_for(cfg->heartbeat_timeout_ms)
 	                     ? now - (int64_t)cfg->heartbeat_timeout_ms * 1000
 	                     : 0;
+	/* reconciliation needs the agents to have been heard for a whole
+	 * offer window too: an agent whose confirmation's reply was held up by
+	 * an outage starts (and lists) the job only once it arrives */
+	int64_t window = attention_for(cfg->lease_offer_timeout_ms)
+	                     ? (int64_t)cfg->lease_offer_timeout_ms * 1000
+	                     : INT64_MAX / 2;
 	struct numbuf n, pk, ma, of, win, sl;
 	const char *params[] = { fmt_i64(&n, now),
 		                 fmt_i64(&pk, pick),
 		                 fmt_i64(&ma, cfg->max_attempts),
 		                 fmt_i64(&of, offer),
-		                 fmt_i64(&win, (int64_t)cfg->lease_offer_timeout_ms * 1000),
+		                 fmt_i64(&win, window),
 		                 fmt_i64(&sl, silent) };
 	/* An offer the node's last heartbeat lists is running there: the agent
 	 * confirmed it by running it (metered from that heartbeat). */

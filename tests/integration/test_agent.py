@@ -286,6 +286,32 @@ class AgentTest(ItCase):
         n = cli_json(c, "node", "get", victim_id, token=self.otok)["node"]
         self.assertEqual(n["state"], "NODE_STATE_LOST")
 
+    def test_job_that_ends_while_the_agent_is_down_is_not_run_again(self):
+        c = self.c
+        ag = Agent(c, self.otok, "rtx3090-x4.json", c.unique("lazarus"),
+                   labels={"pool": "lazarus"}).start()
+        self.extra_agents.append(ag)
+        runs = os.path.join(self.work, "lazarus.runs")
+        go = os.path.join(self.work, "lazarus.go")
+        jid = self.submit_file({"gpusPerNode": 1, "maxDuration": "5m",
+                                "labelSelector": {"pool": "lazarus"},
+                                "command": ["sh", "-c",
+                                            "echo start >> %s; while [ ! -e %s ]; do sleep 0.1;"
+                                            " done; echo end >> %s" % (runs, go, runs)]},
+                               "lazarus")
+        common.wait_for(lambda: os.path.exists(runs), 30, what="job started")
+        common.wait_for(lambda: self.job(jid)["state"] == "JOB_STATE_RUNNING", 30,
+                        what="job running")
+        ag.kill9()
+        # the job finishes (exit 0) while its agent is down
+        open(go, "w").close()
+        common.wait_for(lambda: open(runs).read().count("end") == 1, 30, what="job ended")
+        ag.start()  # same state directory
+        j = wait_jobs(c, self.ttok, [jid], 60)[jid]
+        self.assertEqual(j["state"], "JOB_STATE_SUCCEEDED", j)
+        self.assertEqual(j.get("attempts"), 1, j)
+        self.assertEqual(open(runs).read().split(), ["start", "end"], "ran exactly once")
+
     def test_agent_restart_resumes_identity_and_reports_lost_job(self):
         c = self.c
         ag = Agent(c, self.otok, "rtx3090-x4.json", c.unique("phoenix"),
