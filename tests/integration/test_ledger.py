@@ -82,14 +82,18 @@ def wait_settled(c, lease_id, timeout=15):
 EXITED = {}
 
 
-def ran_for(c, lease_id, seconds):
+def ran_for(c, lease_id, seconds, meter=False):
     """The lease has run for `seconds` (+0.3 s) and its job exits now: moves
     its start back; the agent's final report will say it exited now (usage
-    is billed to the reported exit, however late the report comes)."""
+    is billed to the reported exit, however late the report comes), and no
+    interim metering runs past that meanwhile. meter=True: it keeps running
+    (metered as it goes) until its report."""
     now = common.now_us()
-    EXITED[str(lease_id)] = now
-    c.psql("UPDATE leases SET started_at_us = %d WHERE id = %s"
-           % (now - int((seconds + 0.3) * 1e6), lease_id))
+    if not meter:
+        EXITED[str(lease_id)] = now
+    c.psql("UPDATE leases SET started_at_us = %d%s WHERE id = %s"
+           % (now - int((seconds + 0.3) * 1e6),
+              "" if meter else ", metered_at_us = %d" % (now + 3600 * 10**6), lease_id))
 
 
 class LedgerAgent(NodeAgent):
@@ -251,7 +255,7 @@ class FixtureTest(LedgerCase):
         ag = self.node()
         op0 = account(self.c, 2, self.op["id"])[0]
         job, lease = self.run_lease(ag)
-        ran_for(self.c, lease["id"], 500)
+        ran_for(self.c, lease["id"], 500, meter=True)
         # the settle sweep meters it every second while it runs
         common.wait_for(lambda: lease_money(self.c, lease["id"]).get(3, 0) >= 450000, 10, 0.2,
                         "interim settlement")
