@@ -1026,12 +1026,10 @@ static void janitor_leases(void)
 	                     ? (int64_t)cfg->lease_offer_timeout_ms * 1000
 	                     : INT64_MAX / 2;
 	struct numbuf n, pk, ma, of, win, sl;
-	const char *params[] = { fmt_i64(&n, now),
-		                 fmt_i64(&pk, pick),
-		                 fmt_i64(&ma, cfg->max_attempts),
-		                 fmt_i64(&of, offer),
-		                 fmt_i64(&win, window),
-		                 fmt_i64(&sl, silent) };
+	const char *params[] = {
+		fmt_i64(&n, now),    fmt_i64(&pk, pick),    fmt_i64(&ma, cfg->max_attempts),
+		fmt_i64(&of, offer), fmt_i64(&win, window), fmt_i64(&sl, silent)
+	};
 	/* An offer the node's last heartbeat lists is running there: the agent
 	 * confirmed it by running it (metered from that heartbeat). */
 	struct step *c = step_new(NULL, 0);
