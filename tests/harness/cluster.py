@@ -288,6 +288,7 @@ class Cluster:
         self.proc = None
         self.host = "127.0.0.1"
         self.port = None
+        self.ssl_context = None  # an ssl.SSLContext: gpumatchd serves https
         self.log_path = None
         self._log = None
         self._pg_up = self._redis_up = False
@@ -602,9 +603,18 @@ class Cluster:
 
     # ---- HTTP ----
 
+    @property
+    def url(self):
+        """gpumatchd's base URL for clients (https:// when it serves TLS)."""
+        return "%s://%s:%d" % ("https" if self.ssl_context else "http", self.host, self.port)
+
     def http(self, method, path, body=b"", headers=None, timeout=30):
         """One request on a fresh connection: (status, headers, body bytes)."""
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+        if self.ssl_context is not None:
+            conn = http.client.HTTPSConnection(self.host, self.port, timeout=timeout,
+                                               context=self.ssl_context)
+        else:
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
         try:
             conn.request(method, path, body=body if body else None, headers=headers or {})
             resp = conn.getresponse()
