@@ -26,6 +26,8 @@ def cli_env(cluster, token=None, extra=None):
                                           "gpumatch-it-no-config", "config")
     if cluster is not None:
         env["GPUMATCH_URL"] = cluster.url
+        if cluster.ca_file:
+            env["GPUMATCH_CA_FILE"] = cluster.ca_file
     if token:
         env["GPUMATCH_TOKEN"] = token
     env.update(extra or {})

@@ -48,6 +48,10 @@ class AgentTest(ItCase):
         cls.tenant, cls.ttok = c.new_tenant()
         cls.work = os.path.join(c.dir, "jobs-out")
         os.makedirs(cls.work, exist_ok=True)
+        # as root the agent runs bare jobs as an unprivileged user (nobody
+        # here): they write their outputs into this shared directory
+        os.chmod(c.dir, 0o711)
+        os.chmod(cls.work, 0o1777)
         cls.agents = [Agent(c, cls.otok, f, c.unique(n), labels={"pool": "main"}).start()
                       for f, n in [("rtx3090-x4.json", "rtx"), ("a100-x8.json", "a100"),
                                    ("h100-x8.json", "h100")]]
