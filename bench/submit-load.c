@@ -113,7 +113,8 @@ static void send_all(struct conn *c, const char *p, size_t n)
 		}
 		int e = SSL_get_error(c->ssl, w);
 		if (e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ) {
-			struct pollfd pf = { c->fd, e == SSL_ERROR_WANT_WRITE ? POLLOUT : POLLIN, 0 };
+			struct pollfd pf = { c->fd, e == SSL_ERROR_WANT_WRITE ? POLLOUT : POLLIN,
+				             0 };
 			poll(&pf, 1, 1000);
 			continue;
 		}

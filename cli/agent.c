@@ -56,8 +56,8 @@ struct job {
 struct agent {
 	struct ctx *c;
 	struct event_base *base;
-	struct cl_conn *ctl;  /* register, heartbeats, reports */
-	struct cl_conn *poll; /* the AcquireLease long-poll */
+	struct cl_conn *ctl;         /* register, heartbeats, reports */
+	struct cl_conn *poll;        /* the AcquireLease long-poll */
 	struct jobenv_user job_user; /* who bare jobs run as */
 	char state_dir[900];
 	json_t *reg; /* RegisterNodeRequest JSON */
@@ -1051,8 +1051,9 @@ static int run_agent(struct ctx *c)
 	unsetenv("GPUMATCH_TOKEN");
 	unsetenv("GPUMATCH_TOKEN_FILE");
 	if (!*c->token)
-		return usage_error(c, "an operator token is required (--token-file, "
-		                      "GPUMATCH_TOKEN_FILE, --token, GPUMATCH_TOKEN or gpumatch login)");
+		return usage_error(
+		    c, "an operator token is required (--token-file, "
+		       "GPUMATCH_TOKEN_FILE, --token, GPUMATCH_TOKEN or gpumatch login)");
 	{
 		char err[600];
 		if (jobenv_pick_user(opt_str(c, "run-as"), opt_has(c, "allow-root-jobs"),
@@ -1165,8 +1166,8 @@ static int run_agent(struct ctx *c)
 	event_add(a->sigterm_ev, NULL);
 	event_add(a->sigint_ev, NULL);
 	alog("info", "msg=\"agent starting\" url=%s name=%s gpus=%u state_dir=%s job_user=%s",
-	     c->url, json_string_value(json_object_get(a->reg, "name")), a->gpu_count,
-	     a->state_dir, a->job_user.name[0] ? a->job_user.name : "?");
+	     c->url, json_string_value(json_object_get(a->reg, "name")), a->gpu_count, a->state_dir,
+	     a->job_user.name[0] ? a->job_user.name : "?");
 	load_leases(a);
 	event_active(a->reg_ev, EV_TIMEOUT, 0);
 	event_base_dispatch(a->base);

@@ -40,10 +40,10 @@ struct cl_conn {
 	int port;
 	int timeout_s;
 	bool tls;
-	bool stale;              /* TLS: closed or failed; replace before the next call */
-	struct dead_conn *dead;  /* replaced connections to free */
-	struct event *reap_ev;   /* frees them */
-	struct call *calls;      /* in flight: freed with the connection */
+	bool stale;             /* TLS: closed or failed; replace before the next call */
+	struct dead_conn *dead; /* replaced connections to free */
+	struct event *reap_ev;  /* frees them */
+	struct call *calls;     /* in flight: freed with the connection */
 };
 
 /* The process's TLS settings (cl_tls_setup) and the one client context. */
@@ -213,9 +213,10 @@ static SSL_CTX *client_ctx(void)
 		const char *key = tls_cfg.key_file[0] ? tls_cfg.key_file : tls_cfg.cert_file;
 		struct stat st;
 		if (!stat(key, &st) && (st.st_mode & 077)) {
-			snprintf(tls_cfg.err, sizeof tls_cfg.err,
-			         "--client-key %s: mode %03o lets group or others read it; chmod 600 it",
-			         key, (unsigned)(st.st_mode & 0777));
+			snprintf(
+			    tls_cfg.err, sizeof tls_cfg.err,
+			    "--client-key %s: mode %03o lets group or others read it; chmod 600 it",
+			    key, (unsigned)(st.st_mode & 0777));
 			goto fail;
 		}
 		if (SSL_CTX_use_certificate_chain_file(ctx, tls_cfg.cert_file) != 1) {
@@ -263,8 +264,8 @@ static struct evhttp_connection *conn_open(struct cl_conn *c, char *err, size_t 
 			return NULL;
 		}
 		unsigned char ip[16];
-		bool is_ip = inet_pton(AF_INET, c->host, ip) == 1 ||
-		             inet_pton(AF_INET6, c->host, ip) == 1;
+		bool is_ip =
+		    inet_pton(AF_INET, c->host, ip) == 1 || inet_pton(AF_INET6, c->host, ip) == 1;
 		/* the certificate must name the host we dialled */
 		if (is_ip) {
 			X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), c->host);
@@ -272,9 +273,9 @@ static struct evhttp_connection *conn_open(struct cl_conn *c, char *err, size_t 
 			SSL_set_tlsext_host_name(ssl, c->host);
 			SSL_set1_host(ssl, c->host);
 		}
-		struct bufferevent *bev = bufferevent_openssl_socket_new(
-		    c->base, -1, ssl, BUFFEREVENT_SSL_CONNECTING,
-		    BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+		struct bufferevent *bev =
+		    bufferevent_openssl_socket_new(c->base, -1, ssl, BUFFEREVENT_SSL_CONNECTING,
+		                                   BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
 		if (!bev) {
 			SSL_free(ssl);
 			snprintf(err, err_len, "TLS: cannot make a connection to %s:%d", c->host,
@@ -405,7 +406,8 @@ static void tls_failure(struct cl_conn *c, struct evhttp_connection *h, char *ou
 		return;
 	case X509_V_ERR_HOSTNAME_MISMATCH:
 	case X509_V_ERR_IP_ADDRESS_MISMATCH:
-		snprintf(out, len, "wrong host: the server's certificate is not for %.200s", c->host);
+		snprintf(out, len, "wrong host: the server's certificate is not for %.200s",
+		         c->host);
 		return;
 	case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT:
 	case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY:

@@ -26,8 +26,8 @@ int jobenv_read_token_file(const char *path, char *out, size_t len, char *err, s
 	}
 	if (!S_ISREG(st.st_mode) || (st.st_mode & 077)) {
 		snprintf(err, err_len,
-		         "token file %s: mode %03o lets group or others read it; chmod 600 it", path,
-		         (unsigned)(st.st_mode & 0777));
+		         "token file %s: mode %03o lets group or others read it; chmod 600 it",
+		         path, (unsigned)(st.st_mode & 0777));
 		close(fd);
 		return -1;
 	}
@@ -90,10 +90,11 @@ int jobenv_pick_user(const char *run_as, bool allow_root, struct jobenv_user *u,
 	}
 	if (!pw || pw->pw_uid == 0) {
 		if (!allow_root) {
-			snprintf(err, err_len,
-			         "--run-as %s: jobs would run as root; pass --allow-root-jobs to allow "
-			         "that",
-			         run_as ? run_as : "root");
+			snprintf(
+			    err, err_len,
+			    "--run-as %s: jobs would run as root; pass --allow-root-jobs to allow "
+			    "that",
+			    run_as ? run_as : "root");
 			return -1;
 		}
 		return 0; /* root, as the operator asked */

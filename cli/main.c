@@ -412,12 +412,13 @@ static void cmd_help(FILE *f, const struct cmd *k)
 	}
 	fprintf(f, "\nglobal flags:\n");
 	print_opts(f, global_opts);
-	fprintf(f,
-	        "\nexit codes: 0 ok, 1 server error, 2 usage error, 3 server unreachable or its TLS "
-	        "certificate not trusted%s\n",
-	        !strcmp(k->words, "watch") || !strcmp(k->words, "submit")
-	            ? ", 4 job failed, 5 job cancelled or preempted (submit: with --watch)"
-	            : "");
+	fprintf(
+	    f,
+	    "\nexit codes: 0 ok, 1 server error, 2 usage error, 3 server unreachable or its TLS "
+	    "certificate not trusted%s\n",
+	    !strcmp(k->words, "watch") || !strcmp(k->words, "submit")
+	        ? ", 4 job failed, 5 job cancelled or preempted (submit: with --watch)"
+	        : "");
 }
 
 /* Lists the commands whose words start with prefix ("" = all). */

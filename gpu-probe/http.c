@@ -116,8 +116,9 @@ ProtobufCMessage *http_call(const char *url, const char *token, const char *meth
 	cfg.tls_error = false;
 	bool tls = !strncmp(url, "https://", 8);
 	if (!tls && strncmp(url, "http://", 7)) {
-		snprintf(err, err_len, "--server: expected http://HOST[:PORT] or https://HOST[:PORT], "
-		                       "got \"%s\"",
+		snprintf(err, err_len,
+		         "--server: expected http://HOST[:PORT] or https://HOST[:PORT], "
+		         "got \"%s\"",
 		         url);
 		return NULL;
 	}
@@ -125,9 +126,10 @@ ProtobufCMessage *http_call(const char *url, const char *token, const char *meth
 		struct stat st;
 		const char *key = cfg.key_file ? cfg.key_file : cfg.cert_file;
 		if (!stat(key, &st) && (st.st_mode & 077)) {
-			snprintf(err, err_len,
-			         "--client-key %s: mode %03o lets group or others read it; chmod 600 it",
-			         key, (unsigned)(st.st_mode & 0777));
+			snprintf(
+			    err, err_len,
+			    "--client-key %s: mode %03o lets group or others read it; chmod 600 it",
+			    key, (unsigned)(st.st_mode & 0777));
 			return NULL;
 		}
 	}
@@ -185,7 +187,8 @@ ProtobufCMessage *http_call(const char *url, const char *token, const char *meth
 		} else if (b.too_big) {
 			snprintf(err, err_len, "reply from %s larger than 64 MiB", url);
 		} else {
-			snprintf(err, err_len, "%s: %s", url, *cerr ? cerr : curl_easy_strerror(rc));
+			snprintf(err, err_len, "%s: %s", url,
+			         *cerr ? cerr : curl_easy_strerror(rc));
 		}
 		goto out;
 	}

@@ -268,18 +268,20 @@ static bool peer_check(struct rpc_call *call, const struct principal *who, char 
 	if (op == (int64_t)who->operator_id && op > 0)
 		return true;
 	if (op == 0)
-		snprintf(why, len,
-		         "node RPCs need a client certificate (this server sets tls_client_ca_file); "
-		         "connect with the operator's certificate");
+		snprintf(
+		    why, len,
+		    "node RPCs need a client certificate (this server sets tls_client_ca_file); "
+		    "connect with the operator's certificate");
 	else if (op < 0)
-		snprintf(why, len,
-		         "the client certificate names no operator (want subject CN operator-%" PRIu64
-		         ")",
-		         who->operator_id);
+		snprintf(
+		    why, len,
+		    "the client certificate names no operator (want subject CN operator-%" PRIu64
+		    ")",
+		    who->operator_id);
 	else
 		snprintf(why, len,
-		         "the client certificate is operator %" PRId64 "'s, the token operator %" PRIu64
-		         "'s",
+		         "the client certificate is operator %" PRId64
+		         "'s, the token operator %" PRIu64 "'s",
 		         op, who->operator_id);
 	log_warn("node rpc refused: client certificate does not match the token operator=%" PRIu64
 	         " cert_operator=%" PRId64 " method=%s",
@@ -392,8 +394,8 @@ int app_start(struct app *a, char *err, size_t err_len)
 	a->pg = pg_pool_new(a->base, a->cfg.pg_conninfo, a->cfg.pg_pool_size, pg_statements);
 	char rpw[512] = "";
 	if (a->cfg.redis_password_file[0] &&
-	    cfg_read_secret_file("redis_password_file", a->cfg.redis_password_file, rpw,
-	                         sizeof rpw, err, err_len))
+	    cfg_read_secret_file("redis_password_file", a->cfg.redis_password_file, rpw, sizeof rpw,
+	                         err, err_len))
 		return -1;
 	if (rds_check_auth(a->cfg.redis_host, a->cfg.redis_port, rpw, err, err_len)) {
 		explicit_bzero(rpw, sizeof rpw);
@@ -414,7 +416,7 @@ int app_start(struct app *a, char *err, size_t err_len)
 	if (!a->rpc)
 		return -1;
 	if (a->tls) {
-		tls_server_attach(a->tls, rpc_server_evhttp(a->rpc));
+		rpc_server_set_bevcb(a->rpc, tls_server_bev_cb, a->tls);
 		rpc_server_set_peer_check(a->rpc, peer_check, a);
 	}
 	rpc_server_add_get(a->rpc, "/healthz", healthz_cb, a);

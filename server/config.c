@@ -106,7 +106,8 @@ static const struct key keys[] = {
 	  "CAs of agents' client certificates: operators' node RPCs then need one whose CN is "
 	  "operator-<id>" },
 	{ "allow_plaintext", K_BOOL, N(allow_plaintext), "false", 0, 0, false,
-	  "serve plaintext HTTP on a non-loopback listen_host (tokens cross the network in clear)" },
+	  "serve plaintext HTTP on a non-loopback listen_host (tokens cross the network in "
+	  "clear)" },
 	{ "metrics_listen", K_STR, S(metrics_listen), "", 0, 0, false,
 	  "extra plaintext loopback HOST:PORT serving /metrics, /healthz, /readyz (\"\": none)" },
 	{ "redis_password_file", K_STR, S(redis_password_file), "", 0, 0, false,
@@ -313,9 +314,9 @@ void cfg_redact_conninfo(const char *conninfo, char *out, size_t out_len)
 		return;
 	size_t o = 0;
 	const char *p = conninfo ? conninfo : "";
-#define PUT(ch)                      \
-	do {                         \
-		if (o + 1 < out_len) \
+#define PUT(ch)                          \
+	do {                             \
+		if (o + 1 < out_len)     \
 			out[o++] = (ch); \
 	} while (0)
 	if (!strncmp(p, "postgres://", 11) || !strncmp(p, "postgresql://", 13)) {

@@ -48,11 +48,11 @@ struct cfg {
 	int probe_attempts_per_hour;      /* challenges per node per hour */
 	int probe_peak_margin_pct;        /* above peak x (1 + this/100): spoofed */
 	int probe_min_ratio_pct;          /* below claim x this/100: rejected */
-	char tls_cert_file[512];      /* PEM chain, leaf first; "" = plaintext */
-	char tls_key_file[512];       /* PEM private key */
-	char tls_client_ca_file[512]; /* CAs of agents' client certificates */
-	bool allow_plaintext;         /* plaintext on a non-loopback address */
-	char metrics_listen[128];     /* "HOST:PORT" plaintext loopback metrics; "" = none */
+	char tls_cert_file[512];          /* PEM chain, leaf first; "" = plaintext */
+	char tls_key_file[512];           /* PEM private key */
+	char tls_client_ca_file[512];     /* CAs of agents' client certificates */
+	bool allow_plaintext;             /* plaintext on a non-loopback address */
+	char metrics_listen[128];         /* "HOST:PORT" plaintext loopback metrics; "" = none */
 	char redis_password_file[512];
 	char config_file[256];
 };

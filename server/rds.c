@@ -504,9 +504,9 @@ int rds_check_auth(const char *host, int port, const char *password, char *err, 
 		rep = redisCommand(c, "PING");
 		if (rep && rep->type == REDIS_REPLY_ERROR) {
 			bool noauth = !strncmp(rep->str, "NOAUTH", 6);
-			snprintf(err, err_len, "redis at %s:%d refused PING: %s%s", host, port,
-			         rep->str,
-			         noauth ? " (it requires a password: set redis_password_file)" : "");
+			snprintf(
+			    err, err_len, "redis at %s:%d refused PING: %s%s", host, port, rep->str,
+			    noauth ? " (it requires a password: set redis_password_file)" : "");
 			rc = -1;
 		}
 		if (rep)

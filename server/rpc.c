@@ -1240,9 +1240,10 @@ size_t rpc_server_inflight(const struct rpc_server *s)
 	return s->inflight;
 }
 
-struct evhttp *rpc_server_evhttp(struct rpc_server *s)
+void rpc_server_set_bevcb(struct rpc_server *s,
+                          struct bufferevent *(*fn)(struct event_base *, void *), void *arg)
 {
-	return s->http;
+	evhttp_set_bevcb(s->http, fn, arg);
 }
 
 void rpc_server_set_peer_check(struct rpc_server *s, rpc_peer_check_fn fn, void *arg)

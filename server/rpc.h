@@ -101,8 +101,10 @@ void rpc_server_stop_accepting(struct rpc_server *s);
 size_t rpc_server_inflight(const struct rpc_server *s);
 void rpc_server_free(struct rpc_server *s);
 
-/* The listener's evhttp, for transport hooks (TLS: evhttp_set_bevcb). */
-struct evhttp *rpc_server_evhttp(struct rpc_server *s);
+/* Every connection accepted from now on gets its bufferevent from fn (TLS:
+ * a bufferevent_openssl in the accepting state, fd -1). */
+void rpc_server_set_bevcb(struct rpc_server *s,
+                          struct bufferevent *(*fn)(struct event_base *, void *), void *arg);
 
 /* Runs once a call's token is resolved and its role may call the method,
  * before the handler: returns true to go on, or false with why (len bytes)

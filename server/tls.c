@@ -19,9 +19,9 @@
 
 /* TLS 1.2 suites with forward secrecy and AEAD only (Mozilla's
  * "intermediate" list); TLS 1.3 keeps OpenSSL's defaults, all AEAD. */
-#define TLS12_CIPHERS                                                 \
-	"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"  \
-	"ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"  \
+#define TLS12_CIPHERS                                                \
+	"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:" \
+	"ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:" \
 	"ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:" \
 	"DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384"
 
@@ -158,7 +158,7 @@ int tls_server_reload(struct tls_server *t, const char *cert_file, const char *k
 	return 0;
 }
 
-static struct bufferevent *bev_cb(struct event_base *base, void *arg)
+struct bufferevent *tls_server_bev_cb(struct event_base *base, void *arg)
 {
 	struct tls_server *t = arg;
 	SSL *ssl = SSL_new(t->ctx);
@@ -172,11 +172,6 @@ static struct bufferevent *bev_cb(struct event_base *base, void *arg)
 	if (!bev)
 		log_error("tls: cannot make a bufferevent for a connection");
 	return bev;
-}
-
-void tls_server_attach(struct tls_server *t, struct evhttp *http)
-{
-	evhttp_set_bevcb(http, bev_cb, t);
 }
 
 bool tls_server_wants_client_certs(const struct tls_server *t)

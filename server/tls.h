@@ -28,8 +28,9 @@ struct tls_server *tls_server_new(const char *cert_file, const char *key_file,
 int tls_server_reload(struct tls_server *t, const char *cert_file, const char *key_file,
                       const char *client_ca_file, char *err, size_t err_len);
 
-/* Makes every connection http accepts from now on a TLS server connection. */
-void tls_server_attach(struct tls_server *t, struct evhttp *http);
+/* The listener's bufferevent factory (arg: the tls_server): a TLS server
+ * connection on the current context, or NULL when out of memory. */
+struct bufferevent *tls_server_bev_cb(struct event_base *base, void *arg);
 
 /* Whether client certificates are requested (tls_client_ca_file set). */
 bool tls_server_wants_client_certs(const struct tls_server *t);
