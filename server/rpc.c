@@ -15,6 +15,7 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 
@@ -1244,6 +1245,13 @@ void rpc_server_set_bevcb(struct rpc_server *s,
                           struct bufferevent *(*fn)(struct event_base *, void *), void *arg)
 {
 	evhttp_set_bevcb(s->http, fn, arg);
+	/* A TLS bufferevent writes each chunk of evhttp's output (headers,
+	 * body) as its own record and send(): with Nagle on, the second waits
+	 * for the client's delayed ACK. Accepted sockets inherit the option. */
+	int one = 1;
+	if (s->sock)
+		setsockopt(evhttp_bound_socket_get_fd(s->sock), IPPROTO_TCP, TCP_NODELAY, &one,
+		           sizeof one);
 }
 
 void rpc_server_set_peer_check(struct rpc_server *s, rpc_peer_check_fn fn, void *arg)

@@ -82,7 +82,6 @@ static SSL_CTX *ctx_build(const char *cert_file, const char *key_file, const cha
 	}
 	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
 	SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
-	SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
 	if (!SSL_CTX_set_cipher_list(ctx, TLS12_CIPHERS)) {
 		ssl_reason(why, sizeof why);
 		snprintf(err, err_len, "tls: cipher list: %s", why);
