@@ -161,15 +161,17 @@ struct bufferevent *tls_server_bev_cb(struct event_base *base, void *arg)
 {
 	struct tls_server *t = arg;
 	SSL *ssl = SSL_new(t->ctx);
-	if (!ssl) {
-		log_error("tls: out of memory for a connection");
-		return NULL;
-	}
 	/* CLOSE_ON_FREE: the bufferevent frees the SSL object with itself */
-	struct bufferevent *bev = bufferevent_openssl_socket_new(
-	    base, -1, ssl, BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
-	if (!bev)
-		log_error("tls: cannot make a bufferevent for a connection");
+	struct bufferevent *bev =
+	    ssl ? bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_ACCEPTING,
+	                                         BEV_OPT_CLOSE_ON_FREE)
+	        : NULL;
+	if (!bev) {
+		/* NULL would make evhttp fall back to a plaintext bufferevent on
+		 * the TLS port: out of memory is fatal instead */
+		log_error("tls: out of memory for a connection");
+		abort();
+	}
 	return bev;
 }
 

@@ -29,7 +29,8 @@ int tls_server_reload(struct tls_server *t, const char *cert_file, const char *k
                       const char *client_ca_file, char *err, size_t err_len);
 
 /* The listener's bufferevent factory (arg: the tls_server): a TLS server
- * connection on the current context, or NULL when out of memory. */
+ * connection on the current context. Aborts when out of memory (evhttp
+ * would otherwise serve that connection in plaintext). */
 struct bufferevent *tls_server_bev_cb(struct event_base *base, void *arg);
 
 /* Whether client certificates are requested (tls_client_ca_file set). */

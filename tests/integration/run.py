@@ -8,7 +8,8 @@ written during the failed test; exits 0 only if all passed.
         [test_jobs | test_jobs.JobTest | test_jobs.JobTest.test_submit ...]
 
 --quick (or GPUMATCH_IT_QUICK=1) leaves out the slow modules (SLOW = True:
-durability and failure tests)."""
+durability and failure tests). Modules with OWN_SUITE = True (meson runs
+them as their own test, e.g. integration-tls) run only when named."""
 
 import sys
 
@@ -87,6 +88,8 @@ def main(argv=None):
     for name in names:
         modname = name.split(".")[0]
         mod = importlib.import_module(modname)
+        if getattr(mod, "OWN_SUITE", False) and not args.tests:
+            continue
         if quick and getattr(mod, "SLOW", False) and not args.tests:
             print("integration: --quick: leaving out %s (slow)" % modname, file=sys.stderr)
             continue

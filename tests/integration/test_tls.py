@@ -25,8 +25,11 @@ from cluster import Cluster, _clean_env, _pdeathsig, gpumatchd_path
 from common import ItCase, node_req, ok
 from tlscerts import CertSet
 
-_certs_dir = tempfile.mkdtemp(prefix="gpumatch-it-tls-")
+# meson runs this module as its own test (integration-tls)
+OWN_SUITE = True
+
 CERTS = None
+_certs_dir = None
 
 
 def gpu_probe_path():
@@ -35,7 +38,8 @@ def gpu_probe_path():
 
 
 def setUpModule():
-    global CERTS
+    global CERTS, _certs_dir
+    _certs_dir = tempfile.mkdtemp(prefix="gpumatch-it-tls-")
     os.chmod(_certs_dir, 0o755)
     CERTS = CertSet(_certs_dir)
     sans = ["IP:127.0.0.1", "DNS:localhost"]
@@ -65,7 +69,8 @@ def tearDownModule():
     try:
         common.teardown_module(__name__)
     finally:
-        shutil.rmtree(_certs_dir, True)
+        if _certs_dir:
+            shutil.rmtree(_certs_dir, True)
 
 
 def free_port():
@@ -345,6 +350,28 @@ class TlsTest(ItCase):
         self.assertIn(verdict.get("result"), ("PROBE_RESULT_PASS", "PROBE_RESULT_FAIL"),
                       verdict)
         self.assertNotIn("TLS", pr.stderr)
+
+    def test_agent_reconnects_with_a_fresh_handshake_after_a_restart(self):
+        """The agent's keep-alive TLS connections die with gpumatchd; the
+        next calls must open new ones (a used TLS session cannot be
+        reconnected) and the node must go on taking work."""
+        name = self.c.unique("tlsrestart")
+        p, log = self.start_agent(name)
+
+        def run_one(tag):
+            r = self.gm("submit", "--label", "pool=" + name, "--duration", "5m", "--",
+                        "true", env=self.env(self.ttok))
+            self.assertEqual(r.returncode, 0, r.stderr)
+            jid = r.stdout.strip()
+            j = wait_jobs(self.c, self.ttok, [jid], 90)[jid]
+            with open(log) as f:
+                tail = f.read()[-3000:]
+            self.assertEqual(j["state"], "JOB_STATE_SUCCEEDED", "%s: %s\n%s" % (tag, j, tail))
+
+        run_one("before")
+        self.c.restart(["--listen_port=%d" % self.c.port])
+        run_one("after the restart")
+        self.assertIsNone(p.poll(), "the agent is still running")
 
     def test_token_file_mode_is_checked_and_root_jobs_need_consent(self):
         loose = self.token_file(self.otok, mode=0o644)
