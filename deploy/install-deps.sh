@@ -15,6 +15,8 @@ packages=(
 	ca-certificates
 	# gpu-probe's HTTP(S) client
 	libcurl4-openssl-dev
+	chromium    # the console's browser tests (tests/browser, DevTools protocol)
+	prometheus  # promtool: checks and unit-tests deploy/prometheus's rules
 	debhelper # the Debian package (debian/, tests/install)
 	fakeroot  # dpkg-buildpackage -us -uc
 	lintian   # the package's check (tests/install)
@@ -62,6 +64,6 @@ echo "install-deps: done" >&2
 # Debian starts the packaged services on install; gpumatch runs its own
 # private instances, so stop the system-wide ones where systemd is present.
 if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
-	$SUDO systemctl disable --now redis-server postgresql >/dev/null 2>&1 || true
+	$SUDO systemctl disable --now redis-server postgresql prometheus >/dev/null 2>&1 || true
 fi
 ensure_job_user

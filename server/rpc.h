@@ -113,7 +113,9 @@ typedef bool (*rpc_peer_check_fn)(struct rpc_call *call, const struct principal 
                                   size_t len, void *arg);
 void rpc_server_set_peer_check(struct rpc_server *s, rpc_peer_check_fn fn, void *arg);
 
-/* GET route (e.g. "/healthz"): fn writes the whole answer with evhttp. */
+/* GET route (e.g. "/healthz"): fn writes the whole answer with evhttp. A
+ * path ending in '*' answers GET and HEAD for every path under that prefix
+ * that no exact route or method takes. */
 typedef void (*rpc_get_fn)(struct evhttp_request *req, void *arg);
 void rpc_server_add_get(struct rpc_server *s, const char *path, rpc_get_fn fn, void *arg);
 
