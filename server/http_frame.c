@@ -57,8 +57,8 @@ static const struct {
 	const char *name;
 	bool body;
 } methods[] = {
-	{ "GET", true },     { "POST", true },   { "PUT", true },    { "DELETE", true },
-	{ "OPTIONS", true }, { "PATCH", true },  { "HEAD", false },  { "TRACE", false },
+	{ "GET", true },     { "POST", true },  { "PUT", true },   { "DELETE", true },
+	{ "OPTIONS", true }, { "PATCH", true }, { "HEAD", false }, { "TRACE", false },
 };
 
 static void request_line(struct http_frame *f, const char *l, size_t n)
@@ -92,7 +92,8 @@ static void request_line(struct http_frame *f, const char *l, size_t n)
 		return;
 	}
 	if (mlen == 7 && !memcmp(l, "CONNECT", 7)) {
-		fail(f, 405, "unimplemented", "CONNECT is not supported: call POST /<service>/<method>");
+		fail(f, 405, "unimplemented",
+		     "CONNECT is not supported: call POST /<service>/<method>");
 		return;
 	}
 	bool known = false;
@@ -113,7 +114,8 @@ static void request_line(struct http_frame *f, const char *l, size_t n)
 	}
 	for (const char *p = t; p < sp2; p++)
 		if ((unsigned char)*p <= 0x20 || (unsigned char)*p >= 0x7f) {
-			fail(f, 400, "invalid_argument", "request target has a byte outside visible ASCII");
+			fail(f, 400, "invalid_argument",
+			     "request target has a byte outside visible ASCII");
 			return;
 		}
 }
@@ -172,7 +174,8 @@ static void header_line(struct http_frame *f, const char *l, size_t n, bool trai
 	if (name_is(l, nlen, "Content-Length")) {
 		uint64_t cl;
 		if (!parse_dec(v, vlen, &cl)) {
-			fail(f, 400, "invalid_argument", "malformed Content-Length: want 1 to 19 digits");
+			fail(f, 400, "invalid_argument",
+			     "malformed Content-Length: want 1 to 19 digits");
 			return;
 		}
 		if (f->has_cl && f->cl != cl) {
@@ -394,7 +397,8 @@ size_t hf_feed(struct http_frame *f, const unsigned char *p, size_t n, unsigned 
 				len--;
 			f->line_len = f->line_total = 0;
 			f->prev_cr = false;
-			unsigned e = trunc ? long_line(f, f->line, len) : line_done(f, f->line, len);
+			unsigned e =
+			    trunc ? long_line(f, f->line, len) : line_done(f, f->line, len);
 			*ev |= e;
 			if (e & (HF_EV_HEAD | HF_EV_DONE | HF_EV_ERROR))
 				return i;
@@ -406,13 +410,14 @@ size_t hf_feed(struct http_frame *f, const unsigned char *p, size_t n, unsigned 
 			return i;
 		}
 		if ((c < 0x20 && c != '\t' && c != '\r') || c == 0x7f) {
-			fail(f, 400, "invalid_argument", "control byte 0x%02x in the request head", c);
+			fail(f, 400, "invalid_argument", "control byte 0x%02x in the request head",
+			     c);
 			*ev |= HF_EV_ERROR;
 			return i;
 		}
 		if (++f->line_total > HF_LINE_MAX) {
-			fail(f, 431, "resource_exhausted", "a request head line is longer than %d bytes",
-			     HF_LINE_MAX);
+			fail(f, 431, "resource_exhausted",
+			     "a request head line is longer than %d bytes", HF_LINE_MAX);
 			*ev |= HF_EV_ERROR;
 			return i;
 		}

@@ -18,15 +18,15 @@
 #define HF_HEADERS_MAX 100  /* header fields per request */
 
 enum hf_state {
-	HF_IDLE,        /* between requests */
-	HF_REQLINE,     /* inside the request line */
-	HF_HEADERS,     /* header lines */
-	HF_BODY,        /* Content-Length body */
-	HF_CHUNK_SIZE,  /* chunk-size line */
-	HF_CHUNK_DATA,  /* chunk bytes */
-	HF_CHUNK_CRLF,  /* the line end after a chunk */
-	HF_TRAILER,     /* trailer lines after the last chunk */
-	HF_FAILED,      /* refused: see err_* */
+	HF_IDLE,       /* between requests */
+	HF_REQLINE,    /* inside the request line */
+	HF_HEADERS,    /* header lines */
+	HF_BODY,       /* Content-Length body */
+	HF_CHUNK_SIZE, /* chunk-size line */
+	HF_CHUNK_DATA, /* chunk bytes */
+	HF_CHUNK_CRLF, /* the line end after a chunk */
+	HF_TRAILER,    /* trailer lines after the last chunk */
+	HF_FAILED,     /* refused: see err_* */
 };
 
 /* Events hf_feed reports (a bit set: one call may end a head and its

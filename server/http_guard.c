@@ -37,12 +37,12 @@
 #define LOG_INTERVAL_US 10000000 /* one line per kind per 10 s while it repeats */
 
 enum refusal {
-	REF_TOTAL,    /* too many connections */
-	REF_CLIENT,   /* too many from one address */
-	REF_DROPPED,  /* past the grace: closed without an answer */
-	REF_HEAD,     /* head deadline */
-	REF_BODY,     /* body deadline */
-	REF_FRAMING,  /* http_frame refused the request */
+	REF_TOTAL,   /* too many connections */
+	REF_CLIENT,  /* too many from one address */
+	REF_DROPPED, /* past the grace: closed without an answer */
+	REF_HEAD,    /* head deadline */
+	REF_BODY,    /* body deadline */
+	REF_FRAMING, /* http_frame refused the request */
 	REF_N,
 };
 
@@ -276,8 +276,7 @@ static const char *reason_phrase(int status)
 /* Answers with a Connect error (msg is ours: plain ASCII, no quotes) and
  * closes once it is written. Takes the connection away from evhttp, which
  * then never reads it again. */
-static void refuse(struct hconn *c, enum refusal why, int status, const char *code,
-                   const char *msg)
+static void refuse(struct hconn *c, enum refusal why, int status, const char *code, const char *msg)
 {
 	struct hguard *g = c->g;
 	g->refused[why]++;
@@ -528,8 +527,9 @@ static void adopt_cb(evutil_socket_t fd, short what, void *arg)
 static struct bufferevent *bev_cb(struct event_base *base, void *arg)
 {
 	struct hguard *g = arg;
-	struct bufferevent *bev = g->bevcb ? g->bevcb(base, g->bevcb_arg)
-	                                   : bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
+	struct bufferevent *bev = g->bevcb
+	                              ? g->bevcb(base, g->bevcb_arg)
+	                              : bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
 	if (!bev)
 		return NULL;
 	struct hconn *c = xcalloc(1, sizeof *c);
@@ -661,10 +661,9 @@ struct hguard *hguard_new(struct event_base *base, struct evhttp *http, const ch
 		         evutil_gai_strerror(gai));
 		goto fail;
 	}
-	g->lev = evconnlistener_new_bind(base, NULL, NULL,
-	                                 LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE |
-	                                     LEV_OPT_CLOSE_ON_EXEC,
-	                                 -1, ai->ai_addr, (int)ai->ai_addrlen);
+	g->lev = evconnlistener_new_bind(
+	    base, NULL, NULL, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC, -1,
+	    ai->ai_addr, (int)ai->ai_addrlen);
 	evutil_freeaddrinfo(ai);
 	if (!g->lev) {
 		snprintf(err, err_len, "cannot listen on %s:%d: %s", host, port, strerror(errno));

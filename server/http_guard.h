@@ -21,12 +21,12 @@
 #include <event2/http.h>
 
 struct hguard_limits {
-	int max_connections;     /* open at once; also capped by the descriptor limit */
-	int max_per_client;      /* open at once from one client address */
-	int header_timeout_ms;   /* a request's head must arrive within this */
-	int body_timeout_ms;     /* and its body within this after the head */
-	size_t max_head_bytes;   /* request line + headers */
-	size_t max_body_bytes;   /* declared or chunked */
+	int max_connections;   /* open at once; also capped by the descriptor limit */
+	int max_per_client;    /* open at once from one client address */
+	int header_timeout_ms; /* a request's head must arrive within this */
+	int body_timeout_ms;   /* and its body within this after the head */
+	size_t max_head_bytes; /* request line + headers */
+	size_t max_body_bytes; /* declared or chunked */
 };
 
 struct hguard;
