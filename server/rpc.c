@@ -25,6 +25,7 @@
 
 #include "http_guard.h"
 #include "log.h"
+#include "pbcheck.h"
 #include "pbjson.h"
 
 #define MAX_HEADERS_BYTES (64 * 1024) /* evhttp's own backstop */
@@ -806,7 +807,12 @@ static void call_run(struct rpc_call *c)
 	struct evbuffer *in = evhttp_request_get_input_buffer(c->req);
 	size_t len = evbuffer_get_length(in);
 	const char *data = len ? (const char *)evbuffer_pullup(in, -1) : "";
+	char why[512] = "";
 	if (c->codec == CODEC_PROTO) {
+		if (pbcheck_wire(m->in, (const uint8_t *)data, len, why, sizeof why)) {
+			call_fail(c, RPC_INVALID_ARGUMENT, "%s", why);
+			return;
+		}
 		arena_init(&c->arena);
 		c->in_arena = true;
 		c->msg = protobuf_c_message_unpack(m->in, &c->arena.pb, len, (const uint8_t *)data);
@@ -828,6 +834,10 @@ static void call_run(struct rpc_call *c)
 			          err[0] ? err : "invalid JSON body");
 			return;
 		}
+	}
+	if (pbcheck_ranges(c->msg, why, sizeof why)) {
+		call_fail(c, RPC_INVALID_ARGUMENT, "%s", why);
+		return;
 	}
 	c->handler_ref = true;
 	m->fn(c, c->msg);
