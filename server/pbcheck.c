@@ -55,6 +55,11 @@ static int wire(const ProtobufCMessageDescriptor *d, const uint8_t *p, size_t n,
 			return 0;
 		i += k;
 		uint32_t num = (uint32_t)(key >> 3);
+		if (!num) {
+			/* protobuf-c keeps it as an unknown field; no encoder makes it */
+			snprintf(err, err_len, "invalid protobuf body: field number 0");
+			return -1;
+		}
 		switch (key & 7) {
 		case 0:
 			if (!(k = varint(p + i, n - i, &len)))
@@ -83,8 +88,7 @@ static int wire(const ProtobufCMessageDescriptor *d, const uint8_t *p, size_t n,
 			return 0;
 		const uint8_t *v = p + i;
 		i += (size_t)len;
-		const ProtobufCFieldDescriptor *f =
-		    num ? protobuf_c_message_descriptor_get_field(d, num) : NULL;
+		const ProtobufCFieldDescriptor *f = protobuf_c_message_descriptor_get_field(d, num);
 		if (!f)
 			continue;
 		if (f->type == PROTOBUF_C_TYPE_STRING) {
