@@ -63,6 +63,10 @@ REFUSED_AUTH = ("unauthenticated",)
 REFUSED_DISABLED = ("unauthenticated", "permission_denied")
 
 
+# its own meson test: `meson test hostile` (tests/integration/meson.build)
+OWN_SUITE = "hostile"
+
+
 def setUpModule():
     common.setup_module(__name__)
 

@@ -19,6 +19,10 @@ SERVICES = ("JobService", "NodeService", "AdminService")
 TABLES = ("tenants", "operators", "nodes", "gpus", "jobs", "leases", "policies", "probe_runs")
 
 
+# its own meson test: `meson test hostile` (tests/integration/meson.build)
+OWN_SUITE = "hostile"
+
+
 def setUpModule():
     common.setup_module(__name__, ["--max_body_bytes=%d" % MAX_BODY])
 

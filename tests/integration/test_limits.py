@@ -25,6 +25,10 @@ PER_CLIENT = 40
 MAX_BODY = 65536
 
 
+# its own meson test: `meson test hostile` (tests/integration/meson.build)
+OWN_SUITE = "hostile"
+
+
 def setUpModule():
     common.setup_module(__name__, [
         "--header_timeout_ms=%d" % HEADER_MS, "--body_timeout_ms=%d" % BODY_MS,
