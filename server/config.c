@@ -75,10 +75,16 @@ static const struct key keys[] = {
 	  false, "settle sweeps run in parallel, each on its share of the leases (id % shards)" },
 	{ "ledger_meter_interval_ms", K_INT, N(ledger_meter_interval_ms), "60000", 10, 86400000,
 	  true, "running leases' usage is posted (operators paid as they go) this often" },
+	{ "rollup_interval_ms", K_INT, N(rollup_interval_ms), "15000", 100, 60000, true,
+	  "how often the leader refreshes the per-minute rollups behind the console's charts" },
+	{ "rollup_retention_hours", K_INT, N(rollup_retention_hours), "720", 1, 87600, true,
+	  "per-minute rollups older than this are deleted" },
 	{ "allow_unverified", K_BOOL, N(allow_unverified), "false", 0, 0, false,
 	  "initial policy: unverified nodes may take jobs (admins change it with SetPolicy)" },
-	{ "traces_dir", K_STR, S(traces_dir), GPUMATCH_TRACES_DIR, 0, 0, true,
-	  "where SimulatePolicy finds the shipped traces (alibaba-gpu-v2023/, msr-itp/, gavel/)" },
+	{ "traces_dir", K_STR, S(traces_dir), "", 0, 0, true,
+	  "where SimulatePolicy finds the public traces (alibaba-gpu-v2023/, msr-itp/, gavel/); "
+	  "\"\": share/gpumatch/traces installed, traces/ in a source tree "
+	  "(deploy/fetch-traces.sh puts them there)" },
 	{ "instance_id", K_STR, S(instance_id), "", 0, 0, false,
 	  "name of this replica in logs and the leader lock (default host:pid)" },
 	{ "probe_peaks_file", K_STR, S(probe_peaks_file), "", 0, 0, false,

@@ -9,6 +9,7 @@
 
 #include "ledger.h"
 #include "log.h"
+#include "series.h"
 #include "service.h"
 
 static struct app *the_app;
@@ -71,6 +72,11 @@ static const struct route routes[] = {
 	{ "/gpumatch.v1.AdminService/GetRevenueReport", ledger_revenue_report },
 	{ "/gpumatch.v1.JobService/GetSpend", ledger_get_spend },
 	{ "/gpumatch.v1.NodeService/GetEarnings", ledger_get_earnings },
+	{ "/gpumatch.v1.AdminService/GetFleetSeries", series_fleet },
+	{ "/gpumatch.v1.AdminService/GetFleetSummary", series_fleet_summary },
+	{ "/gpumatch.v1.NodeService/GetNodeSeries", series_node },
+	{ "/gpumatch.v1.JobService/GetSpendSeries", series_spend },
+	{ "/gpumatch.v1.IdentityService/GetIdentity", series_identity },
 	{ NULL, NULL },
 };
 
@@ -131,13 +137,14 @@ int handlers_start(struct app *a, char *err, size_t err_len)
 	the_app = a;
 	if (jobs_start(a, err, err_len) || nodes_start(a, err, err_len) ||
 	    probe_start(a, err, err_len) || schedloop_start(a, err, err_len) ||
-	    ledger_start(a, err, err_len))
+	    ledger_start(a, err, err_len) || series_start(a, err, err_len))
 		return -1;
 	return 0;
 }
 
 void handlers_stop(struct app *a)
 {
+	series_stop(a);
 	ledger_stop(a);
 	schedloop_stop(a);
 	probe_stop(a);
@@ -153,7 +160,8 @@ void handlers_drain(struct app *a)
 
 bool handlers_idle(struct app *a)
 {
-	return jobs_idle(a) && schedloop_idle(a) && probe_idle(a) && ledger_idle(a);
+	return jobs_idle(a) && schedloop_idle(a) && probe_idle(a) && ledger_idle(a) &&
+	       series_idle(a);
 }
 
 void handlers_reload(struct app *a)
@@ -167,6 +175,7 @@ void handlers_metrics(struct app *a, struct evbuffer *b)
 	probe_metrics(a, b);
 	schedloop_metrics(a, b);
 	ledger_metrics(a, b);
+	series_metrics(a, b);
 }
 
 /* ---- helpers ------------------------------------------------------------------------ */
@@ -182,7 +191,11 @@ void reply_pg_error(struct rpc_call *call, enum pg_status st, const char *sqlsta
 		return;
 	}
 	if (!strncmp(sqlstate, "23", 2)) {
-		rpc_error(call, RPC_FAILED_PRECONDITION, "rejected by the record: %s", err);
+		/* the constraint's text names tables and SQL: the log keeps it */
+		log_info("constraint refused method=%s sqlstate=%s err=\"%s\"",
+		         rpc_method_path(call), sqlstate, err);
+		rpc_error(call, RPC_FAILED_PRECONDITION,
+		          "rejected: it conflicts with what is already recorded");
 		return;
 	}
 	if (!strcmp(sqlstate, "GM001")) {
