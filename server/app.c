@@ -142,7 +142,10 @@ static void readyz_cb(struct evhttp_request *req, void *arg)
 	bool schema = a->schema_version >= SCHEMA_VERSION;
 	char body[256];
 	snprintf(body, sizeof body, "postgres %s\nredis %s\nschema %d (needs %d)\n%s",
-	         pg ? "ok" : "down", rd ? "ok" : "down", a->schema_version, SCHEMA_VERSION,
+	         pg                             ? "ok"
+	         : pg_pool_stalled(a->pg, NULL) ? "not answering"
+	                                        : "down",
+	         rd ? "ok" : "down", a->schema_version, SCHEMA_VERSION,
 	         a->draining ? "draining\n" : "");
 	bool ok = pg && rd && schema && !a->draining;
 	reply_text(req, ok ? 200 : 503, ok ? "OK" : "Service Unavailable", "text/plain", body);
@@ -234,6 +237,7 @@ static void signal_cb(evutil_socket_t sig, short ev, void *arg)
 		struct rpc_limits l;
 		rpc_limits_from_cfg(&a->cfg, &l);
 		rpc_server_set_limits(a->rpc, &l);
+		pg_pool_set_stall_timeout(a->pg, a->cfg.pg_stall_timeout_ms);
 		handlers_reload(a);
 		log_info("configuration reloaded");
 		return;
@@ -275,6 +279,7 @@ int app_start(struct app *a, char *err, size_t err_len)
 		snprintf(err, err_len, "out of memory or bad store settings");
 		return -1;
 	}
+	pg_pool_set_stall_timeout(a->pg, a->cfg.pg_stall_timeout_ms);
 	struct rpc_limits l;
 	rpc_limits_from_cfg(&a->cfg, &l);
 	a->rpc = rpc_server_new(a->base, a->cfg.listen_host, a->cfg.listen_port, a->methods, &l,

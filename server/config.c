@@ -57,6 +57,16 @@ static const struct key keys[] = {
 	  "a node silent this long is marked lost and its leases end" },
 	{ "lease_pickup_timeout_ms", K_INT, N(lease_pickup_timeout_ms), "60000", 100, 3600000, true,
 	  "an assigned lease not acquired by its node within this expires" },
+	{ "lease_offer_timeout_ms", K_INT, N(lease_offer_timeout_ms), "10000", 100, 3600000, true,
+	  "a lease handed out by AcquireLease and not confirmed by the agent within this is "
+	  "withdrawn: the job goes back to the queue, unbilled, no attempt counted" },
+	{ "test_die_after_lease_commit", K_INT, N(test_die_after_lease_commit), "0", 0, 1000000,
+	  false,
+	  "TEST ONLY (fault injection): gpumatchd kills itself (SIGKILL) after the Nth "
+	  "AcquireLease offer commits and before its reply is sent; 0 = off" },
+	{ "pg_stall_timeout_ms", K_INT, N(pg_stall_timeout_ms), "1500", 0, 600000, true,
+	  "Postgres busy with no answer this long counts as stalled: queries fail fast with "
+	  "unavailable and /readyz says not ready until it answers again (0 = off)" },
 	{ "cycle_interval_ms", K_INT, N(cycle_interval_ms), "1000", 1, 600000, true,
 	  "periodic scheduling cycle (events also trigger cycles)" },
 	{ "reconcile_interval_ms", K_INT, N(reconcile_interval_ms), "60000", 100, 86400000, true,

@@ -29,6 +29,9 @@ struct cfg {
 	int heartbeat_interval_ms;
 	int heartbeat_timeout_ms;
 	int lease_pickup_timeout_ms;
+	int lease_offer_timeout_ms;      /* AcquireLease -> ConfirmLease, else withdrawn */
+	int test_die_after_lease_commit; /* test-only: die after the Nth offer commits */
+	int pg_stall_timeout_ms;         /* no answer from Postgres this long: unavailable */
 	int cycle_interval_ms;
 	int reconcile_interval_ms;
 	int max_attempts;

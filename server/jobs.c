@@ -19,7 +19,8 @@
 /* ---- building Job messages from rows -------------------------------------------- */
 
 #define JOB_COLS                                                                            \
-	"j.id, j.tenant_id, j.name, j.idempotency_key, j.spec_pb, j.state, j.attempts,"     \
+	"j.id, j.tenant_id, j.name, j.idempotency_key, j.spec_pb, j.state,"                 \
+	" j.attempts - j.attempts_withdrawn,"                                               \
 	" j.submitted_at_us, j.started_at_us, j.ended_at_us, j.updated_at_us,"              \
 	" j.failure_reason, j.failure_message, j.exit_code, j.term_signal, j.failure_node," \
 	" j.cost_micros + (SELECT coalesce(sum(l.posted_micros), 0) FROM leases l"          \

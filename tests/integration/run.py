@@ -7,11 +7,9 @@ written during the failed test; exits 0 only if all passed.
     GPUMATCH_BUILD=build python3 tests/integration/run.py [-v] [--quick]
         [test_jobs | test_jobs.JobTest | test_jobs.JobTest.test_submit ...]
 
-Modules with OWN_SUITE = "name" run only when named (their own meson test,
-e.g. `meson test hostile`).
-
 --quick (or GPUMATCH_IT_QUICK=1) leaves out the slow modules (SLOW = True:
-durability and failure tests)."""
+durability and failure tests). Modules with OWN_SUITE = True run only when
+named (meson runs each as its own test, with its own timeout)."""
 
 import sys
 
@@ -90,11 +88,11 @@ def main(argv=None):
     for name in names:
         modname = name.split(".")[0]
         mod = importlib.import_module(modname)
-        if getattr(mod, "OWN_SUITE", None) and not args.tests:
-            # run by its own meson test (tests/integration/meson.build)
-            continue
         if quick and getattr(mod, "SLOW", False) and not args.tests:
             print("integration: --quick: leaving out %s (slow)" % modname, file=sys.stderr)
+            continue
+        if getattr(mod, "OWN_SUITE", False) and not args.tests:
+            # run by its own meson test (its own timeout), when named
             continue
         if name == modname:
             suite.addTests(loader.loadTestsFromModule(mod))
