@@ -23,6 +23,7 @@
 
 #include "cli.h"
 #include "client.h"
+#include "jobenv.h"
 #include "pbjson.h"
 #include "gpumatch/v1/node_service.pb-c.h"
 
@@ -56,8 +57,9 @@ struct job {
 struct agent {
 	struct ctx *c;
 	struct event_base *base;
-	struct cl_conn *ctl;  /* register, heartbeats, reports */
-	struct cl_conn *poll; /* the AcquireLease long-poll */
+	struct cl_conn *ctl;         /* register, heartbeats, reports */
+	struct cl_conn *poll;        /* the AcquireLease long-poll */
+	struct jobenv_user job_user; /* who bare jobs run as */
 	char state_dir[900];
 	json_t *reg; /* RegisterNodeRequest JSON */
 	uint64_t node_id;
@@ -511,12 +513,20 @@ static void start_job(struct agent *a, const Gpumatch__V1__AcquireLeaseResponse 
 		int nul = open("/dev/null", O_RDONLY);
 		if (fd < 0 || nul < 0 || dup2(nul, 0) < 0 || dup2(fd, 1) < 0 || dup2(fd, 2) < 0)
 			err = errno;
+		/* the log stays the agent's file; from here on the job's user */
+		if (!err && jobenv_drop_privileges(&a->job_user)) {
+			stage = "switch to the job user";
+			err = errno;
+		}
 		if (!err && s->working_dir && *s->working_dir) {
 			stage = "chdir";
 			if (chdir(s->working_dir))
 				err = errno;
 		}
 		if (!err) {
+			/* nothing of the agent's own environment (its token
+			 * above all): the documented set, then the spec's */
+			jobenv_reset_environment(&a->job_user);
 			env_setf("CUDA_VISIBLE_DEVICES", "%s", gpus);
 			env_setf("GPUMATCH_JOB_ID", "%" PRIu64, l->job_id);
 			env_setf("GPUMATCH_LEASE_ID", "%" PRIu64, l->id);
@@ -1251,9 +1261,42 @@ static int run_agent(struct ctx *c)
 	a->c = c;
 	int rc;
 	const char *v;
+	/* the token: a file (--token-file, GPUMATCH_TOKEN_FILE, or systemd's
+	 * LoadCredential=token) rather than argv or the environment, which
+	 * other processes and every child can see */
+	char credpath[1100] = "";
+	const char *tf = opt_str(c, "token-file");
+	if (!tf && (v = getenv("GPUMATCH_TOKEN_FILE")) && *v)
+		tf = v;
+	if (!tf && (v = getenv("CREDENTIALS_DIRECTORY")) && *v) {
+		snprintf(credpath, sizeof credpath, "%s/token", v);
+		if (!access(credpath, F_OK))
+			tf = credpath;
+	}
+	if (tf && opt_has(c, "token"))
+		return usage_error(c, "give --token or a token file, not both");
+	if (tf) {
+		char err[1400];
+		if (jobenv_read_token_file(tf, c->token, sizeof c->token, err, sizeof err)) {
+			fprintf(stderr, "gpumatch agent: %s\n", err);
+			return EXIT_USAGE;
+		}
+	} else if (opt_has(c, "token")) {
+		alog("warn", "msg=\"--token on the command line is visible to every local user; "
+		             "use --token-file\"");
+	}
+	unsetenv("GPUMATCH_TOKEN");
+	unsetenv("GPUMATCH_TOKEN_FILE");
 	if (!*c->token)
-		return usage_error(c, "an operator token is required (--token, GPUMATCH_TOKEN or "
-		                      "gpumatch login)");
+		return usage_error(
+		    c, "an operator token is required (--token-file, "
+		       "GPUMATCH_TOKEN_FILE, --token, GPUMATCH_TOKEN or gpumatch login)");
+	{
+		char err[600];
+		if (jobenv_pick_user(opt_str(c, "run-as"), opt_has(c, "allow-root-jobs"),
+		                     &a->job_user, err, sizeof err))
+			return usage_error(c, "%s", err);
+	}
 	a->grace_us = 10000000;
 	if ((v = opt_str(c, "grace")) && (a->grace_us = parse_duration_us(v)) < 0)
 		return usage_error(c, "--grace: expected a duration such as 10s, got \"%s\"", v);
@@ -1359,8 +1402,9 @@ static int run_agent(struct ctx *c)
 	event_add(a->sigchld_ev, NULL);
 	event_add(a->sigterm_ev, NULL);
 	event_add(a->sigint_ev, NULL);
-	alog("info", "msg=\"agent starting\" url=%s name=%s gpus=%u state_dir=%s", c->url,
-	     json_string_value(json_object_get(a->reg, "name")), a->gpu_count, a->state_dir);
+	alog("info", "msg=\"agent starting\" url=%s name=%s gpus=%u state_dir=%s job_user=%s",
+	     c->url, json_string_value(json_object_get(a->reg, "name")), a->gpu_count, a->state_dir,
+	     a->job_user.name[0] ? a->job_user.name : "?");
 	load_leases(a);
 	event_active(a->reg_ev, EV_TIMEOUT, 0);
 	event_base_dispatch(a->base);
@@ -1417,6 +1461,16 @@ static const struct optdef agent_opts[] = {
 	  false },
 	{ "poll", "DUR", "AcquireLease long-poll wait (default 20s)", false },
 	{ "heartbeat", "DUR", "heartbeat period (default: what the server asks for)", false },
+	{ "token-file", "FILE",
+	  "read the operator token from FILE, mode 0600 (GPUMATCH_TOKEN_FILE; systemd: "
+	  "LoadCredential=token)",
+	  false },
+	{ "run-as", "USER",
+	  "user that jobs without an image run as (default gpumatch-job, else nobody; the agent "
+	  "must be root to switch)",
+	  false },
+	{ "allow-root-jobs", NULL, "let jobs run as root (with --run-as root, or no such user)",
+	  false },
 	{ 0 },
 };
 

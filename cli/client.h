@@ -30,9 +30,18 @@ void cl_result_clear(struct cl_result *r);
  * found, a stale fencing token, permissions). */
 bool cl_result_final_error(const struct cl_result *r);
 
-/* A keep-alive connection to base_url ("http://host:port"). Returns NULL
- * (and a reason in err) when the URL is not http://HOST:PORT or libevent
- * fails. timeout_s bounds each request. Freed with cl_conn_free. */
+/* TLS settings for every https:// connection the process makes from now
+ * on: ca_file (PEM; NULL or "" = the system store) verifies the server,
+ * cert_file/key_file (PEM; NULL or "" = none) are the client certificate
+ * some servers ask agents for. Errors in them surface on the first call. */
+void cl_tls_setup(const char *ca_file, const char *cert_file, const char *key_file);
+
+/* A keep-alive connection to base_url ("http://host:port" or
+ * "https://host:port"). Returns NULL (and a reason in err) when the URL is
+ * neither, the TLS settings are unusable, or libevent fails. timeout_s
+ * bounds each request. Over https the server's certificate chain and host
+ * name are verified; a failure comes back as code "tls" with the reason
+ * (unknown CA, expired, wrong host). Freed with cl_conn_free. */
 struct cl_conn;
 struct cl_conn *cl_conn_new(struct event_base *base, const char *base_url, int timeout_s, char *err,
                             size_t err_len);

@@ -23,6 +23,14 @@
 static const struct optdef global_opts[] = {
 	{ "url", "URL", "gpumatchd's address (GPUMATCH_URL; default " DEFAULT_URL ")", false },
 	{ "token", "TOKEN", "bearer token (GPUMATCH_TOKEN)", false },
+	{ "ca-file", "FILE",
+	  "PEM CA certificates that verify an https:// server (GPUMATCH_CA_FILE; default: the "
+	  "system store)",
+	  false },
+	{ "client-cert", "FILE",
+	  "PEM client certificate, for servers that ask operators for one (GPUMATCH_CLIENT_CERT)",
+	  false },
+	{ "client-key", "FILE", "its private key, mode 0600 (GPUMATCH_CLIENT_KEY)", false },
 	{ "output", "FORMAT", "table or json (short: -o)", false },
 	{ "config", "FILE", "config file (GPUMATCH_CONFIG; default ~/.config/gpumatch/config)",
 	  false },
@@ -182,6 +190,9 @@ int call_msg(struct ctx *c, const char *service, const char *method, const Proto
 	if (!strcmp(r.code, "invalid_url")) {
 		fprintf(stderr, "gpumatch: %s\n", r.message);
 		rc = EXIT_USAGE;
+	} else if (!strcmp(r.code, "tls")) {
+		fprintf(stderr, "gpumatch: %s\n", r.message);
+		rc = EXIT_UNREACHABLE;
 	} else if (r.http_status == 0) {
 		fprintf(stderr, "gpumatch: %s (is gpumatchd running? set --url or GPUMATCH_URL)\n",
 		        r.message);
@@ -247,7 +258,8 @@ static void default_config_path(char *out, size_t len)
 }
 
 /* Reads "key = value" lines; '#' starts a comment. Missing file: nothing. */
-static void read_config(const char *path, char *url, size_t url_len, char *token, size_t token_len)
+static void read_config(const char *path, char *url, size_t url_len, char *token, size_t token_len,
+                        char *ca, size_t ca_len)
 {
 	FILE *f = fopen(path, "r");
 	if (!f)
@@ -274,6 +286,8 @@ static void read_config(const char *path, char *url, size_t url_len, char *token
 			snprintf(url, url_len, "%s", v);
 		else if (!strcmp(k, "token") && !*token)
 			snprintf(token, token_len, "%s", v);
+		else if (!strcmp(k, "ca_file") && !*ca)
+			snprintf(ca, ca_len, "%s", v);
 	}
 	fclose(f);
 }
@@ -305,8 +319,9 @@ static int run_login(struct ctx *c)
 		return usage_error(c, "--url is required (or GPUMATCH_URL)");
 	if (!*c->token)
 		return usage_error(c, "--token is required (or GPUMATCH_TOKEN)");
-	if (strncmp(c->url, "http://", 7))
-		return usage_error(c, "--url: \"%s\" is not http://HOST:PORT", c->url);
+	if (strncmp(c->url, "http://", 7) && strncmp(c->url, "https://", 8))
+		return usage_error(c, "--url: \"%s\" is not http://HOST:PORT or https://HOST:PORT",
+		                   c->url);
 	int rc;
 	if (!opt_has(c, "no-check") && (rc = check_login(c)))
 		return rc;
@@ -326,6 +341,8 @@ static int run_login(struct ctx *c)
 	}
 	FILE *f = fdopen(fd, "w");
 	fprintf(f, "# written by gpumatch login\nurl = %s\ntoken = %s\n", c->url, c->token);
+	if (c->ca_file[0])
+		fprintf(f, "ca_file = %s\n", c->ca_file);
 	if (fclose(f) || rename(tmp, c->config_path)) {
 		fprintf(stderr, "gpumatch login: cannot write %s: %s\n", c->config_path,
 		        strerror(errno));
@@ -358,10 +375,13 @@ static void cmd_help(FILE *f, const struct cmd *k)
 	}
 	fprintf(f, "\nglobal flags:\n");
 	print_opts(f, global_opts);
-	fprintf(f, "\nexit codes: 0 ok, 1 server error, 2 usage error, 3 server unreachable%s\n",
-	        !strcmp(k->words, "watch") || !strcmp(k->words, "submit")
-	            ? ", 4 job failed, 5 job cancelled or preempted (submit: with --watch)"
-	            : "");
+	fprintf(
+	    f,
+	    "\nexit codes: 0 ok, 1 server error, 2 usage error, 3 server unreachable or its TLS "
+	    "certificate not trusted%s\n",
+	    !strcmp(k->words, "watch") || !strcmp(k->words, "submit")
+	        ? ", 4 job failed, 5 job cancelled or preempted (submit: with --watch)"
+	        : "");
 }
 
 /* Lists the commands whose words start with prefix ("" = all). */
@@ -597,9 +617,20 @@ int main(int argc, char **argv)
 		snprintf(c.url, sizeof c.url, "%s", v);
 	if ((v = opt_str(&c, "token")) || ((v = getenv("GPUMATCH_TOKEN")) && *v))
 		snprintf(c.token, sizeof c.token, "%s", v);
+	if ((v = opt_str(&c, "ca-file")) || ((v = getenv("GPUMATCH_CA_FILE")) && *v))
+		snprintf(c.ca_file, sizeof c.ca_file, "%s", v);
 	if (k->run != run_login)
-		read_config(c.config_path, c.url, sizeof c.url, c.token, sizeof c.token);
+		read_config(c.config_path, c.url, sizeof c.url, c.token, sizeof c.token, c.ca_file,
+		            sizeof c.ca_file);
 	if (!*c.url)
 		snprintf(c.url, sizeof c.url, "%s", DEFAULT_URL);
+	const char *cert = opt_str(&c, "client-cert"), *key = opt_str(&c, "client-key");
+	if (!cert)
+		cert = getenv("GPUMATCH_CLIENT_CERT");
+	if (!key)
+		key = getenv("GPUMATCH_CLIENT_KEY");
+	if (key && *key && !(cert && *cert))
+		return usage_error(&c, "--client-key needs --client-cert");
+	cl_tls_setup(c.ca_file, cert, key);
 	return k->run(&c);
 }

@@ -20,6 +20,7 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 
@@ -676,6 +677,11 @@ struct hguard *hguard_new(struct event_base *base, struct evhttp *http, const ch
 		snprintf(err, err_len, "out of memory");
 		goto fail;
 	}
+	/* TLS writes evhttp's headers and body as separate records: without
+	 * TCP_NODELAY the second waits for a delayed ACK. Accepted sockets
+	 * inherit it. */
+	int one = 1;
+	setsockopt(evconnlistener_get_fd(g->lev), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 	/* after evhttp_bind_listener, which sets only the accept callback */
 	evconnlistener_set_error_cb(g->lev, accept_error_cb);
 	g->next_guard = all_guards;

@@ -15,6 +15,7 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 
@@ -190,6 +191,8 @@ struct rpc_server {
 	struct rpc_limits limits;
 	rpc_auth_fn auth;
 	void *auth_arg;
+	rpc_peer_check_fn peer_check;
+	void *peer_arg;
 	int port;
 	bool stopped;
 	struct get_route *gets;
@@ -865,8 +868,14 @@ static void auth_done_cb(struct rpc_call *c, bool ok, bool unavailable, const st
 		call_fail(c, RPC_PERMISSION_DENIED, "a %s token may not call %s",
 		          role_name(who->role), c->m->path);
 	else {
-		c->who = *who;
-		call_run(c);
+		char why[256] = "";
+		struct rpc_server *s = c->srv;
+		if (s && s->peer_check && !s->peer_check(c, who, why, sizeof why, s->peer_arg)) {
+			call_fail(c, RPC_PERMISSION_DENIED, "%s", why);
+		} else {
+			c->who = *who;
+			call_run(c);
+		}
 	}
 	call_maybe_release(c);
 }
@@ -1251,6 +1260,12 @@ size_t rpc_server_inflight(const struct rpc_server *s)
 	return s->inflight;
 }
 
+void rpc_server_set_peer_check(struct rpc_server *s, rpc_peer_check_fn fn, void *arg)
+{
+	s->peer_check = fn;
+	s->peer_arg = arg;
+}
+
 void rpc_server_add_get(struct rpc_server *s, const char *path, rpc_get_fn fn, void *arg)
 {
 	struct get_route *g = xcalloc(1, sizeof *g);
@@ -1323,6 +1338,13 @@ const struct principal *rpc_principal(const struct rpc_call *call)
 const char *rpc_method_path(const struct rpc_call *call)
 {
 	return call->m->path;
+}
+
+struct bufferevent *rpc_call_bufferevent(const struct rpc_call *call)
+{
+	struct evhttp_connection *evcon =
+	    call->req ? evhttp_request_get_connection(call->req) : NULL;
+	return evcon ? evhttp_connection_get_bufferevent(evcon) : NULL;
 }
 
 void rpc_set_data(struct rpc_call *call, void *data)

@@ -110,6 +110,18 @@ void rpc_server_stop_accepting(struct rpc_server *s);
 size_t rpc_server_inflight(const struct rpc_server *s);
 void rpc_server_free(struct rpc_server *s);
 
+/* Every connection accepted from now on gets its bufferevent from fn (TLS:
+ * a bufferevent_openssl in the accepting state, fd -1). */
+void rpc_server_set_bevcb(struct rpc_server *s,
+                          struct bufferevent *(*fn)(struct event_base *, void *), void *arg);
+
+/* Runs once a call's token is resolved and its role may call the method,
+ * before the handler: returns true to go on, or false with why (len bytes)
+ * filled, and the call is refused with permission_denied. */
+typedef bool (*rpc_peer_check_fn)(struct rpc_call *call, const struct principal *who, char *why,
+                                  size_t len, void *arg);
+void rpc_server_set_peer_check(struct rpc_server *s, rpc_peer_check_fn fn, void *arg);
+
 /* GET route (e.g. "/healthz"): fn writes the whole answer with evhttp. A
  * path ending in '*' answers GET and HEAD for every path under that prefix
  * that no exact route or method takes. */
@@ -120,6 +132,9 @@ void rpc_server_add_get(struct rpc_server *s, const char *path, rpc_get_fn fn, v
 
 const struct principal *rpc_principal(const struct rpc_call *call);
 const char *rpc_method_path(const struct rpc_call *call);
+/* The call's connection's bufferevent (borrowed), or NULL once the client
+ * is gone. */
+struct bufferevent *rpc_call_bufferevent(const struct rpc_call *call);
 /* Application data for the call's duration. */
 void rpc_set_data(struct rpc_call *call, void *data);
 void *rpc_get_data(const struct rpc_call *call);

@@ -48,6 +48,10 @@ class AgentTest(ItCase):
         cls.tenant, cls.ttok = c.new_tenant()
         cls.work = os.path.join(c.dir, "jobs-out")
         os.makedirs(cls.work, exist_ok=True)
+        # as root the agent runs bare jobs as an unprivileged user (nobody
+        # here): they write their outputs into this shared directory
+        os.chmod(c.dir, 0o711)
+        os.chmod(cls.work, 0o1777)
         cls.agents = [Agent(c, cls.otok, f, c.unique(n), labels={"pool": "main"}).start()
                       for f, n in [("rtx3090-x4.json", "rtx"), ("a100-x8.json", "a100"),
                                    ("h100-x8.json", "h100")]]
@@ -159,6 +163,7 @@ class AgentTest(ItCase):
         shapes = [(1, 1), (2, 1), (4, 1), (8, 1), (4, 2), (1, 1), (2, 1)]
         out = os.path.join(self.work, "mixed")
         os.makedirs(out, exist_ok=True)
+        os.chmod(out, 0o1777)  # the jobs' user writes here
         want = {}
         for i in range(50):
             gpus, nodes = shapes[i % len(shapes)]
