@@ -455,6 +455,23 @@ static void parse_error_body(struct cl_result *r, const uint8_t *body, size_t le
 	json_decref(j);
 }
 
+void cl_decode_reply(const ProtobufCMessageDescriptor *out, int status, const uint8_t *body,
+                     size_t len, struct cl_result *r)
+{
+	r->http_status = status;
+	if (status == 200) {
+		r->resp = protobuf_c_message_unpack(out, NULL, len, body);
+		if (!r->resp) {
+			r->http_status = 0;
+			snprintf(r->code, sizeof r->code, "internal");
+			snprintf(r->message, sizeof r->message,
+			         "the server's %s reply does not decode", out->name);
+		}
+	} else {
+		parse_error_body(r, body, len);
+	}
+}
+
 static void reply_cb(struct evhttp_request *req, void *arg)
 {
 	struct call *k = arg;
@@ -484,17 +501,7 @@ static void reply_cb(struct evhttp_request *req, void *arg)
 		struct evbuffer *in = evhttp_request_get_input_buffer(req);
 		size_t len = evbuffer_get_length(in);
 		const uint8_t *body = len ? evbuffer_pullup(in, -1) : NULL;
-		if (status == 200) {
-			r.resp = protobuf_c_message_unpack(k->out, NULL, len, body);
-			if (!r.resp) {
-				r.http_status = 0;
-				snprintf(r.code, sizeof r.code, "internal");
-				snprintf(r.message, sizeof r.message,
-				         "the server's %s reply does not decode", k->out->name);
-			}
-		} else {
-			parse_error_body(&r, body, len);
-		}
+		cl_decode_reply(k->out, status, body, len, &r);
 	}
 	if (k->prev)
 		k->prev->next = k->next;

@@ -65,6 +65,13 @@ int cl_call_async(struct cl_conn *c, const char *token, const char *service, con
 int cl_call(const char *base_url, const char *token, int timeout_s, const char *service,
             const char *method, const ProtobufCMessage *req, struct cl_result *r);
 
+/* Decodes an HTTP answer (status, body[0..len)) to a call whose response
+ * type is out into *r (zeroed by the caller): the unpacked response on 200,
+ * else the Connect error's code and message (or http_<status> and the
+ * body's start when it is not one). */
+void cl_decode_reply(const ProtobufCMessageDescriptor *out, int status, const uint8_t *body,
+                     size_t len, struct cl_result *r);
+
 /* The response descriptor of /gpumatch.v1.<service>/<method>, or NULL. */
 const ProtobufCMessageDescriptor *cl_method_output(const char *service, const char *method);
 const ProtobufCMessageDescriptor *cl_method_input(const char *service, const char *method);

@@ -9,6 +9,9 @@ packages=(
 	libevent-dev libpq-dev libhiredis-dev libjansson-dev libyaml-dev
 	postgresql redis-server
 	protobuf-compiler python3-protobuf
+	clang # fuzz/: the libFuzzer targets are built with clang
+	libclang-rt-14-dev # fuzz/: libFuzzer and the sanitizer runtimes for clang
+	util-linux # prlimit, for the descriptor-exhaustion test
 	# TLS: gpumatchd and the CLI/agent (bufferevent_openssl), certificates in tests
 	libssl-dev
 	openssl

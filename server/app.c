@@ -197,6 +197,9 @@ static void rpc_limits_from_cfg(const struct cfg *c, struct rpc_limits *l)
 	l->request_timeout_ms = c->request_timeout_ms;
 	l->idle_timeout_ms = c->idle_timeout_ms;
 	l->max_connections = c->max_connections;
+	l->max_per_client = c->max_connections_per_client;
+	l->header_timeout_ms = c->header_timeout_ms;
+	l->body_timeout_ms = c->body_timeout_ms;
 }
 
 static void drain_tick_cb(evutil_socket_t fd, short ev, void *arg)

@@ -22,6 +22,9 @@ struct cfg {
 	int request_timeout_ms;
 	int idle_timeout_ms;
 	int max_connections;
+	int max_connections_per_client;
+	int header_timeout_ms;
+	int body_timeout_ms;
 	int long_poll_max_ms;
 	int heartbeat_interval_ms;
 	int heartbeat_timeout_ms;

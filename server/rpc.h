@@ -84,7 +84,10 @@ struct rpc_limits {
 	size_t max_body_bytes;  /* larger requests: resource_exhausted (413) */
 	int request_timeout_ms; /* a call not answered by then: deadline_exceeded */
 	int idle_timeout_ms;    /* keep-alive connections idle this long are closed */
-	int max_connections;
+	int max_connections;    /* open at once, counted from accept (capped by RLIMIT_NOFILE) */
+	int max_per_client;     /* open at once from one client address; 0 = no limit */
+	int header_timeout_ms;  /* a request's head must arrive within this (0: 10 s) */
+	int body_timeout_ms;    /* and its body within this after the head (0: 30 s) */
 };
 
 /* Binds host:port (port 0 = ephemeral; rpc_server_port tells which).
@@ -95,6 +98,12 @@ struct rpc_server *rpc_server_new(struct event_base *base, const char *host, int
                                   const struct rpc_method *methods, const struct rpc_limits *limits,
                                   rpc_auth_fn auth, void *auth_arg, char *err, size_t err_len);
 int rpc_server_port(const struct rpc_server *s);
+/* fn makes each accepted connection's bufferevent (fd -1; e.g. a TLS one)
+ * instead of a plain socket bufferevent. Never call evhttp_set_bevcb: the
+ * connection guard (http_guard.h) owns it and calls fn. */
+struct bufferevent;
+void rpc_server_set_bevcb(struct rpc_server *s,
+                          struct bufferevent *(*fn)(struct event_base *, void *), void *arg);
 void rpc_server_set_limits(struct rpc_server *s, const struct rpc_limits *limits);
 /* Stops accepting; calls in flight may still answer. */
 void rpc_server_stop_accepting(struct rpc_server *s);

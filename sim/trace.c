@@ -834,8 +834,10 @@ static int parse_gavel_json(struct rd *r, const char *text, struct trace_tputs *
 	json_object_foreach(root, gpu, per_gpu)
 	{
 		if (ng == MAX_FIELDS || !json_is_object(per_gpu)) {
+			/* gpu belongs to root: the message first */
+			int e = bad(r, gpu, "expected at most %d GPU objects", MAX_FIELDS);
 			json_decref(root);
-			return bad(r, gpu, "expected at most %d GPU objects", MAX_FIELDS);
+			return e;
 		}
 		names[ng++] = gpu;
 	}
@@ -870,11 +872,13 @@ static int parse_gavel_json(struct rd *r, const char *text, struct trace_tputs *
 			uint32_t scale, type;
 			json_t *alone = json_object_get(entry, "null");
 			if (!parse_gavel_key(key, name, &scale) || !json_is_number(alone)) {
+				/* key belongs to root: the message first */
+				int e = bad(r, t->cols[c],
+				            "entry \"%s\": expected a key \"('type', "
+				            "scale)\" with a \"null\" number",
+				            key);
 				json_decref(root);
-				return bad(r, t->cols[c],
-				           "entry \"%s\": expected a key \"('type', "
-				           "scale)\" with a \"null\" number",
-				           key);
+				return e;
 			}
 			struct trace_tput_row *row;
 			if (tputs_type(t, name, &type) ||
