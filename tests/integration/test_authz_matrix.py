@@ -39,6 +39,7 @@ MATRIX = {
     ("NodeService", "SubmitProbe"): (NODE, "node_id"),
     ("NodeService", "Heartbeat"): (NODE, "node_id"),
     ("NodeService", "AcquireLease"): (NODE, "node_id"),
+    ("NodeService", "ConfirmLease"): (NODE, "node_id"),
     ("NodeService", "ReportLease"): (NODE, "node_id"),
     ("NodeService", "DrainNode"): (NODE, "node_id"),
     ("NodeService", "UndrainNode"): (NODE, "node_id"),
