@@ -92,7 +92,7 @@ static char *slurp(const char *path, char *err, size_t err_len)
 /* Text given in memory may start with a UTF-8 byte-order mark too. */
 static char *skip_bom(char *text)
 {
-	return text && !memcmp(text, "\xef\xbb\xbf", 3) ? text + 3 : text;
+	return text && !strncmp(text, "\xef\xbb\xbf", 3) ? text + 3 : text;
 }
 
 /* Cuts the next line off *p (in place); NULL at the end. */
