@@ -1,8 +1,8 @@
 /* batch.c — group commit for per-call statements (see batch.h). A batch
  * that fails with an error (a deadlock with another writer, a constraint
- * one element broke) is written again one item at a time, so that each
- * call gets its own answer; a Postgres that is unavailable fails the whole
- * batch as it would have failed each call. */
+ * one element broke) is written again in halves, so that each call gets its
+ * own answer; a Postgres that is unavailable fails the whole batch as it
+ * would have failed each call. */
 #include <inttypes.h>
 #include <stdlib.h>
 
@@ -12,7 +12,6 @@
 struct batch_run {
 	struct pg_pool *pg;
 	struct batch_kind *k;
-	bool single; /* the retry of one item of a failed batch */
 	int n;
 	struct batch_item *items[];
 };
@@ -60,14 +59,13 @@ static bool run_exec(struct batch_run *r)
 	return false;
 }
 
-static struct batch_run *run_new(struct pg_pool *pg, struct batch_kind *k, int n, bool single)
+static struct batch_run *run_new(struct pg_pool *pg, struct batch_kind *k, int n)
 {
 	struct batch_run *r = malloc(sizeof *r + (size_t)n * sizeof r->items[0]);
 	if (!r)
 		oom();
 	r->pg = pg;
 	r->k = k;
-	r->single = single;
 	r->n = n;
 	return r;
 }
@@ -76,6 +74,7 @@ static void run_cb(enum pg_status st, PGresult *res, const char *ss, const char 
 {
 	struct batch_run *r = arg;
 	struct batch_kind *k = r->k;
+	struct pg_pool *pg = r->pg;
 	if (st == PG_OK) {
 		int *row = malloc((size_t)r->n * sizeof *row);
 		if (!row)
@@ -90,30 +89,32 @@ static void run_cb(enum pg_status st, PGresult *res, const char *ss, const char 
 		for (int i = 0; i < r->n; i++)
 			k->done(r->items[i], PG_OK, res, row[i], "", "");
 		free(row);
+		k->retry_max = 0;
 	} else if (st == PG_ERROR && r->n > 1) {
-		/* nothing of it was written: each item alone gets its own answer */
+		/* Nothing of it was written (a deadlock with another writer, or
+		 * one element's error): its items go back to the head of the
+		 * queue and the next statement takes half of them, so a
+		 * transient error costs one retry and an element that fails on
+		 * its own is isolated in log2(n) statements and answered alone. */
 		k->failed_batches++;
-		log_warn("batch failed, writing its calls one by one kind=%s n=%d err=\"%s\"",
+		log_warn("batch failed, writing it again in halves kind=%s n=%d err=\"%s\"",
 		         k->name, r->n, err);
-		for (int i = 0; i < r->n; i++) {
-			struct batch_run *one = run_new(r->pg, k, 1, true);
-			one->items[0] = r->items[i];
-			k->singles++;
-			if (!run_exec(one))
-				k->singles--;
+		for (int i = r->n - 1; i >= 0; i--) {
+			r->items[i]->next = k->head;
+			if (!k->head)
+				k->tail = &r->items[i]->next;
+			k->head = r->items[i];
 		}
+		k->queued += r->n;
+		k->retry_max = r->n / 2;
 	} else {
 		for (int i = 0; i < r->n; i++)
 			k->done(r->items[i], st, res, -1, ss, err);
+		k->retry_max = 0;
 	}
-	if (r->single)
-		k->singles--;
-	else
-		k->busy = false;
-	struct pg_pool *pg = r->pg;
+	k->busy = false;
 	free(r);
-	if (!k->busy)
-		flush(pg, k);
+	flush(pg, k);
 }
 
 struct keyed {
@@ -147,8 +148,9 @@ static void flush(struct pg_pool *pg, struct batch_kind *k)
 {
 	if (k->busy || !k->head)
 		return;
-	int n = k->queued < k->max ? k->queued : k->max;
-	struct batch_run *r = run_new(pg, k, n, false);
+	int max = k->retry_max ? k->retry_max : k->max;
+	int n = k->queued < max ? k->queued : max;
+	struct batch_run *r = run_new(pg, k, n);
 	for (int i = 0; i < n; i++) {
 		r->items[i] = k->head;
 		k->head = k->head->next;
@@ -180,7 +182,7 @@ void batch_add(struct pg_pool *pg, struct batch_kind *k, struct batch_item *it)
 
 bool batch_idle(const struct batch_kind *k)
 {
-	return !k->busy && !k->head && !k->singles;
+	return !k->busy && !k->head;
 }
 
 void batch_metrics(const struct batch_kind *const *kinds, struct evbuffer *b)

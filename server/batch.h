@@ -45,8 +45,8 @@ struct batch_kind {
 	/* state */
 	struct batch_item *head, **tail;
 	int queued;
-	bool busy;   /* a batch statement is in flight */
-	int singles; /* items of a failed batch being written one by one */
+	bool busy;     /* a batch statement is in flight */
+	int retry_max; /* after a failed statement: the next one's size (halving) */
 	uint64_t batches, items, failed_batches;
 };
 

@@ -1189,7 +1189,7 @@ static void report_add(struct batch_item *it, struct strbuf *a)
 
 /* Columns after the element's position: status, job_id, job_state,
  * job_done, requeued, the seq applied before, the lease (LEASE_COLS) and
- * its stop_reason, all of gm_report_lease_row (migration 0019). */
+ * its stop_reason, all of gm_report_leases (migration 0019). */
 #define REPORT_C_LEASE 7
 static void report_done(struct batch_item *it, enum pg_status st, PGresult *res, int row,
                         const char *ss, const char *err)
@@ -1273,31 +1273,19 @@ static void report_done(struct batch_item *it, enum pg_status st, PGresult *res,
 	report_free(rc);
 }
 
-static uint64_t report_key(const struct batch_item *it)
-{
-	return ((const struct report_ctx *)it)->node_id;
-}
+/* the lease columns of a batch function's row r */
+#define R_LEASE_COLS LEASE_COLS_OF("(r.lease).")
 
 static struct batch_kind reports = {
 	.name = "report",
-	.sql = "SELECT u.i, r.status, r.job_id, r.job_state, r.job_done, r.requeued, r.last_seq,"
-	       " " LEASE_COLS_OF(
-	           "(r.lease).") ", (r.lease).stop_reason"
-	                         " FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], "
-	                         "$4::bigint[], $5::bigint[],"
-	                         " $6::smallint[], $7::integer[], $8::integer[], $9::text[], "
-	                         "$10::bigint[],"
-	                         " $11::integer[], $12::bigint[], $13::bigint[], $14::bigint[])"
-	                         " WITH ORDINALITY u(lease, node, op, fence, seq, state, exit, "
-	                         "sig, msg, now, ma,"
-	                         " started, exited, hbi, i)"
-	                         " CROSS JOIN LATERAL gm_report_lease_row(u.lease, u.node, u.op, "
-	                         "u.fence, u.seq,"
-	                         " u.state, u.exit, u.sig, u.msg, u.now, u.ma, u.started, "
-	                         "u.exited, u.hbi) r",
+	.sql = "SELECT r.i, r.status, r.job_id, r.job_state, r.job_done, r.requeued, "
+	       "r.last_seq, " R_LEASE_COLS ", (r.lease).stop_reason"
+	       " FROM gm_report_leases($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[],"
+	       " $5::bigint[], $6::smallint[], $7::integer[], $8::integer[], $9::text[],"
+	       " $10::bigint[], ($11::integer[])[1], $12::bigint[], $13::bigint[],"
+	       " ($14::bigint[])[1]) r",
 	.nparams = 14,
 	.max = 512,
-	.key = report_key, /* node rows (leases_succeeded) in id order, as heartbeats */
 	.add = report_add,
 	.done = report_done,
 };
@@ -1399,7 +1387,7 @@ static void confirm_add(struct batch_item *it, struct strbuf *a)
 }
 
 /* Columns after the element's position: status, job_id and the lease
- * (LEASE_COLS) of gm_confirm_lease_row (migration 0019). */
+ * (LEASE_COLS) of gm_confirm_leases (migration 0019). */
 #define CONFIRM_C_LEASE 3
 static void confirm_done(struct batch_item *it, enum pg_status st, PGresult *res, int row,
                          const char *ss, const char *err)
@@ -1475,13 +1463,9 @@ static void confirm_done(struct batch_item *it, enum pg_status st, PGresult *res
 
 static struct batch_kind confirms = {
 	.name = "confirm",
-	.sql = "SELECT u.i, r.status, r.job_id, " LEASE_COLS_OF(
-	    "(r.lease).") " FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], "
-	                  "$5::bigint[],"
-	                  " $6::bigint[]) WITH ORDINALITY u(lease, node, op, fence, started, now, "
-	                  "i)"
-	                  " CROSS JOIN LATERAL gm_confirm_lease_row(u.lease, u.node, u.op, u.fence,"
-	                  " u.started, u.now) r",
+	.sql = "SELECT r.i, r.status, r.job_id, " R_LEASE_COLS
+	       " FROM gm_confirm_leases($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[],"
+	       " $5::bigint[], $6::bigint[]) r",
 	.nparams = 6,
 	.max = 512,
 	.add = confirm_add,
