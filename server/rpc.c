@@ -851,7 +851,7 @@ static void call_run(struct rpc_call *c)
 			return;
 		}
 	}
-	if (pbcheck_ranges(c->msg, why, sizeof why)) {
+	if (pbcheck_message(c->msg, why, sizeof why)) {
 		call_fail(c, RPC_INVALID_ARGUMENT, "%s", why);
 		return;
 	}
