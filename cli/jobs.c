@@ -50,8 +50,11 @@ static const struct col job_fields[] = {
 	{ "PRIORITY", "spec.priorityClass", F_ENUM },
 	{ "MAX DURATION", "spec.maxDurationUs", F_DUR },
 	{ "MAX PRICE/GPU-H", "spec.maxPricePerGpuHourMicros", F_MONEY },
+	{ "IMAGE", "spec.image", F_STR },
 	{ "COMMAND", "spec.command", F_LIST },
 	{ "NODES", "placement[].nodeId", F_LIST },
+	{ "PHASE", "placement[].phase", F_LIST },
+	{ "IMAGE DIGEST", "placement[].imageDigest", F_LIST },
 	{ "GPU INDEXES", "placement[].gpuIndexes", F_STR },
 	{ "ATTEMPTS", "attempts", F_NUM },
 	{ "SUBMITTED", "submittedAtUs", F_TIME },
@@ -350,6 +353,7 @@ static int watch_job(struct ctx *c, uint64_t id)
 	}
 	int last_state = -1;
 	uint32_t last_attempts = 0;
+	char last_phase[32] = "";
 	int unreachable = 0;
 	for (;;) {
 		Gpumatch__V1__GetJobResponse *r;
@@ -364,9 +368,13 @@ static int watch_job(struct ctx *c, uint64_t id)
 			return rc;
 		unreachable = 0;
 		Gpumatch__V1__Job *j = r->job;
-		if (j && ((int)j->state != last_state || j->attempts != last_attempts)) {
+		const char *phase =
+		    j && j->n_placement && j->placement[0]->phase ? j->placement[0]->phase : "";
+		if (j && ((int)j->state != last_state || j->attempts != last_attempts ||
+		          strcmp(phase, last_phase))) {
 			last_state = (int)j->state;
 			last_attempts = j->attempts;
+			snprintf(last_phase, sizeof last_phase, "%s", phase);
 			if (c->json) {
 				json_t *jj = msg_to_json(&j->base);
 				char *s = json_dumps(jj, JSON_COMPACT);
@@ -386,6 +394,8 @@ static int watch_job(struct ctx *c, uint64_t id)
 						printf("%s%" PRIu64, i ? "," : "",
 						       j->placement[i]->node_id);
 				}
+				if (*phase)
+					printf(" phase=%s", phase);
 				if (j->attempts > 1)
 					printf(" attempt=%u", j->attempts);
 				if (j->failure && j->failure->reason) {

@@ -40,8 +40,8 @@ static const struct cmd cmds_main[] = {
 	{ 0 },
 };
 
-static const struct cmd *const tables[] = { cmds_main, cmds_jobs, cmds_nodes, cmds_admin,
-	                                    cmds_agent };
+static const struct cmd *const tables[] = { cmds_main,  cmds_jobs,  cmds_nodes,
+	                                    cmds_admin, cmds_agent, cmds_logs };
 
 /* ---- flags ---- */
 

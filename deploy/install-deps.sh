@@ -9,6 +9,9 @@ packages=(
 	libevent-dev libpq-dev libhiredis-dev libjansson-dev libyaml-dev
 	postgresql redis-server
 	protobuf-compiler python3-protobuf
+	podman # container jobs (the agent's runtime; tests run real containers)
+	runc # podman's OCI runtime here: crun cannot run under hybrid cgroups
+	busybox-static # the container tests' image, imported from a local rootfs
 )
 
 missing=()

@@ -976,7 +976,7 @@ static void lost_nodes_cb(enum pg_status st, PGresult *res, const char *ss, cons
 	       "     UNION ALL SELECT x.id FROM leases x"
 	       "      WHERE x.state = 4 AND x.stop_deadline_us < $1::bigint)"
 	       "  ORDER BY l.id LIMIT 1000) x"
-	       " CROSS JOIN LATERAL gm_end_lease(x.id, x.outcome::smallint, 0, 0,"
+	       " CROSS JOIN LATERAL gm_end_lease_any(x.id, x.outcome::smallint, 0, 0,"
 	       "   'lease expired', $1::bigint, $3::integer) r",
 	       3, params, janitor_end_cb, q);
 	/* leases past their max duration are told to stop */
