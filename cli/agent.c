@@ -451,6 +451,8 @@ static void log_path(const struct agent *a, uint64_t lease_id, char *out, size_t
 static void logs_done_cb(void *arg)
 {
 	struct job *j = arg;
+	alog("info", "msg=\"output shipped\" lease=%" PRIu64 " bytes=%" PRId64 " ms=%" PRId64,
+	     j->lease_id, ls_offset(j->ls), ls_took_us(j->ls) / 1000);
 	if (!j->nq && !j->running && j->pid == 0) {
 		if (j->container || *j->scratch)
 			rt_remove(&j->a->rt, j->lease_id, j->scratch);

@@ -31,6 +31,7 @@ struct logship {
 	int backoff_ms;
 	struct event *timer;
 	uint8_t *buf;
+	int64_t started_us, took_us;
 	void (*done_cb)(void *arg);
 	void *arg;
 	struct logship *next_dead;
@@ -58,6 +59,7 @@ static void finish(struct logship *ls)
 	if (ls->done)
 		return;
 	ls->done = true;
+	ls->took_us = cl_now_us() - ls->started_us;
 	if (ls->done_cb)
 		ls->done_cb(ls->arg);
 }
@@ -177,6 +179,7 @@ struct logship *ls_new(struct event_base *base, struct cl_conn *conn, const char
 	ls->done_cb = done;
 	ls->arg = arg;
 	snprintf(ls->path, sizeof ls->path, "%s", path);
+	ls->started_us = cl_now_us();
 	pump(ls);
 	return ls;
 }
@@ -199,6 +202,11 @@ bool ls_done(const struct logship *ls)
 int64_t ls_offset(const struct logship *ls)
 {
 	return ls ? ls->offset : 0;
+}
+
+int64_t ls_took_us(const struct logship *ls)
+{
+	return ls ? ls->took_us : 0;
 }
 
 void ls_free(struct logship *ls)

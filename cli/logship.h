@@ -27,6 +27,10 @@ void ls_finish(struct logship *ls);
 
 bool ls_done(const struct logship *ls);
 int64_t ls_offset(const struct logship *ls); /* bytes the server holds */
+/* Microseconds from the start of shipping to the end-of-output's
+ * acknowledgement (0 until then): what the log line of a finished lease
+ * says, and what bench/containers reads. */
+int64_t ls_took_us(const struct logship *ls);
 
 /* Stops shipping (an in-flight call's answer is dropped). NULL is fine. */
 void ls_free(struct logship *ls);

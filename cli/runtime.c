@@ -820,20 +820,20 @@ void rt_launch(const struct rt_config *rc, const struct rt_lease *l, int status_
 	static struct argv a;
 	static char out[4096], err[2048];
 	const char *image = l->spec->image;
-	/* the image: present, else pulled within the timeout */
+	/* the image's digest, which also says whether it is present; if not,
+	 * it is pulled within the timeout and asked again */
 	memset(&a, 0, sizeof a);
 	engine_args(rc, &a);
 	arg(&a, "image");
-	arg(&a, "exists");
+	arg(&a, "inspect");
+	arg(&a, "--format");
+	arg(&a, "%s", rc->docker ? "{{.Id}}" : "{{.Digest}}");
 	arg(&a, "%s", image);
-	if (rc->docker) {
-		memset(&a, 0, sizeof a);
-		engine_args(rc, &a);
-		arg(&a, "image");
-		arg(&a, "inspect");
-		arg(&a, "%s", image);
-	}
-	int st = run_capture(a.v, -1, out, sizeof out, err, sizeof err, 60);
+	static struct argv inspect;
+	inspect = a;
+	for (int k = 0; k < inspect.n; k++)
+		inspect.v[k] = inspect.buf + (a.v[k] - a.buf);
+	int st = run_capture(inspect.v, -1, out, sizeof out, err, sizeof err, 60);
 	if (st < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
 		say(status_fd, "PHASE PULLING");
 		memset(&a, 0, sizeof a);
@@ -852,15 +852,8 @@ void rt_launch(const struct rt_config *rc, const struct rt_lease *l, int status_
 			    *err ? err : "the runtime could not pull the image");
 			_exit(125);
 		}
+		st = run_capture(inspect.v, -1, out, sizeof out, err, sizeof err, 60);
 	}
-	memset(&a, 0, sizeof a);
-	engine_args(rc, &a);
-	arg(&a, "image");
-	arg(&a, "inspect");
-	arg(&a, "--format");
-	arg(&a, "%s", rc->docker ? "{{.Id}}" : "{{.Digest}}");
-	arg(&a, "%s", image);
-	st = run_capture(a.v, -1, out, sizeof out, err, sizeof err, 60);
 	if (st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0 && !strncmp(out, "sha256:", 7) &&
 	    strlen(out) == 71)
 		say(status_fd, "DIGEST %s", out);

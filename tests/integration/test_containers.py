@@ -68,7 +68,7 @@ def setUpModule():
     STORAGE = tempfile.mkdtemp(prefix="gmct-", dir="/tmp")
     build_image()
     common.setup_module(__name__, ["--allow_unverified=true", "--cycle_interval_ms=100",
-                                   "--heartbeat_interval_ms=500", "--heartbeat_timeout_ms=4000",
+                                   "--heartbeat_interval_ms=500", "--heartbeat_timeout_ms=15000",
                                    "--long_poll_max_ms=5000", "--log_cap_bytes=%d" % LOG_CAP,
                                    "--volume_allow_paths=/srv/gpumatch-data,/mnt/shared"])
 
