@@ -1386,16 +1386,7 @@ static void load_leases(struct agent *a)
  * name, removed. */
 static void remove_orphans(struct agent *a)
 {
-	uint64_t keep[256];
-	size_t n = 0;
-	for (struct job *j = a->jobs; j && n < 256; j = j->next)
-		keep[n++] = j->lease_id;
-	int removed = rt_remove_orphans(&a->rt, keep, n);
-	if (removed > 0)
-		alog("info", "msg=\"removed containers of leases no longer held\" count=%d",
-		     removed);
-	else if (removed < 0 && a->rt.docker)
-		alog("warn", "msg=\"could not list this agent's containers\"");
+	rt_remove_orphans(&a->rt);
 	char dir[1200];
 	snprintf(dir, sizeof dir, "%s/scratch", a->state_dir);
 	DIR *d = opendir(dir);

@@ -110,6 +110,10 @@ static void append_done(struct cl_result *r, void *arg)
 	ls->backoff_ms = ls->backoff_ms ? ls->backoff_ms * 2 : 250;
 	if (ls->backoff_ms > 10000)
 		ls->backoff_ms = 10000;
+	fprintf(stderr,
+	        "level=warn msg=\"output not delivered, will retry\" lease=%" PRIu64
+	        " offset=%" PRId64 " code=%s err=\"%s\" retry_ms=%d\n",
+	        ls->lease_id, ls->offset, r->code, r->message, ls->backoff_ms);
 	later(ls, ls->backoff_ms);
 }
 

@@ -161,6 +161,10 @@ int rt_config_init(struct rt_config *rc, struct ctx *c, const char *state_dir, b
 	for (const char *p = state_dir; *p; p++)
 		h = (h ^ (unsigned char)*p) * 1099511628211ULL;
 	snprintf(rc->agent_label, sizeof rc->agent_label, "%016" PRIx64, h);
+	struct timespec now;
+	clock_gettime(CLOCK_REALTIME, &now);
+	snprintf(rc->run_label, sizeof rc->run_label, "%d-%lld", (int)getpid(),
+	         (long long)now.tv_sec * 1000 + now.tv_nsec / 1000000);
 	if ((v = opt_str(c, "gpu-devices"))) {
 		if (!strcmp(v, "none"))
 			rc->gpus = RT_GPU_NONE;
@@ -481,7 +485,8 @@ static int run_capture(char *const *argv, int out_fd, char *cap, size_t cap_len,
 			size_t dlen = i == 0 ? err_len : cap_len, *used = i == 0 ? &ne : &nc;
 			size_t room = dlen && *used < dlen - 1 ? dlen - 1 - *used : 0;
 			size_t take = (size_t)got < room ? (size_t)got : room;
-			memcpy(dst + *used, tmp, take);
+			if (take)
+				memcpy(dst + *used, tmp, take);
 			*used += take;
 			if (dlen)
 				dst[*used] = '\0';
@@ -572,8 +577,16 @@ void rt_remove(const struct rt_config *rc, uint64_t lease_id, const char *scratc
 	spawn(a.v);
 }
 
-int rt_remove_orphans(const struct rt_config *rc, const uint64_t *keep, size_t n)
+void rt_remove_orphans(const struct rt_config *rc)
 {
+	pid_t pid = fork();
+	if (pid != 0)
+		return;
+	setpgid(0, 0);
+	sigset_t none;
+	sigemptyset(&none);
+	sigprocmask(SIG_SETMASK, &none, NULL);
+	signal(SIGCHLD, SIG_DFL);
 	static struct argv a;
 	memset(&a, 0, sizeof a);
 	engine_args(rc, &a);
@@ -582,22 +595,17 @@ int rt_remove_orphans(const struct rt_config *rc, const uint64_t *keep, size_t n
 	arg(&a, "--filter");
 	arg(&a, "label=gpumatch.agent=%s", rc->agent_label);
 	arg(&a, "--format");
-	arg(&a, "{{.Names}}");
+	arg(&a, "{{.Names}} {{index .Labels \"gpumatch.run\"}}");
 	static char out[65536];
 	char err[512];
-	int st = run_capture(a.v, -1, out, sizeof out, err, sizeof err, 60);
+	int st = run_capture(a.v, -1, out, sizeof out, err, sizeof err, 120);
 	if (st < 0 || !WIFEXITED(st) || WEXITSTATUS(st))
-		return -1;
-	int removed = 0;
-	for (char *save = NULL, *tok = strtok_r(out, "\n", &save); tok;
-	     tok = strtok_r(NULL, "\n", &save)) {
-		uint64_t id;
-		if (sscanf(tok, "gm-lease-%" SCNu64, &id) != 1)
-			continue;
-		bool kept = false;
-		for (size_t i = 0; i < n && !kept; i++)
-			kept = keep[i] == id;
-		if (kept)
+		_exit(1);
+	for (char *save = NULL, *line = strtok_r(out, "\n", &save); line;
+	     line = strtok_r(NULL, "\n", &save)) {
+		char name[128], run[64] = "";
+		if (sscanf(line, "%127s %63s", name, run) < 1 || strncmp(name, "gm-lease-", 9) ||
+		    !strcmp(run, rc->run_label))
 			continue;
 		static struct argv r;
 		memset(&r, 0, sizeof r);
@@ -605,13 +613,15 @@ int rt_remove_orphans(const struct rt_config *rc, const uint64_t *keep, size_t n
 		arg(&r, "rm");
 		arg(&r, "-f");
 		arg(&r, "-v");
-		arg(&r, "%s", tok);
-		char e2[512];
-		int rs = run_capture(r.v, -1, NULL, 0, e2, sizeof e2, 60);
+		arg(&r, "%s", name);
+		int rs = run_capture(r.v, -1, NULL, 0, err, sizeof err, 120);
 		if (rs >= 0 && WIFEXITED(rs) && WEXITSTATUS(rs) == 0)
-			removed++;
+			fprintf(stderr,
+			        "level=info msg=\"removed a container of an earlier agent run\" "
+			        "name=%s\n",
+			        name);
 	}
-	return removed;
+	_exit(0);
 }
 
 /* ---- the launcher ---- */
@@ -647,6 +657,8 @@ static void build_run(const struct rt_config *rc, const struct rt_lease *l, stru
 	arg(a, "gpumatch.job=%" PRIu64, l->job_id);
 	arg(a, "--label");
 	arg(a, "gpumatch.agent=%s", rc->agent_label);
+	arg(a, "--label");
+	arg(a, "gpumatch.run=%s", rc->run_label);
 	arg(a, "--hostname");
 	arg(a, "%s", name);
 	arg(a, "--pull");

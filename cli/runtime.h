@@ -29,6 +29,7 @@ struct rt_config {
 	char oci_runtime[64]; /* --runtime for podman ("runc"; "" = its default) */
 	char storage[512];    /* podman --root/--runroot under here; "" = default */
 	char agent_label[32]; /* this agent's containers carry gpumatch.agent=<this> */
+	char run_label[40];   /* and gpumatch.run=<this run of the agent> */
 	enum rt_gpu_mode gpus;
 	int64_t memory_per_gpu_bytes; /* default memory limit per GPU */
 	int64_t max_memory_bytes;     /* cap on a job's memory */
@@ -102,10 +103,11 @@ void rt_stop(const struct rt_config *rc, uint64_t lease_id, int grace_s);
 void rt_kill(const struct rt_config *rc, uint64_t lease_id);
 void rt_remove(const struct rt_config *rc, uint64_t lease_id, const char *scratch_dir);
 
-/* At start-up (blocking, before the loop runs): removes every container
- * of this agent whose lease is not in keep[0..n). Returns how many were
- * removed, -1 when the runtime could not be asked. */
-int rt_remove_orphans(const struct rt_config *rc, const uint64_t *keep, size_t n);
+/* At start-up: removes, in a child of its own (the agent does not wait),
+ * every container of this agent made by an earlier run of it — their
+ * leases were lost with that run. Containers of this run are never
+ * touched, however late the child gets to them. */
+void rt_remove_orphans(const struct rt_config *rc);
 
 /* The container name of a lease: "gm-lease-<id>". */
 void rt_name(uint64_t lease_id, char *out, size_t len);
