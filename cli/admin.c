@@ -1,6 +1,7 @@
 /* admin.c — the admin's commands (AdminService): tenants, operators,
  * tokens, node cordons, money (top-ups, payouts), reports, the ledger
  * audit, transfers and the matching policy. */
+#include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -416,6 +417,10 @@ static int money_call(struct ctx *c, const char *method, const char *id_field)
 	if (!idem)
 		return usage_error(c, "--idempotency-id is required (e.g. the payment reference); "
 		                      "a retry with the same id moves no money twice");
+	static const char *const aliases[][2] = { { "amountMicros", "AMOUNT" },
+		                                  { "idempotencyId", "--idempotency-id" },
+		                                  { NULL, NULL } };
+	c->aliases = aliases;
 	json_t *req = json_pack("{s:o,s:o,s:s}", id_field, juint64(id), "amountMicros",
 	                        jint64(amount), "idempotencyId", idem);
 	const char *v;
@@ -709,11 +714,32 @@ static const struct col policy_fields[] = {
 	{ "COMMENT", "comment", F_STR },
 };
 
-static int get_policy(struct ctx *c, uint64_t version, json_t **out)
+/* A policy version given on the command line: N >= 1 a stored version, 0
+ * the built-in policy that ran before the first change (*builtin). */
+static int policy_version_arg(struct ctx *c, const char *what, const char *text, uint64_t *ver,
+                              bool *builtin)
+{
+	char *end;
+	errno = 0;
+	unsigned long long v = strtoull(text, &end, 10);
+	if (errno || end == text || *end || text[0] == '-')
+		return usage_error(c,
+		                   "%s: expected a policy version (0 = the built-in policy, 1, 2, "
+		                   "...), got \"%s\"",
+		                   what, text);
+	*ver = v;
+	*builtin = v == 0;
+	return EXIT_OK;
+}
+
+/* version 0 and !builtin: the active policy */
+static int get_policy_v(struct ctx *c, uint64_t version, bool builtin, json_t **out)
 {
 	json_t *req = json_object();
 	if (version)
 		json_object_set_new(req, "version", juint64(version));
+	if (builtin)
+		json_object_set_new(req, "builtin", json_true());
 	ProtobufCMessage *m;
 	int rc = admin_call(c, "GetPolicy", req, &m);
 	if (rc)
@@ -727,11 +753,27 @@ static int get_policy(struct ctx *c, uint64_t version, json_t **out)
 	return EXIT_OK;
 }
 
+static int get_policy(struct ctx *c, uint64_t version, json_t **out)
+{
+	return get_policy_v(c, version, false, out);
+}
+
 static int run_policy_get(struct ctx *c)
 {
 	json_t *req = json_object();
-	if (opt_str(c, "version"))
-		json_object_set_new(req, "version", json_string(opt_str(c, "version")));
+	if (opt_str(c, "version")) {
+		uint64_t ver;
+		bool builtin;
+		int rc = policy_version_arg(c, "--version", opt_str(c, "version"), &ver, &builtin);
+		if (rc) {
+			json_decref(req);
+			return rc;
+		}
+		if (builtin)
+			json_object_set_new(req, "builtin", json_true());
+		else
+			json_object_set_new(req, "version", juint64(ver));
+	}
 	return call_print(c, "GetPolicy", req, NULL, "policy", policy_fields, NELEM(policy_fields));
 }
 
@@ -804,8 +846,14 @@ static int run_policy_diff(struct ctx *c)
 	int rc = load_policy(c, c->pos[0], &want);
 	if (rc)
 		return rc;
-	uint64_t ver = opt_str(c, "version") ? strtoull(opt_str(c, "version"), NULL, 10) : 0;
-	if ((rc = get_policy(c, ver, &have))) {
+	uint64_t ver = 0;
+	bool builtin = false;
+	if (opt_str(c, "version") &&
+	    (rc = policy_version_arg(c, "--version", opt_str(c, "version"), &ver, &builtin))) {
+		json_decref(want);
+		return rc;
+	}
+	if ((rc = get_policy_v(c, ver, builtin, &have))) {
 		json_decref(want);
 		return rc;
 	}
@@ -840,9 +888,18 @@ static int set_policy(struct ctx *c, json_t *policy, bool validate_only, uint64_
 		else
 			printf("policy version %" PRIu64 " is active\n",
 			       r->policy ? r->policy->version : 0);
-		for (size_t i = 0; r->audit && i < r->audit->n_changes; i++)
-			printf("  %-22s %s -> %s\n", r->audit->changes[i]->field,
-			       r->audit->changes[i]->old_value, r->audit->changes[i]->new_value);
+		/* the same lines as `policy diff`: FIELD old -> new */
+		for (size_t i = 0; r->audit && i < r->audit->n_changes; i++) {
+			char head[64], ov[128], nv[128];
+			size_t k = 0;
+			for (const char *q = r->audit->changes[i]->field; *q && k + 1 < sizeof head;
+			     q++)
+				head[k++] = (char)toupper((unsigned char)*q);
+			head[k] = '\0';
+			enum_text(r->audit->changes[i]->old_value, ov, sizeof ov);
+			enum_text(r->audit->changes[i]->new_value, nv, sizeof nv);
+			printf("%-22s %s -> %s\n", head, ov, nv);
+		}
 	}
 	protobuf_c_message_free_unpacked(m, NULL);
 	return EXIT_OK;
@@ -872,9 +929,8 @@ static int run_policy_set(struct ctx *c)
 		                        ? json_string_value(json_object_get(have, "version"))
 		                        : "0",
 		                    NULL, 10);
-		printf("changes against active version %" PRIu64 ":\n", expected);
-		if (!print_diff(have, p))
-			printf("(none)\n");
+		/* the server's audit of the change is printed once, below */
+		printf("applying over active version %" PRIu64 "\n", expected);
 		json_decref(have);
 	}
 	return set_policy(c, p, validate, expected, comment ? comment : "validate");
@@ -883,11 +939,12 @@ static int run_policy_set(struct ctx *c)
 static int run_policy_rollback(struct ctx *c)
 {
 	uint64_t ver;
-	int rc = pos_id(c, 0, "VERSION", &ver);
+	bool builtin;
+	int rc = policy_version_arg(c, "VERSION", c->pos[0], &ver, &builtin);
 	if (rc)
 		return rc;
 	json_t *old;
-	if ((rc = get_policy(c, ver, &old)))
+	if ((rc = get_policy_v(c, ver, builtin, &old)))
 		return rc;
 	for (size_t i = 0; i < NELEM(policy_meta); i++)
 		json_object_del(old, policy_meta[i]);
@@ -950,6 +1007,53 @@ static int run_policy_simulate(struct ctx *c)
 	}
 	if ((v = opt_str(c, "max-diffs")))
 		json_object_set_new(req, "maxDiffs", json_string(v));
+	bool trace = opt_has(c, "trace");
+	static const char *const trace_only[] = { "window", "arrival-scale", "seed",
+		                                  "preemptible" };
+	for (size_t i = 0; i < NELEM(trace_only); i++)
+		if (!trace && opt_has(c, trace_only[i])) {
+			json_decref(req);
+			return usage_error(c, "--%s: only with --trace", trace_only[i]);
+		}
+	if ((v = opt_str(c, "window"))) {
+		const char *comma = strchr(v, ',');
+		char from[64] = "";
+		if (comma && (size_t)(comma - v) < sizeof from)
+			snprintf(from, sizeof from, "%.*s", (int)(comma - v), v);
+		int64_t a = comma ? (strcmp(from, "0") ? parse_duration_us(from) : 0) : -1;
+		int64_t b = comma ? parse_duration_us(comma + 1) : -1;
+		if (a < 0 || b <= a) {
+			json_decref(req);
+			return usage_error(
+			    c,
+			    "--window: expected FROM,TO offsets into the trace such as "
+			    "0,7d, got \"%s\"",
+			    v);
+		}
+		jset(req, "window.startUs", jint64(a));
+		jset(req, "window.endUs", jint64(b));
+	}
+	if ((v = opt_str(c, "arrival-scale"))) {
+		char *end;
+		double x = strtod(v, &end);
+		if (*end || !(x > 0) || x > 1000) {
+			json_decref(req);
+			return usage_error(
+			    c,
+			    "--arrival-scale: expected a factor such as 2 or 0.5, got "
+			    "\"%s\"",
+			    v);
+		}
+		json_object_set_new(req, "arrivalScale", json_real(x));
+	}
+	if ((v = opt_str(c, "seed")))
+		json_object_set_new(req, "seed", json_string(v));
+	if (opt_has(c, "preemptible"))
+		json_object_set_new(req, "preemptible", json_true());
+	/* the server allows a trace replay ten minutes: so does the client,
+	 * unless --timeout says otherwise */
+	if (trace && !opt_has(c, "timeout"))
+		c->timeout_s = 660;
 	ProtobufCMessage *m;
 	int rc = admin_call(c, "SimulatePolicy", req, &m);
 	if (rc)
@@ -977,14 +1081,32 @@ static int run_policy_simulate(struct ctx *c)
 			{ "PLACED", "metrics.jobsPlaced", F_NUM },
 			{ "PENDING", "metrics.jobsPending", F_NUM },
 			{ "PREEMPTIONS", "metrics.preemptions", F_NUM },
-			{ "WAIT P50", "metrics.waitP50Us", F_DUR },
-			{ "WAIT P95", "metrics.waitP95Us", F_DUR },
+			{ "WAIT P50", "metrics.waitP50Us", F_DUR0 },
+			{ "WAIT P95", "metrics.waitP95Us", F_DUR0 },
 			{ "UTILIZATION", "metrics.gpuUtilizationPpm", F_PPM },
 			{ "REVENUE", "metrics.revenueMicros", F_MONEY },
 			{ "FAIRNESS", "metrics.fairnessJainPpm", F_PPM },
 			{ "DIFFS", "diffCount", F_NUM },
 		};
-		out_table(rows, cols, NELEM(cols));
+		/* a replay runs jobs to completion: their times too */
+		static const struct col trace_cols[] = {
+			{ "POLICY", "label", F_STR },
+			{ "COMPLETED", "metrics.jobsCompleted", F_NUM },
+			{ "PENDING", "metrics.jobsPending", F_NUM },
+			{ "PREEMPTIONS", "metrics.preemptions", F_NUM },
+			{ "WAIT P50", "metrics.waitP50Us", F_DUR0 },
+			{ "WAIT P95", "metrics.waitP95Us", F_DUR0 },
+			{ "JCT MEAN", "metrics.jctMeanUs", F_DUR0 },
+			{ "JCT P50", "metrics.jctP50Us", F_DUR0 },
+			{ "JCT P99", "metrics.jctP99Us", F_DUR0 },
+			{ "MAKESPAN", "metrics.makespanUs", F_DUR0 },
+			{ "UTILIZATION", "metrics.gpuUtilizationPpm", F_PPM },
+			{ "COST", "metrics.costMicros", F_MONEY },
+		};
+		if (trace)
+			out_table(rows, trace_cols, NELEM(trace_cols));
+		else
+			out_table(rows, cols, NELEM(cols));
 		json_decref(rows);
 		json_decref(j);
 	}
@@ -1079,7 +1201,8 @@ static const struct optdef transfers_opts[] = {
 	{ 0 },
 };
 static const struct optdef policy_get_opts[] = {
-	{ "version", "N", "an older version (default: the active one)", false },
+	{ "version", "N", "an older version (0: the built-in policy; default: the active one)",
+	  false },
 	{ 0 },
 };
 static const struct optdef policy_set_opts[] = {
@@ -1094,6 +1217,10 @@ static const struct optdef policy_diff_opts[] = {
 static const struct optdef policy_sim_opts[] = {
 	{ "trace", "NAME", "replay a recorded trace instead of the live queue", false },
 	{ "max-diffs", "N", "placement differences returned per candidate", false },
+	{ "window", "FROM,TO", "with --trace: the part of the trace to replay, e.g. 0,7d", false },
+	{ "arrival-scale", "X", "with --trace: arrivals X times as dense (default 1)", false },
+	{ "seed", "N", "with --trace: the draw of job types and tenants (default 1)", false },
+	{ "preemptible", NULL, "with --trace: every job preemptible", false },
 	{ 0 },
 };
 static const struct optdef page_opts[] = {
@@ -1170,7 +1297,8 @@ const struct cmd cmds_admin[] = {
 	  run_policy_simulate, false },
 	{ "admin policy history", "", "the policy audit log", page_opts, 0, 0, run_policy_history,
 	  false },
-	{ "admin policy rollback", "VERSION", "make an older version the active policy again",
-	  rollback_opts, 1, 1, run_policy_rollback, false },
+	{ "admin policy rollback", "VERSION",
+	  "make an older version (0: the built-in policy) the active policy again", rollback_opts,
+	  1, 1, run_policy_rollback, false },
 	{ 0 },
 };

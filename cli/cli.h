@@ -62,6 +62,10 @@ struct ctx {
 	char **rest; /* after "--" */
 	size_t nval;
 	struct optval val[256];
+	const char *input_file; /* the file the request came from, named in its errors */
+	/* wire field names a server error may start with and what this
+	 * command calls them ({"amountMicros", "AMOUNT"}, ...; NULL-ended) */
+	const char *const (*aliases)[2];
 };
 
 /* The command tables of the modules. */
@@ -119,14 +123,16 @@ enum col_fmt {
 	F_STR,
 	F_NUM,   /* 0 when absent */
 	F_ENUM,  /* prefix removed: JOB_STATE_QUEUED -> QUEUED */
-	F_MONEY, /* micros -> 1.50 */
+	F_MONEY, /* micros -> 1.50, <0.01 */
 	F_TIME,  /* us since epoch -> 2026-01-02 03:04:05 (UTC) */
 	F_DUR,   /* us -> 1h30m */
 	F_LIST,  /* array of scalars -> a,b,c */
 	F_MAP,   /* object -> k=v,k=v */
 	F_BOOL,
-	F_PPM,  /* parts per million -> 99.5% */
-	F_GPUS, /* array of Gpu -> 8x A100-SXM4-80GB */
+	F_PPM,          /* parts per million -> 99.5% */
+	F_DUR0,         /* as F_DUR, but absent (proto3's zero) is 0s, not "-" */
+	F_PPM_MEASURED, /* as F_PPM, but absent (0: not measured yet) is "-" */
+	F_GPUS,         /* array of Gpu -> 8x A100-SXM4-80GB */
 };
 
 struct col {
@@ -139,6 +145,10 @@ struct col {
 json_t *msg_to_json(const ProtobufCMessage *m);
 /* Prints m as indented JSON. */
 void out_json(const ProtobufCMessage *m);
+/* An enum value without its type prefix: FIT_MODE_PACK -> PACK. */
+void enum_text(const char *s, char *buf, size_t len);
+/* Micro-units as people read money: "12.34", "<0.01" (docs/cli.md). */
+void money_text(int64_t m, char *buf, size_t len);
 /* A table of the objects in array rows (NULL = empty), aligned; header
  * from the columns' heads. */
 void out_table(json_t *rows, const struct col *cols, size_t ncols);

@@ -3,6 +3,7 @@
 #include <ctype.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,7 +34,7 @@ static const struct col job_cols[] = {
 	{ "NAME", "name", F_STR },
 	{ "STATE", "state", F_ENUM },
 	{ "KIND", "spec.kind", F_ENUM },
-	{ "GPUS", "spec.gpusPerNode", F_NUM },
+	{ "GPUS", "gpusTotal", F_NUM },
 	{ "ATTEMPTS", "attempts", F_NUM },
 	{ "SUBMITTED", "submittedAtUs", F_TIME },
 	{ "COST", "costMicros", F_MONEY },
@@ -46,23 +47,23 @@ static const struct col job_fields[] = {
 	{ "STATE", "state", F_ENUM },
 	{ "KIND", "spec.kind", F_ENUM },
 	{ "GPUS PER NODE", "spec.gpusPerNode", F_NUM },
-	{ "NODE COUNT", "spec.nodeCount", F_NUM },
+	{ "NODE COUNT", "nodeCountShown", F_NUM },
 	{ "PRIORITY", "spec.priorityClass", F_ENUM },
 	{ "MAX DURATION", "spec.maxDurationUs", F_DUR },
-	{ "MAX PRICE/GPU-H", "spec.maxPricePerGpuHourMicros", F_MONEY },
+	{ "MAX PRICE/GPU-H", "maxPriceShown", F_STR },
+	{ "CONSTRAINTS", "constraintsShown", F_STR },
 	{ "IMAGE", "spec.image", F_STR },
 	{ "COMMAND", "spec.command", F_LIST },
-	{ "NODES", "placement[].nodeId", F_LIST },
+	{ "NODES", "nodesShown", F_STR },
 	{ "PHASE", "placement[].phase", F_LIST },
 	{ "IMAGE DIGEST", "placement[].imageDigest", F_LIST },
-	{ "GPU INDEXES", "placement[].gpuIndexes", F_STR },
+	{ "GPU INDEXES", "gpusShown", F_STR },
 	{ "ATTEMPTS", "attempts", F_NUM },
 	{ "SUBMITTED", "submittedAtUs", F_TIME },
 	{ "STARTED", "startedAtUs", F_TIME },
 	{ "ENDED", "endedAtUs", F_TIME },
 	{ "FAILURE", "failure.reason", F_ENUM },
-	{ "EXIT CODE", "failure.exitCode", F_NUM },
-	{ "SIGNAL", "failure.termSignal", F_NUM },
+	{ "EXIT CODE", "exitShown", F_STR },
 	{ "MESSAGE", "failure.message", F_STR },
 	{ "COST", "costMicros", F_MONEY },
 	{ "PENDING", "explanation.summary", F_STR },
@@ -119,6 +120,7 @@ static int run_submit(struct ctx *c)
 	char err[600];
 	json_t *req;
 	if (c->npos == 1) {
+		c->input_file = c->pos[0];
 		req = spec_load(c->pos[0], err, sizeof err);
 		if (!req) {
 			fprintf(stderr, "gpumatch submit: %s\n", err);
@@ -156,6 +158,46 @@ static int run_submit(struct ctx *c)
 		json_object_set_new(spec, "preemptible", json_true());
 	if (opt_has(c, "nvlink"))
 		json_object_set_new(spec, "requireNvlink", json_true());
+	if ((v = opt_str(c, "min-cc"))) {
+		/* "8.0" -> major 8, minor 0 */
+		unsigned maj = 0, min = 0;
+		char tail = 0;
+		int n = sscanf(v, "%u.%u%c", &maj, &min, &tail);
+		if (n != 2 || maj == 0 || maj > 99 || min > 9)
+			rc = usage_error(c,
+			                 "--min-cc: expected a compute capability such as 8.0, got "
+			                 "\"%s\"",
+			                 v);
+		json_object_set_new(spec, "minComputeCapabilityMajor", json_integer(maj));
+		json_object_set_new(spec, "minComputeCapabilityMinor", json_integer(min));
+	}
+	if ((v = opt_str(c, "min-tflops")))
+		json_object_set_new(spec, "minTflopsPerGpu", json_string(v));
+	if ((v = opt_str(c, "min-tflops-total")))
+		json_object_set_new(spec, "minTflopsTotal", json_string(v));
+	const char *tols[32];
+	size_t nt = opt_all(c, "toleration", tols, NELEM(tols));
+	if (nt) {
+		/* KEY (any value, any effect) or KEY=VALUE */
+		json_t *a = json_array();
+		for (size_t i = 0; i < nt; i++) {
+			const char *eq = strchr(tols[i], '=');
+			json_t *t = json_object();
+			if (eq) {
+				json_object_set_new(t, "key",
+				                    json_stringn(tols[i], (size_t)(eq - tols[i])));
+				json_object_set_new(t, "value", json_string(eq + 1));
+				json_object_set_new(t, "match",
+				                    json_string("TOLERATION_MATCH_EQUAL"));
+			} else {
+				json_object_set_new(t, "key", json_string(tols[i]));
+				json_object_set_new(t, "match",
+				                    json_string("TOLERATION_MATCH_EXISTS"));
+			}
+			json_array_append_new(a, t);
+		}
+		json_object_set_new(spec, "tolerations", a);
+	}
 	if ((v = opt_str(c, "image")))
 		json_object_set_new(spec, "image", json_string(v));
 	if ((v = opt_str(c, "workdir")))
@@ -240,6 +282,136 @@ static int get_job(struct ctx *c, uint64_t id, Gpumatch__V1__GetJobResponse **ou
 	return call_msg(c, "JobService", "GetJob", &req.base, (ProtobufCMessage **)out);
 }
 
+/* Appends printf text to a growing string in buf. */
+static void cat_text(char *buf, size_t len, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void cat_text(char *buf, size_t len, const char *fmt, ...)
+{
+	size_t used = strlen(buf);
+	if (used + 1 >= len)
+		return;
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(buf + used, len - used, fmt, ap);
+	va_end(ap);
+}
+
+/* "node 3: 0,1; node 5: 2" from a placement array (NULL or empty: "") */
+static void placement_text(json_t *pl, bool gpus, char *buf, size_t len)
+{
+	size_t i;
+	json_t *p;
+	buf[0] = '\0';
+	json_array_foreach(pl, i, p)
+	{
+		const char *node = json_string_value(json_object_get(p, "nodeId"));
+		if (!gpus) {
+			cat_text(buf, len, "%s%s", i ? "," : "", node ? node : "?");
+			continue;
+		}
+		cat_text(buf, len, "%snode %s: ", i ? "; " : "", node ? node : "?");
+		size_t k;
+		json_t *g;
+		json_array_foreach(json_object_get(p, "gpuIndexes"), k, g) cat_text(
+		    buf, len, "%s%" JSON_INTEGER_FORMAT, k ? "," : "", json_integer_value(g));
+	}
+}
+
+/* Fields a person reads in `get` and `list` that the message does not
+ * hold as such: total GPUs, the node count (1 when unset), the price cap
+ * ("no cap" when unset), the constraints, the placement (the last
+ * attempt's once the job has ended), the exit status once it has one. */
+static void job_shown(json_t *job)
+{
+	json_t *spec = json_object_get(job, "spec");
+	json_int_t per = json_integer_value(json_object_get(spec, "gpusPerNode"));
+	json_int_t nodes = json_integer_value(json_object_get(spec, "nodeCount"));
+	if (nodes < 1)
+		nodes = 1;
+	json_object_set_new(job, "nodeCountShown", json_integer(nodes));
+	json_object_set_new(job, "gpusTotal", json_integer(per * nodes));
+	const char *cap = json_string_value(json_object_get(spec, "maxPricePerGpuHourMicros"));
+	char b[1024];
+	if (cap && strtoll(cap, NULL, 10) > 0)
+		money_text(strtoll(cap, NULL, 10), b, sizeof b);
+	else
+		snprintf(b, sizeof b, "no cap");
+	json_object_set_new(job, "maxPriceShown", json_string(b));
+
+	b[0] = '\0';
+	json_t *v;
+	if (json_is_integer(v = json_object_get(spec, "minGpuMemoryMib")))
+		cat_text(b, sizeof b, "%smemory >= %" JSON_INTEGER_FORMAT " MiB", *b ? ", " : "",
+		         json_integer_value(v));
+	json_int_t ccmaj = json_integer_value(json_object_get(spec, "minComputeCapabilityMajor"));
+	if (ccmaj)
+		cat_text(b, sizeof b,
+		         "%scompute capability >= %" JSON_INTEGER_FORMAT ".%" JSON_INTEGER_FORMAT,
+		         *b ? ", " : "", ccmaj,
+		         json_integer_value(json_object_get(spec, "minComputeCapabilityMinor")));
+	const char *prec = json_string_value(json_object_get(spec, "precision"));
+	if (prec) {
+		char e[64];
+		snprintf(e, sizeof e, "%s", prec + (strncmp(prec, "PRECISION_", 10) ? 0 : 10));
+		for (char *q = e; *q; q++)
+			*q = (char)tolower((unsigned char)*q);
+		cat_text(b, sizeof b, "%s%s", *b ? ", " : "", e);
+	}
+	if ((v = json_object_get(spec, "minTflopsPerGpu")) && json_number_value(v) > 0)
+		cat_text(b, sizeof b, "%s>= %g TFLOPS per GPU", *b ? ", " : "",
+		         json_number_value(v));
+	if ((v = json_object_get(spec, "minTflopsTotal")) && json_number_value(v) > 0)
+		cat_text(b, sizeof b, "%s>= %g TFLOPS in all", *b ? ", " : "",
+		         json_number_value(v));
+	if (json_is_true(json_object_get(spec, "requireNvlink")))
+		cat_text(b, sizeof b, "%sNVLink", *b ? ", " : "");
+	json_t *regions = json_object_get(spec, "allowedRegions");
+	if (json_array_size(regions)) {
+		cat_text(b, sizeof b, "%sregions ", *b ? ", " : "");
+		size_t i;
+		json_array_foreach(regions, i, v)
+		    cat_text(b, sizeof b, "%s%s", i ? "|" : "", json_string_value(v));
+	}
+	const char *key;
+	json_object_foreach(json_object_get(spec, "labelSelector"), key, v)
+	    cat_text(b, sizeof b, "%slabel %s=%s", *b ? ", " : "", key, json_string_value(v));
+	size_t nt = json_array_size(json_object_get(spec, "tolerations"));
+	if (nt)
+		cat_text(b, sizeof b, "%s%zu toleration%s", *b ? ", " : "", nt, nt == 1 ? "" : "s");
+	if (json_is_true(json_object_get(spec, "preemptible")))
+		cat_text(b, sizeof b, "%spreemptible", *b ? ", " : "");
+	json_object_set_new(job, "constraintsShown", json_string(*b ? b : "none"));
+
+	json_t *pl = json_object_get(job, "placement");
+	if (!json_array_size(pl)) {
+		json_t *hist = json_object_get(job, "attemptHistory");
+		size_t n = json_array_size(hist);
+		if (n)
+			pl = json_object_get(json_array_get(hist, n - 1), "placement");
+	}
+	placement_text(pl, false, b, sizeof b);
+	json_object_set_new(job, "nodesShown", json_string(*b ? b : "-"));
+	placement_text(pl, true, b, sizeof b);
+	json_object_set_new(job, "gpusShown", json_string(*b ? b : "-"));
+
+	/* an exit status exists only once the job has ended */
+	json_t *f = json_object_get(job, "failure");
+	const char *state = json_string_value(json_object_get(job, "state"));
+	bool ended = json_integer_value(json_object_get(job, "endedAtUs")) ||
+	             json_string_value(json_object_get(job, "endedAtUs"));
+	if (!ended)
+		snprintf(b, sizeof b, "-");
+	else if (json_integer_value(json_object_get(f, "termSignal")))
+		snprintf(b, sizeof b, "killed by signal %" JSON_INTEGER_FORMAT,
+		         json_integer_value(json_object_get(f, "termSignal")));
+	else if (f || (state && !strcmp(state, "JOB_STATE_SUCCEEDED")))
+		snprintf(b, sizeof b, "%" JSON_INTEGER_FORMAT,
+		         json_integer_value(json_object_get(f, "exitCode")));
+	else
+		snprintf(b, sizeof b, "-");
+	json_object_set_new(job, "exitShown", json_string(b));
+}
+
 static int run_get(struct ctx *c)
 {
 	uint64_t id;
@@ -247,7 +419,17 @@ static int run_get(struct ctx *c)
 	Gpumatch__V1__GetJobResponse *r;
 	if (rc || (rc = get_job(c, id, &r)))
 		return rc;
-	out_reply(c, &r->base, NULL, "job", job_fields, NELEM(job_fields));
+	if (c->json) {
+		out_json(&r->base);
+	} else {
+		json_t *j = msg_to_json(&r->base);
+		json_t *job = json_object_get(j, "job");
+		if (job) {
+			job_shown(job);
+			out_fields(job, job_fields, NELEM(job_fields));
+		}
+		json_decref(j);
+	}
 	protobuf_c_message_free_unpacked(&r->base, NULL);
 	return EXIT_OK;
 }
@@ -278,7 +460,20 @@ static int run_list(struct ctx *c)
 		ProtobufCMessage *m;
 		if ((rc = call_json(c, "JobService", "ListJobs", req, &m)))
 			return rc;
-		out_reply(c, m, "jobs", NULL, job_cols, NELEM(job_cols));
+		if (c->json) {
+			out_json(m);
+		} else {
+			json_t *j = msg_to_json(m);
+			json_t *jobs = json_object_get(j, "jobs");
+			size_t i;
+			json_t *job;
+			json_array_foreach(jobs, i, job) job_shown(job);
+			out_table(jobs, job_cols, NELEM(job_cols));
+			const char *next = json_string_value(json_object_get(j, "nextPageToken"));
+			if (next && *next)
+				fprintf(stderr, "(more: --page-token %s)\n", next);
+			json_decref(j);
+		}
 		protobuf_c_message_free_unpacked(m, NULL);
 		return EXIT_OK;
 	}
@@ -309,6 +504,9 @@ static int run_list(struct ctx *c)
 			free(s);
 			json_decref(o);
 		} else {
+			size_t i;
+			json_t *job;
+			json_array_foreach(all, i, job) job_shown(job);
 			out_table(all, job_cols, NELEM(job_cols));
 		}
 	}
@@ -475,13 +673,24 @@ static int run_explain(struct ctx *c)
 		if (e->queue_position)
 			printf(", queue position %u, priority %.4f", e->queue_position,
 			       e->priority);
-		printf("\n%u of %u nodes fit now%s\n", e->fit_nodes, e->total_nodes,
-		       e->fleet_feasible ? "" : "; no node of the fleet could ever host it");
+		/* each fact once, in words (the server's one-line summary says
+		 * the same for logs and stays in -o json) */
+		printf("\n%u of %u node%s fit%s now", e->fit_nodes, e->total_nodes,
+		       e->total_nodes == 1 ? "" : "s", e->fit_nodes == 1 ? "s" : "");
 		if (e->gang_nodes > 1)
-			printf("gang of %u nodes; at most %u fitting nodes in one region\n",
-			       e->gang_nodes, e->best_region_fit);
-		if (e->summary && *e->summary)
-			printf("%s\n", e->summary);
+			printf("; it needs %u nodes in one region, and at most %u fit%s in any one "
+			       "region",
+			       e->gang_nodes, e->best_region_fit,
+			       e->best_region_fit == 1 ? "s" : "");
+		printf("\n");
+		if (!e->fleet_feasible)
+			printf("even with every node idle it could not start: %s\n",
+			       e->gang_nodes > 1 ? "no region has enough nodes that meet its "
+			                           "constraints"
+			                         : "no node meets its constraints");
+		if (e->reservation && e->reservation->n_node_ids)
+			printf("it holds a reservation on %zu node%s\n", e->reservation->n_node_ids,
+			       e->reservation->n_node_ids == 1 ? "" : "s");
 		printf("\n");
 		json_t *j = msg_to_json(&e->base);
 		static const struct col cols[] = {
@@ -541,6 +750,10 @@ static const struct optdef submit_opts[] = {
 	{ "priority", "CLASS", "best-effort, low, normal, high or critical", false },
 	{ "preemptible", NULL, "may be preempted for higher-class work", false },
 	{ "nvlink", NULL, "GPUs of a node must share an NVLink domain", false },
+	{ "min-cc", "X.Y", "minimum compute capability, e.g. 8.0", false },
+	{ "min-tflops", "N", "minimum verified TFLOPS per GPU in --precision", false },
+	{ "min-tflops-total", "N", "minimum verified TFLOPS of the whole job", false },
+	{ "toleration", "KEY[=VALUE]", "tolerate a node taint (any effect)", true },
 	{ "region", "REGION", "allowed region", true },
 	{ "label", "KEY=VALUE", "node label the job needs", true },
 	{ "env", "KEY=VALUE", "environment variable for the job", true },

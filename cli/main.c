@@ -15,6 +15,7 @@
 
 #include "cli.h"
 #include "client.h"
+#include "gpumatch-version.h"
 #include "pbjson.h"
 
 #define DEFAULT_URL "http://127.0.0.1:7070"
@@ -32,11 +33,64 @@ static const struct optdef global_opts[] = {
 
 static int run_login(struct ctx *c);
 
-static const struct optdef login_opts[] = { { 0 } };
+static const struct optdef login_opts[] = {
+	{ "no-check", NULL, "save without asking the server whether the token is valid", false },
+	{ 0 },
+};
+
+/* Asks the server whether the token is accepted: a call every role may
+ * make in one of the services (tenants ListJobs, operators ListNodes).
+ * Returns EXIT_OK, or prints one line and returns the exit code. */
+static int check_login(struct ctx *c)
+{
+	static const char *const calls[][2] = { { "JobService", "ListJobs" },
+		                                { "NodeService", "ListNodes" } };
+	int rc = EXIT_OK;
+	for (size_t i = 0; i < NELEM(calls); i++) {
+		const ProtobufCMessageDescriptor *d = cl_method_input(calls[i][0], calls[i][1]);
+		ProtobufCMessage *m = NULL;
+		char err[256];
+		if (!d || pbjson_decode(d, "{\"pageSize\":1}", 14, &m, err, sizeof err))
+			return EXIT_USAGE;
+		struct cl_result r;
+		int failed =
+		    cl_call(c->url, c->token, c->timeout_s, calls[i][0], calls[i][1], m, &r);
+		protobuf_c_message_free_unpacked(m, NULL);
+		if (!failed) {
+			cl_result_clear(&r);
+			return EXIT_OK;
+		}
+		if (r.http_status == 0) {
+			fprintf(stderr,
+			        "gpumatch login: --url: no answer from %s: %s (--no-check saves "
+			        "anyway)\n",
+			        c->url, r.message);
+			rc = EXIT_UNREACHABLE;
+		} else if (!strcmp(r.code, "unauthenticated")) {
+			fprintf(stderr,
+			        "gpumatch login: --token: the server does not accept this token "
+			        "(%s); nothing saved\n",
+			        r.message);
+			rc = EXIT_USAGE;
+		} else if (!strcmp(r.code, "permission_denied")) {
+			rc = EXIT_USAGE; /* valid, but not for this service: try the next */
+			cl_result_clear(&r);
+			continue;
+		} else {
+			fprintf(stderr, "gpumatch login: %s/%s failed: %s: %s\n", calls[i][0],
+			        calls[i][1], r.code, r.message);
+			rc = EXIT_SERVER;
+		}
+		cl_result_clear(&r);
+		return rc;
+	}
+	return EXIT_OK; /* permission_denied in both: a valid token of some role */
+}
 
 static const struct cmd cmds_main[] = {
-	{ "login", "", "store --url and --token in the config file (mode 0600)", login_opts, 0, 0,
-	  run_login, false },
+	{ "login", "",
+	  "check --url and --token with the server, then store them in the config file (mode 0600)",
+	  login_opts, 0, 0, run_login, false },
 	{ 0 },
 };
 
@@ -71,11 +125,12 @@ size_t opt_all(const struct ctx *c, const char *name, const char **out, size_t m
 int usage_error(const struct ctx *c, const char *fmt, ...)
 {
 	va_list ap;
+	/* one line: what is wrong, naming the flag, file and field */
 	fprintf(stderr, "gpumatch %s: ", c->cmd ? c->cmd->words : "");
 	va_start(ap, fmt);
 	vfprintf(stderr, fmt, ap);
 	va_end(ap);
-	fprintf(stderr, "\nrun 'gpumatch %s --help' for usage\n", c->cmd ? c->cmd->words : "");
+	fprintf(stderr, " (see gpumatch %s --help)\n", c->cmd ? c->cmd->words : "");
 	return EXIT_USAGE;
 }
 
@@ -239,8 +294,18 @@ int call_msg(struct ctx *c, const char *service, const char *method, const Proto
 		        r.message);
 		rc = EXIT_UNREACHABLE;
 	} else {
-		fprintf(stderr, "gpumatch: %s/%s failed: %s: %s\n", service, method, r.code,
-		        r.message);
+		/* "amountMicros: ..." reads as the command's own "AMOUNT: ..." */
+		const char *msg = r.message, *alias = NULL;
+		for (size_t i = 0; c->aliases && c->aliases[i][0]; i++) {
+			size_t n = strlen(c->aliases[i][0]);
+			if (!strncmp(msg, c->aliases[i][0], n) && msg[n] == ':') {
+				alias = c->aliases[i][1];
+				msg += n;
+				break;
+			}
+		}
+		fprintf(stderr, "gpumatch: %s/%s failed: %s: %s%s\n", service, method, r.code,
+		        alias ? alias : "", msg);
 		rc = EXIT_SERVER;
 	}
 	cl_result_clear(&r);
@@ -263,6 +328,8 @@ int call_json(struct ctx *c, const char *service, const char *method, json_t *re
 	char err[512];
 	if (pbjson_decode(d, text, strlen(text), &m, err, sizeof err)) {
 		free(text);
+		if (c->input_file)
+			return usage_error(c, "%s: %s", c->input_file, err);
 		return usage_error(c, "invalid request: %s", err);
 	}
 	free(text);
@@ -347,6 +414,9 @@ static int run_login(struct ctx *c)
 		return usage_error(c, "--token is required (or GPUMATCH_TOKEN)");
 	if (strncmp(c->url, "http://", 7))
 		return usage_error(c, "--url: \"%s\" is not http://HOST:PORT", c->url);
+	int rc;
+	if (!opt_has(c, "no-check") && (rc = check_login(c)))
+		return rc;
 	if (mkdir_parents(c->config_path)) {
 		fprintf(stderr, "gpumatch login: cannot create the directory of %s: %s\n",
 		        c->config_path, strerror(errno));
@@ -410,7 +480,8 @@ static void list_help(FILE *f, const char *prefix)
 	else
 		fprintf(f, "usage: gpumatch COMMAND [flags]\n\n"
 		           "The gpumatch command: submit and watch jobs, run and manage nodes,\n"
-		           "administer gpumatchd. 'gpumatch COMMAND --help' describes one.\n\n"
+		           "administer gpumatchd. 'gpumatch COMMAND --help' describes one;\n"
+		           "'gpumatch --version' prints the version.\n\n"
 		           "commands:\n");
 	for (size_t t = 0; t < NELEM(tables); t++)
 		for (const struct cmd *k = tables[t]; k->words; k++)
@@ -418,6 +489,35 @@ static void list_help(FILE *f, const char *prefix)
 				fprintf(f, "  %-24s %s\n", k->words, k->summary);
 	fprintf(f, "\nglobal flags:\n");
 	print_opts(f, global_opts);
+}
+
+/* The command tables as JSON, for the build's man page and shell
+ * completion generators (not listed in help): {"global": [flags],
+ * "commands": [{"words", "args", "summary", "rest", "flags": [...]}]}. */
+static json_t *opts_json(const struct optdef *o)
+{
+	json_t *a = json_array();
+	for (; o && o->name; o++)
+		json_array_append_new(a, json_pack("{s:s, s:s?, s:s, s:b}", "name", o->name, "arg",
+		                                   o->arg, "help", o->help, "multi", o->multi));
+	return a;
+}
+
+static int dump_tables(void)
+{
+	json_t *cmds = json_array();
+	for (size_t t = 0; t < NELEM(tables); t++)
+		for (const struct cmd *k = tables[t]; k->words; k++)
+			json_array_append_new(cmds, json_pack("{s:s, s:s, s:s, s:b, s:o}", "words",
+			                                      k->words, "args", k->args, "summary",
+			                                      k->summary, "rest", k->rest, "flags",
+			                                      opts_json(k->opts)));
+	json_t *all = json_pack("{s:s, s:o, s:o}", "version", GPUMATCH_VERSION_STRING, "global",
+	                        opts_json(global_opts), "commands", cmds);
+	int rc = json_dumpf(all, stdout, JSON_INDENT(1)) ? EXIT_USAGE : EXIT_OK;
+	putchar('\n');
+	json_decref(all);
+	return rc;
 }
 
 /* ---- parsing ---- */
@@ -532,6 +632,12 @@ int main(int argc, char **argv)
 		list_help(argc < 2 ? stderr : stdout, "");
 		return argc < 2 ? EXIT_USAGE : EXIT_OK;
 	}
+	if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "version")) {
+		printf("gpumatch %s\n", GPUMATCH_VERSION_STRING);
+		return EXIT_OK;
+	}
+	if (!strcmp(argv[1], "__commands"))
+		return dump_tables();
 	int used = 0;
 	const struct cmd *k = match_cmd(argc - 1, argv + 1, &used);
 	/* "gpumatch node" or "gpumatch node bogus": the group's commands */

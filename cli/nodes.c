@@ -161,8 +161,10 @@ json_t *node_request(struct ctx *c, int *rc)
 			snprintf(err, sizeof err, "%s info printed no JSON: %s", argv[0], je.text);
 		free(out);
 		if (!j) {
-			fprintf(stderr, "gpumatch %s: %s\n", c->cmd->words, err);
-			*rc = EXIT_SERVER;
+			/* a local failure (exit 1 is the server's): the probe named by
+			 * --probe, or found on PATH, could not describe the GPUs */
+			fprintf(stderr, "gpumatch %s: --probe: %s\n", c->cmd->words, err);
+			*rc = EXIT_USAGE;
 			return NULL;
 		}
 		json_t *gpus = json_is_array(j) ? j : json_object_get(j, "gpus");
@@ -318,7 +320,7 @@ static const struct col node_fields[] = {
 	{ "BUSY GPUS", "busyGpuIndexes", F_LIST },
 	{ "ADDRESS", "address", F_STR },
 	{ "AGENT", "agentVersion", F_STR },
-	{ "RELIABILITY", "reliability.scorePpm", F_PPM },
+	{ "RELIABILITY", "reliability.scorePpm", F_PPM_MEASURED },
 	{ "LAST HEARTBEAT", "lastHeartbeatUs", F_TIME },
 	{ "CREATED", "createdAtUs", F_TIME },
 };

@@ -78,15 +78,18 @@ static int64_t num_of(json_t *v)
 	return 0;
 }
 
-static void money_text(int64_t m, char *buf, size_t len)
+/* Money as people read it (docs/cli.md): currency units rounded to the
+ * cent, "12.34"; an amount that is not zero but rounds to 0.00 shows as
+ * "<0.01" ("-<0.01"). Exact micro-units are in -o json. */
+void money_text(int64_t m, char *buf, size_t len)
 {
 	const char *sign = m < 0 ? "-" : "";
 	uint64_t a = m < 0 ? (uint64_t)0 - (uint64_t)m : (uint64_t)m;
-	uint64_t frac = a % 1000000;
-	if (frac % 10000 == 0)
-		snprintf(buf, len, "%s%" PRIu64 ".%02" PRIu64, sign, a / 1000000, frac / 10000);
+	uint64_t cents = a / 10000 + (a % 10000 >= 5000);
+	if (a && !cents)
+		snprintf(buf, len, "%s<0.01", sign);
 	else
-		snprintf(buf, len, "%s%" PRIu64 ".%06" PRIu64, sign, a / 1000000, frac);
+		snprintf(buf, len, "%s%" PRIu64 ".%02" PRIu64, sign, cents / 100, cents % 100);
 }
 
 static void dur_text(int64_t us, char *buf, size_t len)
@@ -102,7 +105,7 @@ static void dur_text(int64_t us, char *buf, size_t len)
 		snprintf(buf, len, "%" PRId64 "h%02" PRId64 "m", s / 3600, s % 3600 / 60);
 }
 
-static void enum_text(const char *s, char *buf, size_t len)
+void enum_text(const char *s, char *buf, size_t len)
 {
 	/* strip the enum's type prefix: JOB_STATE_QUEUED -> QUEUED. Prefixes
 	 * are the upper-cased enum name; the value part is what follows the
@@ -126,6 +129,7 @@ static void enum_text(const char *s, char *buf, size_t len)
 		"TRANSFER_STATE_",
 		"GPU_HEALTH_STATUS_",
 		"FIT_MODE_",
+		"FAIRNESS_MODE_",
 		"SIMULATION_SOURCE_",
 		"ACCOUNT_KIND_",
 	};
@@ -142,7 +146,7 @@ static void enum_text(const char *s, char *buf, size_t len)
 static void one_text(json_t *v, enum col_fmt fmt, char *buf, size_t len)
 {
 	if (!v || json_is_null(v)) {
-		if (fmt == F_NUM || fmt == F_MONEY || fmt == F_PPM)
+		if (fmt == F_NUM || fmt == F_MONEY || fmt == F_PPM || fmt == F_DUR0)
 			v = json_integer(0), one_text(v, fmt, buf, len), json_decref(v);
 		else if (fmt == F_BOOL)
 			snprintf(buf, len, "false");
@@ -161,6 +165,7 @@ static void one_text(json_t *v, enum col_fmt fmt, char *buf, size_t len)
 		money_text(num_of(v), buf, len);
 		break;
 	case F_PPM:
+	case F_PPM_MEASURED:
 		snprintf(buf, len, "%.1f%%", (double)num_of(v) / 10000.0);
 		break;
 	case F_TIME: {
@@ -176,6 +181,7 @@ static void one_text(json_t *v, enum col_fmt fmt, char *buf, size_t len)
 		break;
 	}
 	case F_DUR:
+	case F_DUR0:
 		dur_text(num_of(v), buf, len);
 		break;
 	case F_GPUS: {

@@ -9,6 +9,9 @@ packages=(
 	libevent-dev libpq-dev libhiredis-dev libjansson-dev libyaml-dev
 	postgresql redis-server
 	protobuf-compiler python3-protobuf
+	debhelper # the Debian package (debian/, tests/install)
+	fakeroot  # dpkg-buildpackage -us -uc
+	lintian   # the package's check (tests/install)
 	podman # container jobs (the agent's runtime; tests run real containers)
 	runc # podman's OCI runtime here: crun cannot run under hybrid cgroups
 	busybox-static # the container tests' image, imported from a local rootfs
@@ -28,9 +31,20 @@ SUDO=
 if [ "$(id -u)" -ne 0 ]; then
 	SUDO=sudo
 fi
-echo "install-deps: installing ${missing[*]}" >&2
-$SUDO apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "install-deps: installing ${#missing[@]} packages: ${missing[*]}" >&2
+# Another apt (unattended-upgrades, a second terminal) may hold the dpkg
+# lock: wait for it, up to APT_LOCK_TIMEOUT seconds, instead of failing.
+apt_opts=(-o "DPkg::Lock::Timeout=${APT_LOCK_TIMEOUT:-600}")
+if [ -t 2 ]; then
+	apt_opts+=(-o Dpkg::Progress-Fancy=1)
+fi
+echo "install-deps: apt-get update (waits for the apt lock if another apt holds it)" >&2
+$SUDO apt-get "${apt_opts[@]}" update
+echo "install-deps: apt-get install" >&2
+# apt's own progress goes to the terminal: downloads, then one line per package
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get "${apt_opts[@]}" install -y \
+	--no-install-recommends "${missing[@]}" >&2
+echo "install-deps: done" >&2
 # Debian starts the packaged services on install; gpumatch runs its own
 # private instances, so stop the system-wide ones where systemd is present.
 if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then

@@ -85,6 +85,10 @@ if [ "${AGENTS:-1}" = 1 ]; then
 			2>/dev/null >"$data/operator-token"
 		tn=$("$cli" admin tenants create --name demo --credit-limit 1000 |
 			awk '$1 == "ID" { print $2 }')
+		# enough prepaid credit for the README's first session: submit
+		# admission holds a job's worst case (price cap x GPUs x max duration)
+		"$cli" admin topup "$tn" 20000 --idempotency-id run-local-demo \
+			--comment "run-local demo credit" >/dev/null
 		"$cli" admin tokens create --role tenant --tenant "$tn" --name demo-cli \
 			2>/dev/null >"$data/tenant-token"
 		chmod 600 "$data/operator-token" "$data/tenant-token"

@@ -14,6 +14,7 @@
 
 #include "backend.h"
 #include "gpumatch/v1/node_service.pb-c.h"
+#include "gpumatch-version.h"
 #include "http.h"
 
 #define PROBE_VERSION "gpu-probe/0.1.0"
@@ -38,6 +39,7 @@ static void usage(FILE *out)
 	      "              bandwidth per GPU, as JSON (--proto: a ProbeReport message)\n"
 	      "  challenge   prove this node's throughput to gpumatchd and print the verdict\n"
 	      "              as JSON\n"
+	      "  version     print the version (also --version)\n"
 	      "  help        this text\n"
 	      "\n"
 	      "Options:\n"
@@ -103,6 +105,9 @@ static int parse_args(int argc, char **argv, struct opts *o)
 		bool takes = true;
 		if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
 			o->cmd = "help";
+			takes = false;
+		} else if (!strcmp(a, "--version")) {
+			o->cmd = "version";
 			takes = false;
 		} else if (!strcmp(a, "--quick")) {
 			o->quick = true;
@@ -984,6 +989,10 @@ int main(int argc, char **argv)
 		return EXIT_USAGE;
 	if (!strcmp(o.cmd, "help")) {
 		usage(stdout);
+		return EXIT_OK;
+	}
+	if (!strcmp(o.cmd, "version")) {
+		printf("gpu-probe %s\n", GPUMATCH_VERSION_STRING);
 		return EXIT_OK;
 	}
 	if (!strcmp(o.cmd, "info"))

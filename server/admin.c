@@ -256,10 +256,14 @@ static struct admin_q *q_new(struct rpc_call *call, const ProtobufCMessage *req,
 
 #define TENANT_COLS                                                                           \
 	"id, name, state, fair_share_weight, credit_limit_micros, max_running_gpus, contact," \
-	" disabled_reason, created_at_us, updated_at_us"
+	" disabled_reason, created_at_us, updated_at_us,"                                     \
+	" coalesce((SELECT la.balance_micros FROM ledger_accounts la"                         \
+	"   WHERE la.kind = 1 AND la.owner_id = tenants.id), 0) AS balance_micros,"           \
+	" coalesce((SELECT la.pending_debits_micros FROM ledger_accounts la"                  \
+	"   WHERE la.kind = 1 AND la.owner_id = tenants.id), 0) AS held_micros"
 
 /* Fills t from TENANT_COLS at row; strings borrow from r. The ledger fields
- * stay 0 until the ledger exists. */
+ * are the tenant's account as it stands (posted balance, pending holds). */
 static void tenant_from_row(const PGresult *r, int row, Gpumatch__V1__Tenant *t)
 {
 	gpumatch__v1__tenant__init(t);
@@ -273,6 +277,8 @@ static void tenant_from_row(const PGresult *r, int row, Gpumatch__V1__Tenant *t)
 	t->disabled_reason = PQgetvalue(r, row, 7);
 	t->created_at_us = col_i64(r, row, 8);
 	t->updated_at_us = col_i64(r, row, 9);
+	t->balance_micros = col_i64(r, row, 10);
+	t->held_micros = col_i64(r, row, 11);
 }
 
 /* Tenants and operators as records one answer carries. */
@@ -635,9 +641,9 @@ static void disable_tenant_cb(enum pg_status st, PGresult *res, const char *sqls
 		rpc_error(q->call, RPC_NOT_FOUND, "tenantId: tenant %" PRIu64 " not found",
 		          in->tenant_id);
 	} else {
-		size_t failed = each_id(PQgetvalue(res, 0, 10), job_failed_fn);
-		size_t ended = each_id(PQgetvalue(res, 0, 11), job_ended_fn);
-		uint64_t cancelled = col_u64(res, 0, 12);
+		size_t failed = each_id(PQgetvalue(res, 0, 12), job_failed_fn);
+		size_t ended = each_id(PQgetvalue(res, 0, 13), job_ended_fn);
+		uint64_t cancelled = col_u64(res, 0, 14);
 		if (failed)
 			outbox_kick(app_get());
 		Gpumatch__V1__Tenant t;
@@ -1631,6 +1637,20 @@ static void get_policy_cb(enum pg_status st, PGresult *res, const char *sqlstate
 void admin_get_policy(struct rpc_call *call, const ProtobufCMessage *req)
 {
 	const Gpumatch__V1__GetPolicyRequest *in = (const void *)req;
+	if (in->builtin && in->version) {
+		rpc_error(call, RPC_INVALID_ARGUMENT,
+		          "version: must be 0 (unset) with builtin, got %" PRIu64, in->version);
+		return;
+	}
+	if (in->builtin) {
+		/* what runs before the first SetPolicy: rollback's version 0 */
+		Gpumatch__V1__GetPolicyResponse out = GPUMATCH__V1__GET_POLICY_RESPONSE__INIT;
+		Gpumatch__V1__Policy p;
+		policy_defaults(&p);
+		out.policy = &p;
+		rpc_reply(call, &out.base);
+		return;
+	}
 	struct admin_q *q = q_new(call, req, 0);
 	if (!q)
 		return;

@@ -50,8 +50,13 @@ int migrate_current(const char *conninfo, char *err, size_t err_len);
  * on error (err). */
 int migrate_missing(const char *conninfo, const char *dir, int upto, char *missing,
                     size_t missing_len, char *err, size_t err_len);
-/* Where migrations live: GPUMATCH_MIGRATIONS, else the source tree's. */
+/* Where migrations live: GPUMATCH_MIGRATIONS, else share_path("migrations"). */
 const char *migrate_default_dir(void);
+/* A shipped file or directory ("migrations", "traces", or a file of data/
+ * such as "gpu-peaks.csv"):
+ * under <binary>/../share/gpumatch for an installed gpumatchd, else in the
+ * source tree it was built from. Writes it to buf and returns buf. */
+const char *share_path(const char *name, char *buf, size_t len);
 
 /* ---- tokens (auth.c) ---- */
 

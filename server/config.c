@@ -71,8 +71,10 @@ static const struct key keys[] = {
 	  true, "running leases' usage is posted (operators paid as they go) this often" },
 	{ "allow_unverified", K_BOOL, N(allow_unverified), "false", 0, 0, false,
 	  "initial policy: unverified nodes may take jobs (admins change it with SetPolicy)" },
-	{ "traces_dir", K_STR, S(traces_dir), GPUMATCH_TRACES_DIR, 0, 0, true,
-	  "where SimulatePolicy finds the shipped traces (alibaba-gpu-v2023/, msr-itp/, gavel/)" },
+	{ "traces_dir", K_STR, S(traces_dir), "", 0, 0, true,
+	  "where SimulatePolicy finds the public traces (alibaba-gpu-v2023/, msr-itp/, gavel/); "
+	  "\"\": share/gpumatch/traces installed, traces/ in a source tree "
+	  "(deploy/fetch-traces.sh puts them there)" },
 	{ "instance_id", K_STR, S(instance_id), "", 0, 0, false,
 	  "name of this replica in logs and the leader lock (default host:pid)" },
 	{ "probe_peaks_file", K_STR, S(probe_peaks_file), "", 0, 0, false,

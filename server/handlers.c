@@ -187,7 +187,11 @@ void reply_pg_error(struct rpc_call *call, enum pg_status st, const char *sqlsta
 		return;
 	}
 	if (!strncmp(sqlstate, "23", 2)) {
-		rpc_error(call, RPC_FAILED_PRECONDITION, "rejected by the record: %s", err);
+		/* the constraint's text names tables and SQL: the log keeps it */
+		log_info("constraint refused method=%s sqlstate=%s err=\"%s\"",
+		         rpc_method_path(call), sqlstate, err);
+		rpc_error(call, RPC_FAILED_PRECONDITION,
+		          "rejected: it conflicts with what is already recorded");
 		return;
 	}
 	if (!strcmp(sqlstate, "GM001")) {

@@ -215,6 +215,20 @@ struct admit {
 	void *arg;
 };
 
+/* Money in a message a person reads: currency units rounded to the cent,
+ * as the gpumatch command prints it ("6681.60"; "<0.01" below a cent). */
+static const char *money_str(char *buf, size_t len, int64_t m)
+{
+	const char *sign = m < 0 ? "-" : "";
+	uint64_t a = m < 0 ? (uint64_t)0 - (uint64_t)m : (uint64_t)m;
+	uint64_t cents = a / 10000 + (a % 10000 >= 5000);
+	if (a && !cents)
+		snprintf(buf, len, "%s<0.01", sign);
+	else
+		snprintf(buf, len, "%s%" PRIu64 ".%02" PRIu64, sign, cents / 100, cents % 100);
+	return buf;
+}
+
 static void admit_decide(struct admit *ad, int64_t avail)
 {
 	if (avail >= ad->worst) {
@@ -222,12 +236,12 @@ static void admit_decide(struct admit *ad, int64_t avail)
 		ad->go(ad->arg);
 	} else {
 		G.refused++;
+		char w[32], av[32];
 		rpc_error(ad->call, RPC_FAILED_PRECONDITION,
-		          "spec: the tenant cannot afford the job's worst case of %" PRId64
-		          " micros (max price per GPU-hour x GPUs x maxDurationUs) with %" PRId64
-		          " micros available (balance - holds + credit limit); top up, or lower "
-		          "spec.maxPricePerGpuHourMicros or spec.maxDurationUs",
-		          ad->worst, avail);
+		          "spec: the job's worst case costs %s (max price per GPU-hour x GPUs x "
+		          "max duration) but the tenant has %s available (balance - holds + credit "
+		          "limit); top up, or lower the job's maxPricePerGpuHour or maxDuration",
+		          money_str(w, sizeof w, ad->worst), money_str(av, sizeof av, avail));
 		ad->drop(ad->arg);
 	}
 }
@@ -466,13 +480,24 @@ static void move_cb(enum pg_status st, PGresult *res, const char *sqlstate, cons
                     void *arg)
 {
 	struct move_q *q = arg;
+	/* the database's own text (function names, CONTEXT lines) stays in
+	 * the log; the caller reads one plain sentence */
 	if (st == PG_ERROR && !strcmp(sqlstate, "GM002")) {
+		log_info("%s refused owner=%" PRIu64 " err=\"%s\"", q->payout ? "payout" : "top-up",
+		         q->owner, err);
 		rpc_error(q->call, RPC_FAILED_PRECONDITION,
-		          "idempotencyId: already used for a transfer with other content (%s)",
-		          err);
+		          "idempotencyId: already used for another %s with a different amount or "
+		          "account; use a new id for a new %s",
+		          q->payout ? "payout" : "top-up", q->payout ? "payout" : "top-up");
 	} else if (st == PG_ERROR && !strcmp(sqlstate, "GM004")) {
+		/* "account A has N micros above its floor, M asked" */
+		const char *has = err ? strstr(err, " has ") : NULL;
+		char av[32] = "";
+		if (has)
+			money_str(av, sizeof av, strtoll(has + 5, NULL, 10));
 		rpc_error(q->call, RPC_FAILED_PRECONDITION,
-		          "amountMicros: exceeds the operator's unpaid earnings (%s)", err);
+		          "amountMicros: exceeds the operator's unpaid earnings%s%s%s",
+		          *av ? " (" : "", av, *av ? " available)" : "");
 	} else if (st != PG_OK) {
 		reply_pg_error(q->call, st, sqlstate, err);
 	} else if (PQntuples(res) != 1) {

@@ -13,6 +13,7 @@
 #include <event2/event.h>
 
 #include "app.h"
+#include "gpumatch-version.h"
 #include "log.h"
 
 static void usage(FILE *out)
@@ -24,6 +25,7 @@ static void usage(FILE *out)
 	             "  migrate               apply the SQL migrations to Postgres and exit\n"
 	             "  create-admin-token    create an admin API token, print it once, exit\n"
 	             "                        (--name=NAME to label it)\n"
+	             "  version               print the version (also --version)\n"
 	             "  help                  this text\n"
 	             "\n"
 	             "signals: SIGTERM/SIGINT drain and exit 0 (a second one exits at once),\n"
@@ -63,6 +65,10 @@ int main(int argc, char **argv)
 		first = 2;
 	}
 	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "--version") || (i == 1 && !strcmp(argv[i], "version"))) {
+			printf("gpumatchd %s\n", GPUMATCH_VERSION_STRING);
+			return 0;
+		}
 		if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
 			usage(stdout);
 			return 0;

@@ -11,14 +11,60 @@
 
 #include <libpq-fe.h>
 
-#ifndef GPUMATCH_MIGRATIONS_DIR
-#define GPUMATCH_MIGRATIONS_DIR "migrations"
+#include <limits.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#ifndef GPUMATCH_SOURCE_ROOT
+#define GPUMATCH_SOURCE_ROOT "."
 #endif
+
+/* The installed share directory, <dir of this binary>/../share/gpumatch,
+ * when it holds migrations/ (so an installed gpumatchd, under any prefix or
+ * DESTDIR, reads its own files); NULL for a binary in a build tree. */
+static const char *installed_share(void)
+{
+	static char dir[PATH_MAX];
+	static int known; /* 0 unknown, 1 installed, -1 build tree */
+	if (known)
+		return known > 0 ? dir : NULL;
+	known = -1;
+	char exe[PATH_MAX];
+	ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+	if (n <= 0)
+		return NULL;
+	exe[n] = '\0';
+	char *slash = strrchr(exe, '/');
+	if (!slash)
+		return NULL;
+	*slash = '\0';
+	char probe[PATH_MAX + 64];
+	snprintf(probe, sizeof probe, "%s/../share/gpumatch/migrations", exe);
+	struct stat st;
+	if (stat(probe, &st) || !S_ISDIR(st.st_mode))
+		return NULL;
+	snprintf(dir, sizeof dir, "%.*s/../share/gpumatch", (int)(sizeof dir - 32), exe);
+	known = 1;
+	return dir;
+}
+
+const char *share_path(const char *name, char *buf, size_t len)
+{
+	const char *inst = installed_share();
+	if (inst)
+		snprintf(buf, len, "%s/%s", inst, name);
+	else if (strcmp(name, "migrations") && strcmp(name, "traces"))
+		snprintf(buf, len, "%s/data/%s", GPUMATCH_SOURCE_ROOT, name); /* data/ files */
+	else
+		snprintf(buf, len, "%s/%s", GPUMATCH_SOURCE_ROOT, name);
+	return buf;
+}
 
 const char *migrate_default_dir(void)
 {
+	static char dir[PATH_MAX];
 	const char *d = getenv("GPUMATCH_MIGRATIONS");
-	return d && *d ? d : GPUMATCH_MIGRATIONS_DIR;
+	return d && *d ? d : share_path("migrations", dir, sizeof dir);
 }
 
 struct mfile {

@@ -131,11 +131,11 @@ static const struct peak *peak_find(const Gpumatch__V1__Gpu *g)
  * when they do not parse. */
 static int peaks_read(struct app *a, char *err, size_t err_len)
 {
-	/* "": the source tree's copy, else the installed one */
-	const char *path = a->cfg.probe_peaks_file[0] ? a->cfg.probe_peaks_file
-	                   : access(GPUMATCH_DATA_DIR "/gpu-peaks.csv", R_OK) == 0
-	                       ? GPUMATCH_DATA_DIR "/gpu-peaks.csv"
-	                       : GPUMATCH_INSTALLED_DATA_DIR "/gpu-peaks.csv";
+	/* "": the shipped copy (installed, else the source tree's) */
+	char shipped[1024];
+	const char *path = a->cfg.probe_peaks_file[0]
+	                       ? a->cfg.probe_peaks_file
+	                       : share_path("gpu-peaks.csv", shipped, sizeof shipped);
 	struct peak_table t = { NULL, 0 };
 	if (peaks_load(&t, path, err, err_len) ||
 	    (a->cfg.probe_peaks_extra_file[0] &&

@@ -1051,7 +1051,11 @@ void simulate_policy(struct rpc_call *call, const ProtobufCMessage *req)
 		s->seed = in->seed ? in->seed : 1;
 		s->arrival_scale = in->arrival_scale > 0 ? in->arrival_scale : 1.0;
 		s->all_preemptible = in->preemptible;
-		snprintf(s->trace_dir, sizeof s->trace_dir, "%s", app_get()->cfg.traces_dir);
+		if (app_get()->cfg.traces_dir[0])
+			snprintf(s->trace_dir, sizeof s->trace_dir, "%s",
+			         app_get()->cfg.traces_dir);
+		else
+			share_path("traces", s->trace_dir, sizeof s->trace_dir);
 	}
 	/* a replay of a whole trace takes seconds to minutes of a worker
 	 * thread; the event loop is not held meanwhile */

@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "convert.h"
+#include "gpumatch-version.h"
 #include "pbjson.h"
 #include "sim.h"
 #include "trace.h"
@@ -173,6 +174,7 @@ int main(int argc, char **argv)
 		O_JOBSOUT,
 		O_NOWALL,
 		O_HELP,
+		O_VERSION,
 		O_NOINTERP,
 		O_CKPT,
 		O_PREEMPTIBLE
@@ -196,6 +198,7 @@ int main(int argc, char **argv)
 		{ "jobs-out", required_argument, NULL, O_JOBSOUT },
 		{ "no-wall-clock", no_argument, NULL, O_NOWALL },
 		{ "help", no_argument, NULL, O_HELP },
+		{ "version", no_argument, NULL, O_VERSION },
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *nodes = NULL, *jobs = NULL, *tputs = NULL, *policy = NULL, *jobs_out = NULL;
@@ -285,6 +288,9 @@ int main(int argc, char **argv)
 			break;
 		case O_HELP:
 			usage(stdout);
+			return 0;
+		case O_VERSION:
+			printf("gpumatch-sim %s\n", GPUMATCH_VERSION_STRING);
 			return 0;
 		default:
 			usage(stderr);

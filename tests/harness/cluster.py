@@ -218,6 +218,17 @@ def _kv_lines(text):
     return out
 
 
+def traces_flags():
+    """--traces_dir for the tests' gpumatchd: GPUMATCH_TRACES, else the
+    source tree's traces/ (deploy/fetch-traces.sh), else the shared copy
+    beside the source tree; nothing when none exists (gpumatchd's default)."""
+    for d in (os.environ.get("GPUMATCH_TRACES"), os.path.join(SOURCE, "traces"),
+              os.path.join(SOURCE, "..", "shared", "traces")):
+        if d and os.path.isdir(os.path.join(d, "msr-itp")):
+            return ["--traces_dir=" + os.path.abspath(d)]
+    return []
+
+
 def _clean_env():
     """Our environment minus GPUMATCH_* but GPUMATCH_MIGRATIONS (gpumatchd
     reads GPUMATCH_<KEY> as configuration; the tests pass it all as flags)."""
@@ -473,7 +484,8 @@ class Cluster:
             raise HarnessError("gpumatchd already running")
         cmd = ([gpumatchd_path(), "--listen_host=127.0.0.1", "--listen_port=0",
                 "--redis_host=" + self.redis_host, "--redis_port=%d" % self.redis_port,
-                "--log_level=debug"] + self._base_flags() + self.flags + list(extra_flags))
+                "--log_level=debug"] + self._base_flags() + traces_flags() + self.flags
+               + list(extra_flags))
         self._log.write(("$ %s\n" % " ".join(cmd)).encode())
         start_off = os.path.getsize(self.log_path)
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._log,

@@ -305,8 +305,9 @@ class CliTest(ItCase):
         with open(probe, "w") as f:
             f.write("#!/bin/sh\necho no driver >&2\nexit 3\n")
         r = self.run_cli("node", "register", "--probe", probe, "--name", "x", "--region", "r",
-                         token=self.otok, rc=1)
+                         token=self.otok, rc=2)
         self.assertIn("info failed (exit 3)", r.stderr)
+        self.assertIn("--probe", r.stderr)
 
     def test_node_register_from_the_real_gpu_probe(self):
         # gpu-probe's own `info` output (its CPU reference backend here)

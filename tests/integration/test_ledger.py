@@ -312,7 +312,9 @@ class MoneyTest(LedgerCase):
             self.c.unique("poor"), job_spec(labelSelector={"pool": ag.pool},
                                             maxPricePerGpuHourMicros=str(PRICE))), token=tok)
         self.assertError(r, "failed_precondition", "spec")
-        self.assertIn("3600000 micros", r.message)
+        # the worst case in currency, as people read money (docs/cli.md)
+        self.assertIn("worst case costs 3.60 ", r.message)
+        self.assertNotIn("micros", r.message.replace("Micros", ""))
         self.assertUnchanged("jobs", before)
         # exactly the worst case: admitted
         ok(self.c.admin("TopUpTenant", {"tenantId": t["id"], "amountMicros": str(PRICE),

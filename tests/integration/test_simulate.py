@@ -3,8 +3,9 @@ changes nothing (queue, jobs, leases, policies compared before and after)
 and shows where a candidate would place the pending jobs; trace replays of a
 shipped trace and of the server's own history; bad input named by field.
 
-The shipped traces are read from <source>/../shared/traces (gpumatchd's
-default traces_dir): when they are missing the trace tests fail."""
+The public traces are read from the harness's traces_dir (GPUMATCH_TRACES,
+<source>/traces from deploy/fetch-traces.sh, or a shared copy beside the
+source tree): when they are missing the trace tests fail."""
 
 import json
 import os
@@ -159,7 +160,7 @@ class SimulateTest(ItCase):
             "source": "SIMULATION_SOURCE_TRACE", "traceName": "msr-itp/cluster01",
             "window": {"startUs": "0", "endUs": str(30 * DAY_US)},
             "candidates": [fifo, example_policy("default")], "seed": "7"},
-            timeout=600), "a shipped trace replays (traces at <source>/../shared/traces?)")
+            timeout=600), "a shipped trace replays (traces: deploy/fetch-traces.sh?)")
         self.assertEqual(len(b["candidates"]), 2)
         total = b["jobsSimulated"]
         self.assertGreater(total, 100, b)
