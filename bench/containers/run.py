@@ -150,7 +150,7 @@ def main():
             agent.stop()
         c.close()
         tc.podman("rm", "-af", check=False)
-        tc.podman("system", "reset", "--force", check=False)
+        tc.podman("rmi", "-af", check=False)
         import shutil
         shutil.rmtree(tc.STORAGE, ignore_errors=True)
 

@@ -79,7 +79,7 @@ def tearDownModule():
     finally:
         if STORAGE:
             podman("rm", "-af", check=False)
-            podman("system", "reset", "--force", check=False)
+            podman("rmi", "-af", check=False)  # (not "system reset": it is host-wide)
             shutil.rmtree(STORAGE, ignore_errors=True)
 
 
