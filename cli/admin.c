@@ -762,8 +762,8 @@ static int run_policy_get(struct ctx *c)
 {
 	json_t *req = json_object();
 	if (opt_str(c, "version")) {
-		uint64_t ver;
-		bool builtin;
+		uint64_t ver = 0;
+		bool builtin = false;
 		int rc = policy_version_arg(c, "--version", opt_str(c, "version"), &ver, &builtin);
 		if (rc) {
 			json_decref(req);
@@ -938,8 +938,8 @@ static int run_policy_set(struct ctx *c)
 
 static int run_policy_rollback(struct ctx *c)
 {
-	uint64_t ver;
-	bool builtin;
+	uint64_t ver = 0;
+	bool builtin = false;
 	int rc = policy_version_arg(c, "VERSION", c->pos[0], &ver, &builtin);
 	if (rc)
 		return rc;

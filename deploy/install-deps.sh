@@ -9,6 +9,8 @@ packages=(
 	libevent-dev libpq-dev libhiredis-dev libjansson-dev libyaml-dev
 	postgresql redis-server
 	protobuf-compiler python3-protobuf
+	chromium    # the console's browser tests (tests/browser, DevTools protocol)
+	prometheus  # promtool: checks and unit-tests deploy/prometheus's rules
 	debhelper # the Debian package (debian/, tests/install)
 	fakeroot  # dpkg-buildpackage -us -uc
 	lintian   # the package's check (tests/install)
@@ -48,5 +50,5 @@ echo "install-deps: done" >&2
 # Debian starts the packaged services on install; gpumatch runs its own
 # private instances, so stop the system-wide ones where systemd is present.
 if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
-	$SUDO systemctl disable --now redis-server postgresql >/dev/null 2>&1 || true
+	$SUDO systemctl disable --now redis-server postgresql prometheus >/dev/null 2>&1 || true
 fi

@@ -14,6 +14,7 @@
 #include <event2/buffer.h>
 #include <event2/http.h>
 
+#include "console.h"
 #include "gpumatch/v1/registry.h"
 #include "handlers.h"
 #include "log.h"
@@ -78,6 +79,8 @@ static unsigned service_roles(const char *service)
 {
 	if (!strcmp(service, "gpumatch.v1.JobService"))
 		return ROLE_TENANT | ROLE_ADMIN;
+	if (!strcmp(service, "gpumatch.v1.IdentityService"))
+		return ROLE_TENANT | ROLE_OPERATOR | ROLE_ADMIN;
 	if (!strcmp(service, "gpumatch.v1.NodeService"))
 		return ROLE_OPERATOR | ROLE_ADMIN;
 	return ROLE_ADMIN;
@@ -281,6 +284,7 @@ int app_start(struct app *a, char *err, size_t err_len)
 	rpc_server_add_get(a->rpc, "/healthz", healthz_cb, a);
 	rpc_server_add_get(a->rpc, "/readyz", readyz_cb, a);
 	rpc_server_add_get(a->rpc, "/metrics", metrics_cb, a);
+	console_register(a->rpc); /* / and the console's files */
 	if (handlers_start(a, err, err_len))
 		return -1;
 	if (auth_start(a)) {

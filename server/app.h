@@ -13,7 +13,7 @@
 #include "rds.h"
 #include "rpc.h"
 
-#define SCHEMA_VERSION 12 /* newest migration this binary needs */
+#define SCHEMA_VERSION 13 /* newest migration this binary needs */
 
 struct app {
 	struct event_base *base;

@@ -36,6 +36,8 @@ struct cfg {
 	int ledger_meter_interval_ms;
 	int ledger_sweep_shards; /* 1..LEDGER_MAX_SWEEP_SHARDS */
 	bool allow_unverified;
+	int rollup_interval_ms;
+	int rollup_retention_hours;
 	char instance_id[64];
 	char traces_dir[512];
 	char probe_peaks_file[512];       /* "" = the shipped data/gpu-peaks.csv */

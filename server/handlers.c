@@ -9,6 +9,7 @@
 
 #include "ledger.h"
 #include "log.h"
+#include "series.h"
 #include "service.h"
 
 static struct app *the_app;
@@ -73,6 +74,11 @@ static const struct route routes[] = {
 	{ "/gpumatch.v1.JobService/GetJobLogs", logs_get },
 	{ "/gpumatch.v1.NodeService/AppendLeaseLogs", logs_append },
 	{ "/gpumatch.v1.NodeService/GetEarnings", ledger_get_earnings },
+	{ "/gpumatch.v1.AdminService/GetFleetSeries", series_fleet },
+	{ "/gpumatch.v1.AdminService/GetFleetSummary", series_fleet_summary },
+	{ "/gpumatch.v1.NodeService/GetNodeSeries", series_node },
+	{ "/gpumatch.v1.JobService/GetSpendSeries", series_spend },
+	{ "/gpumatch.v1.IdentityService/GetIdentity", series_identity },
 	{ NULL, NULL },
 };
 
@@ -133,7 +139,8 @@ int handlers_start(struct app *a, char *err, size_t err_len)
 	the_app = a;
 	if (jobs_start(a, err, err_len) || nodes_start(a, err, err_len) ||
 	    probe_start(a, err, err_len) || schedloop_start(a, err, err_len) ||
-	    ledger_start(a, err, err_len) || logs_start(a, err, err_len))
+	    ledger_start(a, err, err_len) || series_start(a, err, err_len) ||
+	    logs_start(a, err, err_len))
 		return -1;
 	return 0;
 }
@@ -141,6 +148,7 @@ int handlers_start(struct app *a, char *err, size_t err_len)
 void handlers_stop(struct app *a)
 {
 	logs_stop(a);
+	series_stop(a);
 	ledger_stop(a);
 	schedloop_stop(a);
 	probe_stop(a);
@@ -157,7 +165,8 @@ void handlers_drain(struct app *a)
 
 bool handlers_idle(struct app *a)
 {
-	return jobs_idle(a) && schedloop_idle(a) && probe_idle(a) && ledger_idle(a);
+	return jobs_idle(a) && schedloop_idle(a) && probe_idle(a) && ledger_idle(a) &&
+	       series_idle(a);
 }
 
 void handlers_reload(struct app *a)
@@ -172,6 +181,7 @@ void handlers_metrics(struct app *a, struct evbuffer *b)
 	schedloop_metrics(a, b);
 	ledger_metrics(a, b);
 	logs_metrics(a, b);
+	series_metrics(a, b);
 }
 
 /* ---- helpers ------------------------------------------------------------------------ */

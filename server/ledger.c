@@ -16,6 +16,7 @@
 #include "gpumatch/v1/node_service.pb-c.h"
 #include "handlers.h"
 #include "log.h"
+#include "series.h"
 #include "service.h"
 #include "strbuf.h"
 
@@ -758,6 +759,7 @@ static void audit_cb(enum pg_status st, PGresult *res, const char *sqlstate, con
 	out.n_violations = n;
 	out.violations = vp;
 	out.audited_at_us = now_us();
+	series_note_audit(count, out.audited_at_us);
 	if (count)
 		log_warn("ledger audit found violations count=%" PRIu32, count);
 	rpc_reply(call, &out.base);

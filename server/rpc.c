@@ -958,11 +958,17 @@ static size_t method_index(const struct rpc_server *s, const char *path)
 	return s->n_methods;
 }
 
-static struct get_route *find_get(const struct rpc_server *s, const char *path)
+static struct get_route *find_get(const struct rpc_server *s, const char *path, bool get)
 {
 	for (struct get_route *g = s->gets; g; g = g->next)
 		if (!strcmp(g->path, path))
 			return g;
+	/* a route ending in '*' answers GETs under its prefix (the console) */
+	for (struct get_route *g = s->gets; get && g; g = g->next) {
+		size_t n = strlen(g->path);
+		if (n && g->path[n - 1] == '*' && !strncmp(g->path, path, n - 1))
+			return g;
+	}
 	return NULL;
 }
 
@@ -980,7 +986,10 @@ static void request_cb(struct evhttp_request *req, void *arg)
 	if (!path || !*path)
 		path = "/";
 	size_t mi = method_index(s, path);
-	struct get_route *g = mi == s->n_methods ? find_get(s, path) : NULL;
+	struct get_route *g =
+	    mi == s->n_methods
+	        ? find_get(s, path, type == EVHTTP_REQ_GET || type == EVHTTP_REQ_HEAD)
+	        : NULL;
 	bool admitted = conn_admit(s, evcon, fd);
 	/* probes and scrapes still get through when RPC connections are full */
 	if (g && (type == EVHTTP_REQ_GET || type == EVHTTP_REQ_HEAD)) {

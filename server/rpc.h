@@ -101,7 +101,9 @@ void rpc_server_stop_accepting(struct rpc_server *s);
 size_t rpc_server_inflight(const struct rpc_server *s);
 void rpc_server_free(struct rpc_server *s);
 
-/* GET route (e.g. "/healthz"): fn writes the whole answer with evhttp. */
+/* GET route (e.g. "/healthz"): fn writes the whole answer with evhttp. A
+ * path ending in '*' answers GET and HEAD for every path under that prefix
+ * that no exact route or method takes. */
 typedef void (*rpc_get_fn)(struct evhttp_request *req, void *arg);
 void rpc_server_add_get(struct rpc_server *s, const char *path, rpc_get_fn fn, void *arg);
 

@@ -45,6 +45,7 @@ static const char *const shipped_traces[] = {
 #define TRACE_NODES "alibaba-gpu-v2023/openb_node_list_gpu_node.csv"
 #define TRACE_TPUTS "gavel/isolated_throughputs_steps_per_sec.csv"
 #define HISTORY     "history"
+#define N_QUANTILES 21 /* 0 %, 5 %, ..., 100 % */
 
 static double mono_s(void)
 {
@@ -135,6 +136,10 @@ struct simreq {
 	bool all_preemptible; /* every trace job preemptible (MSR ITP only) */
 	struct sim_result res[1 + MAX_CANDIDATES];
 	double wall_s[1 + MAX_CANDIDATES];
+	/* the distributions' quantiles (0 %, 5 %, ... 100 %), worked out on the
+	 * replay's thread; n = 0 when no job completed or started */
+	int64_t jct_q[1 + MAX_CANDIDATES][N_QUANTILES], wait_q[1 + MAX_CANDIDATES][N_QUANTILES];
+	size_t n_jct_q[1 + MAX_CANDIDATES], n_wait_q[1 + MAX_CANDIDATES];
 	uint32_t trace_jobs, trace_nodes;
 	int rc;
 	char err[512];
@@ -144,6 +149,47 @@ struct simreq {
 };
 
 static bool trace_running; /* one trace replay at a time */
+
+static int cmp_i64(const void *a, const void *b)
+{
+	int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* Quantiles 0 %, 5 %, ..., 100 % of v[0..n) (sorted in place, nearest
+ * rank); returns how many were written (0 when n is 0). */
+static size_t quantiles(int64_t *v, size_t n, int64_t *q)
+{
+	if (!n)
+		return 0;
+	qsort(v, n, sizeof *v, cmp_i64);
+	for (size_t i = 0; i < N_QUANTILES; i++) {
+		size_t k = (size_t)((double)(n - 1) * (double)i / (N_QUANTILES - 1) + 0.5);
+		q[i] = v[k];
+	}
+	return N_QUANTILES;
+}
+
+/* The JCT (submit to end, finished jobs) and wait (submit to first start,
+ * started jobs) distributions of one replay. */
+static void trace_quantiles(struct simreq *s, uint32_t i)
+{
+	const struct sim_result *r = &s->res[i];
+	int64_t *jct = calloc((size_t)r->jobs + 1, sizeof *jct);
+	int64_t *wait = calloc((size_t)r->jobs + 1, sizeof *wait);
+	size_t nj = 0, nw = 0;
+	for (uint32_t k = 0; jct && wait && k < r->jobs; k++) {
+		const struct sim_job_out *o = &r->per_job[k];
+		if (o->finished)
+			jct[nj++] = o->end_us - o->submit_us;
+		if (o->started)
+			wait[nw++] = o->first_start_us - o->submit_us;
+	}
+	s->n_jct_q[i] = jct ? quantiles(jct, nj, s->jct_q[i]) : 0;
+	s->n_wait_q[i] = wait ? quantiles(wait, nw, s->wait_q[i]) : 0;
+	free(jct);
+	free(wait);
+}
 
 static void simreq_free(struct simreq *s)
 {
@@ -836,6 +882,7 @@ static int trace_thread(void *arg)
 		if (sim_run(&cfg, &s->res[i], s->err, sizeof s->err))
 			goto out;
 		s->wall_s[i] = mono_s() - t0;
+		trace_quantiles(s, i);
 	}
 	s->rc = 0;
 out:
@@ -902,6 +949,10 @@ static void trace_done_cb(evutil_socket_t fd, short ev, void *arg)
 	for (uint32_t i = 0; i < s->n; i++) {
 		result_init(&ro[i], i ? i - 1 : 0, &s->pol[i]);
 		trace_metrics(&s->res[i], s->wall_s[i], &ro[i].m);
+		ro[i].m.n_jct_quantiles_us = s->n_jct_q[i];
+		ro[i].m.jct_quantiles_us = s->jct_q[i];
+		ro[i].m.n_wait_quantiles_us = s->n_wait_q[i];
+		ro[i].m.wait_quantiles_us = s->wait_q[i];
 		if (i)
 			cptrs[i - 1] = &ro[i].r;
 	}
