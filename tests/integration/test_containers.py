@@ -369,8 +369,9 @@ class ContainerTest(ItCase):
         # drained while its jobs stopped (then lost, as it stopped heartbeating)
         self.assertGreaterEqual(self.c.count("node_state_log",
                                              "node_id = %s AND state = 3" % victim_id), 1)
-        for i in ids:
-            self.assertEqual(self.job(i)["state"], "JOB_STATE_QUEUED")
+        # the agent's INTERRUPTED reports put both back in the queue
+        common.wait_for(lambda: all(self.job(i)["state"] == "JOB_STATE_QUEUED" for i in ids),
+                        60, what="both jobs queued again")
         rescue = self.agent("a100-x8.json", "ctrescue", "drain")
         rescue_id = rescue.node_id()
         jobs = wait_jobs(self.c, self.ttok, ids, 120)
