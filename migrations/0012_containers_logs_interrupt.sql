@@ -187,23 +187,26 @@ BEGIN
 END $$;
 
 -- Ends a lease as INTERRUPTED (its node stops): validated like
--- gm_report_lease (node, operator, fencing token, seq); billed up to the
--- report or the node's last heartbeat, whichever is earlier; when it was
+-- gm_report_lease (0011: node, operator, fencing token, seq, out of order)
+-- and billed as it bills a report: up to min(the agent's exit time
+-- p_exited, the node's last heartbeat + p_hb_interval, now); when it was
 -- the attempt's last live lease the job is queued again (or cancelled, when
 -- a cancel was in flight), never failed for it. Other parts of a gang are
 -- told to stop (as a preemption).
 CREATE FUNCTION gm_interrupt_lease(
     p_lease bigint, p_node bigint, p_operator bigint, p_fence bigint, p_seq bigint,
-    p_exit integer, p_signal integer, p_message text, p_now bigint)
+    p_exit integer, p_signal integer, p_message text, p_now bigint, p_exited bigint,
+    p_hb_interval bigint)
 RETURNS TABLE (status text, job_id bigint, job_state smallint, job_done boolean,
                requeued boolean)
 LANGUAGE plpgsql AS $$
 DECLARE
     l record;
     r record;
+    hb bigint;
 BEGIN
     SELECT x.*, n.operator_id AS op INTO l FROM leases x JOIN nodes n ON n.id = x.node_id
-     WHERE x.id = p_lease AND x.node_id = p_node FOR UPDATE OF x;
+     WHERE x.id = p_lease FOR UPDATE OF x;
     job_done := false; requeued := false;
     IF NOT FOUND OR (p_operator <> 0 AND l.op <> p_operator) THEN
         status := 'not_found';
@@ -211,13 +214,28 @@ BEGIN
         RETURN;
     END IF;
     job_id := l.job_id;
+    IF l.node_id <> p_node THEN
+        status := 'other_node';
+        RETURN NEXT;
+        RETURN;
+    END IF;
     IF l.fencing_token <> p_fence THEN
         status := 'stale';
         RETURN NEXT;
         RETURN;
     END IF;
-    IF p_seq <= l.last_report_seq THEN
+    IF p_seq = l.last_report_seq THEN
         status := 'duplicate';
+        RETURN NEXT;
+        RETURN;
+    END IF;
+    IF p_seq < l.last_report_seq THEN
+        status := 'out_of_order';
+        RETURN NEXT;
+        RETURN;
+    END IF;
+    IF l.state = 1 THEN
+        status := 'not_offered';
         RETURN NEXT;
         RETURN;
     END IF;
@@ -227,13 +245,21 @@ BEGIN
         RETURN NEXT;
         RETURN;
     END IF;
+    SELECT n.last_heartbeat_us INTO hb FROM nodes n WHERE n.id = p_node;
     SELECT * INTO r FROM gm_interrupt_core(p_lease, p_exit, p_signal, p_message, p_now);
+    UPDATE leases SET billed_end_us = CASE WHEN started_at_us = 0 THEN 0
+                                           ELSE greatest(started_at_us, least(p_now,
+                                               hb + p_hb_interval,
+                                               CASE WHEN p_exited > 0 THEN p_exited
+                                                    ELSE p_now END)) END
+     WHERE id = p_lease;
     status := 'ok'; job_state := r.job_state; job_done := r.job_done; requeued := r.requeued;
     RETURN NEXT;
 END $$;
 
--- ReportLease with what the container runtime adds: a FAILED report on a
--- lease its node was told to give up (stop kind 6) is an interruption; an
+-- ReportLease (0011's gm_report_lease, same arguments and statuses) with
+-- what the container runtime adds: a FAILED or EXPIRED report on a lease
+-- its node was told to give up (stop kind 6) is an interruption; an
 -- INTERRUPTED one goes to gm_interrupt_lease; a failure kind named by the
 -- agent (OOM, IMAGE_PULL, AGENT_ERROR) replaces the one derived from the
 -- exit status; the image digest is recorded. Attempts that were
@@ -241,7 +267,8 @@ END $$;
 CREATE FUNCTION gm_report_lease_ext(
     p_lease bigint, p_node bigint, p_operator bigint, p_fence bigint, p_seq bigint,
     p_state smallint, p_exit integer, p_signal integer, p_message text, p_now bigint,
-    p_max_attempts integer, p_kind smallint, p_digest text)
+    p_max_attempts integer, p_started bigint, p_exited bigint, p_hb_interval bigint,
+    p_kind smallint, p_digest text)
 RETURNS TABLE (status text, job_id bigint, job_state smallint, job_done boolean,
                requeued boolean)
 LANGUAGE plpgsql AS $$
@@ -251,7 +278,7 @@ DECLARE
     spared integer;
 BEGIN
     SELECT x.stop_kind INTO sk FROM leases x WHERE x.id = p_lease AND x.node_id = p_node;
-    IF p_state = 6 AND sk = 6 THEN
+    IF p_state IN (6, 7) AND sk = 6 THEN
         p_state := 20;
     END IF;
     IF p_digest <> '' THEN
@@ -261,14 +288,16 @@ BEGIN
     END IF;
     IF p_state = 20 THEN
         RETURN QUERY SELECT * FROM gm_interrupt_lease(p_lease, p_node, p_operator, p_fence,
-                                                      p_seq, p_exit, p_signal, p_message, p_now);
+                                                      p_seq, p_exit, p_signal, p_message, p_now,
+                                                      p_exited, p_hb_interval);
         RETURN;
     END IF;
     SELECT count(DISTINCT x.attempt) INTO spared FROM leases x
      WHERE x.job_id = (SELECT y.job_id FROM leases y WHERE y.id = p_lease) AND x.state = 20;
     SELECT * INTO r FROM gm_report_lease(p_lease, p_node, p_operator, p_fence, p_seq, p_state,
                                          p_exit, p_signal, p_message, p_now,
-                                         p_max_attempts + spared);
+                                         p_max_attempts + spared, p_started, p_exited,
+                                         p_hb_interval);
     IF r.status = 'ok' AND p_state = 6 AND p_kind > 0 THEN
         UPDATE leases SET failure_reason = p_kind WHERE id = p_lease;
         UPDATE jobs SET failure_reason = p_kind
