@@ -73,9 +73,9 @@ struct job {
 struct agent {
 	struct ctx *c;
 	struct event_base *base;
-	struct cl_conn *ctl;         /* register, heartbeats, reports */
-	struct cl_conn *poll;        /* the AcquireLease long-poll */
-	struct cl_conn *logc;        /* job output: never in the way of heartbeats */
+	struct cl_conn *ctl;  /* register, heartbeats, reports */
+	struct cl_conn *poll; /* the AcquireLease long-poll */
+	struct cl_conn *logc; /* job output: never in the way of heartbeats */
 	struct rt_config rt;
 	struct jobenv_user job_user; /* who bare jobs run as */
 	char state_dir[900];
@@ -170,8 +170,8 @@ static void save_leases(struct agent *a)
 			                 juint64(j->q[i].seq), "state", j->q[i].state, "exitCode",
 			                 j->q[i].exit_code, "termSignal", j->q[i].term_signal,
 			                 "message", j->q[i].message, "failureReason",
-			                 j->q[i].failure_reason, "imageDigest", j->q[i].digest, "atUs",
-			                 (json_int_t)j->q[i].at_us));
+			                 j->q[i].failure_reason, "imageDigest", j->q[i].digest,
+			                 "atUs", (json_int_t)j->q[i].at_us));
 		json_array_append_new(
 		    arr,
 		    json_pack("{s:o,s:o,s:o,s:o,s:i,s:b,s:o,s:o,s:b,s:b,s:s}", "leaseId",
@@ -1158,6 +1158,15 @@ static void confirm_done(struct cl_result *r, void *arg)
 			     "msg=\"lease confirmed while shutting down, not started\" "
 			     "lease=%" PRIu64,
 			     l->id);
+			/* it goes back to the queue now, not when the janitor
+			 * notices that no heartbeat lists it */
+			struct job *j = find_job(a, l->id)
+			                    ? NULL
+			                    : new_job(a, l->id, l->job_id, l->fencing_token);
+			if (j)
+				queue_report(
+				    j, GPUMATCH__V1__LEASE_STATE__LEASE_STATE_INTERRUPTED, 0, 0,
+				    "%s", "interrupted: the agent stopped before the job started");
 		} else {
 			if (cr->duplicate)
 				alog("info", "msg=\"lease confirmed again\" lease=%" PRIu64, l->id);
@@ -1371,7 +1380,7 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
 	for (struct job *j = a->jobs; j; j = j->next)
 		busy |= j->running || j->nq;
 	/* reports that cannot be delivered now stay on disk for the next start */
-	if (!busy || cl_now_us() - a->shutdown_started_us > a->grace_us + 5000000)
+	if (!busy || cl_now_us() - a->shutdown_started_us > a->grace_us + 15000000)
 		event_base_loopbreak(a->base);
 }
 
@@ -1402,6 +1411,11 @@ static void sigterm_cb(evutil_socket_t fd, short what, void *arg)
 		Gpumatch__V1__DrainNodeRequest dr = GPUMATCH__V1__DRAIN_NODE_REQUEST__INIT;
 		dr.node_id = a->node_id;
 		dr.reason = "the agent is stopping";
+		/* its leases are to be given up (stop kind 6): however they end
+		 * now, even if this agent exits before its reports are
+		 * delivered, they end INTERRUPTED and the jobs are queued again */
+		dr.stop_jobs = true;
+		dr.stop_grace_ms = (uint32_t)(a->grace_us / 1000);
 		if (cl_call_async(a->ctl, a->c->token, "NodeService", "DrainNode", &dr.base,
 		                  drain_done, a))
 			alog("warn", "msg=\"could not ask the server to drain this node\"");

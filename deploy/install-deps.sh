@@ -44,8 +44,20 @@ ensure_job_user() {
 		fi
 	fi
 }
+# podman's OCI runtime: runc. crun (podman's first choice when installed)
+# cannot run containers under hybrid cgroups; the agent passes
+# --oci-runtime runc itself, this makes a bare `podman run` agree.
+ensure_podman_runtime() {
+	local conf=/etc/containers/containers.conf.d/50-gpumatch-runc.conf
+	if [ "$(id -u)" -eq 0 ] && command -v runc >/dev/null 2>&1 && [ ! -e "$conf" ]; then
+		mkdir -p "$(dirname "$conf")"
+		printf '# written by gpumatch deploy/install-deps.sh\n[engine]\nruntime = "runc"\n' \
+			>"$conf"
+	fi
+}
 if [ ${#missing[@]} -eq 0 ]; then
 	ensure_job_user
+	ensure_podman_runtime
 	exit 0
 fi
 
@@ -73,3 +85,4 @@ if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
 	$SUDO systemctl disable --now redis-server postgresql prometheus >/dev/null 2>&1 || true
 fi
 ensure_job_user
+ensure_podman_runtime

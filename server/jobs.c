@@ -769,7 +769,7 @@ static int spec_bounds(const Gpumatch__V1__JobSpec *sp, char *field, size_t flen
 			ok = (*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') ||
 			     (*p >= '0' && *p <= '9') || *p == '_';
 		if (!ok) {
-			snprintf(field, flen, "spec.env");
+			snprintf(field, flen, "spec.env[%.64s]", k);
 			snprintf(why, wlen,
 			         "variable names are 1 to %d of A-Z a-z 0-9 _, not starting with a "
 			         "digit",

@@ -229,13 +229,13 @@ int jobspec_check(const Gpumatch__V1__JobSpec *s, const struct cfg *c, char *fie
 		const char *k = s->env[i]->key;
 		if (!valid_env_name(k)) {
 			char f[300];
-			snprintf(f, sizeof f, "spec.env.%.256s", k);
+			snprintf(f, sizeof f, "spec.env[%.256s]", k);
 			FAIL(f, "not a valid variable name: letters, digits and '_', not starting "
 			        "with a digit");
 		}
 		if (reserved_env(k)) {
 			char f[300];
-			snprintf(f, sizeof f, "spec.env.%.256s", k);
+			snprintf(f, sizeof f, "spec.env[%.256s]", k);
 			FAIL(f, "set by the agent for every job (GPUMATCH_*, CUDA_VISIBLE_DEVICES, "
 			        "NVIDIA_*); choose another name");
 		}

@@ -1331,8 +1331,7 @@ void nodes_report_lease(struct rpc_call *call, const ProtobufCMessage *msg)
 		                 fmt_i64(&ma, app_get()->cfg.max_attempts),
 		                 fmt_i64(&sa, req->started_at_us),
 		                 fmt_i64(&ea, req->exited_at_us),
-		                 fmt_i64(&hi,
-		                         (int64_t)app_get()->cfg.heartbeat_interval_ms * 1000),
+		                 fmt_i64(&hi, (int64_t)app_get()->cfg.heartbeat_interval_ms * 1000),
 		                 fmt_i64(&fk, req->failure_reason),
 		                 req->image_digest };
 	if (pg_exec(app_get()->pg, NULL,

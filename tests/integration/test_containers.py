@@ -261,14 +261,28 @@ class ContainerTest(ItCase):
         ag.kill9()
         self.assertEqual(len(containers("gpumatch.lease=%s" % lease)), 1)  # outlived the agent
         ag.start()
-        j = self.wait(jid, 60)
-        self.assertEqual(j["state"], "JOB_STATE_FAILED", j)
-        self.assertIn("agent restarted", j["failure"]["message"])
+        # the restarted agent reports the lost lease EXPIRED (lost, not
+        # failed): the job is queued again and runs a second attempt
+        common.wait_for(lambda: int(self.c.psql_value(
+            "SELECT state FROM leases WHERE id = %s" % lease)) == 7, 60,
+            what="lease %s reported expired" % lease)
+        self.assertIn("agent restarted", self.c.psql_value(
+            "SELECT end_message FROM leases WHERE id = %s" % lease))
         self.wait_no_container(lease)
-        self.assertEqual(ag.log().count("msg=\"reported\" lease=%s seq=" % lease
-                                        ) - ag.log().count("duplicate=true"), 2)  # RUNNING, FAILED
+        common.wait_for(lambda: len(self.job(jid)["attemptHistory"]) == 2, 60,
+                        what="second attempt")
+        r = cli(self.c, "cancel", jid, "--reason", "test over", token=self.ttok)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        j = self.wait(jid, 60)
+        self.assertEqual(j["state"], "JOB_STATE_CANCELLED", j)
+        # RUNNING then EXPIRED, each applied once
+        applied = [x for x in ag.log().splitlines()
+                   if 'msg="reported" lease=%s seq=' % lease in x and "duplicate=true" not in x]
+        self.assertEqual(len(applied), 2, applied)
+        self.assertEqual(self.c.count("job_events", "job_id = %s AND kind = 'requeued'" % jid),
+                         1)
         # every line the container wrote before the crash, once, in order
-        out = self.logs(jid).stdout.split()
+        out = self.logs(jid, "--attempt", "1").stdout.split()
         self.assertGreater(len(out), 20)
         self.assertEqual(out, ["line-%d" % i for i in range(len(out))])
         with open(os.path.join(ag.state_dir, "logs", "lease-%s.log" % lease)) as f:
@@ -413,9 +427,9 @@ class ContainerTest(ItCase):
         cases = [
             ({"image": "Not A/Valid::Ref", "command": ["true"]}, "spec.image"),
             ({"image": "busybox@sha256:xyz", "command": ["true"]}, "spec.image"),
-            ({"image": IMAGE, "env": {"1BAD": "x"}}, "spec.env.1BAD"),
-            ({"image": IMAGE, "env": {"A-B": "x"}}, "spec.env.A-B"),
-            ({"image": IMAGE, "env": {"GPUMATCH_LEASE_ID": "7"}}, "spec.env.GPUMATCH_LEASE_ID"),
+            ({"image": IMAGE, "env": {"1BAD": "x"}}, "spec.env[1BAD]"),
+            ({"image": IMAGE, "env": {"A-B": "x"}}, "spec.env[A-B]"),
+            ({"image": IMAGE, "env": {"GPUMATCH_LEASE_ID": "7"}}, "spec.env[GPUMATCH_LEASE_ID]"),
             ({"image": IMAGE, "memoryBytes": "-1"}, "spec.memoryBytes"),
             ({"image": IMAGE, "memoryBytes": str(1 << 60)}, "spec.memoryBytes"),
             ({"image": IMAGE, "shmBytes": "-5"}, "spec.shmBytes"),
