@@ -132,8 +132,9 @@ static const struct key keys[] = {
 	  "clear)" },
 	{ "metrics_listen", K_STR, S(metrics_listen), "", 0, 0, false,
 	  "extra plaintext loopback HOST:PORT serving /metrics, /healthz, /readyz (\"\": none)" },
-	{ "redis_password_file", K_STR, S(redis_password_file), "", 0, 0, false,
-	  "file holding the Redis password (mode 0600 or stricter; \"\": no AUTH)" },
+	{ "redis_password_file", K_STR, S(redis_password_file), "", 0, 0, true,
+	  "file holding the Redis password (mode 0600 or stricter; \"\": no AUTH); SIGHUP "
+	  "re-reads it for the next connection" },
 };
 
 #undef S

@@ -599,6 +599,22 @@ static void heartbeat_cb(enum pg_status st, PGresult *res, const char *ss, const
 		free(h);
 		return;
 	}
+	if (!PQgetisnull(res, 0, 7)) {
+		/* a GPU the node did not register: nothing stored */
+		int i = (int)col_i64(res, 0, 7) - 1;
+		if (!strcmp(PQgetvalue(res, 0, 8), "index"))
+			rpc_error(h->call, RPC_INVALID_ARGUMENT,
+			          "gpus[%d].index: node %" PRIu64
+			          " has no GPU %s (it registered %s)",
+			          i, h->node_id, PQgetvalue(res, 0, 9), PQgetvalue(res, 0, 10));
+		else
+			rpc_error(h->call, RPC_INVALID_ARGUMENT,
+			          "gpus[%d].uuid: not the uuid GPU %s of node %" PRIu64
+			          " registered with",
+			          i, PQgetvalue(res, 0, 9), h->node_id);
+		free(h);
+		return;
+	}
 	if (!PQgetisnull(res, 0, 6)) {
 		int i = (int)col_i64(res, 0, 6) - 1;
 		rpc_error(h->call, RPC_INVALID_ARGUMENT,
@@ -755,12 +771,31 @@ void nodes_heartbeat(struct rpc_call *call, const ProtobufCMessage *msg)
 	h->n_running = req->n_running_lease_ids;
 	if (h->n_running)
 		memcpy(h->running, req->running_lease_ids, h->n_running * sizeof(uint64_t));
+	/* the reported GPUs, checked against the registered ones in the query */
+	struct strbuf gidx = { 0 }, guuid = { 0 };
+	sb_puts(&gidx, "{");
+	sb_puts(&guuid, "{");
+	for (size_t i = 0; i < req->n_gpus; i++) {
+		sb_printf(&gidx, "%s%u", i ? "," : "", req->gpus[i]->index);
+		sb_puts(&guuid, i ? "," : "");
+		sb_array_str(&guuid, req->gpus[i]->uuid);
+	}
+	sb_puts(&gidx, "}");
+	sb_puts(&guuid, "}");
+	if (gidx.oom || guuid.oom) {
+		free(h);
+		rpc_error(call, RPC_INTERNAL, "out of memory");
+		goto out;
+	}
 	struct numbuf n, o, now, bad;
-	const char *params[] = {
-		fmt_u64(&n, req->node_id),         fmt_u64(&o, scope_operator(call)),
-		fmt_i64(&now, now_us()),           running.s,
-		fmt_i64(&bad, (int64_t)unhealthy), health
-	};
+	const char *params[] = { fmt_u64(&n, req->node_id),
+		                 fmt_u64(&o, scope_operator(call)),
+		                 fmt_i64(&now, now_us()),
+		                 running.s,
+		                 fmt_i64(&bad, (int64_t)unhealthy),
+		                 health,
+		                 gidx.s,
+		                 guuid.s };
 	/* REGISTERED and LOST nodes become READY with their first heartbeat;
 	 * draining, cordoned and disabled ones keep their state. */
 	if (pg_exec(
@@ -771,6 +806,14 @@ void nodes_heartbeat(struct rpc_call *call, const ProtobufCMessage *msg)
 	        "o)"
 	        "   WHERE NOT EXISTS (SELECT 1 FROM leases l WHERE l.id = x.id"
 	        "     AND l.node_id = $1::bigint)),"
+	        /* the first reported GPU the node did not register (by index),
+	         * or whose uuid is not the registered one (an empty uuid is not
+	         * checked): refused, and nothing changes */
+	        " gbad AS (SELECT x.o, CASE WHEN g.idx IS NULL THEN 'index' ELSE 'uuid' END AS"
+	        "   what, x.i, (SELECT count(*) FROM gpus WHERE node_id = $1::bigint) AS n"
+	        "   FROM unnest($7::integer[], $8::text[]) WITH ORDINALITY x(i, u, o)"
+	        "   LEFT JOIN gpus g ON g.node_id = $1::bigint AND g.idx = x.i"
+	        "   WHERE g.idx IS NULL OR (x.u <> '' AND x.u <> g.uuid) ORDER BY x.o LIMIT 1),"
 	        " old AS (SELECT state, unhealthy_gpus FROM nodes WHERE id = $1::bigint"
 	        "   AND ($2::bigint = 0 OR operator_id = $2::bigint) AND state <> 6 FOR UPDATE),"
 	        " up AS (UPDATE nodes n SET last_heartbeat_us = $3::bigint,"
@@ -787,6 +830,7 @@ void nodes_heartbeat(struct rpc_call *call, const ProtobufCMessage *msg)
 	        "     ELSE n.state_reason END,"
 	        "   unhealthy_gpus = $5::bigint, health_reason = $6"
 	        "   FROM old, bad WHERE n.id = $1::bigint AND bad.o IS NULL"
+	        "   AND NOT EXISTS (SELECT 1 FROM gbad)"
 	        "   RETURNING n.state, n.verification_status)"
 	        " SELECT up.state, up.verification_status, old.state,"
 	        "  (SELECT coalesce(string_agg(l.id || ':' || l.stop_deadline_us || ':' ||"
@@ -795,12 +839,17 @@ void nodes_heartbeat(struct rpc_call *call, const ProtobufCMessage *msg)
 	        "  (SELECT coalesce(string_agg(x::text, ','), '') FROM unnest($4::bigint[]) x"
 	        "    WHERE NOT EXISTS (SELECT 1 FROM leases l WHERE l.id = x"
 	        "      AND l.node_id = $1::bigint AND l.state BETWEEN 2 AND 4))"
-	        "  , old.unhealthy_gpus <> $5::bigint, bad.o"
-	        " FROM old CROSS JOIN bad LEFT JOIN up ON true",
-	        6, params, heartbeat_cb, h)) {
+	        "  , old.unhealthy_gpus <> $5::bigint, bad.o, gbad.o, gbad.what, gbad.i,"
+	        "  CASE WHEN gbad.n = 1 THEN '1 GPU, index 0'"
+	        "   ELSE gbad.n || ' GPUs, indexes 0..' || (gbad.n - 1) END"
+	        " FROM old CROSS JOIN bad LEFT JOIN gbad ON true LEFT JOIN up ON true",
+	        8, params, heartbeat_cb, h)) {
 		free(h);
 		rpc_error(call, RPC_UNAVAILABLE, "shutting down");
 	}
+out:
+	sb_free(&gidx);
+	sb_free(&guuid);
 	sb_free(&running);
 }
 
