@@ -7,22 +7,31 @@
 -- another's call.
 
 -- One node's heartbeat (as the single statement gpumatchd ran before): the
--- first listed lease that is not the node's (bad_o, 1-based) refuses the
+-- first listed lease that is not the node's (bad_o, 1-based), or the first
+-- reported GPU the node did not register by index or whose uuid is not the
+-- registered one (gpu_bad_*; an empty uuid is not checked), refuses the
 -- heartbeat and changes nothing; otherwise the node's liveness, listed
 -- leases and GPU health are recorded and REGISTERED or LOST nodes become
 -- READY (a held one CORDONED). No row: no such node of this operator
 -- (p_operator 0: any). The node row is locked FOR NO KEY UPDATE: heartbeats
 -- of one node serialize, and leases placed on it meanwhile are not held up.
 CREATE FUNCTION gm_heartbeat(p_node bigint, p_operator bigint, p_now bigint, p_running bigint[],
-                             p_unhealthy bigint, p_health text)
+                             p_unhealthy bigint, p_health text, p_gpu_idx integer[],
+                             p_gpu_uuid text[])
 RETURNS TABLE (state smallint, verification_status smallint, old_state smallint, stops text,
-               unknown text, health_changed boolean, bad_o bigint)
+               unknown text, health_changed boolean, bad_o bigint, gpu_bad_o bigint,
+               gpu_bad_what text, gpu_bad_index integer, gpus_registered text)
 LANGUAGE plpgsql AS $$
 BEGIN
     RETURN QUERY
     WITH bad AS (SELECT min(x.o) AS o FROM unnest(p_running) WITH ORDINALITY x(id, o)
                   WHERE NOT EXISTS (SELECT 1 FROM leases l WHERE l.id = x.id
                                        AND l.node_id = p_node)),
+         gbad AS (SELECT x.o, CASE WHEN g.idx IS NULL THEN 'index' ELSE 'uuid' END AS what,
+                         x.i, (SELECT count(*) FROM gpus WHERE node_id = p_node) AS n
+                    FROM unnest(p_gpu_idx, p_gpu_uuid) WITH ORDINALITY x(i, u, o)
+                    LEFT JOIN gpus g ON g.node_id = p_node AND g.idx = x.i
+                   WHERE g.idx IS NULL OR (x.u <> '' AND x.u <> g.uuid) ORDER BY x.o LIMIT 1),
          old AS (SELECT n.state, n.unhealthy_gpus FROM nodes n WHERE n.id = p_node
                     AND (p_operator = 0 OR n.operator_id = p_operator) AND n.state <> 6
                     FOR NO KEY UPDATE),
@@ -41,16 +50,19 @@ BEGIN
                            ELSE n.state_reason END,
                        unhealthy_gpus = p_unhealthy, health_reason = p_health
                   FROM old, bad WHERE n.id = p_node AND bad.o IS NULL
+                   AND NOT EXISTS (SELECT 1 FROM gbad)
                  RETURNING n.state, n.verification_status)
     SELECT up.state, up.verification_status, old.state,
            (SELECT coalesce(string_agg(l.id || ':' || l.stop_deadline_us || ':' ||
-                                       l.stop_reason, ';'), '')
+                                       l.stop_kind || ':' || l.stop_reason, ';'), '')
               FROM leases l WHERE l.node_id = p_node AND l.state = 4),
            (SELECT coalesce(string_agg(x::text, ','), '') FROM unnest(p_running) x
              WHERE NOT EXISTS (SELECT 1 FROM leases l WHERE l.id = x
                                   AND l.node_id = p_node AND l.state BETWEEN 2 AND 4)),
-           old.unhealthy_gpus <> p_unhealthy, bad.o
-      FROM old CROSS JOIN bad LEFT JOIN up ON true;
+           old.unhealthy_gpus <> p_unhealthy, bad.o, gbad.o, gbad.what, gbad.i,
+           CASE WHEN gbad.n = 1 THEN '1 GPU, index 0'
+                ELSE gbad.n || ' GPUs, indexes 0..' || (gbad.n - 1) END
+      FROM old CROSS JOIN bad LEFT JOIN gbad ON true LEFT JOIN up ON true;
 END $$;
 
 -- As 0011, less the node's leases_succeeded count: gm_report_leases adds
@@ -141,8 +153,8 @@ BEGIN
     RETURN NEXT;
 END $$;
 
--- A batch of lease reports: element i is gm_report_lease's call with the
--- i-th value of each array, answered with the status, the seq last applied
+-- A batch of lease reports: element i is gm_report_lease_ext's call (0012)
+-- with the i-th value of each array, answered with the status, the seq last applied
 -- before, and the lease row as it is afterwards (NULL when there is no such
 -- lease). The leases and their jobs are locked first, each in id order, and
 -- the nodes' counts of finished leases are added at the end, in node id
@@ -152,7 +164,8 @@ END $$;
 CREATE FUNCTION gm_report_leases(
     p_lease bigint[], p_node bigint[], p_operator bigint[], p_fence bigint[], p_seq bigint[],
     p_state smallint[], p_exit integer[], p_signal integer[], p_message text[], p_now bigint[],
-    p_max_attempts integer, p_started bigint[], p_exited bigint[], p_hb_interval bigint)
+    p_max_attempts integer, p_started bigint[], p_exited bigint[], p_hb_interval bigint,
+    p_kind smallint[], p_digest text[])
 RETURNS TABLE (i integer, status text, job_id bigint, job_state smallint, job_done boolean,
                requeued boolean, last_seq bigint, lease leases)
 LANGUAGE plpgsql AS $$
@@ -164,17 +177,19 @@ BEGIN
     PERFORM 1 FROM jobs j WHERE j.id IN (SELECT x.job_id FROM leases x WHERE x.id = ANY (p_lease))
       ORDER BY j.id FOR UPDATE;
     FOR k IN 1 .. coalesce(array_length(p_lease, 1), 0) LOOP
-        SELECT * INTO r FROM gm_report_lease(p_lease[k], p_node[k], p_operator[k], p_fence[k],
-                                             p_seq[k], p_state[k], p_exit[k], p_signal[k],
-                                             p_message[k], p_now[k], p_max_attempts,
-                                             p_started[k], p_exited[k], p_hb_interval);
+        SELECT * INTO r FROM gm_report_lease_ext(p_lease[k], p_node[k], p_operator[k],
+                                                 p_fence[k], p_seq[k], p_state[k], p_exit[k],
+                                                 p_signal[k], p_message[k], p_now[k],
+                                                 p_max_attempts, p_started[k], p_exited[k],
+                                                 p_hb_interval, p_kind[k], p_digest[k]);
         i := k;
         status := coalesce(r.status, 'not_found');
         job_id := r.job_id; job_state := r.job_state;
         job_done := coalesce(r.job_done, false); requeued := coalesce(r.requeued, false);
         SELECT * INTO lease FROM leases x WHERE x.id = p_lease[k];
         last_seq := lease.last_report_seq;
-        IF status = 'ok' AND p_state[k] <> 3 THEN
+        -- a final report the lease ended with (an interruption is not one)
+        IF status = 'ok' AND p_state[k] NOT IN (3, 20) AND lease.state <> 20 THEN
             ended := ended || p_node[k];
         END IF;
         RETURN NEXT;

@@ -586,9 +586,17 @@ struct hb_ctx {
 	int64_t now_us;
 	uint64_t unhealthy;
 	char health[256];
+	char *gidx, *guuid; /* the reported GPUs: array literals of indexes, uuids */
 	size_t n_running;
 	uint64_t running[]; /* the request's running_lease_ids */
 };
+
+static void hb_free(struct hb_ctx *h)
+{
+	free(h->gidx);
+	free(h->guuid);
+	free(h);
+}
 
 static void heartbeat_add(struct batch_item *it, struct strbuf *a)
 {
@@ -602,6 +610,8 @@ static void heartbeat_add(struct batch_item *it, struct strbuf *a)
 	sb_puts(&a[3], "}\"");
 	sb_printf(&a[4], "%" PRId64, (int64_t)h->unhealthy);
 	sb_array_str(&a[5], h->health);
+	sb_array_str(&a[6], h->gidx);
+	sb_array_str(&a[7], h->guuid);
 }
 
 /* Columns after the element's position: gm_heartbeat's (migration 0019). */
@@ -611,12 +621,28 @@ static void heartbeat_done(struct batch_item *it, enum pg_status st, PGresult *r
 	struct hb_ctx *h = (struct hb_ctx *)it;
 	if (st != PG_OK) {
 		reply_pg_error(h->call, st, ss, err);
-		free(h);
+		hb_free(h);
 		return;
 	}
 	if (row < 0) {
 		rpc_error(h->call, RPC_NOT_FOUND, "nodeId: node %" PRIu64 " not found", h->node_id);
-		free(h);
+		hb_free(h);
+		return;
+	}
+	if (!PQgetisnull(res, row, 8)) {
+		/* a GPU the node did not register: nothing stored */
+		int i = (int)col_i64(res, row, 8) - 1;
+		if (!strcmp(PQgetvalue(res, row, 9), "index"))
+			rpc_error(
+			    h->call, RPC_INVALID_ARGUMENT,
+			    "gpus[%d].index: node %" PRIu64 " has no GPU %s (it registered %s)", i,
+			    h->node_id, PQgetvalue(res, row, 10), PQgetvalue(res, row, 11));
+		else
+			rpc_error(h->call, RPC_INVALID_ARGUMENT,
+			          "gpus[%d].uuid: not the uuid GPU %s of node %" PRIu64
+			          " registered with",
+			          i, PQgetvalue(res, row, 10), h->node_id);
+		hb_free(h);
 		return;
 	}
 	if (!PQgetisnull(res, row, 7)) {
@@ -624,7 +650,7 @@ static void heartbeat_done(struct batch_item *it, enum pg_status st, PGresult *r
 		rpc_error(h->call, RPC_INVALID_ARGUMENT,
 		          "runningLeaseIds[%d]: lease %" PRIu64 " is not a lease of node %" PRIu64,
 		          i, i >= 0 && (size_t)i < h->n_running ? h->running[i] : 0, h->node_id);
-		free(h);
+		hb_free(h);
 		return;
 	}
 	struct app *a = app_get();
@@ -641,7 +667,7 @@ static void heartbeat_done(struct batch_item *it, enum pg_status st, PGresult *r
 	resp.next_heartbeat_ms = (uint32_t)a->cfg.heartbeat_interval_ms;
 	resp.node_state = (Gpumatch__V1__NodeState)state;
 	resp.verification_status = (Gpumatch__V1__VerificationStatus)col_i64(res, row, 2);
-	/* stop commands: "id:deadline:reason;" */
+	/* stop commands: "id:deadline:stop_kind:reason;" */
 	Gpumatch__V1__LeaseCommand cmds[64], *cptrs[64];
 	char *stops = strdup(PQgetvalue(res, row, 4));
 	size_t nc = 0;
@@ -649,14 +675,15 @@ static void heartbeat_done(struct batch_item *it, enum pg_status st, PGresult *r
 	     tok = strtok_r(NULL, ";", &save)) {
 		unsigned long long id;
 		long long deadline;
-		int used = 0;
-		if (sscanf(tok, "%llu:%lld:%n", &id, &deadline, &used) < 2)
+		int used = 0, kind = 0;
+		if (sscanf(tok, "%llu:%lld:%d:%n", &id, &deadline, &kind, &used) < 3 || !used)
 			continue;
 		gpumatch__v1__lease_command__init(&cmds[nc]);
 		cmds[nc].lease_id = id;
 		cmds[nc].action = GPUMATCH__V1__LEASE_ACTION__LEASE_ACTION_STOP;
 		cmds[nc].deadline_us = deadline;
 		cmds[nc].reason = tok + used;
+		cmds[nc].interrupt = kind == 6; /* the node stops: INTERRUPTED */
 		cptrs[nc] = &cmds[nc];
 		nc++;
 	}
@@ -676,7 +703,7 @@ static void heartbeat_done(struct batch_item *it, enum pg_status st, PGresult *r
 	resp.unknown_lease_ids = unknown;
 	rpc_reply(h->call, &resp.base);
 	free(stops);
-	free(h);
+	hb_free(h);
 }
 
 static uint64_t heartbeat_key(const struct batch_item *it)
@@ -688,12 +715,12 @@ static uint64_t heartbeat_key(const struct batch_item *it)
  * draining, cordoned and disabled ones keep their state. */
 static struct batch_kind heartbeats = {
 	.name = "heartbeat",
-	.sql =
-	    "SELECT u.i, h.* FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[],"
-	    " $5::bigint[], $6::text[]) WITH ORDINALITY u(node, op, now, running, bad, health, i)"
-	    " CROSS JOIN LATERAL gm_heartbeat(u.node, u.op, u.now, u.running::bigint[], u.bad,"
-	    " u.health) h",
-	.nparams = 6,
+	.sql = "SELECT u.i, h.* FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[],"
+	       " $5::bigint[], $6::text[], $7::text[], $8::text[])"
+	       " WITH ORDINALITY u(node, op, now, running, bad, health, gidx, guuid, i)"
+	       " CROSS JOIN LATERAL gm_heartbeat(u.node, u.op, u.now, u.running::bigint[], u.bad,"
+	       " u.health, u.gidx::integer[], u.guuid::text[]) h",
+	.nparams = 8,
 	.max = 512,
 	.key = heartbeat_key, /* node rows locked in id order, as reports do */
 	.add = heartbeat_add,
@@ -748,6 +775,57 @@ static int gpu_health(const Gpumatch__V1__HeartbeatRequest *req, uint64_t *mask,
 	return 0;
 }
 
+bool nodes_valid_digest(const char *d)
+{
+	if (!d || !*d)
+		return true;
+	if (strncmp(d, "sha256:", 7) || strlen(d) != 7 + 64)
+		return false;
+	for (d += 7; *d; d++)
+		if (!((*d >= '0' && *d <= '9') || (*d >= 'a' && *d <= 'f')))
+			return false;
+	return true;
+}
+
+static void progress_cb(enum pg_status st, PGresult *res, const char *ss, const char *err,
+                        void *arg)
+{
+	(void)res;
+	(void)ss;
+	(void)arg;
+	if (st != PG_OK)
+		log_warn("lease progress not recorded err=\"%s\"", err ? err : "");
+}
+
+/* The container phase of the node's leases (PULLING with bytes, STARTING,
+ * RUNNING) and the image digest once known, as GetJob shows them. Entries
+ * that do not fit (unknown phase, bad digest) are skipped: progress is
+ * informational and never fails a heartbeat. */
+static void nodes_record_progress(struct rpc_call *call, const Gpumatch__V1__HeartbeatRequest *req)
+{
+	for (size_t i = 0; i < req->n_progress && i < 256; i++) {
+		const Gpumatch__V1__LeaseProgress *p = req->progress[i];
+		if (strcmp(p->phase, "PULLING") && strcmp(p->phase, "STARTING") &&
+		    strcmp(p->phase, "RUNNING"))
+			continue;
+		if (!nodes_valid_digest(p->image_digest) || p->pulled_bytes < 0)
+			continue;
+		struct numbuf l, n, o, b;
+		const char *params[] = {
+			fmt_u64(&l, p->lease_id),          fmt_u64(&n, req->node_id),
+			fmt_u64(&o, scope_operator(call)), p->phase,
+			fmt_i64(&b, p->pulled_bytes),      p->image_digest
+		};
+		pg_exec(app_get()->pg, NULL,
+		        "UPDATE leases l SET phase = $4, pulled_bytes = $5::bigint,"
+		        " image_digest = CASE WHEN $6 <> '' THEN $6 ELSE l.image_digest END"
+		        " FROM nodes n WHERE l.id = $1::bigint AND l.node_id = $2::bigint"
+		        " AND n.id = l.node_id AND ($3::bigint = 0 OR n.operator_id = $3::bigint)"
+		        " AND l.state BETWEEN 2 AND 4",
+		        6, params, progress_cb, NULL);
+	}
+}
+
 void nodes_heartbeat(struct rpc_call *call, const ProtobufCMessage *msg)
 {
 	const Gpumatch__V1__HeartbeatRequest *req = (const Gpumatch__V1__HeartbeatRequest *)msg;
@@ -779,6 +857,7 @@ void nodes_heartbeat(struct rpc_call *call, const ProtobufCMessage *msg)
 			return;
 		}
 	}
+	nodes_record_progress(call, req);
 	struct hb_ctx *h = calloc(1, sizeof *h + req->n_running_lease_ids * sizeof(uint64_t));
 	if (!h) {
 		rpc_error(call, RPC_INTERNAL, "out of memory");
@@ -793,8 +872,28 @@ void nodes_heartbeat(struct rpc_call *call, const ProtobufCMessage *msg)
 	h->n_running = req->n_running_lease_ids;
 	if (h->n_running)
 		memcpy(h->running, req->running_lease_ids, h->n_running * sizeof(uint64_t));
-	/* the first listed lease that is not this node's refuses the
-	 * heartbeat, and nothing changes (gm_heartbeat) */
+	/* the reported GPUs, checked against the registered ones (gm_heartbeat) */
+	struct strbuf gidx = { 0 }, guuid = { 0 };
+	sb_puts(&gidx, "{");
+	sb_puts(&guuid, "{");
+	for (size_t i = 0; i < req->n_gpus; i++) {
+		sb_printf(&gidx, "%s%u", i ? "," : "", req->gpus[i]->index);
+		sb_puts(&guuid, i ? "," : "");
+		sb_array_str(&guuid, req->gpus[i]->uuid);
+	}
+	sb_puts(&gidx, "}");
+	sb_puts(&guuid, "}");
+	if (gidx.oom || guuid.oom) {
+		sb_free(&gidx);
+		sb_free(&guuid);
+		free(h);
+		rpc_error(call, RPC_INTERNAL, "out of memory");
+		return;
+	}
+	h->gidx = gidx.s;
+	h->guuid = guuid.s;
+	/* the first listed lease that is not this node's, or the first GPU it
+	 * did not register, refuses the heartbeat, and nothing changes */
 	batch_add(app_get()->pg, &heartbeats, &h->item);
 }
 
@@ -1158,6 +1257,8 @@ struct report_ctx {
 	int64_t now_us, started_at_us, exited_at_us;
 	bool succeeded;   /* reported SUCCEEDED: a sample for the learned speeds */
 	double work_done; /* ReportLeaseRequest.work_done */
+	int failure_reason;
+	char image_digest[80]; /* "" or sha256:<64 hex> (checked) */
 	char *message;
 };
 
@@ -1185,11 +1286,13 @@ static void report_add(struct batch_item *it, struct strbuf *a)
 	sb_printf(&a[11], "%" PRId64, rc->started_at_us);
 	sb_printf(&a[12], "%" PRId64, rc->exited_at_us);
 	sb_printf(&a[13], "%" PRId64, (int64_t)ap->cfg.heartbeat_interval_ms * 1000);
+	sb_printf(&a[14], "%d", rc->failure_reason);
+	sb_array_str(&a[15], rc->image_digest);
 }
 
 /* Columns after the element's position: status, job_id, job_state,
- * job_done, requeued, the seq applied before, the lease (LEASE_COLS) and
- * its stop_reason, all of gm_report_leases (migration 0019). */
+ * job_done, requeued, the seq applied before, the lease (LEASE_COLS), its
+ * stop_reason and stop_kind, all of gm_report_leases (migration 0019). */
 #define REPORT_C_LEASE 7
 static void report_done(struct batch_item *it, enum pg_status st, PGresult *res, int row,
                         const char *ss, const char *err)
@@ -1261,6 +1364,7 @@ static void report_done(struct batch_item *it, enum pg_status st, PGresult *res,
 		cmd.action = GPUMATCH__V1__LEASE_ACTION__LEASE_ACTION_STOP;
 		cmd.deadline_us = lease.stop_deadline_us;
 		cmd.reason = PQgetvalue(res, row, REPORT_C_LEASE + LEASE_NCOLS);
+		cmd.interrupt = col_i64(res, row, REPORT_C_LEASE + LEASE_NCOLS + 1) == 6;
 	} else {
 		cmd.lease_id = lease.id;
 		cmd.action = lease.state <= GPUMATCH__V1__LEASE_STATE__LEASE_STATE_RUNNING
@@ -1279,12 +1383,12 @@ static void report_done(struct batch_item *it, enum pg_status st, PGresult *res,
 static struct batch_kind reports = {
 	.name = "report",
 	.sql = "SELECT r.i, r.status, r.job_id, r.job_state, r.job_done, r.requeued, "
-	       "r.last_seq, " R_LEASE_COLS ", (r.lease).stop_reason"
+	       "r.last_seq, " R_LEASE_COLS ", (r.lease).stop_reason, (r.lease).stop_kind"
 	       " FROM gm_report_leases($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[],"
 	       " $5::bigint[], $6::smallint[], $7::integer[], $8::integer[], $9::text[],"
 	       " $10::bigint[], ($11::integer[])[1], $12::bigint[], $13::bigint[],"
-	       " ($14::bigint[])[1]) r",
-	.nparams = 14,
+	       " ($14::bigint[])[1], $15::smallint[], $16::text[]) r",
+	.nparams = 16,
 	.max = 512,
 	.add = report_add,
 	.done = report_done,
@@ -1306,10 +1410,11 @@ void nodes_report_lease(struct rpc_call *call, const ProtobufCMessage *msg)
 	if (req->state != GPUMATCH__V1__LEASE_STATE__LEASE_STATE_RUNNING &&
 	    req->state != GPUMATCH__V1__LEASE_STATE__LEASE_STATE_SUCCEEDED &&
 	    req->state != GPUMATCH__V1__LEASE_STATE__LEASE_STATE_FAILED &&
-	    req->state != GPUMATCH__V1__LEASE_STATE__LEASE_STATE_EXPIRED) {
+	    req->state != GPUMATCH__V1__LEASE_STATE__LEASE_STATE_EXPIRED &&
+	    req->state != GPUMATCH__V1__LEASE_STATE__LEASE_STATE_INTERRUPTED) {
 		rpc_error(call, RPC_INVALID_ARGUMENT,
 		          "state: must be LEASE_STATE_RUNNING, LEASE_STATE_SUCCEEDED, "
-		          "LEASE_STATE_FAILED or LEASE_STATE_EXPIRED");
+		          "LEASE_STATE_FAILED, LEASE_STATE_EXPIRED or LEASE_STATE_INTERRUPTED");
 		return;
 	}
 	if (req->started_at_us < 0 || req->exited_at_us < 0) {
@@ -1319,7 +1424,24 @@ void nodes_report_lease(struct rpc_call *call, const ProtobufCMessage *msg)
 	}
 	if (req->exited_at_us && req->state == GPUMATCH__V1__LEASE_STATE__LEASE_STATE_RUNNING) {
 		rpc_error(call, RPC_INVALID_ARGUMENT,
-		          "exitedAtUs: only with a final state (SUCCEEDED, FAILED, EXPIRED)");
+		          "exitedAtUs: only with a final state (SUCCEEDED, FAILED, EXPIRED, "
+		          "INTERRUPTED)");
+		return;
+	}
+	if (req->failure_reason &&
+	    (req->state != GPUMATCH__V1__LEASE_STATE__LEASE_STATE_FAILED ||
+	     (req->failure_reason != GPUMATCH__V1__FAILURE_REASON__FAILURE_REASON_OOM &&
+	      req->failure_reason != GPUMATCH__V1__FAILURE_REASON__FAILURE_REASON_IMAGE_PULL &&
+	      req->failure_reason != GPUMATCH__V1__FAILURE_REASON__FAILURE_REASON_AGENT_ERROR))) {
+		rpc_error(call, RPC_INVALID_ARGUMENT,
+		          "failureReason: only with state LEASE_STATE_FAILED, and one of "
+		          "FAILURE_REASON_OOM, FAILURE_REASON_IMAGE_PULL, "
+		          "FAILURE_REASON_AGENT_ERROR");
+		return;
+	}
+	if (!nodes_valid_digest(req->image_digest)) {
+		rpc_error(call, RPC_INVALID_ARGUMENT,
+		          "imageDigest: \"\" or sha256: and 64 lowercase hex digits");
 		return;
 	}
 	if (req->state == GPUMATCH__V1__LEASE_STATE__LEASE_STATE_SUCCEEDED &&
@@ -1363,6 +1485,8 @@ void nodes_report_lease(struct rpc_call *call, const ProtobufCMessage *msg)
 	rc->exited_at_us = req->exited_at_us;
 	rc->succeeded = req->state == GPUMATCH__V1__LEASE_STATE__LEASE_STATE_SUCCEEDED;
 	rc->work_done = req->work_done;
+	rc->failure_reason = req->failure_reason;
+	snprintf(rc->image_digest, sizeof rc->image_digest, "%s", req->image_digest);
 	batch_add(app_get()->pg, &reports, &rc->item);
 }
 
@@ -1522,7 +1646,8 @@ static void drain_cb(enum pg_status st, PGresult *res, const char *ss, const cha
 	free(dc);
 }
 
-static void set_drain(struct rpc_call *call, uint64_t node_id, bool drain, const char *reason)
+static void set_drain(struct rpc_call *call, uint64_t node_id, bool drain, const char *reason,
+                      bool stop_jobs, uint32_t stop_grace_ms)
 {
 	if (!node_id) {
 		rpc_error(call, RPC_INVALID_ARGUMENT, "nodeId: required");
@@ -1543,9 +1668,10 @@ static void set_drain(struct rpc_call *call, uint64_t node_id, bool drain, const
 	char why[600];
 	snprintf(why, sizeof why, "%s%s%s", drain ? "drained" : "undrained", *reason ? ": " : "",
 	         reason);
-	struct numbuf n, o, now;
+	struct numbuf n, o, now, grace;
+	int64_t grace_us = stop_grace_ms ? (int64_t)stop_grace_ms * 1000 : 30000000;
 	const char *params[] = { fmt_u64(&n, node_id), fmt_u64(&o, dc->op), fmt_i64(&now, now_us()),
-		                 why };
+		                 why, fmt_i64(&grace, grace_us) };
 	/* draining is idempotent; undraining only undoes a drain */
 	const char *sql =
 	    drain ? "UPDATE nodes SET state = CASE WHEN state IN (1, 2, 3) THEN 3"
@@ -1557,7 +1683,21 @@ static void set_drain(struct rpc_call *call, uint64_t node_id, bool drain, const
 	            " state_reason = $4, state_changed_at_us = $3::bigint"
 	            " WHERE id = $1::bigint AND ($2::bigint = 0 OR operator_id = $2::bigint)"
 	            " AND state <> 6 RETURNING id";
-	if (pg_exec(app_get()->pg, NULL, sql, 4, params, drain_cb, dc)) {
+	/* stopping the jobs too: each live lease is told to stop as an
+	 * interruption (stop kind 6), once */
+	const char *stop_sql =
+	    "WITH d AS (UPDATE nodes SET state = CASE WHEN state IN (1, 2, 3) THEN 3"
+	    " ELSE state END, state_reason = $4, state_changed_at_us = $3::bigint"
+	    " WHERE id = $1::bigint AND ($2::bigint = 0 OR operator_id = $2::bigint)"
+	    " AND state <> 6 RETURNING id),"
+	    " s AS (UPDATE leases l SET state = 4, stop_kind = 6,"
+	    " stop_deadline_us = $3::bigint + $5::bigint, stop_reason = $4"
+	    " FROM d WHERE l.node_id = d.id AND l.state IN (1, 2, 3))"
+	    " SELECT id FROM d";
+	if (drain && stop_jobs) {
+		sql = stop_sql;
+	}
+	if (pg_exec(app_get()->pg, NULL, sql, drain && stop_jobs ? 5 : 4, params, drain_cb, dc)) {
 		free(dc);
 		rpc_error(call, RPC_UNAVAILABLE, "shutting down");
 	}
@@ -1566,13 +1706,18 @@ static void set_drain(struct rpc_call *call, uint64_t node_id, bool drain, const
 void nodes_drain(struct rpc_call *call, const ProtobufCMessage *msg)
 {
 	const Gpumatch__V1__DrainNodeRequest *req = (const Gpumatch__V1__DrainNodeRequest *)msg;
-	set_drain(call, req->node_id, true, req->reason);
+	if (req->stop_grace_ms > 3600000) {
+		rpc_error(call, RPC_INVALID_ARGUMENT, "stopGraceMs: at most 3600000, got %u",
+		          req->stop_grace_ms);
+		return;
+	}
+	set_drain(call, req->node_id, true, req->reason, req->stop_jobs, req->stop_grace_ms);
 }
 
 void nodes_undrain(struct rpc_call *call, const ProtobufCMessage *msg)
 {
 	const Gpumatch__V1__UndrainNodeRequest *req = (const Gpumatch__V1__UndrainNodeRequest *)msg;
-	set_drain(call, req->node_id, false, "");
+	set_drain(call, req->node_id, false, "", false, 0);
 }
 
 /* ---- lifecycle ------------------------------------------------------------------------------------------ */
