@@ -114,6 +114,9 @@ static int build_methods(struct app *a)
 			a->methods[k].in = md->input;
 			a->methods[k].out = md->output;
 			a->methods[k].roles = service_roles(sd->name);
+			/* operators read the output of jobs on their own nodes */
+			if (!strcmp(path, "/gpumatch.v1.JobService/GetJobLogs"))
+				a->methods[k].roles |= ROLE_OPERATOR;
 			a->methods[k].fn = handler_for(path);
 			k++;
 		}
