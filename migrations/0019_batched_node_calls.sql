@@ -12,8 +12,9 @@
 -- registered one (gpu_bad_*; an empty uuid is not checked), refuses the
 -- heartbeat and changes nothing; otherwise the node's liveness, listed
 -- leases and GPU health are recorded and REGISTERED or LOST nodes become
--- READY (a held one CORDONED). No row: no such node of this operator
--- (p_operator 0: any). The node row is locked FOR NO KEY UPDATE: heartbeats
+-- READY (a held one CORDONED, a retiring one DRAINING); a DISABLED node
+-- (old_state 6: retired) records nothing. No row: no such node of this
+-- operator (p_operator 0: any). The node row is locked FOR NO KEY UPDATE: heartbeats
 -- of one node serialize, and leases placed on it meanwhile are not held up.
 CREATE FUNCTION gm_heartbeat(p_node bigint, p_operator bigint, p_now bigint, p_running bigint[],
                              p_unhealthy bigint, p_health text, p_gpu_idx integer[],
@@ -33,7 +34,7 @@ BEGIN
                     LEFT JOIN gpus g ON g.node_id = p_node AND g.idx = x.i
                    WHERE g.idx IS NULL OR (x.u <> '' AND x.u <> g.uuid) ORDER BY x.o LIMIT 1),
          old AS (SELECT n.state, n.unhealthy_gpus FROM nodes n WHERE n.id = p_node
-                    AND (p_operator = 0 OR n.operator_id = p_operator) AND n.state <> 6
+                    AND (p_operator = 0 OR n.operator_id = p_operator)
                     FOR NO KEY UPDATE),
          up AS (UPDATE nodes n SET last_heartbeat_us = p_now,
                        running_leases = p_running,
@@ -42,14 +43,15 @@ BEGIN
                               AND NOT (l.id = ANY (p_running))),
                        heartbeats_received = n.heartbeats_received + 1,
                        state = CASE WHEN n.state = 1 THEN 2
-                           WHEN n.state = 5 THEN (CASE WHEN n.admin_hold THEN 4 ELSE 2 END)
+                           WHEN n.state = 5 THEN (CASE WHEN n.admin_hold THEN 4
+                               WHEN n.retired_at_us > 0 THEN 3 ELSE 2 END)
                            ELSE n.state END,
                        state_changed_at_us = CASE WHEN n.state IN (1, 5) THEN p_now
                            ELSE n.state_changed_at_us END,
                        state_reason = CASE WHEN n.state IN (1, 5) THEN 'heartbeating'
                            ELSE n.state_reason END,
                        unhealthy_gpus = p_unhealthy, health_reason = p_health
-                  FROM old, bad WHERE n.id = p_node AND bad.o IS NULL
+                  FROM old, bad WHERE n.id = p_node AND bad.o IS NULL AND old.state <> 6
                    AND NOT EXISTS (SELECT 1 FROM gbad)
                  RETURNING n.state, n.verification_status)
     SELECT up.state, up.verification_status, old.state,
