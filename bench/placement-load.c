@@ -39,7 +39,8 @@ struct node {
 	int idx;
 	uint64_t id;
 	struct evhttp_connection *poll; /* the AcquireLease long-poll */
-	struct evhttp_connection *ctl;  /* heartbeats and reports, as an agent's own */
+	struct evhttp_connection *ctl;  /* reports, as an agent's own */
+	struct evhttp_connection *hb;   /* heartbeats: never queued behind a report */
 	struct event *hb_ev;
 	int hb_ms;
 	bool hb_busy, polling, ready;
@@ -135,9 +136,10 @@ static void send_heartbeat(struct node *n)
 	req.agent_version = "placement-load/1";
 	n->hb_busy = true;
 	P.hb_sent++;
-	/* each node's calls on its own connection, as an agent's: one node's
-	 * backlog never holds up another's */
-	call(n->ctl, NODE_SVC "Heartbeat", P.operator_token, &req.base, hb_cb, n);
+	/* each node's heartbeats on a connection of their own, as an agent's:
+	 * a heartbeat queued behind reports would reach the server with the
+	 * running leases of when it was built */
+	call(n->hb, NODE_SVC "Heartbeat", P.operator_token, &req.base, hb_cb, n);
 }
 
 static void hb_timer_cb(evutil_socket_t fd, short ev, void *arg)
@@ -518,7 +520,7 @@ static void usage(void)
 	    "  --job-ms             how long each job runs before SUCCEEDED (2000)\n"
 	    "  --wait-ms            AcquireLease waitTimeoutMs (20000)\n"
 	    "  --ctl-connections    keep-alive connections for registrations (64); each\n"
-	    "                       node has its own for heartbeats and reports\n"
+	    "                       node has its own for reports and for heartbeats\n"
 	    "  --submit-connections keep-alive connections for submits (32)\n"
 	    "The last line of stdout is one JSON object.\n");
 	exit(1);
@@ -652,10 +654,11 @@ int main(int argc, char **argv)
 	if (!url || !P.tenant_token || !P.operator_token ||
 	    rpcc_parse_url(url, P.host, sizeof P.host, &P.port))
 		usage();
-	/* two sockets per node (long-poll, calls), plus the shared ones */
+	/* three sockets per node (long-poll, reports, heartbeats), plus the
+	 * shared ones */
 	struct rlimit rl;
 	if (!getrlimit(RLIMIT_NOFILE, &rl)) {
-		rlim_t want = (rlim_t)(2 * P.nodes + 2 * P.ctl_conns + P.submit_conns + 64);
+		rlim_t want = (rlim_t)(3 * P.nodes + P.ctl_conns + P.submit_conns + 64);
 		if (rl.rlim_cur < want) {
 			rl.rlim_cur = want < rl.rlim_max ? want : rl.rlim_max;
 			setrlimit(RLIMIT_NOFILE, &rl);
@@ -691,8 +694,9 @@ int main(int argc, char **argv)
 		n->hb_ms = 5000;
 		n->poll = rpcc_connect(P.base, P.host, P.port, poll_timeout_s);
 		n->ctl = rpcc_connect(P.base, P.host, P.port, 60);
+		n->hb = rpcc_connect(P.base, P.host, P.port, 60);
 		n->hb_ev = evtimer_new(P.base, hb_timer_cb, n);
-		if (!n->poll || !n->ctl || !n->hb_ev) {
+		if (!n->poll || !n->ctl || !n->hb || !n->hb_ev) {
 			fprintf(stderr, "placement-load: cannot set up node %d\n", i);
 			return 2;
 		}
