@@ -6,7 +6,9 @@
  * tenant submitting jobs, all over real HTTP with binary protobuf.
  *
  * A placement counts when the server has acknowledged the lease's RUNNING
- * report (the lease is confirmed and durable). Two phases:
+ * report and the lease it returns is RUNNING (confirmed and durable); a job
+ * confirmed on a second lease is counted apart and fails the run. Two
+ * phases:
  *   throughput  --jobs single-GPU jobs submitted as fast as --window
  *               outstanding submits allow; placements_per_s = jobs / (last
  *               confirmation - first submit).
@@ -57,6 +59,7 @@ struct run {
 	struct node *n;
 	uint64_t lease_id, fence;
 	int job;
+	bool counted; /* the job's first confirmed run: its end counts as finished */
 	struct event *ev;
 };
 
@@ -82,7 +85,7 @@ static struct {
 	int64_t t_setup0, t_phase1, t_last_confirm1, t_phase2;
 	struct event *pace_ev, *progress_ev;
 	uint64_t polls, empty_polls, poll_errors, hb_sent, hb_errors, report_errors, submit_errors,
-	    stray, not_running;
+	    stray, not_running, confirmed_twice;
 } P;
 
 static void die_msg(const char *what, int status, const uint8_t *body, size_t len)
@@ -292,8 +295,9 @@ static void ended_cb(int status, const uint8_t *body, size_t len, void *arg)
 			fprintf(stderr, "placement-load: SUCCEEDED report: HTTP %d %.*s\n", status,
 			        (int)(len > 200 ? 200 : len), body ? (const char *)body : "");
 	}
+	bool counted = r->counted;
 	run_forget(r);
-	P.finished++;
+	P.finished += counted;
 	maybe_done();
 }
 
@@ -336,8 +340,11 @@ static void running_cb(int status, const uint8_t *body, size_t len, void *arg)
 		j->confirmed = true;
 		j->running_ns = now;
 		P.confirmed++;
+		r->counted = true;
 		if (r->job < P.jobs)
 			P.t_last_confirm1 = now;
+	} else {
+		P.confirmed_twice++; /* a job confirmed on a second lease */
 	}
 	r->ev = evtimer_new(P.base, end_timer_cb, r);
 	struct timeval tv = { P.job_ms / 1000, (P.job_ms % 1000) * 1000 };
@@ -721,8 +728,9 @@ int main(int argc, char **argv)
 	printf("\"heartbeats\":%" PRIu64 ",\"heartbeat_errors\":%" PRIu64 ",\"polls\":%" PRIu64
 	       ",\"empty_polls\":%" PRIu64 ",\"poll_errors\":%" PRIu64 ",\"report_errors\":%" PRIu64
 	       ",\"stray_leases\":%" PRIu64 ",\"window\":%d,\"job_ms\":%d,"
-	       "\"leases_ended_before_running\":%" PRIu64 ",\"load_generator_cpu_s\":%.2f}\n",
+	       "\"leases_ended_before_running\":%" PRIu64 ",\"jobs_confirmed_twice\":%" PRIu64
+	       ",\"load_generator_cpu_s\":%.2f}\n",
 	       P.hb_sent, P.hb_errors, P.polls, P.empty_polls, P.poll_errors, P.report_errors,
-	       P.stray, P.window, P.job_ms, P.not_running, cpu_s());
-	return P.stray || P.report_errors ? 3 : 0;
+	       P.stray, P.window, P.job_ms, P.not_running, P.confirmed_twice, cpu_s());
+	return P.stray || P.report_errors || P.confirmed_twice ? 3 : 0;
 }
