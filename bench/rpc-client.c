@@ -20,6 +20,8 @@ int rpcc_parse_url(const char *url, char *host, size_t host_len, int *port)
 {
 	if (!strncmp(url, "http://", 7))
 		url += 7;
+	else if (!strncmp(url, "https://", 8))
+		url += 8;
 	const char *colon = strrchr(url, ':');
 	if (!colon || colon == url || (size_t)(colon - url) >= host_len)
 		return -1;

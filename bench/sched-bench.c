@@ -608,7 +608,8 @@ struct options {
 	uint64_t seed;
 	const char *traces;
 	bool no_backfill;
-	int preemption; /* -1 = policy default, 0 off, 1 on */
+	int preemption;   /* -1 = policy default, 0 off, 1 on */
+	bool recommended; /* sched_policy_recommended, not the library default */
 	bool check;
 	bool fill_only; /* stop after the fill cycle (for profiling) */
 	uint32_t explain_samples;
@@ -1564,27 +1565,31 @@ static void json_cycle_stats(const char *name, const struct sched_cycle_stats *s
 
 static void usage(FILE *f)
 {
-	fprintf(f, "usage: sched-bench --nodes N --jobs M [--seed S] [--traces DIR]\n"
-	           "                   [--no-backfill] [--policy-preempt | --no-preempt]\n"
-	           "                   [--templates K] [--fresh F] [--explain-samples K]\n"
-	           "                   [--fill-target F] [--check] [--fill-only]\n"
-	           "  --nodes N            nodes, scaled up from the Alibaba trace inventory\n"
-	           "  --jobs M             pending jobs per measured cycle\n"
-	           "  --seed S             RNG seed (default 1)\n"
-	           "  --traces DIR         traces directory (default ../shared/traces from the\n"
-	           "                       project root)\n"
-	           "  --templates K        requirement templates, Zipf(1)-popular (4000;\n"
-	           "                       0 = every job draws its own)\n"
-	           "  --fresh F            share of jobs drawing their own requirements\n"
-	           "                       instead of a template (0.05)\n"
-	           "  --no-backfill        policy.backfill = false\n"
-	           "  --policy-preempt     policy.preemption = true (--no-preempt: false);\n"
-	           "                       default: the library's default policy\n"
-	           "  --explain-samples K  pending jobs explained after the steady cycle (100)\n"
-	           "  --fill-target F      pre-fill until at most this fraction of GPUs is\n"
-	           "                       free (default 0.05)\n"
-	           "  --check              run sched_cluster_check after each phase\n"
-	           "  --fill-only          stop after the fill cycle (for profiling it)\n");
+	fprintf(
+	    f,
+	    "usage: sched-bench --nodes N --jobs M [--seed S] [--traces DIR]\n"
+	    "                   [--no-backfill] [--policy-preempt | --no-preempt] [--recommended]\n"
+	    "                   [--templates K] [--fresh F] [--explain-samples K]\n"
+	    "                   [--fill-target F] [--check] [--fill-only]\n"
+	    "  --nodes N            nodes, scaled up from the Alibaba trace inventory\n"
+	    "  --jobs M             pending jobs per measured cycle\n"
+	    "  --seed S             RNG seed (default 1)\n"
+	    "  --traces DIR         traces directory (default ../shared/traces from the\n"
+	    "                       project root)\n"
+	    "  --templates K        requirement templates, Zipf(1)-popular (4000;\n"
+	    "                       0 = every job draws its own)\n"
+	    "  --fresh F            share of jobs drawing their own requirements\n"
+	    "                       instead of a template (0.05)\n"
+	    "  --recommended        start from sched_policy_recommended (the shipped\n"
+	    "                       default.json: heterogeneity scoring on)\n"
+	    "  --no-backfill        policy.backfill = false\n"
+	    "  --policy-preempt     policy.preemption = true (--no-preempt: false);\n"
+	    "                       default: the library's default policy\n"
+	    "  --explain-samples K  pending jobs explained after the steady cycle (100)\n"
+	    "  --fill-target F      pre-fill until at most this fraction of GPUs is\n"
+	    "                       free (default 0.05)\n"
+	    "  --check              run sched_cluster_check after each phase\n"
+	    "  --fill-only          stop after the fill cycle (for profiling it)\n");
 }
 
 static bool parse_u64(const char *s, uint64_t *out)
@@ -1661,6 +1666,8 @@ static int parse_args(int argc, char **argv, struct options *o)
 			o->preemption = 1;
 		} else if (strcmp(a, "--no-preempt") == 0) {
 			o->preemption = 0;
+		} else if (strcmp(a, "--recommended") == 0) {
+			o->recommended = true;
 		} else if (strcmp(a, "--check") == 0) {
 			o->check = true;
 		} else if (strcmp(a, "--fill-only") == 0) {
@@ -1777,7 +1784,10 @@ int main(int argc, char **argv)
 		fprintf(stderr, "sched-bench: sched_cluster_new: out of memory\n");
 		return 2;
 	}
-	sched_policy_default(&b.pol);
+	if (b.opt.recommended)
+		sched_policy_recommended(&b.pol);
+	else
+		sched_policy_default(&b.pol);
 	if (b.opt.no_backfill)
 		b.pol.backfill = false;
 	if (b.opt.preemption >= 0)

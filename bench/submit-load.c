@@ -6,7 +6,10 @@
  * The load generator shares the machine with the server it measures, so
  * its own cost is kept small: plain non-blocking sockets on epoll, each
  * request written with one send() and each reply parsed in place (status
- * line, Content-Length, body), instead of a general HTTP client. */
+ * line, Content-Length, body), instead of a general HTTP client. With an
+ * https:// URL the same requests go through OpenSSL (SSL_write/SSL_read on
+ * the same sockets, handshake at connect, server verified against
+ * --ca-file), for the cost of TLS on the same load. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <getopt.h>
@@ -19,9 +22,15 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 
 #include "gpumatch/v1/job_service.pb-c.h"
 #include "rpc-client.h"
@@ -34,6 +43,7 @@
 
 struct conn {
 	int fd;
+	SSL *ssl; /* https: the connection's TLS session */
 	int index;
 	char in[IN_CAP];
 	size_t in_len;
@@ -50,6 +60,8 @@ static struct {
 	int connections;
 	double seconds;
 	const char *acked_path;
+	const char *ca_file;
+	SSL_CTX *tls; /* https:// */
 	int epfd;
 	struct conn *conns;
 	char prefix[1024]; /* the request line and headers up to Content-Length */
@@ -92,6 +104,23 @@ static void send_one(struct conn *c);
  * means the connection is broken. */
 static void send_all(struct conn *c, const char *p, size_t n)
 {
+	while (c->ssl && n) {
+		int w = SSL_write(c->ssl, p, (int)n);
+		if (w > 0) {
+			p += w;
+			n -= (size_t)w;
+			continue;
+		}
+		int e = SSL_get_error(c->ssl, w);
+		if (e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ) {
+			struct pollfd pf = { c->fd, e == SSL_ERROR_WANT_WRITE ? POLLOUT : POLLIN,
+				             0 };
+			poll(&pf, 1, 1000);
+			continue;
+		}
+		fprintf(stderr, "submit-load: conn %d: SSL_write failed (%d)\n", c->index, e);
+		exit(2);
+	}
 	while (n) {
 		ssize_t w = send(c->fd, p, n, MSG_NOSIGNAL);
 		if (w < 0 && errno == EINTR)
@@ -149,10 +178,55 @@ static long take_reply(struct conn *c)
 	return (long)(head + body_len);
 }
 
+/* One read: bytes, 0 at EOF, or -1 with errno (EAGAIN: nothing more now). */
+static ssize_t conn_read(struct conn *c)
+{
+	if (!c->ssl)
+		return recv(c->fd, c->in + c->in_len, IN_CAP - c->in_len, MSG_DONTWAIT);
+	int r = SSL_read(c->ssl, c->in + c->in_len, (int)(IN_CAP - c->in_len));
+	if (r > 0)
+		return r;
+	int e = SSL_get_error(c->ssl, r);
+	if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+		errno = EAGAIN;
+		return -1;
+	}
+	if (e == SSL_ERROR_ZERO_RETURN)
+		return 0;
+	errno = EPROTO;
+	return -1;
+}
+
+/* https: the handshake on the (still blocking) socket, the server's
+ * certificate verified for host; then the socket turns non-blocking. */
+static SSL *tls_connect(int fd, int index)
+{
+	SSL *ssl = SSL_new(L.tls);
+	if (!ssl)
+		die("SSL_new failed");
+	SSL_set_fd(ssl, fd);
+	unsigned char ip[16];
+	if (inet_pton(AF_INET, L.host, ip) == 1 || inet_pton(AF_INET6, L.host, ip) == 1) {
+		X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), L.host);
+	} else {
+		SSL_set_tlsext_host_name(ssl, L.host);
+		SSL_set1_host(ssl, L.host);
+	}
+	if (SSL_connect(ssl) != 1) {
+		char why[256];
+		ERR_error_string_n(ERR_get_error(), why, sizeof why);
+		fprintf(stderr, "submit-load: conn %d: TLS handshake failed: %s (verify: %s)\n",
+		        index, why, X509_verify_cert_error_string(SSL_get_verify_result(ssl)));
+		exit(2);
+	}
+	fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+	return ssl;
+}
+
 static void on_readable(struct conn *c)
 {
 	for (;;) {
-		ssize_t r = recv(c->fd, c->in + c->in_len, IN_CAP - c->in_len, MSG_DONTWAIT);
+		ssize_t r = conn_read(c);
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
@@ -287,8 +361,9 @@ static void send_one(struct conn *c)
 static void usage(void)
 {
 	fprintf(stderr,
-	        "usage: submit-load --url http://HOST:PORT --token SECRET [--connections N]\n"
-	        "                   [--seconds S] [--acked-file PATH]\n"
+	        "usage: submit-load --url http[s]://HOST:PORT --token SECRET [--connections N]\n"
+	        "                   [--seconds S] [--acked-file PATH] [--ca-file PEM]\n"
+	        "  --ca-file      https: the CA that signed the server's certificate\n"
 	        "  --token        a tenant token (or env GPUMATCH_TOKEN)\n"
 	        "  --connections  concurrent keep-alive connections (default 64)\n"
 	        "  --seconds      how long requests are sent (default 10)\n"
@@ -305,6 +380,7 @@ int main(int argc, char **argv)
 		{ "connections", required_argument, NULL, 'c' },
 		{ "seconds", required_argument, NULL, 's' },
 		{ "acked-file", required_argument, NULL, 'a' },
+		{ "ca-file", required_argument, NULL, 'C' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -334,6 +410,9 @@ int main(int argc, char **argv)
 		case 'a':
 			L.acked_path = optarg;
 			break;
+		case 'C':
+			L.ca_file = optarg;
+			break;
 		default:
 			usage();
 		}
@@ -341,6 +420,18 @@ int main(int argc, char **argv)
 	if (!L.host_port || !L.token || !*L.token ||
 	    rpcc_parse_url(L.host_port, L.host, sizeof L.host, &L.port))
 		usage();
+	if (!strncmp(L.host_port, "https://", 8)) {
+		L.tls = SSL_CTX_new(TLS_client_method());
+		if (!L.tls)
+			die("SSL_CTX_new failed");
+		SSL_CTX_set_min_proto_version(L.tls, TLS1_2_VERSION);
+		SSL_CTX_set_verify(L.tls, SSL_VERIFY_PEER, NULL);
+		static const unsigned char alpn[] = "\x08http/1.1";
+		SSL_CTX_set_alpn_protos(L.tls, alpn, sizeof alpn - 1);
+		if ((L.ca_file ? SSL_CTX_load_verify_locations(L.tls, L.ca_file, NULL)
+		               : SSL_CTX_set_default_verify_paths(L.tls)) != 1)
+			die("cannot load --ca-file");
+	}
 	snprintf(L.nonce, sizeof L.nonce, "%x%x", (unsigned)getpid(),
 	         (unsigned)(rpcc_now_ns() & 0xffffff));
 
@@ -359,6 +450,8 @@ int main(int argc, char **argv)
 		struct conn *c = &L.conns[i];
 		c->index = i;
 		c->fd = connect_to(L.host, L.port);
+		if (L.tls)
+			c->ssl = tls_connect(c->fd, i);
 		struct epoll_event ev = { .events = EPOLLIN, .data.ptr = c };
 		if (epoll_ctl(L.epfd, EPOLL_CTL_ADD, c->fd, &ev))
 			die(strerror(errno));

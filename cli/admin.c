@@ -702,7 +702,8 @@ static const struct col policy_fields[] = {
 	{ "PREEMPTION_GRACE", "preemptionGraceUs", F_DUR },
 	{ "INFEASIBLE_TIMEOUT", "infeasibleTimeoutUs", F_DUR },
 	{ "W_SPEEDUP", "wSpeedup", F_STR },
-	{ "SPEEDUP_RELATIVE", "speedupRelative", F_STR },
+	{ "COMPARATIVE_ADVANTAGE", "comparativeAdvantage", F_STR },
+	{ "W_COST_PER_WORK", "wCostPerWork", F_STR },
 	{ "W_SMALL_JOBS", "wSmallJobs", F_STR },
 	{ "W_SHORT_JOBS", "wShortJobs", F_STR },
 	{ "PREEMPT_SHORTER_FACTOR", "preemptShorterFactor", F_STR },
@@ -900,6 +901,9 @@ static int set_policy(struct ctx *c, json_t *policy, bool validate_only, uint64_
 			enum_text(r->audit->changes[i]->new_value, nv, sizeof nv);
 			printf("%-22s %s -> %s\n", head, ov, nv);
 		}
+		for (size_t i = 0; i < r->n_warnings; i++)
+			fprintf(stderr, "gpumatch %s: warning: %s\n", c->cmd->words,
+			        r->warnings[i]);
 	}
 	protobuf_c_message_free_unpacked(m, NULL);
 	return EXIT_OK;

@@ -23,6 +23,7 @@
 
 #include "cli.h"
 #include "client.h"
+#include "jobenv.h"
 #include "pbjson.h"
 #include "gpumatch/v1/node_service.pb-c.h"
 
@@ -32,6 +33,7 @@ struct report {
 	uint64_t seq;
 	int state; /* Gpumatch__V1__LeaseState */
 	int exit_code, term_signal;
+	int64_t at_us; /* when it happened: RUNNING the start, others the exit (server clock) */
 	char message[256];
 };
 
@@ -55,8 +57,9 @@ struct job {
 struct agent {
 	struct ctx *c;
 	struct event_base *base;
-	struct cl_conn *ctl;  /* register, heartbeats, reports */
-	struct cl_conn *poll; /* the AcquireLease long-poll */
+	struct cl_conn *ctl;         /* register, heartbeats, reports */
+	struct cl_conn *poll;        /* the AcquireLease long-poll */
+	struct jobenv_user job_user; /* who bare jobs run as */
 	char state_dir[900];
 	json_t *reg; /* RegisterNodeRequest JSON */
 	uint64_t node_id;
@@ -67,6 +70,7 @@ struct agent {
 	char **gpu_message;   /* per GPU, NULL = none */
 	struct event *sighup_ev;
 	struct job *jobs;
+	struct offer *offers; /* offered leases waiting for their confirmation */
 	struct event *hb_ev, *poll_ev, *reg_ev, *tick_ev;
 	struct event *sigchld_ev, *sigterm_ev, *sigint_ev;
 	int hb_ms, hb_override_ms;
@@ -144,10 +148,10 @@ static void save_leases(struct agent *a)
 		json_t *q = json_array();
 		for (int i = 0; i < j->nq; i++)
 			json_array_append_new(
-			    q,
-			    json_pack("{s:o,s:i,s:i,s:i,s:s}", "seq", juint64(j->q[i].seq), "state",
-			              j->q[i].state, "exitCode", j->q[i].exit_code, "termSignal",
-			              j->q[i].term_signal, "message", j->q[i].message));
+			    q, json_pack("{s:o,s:i,s:i,s:i,s:s,s:I}", "seq", juint64(j->q[i].seq),
+			                 "state", j->q[i].state, "exitCode", j->q[i].exit_code,
+			                 "termSignal", j->q[i].term_signal, "message",
+			                 j->q[i].message, "atUs", (json_int_t)j->q[i].at_us));
 		json_array_append_new(
 		    arr, json_pack("{s:o,s:o,s:o,s:o,s:i,s:b,s:o}", "leaseId", juint64(j->lease_id),
 		                   "jobId", juint64(j->job_id), "fencingToken", juint64(j->fencing),
@@ -205,6 +209,10 @@ static void free_job(struct job *j)
 static void remove_job(struct job *j)
 {
 	struct agent *a = j->a;
+	char exit_path[1200];
+	snprintf(exit_path, sizeof exit_path, "%s/logs/lease-%" PRIu64 ".exit", a->state_dir,
+	         j->lease_id);
+	unlink(exit_path);
 	for (struct job **p = &a->jobs; *p; p = &(*p)->next)
 		if (*p == j) {
 			*p = j->next;
@@ -228,6 +236,9 @@ static void queue_report(struct job *j, int state, int exit_code, int term_signa
 	r->state = state;
 	r->exit_code = exit_code;
 	r->term_signal = term_signal;
+	/* the event's time, fixed now (the report may be sent much later),
+	 * on the server's clock as the heartbeats measure it */
+	r->at_us = cl_now_us() + j->a->clock_skew_us;
 	va_list ap;
 	va_start(ap, fmt);
 	vsnprintf(r->message, sizeof r->message, fmt, ap);
@@ -304,6 +315,10 @@ static void pump_reports(struct job *j)
 	req.term_signal = rp->term_signal;
 	req.message = rp->message;
 	req.reported_at_us = cl_now_us();
+	if (rp->state == GPUMATCH__V1__LEASE_STATE__LEASE_STATE_RUNNING)
+		req.started_at_us = rp->at_us > 0 ? rp->at_us : 0;
+	else
+		req.exited_at_us = rp->at_us > 0 ? rp->at_us : 0;
 	if (cl_call_async(a->ctl, a->c->token, "NodeService", "ReportLease", &req.base, report_done,
 	                  j) == 0)
 		j->inflight = true;
@@ -423,8 +438,11 @@ static void start_job(struct agent *a, const Gpumatch__V1__AcquireLeaseResponse 
 		     "msg=\"image ignored: this agent runs the command on the host\" lease=%" PRIu64
 		     " image=%s",
 		     l->id, s->image);
-	char logpath[1200];
+	char logpath[1200], exit_path[1200];
 	snprintf(logpath, sizeof logpath, "%s/logs/lease-%" PRIu64 ".log", a->state_dir, l->id);
+	snprintf(exit_path, sizeof exit_path, "%s/logs/lease-%" PRIu64 ".exit", a->state_dir,
+	         l->id);
+	unlink(exit_path);
 	int ep[2];
 	if (pipe2(ep, O_CLOEXEC)) {
 		queue_report(j, GPUMATCH__V1__LEASE_STATE__LEASE_STATE_FAILED, 127, 0, "pipe: %s",
@@ -441,24 +459,74 @@ static void start_job(struct agent *a, const Gpumatch__V1__AcquireLeaseResponse 
 	}
 	if (pid == 0) {
 		/* the child: its own process group, log as stdout/stderr, the
-		 * spec's argv, env and working directory; no shell */
+		 * spec's argv, env and working directory; no shell. It forks the
+		 * job and records how it exited (exit_path), so that an agent
+		 * restarted while the job ran still learns its outcome. */
 		setpgid(0, 0);
-		sigset_t none;
+		sigset_t none, stops;
 		sigemptyset(&none);
-		sigprocmask(SIG_SETMASK, &none, NULL);
+		sigemptyset(&stops);
+		sigaddset(&stops, SIGTERM);
+		sigaddset(&stops, SIGINT);
+		sigaddset(&stops, SIGHUP);
+		/* the recorder outlives a stop request; the job does not */
+		sigprocmask(SIG_SETMASK, &stops, NULL);
 		signal(SIGPIPE, SIG_DFL);
+		pid_t job = fork();
+		if (job > 0) {
+			close(ep[1]);
+			int st = 0;
+			while (waitpid(job, &st, 0) < 0 && errno == EINTR)
+				;
+			char tmp[1300], text[96];
+			snprintf(tmp, sizeof tmp, "%s.tmp", exit_path);
+			struct timespec ts;
+			clock_gettime(CLOCK_REALTIME, &ts);
+			int len = snprintf(text, sizeof text, "%d %d %lld\n",
+			                   WIFEXITED(st) ? WEXITSTATUS(st) : 0,
+			                   WIFSIGNALED(st) ? WTERMSIG(st) : 0,
+			                   (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000);
+			int xf = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0640);
+			if (xf >= 0) {
+				if (write(xf, text, (size_t)len) == len && !fsync(xf))
+					(void)rename(tmp, exit_path);
+				close(xf);
+			}
+			if (WIFSIGNALED(st)) {
+				signal(WTERMSIG(st), SIG_DFL);
+				sigprocmask(SIG_SETMASK, &none, NULL);
+				raise(WTERMSIG(st));
+			}
+			_exit(WIFEXITED(st) ? WEXITSTATUS(st) : 127);
+		}
+		sigprocmask(SIG_SETMASK, &none, NULL);
+		if (job < 0) {
+			char msg[128];
+			int n = snprintf(msg, sizeof msg, "fork: %s", strerror(errno));
+			if (write(ep[1], msg, (size_t)n) < 0)
+				_exit(126);
+			_exit(127);
+		}
 		int err = 0;
 		const char *stage = "open log";
 		int fd = open(logpath, O_WRONLY | O_CREAT | O_APPEND, 0640);
 		int nul = open("/dev/null", O_RDONLY);
 		if (fd < 0 || nul < 0 || dup2(nul, 0) < 0 || dup2(fd, 1) < 0 || dup2(fd, 2) < 0)
 			err = errno;
+		/* the log stays the agent's file; from here on the job's user */
+		if (!err && jobenv_drop_privileges(&a->job_user)) {
+			stage = "switch to the job user";
+			err = errno;
+		}
 		if (!err && s->working_dir && *s->working_dir) {
 			stage = "chdir";
 			if (chdir(s->working_dir))
 				err = errno;
 		}
 		if (!err) {
+			/* nothing of the agent's own environment (its token
+			 * above all): the documented set, then the spec's */
+			jobenv_reset_environment(&a->job_user);
 			env_setf("CUDA_VISIBLE_DEVICES", "%s", gpus);
 			env_setf("GPUMATCH_JOB_ID", "%" PRIu64, l->job_id);
 			env_setf("GPUMATCH_LEASE_ID", "%" PRIu64, l->id);
@@ -595,6 +663,30 @@ static void heartbeat_done(struct cl_result *r, void *arg)
 	int next = a->hb_override_ms ? a->hb_override_ms : a->hb_ms;
 	if (r->http_status != 200) {
 		alog("warn", "msg=\"heartbeat failed\" code=%s err=\"%s\"", r->code, r->message);
+		/* a lease the server says is not this node's: forget it, or no
+		 * heartbeat would ever be taken again */
+		unsigned idx;
+		if (cl_result_final_error(r) &&
+		    sscanf(r->message, "runningLeaseIds[%u]", &idx) == 1) {
+			unsigned k = 0;
+			for (struct job *j = a->jobs; j; j = j->next) {
+				if (!(j->running || j->nq))
+					continue;
+				if (k++ == idx) {
+					alog("warn",
+					     "msg=\"forgetting a lease the server does not know\" "
+					     "lease=%" PRIu64,
+					     j->lease_id);
+					if (j->running && j->pid > 0)
+						kill(-j->pid, SIGKILL);
+					j->running = false;
+					j->pid = 0;
+					j->nq = 0;
+					remove_job(j);
+					break;
+				}
+			}
+		}
 		if (!a->shutting_down)
 			schedule_heartbeat(a, next > 2000 ? 2000 : next);
 		return;
@@ -657,8 +749,11 @@ static void heartbeat_cb(evutil_socket_t fd, short what, void *arg)
 	req.n_gpus = a->gpu_count;
 	req.gpus = hp;
 	size_t nr = 0;
+	/* running, or ended with reports still to deliver: the server ends a
+	 * lease the agent stops listing, so a finished job stays listed until
+	 * its outcome is delivered */
 	for (struct job *j = a->jobs; j && nr < 256; j = j->next)
-		if (j->running)
+		if (j->running || j->nq)
 			running[nr++] = j->lease_id;
 	req.n_running_lease_ids = nr;
 	req.running_lease_ids = running;
@@ -678,6 +773,120 @@ static void schedule_poll(struct agent *a, int ms)
 {
 	struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
 	evtimer_add(a->poll_ev, &tv);
+}
+
+/* An offered lease: confirmed (ConfirmLease) before its job starts, so that
+ * an offer the server withdrew is never run. Retried until the server
+ * answers either way. */
+struct offer {
+	struct agent *a;
+	struct offer *next;
+	Gpumatch__V1__AcquireLeaseResponse *resp;
+	struct event *retry_ev;
+	int backoff_ms;
+};
+
+static void offer_free(struct offer *o)
+{
+	for (struct offer **p = &o->a->offers; *p; p = &(*p)->next)
+		if (*p == o) {
+			*p = o->next;
+			break;
+		}
+	if (o->retry_ev)
+		event_free(o->retry_ev);
+	protobuf_c_message_free_unpacked(&o->resp->base, NULL);
+	free(o);
+}
+
+static void confirm_send(struct offer *o);
+
+static void confirm_done(struct cl_result *r, void *arg)
+{
+	struct offer *o = arg;
+	struct agent *a = o->a;
+	const Gpumatch__V1__Lease *l = o->resp->lease;
+	if (r->http_status == 200) {
+		Gpumatch__V1__ConfirmLeaseResponse *cr =
+		    (Gpumatch__V1__ConfirmLeaseResponse *)r->resp;
+		if (a->shutting_down) {
+			alog("warn",
+			     "msg=\"lease confirmed while shutting down, not started\" "
+			     "lease=%" PRIu64,
+			     l->id);
+		} else {
+			if (cr->duplicate)
+				alog("info", "msg=\"lease confirmed again\" lease=%" PRIu64, l->id);
+			start_job(a, o->resp);
+		}
+		offer_free(o);
+		return;
+	}
+	if (cl_result_final_error(r)) {
+		alog("warn",
+		     "msg=\"offer not confirmed, not started\" lease=%" PRIu64
+		     " code=%s err=\"%s\"",
+		     l->id, r->code, r->message);
+		offer_free(o);
+		return;
+	}
+	if (a->shutting_down) {
+		offer_free(o);
+		return;
+	}
+	o->backoff_ms = o->backoff_ms ? o->backoff_ms * 2 : 100;
+	if (o->backoff_ms > 2000)
+		o->backoff_ms = 2000;
+	alog("warn",
+	     "msg=\"confirmation not delivered, will retry\" lease=%" PRIu64
+	     " code=%s err=\"%s\" retry_ms=%d",
+	     l->id, r->code, r->message, o->backoff_ms);
+	struct timeval tv = { o->backoff_ms / 1000, (o->backoff_ms % 1000) * 1000 };
+	evtimer_add(o->retry_ev, &tv);
+}
+
+static void confirm_retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	confirm_send(arg);
+}
+
+static void confirm_send(struct offer *o)
+{
+	struct agent *a = o->a;
+	Gpumatch__V1__ConfirmLeaseRequest req = GPUMATCH__V1__CONFIRM_LEASE_REQUEST__INIT;
+	req.node_id = a->node_id;
+	req.lease_id = o->resp->lease->id;
+	req.fencing_token = o->resp->lease->fencing_token;
+	/* 0: the server takes the confirmation's arrival; the RUNNING report
+	 * then moves the start to when the process really started */
+	req.started_at_us = 0;
+	if (cl_call_async(a->ctl, a->c->token, "NodeService", "ConfirmLease", &req.base,
+	                  confirm_done, o)) {
+		struct timeval tv = { 1, 0 };
+		evtimer_add(o->retry_ev, &tv);
+	}
+}
+
+static void confirm_offer(struct agent *a, Gpumatch__V1__AcquireLeaseResponse *resp)
+{
+	struct offer *o = calloc(1, sizeof *o);
+	if (!o) {
+		alog("error", "msg=\"out of memory\"");
+		protobuf_c_message_free_unpacked(&resp->base, NULL);
+		return;
+	}
+	o->a = a;
+	o->resp = resp;
+	o->next = a->offers;
+	a->offers = o;
+	o->retry_ev = evtimer_new(a->base, confirm_retry_cb, o);
+	if (!o->retry_ev) {
+		offer_free(o);
+		return;
+	}
+	confirm_send(o);
 }
 
 static void acquire_done(struct cl_result *r, void *arg)
@@ -708,8 +917,10 @@ static void acquire_done(struct cl_result *r, void *arg)
 	a->poll_backoff_ms = 0;
 	Gpumatch__V1__AcquireLeaseResponse *resp = (Gpumatch__V1__AcquireLeaseResponse *)r->resp;
 	handle_commands(a, resp->commands, resp->n_commands);
-	if (resp->lease && resp->lease->id)
-		start_job(a, resp);
+	if (resp->lease && resp->lease->id) {
+		r->resp = NULL; /* kept until the confirmation answers */
+		confirm_offer(a, resp);
+	}
 	schedule_poll(a, 0);
 }
 
@@ -970,6 +1181,7 @@ static void load_leases(struct agent *a)
 			r->state = (int)json_integer_value(json_object_get(q, "state"));
 			r->exit_code = (int)json_integer_value(json_object_get(q, "exitCode"));
 			r->term_signal = (int)json_integer_value(json_object_get(q, "termSignal"));
+			r->at_us = (int64_t)json_integer_value(json_object_get(q, "atUs"));
 			snprintf(r->message, sizeof r->message, "%s",
 			         json_string_value(json_object_get(q, "message"))
 			             ? json_string_value(json_object_get(q, "message"))
@@ -977,6 +1189,40 @@ static void load_leases(struct agent *a)
 		}
 		pid_t pid = (pid_t)json_integer_value(json_object_get(e, "pid"));
 		bool was_running = json_is_true(json_object_get(e, "running"));
+		char exit_path[1200];
+		snprintf(exit_path, sizeof exit_path, "%s/logs/lease-%" PRIu64 ".exit",
+		         a->state_dir, j->lease_id);
+		FILE *xf = was_running ? fopen(exit_path, "r") : NULL;
+		int x_code = 0, x_sig = 0;
+		long long x_at = 0;
+		if (xf && fscanf(xf, "%d %d %lld", &x_code, &x_sig, &x_at) == 3 &&
+		    j->nq < MAX_REPORTS) {
+			/* the job ended while the agent was away: its own outcome */
+			was_running = false;
+			if (pid > 0)
+				kill(-pid, SIGKILL);
+			struct report *r = &j->q[j->nq++];
+			memset(r, 0, sizeof *r);
+			r->seq = ++j->seq;
+			r->state = !x_code && !x_sig
+			               ? GPUMATCH__V1__LEASE_STATE__LEASE_STATE_SUCCEEDED
+			               : GPUMATCH__V1__LEASE_STATE__LEASE_STATE_FAILED;
+			r->exit_code = x_code;
+			r->term_signal = x_sig;
+			r->at_us = (int64_t)x_at;
+			if (x_sig)
+				snprintf(r->message, sizeof r->message,
+				         "killed by signal %d (%s) while the agent was away", x_sig,
+				         strsignal(x_sig));
+			else
+				snprintf(r->message, sizeof r->message, "exited %d", x_code);
+			alog("info",
+			     "msg=\"job ended while the agent was away\" lease=%" PRIu64
+			     " exit_code=%d signal=%d",
+			     j->lease_id, x_code, x_sig);
+		}
+		if (xf)
+			fclose(xf);
 		if (was_running) {
 			if (pid > 0)
 				kill(-pid, SIGKILL);
@@ -988,8 +1234,9 @@ static void load_leases(struct agent *a)
 				struct report *r = &j->q[j->nq++];
 				memset(r, 0, sizeof *r);
 				r->seq = ++j->seq;
-				r->state = GPUMATCH__V1__LEASE_STATE__LEASE_STATE_FAILED;
-				r->term_signal = SIGKILL;
+				/* lost, not failed: the server queues the job again */
+				r->state = GPUMATCH__V1__LEASE_STATE__LEASE_STATE_EXPIRED;
+				r->at_us = cl_now_us() + a->clock_skew_us;
 				snprintf(
 				    r->message, sizeof r->message,
 				    "the agent restarted while the job ran; its process was lost");
@@ -1014,9 +1261,42 @@ static int run_agent(struct ctx *c)
 	a->c = c;
 	int rc;
 	const char *v;
+	/* the token: a file (--token-file, GPUMATCH_TOKEN_FILE, or systemd's
+	 * LoadCredential=token) rather than argv or the environment, which
+	 * other processes and every child can see */
+	char credpath[1100] = "";
+	const char *tf = opt_str(c, "token-file");
+	if (!tf && (v = getenv("GPUMATCH_TOKEN_FILE")) && *v)
+		tf = v;
+	if (!tf && (v = getenv("CREDENTIALS_DIRECTORY")) && *v) {
+		snprintf(credpath, sizeof credpath, "%s/token", v);
+		if (!access(credpath, F_OK))
+			tf = credpath;
+	}
+	if (tf && opt_has(c, "token"))
+		return usage_error(c, "give --token or a token file, not both");
+	if (tf) {
+		char err[1400];
+		if (jobenv_read_token_file(tf, c->token, sizeof c->token, err, sizeof err)) {
+			fprintf(stderr, "gpumatch agent: %s\n", err);
+			return EXIT_USAGE;
+		}
+	} else if (opt_has(c, "token")) {
+		alog("warn", "msg=\"--token on the command line is visible to every local user; "
+		             "use --token-file\"");
+	}
+	unsetenv("GPUMATCH_TOKEN");
+	unsetenv("GPUMATCH_TOKEN_FILE");
 	if (!*c->token)
-		return usage_error(c, "an operator token is required (--token, GPUMATCH_TOKEN or "
-		                      "gpumatch login)");
+		return usage_error(
+		    c, "an operator token is required (--token-file, "
+		       "GPUMATCH_TOKEN_FILE, --token, GPUMATCH_TOKEN or gpumatch login)");
+	{
+		char err[600];
+		if (jobenv_pick_user(opt_str(c, "run-as"), opt_has(c, "allow-root-jobs"),
+		                     &a->job_user, err, sizeof err))
+			return usage_error(c, "%s", err);
+	}
 	a->grace_us = 10000000;
 	if ((v = opt_str(c, "grace")) && (a->grace_us = parse_duration_us(v)) < 0)
 		return usage_error(c, "--grace: expected a duration such as 10s, got \"%s\"", v);
@@ -1122,12 +1402,15 @@ static int run_agent(struct ctx *c)
 	event_add(a->sigchld_ev, NULL);
 	event_add(a->sigterm_ev, NULL);
 	event_add(a->sigint_ev, NULL);
-	alog("info", "msg=\"agent starting\" url=%s name=%s gpus=%u state_dir=%s", c->url,
-	     json_string_value(json_object_get(a->reg, "name")), a->gpu_count, a->state_dir);
+	alog("info", "msg=\"agent starting\" url=%s name=%s gpus=%u state_dir=%s job_user=%s",
+	     c->url, json_string_value(json_object_get(a->reg, "name")), a->gpu_count, a->state_dir,
+	     a->job_user.name[0] ? a->job_user.name : "?");
 	load_leases(a);
 	event_active(a->reg_ev, EV_TIMEOUT, 0);
 	event_base_dispatch(a->base);
 	alog("info", "msg=\"agent stopped\"");
+	while (a->offers)
+		offer_free(a->offers);
 	while (a->jobs) {
 		struct job *j = a->jobs;
 		a->jobs = j->next;
@@ -1178,6 +1461,16 @@ static const struct optdef agent_opts[] = {
 	  false },
 	{ "poll", "DUR", "AcquireLease long-poll wait (default 20s)", false },
 	{ "heartbeat", "DUR", "heartbeat period (default: what the server asks for)", false },
+	{ "token-file", "FILE",
+	  "read the operator token from FILE, mode 0600 (GPUMATCH_TOKEN_FILE; systemd: "
+	  "LoadCredential=token)",
+	  false },
+	{ "run-as", "USER",
+	  "user that jobs without an image run as (default gpumatch-job, else nobody; the agent "
+	  "must be root to switch)",
+	  false },
+	{ "allow-root-jobs", NULL, "let jobs run as root (with --run-as root, or no such user)",
+	  false },
 	{ 0 },
 };
 

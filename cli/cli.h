@@ -53,6 +53,7 @@ struct ctx {
 	const struct cmd *cmd;
 	char url[512];
 	char token[512];
+	char ca_file[1024]; /* --ca-file, GPUMATCH_CA_FILE or the config's ca_file */
 	char config_path[1024];
 	int timeout_s;
 	bool json; /* --output json */

@@ -30,9 +30,18 @@ void cl_result_clear(struct cl_result *r);
  * found, a stale fencing token, permissions). */
 bool cl_result_final_error(const struct cl_result *r);
 
-/* A keep-alive connection to base_url ("http://host:port"). Returns NULL
- * (and a reason in err) when the URL is not http://HOST:PORT or libevent
- * fails. timeout_s bounds each request. Freed with cl_conn_free. */
+/* TLS settings for every https:// connection the process makes from now
+ * on: ca_file (PEM; NULL or "" = the system store) verifies the server,
+ * cert_file/key_file (PEM; NULL or "" = none) are the client certificate
+ * some servers ask agents for. Errors in them surface on the first call. */
+void cl_tls_setup(const char *ca_file, const char *cert_file, const char *key_file);
+
+/* A keep-alive connection to base_url ("http://host:port" or
+ * "https://host:port"). Returns NULL (and a reason in err) when the URL is
+ * neither, the TLS settings are unusable, or libevent fails. timeout_s
+ * bounds each request. Over https the server's certificate chain and host
+ * name are verified; a failure comes back as code "tls" with the reason
+ * (unknown CA, expired, wrong host). Freed with cl_conn_free. */
 struct cl_conn;
 struct cl_conn *cl_conn_new(struct event_base *base, const char *base_url, int timeout_s, char *err,
                             size_t err_len);
@@ -55,6 +64,13 @@ int cl_call_async(struct cl_conn *c, const char *token, const char *service, con
  * otherwise (r says why). */
 int cl_call(const char *base_url, const char *token, int timeout_s, const char *service,
             const char *method, const ProtobufCMessage *req, struct cl_result *r);
+
+/* Decodes an HTTP answer (status, body[0..len)) to a call whose response
+ * type is out into *r (zeroed by the caller): the unpacked response on 200,
+ * else the Connect error's code and message (or http_<status> and the
+ * body's start when it is not one). */
+void cl_decode_reply(const ProtobufCMessageDescriptor *out, int status, const uint8_t *body,
+                     size_t len, struct cl_result *r);
 
 /* The response descriptor of /gpumatch.v1.<service>/<method>, or NULL. */
 const ProtobufCMessageDescriptor *cl_method_output(const char *service, const char *method);

@@ -14,21 +14,6 @@
 #include "client.h"
 #include "gpumatch/v1/job_service.pb-c.h"
 
-/* "queued" -> "JOB_STATE_QUEUED"; a full name passes unchanged. */
-json_t *enum_arg(const char *prefix, const char *v)
-{
-	char b[128];
-	size_t pl = strlen(prefix);
-	size_t n = 0;
-	if (strncasecmp(v, prefix, pl)) {
-		n = (size_t)snprintf(b, sizeof b, "%s", prefix);
-	}
-	for (const char *p = v; *p && n + 1 < sizeof b; p++)
-		b[n++] = *p == '-' ? '_' : (char)toupper((unsigned char)*p);
-	b[n] = '\0';
-	return json_string(b);
-}
-
 static const struct col job_cols[] = {
 	{ "ID", "id", F_STR },
 	{ "NAME", "name", F_STR },

@@ -23,6 +23,14 @@
 static const struct optdef global_opts[] = {
 	{ "url", "URL", "gpumatchd's address (GPUMATCH_URL; default " DEFAULT_URL ")", false },
 	{ "token", "TOKEN", "bearer token (GPUMATCH_TOKEN)", false },
+	{ "ca-file", "FILE",
+	  "PEM CA certificates that verify an https:// server (GPUMATCH_CA_FILE; default: the "
+	  "system store)",
+	  false },
+	{ "client-cert", "FILE",
+	  "PEM client certificate, for servers that ask operators for one (GPUMATCH_CLIENT_CERT)",
+	  false },
+	{ "client-key", "FILE", "its private key, mode 0600 (GPUMATCH_CLIENT_KEY)", false },
 	{ "output", "FORMAT", "table or json (short: -o)", false },
 	{ "config", "FILE", "config file (GPUMATCH_CONFIG; default ~/.config/gpumatch/config)",
 	  false },
@@ -150,113 +158,6 @@ int pos_id(struct ctx *c, int i, const char *what, uint64_t *out)
 
 /* ---- values ---- */
 
-int64_t parse_duration_us(const char *s)
-{
-	if (!s || !*s)
-		return -1;
-	int64_t total = 0;
-	const char *p = s;
-	while (*p) {
-		char *end;
-		errno = 0;
-		double v = strtod(p, &end);
-		if (end == p || errno || v < 0 || !isfinite(v))
-			return -1;
-		double mult;
-		if (!strncmp(end, "us", 2)) {
-			mult = 1;
-			end += 2;
-		} else if (!strncmp(end, "ms", 2)) {
-			mult = 1e3;
-			end += 2;
-		} else if (*end == 's') {
-			mult = 1e6;
-			end++;
-		} else if (*end == 'm') {
-			mult = 60e6;
-			end++;
-		} else if (*end == 'h') {
-			mult = 3600e6;
-			end++;
-		} else if (*end == 'd') {
-			mult = 86400e6;
-			end++;
-		} else if (!*end && p == s) {
-			mult = 1e6; /* plain seconds */
-		} else {
-			return -1;
-		}
-		double us = v * mult;
-		if (us > 9e18 || total > INT64_MAX - (int64_t)us)
-			return -1;
-		total += (int64_t)llround(us);
-		p = end;
-	}
-	return total;
-}
-
-int parse_money_micros(const char *s, int64_t *out)
-{
-	if (!s || !*s || *s == '-')
-		return -1;
-	int64_t units = 0, frac = 0;
-	int digits = 0;
-	const char *p = s;
-	if (*p == '$')
-		p++;
-	if (!(*p >= '0' && *p <= '9'))
-		return -1;
-	for (; *p >= '0' && *p <= '9'; p++) {
-		if (units > INT64_MAX / 10 / 1000000 - 10)
-			return -1;
-		units = units * 10 + (*p - '0');
-	}
-	if (*p == '.') {
-		for (p++; *p >= '0' && *p <= '9'; p++) {
-			if (++digits > 6)
-				return -1;
-			frac = frac * 10 + (*p - '0');
-		}
-	}
-	if (*p)
-		return -1;
-	for (; digits < 6; digits++)
-		frac *= 10;
-	*out = units * 1000000 + frac;
-	return 0;
-}
-
-void jset(json_t *o, const char *path, json_t *v)
-{
-	char key[128];
-	const char *dot;
-	while ((dot = strchr(path, '.'))) {
-		snprintf(key, sizeof key, "%.*s", (int)(dot - path), path);
-		json_t *next = json_object_get(o, key);
-		if (!next) {
-			next = json_object();
-			json_object_set_new(o, key, next);
-		}
-		o = next;
-		path = dot + 1;
-	}
-	json_object_set_new(o, path, v);
-}
-
-json_t *jint64(int64_t v)
-{
-	char b[32];
-	snprintf(b, sizeof b, "%" PRId64, v);
-	return json_string(b);
-}
-
-json_t *juint64(uint64_t v)
-{
-	char b[32];
-	snprintf(b, sizeof b, "%" PRIu64, v);
-	return json_string(b);
-}
-
 int set_window_since(struct ctx *c, json_t *req, const char *path)
 {
 	const char *since = opt_str(c, "since");
@@ -289,6 +190,9 @@ int call_msg(struct ctx *c, const char *service, const char *method, const Proto
 	if (!strcmp(r.code, "invalid_url")) {
 		fprintf(stderr, "gpumatch: %s\n", r.message);
 		rc = EXIT_USAGE;
+	} else if (!strcmp(r.code, "tls")) {
+		fprintf(stderr, "gpumatch: %s\n", r.message);
+		rc = EXIT_UNREACHABLE;
 	} else if (r.http_status == 0) {
 		fprintf(stderr, "gpumatch: %s (is gpumatchd running? set --url or GPUMATCH_URL)\n",
 		        r.message);
@@ -354,7 +258,8 @@ static void default_config_path(char *out, size_t len)
 }
 
 /* Reads "key = value" lines; '#' starts a comment. Missing file: nothing. */
-static void read_config(const char *path, char *url, size_t url_len, char *token, size_t token_len)
+static void read_config(const char *path, char *url, size_t url_len, char *token, size_t token_len,
+                        char *ca, size_t ca_len)
 {
 	FILE *f = fopen(path, "r");
 	if (!f)
@@ -381,6 +286,8 @@ static void read_config(const char *path, char *url, size_t url_len, char *token
 			snprintf(url, url_len, "%s", v);
 		else if (!strcmp(k, "token") && !*token)
 			snprintf(token, token_len, "%s", v);
+		else if (!strcmp(k, "ca_file") && !*ca)
+			snprintf(ca, ca_len, "%s", v);
 	}
 	fclose(f);
 }
@@ -412,8 +319,9 @@ static int run_login(struct ctx *c)
 		return usage_error(c, "--url is required (or GPUMATCH_URL)");
 	if (!*c->token)
 		return usage_error(c, "--token is required (or GPUMATCH_TOKEN)");
-	if (strncmp(c->url, "http://", 7))
-		return usage_error(c, "--url: \"%s\" is not http://HOST:PORT", c->url);
+	if (strncmp(c->url, "http://", 7) && strncmp(c->url, "https://", 8))
+		return usage_error(c, "--url: \"%s\" is not http://HOST:PORT or https://HOST:PORT",
+		                   c->url);
 	int rc;
 	if (!opt_has(c, "no-check") && (rc = check_login(c)))
 		return rc;
@@ -433,6 +341,8 @@ static int run_login(struct ctx *c)
 	}
 	FILE *f = fdopen(fd, "w");
 	fprintf(f, "# written by gpumatch login\nurl = %s\ntoken = %s\n", c->url, c->token);
+	if (c->ca_file[0])
+		fprintf(f, "ca_file = %s\n", c->ca_file);
 	if (fclose(f) || rename(tmp, c->config_path)) {
 		fprintf(stderr, "gpumatch login: cannot write %s: %s\n", c->config_path,
 		        strerror(errno));
@@ -465,10 +375,13 @@ static void cmd_help(FILE *f, const struct cmd *k)
 	}
 	fprintf(f, "\nglobal flags:\n");
 	print_opts(f, global_opts);
-	fprintf(f, "\nexit codes: 0 ok, 1 server error, 2 usage error, 3 server unreachable%s\n",
-	        !strcmp(k->words, "watch") || !strcmp(k->words, "submit")
-	            ? ", 4 job failed, 5 job cancelled or preempted (submit: with --watch)"
-	            : "");
+	fprintf(
+	    f,
+	    "\nexit codes: 0 ok, 1 server error, 2 usage error, 3 server unreachable or its TLS "
+	    "certificate not trusted%s\n",
+	    !strcmp(k->words, "watch") || !strcmp(k->words, "submit")
+	        ? ", 4 job failed, 5 job cancelled or preempted (submit: with --watch)"
+	        : "");
 }
 
 /* Lists the commands whose words start with prefix ("" = all). */
@@ -704,9 +617,20 @@ int main(int argc, char **argv)
 		snprintf(c.url, sizeof c.url, "%s", v);
 	if ((v = opt_str(&c, "token")) || ((v = getenv("GPUMATCH_TOKEN")) && *v))
 		snprintf(c.token, sizeof c.token, "%s", v);
+	if ((v = opt_str(&c, "ca-file")) || ((v = getenv("GPUMATCH_CA_FILE")) && *v))
+		snprintf(c.ca_file, sizeof c.ca_file, "%s", v);
 	if (k->run != run_login)
-		read_config(c.config_path, c.url, sizeof c.url, c.token, sizeof c.token);
+		read_config(c.config_path, c.url, sizeof c.url, c.token, sizeof c.token, c.ca_file,
+		            sizeof c.ca_file);
 	if (!*c.url)
 		snprintf(c.url, sizeof c.url, "%s", DEFAULT_URL);
+	const char *cert = opt_str(&c, "client-cert"), *key = opt_str(&c, "client-key");
+	if (!cert)
+		cert = getenv("GPUMATCH_CLIENT_CERT");
+	if (!key)
+		key = getenv("GPUMATCH_CLIENT_KEY");
+	if (key && *key && !(cert && *cert))
+		return usage_error(&c, "--client-key needs --client-cert");
+	cl_tls_setup(c.ca_file, cert, key);
 	return k->run(&c);
 }

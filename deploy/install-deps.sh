@@ -9,6 +9,15 @@ packages=(
 	libevent-dev libpq-dev libhiredis-dev libjansson-dev libyaml-dev
 	postgresql redis-server
 	protobuf-compiler python3-protobuf
+	clang # fuzz/: the libFuzzer targets are built with clang
+	libclang-rt-14-dev # fuzz/: libFuzzer and the sanitizer runtimes for clang
+	util-linux # prlimit, for the descriptor-exhaustion test
+	# TLS: gpumatchd and the CLI/agent (bufferevent_openssl), certificates in tests
+	libssl-dev
+	openssl
+	ca-certificates
+	# gpu-probe's HTTP(S) client
+	libcurl4-openssl-dev
 	chromium    # the console's browser tests (tests/browser, DevTools protocol)
 	prometheus  # promtool: checks and unit-tests deploy/prometheus's rules
 	debhelper # the Debian package (debian/, tests/install)
@@ -22,7 +31,18 @@ for p in "${packages[@]}"; do
 		missing+=("$p")
 	fi
 done
+# Bare (image-less) jobs run as this unprivileged user (gpumatch agent
+# --run-as); created once, no login, no home.
+ensure_job_user() {
+	if ! getent passwd gpumatch-job >/dev/null 2>&1 && command -v useradd >/dev/null 2>&1; then
+		if [ "$(id -u)" -eq 0 ]; then
+			useradd --system --no-create-home --home-dir /nonexistent \
+				--shell /usr/sbin/nologin gpumatch-job 2>/dev/null || true
+		fi
+	fi
+}
 if [ ${#missing[@]} -eq 0 ]; then
+	ensure_job_user
 	exit 0
 fi
 
@@ -49,3 +69,4 @@ echo "install-deps: done" >&2
 if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
 	$SUDO systemctl disable --now redis-server postgresql prometheus >/dev/null 2>&1 || true
 fi
+ensure_job_user

@@ -65,6 +65,12 @@ token=$(cat "$token_file")
 setsid "$gm" "${flags[@]}" &
 gm_pid=$!
 url=http://127.0.0.1:$port
+if [ -n "${GPUMATCH_TLS_CERT_FILE:-}" ]; then
+	# gpumatchd reads GPUMATCH_TLS_CERT_FILE / _KEY_FILE itself; the
+	# clients below verify it against the same certificate
+	url=https://127.0.0.1:$port
+	export GPUMATCH_CA_FILE=${GPUMATCH_CA_FILE:-$GPUMATCH_TLS_CERT_FILE}
+fi
 cli="$build/cli/gpumatch"
 for _ in $(seq 1 100); do
 	if GPUMATCH_URL=$url GPUMATCH_TOKEN=$token "$cli" admin tenants list >/dev/null 2>&1; then
@@ -97,7 +103,7 @@ if [ "${AGENTS:-1}" = 1 ]; then
 	mkdir -p "$data/agents"
 	for f in examples/nodes/*.json; do
 		n=$(basename "$f" .json)
-		setsid env GPUMATCH_URL="$url" GPUMATCH_TOKEN="$(cat "$data/operator-token")" \
+		setsid env GPUMATCH_URL="$url" GPUMATCH_TOKEN_FILE="$data/operator-token" \
 			"$cli" agent --simulate "$f" --state-dir "$data/agents/$n" --grace 5s \
 			>>"$data/agents/$n.log" 2>&1 &
 		agent_pids+=($!)
@@ -130,6 +136,16 @@ With curl:
   curl -s \$GPUMATCH_URL/readyz
   curl -s -X POST \$GPUMATCH_URL/gpumatch.v1.AdminService/ListTenants \\
        -H "Authorization: Bearer $token" -H 'Content-Type: application/json' -d '{}'
+
+This is plaintext HTTP on loopback only. To serve TLS (anything off this
+machine; docs/security.md), give gpumatchd a certificate and key, e.g. a
+self-made test pair:
+
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \\
+      -subj /CN=localhost -addext subjectAltName=IP:127.0.0.1,DNS:localhost \\
+      -keyout $data/tls.key -out $data/tls.pem
+  GPUMATCH_TLS_CERT_FILE=$data/tls.pem GPUMATCH_TLS_KEY_FILE=$data/tls.key $0
+  export GPUMATCH_URL=https://127.0.0.1:$port GPUMATCH_CA_FILE=$data/tls.pem
 
 Ctrl-C stops ${agent_pids:+the agents, }gpumatchd, Redis and Postgres.
 

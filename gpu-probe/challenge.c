@@ -100,7 +100,8 @@ int challenge_params_check(const struct challenge_params *p, const char **why)
 		*why = "chain_length: must be 1..100000";
 		return -1;
 	}
-	if (p->value_range < 1 ||
+	/* R < 4096 first: k * R * R would wrap around 2^64 for a huge R */
+	if (p->value_range < 1 || p->value_range >= 4096 ||
 	    (uint64_t)p->k * p->value_range * p->value_range >= (1ull << 24)) {
 		*why = "value_range: must be >= 1 with k * value_range^2 < 2^24";
 		return -1;

@@ -1,179 +1,217 @@
-/* http.c — a blocking Connect unary client over a plain TCP socket. */
+/* http.c — a blocking Connect unary client on libcurl: http:// or https://
+ * (the server verified against --ca-file or the system store, its host name
+ * checked), optional client certificate, one call per request. */
 #include "http.h"
 
-#include <errno.h>
-#include <netdb.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
-#include <sys/socket.h>
-#include <sys/time.h>
-#include <unistd.h>
+#include <sys/stat.h>
 
-static int parse_url(const char *url, char *host, size_t host_len, char *port, size_t port_len)
+#include <curl/curl.h>
+
+/* X509_V_ERR_* values (OpenSSL's, which libcurl passes through) */
+#define V_UNABLE_TO_GET_ISSUER_CERT         2
+#define V_CERT_NOT_YET_VALID                9
+#define V_CERT_HAS_EXPIRED                  10
+#define V_DEPTH_ZERO_SELF_SIGNED_CERT       18
+#define V_SELF_SIGNED_CERT_IN_CHAIN         19
+#define V_UNABLE_TO_GET_ISSUER_CERT_LOCALLY 20
+#define V_UNABLE_TO_VERIFY_LEAF_SIGNATURE   21
+#define V_HOSTNAME_MISMATCH                 62
+#define V_IP_ADDRESS_MISMATCH               64
+
+static struct {
+	const char *ca_file, *cert_file, *key_file;
+	bool tls_error;
+} cfg;
+
+void http_tls_setup(const char *ca_file, const char *cert_file, const char *key_file)
 {
-	if (!strncmp(url, "http://", 7))
-		url += 7;
-	else if (strstr(url, "://"))
-		return -1;
-	const char *slash = strchr(url, '/');
-	size_t hl = slash ? (size_t)(slash - url) : strlen(url);
-	const char *colon = memchr(url, ':', hl);
-	size_t name = colon ? (size_t)(colon - url) : hl;
-	if (!name || name >= host_len)
-		return -1;
-	memcpy(host, url, name);
-	host[name] = '\0';
-	if (colon) {
-		size_t pl = hl - name - 1;
-		if (!pl || pl >= port_len)
-			return -1;
-		memcpy(port, colon + 1, pl);
-		port[pl] = '\0';
-	} else {
-		snprintf(port, port_len, "80");
-	}
-	return 0;
+	cfg.ca_file = ca_file && *ca_file ? ca_file : NULL;
+	cfg.cert_file = cert_file && *cert_file ? cert_file : NULL;
+	cfg.key_file = key_file && *key_file ? key_file : NULL;
 }
 
-static int dial(const char *host, const char *port, int timeout_s, char *err, size_t err_len)
+bool http_last_tls_error(void)
 {
-	struct addrinfo hints = { .ai_socktype = SOCK_STREAM }, *res, *ai;
-	int rc = getaddrinfo(host, port, &hints, &res);
-	if (rc) {
-		snprintf(err, err_len, "cannot resolve %s: %s", host, gai_strerror(rc));
-		return -1;
-	}
-	int fd = -1;
-	for (ai = res; ai; ai = ai->ai_next) {
-		fd = socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol);
-		if (fd < 0)
-			continue;
-		struct timeval tv = { .tv_sec = timeout_s };
-		setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-		setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-		if (!connect(fd, ai->ai_addr, ai->ai_addrlen))
-			break;
-		close(fd);
-		fd = -1;
-	}
-	if (fd < 0)
-		snprintf(err, err_len, "cannot connect to %s:%s: %s", host, port, strerror(errno));
-	freeaddrinfo(res);
-	return fd;
+	return cfg.tls_error;
 }
 
-static int send_all(int fd, const void *p, size_t n)
+struct body {
+	char *p;
+	size_t len, cap;
+	bool too_big;
+};
+
+static size_t write_cb(char *data, size_t size, size_t n, void *arg)
 {
-	const char *c = p;
-	while (n) {
-		ssize_t w = send(fd, c, n, MSG_NOSIGNAL);
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w <= 0)
-			return -1;
-		c += w;
-		n -= (size_t)w;
+	struct body *b = arg;
+	size_t add = size * n;
+	if (b->len + add > (64u << 20)) {
+		b->too_big = true;
+		return 0;
 	}
-	return 0;
+	if (b->len + add + 1 > b->cap) {
+		size_t cap = b->cap ? b->cap : 65536;
+		while (cap < b->len + add + 1)
+			cap *= 2;
+		char *p = realloc(b->p, cap);
+		if (!p)
+			return 0;
+		b->p = p;
+		b->cap = cap;
+	}
+	memcpy(b->p + b->len, data, add);
+	b->len += add;
+	b->p[b->len] = '\0';
+	return add;
+}
+
+/* A certificate failure in words: unknown CA, expired, wrong host. */
+static void tls_reason(CURL *h, CURLcode rc, const char *curl_err, const char *url, char *err,
+                       size_t err_len)
+{
+	long vr = 0;
+	curl_easy_getinfo(h, CURLINFO_SSL_VERIFYRESULT, &vr);
+	const char *why;
+	switch (vr) {
+	case V_CERT_HAS_EXPIRED:
+		why = "the server's certificate has expired";
+		break;
+	case V_CERT_NOT_YET_VALID:
+		why = "the server's certificate is not yet valid";
+		break;
+	case V_HOSTNAME_MISMATCH:
+	case V_IP_ADDRESS_MISMATCH:
+		why = "wrong host: the server's certificate is not for this host";
+		break;
+	case V_UNABLE_TO_GET_ISSUER_CERT:
+	case V_UNABLE_TO_GET_ISSUER_CERT_LOCALLY:
+	case V_SELF_SIGNED_CERT_IN_CHAIN:
+	case V_DEPTH_ZERO_SELF_SIGNED_CERT:
+	case V_UNABLE_TO_VERIFY_LEAF_SIGNATURE:
+		why = cfg.ca_file ? "unknown CA: the server's certificate is not signed by a CA in "
+		                    "--ca-file"
+		                  : "unknown CA: the server's certificate is not signed by a CA in "
+		                    "the system store (set --ca-file)";
+		break;
+	default:
+		if (strstr(curl_err, "subject name") || strstr(curl_err, "does not match"))
+			why = "wrong host: the server's certificate is not for this host";
+		else if (strstr(curl_err, "wrong version number"))
+			why = "the server does not speak TLS (try http://)";
+		else
+			why = *curl_err ? curl_err : curl_easy_strerror(rc);
+	}
+	snprintf(err, err_len, "TLS: cannot verify gpumatchd at %s: %s", url, why);
 }
 
 ProtobufCMessage *http_call(const char *url, const char *token, const char *method,
                             const ProtobufCMessage *req, const ProtobufCMessageDescriptor *out_desc,
                             int timeout_s, char *err, size_t err_len)
 {
-	char host[256], port[16];
-	if (parse_url(url, host, sizeof host, port, sizeof port)) {
-		snprintf(err, err_len, "--server: expected http://HOST[:PORT], got \"%s\"", url);
+	cfg.tls_error = false;
+	bool tls = !strncmp(url, "https://", 8);
+	if (!tls && strncmp(url, "http://", 7)) {
+		snprintf(err, err_len,
+		         "--server: expected http://HOST[:PORT] or https://HOST[:PORT], "
+		         "got \"%s\"",
+		         url);
 		return NULL;
 	}
+	if (cfg.key_file || cfg.cert_file) {
+		struct stat st;
+		const char *key = cfg.key_file ? cfg.key_file : cfg.cert_file;
+		if (!stat(key, &st) && (st.st_mode & 077)) {
+			snprintf(
+			    err, err_len,
+			    "--client-key %s: mode %03o lets group or others read it; chmod 600 it",
+			    key, (unsigned)(st.st_mode & 0777));
+			return NULL;
+		}
+	}
+	size_t ul = strlen(url);
+	while (ul && url[ul - 1] == '/')
+		ul--;
+	char full[1200];
+	snprintf(full, sizeof full, "%.*s/gpumatch.v1.%s", (int)ul, url, method);
 	size_t blen = protobuf_c_message_get_packed_size(req);
-	uint8_t *body = malloc(blen ? blen : 1);
-	char *head = malloc(1024 + strlen(token));
-	char *resp = NULL;
+	uint8_t *payload = malloc(blen ? blen : 1);
+	size_t al = strlen(token) + 32;
+	char *authz = malloc(al);
+	CURL *h = curl_easy_init();
+	struct curl_slist *hdr = NULL;
+	struct body b = { 0 };
 	ProtobufCMessage *out = NULL;
-	int fd = -1;
-	if (!body || !head) {
+	char cerr[CURL_ERROR_SIZE] = "";
+	if (!payload || !authz || !h) {
 		snprintf(err, err_len, "out of memory");
 		goto out;
 	}
-	protobuf_c_message_pack(req, body);
-	int hl = snprintf(head, 1024 + strlen(token),
-	                  "POST /gpumatch.v1.%s HTTP/1.1\r\nHost: %s:%s\r\n"
-	                  "Content-Type: application/proto\r\nConnect-Protocol-Version: 1\r\n"
-	                  "Authorization: Bearer %s\r\nContent-Length: %zu\r\n"
-	                  "Connection: close\r\n\r\n",
-	                  method, host, port, token, blen);
-	fd = dial(host, port, timeout_s, err, err_len);
-	if (fd < 0)
-		goto out;
-	if (send_all(fd, head, (size_t)hl) || send_all(fd, body, blen)) {
-		snprintf(err, err_len, "sending to %s failed: %s", url, strerror(errno));
-		goto out;
+	protobuf_c_message_pack(req, payload);
+	snprintf(authz, al, "Authorization: Bearer %s", token);
+	hdr = curl_slist_append(hdr, "Content-Type: application/proto");
+	hdr = curl_slist_append(hdr, "Connect-Protocol-Version: 1");
+	hdr = curl_slist_append(hdr, authz);
+	hdr = curl_slist_append(hdr, "Expect:");
+	curl_easy_setopt(h, CURLOPT_URL, full);
+	curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(h, CURLOPT_POST, 1L);
+	curl_easy_setopt(h, CURLOPT_POSTFIELDS, (const char *)payload);
+	curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)blen);
+	curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdr);
+	curl_easy_setopt(h, CURLOPT_HTTP_VERSION, CURL_HTTP_VERSION_1_1);
+	curl_easy_setopt(h, CURLOPT_TIMEOUT, (long)timeout_s);
+	curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, write_cb);
+	curl_easy_setopt(h, CURLOPT_WRITEDATA, &b);
+	curl_easy_setopt(h, CURLOPT_ERRORBUFFER, cerr);
+	curl_easy_setopt(h, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
+	curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 1L);
+	curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 2L);
+	if (cfg.ca_file)
+		curl_easy_setopt(h, CURLOPT_CAINFO, cfg.ca_file);
+	if (cfg.cert_file) {
+		curl_easy_setopt(h, CURLOPT_SSLCERT, cfg.cert_file);
+		curl_easy_setopt(h, CURLOPT_SSLKEY, cfg.key_file ? cfg.key_file : cfg.cert_file);
 	}
-	size_t cap = 65536, len = 0;
-	resp = malloc(cap + 1);
-	for (;;) {
-		if (!resp) {
-			snprintf(err, err_len, "out of memory");
-			goto out;
+	CURLcode rc = curl_easy_perform(h);
+	if (rc != CURLE_OK) {
+		if (rc == CURLE_PEER_FAILED_VERIFICATION || rc == CURLE_SSL_CACERT_BADFILE ||
+		    rc == CURLE_SSL_CONNECT_ERROR) {
+			cfg.tls_error = rc != CURLE_SSL_CACERT_BADFILE;
+			tls_reason(h, rc, cerr, url, err, err_len);
+		} else if (b.too_big) {
+			snprintf(err, err_len, "reply from %s larger than 64 MiB", url);
+		} else {
+			snprintf(err, err_len, "%s: %s", url,
+			         *cerr ? cerr : curl_easy_strerror(rc));
 		}
-		if (len == cap) {
-			if (cap > (64u << 20)) {
-				snprintf(err, err_len, "reply from %s larger than 64 MiB", url);
-				goto out;
-			}
-			char *bigger = realloc(resp, 2 * cap + 1);
-			if (!bigger) {
-				snprintf(err, err_len, "out of memory");
-				goto out;
-			}
-			resp = bigger;
-			cap *= 2;
-		}
-		ssize_t r = recv(fd, resp + len, cap - len, 0);
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r < 0) {
-			snprintf(err, err_len, "reading the reply from %s failed: %s", url,
-			         strerror(errno));
-			goto out;
-		}
-		if (r == 0)
-			break;
-		len += (size_t)r;
-	}
-	resp[len] = '\0';
-	char *eoh = strstr(resp, "\r\n\r\n");
-	int status = 0;
-	if (!eoh || sscanf(resp, "HTTP/1.%*d %d", &status) != 1) {
-		snprintf(err, err_len, "%s did not answer HTTP", url);
 		goto out;
 	}
-	char *payload = eoh + 4;
-	size_t plen = len - (size_t)(payload - resp);
-	for (char *h = strstr(resp, "\r\n"); h && h < eoh; h = strstr(h + 2, "\r\n"))
-		if (!strncasecmp(h + 2, "Content-Length:", 15)) {
-			size_t cl = strtoull(h + 17, NULL, 10);
-			if (cl < plen)
-				plen = cl;
-		}
+	long status = 0;
+	curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
 	if (status != 200) {
 		/* Connect errors are JSON: {"code":"...","message":"..."} */
-		snprintf(err, err_len, "HTTP %d: %.*s", status, (int)(plen > 900 ? 900 : plen),
-		         payload);
+		snprintf(err, err_len, "HTTP %ld: %.*s", status, (int)(b.len > 900 ? 900 : b.len),
+		         b.p ? b.p : "");
 		goto out;
 	}
-	out = protobuf_c_message_unpack(out_desc, NULL, plen, (const uint8_t *)payload);
+	out = protobuf_c_message_unpack(out_desc, NULL, b.len, (const uint8_t *)(b.p ? b.p : ""));
 	if (!out)
 		snprintf(err, err_len, "the reply to %s could not be decoded", method);
 out:
-	if (fd >= 0)
-		close(fd);
-	free(body);
-	free(head);
-	free(resp);
+	if (h)
+		curl_easy_cleanup(h);
+	curl_slist_free_all(hdr);
+	if (authz) {
+		memset(authz, 0, al);
+		free(authz);
+	}
+	free(payload);
+	free(b.p);
 	return out;
 }

@@ -2,6 +2,7 @@
  * (measurements as JSON, or a ProbeReport with --proto) and `challenge`
  * (the proof exchange with gpumatchd). The backends do the device work. */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdbool.h>
@@ -9,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -50,6 +52,12 @@ static void usage(FILE *out)
 	      "  --proto              bench: write a binary ProbeReport to stdout\n"
 	      "  --server URL         challenge: gpumatchd, e.g. http://127.0.0.1:7070\n"
 	      "  --token T            challenge: the operator's token (or GPUMATCH_TOKEN)\n"
+	      "  --token-file F       challenge: read the token from F, mode 0600\n"
+	      "                       (or GPUMATCH_TOKEN_FILE)\n"
+	      "  --ca-file F          challenge: PEM CAs that verify an https:// server\n"
+	      "                       (or GPUMATCH_CA_FILE; default the system store)\n"
+	      "  --client-cert F      challenge: PEM client certificate (GPUMATCH_CLIENT_CERT)\n"
+	      "  --client-key F       challenge: its key, mode 0600 (GPUMATCH_CLIENT_KEY)\n"
 	      "  --node-id N          challenge: the registered node\n"
 	      "  --gpus I,J,...       challenge: GPU indexes (default: every GPU)\n"
 	      "  --precision P        challenge: fp32|tf32|fp16|bf16|fp8 (default: server's)\n"
@@ -59,7 +67,8 @@ static void usage(FILE *out)
 	      "  0  success (challenge: PASS)\n"
 	      "  1  bad command line\n"
 	      "  2  no usable device: no GPU, no driver, or gpu-probe built without CUDA\n"
-	      "  3  challenge: the server's verdict is FAIL\n"
+	      "  3  challenge: the server's verdict is FAIL, or its TLS certificate could\n"
+	      "     not be verified (unknown CA, expired, wrong host)\n"
 	      "  4  challenge: the server refused a call or could not be reached\n"
 	      "  5  internal error (out of memory, device error during a run)\n",
 	      out);
@@ -70,6 +79,7 @@ struct opts {
 	const char *backend;
 	bool quick, proto;
 	const char *server, *token;
+	const char *token_file, *ca_file, *cert_file, *key_file;
 	uint64_t node_id;
 	uint32_t gpus[64];
 	size_t ngpus;
@@ -99,6 +109,10 @@ static int parse_args(int argc, char **argv, struct opts *o)
 	o->backend = "cuda";
 	o->timeout_s = 60;
 	o->token = getenv("GPUMATCH_TOKEN");
+	o->token_file = getenv("GPUMATCH_TOKEN_FILE");
+	o->ca_file = getenv("GPUMATCH_CA_FILE");
+	o->cert_file = getenv("GPUMATCH_CLIENT_CERT");
+	o->key_file = getenv("GPUMATCH_CLIENT_KEY");
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
 		const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -139,6 +153,15 @@ static int parse_args(int argc, char **argv, struct opts *o)
 			o->server = v;
 		} else if (!strcmp(a, "--token")) {
 			o->token = v;
+			o->token_file = NULL;
+		} else if (!strcmp(a, "--token-file")) {
+			o->token_file = v;
+		} else if (!strcmp(a, "--ca-file")) {
+			o->ca_file = v;
+		} else if (!strcmp(a, "--client-cert")) {
+			o->cert_file = v;
+		} else if (!strcmp(a, "--client-key")) {
+			o->key_file = v;
 		} else if (!strcmp(a, "--node-id")) {
 			char *end;
 			o->node_id = strtoull(v, &end, 10);
@@ -755,8 +778,48 @@ static void sleep_ms(long ms)
 		;
 }
 
-static int cmd_challenge(const struct opts *o)
+/* The token from --token-file / GPUMATCH_TOKEN_FILE: a regular file only
+ * its owner may read. Returns 0, or -1 after saying why. */
+static int read_token_file(const char *path, char *out, size_t len)
 {
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	struct stat st;
+	if (fd < 0 || fstat(fd, &st)) {
+		fprintf(stderr, "gpu-probe: token file %s: %s\n", path, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		return -1;
+	}
+	if (!S_ISREG(st.st_mode) || (st.st_mode & 077)) {
+		fprintf(stderr,
+		        "gpu-probe: token file %s: mode %03o lets group or others read it; chmod "
+		        "600 it\n",
+		        path, (unsigned)(st.st_mode & 0777));
+		close(fd);
+		return -1;
+	}
+	ssize_t n = read(fd, out, len - 1);
+	close(fd);
+	if (n <= 0) {
+		fprintf(stderr, "gpu-probe: token file %s: empty or unreadable\n", path);
+		return -1;
+	}
+	out[n] = '\0';
+	out[strcspn(out, "\r\n")] = '\0';
+	return *out ? 0 : -1;
+}
+
+static int cmd_challenge(const struct opts *o_in)
+{
+	struct opts oc = *o_in;
+	const struct opts *o = &oc;
+	static char token_buf[1024];
+	if (oc.token_file && *oc.token_file) {
+		if (read_token_file(oc.token_file, token_buf, sizeof token_buf))
+			return EXIT_USAGE;
+		oc.token = token_buf;
+	}
+	http_tls_setup(oc.ca_file, oc.cert_file, oc.key_file);
 	if (!o->server || !o->token || !o->node_id) {
 		fprintf(stderr, "gpu-probe: challenge needs --server, --token (or GPUMATCH_TOKEN) "
 		                "and --node-id\n");
@@ -785,6 +848,12 @@ static int cmd_challenge(const struct opts *o)
 	cr = (Gpumatch__V1__RequestChallengeResponse *)http_call(
 	    o->server, o->token, "NodeService/RequestChallenge", &rq.base,
 	    &gpumatch__v1__request_challenge_response__descriptor, o->timeout_s, err, sizeof err);
+	if (!cr && http_last_tls_error()) {
+		/* the server could not be verified: nothing was sent to it */
+		fprintf(stderr, "gpu-probe: %s\n", err);
+		rc = EXIT_REJECTED;
+		goto out;
+	}
 	if (!cr || !cr->challenge) {
 		print_refusal("RequestChallenge", cr ? "no challenge in the reply" : err);
 		rc = EXIT_SERVER;

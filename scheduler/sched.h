@@ -205,20 +205,28 @@ struct sched_policy {
 	int64_t infeasible_timeout_us; /* a job no node of the fleet could ever
 	                                  host is given up after this; 0 = never */
 
-	/* Heterogeneity awareness (Gavel-like), weight in [0, 1000]: the job's
-	 * relative speed on the node's GPU model from its throughput profile,
-	 * divided by its best speed among the candidates (not min-max
-	 * normalized, so a job that gains little from a fast GPU cares little).
-	 * GPU models missing from the profile get a speed estimated from
-	 * verified TFLOPS in the job's precision, scaled to the profile. */
+	/* Heterogeneity awareness, weight in [0, 1000]: expected completion.
+	 * A job's run time on a node is its work / its speed there, so the
+	 * component is the job's speed on the candidate's GPU model (throughput
+	 * profile; models it does not cover: verified TFLOPS in its precision,
+	 * scaled to the profile) over its best speed among the candidates — the
+	 * shortest run time scores w, one twice as long w / 2. Not min-max
+	 * normalized: a job 5x faster on one GPU cares, one 5 % faster barely. */
 	double w_speedup;
-	/* How much of w_speedup goes to comparative advantage, in [0, 1]: the
-	 * job's relative speed on a GPU type divided by the mean relative speed
-	 * of the pending jobs there (Gavel, OSDI'20: give each job the GPU where
-	 * it gains most relative to the others). 0 = own speed only. Speedups
-	 * every job shares cancel out, so a job that gains no more than the
-	 * others from a big node's GPUs leaves them to the jobs that need them. */
-	double speedup_relative;
+	/* Gavel's comparative advantage, in [0, 1]: the speed component is
+	 * multiplied by (a / best a over the candidates)^this, where a = the
+	 * job's speed on the GPU type relative to its best type, divided by the
+	 * pending jobs' mean of that ratio on the type. A job gaining more from a
+	 * type than the others do leans to it; one gaining less leaves it to
+	 * them. It cannot cancel the job's own speed: when every job speeds up
+	 * alike on a type, or one job is pending, a = 1 and the component is
+	 * the job's own speed. 0 = own speed only. */
+	double comparative_advantage;
+	/* Price per unit of work, weight in [0, 1000], min-max normalized like
+	 * the price components: price per GPU-hour / the job's speed there (as
+	 * for w_speedup). What a tenant pays for the job, unlike w_price, which
+	 * prefers cheap GPUs however slow. */
+	double w_cost_per_work;
 
 	/* Job priority: favour jobs that ask for fewer GPUs (Slurm's job size
 	 * factor with PriorityFavorSmall), factor 1 / (GPUs of the job), weight
@@ -253,6 +261,11 @@ struct sched_policy {
 
 /* Fills *p with the defaults (documented in docs/scheduler.md). */
 void sched_policy_default(struct sched_policy *p);
+
+/* Fills *p with the recommended policy: the shipped
+ * examples/policies/default.json, which a fresh gpumatchd starts with
+ * (docs/policy.md says how it was chosen). */
+void sched_policy_recommended(struct sched_policy *p);
 
 /* Returns 0 if every field is in range, else -EINVAL with err naming the
  * first bad field. err may be NULL. */

@@ -19,8 +19,9 @@ struct cand {
 	uint64_t mask;
 	uint64_t node_id;
 	double raw[C_RAW];
-	double adv; /* comparative advantage (speedup_relative) */
+	double adv; /* comparative advantage */
 	double score;
+	double price; /* per GPU-hour, micro-units */
 	uint32_t gtype;
 	uint32_t pad2;
 };
@@ -61,6 +62,7 @@ struct cycle {
 	uint32_t *class_pending;
 	struct cand *cands;
 	uint32_t cand_cap;
+	const struct jclass *cur_class; /* of the job being scored */
 	struct slotinfo *slots;
 	uint32_t slot_cap;
 	uint32_t *room; /* pools with room for the current job */
@@ -303,7 +305,7 @@ static void cycle_order(struct cycle *cy)
 static void cycle_speed_means(struct cycle *cy)
 {
 	struct sched_cluster *c = cy->c;
-	if (!(cy->pol->w_speedup > 0 && cy->pol->speedup_relative > 0))
+	if (!(cy->pol->w_speedup > 0 && cy->pol->comparative_advantage > 0))
 		return;
 	memset(cy->class_pending, 0, (size_t)c->nclass_slots * sizeof *cy->class_pending);
 	for (uint32_t i = 0; i < c->npending; i++)
@@ -388,19 +390,24 @@ static void cand_fill(struct cycle *cy, struct cand *cd, const struct node *n, c
 	cd->raw[C_FRAG] = pol->w_frag > 0 && k->gpus <= nfree
 	                      ? frag_of(cy, nfree) - frag_of(cy, nfree - k->gpus)
 	                      : 0;
-	cd->raw[C_SPEED] = pol->w_speedup > 0 ? class_speed(cy->c, k, p->gtype) : -1.0;
+	cd->raw[C_SPEED] =
+	    pol->w_speedup > 0 || pol->w_cost_per_work > 0 ? class_speed(cy->c, k, p->gtype) : -1.0;
+	cd->price = price;
 	cd->gtype = p->gtype;
 	cd->node_id = n->id;
 	cd->region = n->region;
 }
 
-/* Heterogeneity awareness: adds w * speed / best speed. Candidates whose GPU
- * the profile does not cover get speed = TFLOPS x (profiled speed per
- * profiled TFLOPS over the candidates); with no profiled candidate at all,
- * TFLOPS stand for speed. Dividing by the best (not min-max) keeps the
- * size of the gain: a job 5x faster on one GPU cares, one 1.05x barely. */
-static void cands_score_speed(const struct cycle *cy, struct cand *cands, uint32_t n, double w)
+/* Heterogeneity awareness. Fills each candidate's speed (profile; models
+ * it does not cover: TFLOPS x the profile's speed per TFLOPS over the
+ * covered candidates; no profile at all: TFLOPS), then adds
+ *   w_speedup x (speed / best speed) x (adv / best adv)^comparative_advantage
+ * (expected completion: run time = work / speed, so the shortest run scores
+ * w_speedup; adv as in cycle_speed_means, 1 where no pending job says
+ * anything) and w_cost_per_work x the min-max normalized price / speed. */
+static void cands_score_speed(const struct cycle *cy, struct cand *cands, uint32_t n)
 {
+	const struct sched_policy *pol = cy->pol;
 	double sum_speed = 0, sum_perf = 0;
 	for (uint32_t i = 0; i < n; i++) {
 		if (cands[i].raw[C_SPEED] > 0) {
@@ -418,25 +425,60 @@ static void cands_score_speed(const struct cycle *cy, struct cand *cands, uint32
 	}
 	if (!(best > 0))
 		return;
-	double r = cy->pol->speedup_relative;
+	if (pol->w_cost_per_work > 0) {
+		double lo = INFINITY, hi = -INFINITY;
+		for (uint32_t i = 0; i < n; i++) {
+			double v = cands[i].raw[C_SPEED] > 0
+			               ? cands[i].price / cands[i].raw[C_SPEED]
+			               : INFINITY;
+			cands[i].adv = v;
+			if (v < lo)
+				lo = v;
+			if (v > hi && v < INFINITY)
+				hi = v;
+		}
+		for (uint32_t i = 0; i < n; i++) {
+			double v = cands[i].adv;
+			cands[i].score += pol->w_cost_per_work * (v == INFINITY ? 0
+			                                          : hi > lo ? (hi - v) / (hi - lo)
+			                                                    : 1.0);
+		}
+	}
+	double w = pol->w_speedup;
+	if (!(w > 0))
+		return;
+	double r = pol->comparative_advantage;
 	if (!(r > 0)) {
 		for (uint32_t i = 0; i < n; i++)
 			cands[i].score += w * cands[i].raw[C_SPEED] / best;
 		return;
 	}
-	/* comparative advantage: relative speed over the pending jobs' mean on
-	 * that GPU type (1 where no profiled job says anything) */
+	/* comparative advantage: the job's speed on the type relative to its
+	 * best type, over the pending jobs' mean of that (1 where none says) */
+	const struct jclass *k = cy->cur_class;
+	double own_best = 0;
+	for (uint32_t t = 0; k && t < cy->c->ngtypes; t++) {
+		double v = class_speed(cy->c, k, t);
+		if (v > own_best)
+			own_best = v;
+	}
 	double best_adv = 0;
 	for (uint32_t i = 0; i < n; i++) {
 		double mean = cy->gtype_mean[cands[i].gtype];
-		double adv = cands[i].raw[C_SPEED] / best / (mean > 0 ? mean : 1.0);
+		double rel = own_best > 0 ? class_speed(cy->c, k, cands[i].gtype) / own_best : 0;
+		double adv = rel > 0 && mean > 0 ? rel / mean : 1.0;
 		cands[i].adv = adv;
 		if (adv > best_adv)
 			best_adv = adv;
 	}
+	double top = 0;
+	for (uint32_t i = 0; i < n; i++) {
+		cands[i].adv = cands[i].raw[C_SPEED] / best * pow(cands[i].adv / best_adv, r);
+		if (cands[i].adv > top)
+			top = cands[i].adv;
+	}
 	for (uint32_t i = 0; i < n; i++)
-		cands[i].score += w * ((1 - r) * cands[i].raw[C_SPEED] / best +
-		                       r * (best_adv > 0 ? cands[i].adv / best_adv : 0));
+		cands[i].score += w * (top > 0 ? cands[i].adv / top : 0);
 }
 
 /* Min-max normalizes each component over cands[0..n) and sets scores. */
@@ -466,8 +508,8 @@ static void cands_score(struct cycle *cy, struct cand *cands, uint32_t n)
 				     (span[q] > 0 ? (cands[i].raw[q] - lo[q]) / span[q] : 1.0);
 		cands[i].score = s;
 	}
-	if (pol->w_speedup > 0)
-		cands_score_speed(cy, cands, n, pol->w_speedup);
+	if (pol->w_speedup > 0 || pol->w_cost_per_work > 0)
+		cands_score_speed(cy, cands, n);
 }
 
 static bool cand_better(const struct cand *a, const struct cand *b)
@@ -583,6 +625,7 @@ static bool place_single(struct cycle *cy, uint32_t js)
 		pool_collect(cy, &c->pools[cy->room[e]], k, js, end, 1, false, &ncand);
 	if (!ncand)
 		return false;
+	cy->cur_class = k;
 	cands_score(cy, cy->cands, ncand);
 	const struct cand *best = &cy->cands[0];
 	for (uint32_t i = 1; i < ncand; i++)
@@ -630,6 +673,7 @@ static bool place_gang(struct cycle *cy, uint32_t js)
 	}
 	if (!ncand)
 		return false;
+	cy->cur_class = k;
 	cands_score(cy, cy->cands, ncand);
 	uint32_t best_first = 0, best_n = 0;
 	double best_score = -INFINITY;

@@ -33,6 +33,25 @@ void sched_policy_default(struct sched_policy *p)
 	p->preempt_shorter_factor = 0.0;
 	p->preempt_min_run_us = 0;
 	p->w_frag = 0.0;
+	p->comparative_advantage = 0.0;
+	p->w_cost_per_work = 0.0;
+}
+
+void sched_policy_recommended(struct sched_policy *p)
+{
+	sched_policy_default(p);
+	/* price per GPU-hour is left to the tenant's max price and to
+	 * w_cost_per_work: preferring cheap GPUs however slow lengthens jobs */
+	p->w_price = 0.0;
+	p->w_perf_per_price = 0.0;
+	p->w_speedup = 100.0;
+	p->comparative_advantage = 0.5;
+	p->w_cost_per_work = 0.0;
+	p->w_small_jobs = 0.0;
+	p->w_short_jobs = 1000.0;
+	p->w_frag = 20.0;
+	p->preempt_shorter_factor = 16.0;
+	p->preempt_min_run_us = 2LL * 3600 * 1000000;
 }
 
 static int check_weight(double w, double max, const char *field, struct sched_error *err)
@@ -64,6 +83,7 @@ int sched_policy_validate(const struct sched_policy *p, struct sched_error *err)
 		{ "w_small_jobs", offsetof(struct sched_policy, w_small_jobs), 1e6 },
 		{ "w_short_jobs", offsetof(struct sched_policy, w_short_jobs), 1e6 },
 		{ "w_frag", offsetof(struct sched_policy, w_frag), 1000 },
+		{ "w_cost_per_work", offsetof(struct sched_policy, w_cost_per_work), 1000 },
 	};
 	for (size_t i = 0; i < sizeof weights / sizeof weights[0]; i++) {
 		double w;
@@ -95,9 +115,9 @@ int sched_policy_validate(const struct sched_policy *p, struct sched_error *err)
 		        (long long)p->fairshare_half_life_us);
 		return -EINVAL;
 	}
-	if (!(p->speedup_relative >= 0 && p->speedup_relative <= 1)) {
-		set_err(err, "speedup_relative", "must be between 0 and 1, got %g",
-		        p->speedup_relative);
+	if (!(p->comparative_advantage >= 0 && p->comparative_advantage <= 1)) {
+		set_err(err, "comparative_advantage", "must be between 0 and 1, got %g",
+		        p->comparative_advantage);
 		return -EINVAL;
 	}
 	if (p->reservations > 64) {

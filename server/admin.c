@@ -1553,12 +1553,12 @@ void admin_revoke_token(struct rpc_call *call, const ProtobufCMessage *req)
 
 /* ---- policies --------------------------------------------------------------------- */
 
-/* The policy in force while no version is stored: the library's defaults
- * with the daemon's allow_unverified. */
+/* The policy in force while no version is stored: the recommended policy
+ * (examples/policies/default.json) with the daemon's allow_unverified. */
 static void policy_defaults(Gpumatch__V1__Policy *p)
 {
 	struct sched_policy sp;
-	sched_policy_default(&sp);
+	sched_policy_recommended(&sp);
 	sp.allow_unverified = app_get()->cfg.allow_unverified;
 	gpumatch__v1__policy__init(p);
 	conv_policy_out(&sp, p);
@@ -1851,8 +1851,9 @@ struct set_policy_q {
 	int64_t now_us;
 	uint64_t prev_version; /* the active version the diff is against */
 	struct policy_diff diff;
-	char *pb;      /* the stored message as a bytea parameter */
-	char *changes; /* the diff as JSON */
+	char *pb;          /* the stored message as a bytea parameter */
+	char *changes;     /* the diff as JSON */
+	char warning[320]; /* "" = none */
 };
 
 static void set_policy_free(struct set_policy_q *q)
@@ -1876,6 +1877,11 @@ static void set_policy_reply(struct set_policy_q *q)
 	audit.changes = q->diff.ptrs;
 	out.policy = &q->cand;
 	out.audit = &audit;
+	char *warn = q->warning;
+	if (*warn) {
+		out.n_warnings = 1;
+		out.warnings = &warn;
+	}
 	rpc_reply(q->call, &out.base);
 }
 
@@ -1913,7 +1919,19 @@ static void set_policy_active_cb(enum pg_status st, PGresult *res, const char *s
 		reply_pg_error(q->call, st, sqlstate, err);
 		goto done;
 	}
+	/* ready nodes and verified ones among them (the last two columns) */
 	if (PQntuples(res) == 1) {
+		long ready = strtol(PQgetvalue(res, 0, 6), NULL, 10);
+		long verified = strtol(PQgetvalue(res, 0, 5), NULL, 10);
+		if (!q->cand.allow_unverified && ready > 0 && verified == 0)
+			snprintf(
+			    q->warning, sizeof q->warning,
+			    "policy.allowUnverified: false, and none of the %ld ready nodes is "
+			    "verified: every job waits until a node passes the probe (true lets "
+			    "unverified nodes, such as run-local's demo nodes, take work)",
+			    ready);
+	}
+	if (PQntuples(res) == 1 && !PQgetisnull(res, 0, 0)) {
 		if (policy_from_row(res, 0, 0, &prev, &keep)) {
 			log_error("stored policy does not decode version=%s",
 			          PQgetvalue(res, 0, 0));
@@ -2045,9 +2063,15 @@ void admin_set_policy(struct rpc_call *call, const ProtobufCMessage *req)
 	q->cand.created_by = q->actor;
 	q->cand.created_at_us = q->now_us;
 	q->cand.comment = (char *)comment;
+	/* the active version, and whether any ready node could take work
+	 * under the candidate (one row even while no version is stored) */
 	if (pg_exec(app_get()->pg, NULL,
-	            "SELECT " POLICY_COLS " FROM policies p ORDER BY p.version DESC LIMIT 1", 0,
-	            NULL, set_policy_active_cb, q)) {
+	            "SELECT " POLICY_COLS ", n.verified, n.ready FROM"
+	            " (SELECT count(*) FILTER (WHERE verification_status = 3) AS verified,"
+	            "         count(*) AS ready FROM nodes WHERE state = 2) n"
+	            " LEFT JOIN LATERAL (SELECT * FROM policies ORDER BY version DESC LIMIT 1) p"
+	            " ON true",
+	            0, NULL, set_policy_active_cb, q)) {
 		rpc_error(call, RPC_UNAVAILABLE, "the record store is unavailable, retry later");
 		set_policy_free(q);
 	}

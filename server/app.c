@@ -4,12 +4,18 @@
  * exit at once on a second one, reload on SIGHUP). */
 #include "app.h"
 
+#include <errno.h>
+#include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
 #include <unistd.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
 #include <event2/buffer.h>
 #include <event2/http.h>
@@ -142,7 +148,10 @@ static void readyz_cb(struct evhttp_request *req, void *arg)
 	bool schema = a->schema_version >= SCHEMA_VERSION;
 	char body[256];
 	snprintf(body, sizeof body, "postgres %s\nredis %s\nschema %d (needs %d)\n%s",
-	         pg ? "ok" : "down", rd ? "ok" : "down", a->schema_version, SCHEMA_VERSION,
+	         pg                             ? "ok"
+	         : pg_pool_stalled(a->pg, NULL) ? "not answering"
+	                                        : "down",
+	         rd ? "ok" : "down", a->schema_version, SCHEMA_VERSION,
 	         a->draining ? "draining\n" : "");
 	bool ok = pg && rd && schema && !a->draining;
 	reply_text(req, ok ? 200 : 503, ok ? "OK" : "Service Unavailable", "text/plain", body);
@@ -188,6 +197,9 @@ static void rpc_limits_from_cfg(const struct cfg *c, struct rpc_limits *l)
 	l->request_timeout_ms = c->request_timeout_ms;
 	l->idle_timeout_ms = c->idle_timeout_ms;
 	l->max_connections = c->max_connections;
+	l->max_per_client = c->max_connections_per_client;
+	l->header_timeout_ms = c->header_timeout_ms;
+	l->body_timeout_ms = c->body_timeout_ms;
 }
 
 static void drain_tick_cb(evutil_socket_t fd, short ev, void *arg)
@@ -231,7 +243,18 @@ static void signal_cb(evutil_socket_t sig, short ev, void *arg)
 		struct rpc_limits l;
 		rpc_limits_from_cfg(&a->cfg, &l);
 		rpc_server_set_limits(a->rpc, &l);
+		pg_pool_set_stall_timeout(a->pg, a->cfg.pg_stall_timeout_ms);
 		handlers_reload(a);
+		if (a->tls) {
+			if (tls_server_reload(a->tls, a->cfg.tls_cert_file, a->cfg.tls_key_file,
+			                      a->cfg.tls_client_ca_file, err, sizeof err))
+				log_error("tls reload failed, keeping the old certificate and key "
+				          "err=\"%s\"",
+				          err);
+			else
+				log_info("tls certificate and key reloaded cert=%s",
+				         a->cfg.tls_cert_file);
+		}
 		log_info("configuration reloaded");
 		return;
 	}
@@ -242,9 +265,121 @@ static void signal_cb(evutil_socket_t sig, short ev, void *arg)
 	app_begin_drain(a);
 }
 
+/* With tls_client_ca_file, an operator's node RPCs must come over a
+ * connection whose client certificate names that operator. Admins (who may
+ * call NodeService too) and tenants are bound by their token alone. */
+static bool peer_check(struct rpc_call *call, const struct principal *who, char *why, size_t len,
+                       void *arg)
+{
+	struct app *a = arg;
+	if (!tls_server_wants_client_certs(a->tls) || who->role != ROLE_OPERATOR)
+		return true;
+	int64_t op = tls_peer_operator(rpc_call_bufferevent(call));
+	if (op == (int64_t)who->operator_id && op > 0)
+		return true;
+	if (op == 0)
+		snprintf(
+		    why, len,
+		    "node RPCs need a client certificate (this server sets tls_client_ca_file); "
+		    "connect with the operator's certificate");
+	else if (op < 0)
+		snprintf(
+		    why, len,
+		    "the client certificate names no operator (want subject CN operator-%" PRIu64
+		    ")",
+		    who->operator_id);
+	else
+		snprintf(why, len,
+		         "the client certificate is operator %" PRId64
+		         "'s, the token operator %" PRIu64 "'s",
+		         op, who->operator_id);
+	log_warn("node rpc refused: client certificate does not match the token operator=%" PRIu64
+	         " cert_operator=%" PRId64 " method=%s",
+	         who->operator_id, op, rpc_method_path(call));
+	return false;
+}
+
+/* The plaintext loopback side door for scrapes and probes (metrics_listen). */
+static int metrics_listen(struct app *a, char *err, size_t err_len)
+{
+	char host[128];
+	snprintf(host, sizeof host, "%s", a->cfg.metrics_listen);
+	char *colon = strrchr(host, ':');
+	char *end = NULL;
+	long port = colon ? strtol(colon + 1, &end, 10) : -1;
+	if (!colon || end == colon + 1 || *end || port < 0 || port > 65535) {
+		snprintf(err, err_len, "metrics_listen: expected HOST:PORT, got \"%s\"",
+		         a->cfg.metrics_listen);
+		return -1;
+	}
+	*colon = '\0';
+	if (host[0] == '[' && colon > host + 1 && colon[-1] == ']') {
+		colon[-1] = '\0';
+		memmove(host, host + 1, strlen(host));
+	}
+	if (!tls_host_is_loopback(host)) {
+		snprintf(err, err_len,
+		         "metrics_listen: %s is not a loopback address (it is plaintext; use "
+		         "127.0.0.1 or ::1, or scrape /metrics on the TLS listener)",
+		         host);
+		return -1;
+	}
+	a->metrics_http = evhttp_new(a->base);
+	if (!a->metrics_http) {
+		snprintf(err, err_len, "out of memory");
+		return -1;
+	}
+	evhttp_set_allowed_methods(a->metrics_http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD);
+	evhttp_set_cb(a->metrics_http, "/healthz", healthz_cb, a);
+	evhttp_set_cb(a->metrics_http, "/readyz", readyz_cb, a);
+	evhttp_set_cb(a->metrics_http, "/metrics", metrics_cb, a);
+	struct evhttp_bound_socket *bs =
+	    evhttp_bind_socket_with_handle(a->metrics_http, host, (ev_uint16_t)port);
+	if (!bs) {
+		snprintf(err, err_len, "metrics_listen: cannot listen on %s: %s",
+		         a->cfg.metrics_listen, strerror(errno));
+		return -1;
+	}
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof ss;
+	int bound = (int)port;
+	if (!getsockname(evhttp_bound_socket_get_fd(bs), (struct sockaddr *)&ss, &sl))
+		bound = ss.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)
+		                                 : ntohs(((struct sockaddr_in *)&ss)->sin_port);
+	log_info("metrics endpoint up (plaintext, loopback) metrics_addr=%s:%d", host, bound);
+	return 0;
+}
+
 int app_start(struct app *a, char *err, size_t err_len)
 {
 	a->started_us = now_us();
+	bool tls = a->cfg.tls_cert_file[0] || a->cfg.tls_key_file[0];
+	if (!tls && a->cfg.tls_client_ca_file[0]) {
+		snprintf(err, err_len, "tls_client_ca_file needs tls_cert_file and tls_key_file");
+		return -1;
+	}
+	if (!tls && !tls_host_is_loopback(a->cfg.listen_host)) {
+		if (!a->cfg.allow_plaintext) {
+			snprintf(err, err_len,
+			         "listen_host %s is not a loopback address and TLS is off: set "
+			         "tls_cert_file and tls_key_file (or allow_plaintext=true behind a "
+			         "TLS terminator)",
+			         a->cfg.listen_host);
+			return -1;
+		}
+		log_warn("serving plaintext HTTP on a non-loopback address: bearer tokens cross "
+		         "the network unencrypted listen_host=%s allow_plaintext=true",
+		         a->cfg.listen_host);
+	}
+	if (tls) {
+		a->tls = tls_server_new(a->cfg.tls_cert_file, a->cfg.tls_key_file,
+		                        a->cfg.tls_client_ca_file, err, err_len);
+		if (!a->tls)
+			return -1;
+	}
+	char redacted[sizeof a->cfg.pg_conninfo];
+	cfg_redact_conninfo(a->cfg.pg_conninfo, redacted, sizeof redacted);
+	log_info("postgres conninfo=\"%s\"", redacted);
 	int v = migrate_current(a->cfg.pg_conninfo, err, err_len);
 	if (v < 0)
 		return -1;
@@ -266,18 +401,42 @@ int app_start(struct app *a, char *err, size_t err_len)
 		    SCHEMA_VERSION, m > 0 ? missing : "newer than the database's");
 		return -1;
 	}
+	/* the shipped speed model, for job types nothing was learned about */
+	char merr[512], mp[PATH_MAX], gp[PATH_MAX];
+	if (speeds_model_load(share_path("speed-model.csv", mp, sizeof mp),
+	                      share_path("gpu-roofline.csv", gp, sizeof gp), merr, sizeof merr))
+		log_warn("speed model not loaded: job types without learned speeds get no "
+		         "profile err=\"%s\"",
+		         merr);
 	a->pg = pg_pool_new(a->base, a->cfg.pg_conninfo, a->cfg.pg_pool_size, pg_statements);
+	char rpw[512] = "";
+	if (a->cfg.redis_password_file[0] &&
+	    cfg_read_secret_file("redis_password_file", a->cfg.redis_password_file, rpw, sizeof rpw,
+	                         err, err_len))
+		return -1;
+	if (rds_check_auth(a->cfg.redis_host, a->cfg.redis_port, rpw, err, err_len)) {
+		explicit_bzero(rpw, sizeof rpw);
+		return -1;
+	}
 	a->rds = rds_new(a->base, a->cfg.redis_host, a->cfg.redis_port, handler_scripts());
+	if (a->rds)
+		rds_set_password(a->rds, rpw);
+	explicit_bzero(rpw, sizeof rpw);
 	if (!a->pg || !a->rds || build_methods(a)) {
 		snprintf(err, err_len, "out of memory or bad store settings");
 		return -1;
 	}
+	pg_pool_set_stall_timeout(a->pg, a->cfg.pg_stall_timeout_ms);
 	struct rpc_limits l;
 	rpc_limits_from_cfg(&a->cfg, &l);
 	a->rpc = rpc_server_new(a->base, a->cfg.listen_host, a->cfg.listen_port, a->methods, &l,
 	                        auth_resolve, a, err, err_len);
 	if (!a->rpc)
 		return -1;
+	if (a->tls) {
+		rpc_server_set_bevcb(a->rpc, tls_server_bev_cb, a->tls);
+		rpc_server_set_peer_check(a->rpc, peer_check, a);
+	}
 	rpc_server_add_get(a->rpc, "/healthz", healthz_cb, a);
 	rpc_server_add_get(a->rpc, "/readyz", readyz_cb, a);
 	rpc_server_add_get(a->rpc, "/metrics", metrics_cb, a);
@@ -298,7 +457,11 @@ int app_start(struct app *a, char *err, size_t err_len)
 	event_add(a->sigterm_ev, NULL);
 	event_add(a->sigint_ev, NULL);
 	event_add(a->sighup_ev, NULL);
-	log_info("listening addr=%s:%d schema=%d", a->cfg.listen_host, rpc_server_port(a->rpc), v);
+	log_info("listening addr=%s:%d schema=%d tls=%s client_certs=%s", a->cfg.listen_host,
+	         rpc_server_port(a->rpc), v, a->tls ? "on" : "off",
+	         tls_server_wants_client_certs(a->tls) ? "on" : "off");
+	if (a->cfg.metrics_listen[0] && metrics_listen(a, err, err_len))
+		return -1;
 	return 0;
 }
 
@@ -315,6 +478,9 @@ void app_free(struct app *a)
 	if (a->sighup_ev)
 		event_free(a->sighup_ev);
 	rpc_server_free(a->rpc);
+	if (a->metrics_http)
+		evhttp_free(a->metrics_http);
+	tls_server_free(a->tls); /* after the listener: connections hold their own */
 	rds_free(a->rds);
 	pg_pool_free(a->pg);
 	speeds_clear(); /* after the pool: a reload in flight settles there */

@@ -12,8 +12,9 @@
 #include "pg.h"
 #include "rds.h"
 #include "rpc.h"
+#include "tls.h"
 
-#define SCHEMA_VERSION 13 /* newest migration this binary needs */
+#define SCHEMA_VERSION 18 /* newest migration this binary needs */
 
 struct app {
 	struct event_base *base;
@@ -21,7 +22,9 @@ struct app {
 	struct pg_pool *pg;
 	struct rds *rds;
 	struct rpc_server *rpc;
-	struct rpc_method *methods; /* built from the service descriptors */
+	struct tls_server *tls;      /* NULL: plaintext */
+	struct evhttp *metrics_http; /* metrics_listen, or NULL */
+	struct rpc_method *methods;  /* built from the service descriptors */
 	struct event *sigterm_ev, *sigint_ev, *sighup_ev, *drain_ev;
 	int term_signals; /* SIGTERM/SIGINT seen */
 	bool draining;

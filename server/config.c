@@ -4,6 +4,9 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <limits.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -42,7 +45,13 @@ static const struct key keys[] = {
 	{ "idle_timeout_ms", K_INT, N(idle_timeout_ms), "60000", 100, 3600000, true,
 	  "idle keep-alive connections are closed after this" },
 	{ "max_connections", K_INT, N(max_connections), "10000", 1, 1000000, true,
-	  "concurrent client connections" },
+	  "concurrent client connections, counted from accept (capped by the descriptor limit)" },
+	{ "max_connections_per_client", K_INT, N(max_connections_per_client), "256", 1, 1000000,
+	  true, "concurrent connections from one client address" },
+	{ "header_timeout_ms", K_INT, N(header_timeout_ms), "10000", 100, 600000, true,
+	  "a request's headers must arrive within this (answered 408, then closed)" },
+	{ "body_timeout_ms", K_INT, N(body_timeout_ms), "30000", 100, 600000, true,
+	  "a request's body must arrive within this after its headers" },
 	{ "long_poll_max_ms", K_INT, N(long_poll_max_ms), "30000", 0, 600000, true,
 	  "longest AcquireLease wait a node may ask for" },
 	{ "heartbeat_interval_ms", K_INT, N(heartbeat_interval_ms), "5000", 100, 600000, true,
@@ -51,6 +60,16 @@ static const struct key keys[] = {
 	  "a node silent this long is marked lost and its leases end" },
 	{ "lease_pickup_timeout_ms", K_INT, N(lease_pickup_timeout_ms), "60000", 100, 3600000, true,
 	  "an assigned lease not acquired by its node within this expires" },
+	{ "lease_offer_timeout_ms", K_INT, N(lease_offer_timeout_ms), "10000", 100, 3600000, true,
+	  "a lease handed out by AcquireLease and not confirmed by the agent within this is "
+	  "withdrawn: the job goes back to the queue, unbilled, no attempt counted" },
+	{ "test_die_after_lease_commit", K_INT, N(test_die_after_lease_commit), "0", 0, 1000000,
+	  false,
+	  "TEST ONLY (fault injection): gpumatchd kills itself (SIGKILL) after the Nth "
+	  "AcquireLease offer commits and before its reply is sent; 0 = off" },
+	{ "pg_stall_timeout_ms", K_INT, N(pg_stall_timeout_ms), "1500", 0, 600000, true,
+	  "Postgres busy with no answer this long counts as stalled: queries fail fast with "
+	  "unavailable and /readyz says not ready until it answers again (0 = off)" },
 	{ "cycle_interval_ms", K_INT, N(cycle_interval_ms), "1000", 1, 600000, true,
 	  "periodic scheduling cycle (events also trigger cycles)" },
 	{ "reconcile_interval_ms", K_INT, N(reconcile_interval_ms), "60000", 100, 86400000, true,
@@ -101,6 +120,20 @@ static const struct key keys[] = {
 	  "a claim or measurement above the model's peak by more than this flags a spoofed GPU" },
 	{ "probe_min_ratio_pct", K_INT, N(probe_min_ratio_pct), "25", 0, 100, true,
 	  "a probe proving less than this share of the claimed figure fails" },
+	{ "tls_cert_file", K_STR, S(tls_cert_file), "", 0, 0, false,
+	  "PEM certificate chain (leaf first) for TLS; re-read on SIGHUP (\"\": plaintext)" },
+	{ "tls_key_file", K_STR, S(tls_key_file), "", 0, 0, false,
+	  "PEM private key of tls_cert_file; re-read on SIGHUP" },
+	{ "tls_client_ca_file", K_STR, S(tls_client_ca_file), "", 0, 0, false,
+	  "CAs of agents' client certificates: operators' node RPCs then need one whose CN is "
+	  "operator-<id>" },
+	{ "allow_plaintext", K_BOOL, N(allow_plaintext), "false", 0, 0, false,
+	  "serve plaintext HTTP on a non-loopback listen_host (tokens cross the network in "
+	  "clear)" },
+	{ "metrics_listen", K_STR, S(metrics_listen), "", 0, 0, false,
+	  "extra plaintext loopback HOST:PORT serving /metrics, /healthz, /readyz (\"\": none)" },
+	{ "redis_password_file", K_STR, S(redis_password_file), "", 0, 0, false,
+	  "file holding the Redis password (mode 0600 or stricter; \"\": no AUTH)" },
 };
 
 #undef S
@@ -294,6 +327,123 @@ int cfg_reload(struct cfg *c, char *err, size_t err_len)
 	if (load_env(&n, true, err, err_len))
 		return -1;
 	*c = n;
+	return 0;
+}
+
+void cfg_redact_conninfo(const char *conninfo, char *out, size_t out_len)
+{
+	if (!out_len)
+		return;
+	size_t o = 0;
+	const char *p = conninfo ? conninfo : "";
+#define PUT(ch)                          \
+	do {                             \
+		if (o + 1 < out_len)     \
+			out[o++] = (ch); \
+	} while (0)
+	if (!strncmp(p, "postgres://", 11) || !strncmp(p, "postgresql://", 13)) {
+		/* URI: user:password@host — and ?password= in the query */
+		const char *auth = strstr(p, "://") + 3;
+		size_t alen = strcspn(auth, "/?");
+		const char *at = memrchr(auth, '@', alen);
+		const char *colon = at ? memchr(auth, ':', (size_t)(at - auth)) : NULL;
+		for (const char *q = p; *q; q++) {
+			if (colon && q == colon + 1) {
+				for (const char *r = "***"; *r; r++)
+					PUT(*r);
+				q = at - 1;
+				continue;
+			}
+			if ((q[0] == '?' || q[0] == '&') && !strncmp(q + 1, "password=", 9)) {
+				for (const char *r = q; r < q + 10; r++)
+					PUT(*r);
+				for (const char *r = "***"; *r; r++)
+					PUT(*r);
+				q += 10;
+				while (*q && *q != '&')
+					q++;
+				q--;
+				continue;
+			}
+			PUT(*q);
+		}
+		out[o] = '\0';
+		return;
+	}
+	/* key = value pairs; values may be 'quoted' with \ escapes */
+	while (*p) {
+		while (isspace((unsigned char)*p))
+			PUT(*p++);
+		const char *k = p;
+		while (*p && *p != '=' && !isspace((unsigned char)*p))
+			p++;
+		bool secret = (size_t)(p - k) == 8 && !strncmp(k, "password", 8);
+		for (const char *r = k; r < p; r++)
+			PUT(*r);
+		while (isspace((unsigned char)*p))
+			PUT(*p++);
+		if (*p != '=')
+			continue;
+		PUT(*p++);
+		while (isspace((unsigned char)*p))
+			PUT(*p++);
+		const char *v = p;
+		if (*p == '\'') {
+			p++;
+			while (*p && *p != '\'') {
+				if (*p == '\\' && p[1])
+					p++;
+				p++;
+			}
+			if (*p)
+				p++;
+		} else {
+			while (*p && !isspace((unsigned char)*p))
+				p++;
+		}
+		if (secret) {
+			for (const char *r = "***"; *r; r++)
+				PUT(*r);
+		} else {
+			for (const char *r = v; r < p; r++)
+				PUT(*r);
+		}
+	}
+	out[o] = '\0';
+#undef PUT
+}
+
+int cfg_read_secret_file(const char *key, const char *path, char *out, size_t out_len, char *err,
+                         size_t err_len)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+	struct stat st;
+	if (fd < 0 || fstat(fd, &st)) {
+		snprintf(err, err_len, "%s %s: %s", key, path, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		return -1;
+	}
+	if (!S_ISREG(st.st_mode) || (st.st_mode & 077)) {
+		snprintf(err, err_len,
+		         "%s %s: mode %03o lets group or others read it; chmod 600 it (or 400)",
+		         key, path, (unsigned)(st.st_mode & 0777));
+		close(fd);
+		return -1;
+	}
+	ssize_t n = read(fd, out, out_len - 1);
+	close(fd);
+	if (n < 0) {
+		snprintf(err, err_len, "%s %s: %s", key, path, strerror(errno));
+		return -1;
+	}
+	out[n] = '\0';
+	out[strcspn(out, "\r\n")] = '\0';
+	if (!*out || (size_t)n == out_len - 1) {
+		snprintf(err, err_len, "%s %s: %s", key, path,
+		         *out ? "longer than the longest secret accepted" : "empty");
+		return -1;
+	}
 	return 0;
 }
 

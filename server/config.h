@@ -22,10 +22,16 @@ struct cfg {
 	int request_timeout_ms;
 	int idle_timeout_ms;
 	int max_connections;
+	int max_connections_per_client;
+	int header_timeout_ms;
+	int body_timeout_ms;
 	int long_poll_max_ms;
 	int heartbeat_interval_ms;
 	int heartbeat_timeout_ms;
 	int lease_pickup_timeout_ms;
+	int lease_offer_timeout_ms;      /* AcquireLease -> ConfirmLease, else withdrawn */
+	int test_die_after_lease_commit; /* test-only: die after the Nth offer commits */
+	int pg_stall_timeout_ms;         /* no answer from Postgres this long: unavailable */
 	int cycle_interval_ms;
 	int reconcile_interval_ms;
 	int max_attempts;
@@ -50,6 +56,12 @@ struct cfg {
 	int probe_attempts_per_hour;      /* challenges per node per hour */
 	int probe_peak_margin_pct;        /* above peak x (1 + this/100): spoofed */
 	int probe_min_ratio_pct;          /* below claim x this/100: rejected */
+	char tls_cert_file[512];          /* PEM chain, leaf first; "" = plaintext */
+	char tls_key_file[512];           /* PEM private key */
+	char tls_client_ca_file[512];     /* CAs of agents' client certificates */
+	bool allow_plaintext;             /* plaintext on a non-loopback address */
+	char metrics_listen[128];         /* "HOST:PORT" plaintext loopback metrics; "" = none */
+	char redis_password_file[512];
 	char config_file[256];
 };
 
@@ -61,6 +73,16 @@ int cfg_load(struct cfg *c, int argc, char **argv, int first, char *err, size_t 
 /* Re-reads the file and environment into a copy and applies only the
  * reloadable keys to c. Returns 0, or -1 (c unchanged) with err. */
 int cfg_reload(struct cfg *c, char *err, size_t err_len);
+
+/* Copies conninfo (a libpq "key=value ..." string or a postgres:// URI) to
+ * out with every password replaced by "***", for logs and errors. */
+void cfg_redact_conninfo(const char *conninfo, char *out, size_t out_len);
+
+/* Reads a secret from the first line of path (trailing newline dropped)
+ * into out. Refuses a file group or others may read or write. Returns 0, or
+ * -1 with err naming key and path (never the content). */
+int cfg_read_secret_file(const char *key, const char *path, char *out, size_t out_len, char *err,
+                         size_t err_len);
 
 /* Writes every key, its default, whether it reloads, and what it means. */
 void cfg_print_help(FILE *out);

@@ -288,7 +288,8 @@ void conv_policy_in(const Gpumatch__V1__Policy *in, struct sched_policy *out)
 	out->w_speedup = in->w_speedup;
 	out->w_small_jobs = in->w_small_jobs;
 	out->w_short_jobs = in->w_short_jobs;
-	out->speedup_relative = in->speedup_relative;
+	out->comparative_advantage = in->comparative_advantage;
+	out->w_cost_per_work = in->w_cost_per_work;
 	out->preempt_shorter_factor = in->preempt_shorter_factor;
 	out->preempt_min_run_us = in->preempt_min_run_us;
 	out->w_frag = in->w_frag;
@@ -320,7 +321,8 @@ void conv_policy_out(const struct sched_policy *in, Gpumatch__V1__Policy *out)
 	out->w_speedup = in->w_speedup;
 	out->w_small_jobs = in->w_small_jobs;
 	out->w_short_jobs = in->w_short_jobs;
-	out->speedup_relative = in->speedup_relative;
+	out->comparative_advantage = in->comparative_advantage;
+	out->w_cost_per_work = in->w_cost_per_work;
 	out->preempt_shorter_factor = in->preempt_shorter_factor;
 	out->preempt_min_run_us = in->preempt_min_run_us;
 	out->w_frag = in->w_frag;

@@ -35,6 +35,7 @@ static const struct route routes[] = {
 	{ "/gpumatch.v1.NodeService/ListNodes", nodes_list },
 	{ "/gpumatch.v1.NodeService/Heartbeat", nodes_heartbeat },
 	{ "/gpumatch.v1.NodeService/AcquireLease", nodes_acquire_lease },
+	{ "/gpumatch.v1.NodeService/ConfirmLease", nodes_confirm_lease },
 	{ "/gpumatch.v1.NodeService/ReportLease", nodes_report_lease },
 	{ "/gpumatch.v1.NodeService/DrainNode", nodes_drain },
 	{ "/gpumatch.v1.NodeService/UndrainNode", nodes_undrain },

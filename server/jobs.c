@@ -19,7 +19,8 @@
 /* ---- building Job messages from rows -------------------------------------------- */
 
 #define JOB_COLS                                                                            \
-	"j.id, j.tenant_id, j.name, j.idempotency_key, j.spec_pb, j.state, j.attempts,"     \
+	"j.id, j.tenant_id, j.name, j.idempotency_key, j.spec_pb, j.state,"                 \
+	" j.attempts - j.attempts_withdrawn,"                                               \
 	" j.submitted_at_us, j.started_at_us, j.ended_at_us, j.updated_at_us,"              \
 	" j.failure_reason, j.failure_message, j.exit_code, j.term_signal, j.failure_node," \
 	" j.cost_micros + (SELECT coalesce(sum(l.posted_micros), 0) FROM leases l"          \
@@ -707,6 +708,79 @@ static bool valid_key(const char *s)
 	return true;
 }
 
+/* Bounds on a spec's free-form strings and lists (docs/jobs.md), so that no
+ * tenant can make the server store, page or hand out a job of many
+ * megabytes. The scheduler's own lists (regions, labels, speeds) are
+ * bounded in conv_job_spec. Returns 0, or -1 with field and why filled. */
+#define SPEC_MAX_IMAGE_BYTES   1024
+#define SPEC_MAX_WORKDIR_BYTES 1024
+#define SPEC_MAX_ARGS          256
+#define SPEC_MAX_ARG_BYTES     8192
+#define SPEC_MAX_ENV           256
+#define SPEC_MAX_ENV_KEY_BYTES 256
+#define SPEC_MAX_ENV_VAL_BYTES 8192
+#define SPEC_MAX_TOTAL_BYTES   (64 * 1024)
+
+static int spec_bounds(const Gpumatch__V1__JobSpec *sp, char *field, size_t flen, char *why,
+                       size_t wlen)
+{
+	if (sp->image && strlen(sp->image) > SPEC_MAX_IMAGE_BYTES) {
+		snprintf(field, flen, "spec.image");
+		snprintf(why, wlen, "at most %d bytes", SPEC_MAX_IMAGE_BYTES);
+		return -1;
+	}
+	if (sp->working_dir && strlen(sp->working_dir) > SPEC_MAX_WORKDIR_BYTES) {
+		snprintf(field, flen, "spec.workingDir");
+		snprintf(why, wlen, "at most %d bytes", SPEC_MAX_WORKDIR_BYTES);
+		return -1;
+	}
+	if (sp->n_command > SPEC_MAX_ARGS) {
+		snprintf(field, flen, "spec.command");
+		snprintf(why, wlen, "at most %d arguments, got %zu", SPEC_MAX_ARGS, sp->n_command);
+		return -1;
+	}
+	for (size_t i = 0; i < sp->n_command; i++)
+		if (strlen(sp->command[i]) > SPEC_MAX_ARG_BYTES) {
+			snprintf(field, flen, "spec.command[%zu]", i);
+			snprintf(why, wlen, "at most %d bytes", SPEC_MAX_ARG_BYTES);
+			return -1;
+		}
+	if (sp->n_env > SPEC_MAX_ENV) {
+		snprintf(field, flen, "spec.env");
+		snprintf(why, wlen, "at most %d variables, got %zu", SPEC_MAX_ENV, sp->n_env);
+		return -1;
+	}
+	for (size_t i = 0; i < sp->n_env; i++) {
+		const char *k = sp->env[i]->key ? sp->env[i]->key : "";
+		const char *v = sp->env[i]->value ? sp->env[i]->value : "";
+		bool ok = *k && strlen(k) <= SPEC_MAX_ENV_KEY_BYTES && !(*k >= '0' && *k <= '9');
+		for (const char *p = k; ok && *p; p++)
+			ok = (*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') ||
+			     (*p >= '0' && *p <= '9') || *p == '_';
+		if (!ok) {
+			snprintf(field, flen, "spec.env");
+			snprintf(why, wlen,
+			         "variable names are 1 to %d of A-Z a-z 0-9 _, not starting with a "
+			         "digit",
+			         SPEC_MAX_ENV_KEY_BYTES);
+			return -1;
+		}
+		if (strlen(v) > SPEC_MAX_ENV_VAL_BYTES) {
+			snprintf(field, flen, "spec.env[%.64s]", k);
+			snprintf(why, wlen, "at most %d bytes", SPEC_MAX_ENV_VAL_BYTES);
+			return -1;
+		}
+	}
+	size_t total = protobuf_c_message_get_packed_size(&sp->base);
+	if (total > SPEC_MAX_TOTAL_BYTES) {
+		snprintf(field, flen, "spec");
+		snprintf(why, wlen, "at most %d bytes encoded, got %zu", SPEC_MAX_TOTAL_BYTES,
+		         total);
+		return -1;
+	}
+	return 0;
+}
+
 void jobs_submit(struct rpc_call *call, const ProtobufCMessage *msg)
 {
 	const Gpumatch__V1__SubmitJobRequest *req = (const Gpumatch__V1__SubmitJobRequest *)msg;
@@ -734,6 +808,11 @@ void jobs_submit(struct rpc_call *call, const ProtobufCMessage *msg)
 	char field[256], why[256];
 	if (!st) {
 		rpc_error(call, RPC_INTERNAL, "out of memory");
+		return;
+	}
+	if (spec_bounds(req->spec, field, sizeof field, why, sizeof why)) {
+		free(st);
+		rpc_error(call, RPC_INVALID_ARGUMENT, "%s: %s", field, why);
 		return;
 	}
 	int64_t t0 = now_us();
@@ -789,6 +868,8 @@ void jobs_get(struct rpc_call *call, const ProtobufCMessage *msg)
 	load_and_reply(call, req->job_id, scope_tenant(call));
 }
 
+#define LIST_MAX_BYTES (1024 * 1024) /* one ListJobs page, encoded */
+
 struct list_ctx {
 	struct rpc_call *call;
 	int page_size;
@@ -813,6 +894,10 @@ static void list_cb(enum pg_status st, PGresult *res, const char *sqlstate, cons
 		rpc_error(lc->call, RPC_INTERNAL, "out of memory");
 		goto out;
 	}
+	/* pages are bounded by bytes too: a page stops before the job that
+	 * would take its answer past LIST_MAX_BYTES (one job always fits) */
+	size_t bytes = 0;
+	bool cut = false;
 	for (int i = 0; i < n; i++) {
 		if (job_from_row(res, i, &jobs[i], &sc[i])) {
 			rpc_error(lc->call, RPC_INTERNAL, "stored job could not be read");
@@ -820,9 +905,17 @@ static void list_cb(enum pg_status st, PGresult *res, const char *sqlstate, cons
 				job_scratch_free(&sc[q]);
 			goto out;
 		}
+		size_t sz = protobuf_c_message_get_packed_size(&jobs[i].base);
+		if (i > 0 && bytes + sz > LIST_MAX_BYTES) {
+			job_scratch_free(&sc[i]);
+			n = i;
+			cut = true;
+			break;
+		}
+		bytes += sz;
 		ptrs[i] = &jobs[i];
 	}
-	if (rows > lc->page_size && n > 0)
+	if ((rows > lc->page_size || cut) && n > 0)
 		page_token_encode(jobs[n - 1].id, token, sizeof token);
 	Gpumatch__V1__ListJobsResponse resp = GPUMATCH__V1__LIST_JOBS_RESPONSE__INIT;
 	resp.n_jobs = (size_t)n;

@@ -1393,22 +1393,28 @@ static void owner_report(struct rpc_call *call, enum report_kind kind, uint64_t 
 	}
 }
 
+uint64_t ledger_spend_tenant(struct rpc_call *call, uint64_t tenant_id)
+{
+	const struct principal *who = rpc_principal(call);
+	if (who->role == ROLE_TENANT) {
+		if (tenant_id && tenant_id != who->tenant_id) {
+			rpc_error(call, RPC_PERMISSION_DENIED,
+			          "tenantId: a tenant sees its own spend only");
+			return 0;
+		}
+		return who->tenant_id;
+	}
+	if (!tenant_id)
+		rpc_error(call, RPC_INVALID_ARGUMENT, "tenantId: required with an admin token");
+	return tenant_id;
+}
+
 void ledger_get_spend(struct rpc_call *call, const ProtobufCMessage *msg)
 {
 	const Gpumatch__V1__GetSpendRequest *req = (const void *)msg;
-	const struct principal *who = rpc_principal(call);
-	uint64_t tenant = req->tenant_id;
-	if (who->role == ROLE_TENANT) {
-		if (tenant && tenant != who->tenant_id) {
-			rpc_error(call, RPC_PERMISSION_DENIED,
-			          "tenantId: a tenant sees its own spend only");
-			return;
-		}
-		tenant = who->tenant_id;
-	} else if (!tenant) {
-		rpc_error(call, RPC_INVALID_ARGUMENT, "tenantId: required with an admin token");
+	uint64_t tenant = ledger_spend_tenant(call, req->tenant_id);
+	if (!tenant)
 		return;
-	}
 	owner_report(call, REP_SPEND, tenant, req->window);
 }
 

@@ -20,6 +20,10 @@ void ledger_audit(struct rpc_call *call, const ProtobufCMessage *req);
 void ledger_list_transfers(struct rpc_call *call, const ProtobufCMessage *req);
 void ledger_usage_report(struct rpc_call *call, const ProtobufCMessage *req);
 void ledger_revenue_report(struct rpc_call *call, const ProtobufCMessage *req);
+/* The tenant whose spend a GetSpend/GetSpendSeries call may read: a tenant
+ * token's own (another tenant_id is permission_denied), or the tenant_id an
+ * admin names (required). Returns 0 after answering the call with the error. */
+uint64_t ledger_spend_tenant(struct rpc_call *call, uint64_t tenant_id);
 void ledger_get_spend(struct rpc_call *call, const ProtobufCMessage *req);
 void ledger_get_earnings(struct rpc_call *call, const ProtobufCMessage *req);
 

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -580,6 +581,8 @@ void nodes_list(struct rpc_call *call, const ProtobufCMessage *msg)
 struct hb_ctx {
 	struct rpc_call *call;
 	uint64_t node_id;
+	size_t n_running;
+	uint64_t running[]; /* the request's running_lease_ids */
 };
 
 static void heartbeat_cb(enum pg_status st, PGresult *res, const char *ss, const char *err,
@@ -593,6 +596,14 @@ static void heartbeat_cb(enum pg_status st, PGresult *res, const char *ss, const
 	}
 	if (PQntuples(res) != 1) {
 		rpc_error(h->call, RPC_NOT_FOUND, "nodeId: node %" PRIu64 " not found", h->node_id);
+		free(h);
+		return;
+	}
+	if (!PQgetisnull(res, 0, 6)) {
+		int i = (int)col_i64(res, 0, 6) - 1;
+		rpc_error(h->call, RPC_INVALID_ARGUMENT,
+		          "runningLeaseIds[%d]: lease %" PRIu64 " is not a lease of node %" PRIu64,
+		          i, i >= 0 && (size_t)i < h->n_running ? h->running[i] : 0, h->node_id);
 		free(h);
 		return;
 	}
@@ -712,12 +723,27 @@ void nodes_heartbeat(struct rpc_call *call, const ProtobufCMessage *msg)
 	char health[256] = "";
 	if (gpu_health(req, &unhealthy, health, sizeof health, call))
 		return;
+	for (size_t i = 0; i < req->n_running_lease_ids; i++) {
+		for (size_t k = 0; k < i; k++) {
+			if (req->running_lease_ids[k] == req->running_lease_ids[i]) {
+				rpc_error(call, RPC_INVALID_ARGUMENT,
+				          "runningLeaseIds[%zu]: lease %" PRIu64 " listed twice", i,
+				          req->running_lease_ids[i]);
+				return;
+			}
+		}
+		if (!req->running_lease_ids[i]) {
+			rpc_error(call, RPC_INVALID_ARGUMENT,
+			          "runningLeaseIds[%zu]: 0 is not a lease", i);
+			return;
+		}
+	}
 	struct strbuf running = { 0 };
 	sb_puts(&running, "{");
 	for (size_t i = 0; i < req->n_running_lease_ids; i++)
 		sb_printf(&running, "%s%" PRIu64, i ? "," : "", req->running_lease_ids[i]);
 	sb_puts(&running, "}");
-	struct hb_ctx *h = malloc(sizeof *h);
+	struct hb_ctx *h = malloc(sizeof *h + req->n_running_lease_ids * sizeof(uint64_t));
 	if (!h || running.oom) {
 		free(h);
 		sb_free(&running);
@@ -726,6 +752,9 @@ void nodes_heartbeat(struct rpc_call *call, const ProtobufCMessage *msg)
 	}
 	h->call = call;
 	h->node_id = req->node_id;
+	h->n_running = req->n_running_lease_ids;
+	if (h->n_running)
+		memcpy(h->running, req->running_lease_ids, h->n_running * sizeof(uint64_t));
 	struct numbuf n, o, now, bad;
 	const char *params[] = {
 		fmt_u64(&n, req->node_id),         fmt_u64(&o, scope_operator(call)),
@@ -736,9 +765,18 @@ void nodes_heartbeat(struct rpc_call *call, const ProtobufCMessage *msg)
 	 * draining, cordoned and disabled ones keep their state. */
 	if (pg_exec(
 	        app_get()->pg, NULL,
-	        "WITH old AS (SELECT state, unhealthy_gpus FROM nodes WHERE id = $1::bigint"
+	        /* the first listed lease that is not this node's: refused, and
+	         * nothing changes */
+	        "WITH bad AS (SELECT min(x.o) AS o FROM unnest($4::bigint[]) WITH ORDINALITY x(id, "
+	        "o)"
+	        "   WHERE NOT EXISTS (SELECT 1 FROM leases l WHERE l.id = x.id"
+	        "     AND l.node_id = $1::bigint)),"
+	        " old AS (SELECT state, unhealthy_gpus FROM nodes WHERE id = $1::bigint"
 	        "   AND ($2::bigint = 0 OR operator_id = $2::bigint) AND state <> 6 FOR UPDATE),"
 	        " up AS (UPDATE nodes n SET last_heartbeat_us = $3::bigint,"
+	        "   running_leases = $4::bigint[],"
+	        "   leases_unlisted = EXISTS (SELECT 1 FROM leases l WHERE l.node_id = $1::bigint"
+	        "     AND l.state IN (2, 3) AND NOT (l.id = ANY ($4::bigint[]))),"
 	        "   heartbeats_received = heartbeats_received + 1,"
 	        "   state = CASE WHEN n.state = 1 THEN 2"
 	        "     WHEN n.state = 5 THEN (CASE WHEN n.admin_hold THEN 4 ELSE 2 END)"
@@ -748,7 +786,8 @@ void nodes_heartbeat(struct rpc_call *call, const ProtobufCMessage *msg)
 	        "   state_reason = CASE WHEN n.state IN (1, 5) THEN 'heartbeating'"
 	        "     ELSE n.state_reason END,"
 	        "   unhealthy_gpus = $5::bigint, health_reason = $6"
-	        "   FROM old WHERE n.id = $1::bigint RETURNING n.state, n.verification_status)"
+	        "   FROM old, bad WHERE n.id = $1::bigint AND bad.o IS NULL"
+	        "   RETURNING n.state, n.verification_status)"
 	        " SELECT up.state, up.verification_status, old.state,"
 	        "  (SELECT coalesce(string_agg(l.id || ':' || l.stop_deadline_us || ':' ||"
 	        "     l.stop_reason, ';'), '') FROM leases l"
@@ -756,8 +795,8 @@ void nodes_heartbeat(struct rpc_call *call, const ProtobufCMessage *msg)
 	        "  (SELECT coalesce(string_agg(x::text, ','), '') FROM unnest($4::bigint[]) x"
 	        "    WHERE NOT EXISTS (SELECT 1 FROM leases l WHERE l.id = x"
 	        "      AND l.node_id = $1::bigint AND l.state BETWEEN 2 AND 4))"
-	        "  , old.unhealthy_gpus <> $5::bigint"
-	        " FROM up, old",
+	        "  , old.unhealthy_gpus <> $5::bigint, bad.o"
+	        " FROM old CROSS JOIN bad LEFT JOIN up ON true",
 	        6, params, heartbeat_cb, h)) {
 		free(h);
 		rpc_error(call, RPC_UNAVAILABLE, "shutting down");
@@ -784,6 +823,7 @@ static struct {
 	struct event *poll_ev;
 	bool draining;
 	bool scanning; /* the timer's query for nodes with leases to hand out */
+	uint64_t offers_committed; /* for test_die_after_lease_commit */
 } W;
 
 static void waiter_link(struct waiter *w)
@@ -811,7 +851,9 @@ static void try_claim(struct waiter *w);
 #define LEASE_COLS                                                                           \
 	"l.id, l.job_id, l.node_id, l.gpu_mask, l.state, l.assigned_at_us, l.started_at_us," \
 	" l.deadline_us, l.ended_at_us, l.stop_deadline_us, l.fencing_token, l.gang_index,"  \
-	" l.gang_size, l.last_report_seq, l.exit_code, l.term_signal, l.price_micros"
+	" l.gang_size, l.last_report_seq, l.exit_code, l.term_signal, l.price_micros,"       \
+	" l.offered_at_us"
+#define LEASE_NCOLS 18
 
 struct lease_scratch {
 	uint32_t gpus[SCHED_MAX_GPUS_PER_NODE];
@@ -844,6 +886,7 @@ static void lease_from_row(const PGresult *r, int row, int c0, Gpumatch__V1__Lea
 	l->exit_code = (int32_t)col_i64(r, row, c0 + 14);
 	l->term_signal = (int32_t)col_i64(r, row, c0 + 15);
 	l->price_per_gpu_hour_micros = col_i64(r, row, c0 + 16);
+	l->offered_at_us = col_i64(r, row, c0 + 17);
 }
 
 static void waiter_finish(struct waiter *w)
@@ -866,21 +909,31 @@ static void claim_cb(enum pg_status st, PGresult *res, const char *ss, const cha
 		return;
 	}
 	if (PQntuples(res) == 1) {
-		/* columns: LEASE_COLS (17), spec_pb, job name, tenant */
+		/* columns: LEASE_COLS, spec_pb, job name, tenant */
 		Gpumatch__V1__AcquireLeaseResponse resp =
 		    GPUMATCH__V1__ACQUIRE_LEASE_RESPONSE__INIT;
 		Gpumatch__V1__Lease lease;
 		struct lease_scratch ls;
 		lease_from_row(res, 0, 0, &lease, &ls);
 		size_t len;
-		uint8_t *raw = col_bytea(res, 0, 17, &len);
+		uint8_t *raw = col_bytea(res, 0, LEASE_NCOLS, &len);
 		Gpumatch__V1__JobSpec *spec =
 		    raw ? gpumatch__v1__job_spec__unpack(NULL, len, raw) : NULL;
 		free(raw);
 		resp.lease = &lease;
 		resp.spec = spec;
-		resp.job_name = PQgetvalue(res, 0, 18);
-		resp.tenant_id = col_u64(res, 0, 19);
+		resp.job_name = PQgetvalue(res, 0, LEASE_NCOLS + 1);
+		resp.tenant_id = col_u64(res, 0, LEASE_NCOLS + 2);
+		int die_after = app_get()->cfg.test_die_after_lease_commit;
+		if (die_after > 0 && ++W.offers_committed >= (uint64_t)die_after) {
+			/* fault injection for tests: the offer is committed, its
+			 * reply is never sent */
+			log_warn(
+			    "test_die_after_lease_commit: dying after the offer of lease=%" PRIu64
+			    " committed, before its reply",
+			    lease.id);
+			raise(SIGKILL);
+		}
 		rpc_reply(w->call, &resp.base);
 		if (spec)
 			protobuf_c_message_free_unpacked(&spec->base, NULL);
@@ -913,7 +966,7 @@ static void try_claim(struct waiter *w)
 	            "   WHERE l.node_id = $1::bigint AND l.state = 1"
 	            "   AND ($2::bigint = 0 OR nd.operator_id = $2::bigint)"
 	            "   ORDER BY l.id LIMIT 1 FOR UPDATE OF l SKIP LOCKED),"
-	            " u AS (UPDATE leases l SET state = 2, started_at_us = $3::bigint FROM c"
+	            " u AS (UPDATE leases l SET state = 2, offered_at_us = $3::bigint FROM c"
 	            "   WHERE l.id = c.id RETURNING l.*)"
 	            " SELECT " LEASE_COLS ", j.spec_pb, j.name, j.tenant_id"
 	            " FROM u l JOIN jobs j ON j.id = l.job_id",
@@ -1087,7 +1140,7 @@ void nodes_acquire_lease(struct rpc_call *call, const ProtobufCMessage *msg)
 
 struct report_ctx {
 	struct rpc_call *call;
-	uint64_t lease_id;
+	uint64_t lease_id, node_id, seq;
 	bool duplicate;
 	bool succeeded;   /* reported SUCCEEDED: a sample for the learned speeds */
 	double work_done; /* ReportLeaseRequest.work_done */
@@ -1113,7 +1166,7 @@ static void report_lease_row_cb(enum pg_status st, PGresult *res, const char *ss
 			cmd.lease_id = lease.id;
 			cmd.action = GPUMATCH__V1__LEASE_ACTION__LEASE_ACTION_STOP;
 			cmd.deadline_us = lease.stop_deadline_us;
-			cmd.reason = PQgetvalue(res, 0, 17);
+			cmd.reason = PQgetvalue(res, 0, LEASE_NCOLS);
 		} else {
 			cmd.lease_id = lease.id;
 			cmd.action = lease.state <= GPUMATCH__V1__LEASE_STATE__LEASE_STATE_RUNNING
@@ -1142,9 +1195,32 @@ static void report_cb(enum pg_status st, PGresult *res, const char *ss, const ch
 		free(rc);
 		return;
 	}
+	if (!strcmp(status, "other_node")) {
+		rpc_error(rc->call, RPC_FAILED_PRECONDITION,
+		          "leaseId: lease %" PRIu64 " is not a lease of node %" PRIu64,
+		          rc->lease_id, rc->node_id);
+		free(rc);
+		return;
+	}
 	if (!strcmp(status, "stale")) {
 		rpc_error(rc->call, RPC_FAILED_PRECONDITION,
 		          "fencingToken: does not match the lease's; the lease was re-placed");
+		free(rc);
+		return;
+	}
+	if (!strcmp(status, "out_of_order")) {
+		rpc_error(rc->call, RPC_FAILED_PRECONDITION,
+		          "seq: %" PRIu64 " is older than the last report applied to lease %" PRIu64
+		          " (%s); reports of a lease carry increasing seq",
+		          rc->seq, rc->lease_id, PQgetvalue(res, 0, 5));
+		free(rc);
+		return;
+	}
+	if (!strcmp(status, "not_offered")) {
+		rpc_error(rc->call, RPC_FAILED_PRECONDITION,
+		          "leaseId: lease %" PRIu64
+		          " was not handed to this node yet (AcquireLease)",
+		          rc->lease_id);
 		free(rc);
 		return;
 	}
@@ -1181,10 +1257,21 @@ void nodes_report_lease(struct rpc_call *call, const ProtobufCMessage *msg)
 	}
 	if (req->state != GPUMATCH__V1__LEASE_STATE__LEASE_STATE_RUNNING &&
 	    req->state != GPUMATCH__V1__LEASE_STATE__LEASE_STATE_SUCCEEDED &&
-	    req->state != GPUMATCH__V1__LEASE_STATE__LEASE_STATE_FAILED) {
+	    req->state != GPUMATCH__V1__LEASE_STATE__LEASE_STATE_FAILED &&
+	    req->state != GPUMATCH__V1__LEASE_STATE__LEASE_STATE_EXPIRED) {
 		rpc_error(call, RPC_INVALID_ARGUMENT,
-		          "state: must be LEASE_STATE_RUNNING, LEASE_STATE_SUCCEEDED or "
-		          "LEASE_STATE_FAILED");
+		          "state: must be LEASE_STATE_RUNNING, LEASE_STATE_SUCCEEDED, "
+		          "LEASE_STATE_FAILED or LEASE_STATE_EXPIRED");
+		return;
+	}
+	if (req->started_at_us < 0 || req->exited_at_us < 0) {
+		rpc_error(call, RPC_INVALID_ARGUMENT, "%s: must not be negative",
+		          req->started_at_us < 0 ? "startedAtUs" : "exitedAtUs");
+		return;
+	}
+	if (req->exited_at_us && req->state == GPUMATCH__V1__LEASE_STATE__LEASE_STATE_RUNNING) {
+		rpc_error(call, RPC_INVALID_ARGUMENT,
+		          "exitedAtUs: only with a final state (SUCCEEDED, FAILED, EXPIRED)");
 		return;
 	}
 	if (req->state == GPUMATCH__V1__LEASE_STATE__LEASE_STATE_SUCCEEDED &&
@@ -1215,9 +1302,11 @@ void nodes_report_lease(struct rpc_call *call, const ProtobufCMessage *msg)
 	}
 	rc->call = call;
 	rc->lease_id = req->lease_id;
+	rc->node_id = req->node_id;
+	rc->seq = req->seq;
 	rc->succeeded = req->state == GPUMATCH__V1__LEASE_STATE__LEASE_STATE_SUCCEEDED;
 	rc->work_done = req->work_done;
-	struct numbuf l, n, o, f, s, st, ex, sg, now, ma;
+	struct numbuf l, n, o, f, s, st, ex, sg, now, ma, sa, ea, hi;
 	const char *params[] = { fmt_u64(&l, req->lease_id),
 		                 fmt_u64(&n, req->node_id),
 		                 fmt_u64(&o, scope_operator(call)),
@@ -1228,13 +1317,151 @@ void nodes_report_lease(struct rpc_call *call, const ProtobufCMessage *msg)
 		                 fmt_i64(&sg, req->term_signal),
 		                 req->message,
 		                 fmt_i64(&now, now_us()),
-		                 fmt_i64(&ma, app_get()->cfg.max_attempts) };
+		                 fmt_i64(&ma, app_get()->cfg.max_attempts),
+		                 fmt_i64(&sa, req->started_at_us),
+		                 fmt_i64(&ea, req->exited_at_us),
+		                 fmt_i64(&hi,
+		                         (int64_t)app_get()->cfg.heartbeat_interval_ms * 1000) };
 	if (pg_exec(app_get()->pg, NULL,
-	            "SELECT status, job_id, job_state, job_done, requeued FROM gm_report_lease("
+	            "SELECT r.status, r.job_id, r.job_state, r.job_done, r.requeued,"
+	            " (SELECT last_report_seq FROM leases WHERE id = $1::bigint)"
+	            " FROM gm_report_lease("
 	            "$1::bigint, $2::bigint, $3::bigint, $4::bigint, $5::bigint, $6::smallint,"
-	            " $7::integer, $8::integer, $9, $10::bigint, $11::integer)",
-	            11, params, report_cb, rc)) {
+	            " $7::integer, $8::integer, $9, $10::bigint, $11::integer, $12::bigint,"
+	            " $13::bigint, $14::bigint) r",
+	            14, params, report_cb, rc)) {
 		free(rc);
+		rpc_error(call, RPC_UNAVAILABLE, "shutting down");
+	}
+}
+
+/* ---- ConfirmLease ----------------------------------------------------------------------------- */
+
+struct confirm_ctx {
+	struct rpc_call *call;
+	uint64_t lease_id, node_id;
+	bool duplicate;
+};
+
+static void confirm_row_cb(enum pg_status st, PGresult *res, const char *ss, const char *err,
+                           void *arg)
+{
+	struct confirm_ctx *cc = arg;
+	if (st != PG_OK) {
+		reply_pg_error(cc->call, st, ss, err);
+	} else if (PQntuples(res) != 1) {
+		rpc_error(cc->call, RPC_NOT_FOUND, "leaseId: not found");
+	} else {
+		Gpumatch__V1__ConfirmLeaseResponse resp =
+		    GPUMATCH__V1__CONFIRM_LEASE_RESPONSE__INIT;
+		Gpumatch__V1__Lease lease;
+		struct lease_scratch ls;
+		lease_from_row(res, 0, 0, &lease, &ls);
+		if (lease.state != GPUMATCH__V1__LEASE_STATE__LEASE_STATE_RUNNING) {
+			/* ended (or told to stop) between the confirmation and now */
+			rpc_error(cc->call, RPC_FAILED_PRECONDITION,
+			          "leaseId: lease %" PRIu64 " is no longer to be run (state %d); "
+			          "do not run it",
+			          cc->lease_id, (int)lease.state);
+			free(cc);
+			return;
+		}
+		resp.lease = &lease;
+		resp.duplicate = cc->duplicate;
+		rpc_reply(cc->call, &resp.base);
+	}
+	free(cc);
+}
+
+static void confirm_cb(enum pg_status st, PGresult *res, const char *ss, const char *err, void *arg)
+{
+	struct confirm_ctx *cc = arg;
+	if (st != PG_OK) {
+		reply_pg_error(cc->call, st, ss, err);
+		free(cc);
+		return;
+	}
+	const char *status = PQntuples(res) == 1 ? PQgetvalue(res, 0, 0) : "not_found";
+	const char *why = NULL;
+	enum rpc_code code = RPC_FAILED_PRECONDITION;
+	char buf[256];
+	if (!strcmp(status, "not_found")) {
+		code = RPC_NOT_FOUND;
+		snprintf(buf, sizeof buf, "leaseId: lease %" PRIu64 " not found", cc->lease_id);
+		why = buf;
+	} else if (!strcmp(status, "other_node")) {
+		snprintf(buf, sizeof buf,
+		         "leaseId: lease %" PRIu64 " is not a lease of node %" PRIu64, cc->lease_id,
+		         cc->node_id);
+		why = buf;
+	} else if (!strcmp(status, "stale")) {
+		why = "fencingToken: does not match the lease's; the lease was re-placed";
+	} else if (!strcmp(status, "not_offered")) {
+		snprintf(buf, sizeof buf,
+		         "leaseId: lease %" PRIu64
+		         " was not handed to this node yet (AcquireLease)",
+		         cc->lease_id);
+		why = buf;
+	} else if (!strcmp(status, "withdrawn")) {
+		snprintf(buf, sizeof buf,
+		         "leaseId: the offer of lease %" PRIu64
+		         " was withdrawn (not confirmed in time); do not run it",
+		         cc->lease_id);
+		why = buf;
+	} else if (!strcmp(status, "ended")) {
+		snprintf(buf, sizeof buf, "leaseId: lease %" PRIu64 " has ended; do not run it",
+		         cc->lease_id);
+		why = buf;
+	}
+	if (why) {
+		rpc_error(cc->call, code, "%s", why);
+		free(cc);
+		return;
+	}
+	cc->duplicate = !strcmp(status, "duplicate");
+	if (!cc->duplicate)
+		log_debug("lease confirmed lease=%" PRIu64 " node=%" PRIu64, cc->lease_id,
+		          cc->node_id);
+	struct numbuf l;
+	const char *params[] = { fmt_u64(&l, cc->lease_id) };
+	if (pg_exec(app_get()->pg, NULL,
+	            "SELECT " LEASE_COLS " FROM leases l WHERE l.id = $1::bigint", 1, params,
+	            confirm_row_cb, cc)) {
+		rpc_error(cc->call, RPC_UNAVAILABLE, "shutting down");
+		free(cc);
+	}
+}
+
+void nodes_confirm_lease(struct rpc_call *call, const ProtobufCMessage *msg)
+{
+	const Gpumatch__V1__ConfirmLeaseRequest *req =
+	    (const Gpumatch__V1__ConfirmLeaseRequest *)msg;
+	if (!req->node_id || !req->lease_id) {
+		rpc_error(call, RPC_INVALID_ARGUMENT, "%s: required",
+		          req->node_id ? "leaseId" : "nodeId");
+		return;
+	}
+	if (req->started_at_us < 0) {
+		rpc_error(call, RPC_INVALID_ARGUMENT, "startedAtUs: must not be negative");
+		return;
+	}
+	struct confirm_ctx *cc = calloc(1, sizeof *cc);
+	if (!cc) {
+		rpc_error(call, RPC_INTERNAL, "out of memory");
+		return;
+	}
+	cc->call = call;
+	cc->lease_id = req->lease_id;
+	cc->node_id = req->node_id;
+	struct numbuf l, n, o, f, sa, now;
+	const char *params[] = { fmt_u64(&l, req->lease_id),        fmt_u64(&n, req->node_id),
+		                 fmt_u64(&o, scope_operator(call)), fmt_u64(&f, req->fencing_token),
+		                 fmt_i64(&sa, req->started_at_us),  fmt_i64(&now, now_us()) };
+	if (pg_exec(app_get()->pg, NULL,
+	            "SELECT status, job_id FROM gm_confirm_lease($1::bigint, $2::bigint,"
+	            " $3::bigint, $4::bigint, $5::bigint, $6::bigint)",
+	            6, params, confirm_cb, cc)) {
+		free(cc);
 		rpc_error(call, RPC_UNAVAILABLE, "shutting down");
 	}
 }

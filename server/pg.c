@@ -61,7 +61,8 @@ struct pg_conn {
 	int stmt_next; /* index into pool->stmts while preparing */
 	bool flushing; /* PQflush returned 1: output still pending */
 	struct pg_query *q;
-	PGresult *res; /* first result of the current command */
+	int64_t sent_us; /* monotonic: when q was sent */
+	PGresult *res;   /* first result of the current command */
 };
 
 struct pg_pool {
@@ -74,8 +75,18 @@ struct pg_pool {
 	struct pg_qlist failed; /* failed fast: callbacks run from defer_ev */
 	struct event *queue_timer;
 	struct event *defer_ev;
+	struct event *stall_ev; /* every 250 ms: the stall check */
 	int queue_timeout_ms;
 	int query_timeout_ms;
+	int stall_timeout_ms; /* 0: off */
+	int64_t progress_us;  /* monotonic: the last time Postgres answered anything */
+	bool stalled;         /* queries waited stall_timeout_ms with no answer */
+	uint64_t stalls;      /* stalls declared so far */
+	int64_t checked_us;   /* monotonic: the last stall check */
+	/* a fresh connection opened when queries wait with no answer: a busy
+	 * Postgres (locks, long queries) still accepts it, a stalled one not */
+	PGconn *probe;
+	struct event *probe_ev;
 	int nup;
 	bool starting; /* no first attempt settled yet: queue instead of failing */
 	bool closing;
@@ -84,6 +95,10 @@ struct pg_pool {
 
 static void conn_io_cb(evutil_socket_t fd, short what, void *arg);
 static void pool_dispatch(struct pg_pool *p);
+static bool conn_lost(struct pg_conn *c, const char *err);
+
+/* Postgres answered: not stalled (any more). */
+static void pool_progress(struct pg_pool *p);
 
 static void *pg_oom(void)
 {
@@ -252,9 +267,90 @@ static void queue_timer_arm(struct pg_pool *p)
 		return;
 	}
 	int64_t due_us = p->queue.head->queued_us + (int64_t)p->queue_timeout_ms * 1000;
+	if (p->stall_timeout_ms > 0 && !p->stalled) {
+		int64_t from = p->queue.head->queued_us > p->progress_us ? p->queue.head->queued_us
+		                                                         : p->progress_us;
+		int64_t stall_due = from + (int64_t)p->stall_timeout_ms * 1000;
+		if (stall_due < due_us)
+			due_us = stall_due;
+	}
 	int64_t wait_ms = (due_us - mono_us() + 999) / 1000;
 	struct timeval tv = ms_tv(wait_ms);
 	evtimer_add(p->queue_timer, &tv);
+}
+
+static void probe_close(struct pg_pool *p)
+{
+	if (p->probe_ev) {
+		event_free(p->probe_ev);
+		p->probe_ev = NULL;
+	}
+	if (p->probe) {
+		PQfinish(p->probe);
+		p->probe = NULL;
+	}
+}
+
+static void probe_cb(evutil_socket_t fd, short what, void *arg);
+
+static void probe_watch(struct pg_pool *p, short what)
+{
+	if (p->probe_ev) {
+		event_free(p->probe_ev);
+		p->probe_ev = NULL;
+	}
+	int fd = PQsocket(p->probe);
+	if (fd < 0 || !(p->probe_ev = event_new(p->base, fd, what, probe_cb, p)) ||
+	    event_add(p->probe_ev, NULL))
+		probe_close(p);
+}
+
+static void probe_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct pg_pool *p = arg;
+	(void)fd;
+	(void)what;
+	switch (PQconnectPoll(p->probe)) {
+	case PGRES_POLLING_OK:
+		/* Postgres answers: busy, not stalled */
+		probe_close(p);
+		pool_progress(p);
+		break;
+	case PGRES_POLLING_READING:
+		probe_watch(p, EV_READ);
+		break;
+	case PGRES_POLLING_WRITING:
+		probe_watch(p, EV_WRITE);
+		break;
+	default:
+		probe_close(p);
+		break;
+	}
+}
+
+static void probe_start(struct pg_pool *p)
+{
+	if (p->probe)
+		return;
+	p->probe = PQconnectStart(p->conninfo);
+	if (!p->probe || PQstatus(p->probe) == CONNECTION_BAD) {
+		probe_close(p);
+		return;
+	}
+	probe_watch(p, EV_WRITE);
+}
+
+/* True when a query has waited at least us for a connection or for its
+ * answer. */
+static bool pool_waited(const struct pg_pool *p, int64_t now, int64_t us)
+{
+	if (p->queue.head && now - p->queue.head->queued_us >= us)
+		return true;
+	for (int i = 0; i < p->size; i++)
+		if (p->conns[i].state == CONN_BUSY && p->conns[i].q &&
+		    now - p->conns[i].sent_us >= us)
+			return true;
+	return false;
 }
 
 static void queue_timer_cb(evutil_socket_t fd, short what, void *arg)
@@ -263,6 +359,35 @@ static void queue_timer_cb(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	int64_t now = mono_us();
+	int64_t stall_us = (int64_t)p->stall_timeout_ms * 1000;
+	/* this process itself was stopped (its loop came late): it could not
+	 * see answers either, so that is not Postgres's stall */
+	bool loop_late = p->checked_us && now - p->checked_us > 1000000;
+	p->checked_us = now;
+	/* half-way to a stall: ask Postgres for a new connection */
+	if (stall_us > 0 && !p->stalled && !loop_late && pool_waited(p, now, stall_us / 2) &&
+	    now - p->progress_us >= stall_us / 2)
+		probe_start(p);
+	if (stall_us > 0 && !p->stalled && !loop_late && pool_waited(p, now, stall_us) &&
+	    now - p->progress_us >= stall_us) {
+		/* A query waited stall_timeout_ms (for a connection or for its
+		 * answer) and no connection got any answer meanwhile: Postgres is stalled (stopped, its host
+		 * frozen). Fail fast until it answers again: the waiting queries,
+		 * the ones on its connections (they may have run), new ones. */
+		p->stalled = true;
+		p->stalls++;
+		log_warn("postgres is not answering: failing queries fast until it does "
+		         "stall_timeout_ms=%d queued=%d",
+		         p->stall_timeout_ms, p->queue.n);
+		pool_fail_queue(p, "postgres is not answering");
+		for (int i = 0; i < p->size; i++) {
+			if (p->conns[i].state == CONN_BUSY &&
+			    !conn_lost(&p->conns[i], "postgres is not answering"))
+				return;
+		}
+		queue_timer_arm(p);
+		return;
+	}
 	while (p->queue.head &&
 	       p->queue.head->queued_us + (int64_t)p->queue_timeout_ms * 1000 <= now) {
 		struct pg_query *q = qlist_pop(&p->queue);
@@ -428,10 +553,21 @@ static void conn_connect(struct pg_conn *c)
 		conn_drop(c, PQerrorMessage(c->pg));
 }
 
+static void pool_progress(struct pg_pool *p)
+{
+	p->progress_us = mono_us();
+	probe_close(p);
+	if (p->stalled) {
+		p->stalled = false;
+		log_info("postgres answers again");
+	}
+}
+
 static void conn_up(struct pg_conn *c)
 {
 	struct pg_pool *p = c->pool;
 
+	pool_progress(p);
 	c->state = CONN_IDLE;
 	evtimer_del(c->timer);
 	p->nup++;
@@ -526,6 +662,7 @@ static void conn_send(struct pg_conn *c, struct pg_query *q)
 		return;
 	}
 	c->q = q;
+	c->sent_us = mono_us();
 	conn_timer_ms(c, p->query_timeout_ms);
 }
 
@@ -565,6 +702,7 @@ static void conn_command_done(struct pg_conn *c)
 	c->q = NULL;
 	c->state = CONN_IDLE;
 	evtimer_del(c->timer);
+	pool_progress(p);
 
 	enum pg_status st;
 	const char *sqlstate = "";
@@ -723,8 +861,11 @@ struct pg_pool *pg_pool_new(struct event_base *base, const char *conninfo, int s
 	p->conns = xcalloc((size_t)size, sizeof *p->conns);
 	p->queue_timer = evtimer_new(base, queue_timer_cb, p);
 	p->defer_ev = evtimer_new(base, defer_cb, p);
-	if (!p->queue_timer || !p->defer_ev)
+	p->stall_ev = event_new(base, -1, EV_PERSIST, queue_timer_cb, p);
+	if (!p->queue_timer || !p->defer_ev || !p->stall_ev)
 		pg_oom();
+	struct timeval quarter = { 0, 250000 };
+	event_add(p->stall_ev, &quarter);
 	/* Connecting starts on the first loop turn, all connections at once. */
 	struct timeval zero = { 0, 0 };
 	for (int i = 0; i < size; i++) {
@@ -770,7 +911,9 @@ void pg_pool_free(struct pg_pool *p)
 	}
 	event_free(p->queue_timer);
 	event_free(p->defer_ev);
-	p->queue_timer = p->defer_ev = NULL;
+	event_free(p->stall_ev);
+	p->queue_timer = p->defer_ev = p->stall_ev = NULL;
+	probe_close(p);
 	p->nup = 0;
 	p->in_cb--;
 	if (p->in_cb == 0)
@@ -823,6 +966,10 @@ int pg_exec_bin(struct pg_pool *p, const char *name, const char *sql, int nparam
 		query_fail_later(p, q, "postgres unavailable");
 		return 0;
 	}
+	if (p->stalled) {
+		query_fail_later(p, q, "postgres is not answering");
+		return 0;
+	}
 	if (p->queue.n >= PG_QUEUE_MAX) {
 		query_fail_later(p, q, "postgres queue full");
 		return 0;
@@ -834,7 +981,23 @@ int pg_exec_bin(struct pg_pool *p, const char *name, const char *sql, int nparam
 
 bool pg_pool_ready(const struct pg_pool *p)
 {
-	return p && !p->closing && p->nup > 0;
+	return p && !p->closing && p->nup > 0 && !p->stalled;
+}
+
+bool pg_pool_stalled(const struct pg_pool *p, uint64_t *stalls)
+{
+	if (stalls)
+		*stalls = p ? p->stalls : 0;
+	return p && p->stalled;
+}
+
+void pg_pool_set_stall_timeout(struct pg_pool *p, int ms)
+{
+	if (!p || ms < 0)
+		return;
+	p->stall_timeout_ms = ms;
+	if (!p->closing)
+		queue_timer_arm(p);
 }
 
 void pg_pool_stats(const struct pg_pool *p, int *up, int *busy, int *queued)

@@ -7,6 +7,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include <event2/event.h>
 #include <libpq-fe.h>
@@ -69,6 +70,16 @@ int pg_exec_bin(struct pg_pool *p, const char *name, const char *sql, int nparam
 
 /* True when at least one connection is up. */
 bool pg_pool_ready(const struct pg_pool *p);
+
+/* True while Postgres is stalled: a query waited the stall timeout for a
+ * connection and no connection got any answer meanwhile. Queries then fail
+ * at once with PG_UNAVAILABLE (those on its connections too: they may have
+ * run) until a connection answers again. stalls (may be NULL) counts the
+ * stalls declared so far. */
+bool pg_pool_stalled(const struct pg_pool *p, uint64_t *stalls);
+
+/* The stall timeout (default 0: off). */
+void pg_pool_set_stall_timeout(struct pg_pool *p, int ms);
 
 /* Connections up, busy, queued queries (for /metrics). */
 void pg_pool_stats(const struct pg_pool *p, int *up, int *busy, int *queued);

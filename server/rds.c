@@ -62,6 +62,7 @@ struct rds {
 	struct event_base *base;
 	char *host;
 	int port;
+	char *password; /* NULL: no AUTH */
 	const struct rds_script *scripts;
 	int nscripts;
 	char (*sha)[41]; /* per script, from SCRIPT LOAD */
@@ -312,6 +313,17 @@ static void reply_cb(redisAsyncContext *ac, void *reply_v, void *privdata)
 		cb(reply, err, arg);
 }
 
+static void auth_cb(redisAsyncContext *ac, void *reply_v, void *privdata)
+{
+	redisReply *reply = reply_v;
+	struct rds *r = ac->data;
+	(void)privdata;
+	if (r && reply && reply->type == REDIS_REPLY_ERROR)
+		log_error("redis refused the password from redis_password_file host=%s port=%d "
+		          "err=\"%s\"",
+		          r->host, r->port, reply->str);
+}
+
 static void connect_cb(const redisAsyncContext *cac, int status)
 {
 	struct rds *r = cac->data;
@@ -330,6 +342,13 @@ static void connect_cb(const redisAsyncContext *cac, int status)
 	 * after this returns, outside any callback guard. */
 	r->state = RDS_LOADING;
 	redisEnableKeepAlive(&ac->c);
+	if (r->password) {
+		/* Redis runs commands in order: AUTH first, then the loads
+		 * below, which fail (and drop the connection) if it refused */
+		const char *argv[2] = { "AUTH", r->password };
+		if (redisAsyncCommandArgv(ac, auth_cb, NULL, 2, argv, NULL) != REDIS_OK)
+			return;
+	}
 	/* With no scripts a PING stands in, so that readiness (and the hook)
 	 * always comes from a reply callback. */
 	r->loads_left = r->nscripts > 0 ? r->nscripts : 1;
@@ -442,6 +461,61 @@ struct rds *rds_new(struct event_base *base, const char *host, int port,
 	return r;
 }
 
+void rds_set_password(struct rds *r, const char *password)
+{
+	if (r->password) {
+		explicit_bzero(r->password, strlen(r->password));
+		free(r->password);
+	}
+	r->password = password && *password ? strdup(password) : NULL;
+	if (password && *password && !r->password) {
+		log_error("out of memory");
+		abort();
+	}
+}
+
+int rds_check_auth(const char *host, int port, const char *password, char *err, size_t err_len)
+{
+	struct timeval tv = { 3, 0 };
+	redisContext *c = redisConnectWithTimeout(host, port, tv);
+	if (!c || c->err) {
+		log_warn("redis not reachable at start-up host=%s port=%d err=\"%s\"", host, port,
+		         c ? c->errstr : "out of memory");
+		if (c)
+			redisFree(c);
+		return 0;
+	}
+	redisSetTimeout(c, tv);
+	int rc = 0;
+	redisReply *rep;
+	if (password && *password) {
+		const char *argv[2] = { "AUTH", password };
+		rep = redisCommandArgv(c, 2, argv, NULL);
+		if (rep && rep->type == REDIS_REPLY_ERROR) {
+			snprintf(err, err_len,
+			         "redis at %s:%d refused the password in redis_password_file: %s",
+			         host, port, rep->str);
+			rc = -1;
+		}
+		if (rep)
+			freeReplyObject(rep);
+	}
+	if (!rc) {
+		rep = redisCommand(c, "PING");
+		if (rep && rep->type == REDIS_REPLY_ERROR) {
+			bool noauth = !strncmp(rep->str, "NOAUTH", 6);
+			snprintf(
+			    err, err_len, "redis at %s:%d refused PING: %s%s", host, port, rep->str,
+			    noauth ? " (it requires a password: set redis_password_file)" : "");
+			rc = -1;
+		}
+		if (rep)
+			freeReplyObject(rep);
+	}
+	redisFree(c);
+	return rc;
+}
+
 void rds_free(struct rds *r)
 {
 	if (!r || r->freeing)
@@ -477,6 +551,10 @@ void rds_free(struct rds *r)
 	}
 	free(r->sha);
 	free(r->host);
+	if (r->password) {
+		explicit_bzero(r->password, strlen(r->password));
+		free(r->password);
+	}
 	free(r);
 }
 

@@ -29,6 +29,17 @@ struct rds *rds_new(struct event_base *base, const char *host, int port,
                     const struct rds_script *scripts);
 void rds_free(struct rds *r); /* pending callbacks get reply NULL; accepts NULL */
 
+/* Sends AUTH with password (copied; NULL or "" = none) first on every
+ * connection from the next one on; call it right after rds_new. */
+void rds_set_password(struct rds *r, const char *password);
+
+/* Start-up check, blocking (outside the event loop only): connects to
+ * host:port, authenticates with password (NULL = none) and PINGs. Returns 0
+ * when that works or Redis cannot be reached (it may come up later), -1 with
+ * err when Redis refuses: a password is required, or the one given is
+ * wrong. err never contains the password. */
+int rds_check_auth(const char *host, int port, const char *password, char *err, size_t err_len);
+
 /* Sends one command built from argv (binary-safe; lens may be NULL for C
  * strings). The callback runs exactly once, never before this returns.
  * Returns 0, or -1 when shutting down (no callback). */

@@ -15,6 +15,7 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 
@@ -23,10 +24,13 @@
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 
+#include "http_guard.h"
 #include "log.h"
+#include "pbcheck.h"
 #include "pbjson.h"
 
-#define MAX_HEADERS_BYTES (64 * 1024)
+#define MAX_HEADERS_BYTES (64 * 1024) /* evhttp's own backstop */
+#define GUARD_HEAD_BYTES  (32 * 1024) /* what the guard lets through */
 #define MAX_TOKEN_BYTES   1024
 #define MSG_BYTES         1024
 
@@ -180,13 +184,15 @@ struct rpc_call {
 struct rpc_server {
 	struct event_base *base;
 	struct evhttp *http;
-	struct evhttp_bound_socket *sock;
+	struct hguard *guard;
 	const struct rpc_method *methods;
 	size_t n_methods;
 	struct method_stats *stats; /* n_methods + 1: the last counts unknown paths */
 	struct rpc_limits limits;
 	rpc_auth_fn auth;
 	void *auth_arg;
+	rpc_peer_check_fn peer_check;
+	void *peer_arg;
 	int port;
 	bool stopped;
 	struct get_route *gets;
@@ -474,6 +480,13 @@ void rpc_server_metrics(const struct rpc_server *s, struct evbuffer *buf)
 	                    "# TYPE gpumatch_rpc_connections gauge\n"
 	                    "gpumatch_rpc_connections %d\n",
 	                    s->inflight, s->n_conns);
+	hguard_metrics(s->guard, buf);
+}
+
+void rpc_server_set_bevcb(struct rpc_server *s,
+                          struct bufferevent *(*fn)(struct event_base *, void *), void *arg)
+{
+	hguard_set_bevcb(s->guard, fn, arg);
 }
 
 /* ---- connections ---------------------------------------------------------- */
@@ -521,10 +534,9 @@ static void conn_close_cb(struct evhttp_connection *evcon, void *arg)
 	}
 }
 
-/* Tracks the connection on its first request. Returns false when it would
- * exceed max_connections. (libevent 2.1 has no evhttp_set_max_connections,
- * and connections that never send a request are left to the idle
- * timeout.) */
+/* Tracks the connection on its first request (the guard counts and limits
+ * connections from accept; this table only finds a connection's call when
+ * it closes). */
 static bool conn_admit(struct rpc_server *s, struct evhttp_connection *evcon, int fd)
 {
 	if (fd < 0)
@@ -550,12 +562,9 @@ static bool conn_admit(struct rpc_server *s, struct evhttp_connection *evcon, in
 		s->conns[fd].call = NULL;
 		s->n_conns--;
 	}
-	if (s->limits.max_connections > 0 && s->n_conns >= s->limits.max_connections)
-		return false;
 	s->conns[fd].evcon = evcon;
 	s->conns[fd].call = NULL;
 	s->n_conns++;
-	evhttp_connection_set_closecb(evcon, conn_close_cb, s);
 	return true;
 }
 
@@ -801,7 +810,12 @@ static void call_run(struct rpc_call *c)
 	struct evbuffer *in = evhttp_request_get_input_buffer(c->req);
 	size_t len = evbuffer_get_length(in);
 	const char *data = len ? (const char *)evbuffer_pullup(in, -1) : "";
+	char why[512] = "";
 	if (c->codec == CODEC_PROTO) {
+		if (pbcheck_wire(m->in, (const uint8_t *)data, len, why, sizeof why)) {
+			call_fail(c, RPC_INVALID_ARGUMENT, "%s", why);
+			return;
+		}
 		arena_init(&c->arena);
 		c->in_arena = true;
 		c->msg = protobuf_c_message_unpack(m->in, &c->arena.pb, len, (const uint8_t *)data);
@@ -823,6 +837,10 @@ static void call_run(struct rpc_call *c)
 			          err[0] ? err : "invalid JSON body");
 			return;
 		}
+	}
+	if (pbcheck_ranges(c->msg, why, sizeof why)) {
+		call_fail(c, RPC_INVALID_ARGUMENT, "%s", why);
+		return;
 	}
 	c->handler_ref = true;
 	m->fn(c, c->msg);
@@ -850,8 +868,14 @@ static void auth_done_cb(struct rpc_call *c, bool ok, bool unavailable, const st
 		call_fail(c, RPC_PERMISSION_DENIED, "a %s token may not call %s",
 		          role_name(who->role), c->m->path);
 	else {
-		c->who = *who;
-		call_run(c);
+		char why[256] = "";
+		struct rpc_server *s = c->srv;
+		if (s && s->peer_check && !s->peer_check(c, who, why, sizeof why, s->peer_arg)) {
+			call_fail(c, RPC_PERMISSION_DENIED, "%s", why);
+		} else {
+			c->who = *who;
+			call_run(c);
+		}
 	}
 	call_maybe_release(c);
 }
@@ -990,17 +1014,10 @@ static void request_cb(struct evhttp_request *req, void *arg)
 	    mi == s->n_methods
 	        ? find_get(s, path, type == EVHTTP_REQ_GET || type == EVHTTP_REQ_HEAD)
 	        : NULL;
-	bool admitted = conn_admit(s, evcon, fd);
-	/* probes and scrapes still get through when RPC connections are full */
+	hguard_request_begin(s->guard, req);
+	(void)conn_admit(s, evcon, fd);
 	if (g && (type == EVHTTP_REQ_GET || type == EVHTTP_REQ_HEAD)) {
 		g->fn(req, g->arg);
-		return;
-	}
-	if (!admitted) {
-		log_warn("too many connections max=%d", s->limits.max_connections);
-		evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
-		send_raw_error(s, req, mi, start, RPC_UNAVAILABLE, 503, NULL, NULL,
-		               "too many connections; try again later");
 		return;
 	}
 	if (mi == s->n_methods) {
@@ -1126,9 +1143,24 @@ static void request_cb(struct evhttp_request *req, void *arg)
 
 /* ---- server --------------------------------------------------------------- */
 
+static void guard_limits(const struct rpc_limits *l, struct hguard_limits *g)
+{
+	g->max_connections = l->max_connections;
+	g->max_per_client = l->max_per_client;
+	g->header_timeout_ms = l->header_timeout_ms > 0 ? l->header_timeout_ms : 10000;
+	g->body_timeout_ms = l->body_timeout_ms > 0 ? l->body_timeout_ms : 30000;
+	g->max_head_bytes = GUARD_HEAD_BYTES;
+	g->max_body_bytes = l->max_body_bytes ? l->max_body_bytes : (size_t)1 << 40;
+}
+
 static void apply_limits(struct rpc_server *s)
 {
 	const struct rpc_limits *l = &s->limits;
+	if (s->guard) {
+		struct hguard_limits gl;
+		guard_limits(l, &gl);
+		hguard_set_limits(s->guard, &gl);
+	}
 	evhttp_set_max_body_size(s->http, l->max_body_bytes ? (ev_ssize_t)l->max_body_bytes : -1);
 	if (l->idle_timeout_ms > 0) {
 		struct timeval tv = { l->idle_timeout_ms / 1000,
@@ -1188,23 +1220,13 @@ struct rpc_server *rpc_server_new(struct event_base *base, const char *host, int
 	evhttp_set_flags(s->http, EVHTTP_SERVER_LINGERING_CLOSE);
 	evhttp_set_max_headers_size(s->http, MAX_HEADERS_BYTES);
 	apply_limits(s);
-	s->sock = evhttp_bind_socket_with_handle(s->http, host, (ev_uint16_t)port);
-	if (!s->sock) {
-		snprintf(err, err_len, "cannot listen on %s:%d: %s", host, port, strerror(errno));
+	struct hguard_limits gl;
+	guard_limits(&s->limits, &gl);
+	s->guard = hguard_new(base, s->http, host, port, &gl, err, err_len);
+	if (!s->guard)
 		goto fail;
-	}
-	struct sockaddr_storage ss;
-	socklen_t sl = sizeof ss;
-	if (getsockname(evhttp_bound_socket_get_fd(s->sock), (struct sockaddr *)&ss, &sl)) {
-		snprintf(err, err_len, "getsockname: %s", strerror(errno));
-		goto fail;
-	}
-	if (ss.ss_family == AF_INET)
-		s->port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
-	else if (ss.ss_family == AF_INET6)
-		s->port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
-	else
-		s->port = port;
+	hguard_set_close_hook(s->guard, conn_close_cb, s);
+	s->port = hguard_port(s->guard);
 	return s;
 fail:
 	if (s->http)
@@ -1229,16 +1251,19 @@ void rpc_server_set_limits(struct rpc_server *s, const struct rpc_limits *limits
 
 void rpc_server_stop_accepting(struct rpc_server *s)
 {
-	if (s->sock) {
-		evhttp_del_accept_socket(s->http, s->sock);
-		s->sock = NULL;
-	}
+	hguard_stop_accepting(s->guard);
 	s->stopped = true;
 }
 
 size_t rpc_server_inflight(const struct rpc_server *s)
 {
 	return s->inflight;
+}
+
+void rpc_server_set_peer_check(struct rpc_server *s, rpc_peer_check_fn fn, void *arg)
+{
+	s->peer_check = fn;
+	s->peer_arg = arg;
 }
 
 void rpc_server_add_get(struct rpc_server *s, const char *path, rpc_get_fn fn, void *arg)
@@ -1290,6 +1315,7 @@ void rpc_server_free(struct rpc_server *s)
 		}
 	}
 	evhttp_free(s->http); /* runs conn_close_cb for every tracked connection */
+	hguard_free(s->guard);
 	event_free(s->reap_ev);
 	while (s->gets) {
 		struct get_route *g = s->gets;
@@ -1312,6 +1338,13 @@ const struct principal *rpc_principal(const struct rpc_call *call)
 const char *rpc_method_path(const struct rpc_call *call)
 {
 	return call->m->path;
+}
+
+struct bufferevent *rpc_call_bufferevent(const struct rpc_call *call)
+{
+	struct evhttp_connection *evcon =
+	    call->req ? evhttp_request_get_connection(call->req) : NULL;
+	return evcon ? evhttp_connection_get_bufferevent(evcon) : NULL;
 }
 
 void rpc_set_data(struct rpc_call *call, void *data)

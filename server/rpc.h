@@ -84,7 +84,10 @@ struct rpc_limits {
 	size_t max_body_bytes;  /* larger requests: resource_exhausted (413) */
 	int request_timeout_ms; /* a call not answered by then: deadline_exceeded */
 	int idle_timeout_ms;    /* keep-alive connections idle this long are closed */
-	int max_connections;
+	int max_connections;    /* open at once, counted from accept (capped by RLIMIT_NOFILE) */
+	int max_per_client;     /* open at once from one client address; 0 = no limit */
+	int header_timeout_ms;  /* a request's head must arrive within this (0: 10 s) */
+	int body_timeout_ms;    /* and its body within this after the head (0: 30 s) */
 };
 
 /* Binds host:port (port 0 = ephemeral; rpc_server_port tells which).
@@ -95,11 +98,29 @@ struct rpc_server *rpc_server_new(struct event_base *base, const char *host, int
                                   const struct rpc_method *methods, const struct rpc_limits *limits,
                                   rpc_auth_fn auth, void *auth_arg, char *err, size_t err_len);
 int rpc_server_port(const struct rpc_server *s);
+/* fn makes each accepted connection's bufferevent (fd -1; e.g. a TLS one)
+ * instead of a plain socket bufferevent. Never call evhttp_set_bevcb: the
+ * connection guard (http_guard.h) owns it and calls fn. */
+struct bufferevent;
+void rpc_server_set_bevcb(struct rpc_server *s,
+                          struct bufferevent *(*fn)(struct event_base *, void *), void *arg);
 void rpc_server_set_limits(struct rpc_server *s, const struct rpc_limits *limits);
 /* Stops accepting; calls in flight may still answer. */
 void rpc_server_stop_accepting(struct rpc_server *s);
 size_t rpc_server_inflight(const struct rpc_server *s);
 void rpc_server_free(struct rpc_server *s);
+
+/* Every connection accepted from now on gets its bufferevent from fn (TLS:
+ * a bufferevent_openssl in the accepting state, fd -1). */
+void rpc_server_set_bevcb(struct rpc_server *s,
+                          struct bufferevent *(*fn)(struct event_base *, void *), void *arg);
+
+/* Runs once a call's token is resolved and its role may call the method,
+ * before the handler: returns true to go on, or false with why (len bytes)
+ * filled, and the call is refused with permission_denied. */
+typedef bool (*rpc_peer_check_fn)(struct rpc_call *call, const struct principal *who, char *why,
+                                  size_t len, void *arg);
+void rpc_server_set_peer_check(struct rpc_server *s, rpc_peer_check_fn fn, void *arg);
 
 /* GET route (e.g. "/healthz"): fn writes the whole answer with evhttp. A
  * path ending in '*' answers GET and HEAD for every path under that prefix
@@ -111,6 +132,9 @@ void rpc_server_add_get(struct rpc_server *s, const char *path, rpc_get_fn fn, v
 
 const struct principal *rpc_principal(const struct rpc_call *call);
 const char *rpc_method_path(const struct rpc_call *call);
+/* The call's connection's bufferevent (borrowed), or NULL once the client
+ * is gone. */
+struct bufferevent *rpc_call_bufferevent(const struct rpc_call *call);
 /* Application data for the call's duration. */
 void rpc_set_data(struct rpc_call *call, void *data);
 void *rpc_get_data(const struct rpc_call *call);

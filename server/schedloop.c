@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "convert.h"
@@ -47,6 +48,12 @@ static struct {
 	bool rerun; /* cycle asked for while placing */
 	bool outbox_busy;
 	bool janitor_busy;
+	/* the server's clock of attention (monotonic): since when this leader
+	 * has been able to hear heartbeats without a gap; no node is declared
+	 * lost, no offer withdrawn, before a full timeout of it */
+	int64_t hear_since_mono, janitor_tick_mono, janitor_tick_wall;
+	uint64_t pg_stalls_seen;
+	uint64_t attention_resets;
 	bool stopped;
 	int inflight; /* our queries and Redis calls in flight */
 	char stream_last[64];
@@ -68,6 +75,34 @@ static void explain_waits_run(void);
 static void explain_waits_clear(void);
 
 /* ---- helpers -------------------------------------------------------------------------- */
+
+static int64_t mono_us(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* From now on the server can hear again: every node gets a fresh full
+ * timeout, every offer a fresh window. */
+static void attention_reset(const char *why)
+{
+	int64_t m = mono_us();
+	if (L.hear_since_mono && m - L.hear_since_mono > 1000000) {
+		L.attention_resets++;
+		log_info(
+		    "heartbeat attention restarts: no node is declared lost for a full timeout "
+		    "reason=\"%s\"",
+		    why);
+	}
+	L.hear_since_mono = m;
+}
+
+/* True when the server has been able to hear for at least ms. */
+static bool attention_for(int ms)
+{
+	return L.hear_since_mono && mono_us() - L.hear_since_mono >= (int64_t)ms * 1000;
+}
 
 /* Every async step carries the generation it was started in. */
 struct step {
@@ -231,6 +266,7 @@ static void load_queued_cb(enum pg_status st, PGresult *res, const char *ss, con
 		schedloop_add_job_row(L.c, res, i, 0, 1, 2, 3);
 	L.loading = false;
 	L.loaded = true;
+	attention_reset("leadership gained");
 	struct sched_stats ss2;
 	sched_get_stats(L.c, &ss2);
 	log_info("scheduler state loaded nodes=%u pending=%u running=%u fence=%" PRIu64, ss2.nodes,
@@ -311,7 +347,7 @@ static void load_tenants_cb(enum pg_status st, PGresult *res, const char *ss, co
 static void apply_policy_row(const PGresult *res)
 {
 	struct sched_policy p;
-	sched_policy_default(&p);
+	sched_policy_recommended(&p);
 	p.allow_unverified = L.a->cfg.allow_unverified;
 	if (res && PQntuples(res) == 1) {
 		size_t len;
@@ -399,6 +435,24 @@ static void lose_leadership(const char *why)
 	L.c = NULL;
 }
 
+static void fence_taken_cb(enum pg_status st, PGresult *res, const char *ss, const char *err,
+                           void *arg)
+{
+	(void)ss;
+	if (!load_step_ok(arg, st, err))
+		return;
+	L.fence = col_u64(res, 0, 0);
+	log_info("scheduler leadership gained instance=%s fence=%" PRIu64, L.instance, L.fence);
+	L.stream_last[0] = '\0';
+	struct step *q = step_new(NULL, 0);
+	const char *argv[] = { "XREVRANGE", RK_EVENTS, "+", "-", "COUNT", "1" };
+	if (rds_cmd(L.a->rds, stream_start_cb, q, 6, argv, NULL)) {
+		L.inflight--;
+		free(q);
+		lose_leadership("redis unavailable");
+	}
+}
+
 static void leader_reply_cb(redisReply *reply, const char *err, void *arg)
 {
 	struct step *s = arg;
@@ -414,18 +468,16 @@ static void leader_reply_cb(redisReply *reply, const char *err, void *arg)
 	if (!L.leader) {
 		if (reply->type == REDIS_REPLY_INTEGER) {
 			L.leader = true;
-			L.fence = (uint64_t)reply->integer;
+			L.fence = 0;
 			L.generation++;
-			log_info("scheduler leadership gained instance=%s fence=%" PRIu64,
-			         L.instance, L.fence);
-			L.stream_last[0] = '\0';
+			/* the token itself comes from Postgres: above every token it has
+			 * seen, whatever Redis remembers */
+			struct numbuf rf;
+			const char *params[] = { fmt_i64(&rf, reply->integer) };
 			struct step *q = step_new(NULL, 0);
-			const char *argv[] = { "XREVRANGE", RK_EVENTS, "+", "-", "COUNT", "1" };
-			if (rds_cmd(L.a->rds, stream_start_cb, q, 6, argv, NULL)) {
-				L.inflight--;
-				free(q);
-				lose_leadership("redis unavailable");
-			}
+			if (exec_q("SELECT gm_take_fence($1::bigint)", 1, params, fence_taken_cb,
+			           q))
+				lose_leadership("postgres unavailable");
 		}
 		return;
 	}
@@ -932,10 +984,100 @@ static void janitor_end_cb(enum pg_status st, PGresult *res, const char *ss, con
 		return;
 	if (st != PG_OK) {
 		log_warn("janitor query failed err=\"%s\"", err);
+		attention_reset("janitor query failed");
 		return;
 	}
 	ended_rows(res);
 	outbox_kick(L.a);
+}
+
+/* A gap in the janitor's rounds longer than this means the server could
+ * not hear for long enough to matter (its loop stalled): a node whose
+ * heartbeat came an interval before the gap would otherwise come within
+ * an interval of its timeout. Shorter hiccups (a loaded machine) cannot
+ * make a heartbeating node look lost and do not restart the clock. */
+static int64_t attention_gap_us(void)
+{
+	int64_t g =
+	    ((int64_t)L.a->cfg.heartbeat_timeout_ms - 2 * (int64_t)L.a->cfg.heartbeat_interval_ms) *
+	    1000;
+	return g < 500000 ? 500000 : g;
+}
+
+static void janitor_leases(void)
+{
+	struct cfg *cfg = &L.a->cfg;
+	int64_t now = now_us();
+	/* cut-offs that need the server to have been listening for the whole
+	 * window; 0 = none yet */
+	int64_t pick = attention_for(cfg->lease_pickup_timeout_ms)
+	                   ? now - (int64_t)cfg->lease_pickup_timeout_ms * 1000
+	                   : 0;
+	int64_t offer = attention_for(cfg->lease_offer_timeout_ms)
+	                    ? now - (int64_t)cfg->lease_offer_timeout_ms * 1000
+	                    : 0;
+	int64_t silent = attention_for(cfg->heartbeat_timeout_ms)
+	                     ? now - (int64_t)cfg->heartbeat_timeout_ms * 1000
+	                     : 0;
+	/* reconciliation needs the agents to have been heard for a whole
+	 * offer window too: an agent whose confirmation's reply was held up by
+	 * an outage starts (and lists) the job only once it arrives */
+	int64_t window = attention_for(cfg->lease_offer_timeout_ms)
+	                     ? (int64_t)cfg->lease_offer_timeout_ms * 1000
+	                     : INT64_MAX / 2;
+	struct numbuf n, pk, ma, of, win, sl;
+	const char *params[] = {
+		fmt_i64(&n, now),    fmt_i64(&pk, pick),    fmt_i64(&ma, cfg->max_attempts),
+		fmt_i64(&of, offer), fmt_i64(&win, window), fmt_i64(&sl, silent)
+	};
+	/* An offer the node's last heartbeat lists is running there: the agent
+	 * confirmed it by running it (metered from that heartbeat). */
+	struct step *c = step_new(NULL, 0);
+	exec_q("UPDATE leases l SET state = 3, started_at_us = n.last_heartbeat_us"
+	       " FROM nodes n WHERE l.state = 2 AND n.id = l.node_id"
+	       " AND l.id = ANY (n.running_leases) AND n.last_heartbeat_us >= l.offered_at_us",
+	       0, NULL, simple_done_cb, c);
+	/* Leases that end:
+	 * - of lost nodes (never confirmed ones are withdrawn, unbilled);
+	 * - assigned and never handed out, offered and never confirmed
+	 *   (withdrawn: requeued at their old position, no attempt counted);
+	 * - confirmed, but the node's heartbeats stopped listing them a whole
+	 *   offer window after the confirmation (the agent does not run
+	 *   them): ended at the last known time, requeued while attempts remain;
+	 * - stopping, past their stop deadline, once the agent no longer lists
+	 *   them (or its node is silent a whole heartbeat timeout past it). */
+	struct step *q = step_new(NULL, 0);
+	exec_q("SELECT r.job_id, r.job_state, r.job_done, r.requeued FROM"
+	       " (SELECT e.id, min(e.outcome) AS outcome FROM ("
+	       "   SELECT x.id, CASE WHEN x.state = 4 THEN 6 WHEN x.started_at_us = 0 THEN 10"
+	       "     ELSE 7 END AS outcome FROM nodes n JOIN leases x ON x.node_id = n.id"
+	       "       AND x.state BETWEEN 1 AND 4 WHERE n.state = 5"
+	       "   UNION ALL SELECT x.id, 10 FROM leases x"
+	       "    WHERE x.state = 1 AND x.assigned_at_us < $2::bigint"
+	       "   UNION ALL SELECT x.id, 10 FROM leases x JOIN nodes n ON n.id = x.node_id"
+	       "    WHERE x.state = 2 AND x.offered_at_us < $4::bigint"
+	       "      AND NOT (x.id = ANY (n.running_leases))"
+	       "   UNION ALL SELECT x.id, 7 FROM nodes n JOIN leases x ON x.node_id = n.id"
+	       "       AND x.state = 3 WHERE n.leases_unlisted AND n.state IN (2, 3, 4)"
+	       "      AND NOT (x.id = ANY (n.running_leases))"
+	       "      AND x.started_at_us < n.last_heartbeat_us - $5::bigint"
+	       "   UNION ALL SELECT x.id, 6 FROM leases x JOIN nodes n ON n.id = x.node_id"
+	       "    WHERE x.state = 4 AND x.stop_deadline_us < $1::bigint"
+	       "      AND ((NOT (x.id = ANY (n.running_leases))"
+	       "            AND n.last_heartbeat_us > x.stop_deadline_us)"
+	       "           OR x.stop_deadline_us < $6::bigint)"
+	       "  ) e GROUP BY e.id ORDER BY e.id LIMIT 1000) x"
+	       " CROSS JOIN LATERAL gm_end_lease(x.id, x.outcome::smallint, 0, 0,"
+	       "   CASE x.outcome WHEN 10 THEN 'offer withdrawn: not confirmed by the agent'"
+	       "     ELSE 'lease expired' END, $1::bigint, $3::integer) r",
+	       6, params, janitor_end_cb, q);
+	/* leases past their max duration are told to stop */
+	struct step *d = step_new(NULL, 0);
+	exec_q(
+	    "UPDATE leases SET state = 4, stop_kind = 3, stop_deadline_us = $1::bigint + 30000000,"
+	    " stop_reason = 'ran past max_duration_us'"
+	    " WHERE state IN (2, 3) AND deadline_us < $1::bigint",
+	    1, params, simple_done_cb, d);
 }
 
 static void lost_nodes_cb(enum pg_status st, PGresult *res, const char *ss, const char *err,
@@ -950,6 +1092,7 @@ static void lost_nodes_cb(enum pg_status st, PGresult *res, const char *ss, cons
 		return;
 	if (st != PG_OK) {
 		log_warn("janitor query failed err=\"%s\"", err);
+		attention_reset("janitor query failed");
 		return;
 	}
 	for (int i = 0; i < PQntuples(res); i++) {
@@ -958,34 +1101,7 @@ static void lost_nodes_cb(enum pg_status st, PGresult *res, const char *ss, cons
 		log_warn("node lost node=%" PRIu64 " reason=\"missed heartbeats\"", id);
 		sched_node_set_state(L.c, id, SCHED_NODE_LOST);
 	}
-	int64_t now = now_us();
-	struct numbuf n, pick, ma;
-	const char *params[] = { fmt_i64(&n, now),
-		                 fmt_i64(&pick,
-		                         now - (int64_t)L.a->cfg.lease_pickup_timeout_ms * 1000),
-		                 fmt_i64(&ma, L.a->cfg.max_attempts) };
-	/* leases of lost nodes, leases never picked up, leases past their stop
-	 * deadline: all end (expired or as what stopped them) */
-	struct step *q = step_new(NULL, 0);
-	exec_q("SELECT r.job_id, r.job_state, r.job_done, r.requeued FROM"
-	       " (SELECT l.id, CASE WHEN l.state = 4 THEN 6 ELSE 7 END AS outcome FROM leases l"
-	       "   WHERE l.id IN (SELECT x.id FROM nodes n JOIN leases x ON x.node_id = n.id"
-	       "       AND x.state BETWEEN 1 AND 4 WHERE n.state = 5"
-	       "     UNION ALL SELECT x.id FROM leases x"
-	       "      WHERE x.state = 1 AND x.assigned_at_us < $2::bigint"
-	       "     UNION ALL SELECT x.id FROM leases x"
-	       "      WHERE x.state = 4 AND x.stop_deadline_us < $1::bigint)"
-	       "  ORDER BY l.id LIMIT 1000) x"
-	       " CROSS JOIN LATERAL gm_end_lease(x.id, x.outcome::smallint, 0, 0,"
-	       "   'lease expired', $1::bigint, $3::integer) r",
-	       3, params, janitor_end_cb, q);
-	/* leases past their max duration are told to stop */
-	struct step *d = step_new(NULL, 0);
-	exec_q(
-	    "UPDATE leases SET state = 4, stop_kind = 3, stop_deadline_us = $1::bigint + 30000000,"
-	    " stop_reason = 'ran past max_duration_us'"
-	    " WHERE state IN (2, 3) AND deadline_us < $1::bigint",
-	    1, params, simple_done_cb, d);
+	janitor_leases();
 }
 
 static void janitor_cb(evutil_socket_t fd, short ev, void *arg)
@@ -993,13 +1109,32 @@ static void janitor_cb(evutil_socket_t fd, short ev, void *arg)
 	(void)fd;
 	(void)ev;
 	(void)arg;
-	if (!L.leader || !L.loaded || L.stopped || L.janitor_busy)
+	if (!L.leader || !L.loaded || L.stopped)
 		return;
-	int64_t now = now_us();
-	struct numbuf n, cut;
-	const char *params[] = {
-		fmt_i64(&n, now), fmt_i64(&cut, now - (int64_t)L.a->cfg.heartbeat_timeout_ms * 1000)
-	};
+	int64_t now = now_us(), m = mono_us();
+	/* the loop itself stalled, or the wall clock jumped: start over */
+	if (L.janitor_tick_mono) {
+		int64_t dm = m - L.janitor_tick_mono, dw = now - L.janitor_tick_wall;
+		if (dm > attention_gap_us())
+			attention_reset("the server's loop stalled");
+		else if (dw - dm > 1000000 || dm - dw > 1000000)
+			attention_reset("the wall clock jumped");
+	}
+	L.janitor_tick_mono = m;
+	L.janitor_tick_wall = now;
+	/* Postgres stalled meanwhile (heartbeats could not be recorded) */
+	uint64_t stalls;
+	if (pg_pool_stalled(L.a->pg, &stalls) || stalls != L.pg_stalls_seen) {
+		L.pg_stalls_seen = stalls;
+		attention_reset("postgres was not answering");
+	}
+	if (L.janitor_busy)
+		return;
+	int64_t cut = attention_for(L.a->cfg.heartbeat_timeout_ms)
+	                  ? now - (int64_t)L.a->cfg.heartbeat_timeout_ms * 1000
+	                  : 0;
+	struct numbuf n, c;
+	const char *params[] = { fmt_i64(&n, now), fmt_i64(&c, cut) };
 	L.janitor_busy = true;
 	struct step *s = step_new(NULL, 0);
 	if (exec_q("UPDATE nodes SET state = 5, state_reason = 'missed heartbeats',"

@@ -22,6 +22,7 @@
 #include "gpumatch/v1/node_service.pb-c.h"
 #include "gpumatch/v1/series.pb-c.h"
 #include "handlers.h"
+#include "ledger.h"
 #include "log.h"
 #include "service.h"
 
@@ -523,19 +524,9 @@ void series_node(struct rpc_call *call, const ProtobufCMessage *msg)
 void series_spend(struct rpc_call *call, const ProtobufCMessage *msg)
 {
 	const Gpumatch__V1__GetSpendSeriesRequest *req = (const void *)msg;
-	const struct principal *who = rpc_principal(call);
-	uint64_t tenant = req->tenant_id;
-	if (who->role == ROLE_TENANT) {
-		if (tenant && tenant != who->tenant_id) {
-			rpc_error(call, RPC_PERMISSION_DENIED,
-			          "tenantId: a tenant sees its own spend only");
-			return;
-		}
-		tenant = who->tenant_id;
-	} else if (!tenant) {
-		rpc_error(call, RPC_INVALID_ARGUMENT, "tenantId: required with an admin token");
+	uint64_t tenant = ledger_spend_tenant(call, req->tenant_id);
+	if (!tenant)
 		return;
-	}
 	if (tenant > INT64_MAX) {
 		rpc_error(call, RPC_INVALID_ARGUMENT, "tenantId: out of range");
 		return;

@@ -25,6 +25,7 @@ void nodes_list(struct rpc_call *call, const ProtobufCMessage *req);
 void nodes_heartbeat(struct rpc_call *call, const ProtobufCMessage *req);
 void nodes_acquire_lease(struct rpc_call *call, const ProtobufCMessage *req);
 void nodes_report_lease(struct rpc_call *call, const ProtobufCMessage *req);
+void nodes_confirm_lease(struct rpc_call *call, const ProtobufCMessage *req);
 void nodes_drain(struct rpc_call *call, const ProtobufCMessage *req);
 void nodes_undrain(struct rpc_call *call, const ProtobufCMessage *req);
 int nodes_start(struct app *a, char *err, size_t err_len);

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <threads.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -94,7 +95,7 @@ static int candidate_policy(struct rpc_call *call, const Gpumatch__V1__Policy *m
 /* The active policy from its row (policy_pb), as the leader applies it. */
 static void active_policy(const PGresult *res, struct sched_policy *p)
 {
-	sched_policy_default(p);
+	sched_policy_recommended(p);
 	p->allow_unverified = app_get()->cfg.allow_unverified;
 	if (!res || PQntuples(res) != 1)
 		return;
@@ -134,6 +135,7 @@ struct simreq {
 	uint64_t seed;
 	double arrival_scale;
 	bool all_preemptible; /* every trace job preemptible (MSR ITP only) */
+	bool oracle_limits;   /* time limits equal run times */
 	struct sim_result res[1 + MAX_CANDIDATES];
 	double wall_s[1 + MAX_CANDIDATES];
 	/* the distributions' quantiles (0 %, 5 %, ... 100 %), worked out on the
@@ -826,7 +828,9 @@ static int trace_thread(void *arg)
 	struct trace_fleet fleet;
 	struct trace_jobs jobs;
 	struct trace_tputs tp;
+	struct speed_model sm;
 	bool have_tp = false;
+	memset(&sm, 0, sizeof sm);
 	memset(&fleet, 0, sizeof fleet);
 	memset(&jobs, 0, sizeof jobs);
 	memset(&tp, 0, sizeof tp);
@@ -869,12 +873,21 @@ static int trace_thread(void *arg)
 		snprintf(s->err, sizeof s->err, "window: no jobs of the trace fall in it");
 		goto out;
 	}
+	/* the shipped speed model: speeds on GPU models the throughput table
+	 * does not measure (as gpumatch-sim uses it by default) */
+	if (have_tp &&
+	    speed_model_read(GPUMATCH_DATA_DIR "/speed-model.csv",
+	                     GPUMATCH_DATA_DIR "/gpu-roofline.csv", &sm, s->err, sizeof s->err))
+		goto out;
 	for (uint32_t i = 0; i < s->n; i++) {
 		struct sim_config cfg;
 		sim_config_default(&cfg);
 		cfg.fleet = &fleet;
 		cfg.jobs = &jobs;
 		cfg.tputs = have_tp ? &tp : NULL;
+		cfg.model = have_tp ? &sm : NULL;
+		if (s->oracle_limits)
+			cfg.limit_overestimate = 1;
 		cfg.policy = s->pol[i];
 		cfg.seed = s->seed;
 		cfg.arrival_scale = s->arrival_scale;
@@ -889,6 +902,7 @@ out:
 	trace_fleet_free(&fleet);
 	trace_jobs_free(&jobs);
 	trace_tputs_free(&tp);
+	speed_model_free(&sm);
 	ssize_t w;
 	do
 		w = write(s->pipefd[1], "x", 1);
@@ -919,6 +933,9 @@ static void trace_metrics(const struct sim_result *r, double wall_s,
 	m->jct_p99_us = (int64_t)(r->p99_jct_s * 1e6);
 	m->makespan_us = (int64_t)(r->makespan_s * 1e6);
 	m->sim_seconds_per_wall_second = wall_s > 0 ? r->sim_seconds / wall_s : 0;
+	m->effective_throughput_ppm =
+	    (uint32_t)(r->effective_throughput * 1e6 < 2e9 ? r->effective_throughput * 1e6 : 2e9);
+	m->useful_utilization_ppm = (uint32_t)(r->gpu_utilization_useful * 1e6);
 }
 
 static void trace_done_cb(evutil_socket_t fd, short ev, void *arg)
@@ -1102,6 +1119,7 @@ void simulate_policy(struct rpc_call *call, const ProtobufCMessage *req)
 		s->seed = in->seed ? in->seed : 1;
 		s->arrival_scale = in->arrival_scale > 0 ? in->arrival_scale : 1.0;
 		s->all_preemptible = in->preemptible;
+		s->oracle_limits = in->oracle_limits;
 		if (app_get()->cfg.traces_dir[0])
 			snprintf(s->trace_dir, sizeof s->trace_dir, "%s",
 			         app_get()->cfg.traces_dir);

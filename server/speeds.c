@@ -11,6 +11,55 @@
 #include "log.h"
 #include "service.h"
 #include "speeds.h"
+#include "trace.h"
+
+/* The shipped speed model (data/speed-model.csv, data/gpu-roofline.csv):
+ * read once at start; a job type with no learned profile gets one from it. */
+static struct speed_model M;
+
+int speeds_model_load(const char *rows_path, const char *gpus_path, char *err, size_t err_len)
+{
+	speed_model_free(&M);
+	return speed_model_read(rows_path, gpus_path, &M, err, err_len);
+}
+
+/* The model's profile of a job type over the GPU models it knows, relative
+ * to the fastest (only ratios matter). A job needing more memory than a
+ * model has gets no entry there and its minimum memory raised to the need:
+ * the model's hard limit. */
+static uint32_t model_apply(const char *job_type, struct sched_job_spec *js,
+                            struct conv_strings *st)
+{
+	const struct speed_row *w = speed_model_row(
+	    &M, job_type, js->gpus_per_node * (js->node_count ? js->node_count : 1));
+	if (!w || !M.ngpus)
+		return 0;
+	double best = 0;
+	for (uint32_t i = 0; i < M.ngpus; i++) {
+		double v = speed_model_rel(w, &M.gpus[i], &M.gpus[0]);
+		if (v > best)
+			best = v;
+	}
+	if (!(best > 0))
+		return 0;
+	uint32_t n = 0;
+	for (uint32_t i = 0; i < M.ngpus && n < SCHED_MAX_STRINGS; i++) {
+		double v = speed_model_rel(w, &M.gpus[i], &M.gpus[0]);
+		if (!(v > 0))
+			continue;
+		snprintf(st->speed_models[n], sizeof st->speed_models[n], "%s", M.gpus[i].name);
+		st->speeds[n] = (struct sched_speed){ st->speed_models[n], 0, (float)(v / best) };
+		n++;
+	}
+	if (w->mem_gib > 0) {
+		uint32_t need = (uint32_t)ceil(w->mem_gib * 1024);
+		if (js->min_memory_mib < need)
+			js->min_memory_mib = need;
+	}
+	js->nspeeds = n;
+	js->speeds = n ? st->speeds : NULL;
+	return n;
+}
 
 struct learned {
 	char *job_type;
@@ -112,6 +161,7 @@ void speeds_clear(void)
 {
 	table_free(S.v, S.n);
 	memset(&S, 0, sizeof S);
+	speed_model_free(&M);
 }
 
 uint32_t speeds_apply(const char *job_type, struct sched_job_spec *js, struct conv_strings *st)
@@ -145,7 +195,8 @@ uint32_t speeds_apply(const char *job_type, struct sched_job_spec *js, struct co
 	}
 	js->nspeeds = n;
 	js->speeds = n ? st->speeds : NULL;
-	return n;
+	/* nothing learned for the type yet: the speed model's estimate */
+	return n ? n : model_apply(job_type, js, st);
 }
 
 /* ---- learning from a succeeded lease ---------------------------------------------------------- */

@@ -20,6 +20,10 @@ void speeds_reload(struct app *a, speeds_done_fn done, void *arg);
 /* Drops the in-memory table (shutdown). */
 void speeds_clear(void);
 
+/* Reads the speed model (before the event loop runs): job types with no
+ * learned profile get the model's. 0, or -1 with err. */
+int speeds_model_load(const char *rows_path, const char *gpus_path, char *err, size_t err_len);
+
 /* A job of job_type that declares no profile (js->nspeeds == 0) gets the
  * learned one: a model entry per GPU model learned for the type, speeds
  * relative to its fastest. Strings go into st, which must outlive js.

@@ -39,6 +39,7 @@ void sim_config_default(struct sim_config *c)
 	c->precision = SCHED_PREC_FP32;
 	c->declare_profiles = true;
 	c->interpolate = true;
+	c->limit_overestimate = SIM_LIMIT_OVERESTIMATE_DEFAULT;
 }
 
 static uint64_t splitmix64(uint64_t *x)
@@ -180,8 +181,10 @@ struct sim {
 	uint32_t njobs;
 	uint32_t *order; /* jobs by scaled submit time */
 	struct idx *job_ids, *node_ids;
-	int32_t *col_of;    /* fleet model -> throughput column, -1 = none */
-	double *col_tflops; /* per throughput column, FP32; 0 = unknown */
+	int32_t *col_of;                    /* fleet model -> throughput column, -1 = none */
+	const struct speed_gpu **model_gpu; /* fleet model -> speed model GPU */
+	const struct speed_gpu *ref_gpu;    /* the reference column's GPU */
+	double *col_tflops;                 /* per throughput column, FP32; 0 = unknown */
 	double ref_tflops;
 	uint64_t *busy; /* shadow of GPUs in use, per fleet node */
 	struct heap h;
@@ -190,6 +193,8 @@ struct sim {
 	double busy_window_gpu_s; /* inside [first, last arrival] */
 	double lost_gpu_s;        /* thrown away by preemption */
 	double lost_window_gpu_s; /* the same inside [first, last arrival] */
+	double work_gpu_s;        /* kept work, reference-GPU-seconds */
+	double work_window_gpu_s; /* the same inside [first, last arrival] */
 	int64_t first_arrival_us, last_arrival_us;
 	double cost_micros;
 	struct sim_result *res;
@@ -268,6 +273,19 @@ static double job_speed(const struct sim *s, const struct sjob *j, uint32_t mode
 		if (s->col_of[model] >= 0)
 			v = trace_tput_speed(cfg->tputs, (uint32_t)j->type, gpus,
 			                     (uint32_t)s->col_of[model]);
+		if (!(v > 0) && cfg->model && s->ref_gpu && s->model_gpu[model]) {
+			const struct speed_row *w =
+			    speed_model_row(cfg->model, cfg->tputs->types[j->type], gpus);
+			if (w) {
+				double r = speed_model_rel(w, s->model_gpu[model], s->ref_gpu);
+				if (!(r > 0))
+					return 0; /* does not fit in the model's memory */
+				float meas =
+				    trace_tput_speed(cfg->tputs, (uint32_t)j->type, gpus, 0);
+				if (meas > 0 && ref > 0)
+					return r * meas / ref;
+			}
+		}
 		if (!(v > 0) && cfg->interpolate)
 			v = interp_speed(s, j, m->tflops[SCHED_PREC_FP32]);
 		if (v > 0 && ref > 0)
@@ -286,9 +304,13 @@ static int setup_models(struct sim *s)
 	const struct sim_config *cfg = s->cfg;
 	const struct trace_fleet *fl = cfg->fleet;
 	s->col_of = malloc((fl->nmodels ? fl->nmodels : 1) * sizeof *s->col_of);
-	if (!s->col_of)
+	s->model_gpu = calloc(fl->nmodels ? fl->nmodels : 1, sizeof *s->model_gpu);
+	if (!s->col_of || !s->model_gpu)
 		return -1;
+	if (cfg->model && cfg->tputs && cfg->tputs->ncols)
+		s->ref_gpu = speed_model_gpu(cfg->model, cfg->tputs->cols[0]);
 	for (uint32_t m = 0; m < fl->nmodels; m++) {
+		s->model_gpu[m] = speed_model_gpu(cfg->model, fl->models[m].name);
 		s->col_of[m] = -1;
 		for (uint32_t c = 0; cfg->tputs && c < cfg->tputs->ncols; c++) {
 			if (trace_col_matches(cfg->tputs->cols[c], fl->models[m].name)) {
@@ -396,6 +418,9 @@ static int setup_jobs(struct sim *s)
 		if (tj->v[i].submit_us < first)
 			first = tj->v[i].submit_us;
 	uint64_t rng = cfg->seed;
+	/* time-limit overestimates: a stream of their own, so that the type
+	 * and tenant draws are the same with or without them */
+	uint64_t lrng = cfg->seed ^ 0x6c696d6974ull;
 	for (uint32_t i = 0; i < tj->n; i++) {
 		struct sjob *j = &s->jobs[i];
 		j->tj = &tj->v[i];
@@ -431,10 +456,13 @@ static int setup_jobs(struct sim *s)
 		double slowest = INFINITY;
 		for (uint32_t m = 0; m < cfg->fleet->nmodels; m++) {
 			double v = job_speed(s, j, m);
-			if (v < slowest)
+			if (v > 0 && v < slowest)
 				slowest = v;
 		}
-		double cap = (double)j->tj->duration_us / (slowest > 0 ? slowest : 1.0);
+		double cap = (double)j->tj->duration_us / (slowest < INFINITY ? slowest : 1.0);
+		double u = (double)(splitmix64(&lrng) >> 11) / 9007199254740992.0;
+		if (cfg->limit_overestimate > 1)
+			cap *= pow(cfg->limit_overestimate, u);
 		double max_cap = 366.0 * 86400 * 1e6;
 		j->max_dur_us = (int64_t)ceil(cap < max_cap ? cap : max_cap);
 		j->out = &s->res->per_job[i];
@@ -480,6 +508,13 @@ static int job_arrive(struct sim *s, uint32_t ji)
 	spec.gpus_per_node = j->tj->gpus_per_node;
 	spec.node_count = j->tj->node_count;
 	spec.precision = cfg->precision;
+	if (cfg->model && j->type >= 0) {
+		const struct speed_row *w =
+		    speed_model_row(cfg->model, cfg->tputs->types[j->type],
+		                    j->tj->gpus_per_node * j->tj->node_count);
+		if (w && w->mem_gib > 0)
+			spec.min_memory_mib = (uint32_t)ceil(w->mem_gib * 1024);
+	}
 	spec.max_duration_us = j->max_dur_us;
 	spec.priority_class = j->tj->priority_class;
 	spec.preemptible = j->tj->preemptible;
@@ -521,6 +556,7 @@ static void run_close(struct sim *s, struct sjob *j, int64_t t, bool preempted)
 	double wsecs = window_s(s, j->run_start_us, t);
 	double lost_s = (double)(ran - kept) / 1e6;
 	double lost_wsecs = window_s(s, j->run_start_us + kept, t);
+	double kept_wsecs = window_s(s, j->run_start_us, j->run_start_us + kept);
 	for (uint32_t p = 0; p < j->nparts; p++) {
 		const struct spart *sp = &j->parts[p];
 		double g = (double)__builtin_popcountll(sp->mask);
@@ -529,6 +565,8 @@ static void run_close(struct sim *s, struct sjob *j, int64_t t, bool preempted)
 		s->busy_window_gpu_s += g * wsecs;
 		s->lost_gpu_s += g * lost_s;
 		s->lost_window_gpu_s += g * lost_wsecs;
+		s->work_gpu_s += g * (double)kept / 1e6 * j->run_speed;
+		s->work_window_gpu_s += g * kept_wsecs * j->run_speed;
 		s->cost_micros += (double)fl->nodes[sp->node].price_micros * g * secs / 3600.0;
 	}
 	j->remaining_us -= (double)kept * j->run_speed;
@@ -803,6 +841,9 @@ static int metrics(struct sim *s, int64_t first, int64_t end)
 	                                ? (s->busy_window_gpu_s - s->lost_window_gpu_s) / wcap
 	                                : (cap > 0 ? (s->busy_gpu_s - s->lost_gpu_s) / cap : 0);
 	r->lost_gpu_s = s->lost_gpu_s;
+	r->effective_throughput_makespan = cap > 0 ? s->work_gpu_s / cap : 0;
+	r->effective_throughput =
+	    wcap > 0 ? s->work_window_gpu_s / wcap : r->effective_throughput_makespan;
 	double a = 0, b = 0;
 	for (uint32_t t = 0; t < nts; t++) {
 		double x = ts[t].sum / ts[t].n;
@@ -827,6 +868,11 @@ int sim_run(const struct sim_config *cfg, struct sim_result *out, char *err, siz
 	if (!(cfg->arrival_scale > 0 && cfg->arrival_scale <= 1e6)) {
 		errf(err, err_len, "arrival_scale: must be greater than 0 and at most 1e6, got %g",
 		     cfg->arrival_scale);
+		return -1;
+	}
+	if (!(cfg->limit_overestimate >= 1 && cfg->limit_overestimate <= 1000)) {
+		errf(err, err_len, "limit_overestimate: must be between 1 and 1000, got %g",
+		     cfg->limit_overestimate);
 		return -1;
 	}
 	if (cfg->tenants < 1 || cfg->cycle_interval_us < 0 || cfg->horizon_us < 0 ||
@@ -882,6 +928,7 @@ done:
 	free(s.job_ids);
 	free(s.node_ids);
 	free(s.col_of);
+	free(s.model_gpu);
 	free(s.col_tflops);
 	free(s.busy);
 	free(s.h.v);
@@ -910,12 +957,15 @@ size_t sim_result_json(const struct sim_result *r, double wall_s, char *buf, siz
 	    "\"makespan_s\":%.3f,\"gpu_utilization\":%.6f,\"gpu_utilization_makespan\":%.6f,"
 	    "\"jain_fairness\":%.6f,"
 	    "\"cost_micros\":%" PRId64 ",\"preemptions\":%u,\"lost_gpu_s\":%.3f,"
-	    "\"gpu_utilization_useful\":%.6f,\"cycles\":%" PRIu64 ",\"overcommits\":%" PRIu64
-	    ",\"check_failures\":%" PRIu64 ",\"sim_seconds\":%.3f%s}",
+	    "\"gpu_utilization_useful\":%.6f,\"useful_utilization\":%.6f,"
+	    "\"effective_throughput\":%.6f,\"effective_throughput_makespan\":%.6f,"
+	    "\"cycles\":%" PRIu64 ",\"overcommits\":%" PRIu64 ",\"check_failures\":%" PRIu64
+	    ",\"sim_seconds\":%.3f%s}",
 	    r->jobs, r->completed, r->unfinished, r->unschedulable, r->avg_jct_s, r->p50_jct_s,
 	    r->p99_jct_s, r->avg_wait_s, r->makespan_s, r->gpu_utilization,
 	    r->gpu_utilization_makespan, r->jain_fairness, r->cost_micros, r->preemptions,
-	    r->lost_gpu_s, r->gpu_utilization_useful, r->cycles, r->overcommits, r->check_failures,
-	    r->sim_seconds, wall);
+	    r->lost_gpu_s, r->gpu_utilization_useful, r->gpu_utilization_useful,
+	    r->effective_throughput, r->effective_throughput_makespan, r->cycles, r->overcommits,
+	    r->check_failures, r->sim_seconds, wall);
 	return n < 0 ? 0 : (size_t)n;
 }

@@ -13,6 +13,11 @@
 #include "sched.h"
 #include "trace.h"
 
+/* Time limits overestimate run times by a factor log-uniform in [1, 10]
+ * (median 3.2: users' limits are several times their jobs' run times in
+ * the Slurm and PBS logs studied by Tsafrir et al., 2005). */
+#define SIM_LIMIT_OVERESTIMATE_DEFAULT 10.0
+
 struct sim_config {
 	const struct trace_fleet *fleet;
 	const struct trace_jobs *jobs;
@@ -34,6 +39,14 @@ struct sim_config {
 	bool interpolate;               /* models without a throughput column: per job
 	                              type, interpolated by FP32 TFLOPS between the
 	                              table's GPU kinds (else TFLOPS ratio only) */
+	/* The per-job-type roofline speed model (data/speed-model.csv): speeds
+	 * on models the throughput table does not measure; measured columns
+	 * win. NULL: interpolation as above. */
+	const struct speed_model *model;
+	/* Users' time limits: a job's max duration is its run time on the
+	 * slowest model x a factor drawn log-uniformly in [1, this] (seeded,
+	 * its own stream). 1 = the oracle: limits equal run times. >= 1. */
+	double limit_overestimate;
 };
 
 /* Fills c with the defaults; fleet, jobs and tputs stay NULL. */
@@ -74,6 +87,11 @@ struct sim_result {
 	double lost_gpu_s;             /* GPU-seconds of work preemption threw away
 	                                     (run since the last checkpoint) */
 	double gpu_utilization_useful; /* gpu_utilization less the lost work */
+	/* work kept (not thrown away by preemption) in the same window, in
+	 * reference-GPU-seconds, per GPU-second of the fleet: 1 = every GPU
+	 * busy doing useful work at the reference GPU's speed */
+	double effective_throughput;
+	double effective_throughput_makespan; /* the same over the makespan */
 	uint64_t cycles;
 	uint64_t overcommits; /* GPUs given while busy: must be 0 */
 	uint64_t check_failures;

@@ -22,14 +22,14 @@ static const struct {
 	const char *trace_name;
 	struct trace_model m;
 } alibaba_models[] = {
-	{ "P100", { "P100-PCIe-16GB", 16384, 60, { 9.3f, 0, 18.7f, 0, 0 }, 300000 } },
-	{ "T4", { "T4-16GB", 16384, 75, { 8.1f, 0, 65.0f, 0, 0 }, 250000 } },
-	{ "V100M16", { "V100-SXM2-16GB", 16384, 70, { 15.7f, 0, 125.0f, 0, 0 }, 600000 } },
-	{ "V100M32", { "V100-SXM2-32GB", 32768, 70, { 15.7f, 0, 125.0f, 0, 0 }, 800000 } },
-	{ "A10", { "A10-24GB", 24576, 86, { 31.2f, 62.5f, 125.0f, 125.0f, 0 }, 600000 } },
-	{ "G1", { "G1", 16384, 61, { 11.0f, 0, 0.2f, 0, 0 }, 200000 } },
-	{ "G2", { "G2", 24576, 75, { 16.3f, 0, 130.5f, 0, 0 }, 450000 } },
-	{ "G3", { "G3", 40960, 80, { 19.5f, 156.0f, 312.0f, 312.0f, 0 }, 1100000 } },
+	{ "P100", { "P100-PCIe-16GB", 16384, 60, { 9.3f, 0, 18.7f, 0, 0 }, 300000, 0 } },
+	{ "T4", { "T4-16GB", 16384, 75, { 8.1f, 0, 65.0f, 0, 0 }, 250000, 0 } },
+	{ "V100M16", { "V100-SXM2-16GB", 16384, 70, { 15.7f, 0, 125.0f, 0, 0 }, 600000, 0 } },
+	{ "V100M32", { "V100-SXM2-32GB", 32768, 70, { 15.7f, 0, 125.0f, 0, 0 }, 800000, 0 } },
+	{ "A10", { "A10-24GB", 24576, 86, { 31.2f, 62.5f, 125.0f, 125.0f, 0 }, 600000, 0 } },
+	{ "G1", { "G1", 16384, 61, { 11.0f, 0, 0.2f, 0, 0 }, 200000, 0 } },
+	{ "G2", { "G2", 24576, 75, { 16.3f, 0, 130.5f, 0, 0 }, 450000, 0 } },
+	{ "G3", { "G3", 40960, 80, { 19.5f, 156.0f, 312.0f, 312.0f, 0 }, 1100000, 0 } },
 };
 
 const struct trace_model *trace_alibaba_model(const char *trace_name)
@@ -83,7 +83,16 @@ static char *slurp(const char *path, char *err, size_t err_len)
 		return NULL;
 	}
 	buf[len] = '\0';
+	/* a UTF-8 byte-order mark (spreadsheet exports) is not part of the header */
+	if (len >= 3 && !memcmp(buf, "\xef\xbb\xbf", 3))
+		memmove(buf, buf + 3, len - 2);
 	return buf;
+}
+
+/* Text given in memory may start with a UTF-8 byte-order mark too. */
+static char *skip_bom(char *text)
+{
+	return text && !strncmp(text, "\xef\xbb\xbf", 3) ? text + 3 : text;
 }
 
 /* Cuts the next line off *p (in place); NULL at the end. */
@@ -255,10 +264,24 @@ enum trace_format trace_detect(const char *path, char *err, size_t err_len)
 
 /* ---- nodes ---------------------------------------------------------------------- */
 
-static int fleet_model(struct trace_fleet *fl, const struct trace_model *m, uint32_t *out)
+/* Two rows naming one model must agree on its figures (price is the
+ * node's own); a model is defined by the first row that names it. */
+static bool model_figures_equal(const struct trace_model *a, const struct trace_model *b)
+{
+	return a->memory_mib == b->memory_mib && a->compute_cap == b->compute_cap &&
+	       !memcmp(a->tflops, b->tflops, sizeof a->tflops);
+}
+
+static int fleet_model(struct rd *r, struct trace_fleet *fl, const struct trace_model *m,
+                       uint32_t *out)
 {
 	for (uint32_t i = 0; i < fl->nmodels; i++) {
 		if (!strcmp(fl->models[i].name, m->name)) {
+			if (!model_figures_equal(&fl->models[i], m))
+				return bad(r, "model",
+				           "GPU model \"%s\" has other figures (memory, compute "
+				           "capability or TFLOPS) than on line %u",
+				           m->name, fl->models[i].first_line);
 			*out = i;
 			return 0;
 		}
@@ -268,6 +291,7 @@ static int fleet_model(struct trace_fleet *fl, const struct trace_model *m, uint
 		return -1;
 	fl->models = v;
 	v[fl->nmodels] = *m;
+	v[fl->nmodels].first_line = r->line;
 	*out = fl->nmodels++;
 	return 0;
 }
@@ -315,7 +339,9 @@ static int parse_alibaba_nodes(struct rd *r, char *text, struct trace_fleet *fl)
 		snprintf(n.region, sizeof n.region, "default");
 		n.ngpus = (uint32_t)ngpus;
 		n.price_micros = m->price_micros;
-		if (fleet_model(fl, m, &n.model) || fleet_push(fl, &cap, &n))
+		if (fleet_model(r, fl, m, &n.model))
+			return -1;
+		if (fleet_push(fl, &cap, &n))
 			return bad(r, "*", "out of memory");
 	}
 	return 0;
@@ -371,7 +397,9 @@ static int parse_gm_nodes(struct rd *r, char *text, struct trace_fleet *fl)
 		for (uint32_t i = 0; i < fl->nnodes; i++)
 			if (fl->nodes[i].id == n.id)
 				return bad(r, "node_id", "duplicate node id %" PRIu64, n.id);
-		if (fleet_model(fl, &m, &n.model) || fleet_push(fl, &cap, &n))
+		if (fleet_model(r, fl, &m, &n.model))
+			return -1;
+		if (fleet_push(fl, &cap, &n))
 			return bad(r, "*", "out of memory");
 	}
 	return 0;
@@ -391,6 +419,7 @@ static int nodes_from_text(const char *name, char *text, struct trace_fleet *out
 {
 	memset(out, 0, sizeof *out);
 	struct rd r = { name, 0, err, err_len };
+	text = skip_bom(text);
 	enum trace_format fmt = detect_header(text);
 	int rc;
 	if (fmt == TRACE_FMT_GM_NODES)
@@ -598,6 +627,7 @@ static int jobs_from_text(const char *name, char *text, struct trace_jobs *out, 
 {
 	memset(out, 0, sizeof *out);
 	struct rd r = { name, 0, err, err_len };
+	text = skip_bom(text);
 	enum trace_format fmt = detect_header(text);
 	int rc;
 	if (fmt == TRACE_FMT_GM_JOBS)
@@ -804,8 +834,10 @@ static int parse_gavel_json(struct rd *r, const char *text, struct trace_tputs *
 	json_object_foreach(root, gpu, per_gpu)
 	{
 		if (ng == MAX_FIELDS || !json_is_object(per_gpu)) {
+			/* gpu belongs to root: the message first */
+			int e = bad(r, gpu, "expected at most %d GPU objects", MAX_FIELDS);
 			json_decref(root);
-			return bad(r, gpu, "expected at most %d GPU objects", MAX_FIELDS);
+			return e;
 		}
 		names[ng++] = gpu;
 	}
@@ -840,11 +872,13 @@ static int parse_gavel_json(struct rd *r, const char *text, struct trace_tputs *
 			uint32_t scale, type;
 			json_t *alone = json_object_get(entry, "null");
 			if (!parse_gavel_key(key, name, &scale) || !json_is_number(alone)) {
+				/* key belongs to root: the message first */
+				int e = bad(r, t->cols[c],
+				            "entry \"%s\": expected a key \"('type', "
+				            "scale)\" with a \"null\" number",
+				            key);
 				json_decref(root);
-				return bad(r, t->cols[c],
-				           "entry \"%s\": expected a key \"('type', "
-				           "scale)\" with a \"null\" number",
-				           key);
+				return e;
 			}
 			struct trace_tput_row *row;
 			if (tputs_type(t, name, &type) ||
@@ -939,4 +973,223 @@ bool trace_col_matches(const char *col, const char *model)
 	/* "v100" matches "V100-SXM2-16GB" but "a10" must not match "A100-..." */
 	char next = model[n];
 	return next == '\0' || next == '-' || next == '_' || next == ' ';
+}
+
+/* ---- the speed model ------------------------------------------------------------- */
+
+/* Splits the first non-comment line (the header) of a model file and checks
+ * it names exactly cols. */
+static int model_header(struct rd *r, char **p, const char *const *cols, int ncols)
+{
+	char *line;
+	while ((line = next_line(p))) {
+		r->line++;
+		if (!blank(line))
+			break;
+	}
+	if (!line)
+		return bad(r, "*", "no header line");
+	char *f[MAX_FIELDS];
+	int nf = csv_split(line, f, MAX_FIELDS);
+	for (int i = 0; i < ncols; i++)
+		if (i >= nf || strcmp(f[i], cols[i]))
+			return bad(r, "*", "header must start with column %d \"%s\"", i + 1,
+			           cols[i]);
+	return 0;
+}
+
+static int parse_speed_gpus(struct rd *r, char *text, struct speed_model *m)
+{
+	static const char *const cols[] = { "model",       "fp32_tflops", "tf32_tflops",
+		                            "fp16_tflops", "bf16_tflops", "fp8_tflops",
+		                            "mem_bw_gbps", "memory_gib" };
+	char *p = text, *line;
+	if (model_header(r, &p, cols, 8))
+		return -1;
+	uint32_t cap = 0;
+	while ((line = next_line(&p))) {
+		r->line++;
+		if (blank(line))
+			continue;
+		char *f[MAX_FIELDS];
+		int nf = csv_split(line, f, MAX_FIELDS);
+		if (nf != 8)
+			return bad(r, "*", "expected 8 columns, got %d", nf);
+		struct speed_gpu g;
+		memset(&g, 0, sizeof g);
+		if (get_name(r, "model", f[0], true, g.name))
+			return -1;
+		double v;
+		for (int q = 0; q < SCHED_PREC_COUNT; q++) {
+			if (get_f64(r, cols[1 + q], f[1 + q], 0, 1e6, &v))
+				return -1;
+			g.peak[q] = (float)v;
+		}
+		if (!(g.peak[SCHED_PREC_FP32] > 0))
+			return bad(r, "fp32_tflops", "must be greater than 0");
+		if (get_f64(r, "mem_bw_gbps", f[6], 1e-3, 1e7, &v))
+			return -1;
+		g.mem_bw_gbps = (float)v;
+		if (get_f64(r, "memory_gib", f[7], 0, 1e6, &v))
+			return -1;
+		g.memory_gib = (float)v;
+		g.line = r->line;
+		for (uint32_t i = 0; i < m->ngpus; i++)
+			if (!strcasecmp(m->gpus[i].name, g.name))
+				return bad(r, "model", "GPU model \"%s\" is already on line %u",
+				           g.name, m->gpus[i].line);
+		if (m->ngpus == cap) {
+			cap = cap ? cap * 2 : 32;
+			struct speed_gpu *nv = realloc(m->gpus, cap * sizeof *nv);
+			if (!nv)
+				return bad(r, "*", "out of memory");
+			m->gpus = nv;
+		}
+		m->gpus[m->ngpus++] = g;
+	}
+	if (!m->ngpus)
+		return bad(r, "*", "no GPU models");
+	return 0;
+}
+
+static int parse_speed_rows(struct rd *r, char *text, struct speed_model *m)
+{
+	static const char *const cols[] = { "job_type", "scale_factor", "precision",
+		                            "compute_share", "mem_gib" };
+	static const char *const precs[SCHED_PREC_COUNT] = { "fp32", "tf32", "fp16", "bf16",
+		                                             "fp8" };
+	char *p = text, *line;
+	if (model_header(r, &p, cols, 5))
+		return -1;
+	uint32_t cap = 0;
+	while ((line = next_line(&p))) {
+		r->line++;
+		if (blank(line))
+			continue;
+		char *f[MAX_FIELDS];
+		int nf = csv_split(line, f, MAX_FIELDS);
+		if (nf < 5)
+			return bad(r, "*", "expected at least 5 columns, got %d", nf);
+		struct speed_row w;
+		memset(&w, 0, sizeof w);
+		if (get_name(r, "job_type", f[0], true, w.type))
+			return -1;
+		int64_t sc = 0;
+		if (get_i64(r, "scale_factor", f[1], 1,
+		            SCHED_MAX_GPUS_PER_NODE * SCHED_MAX_GANG_NODES, &sc))
+			return -1;
+		w.scale = (uint32_t)sc;
+		int q = 0;
+		while (q < SCHED_PREC_COUNT && strcmp(f[2], precs[q]))
+			q++;
+		if (q == SCHED_PREC_COUNT)
+			return bad(r, "precision",
+			           "must be fp32, tf32, fp16, bf16 or fp8, got \"%s\"", f[2]);
+		w.precision = (enum sched_precision)q;
+		double v;
+		if (get_f64(r, "compute_share", f[3], 0, 1, &v))
+			return -1;
+		w.compute_share = (float)v;
+		if (get_f64(r, "mem_gib", f[4], 0, 1e6, &v))
+			return -1;
+		w.mem_gib = (float)v;
+		w.line = r->line;
+		for (uint32_t i = 0; i < m->nrows; i++)
+			if (!strcmp(m->rows[i].type, w.type) && m->rows[i].scale == w.scale)
+				return bad(r, "job_type",
+				           "\"%s\" with scale_factor %u is already on line %u",
+				           w.type, w.scale, m->rows[i].line);
+		if (m->nrows == cap) {
+			cap = cap ? cap * 2 : 64;
+			struct speed_row *nv = realloc(m->rows, cap * sizeof *nv);
+			if (!nv)
+				return bad(r, "*", "out of memory");
+			m->rows = nv;
+		}
+		m->rows[m->nrows++] = w;
+	}
+	return 0;
+}
+
+int speed_model_read(const char *rows_path, const char *gpus_path, struct speed_model *out,
+                     char *err, size_t err_len)
+{
+	memset(out, 0, sizeof *out);
+	char *text = slurp(gpus_path, err, err_len);
+	if (!text)
+		return -1;
+	struct rd r = { gpus_path, 0, err, err_len };
+	int rc = parse_speed_gpus(&r, text, out);
+	free(text);
+	if (!rc) {
+		text = slurp(rows_path, err, err_len);
+		if (!text) {
+			rc = -1;
+		} else {
+			struct rd r2 = { rows_path, 0, err, err_len };
+			rc = parse_speed_rows(&r2, text, out);
+			free(text);
+		}
+	}
+	if (rc)
+		speed_model_free(out);
+	return rc;
+}
+
+void speed_model_free(struct speed_model *m)
+{
+	if (!m)
+		return;
+	free(m->gpus);
+	free(m->rows);
+	memset(m, 0, sizeof *m);
+}
+
+const struct speed_gpu *speed_model_gpu(const struct speed_model *m, const char *model)
+{
+	if (!m || !model)
+		return NULL;
+	for (uint32_t i = 0; i < m->ngpus; i++)
+		if (!strcasecmp(m->gpus[i].name, model))
+			return &m->gpus[i];
+	/* a short kind ("v100", "k80") names the first model it starts */
+	for (uint32_t i = 0; i < m->ngpus; i++)
+		if (trace_col_matches(model, m->gpus[i].name))
+			return &m->gpus[i];
+	return NULL;
+}
+
+const struct speed_row *speed_model_row(const struct speed_model *m, const char *type,
+                                        uint32_t gpus)
+{
+	const struct speed_row *best = NULL;
+	for (uint32_t i = 0; m && i < m->nrows; i++) {
+		const struct speed_row *w = &m->rows[i];
+		if (strcmp(w->type, type))
+			continue;
+		if ((w->scale <= gpus || w->scale == 1) && (!best || w->scale > best->scale))
+			best = w;
+	}
+	return best;
+}
+
+/* The peak a job computing in prec gets: tf32 (and the half precisions)
+ * fall back to FP32 where the GPU has no such path. */
+static double model_peak(const struct speed_gpu *g, enum sched_precision prec)
+{
+	double v = g->peak[prec];
+	return v > 0 ? v : g->peak[SCHED_PREC_FP32];
+}
+
+double speed_model_rel(const struct speed_row *w, const struct speed_gpu *g,
+                       const struct speed_gpu *ref)
+{
+	if (!w || !g || !ref)
+		return 0;
+	if (w->mem_gib > 0 && g->memory_gib > 0 && g->memory_gib < w->mem_gib)
+		return 0; /* does not fit: a hard limit */
+	double f = w->compute_share;
+	double t = f * model_peak(ref, w->precision) / model_peak(g, w->precision) +
+	           (1 - f) * (double)ref->mem_bw_gbps / (double)g->mem_bw_gbps;
+	return t > 0 ? 1.0 / t : 0;
 }

@@ -23,6 +23,7 @@ struct trace_model {
 	uint16_t compute_cap;           /* major*10 + minor */
 	float tflops[SCHED_PREC_COUNT]; /* verified figures; 0 = precision absent */
 	int64_t price_micros;           /* per GPU-hour */
+	uint32_t first_line;            /* the inventory line that defined it */
 };
 
 struct trace_node {
@@ -135,5 +136,52 @@ bool trace_col_matches(const char *col, const char *model);
 /* Built-in figures for a model of the Alibaba inventory ("V100M16", "G2",
  * ...), or NULL when unknown. */
 const struct trace_model *trace_alibaba_model(const char *trace_name);
+
+/* ---- the speed model (data/speed-model.csv, data/gpu-roofline.csv) ------------ */
+
+/* A GPU model's roofline figures. */
+struct speed_gpu {
+	char name[TRACE_NAME_BYTES];
+	float peak[SCHED_PREC_COUNT]; /* dense TFLOPS; 0 = no such path */
+	float mem_bw_gbps;
+	float memory_gib;
+	uint32_t line;
+};
+
+/* One job type at one GPU count: the compute-bound share of a step on the
+ * reference GPU, the precision its compute runs in, the memory it needs. */
+struct speed_row {
+	char type[TRACE_NAME_BYTES];
+	uint32_t scale;
+	enum sched_precision precision;
+	float compute_share; /* 0..1 */
+	float mem_gib;       /* 0 = fits every GPU */
+	uint32_t line;
+};
+
+struct speed_model {
+	struct speed_gpu *gpus;
+	uint32_t ngpus;
+	struct speed_row *rows;
+	uint32_t nrows;
+};
+
+/* Reads the per-job-type rows and the GPU table; duplicate rows are errors
+ * naming both lines. Released with speed_model_free. */
+int speed_model_read(const char *rows_path, const char *gpus_path, struct speed_model *out,
+                     char *err, size_t err_len);
+void speed_model_free(struct speed_model *m);
+/* The GPU row of a model name (ignoring case; a short kind such as "v100"
+ * names the first model it starts), or NULL. */
+const struct speed_gpu *speed_model_gpu(const struct speed_model *m, const char *model);
+/* The row of a job type for a job of gpus GPUs: the largest scale <= gpus
+ * (scale 1 at least), or NULL. */
+const struct speed_row *speed_model_row(const struct speed_model *m, const char *type,
+                                        uint32_t gpus);
+/* Speed on g relative to speed on ref (roofline: compute share over the
+ * peak in the row's precision, the rest over memory bandwidth); 0 when the
+ * job does not fit in g's memory or an argument is NULL. */
+double speed_model_rel(const struct speed_row *w, const struct speed_gpu *g,
+                       const struct speed_gpu *ref);
 
 #endif

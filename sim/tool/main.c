@@ -3,11 +3,15 @@
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include <jansson.h>
+
+#include "app.h"
 #include "convert.h"
 #include "gpumatch-version.h"
 #include "pbjson.h"
@@ -41,8 +45,17 @@ static void usage(FILE *f)
 	    "  --tenants N           tenants drawn for jobs without one (default 8)\n"
 	    "  --precision P         fp32|tf32|fp16|bf16|fp8: what jobs compute in (default fp32)\n"
 	    "  --no-profiles         jobs do not declare throughput profiles\n"
-	    "  --no-interpolate      models without a throughput column run at TFLOPS ratio\n"
-	    "                        speed for every job type (default: interpolate per type)\n"
+	    "  --speed-model FILE    per-job-type roofline model (default: the shipped\n"
+	    "                        data/speed-model.csv); speeds on models the throughput\n"
+	    "                        table does not measure\n"
+	    "  --gpu-roofline FILE   GPU figures for it (default: data/gpu-roofline.csv)\n"
+	    "  --no-speed-model      models without a throughput column are interpolated by\n"
+	    "                        FP32 TFLOPS (the behaviour before the speed model)\n"
+	    "  --no-interpolate      with --no-speed-model: models without a throughput column\n"
+	    "                        run at TFLOPS ratio speed for every job type\n"
+	    "  --limit-overestimate X  time limits = run time on the slowest model x a factor\n"
+	    "                        drawn log-uniformly in [1, X] per job, seeded (default 10)\n"
+	    "  --oracle-limits       time limits equal run times (same as --limit-overestimate 1)\n"
 	    "  --check               check the scheduler's invariants after every cycle\n"
 	    "  --jobs-out FILE       per-job outcome CSV\n"
 	    "  --no-wall-clock       leave wall-clock figures out (byte-identical output)\n",
@@ -85,6 +98,19 @@ static int read_policy(const char *path, struct sched_policy *p)
 	}
 	ProtobufCMessage *m = NULL;
 	char err[256];
+	/* a saved `gpumatch admin policy get -o json` reply holds the policy
+	 * under "policy" */
+	json_t *tree = json_loadb(text, len, 0, NULL);
+	json_t *inner = json_is_object(tree) ? json_object_get(tree, "policy") : NULL;
+	if (json_is_object(inner)) {
+		char *t2 = json_dumps(inner, JSON_COMPACT);
+		if (t2) {
+			free(text);
+			text = t2;
+			len = strlen(t2);
+		}
+	}
+	json_decref(tree);
 	int rc = pbjson_decode(&gpumatch__v1__policy__descriptor, text, len, &m, err, sizeof err);
 	free(text);
 	if (rc) {
@@ -177,7 +203,12 @@ int main(int argc, char **argv)
 		O_VERSION,
 		O_NOINTERP,
 		O_CKPT,
-		O_PREEMPTIBLE
+		O_PREEMPTIBLE,
+		O_MODEL,
+		O_ROOF,
+		O_NOMODEL,
+		O_OVER,
+		O_ORACLE
 	};
 	static const struct option opts[] = {
 		{ "nodes", required_argument, NULL, O_NODES },
@@ -195,6 +226,11 @@ int main(int argc, char **argv)
 		{ "no-profiles", no_argument, NULL, O_NOPROF },
 		{ "check", no_argument, NULL, O_CHECK },
 		{ "no-interpolate", no_argument, NULL, O_NOINTERP },
+		{ "speed-model", required_argument, NULL, O_MODEL },
+		{ "gpu-roofline", required_argument, NULL, O_ROOF },
+		{ "no-speed-model", no_argument, NULL, O_NOMODEL },
+		{ "limit-overestimate", required_argument, NULL, O_OVER },
+		{ "oracle-limits", no_argument, NULL, O_ORACLE },
 		{ "jobs-out", required_argument, NULL, O_JOBSOUT },
 		{ "no-wall-clock", no_argument, NULL, O_NOWALL },
 		{ "help", no_argument, NULL, O_HELP },
@@ -202,6 +238,10 @@ int main(int argc, char **argv)
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *nodes = NULL, *jobs = NULL, *tputs = NULL, *policy = NULL, *jobs_out = NULL;
+	char model_buf[PATH_MAX], roof_buf[PATH_MAX];
+	const char *model_path = share_path("speed-model.csv", model_buf, sizeof model_buf);
+	const char *roof_path = share_path("gpu-roofline.csv", roof_buf, sizeof roof_buf);
+	bool use_model = true;
 	struct sim_config cfg;
 	sim_config_default(&cfg);
 	bool wall = true, preemptible = false;
@@ -277,6 +317,23 @@ int main(int argc, char **argv)
 		case O_NOINTERP:
 			cfg.interpolate = false;
 			break;
+		case O_MODEL:
+			model_path = optarg;
+			break;
+		case O_ROOF:
+			roof_path = optarg;
+			break;
+		case O_NOMODEL:
+			use_model = false;
+			break;
+		case O_OVER:
+			if (parse_num("--limit-overestimate", optarg, 1, 1000, &v))
+				return 2;
+			cfg.limit_overestimate = v;
+			break;
+		case O_ORACLE:
+			cfg.limit_overestimate = 1;
+			break;
 		case O_CHECK:
 			cfg.check = true;
 			break;
@@ -341,13 +398,23 @@ int main(int argc, char **argv)
 		trace_jobs_free(&tj);
 		return 1;
 	}
+	struct speed_model sm;
+	memset(&sm, 0, sizeof sm);
+	if (use_model && tputs && speed_model_read(model_path, roof_path, &sm, err, sizeof err)) {
+		fprintf(stderr, "gpumatch-sim: %s\n", err);
+		trace_fleet_free(&fleet);
+		trace_jobs_free(&tj);
+		trace_tputs_free(&tp);
+		return 1;
+	}
 	cfg.fleet = &fleet;
 	cfg.jobs = &tj;
 	cfg.tputs = tputs ? &tp : NULL;
+	cfg.model = use_model && tputs ? &sm : NULL;
 	printf("inputs: nodes=%u gpus=%" PRIu64 " models=%u jobs=%u job_types=%u seed=%" PRIu64
-	       " arrival_scale=%g checkpoint_interval_s=%g%s\n",
+	       " arrival_scale=%g checkpoint_interval_s=%g limit_overestimate=%g%s\n",
 	       fleet.nnodes, fleet.gpus, fleet.nmodels, tj.n, tputs ? tp.ntypes : 0, cfg.seed,
-	       cfg.arrival_scale, (double)cfg.checkpoint_interval_us / 1e6,
+	       cfg.arrival_scale, (double)cfg.checkpoint_interval_us / 1e6, cfg.limit_overestimate,
 	       preemptible ? " preemptible=all" : "");
 	for (uint32_t m = 0; m < fleet.nmodels; m++) {
 		int col = -1;
@@ -359,8 +426,10 @@ int main(int argc, char **argv)
 			if (fleet.nodes[n].model == m)
 				g += fleet.nodes[n].ngpus;
 		printf("model: %s gpus=%u throughput_column=%s\n", fleet.models[m].name, g,
-		       col >= 0          ? tp.cols[col]
-		       : !tputs          ? "(no table: TFLOPS ratio)"
+		       col >= 0 ? tp.cols[col]
+		       : !tputs ? "(no table: TFLOPS ratio)"
+		       : cfg.model && speed_model_gpu(&sm, fleet.models[m].name)
+		           ? "(none: speed model)"
 		       : cfg.interpolate ? "(none: interpolated by FP32 TFLOPS)"
 		                         : "(none: TFLOPS ratio)");
 	}
@@ -388,5 +457,6 @@ int main(int argc, char **argv)
 	trace_fleet_free(&fleet);
 	trace_jobs_free(&tj);
 	trace_tputs_free(&tp);
+	speed_model_free(&sm);
 	return rc ? 1 : 0;
 }

@@ -299,6 +299,9 @@ class Cluster:
         self.proc = None
         self.host = "127.0.0.1"
         self.port = None
+        self.ssl_context = None  # an ssl.SSLContext: gpumatchd serves https
+        self.ca_file = None  # the CA that signed gpumatchd's certificate (for the CLI)
+        self.secrets = []  # every token made here: none may show up in a log
         self.log_path = None
         self._log = None
         self._pg_up = self._redis_up = False
@@ -614,9 +617,18 @@ class Cluster:
 
     # ---- HTTP ----
 
+    @property
+    def url(self):
+        """gpumatchd's base URL for clients (https:// when it serves TLS)."""
+        return "%s://%s:%d" % ("https" if self.ssl_context else "http", self.host, self.port)
+
     def http(self, method, path, body=b"", headers=None, timeout=30):
         """One request on a fresh connection: (status, headers, body bytes)."""
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+        if self.ssl_context is not None:
+            conn = http.client.HTTPSConnection(self.host, self.port, timeout=timeout,
+                                               context=self.ssl_context)
+        else:
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
         try:
             conn.request(method, path, body=body if body else None, headers=headers or {})
             resp = conn.getresponse()
@@ -690,6 +702,26 @@ class Cluster:
         return _make_reply(status, rh, raw, "POST " + path + (" (proto)" if binary else ""),
                            decode)
 
+    def secrets_in_logs(self):
+        """[(log path, token name)] for every token made through this
+        cluster (and the admin token) found in a *.log file under its dir."""
+        secrets = [s for s in self.secrets + [self.admin_token] if s]
+        found = []
+        for root, _, files in os.walk(self.dir or "/nonexistent"):
+            for fn in files:
+                if not fn.endswith(".log"):
+                    continue
+                path = os.path.join(root, fn)
+                try:
+                    with open(path, "rb") as f:
+                        data = f.read()
+                except OSError:
+                    continue
+                for i, s in enumerate(secrets):
+                    if s.encode() in data:
+                        found.append((path, "token #%d (%s...)" % (i, s[:6])))
+        return found
+
     def unique(self, prefix="x"):
         with self._lock:
             self._serial += 1
@@ -722,6 +754,7 @@ class Cluster:
         if operator_id:
             req["operatorId"] = str(operator_id)
         b = self.must(self.admin("CreateToken", req))
+        self.secrets.append(b["secret"])
         return b["secret"], b["token"]
 
     def new_tenant(self, name=None, funds_micros=10**15, **fields):

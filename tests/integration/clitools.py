@@ -25,7 +25,9 @@ def cli_env(cluster, token=None, extra=None):
     env["GPUMATCH_CONFIG"] = os.path.join(cluster.dir if cluster else tempfile.gettempdir(),
                                           "gpumatch-it-no-config", "config")
     if cluster is not None:
-        env["GPUMATCH_URL"] = "http://127.0.0.1:%d" % cluster.port
+        env["GPUMATCH_URL"] = cluster.url
+        if cluster.ca_file:
+            env["GPUMATCH_CA_FILE"] = cluster.ca_file
     if token:
         env["GPUMATCH_TOKEN"] = token
     env.update(extra or {})

@@ -37,6 +37,9 @@ def teardown_module(modname):
             rc = c.stop_gpumatchd(timeout=20)
             if rc != 0:
                 problems.append("gpumatchd exited with %s after SIGTERM (want 0)" % rc)
+        leaked = c.secrets_in_logs()
+        if leaked:
+            problems.append("tokens found in logs: %s" % leaked)
         rep = c.sanitizer_report()
         if rep:
             problems.append("sanitizer report in the gpumatchd log:\n" + rep)

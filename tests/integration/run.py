@@ -8,7 +8,8 @@ written during the failed test; exits 0 only if all passed.
         [test_jobs | test_jobs.JobTest | test_jobs.JobTest.test_submit ...]
 
 --quick (or GPUMATCH_IT_QUICK=1) leaves out the slow modules (SLOW = True:
-durability and failure tests)."""
+durability and failure tests). Modules with OWN_SUITE = True run only when
+named (meson runs each as its own test, with its own timeout)."""
 
 import sys
 
@@ -89,6 +90,9 @@ def main(argv=None):
         mod = importlib.import_module(modname)
         if quick and getattr(mod, "SLOW", False) and not args.tests:
             print("integration: --quick: leaving out %s (slow)" % modname, file=sys.stderr)
+            continue
+        if getattr(mod, "OWN_SUITE", False) and not args.tests:
+            # run by its own meson test (its own timeout), when named
             continue
         if name == modname:
             suite.addTests(loader.loadTestsFromModule(mod))

@@ -451,7 +451,9 @@ class CordonTest(LifecycleCase):
         lease = ag.acquire_lease(within=20)["lease"]
         self.assertEqual(lease["jobId"], job["id"])
         self.assertOk(ag.report(lease, "LEASE_STATE_SUCCEEDED", seq=1))
-        # uncordoning a node that is not cordoned changes nothing
+        # uncordoning a node that is not cordoned changes nothing (with no
+        # heartbeat in between, which would)
+        ag.stop_heartbeats()
         before = row(self.c, "nodes", ag.id)
         u = self.assertOk(self.c.admin("UncordonNode", {"nodeId": ag.id}))["node"]
         self.assertEqual(u["state"], "NODE_STATE_READY")
@@ -481,7 +483,9 @@ class CordonTest(LifecycleCase):
         self.assertOk(self.c.admin("CordonNode", {"nodeId": ag.id, "reason": "maintenance"}))
         # the agent goes silent past the heartbeat timeout
         self.c.psql("UPDATE nodes SET last_heartbeat_us = 1 WHERE id = %s" % ag.id)
-        deadline = time.time() + 5
+        # (once the leader has heard for a whole heartbeat timeout since it
+        # gained leadership: generous bound)
+        deadline = time.time() + 90
         while self.node_state(ag.id) != "5" and time.time() < deadline:
             time.sleep(0.1)
         self.assertEqual(self.node_state(ag.id), "5", "the janitor marks a silent node LOST")

@@ -48,6 +48,10 @@ class AgentTest(ItCase):
         cls.tenant, cls.ttok = c.new_tenant()
         cls.work = os.path.join(c.dir, "jobs-out")
         os.makedirs(cls.work, exist_ok=True)
+        # as root the agent runs bare jobs as an unprivileged user (nobody
+        # here): they write their outputs into this shared directory
+        os.chmod(c.dir, 0o711)
+        os.chmod(cls.work, 0o1777)
         cls.agents = [Agent(c, cls.otok, f, c.unique(n), labels={"pool": "main"}).start()
                       for f, n in [("rtx3090-x4.json", "rtx"), ("a100-x8.json", "a100"),
                                    ("h100-x8.json", "h100")]]
@@ -159,6 +163,7 @@ class AgentTest(ItCase):
         shapes = [(1, 1), (2, 1), (4, 1), (8, 1), (4, 2), (1, 1), (2, 1)]
         out = os.path.join(self.work, "mixed")
         os.makedirs(out, exist_ok=True)
+        os.chmod(out, 0o1777)  # the jobs' user writes here
         want = {}
         for i in range(50):
             gpus, nodes = shapes[i % len(shapes)]
@@ -286,6 +291,32 @@ class AgentTest(ItCase):
         n = cli_json(c, "node", "get", victim_id, token=self.otok)["node"]
         self.assertEqual(n["state"], "NODE_STATE_LOST")
 
+    def test_job_that_ends_while_the_agent_is_down_is_not_run_again(self):
+        c = self.c
+        ag = Agent(c, self.otok, "rtx3090-x4.json", c.unique("lazarus"),
+                   labels={"pool": "lazarus"}).start()
+        self.extra_agents.append(ag)
+        runs = os.path.join(self.work, "lazarus.runs")
+        go = os.path.join(self.work, "lazarus.go")
+        jid = self.submit_file({"gpusPerNode": 1, "maxDuration": "5m",
+                                "labelSelector": {"pool": "lazarus"},
+                                "command": ["sh", "-c",
+                                            "echo start >> %s; while [ ! -e %s ]; do sleep 0.1;"
+                                            " done; echo end >> %s" % (runs, go, runs)]},
+                               "lazarus")
+        common.wait_for(lambda: os.path.exists(runs), 30, what="job started")
+        common.wait_for(lambda: self.job(jid)["state"] == "JOB_STATE_RUNNING", 30,
+                        what="job running")
+        ag.kill9()
+        # the job finishes (exit 0) while its agent is down
+        open(go, "w").close()
+        common.wait_for(lambda: open(runs).read().count("end") == 1, 30, what="job ended")
+        ag.start()  # same state directory
+        j = wait_jobs(c, self.ttok, [jid], 60)[jid]
+        self.assertEqual(j["state"], "JOB_STATE_SUCCEEDED", j)
+        self.assertEqual(j.get("attempts"), 1, j)
+        self.assertEqual(open(runs).read().split(), ["start", "end"], "ran exactly once")
+
     def test_agent_restart_resumes_identity_and_reports_lost_job(self):
         c = self.c
         ag = Agent(c, self.otok, "rtx3090-x4.json", c.unique("phoenix"),
@@ -302,12 +333,22 @@ class AgentTest(ItCase):
                         what="job running")
         ag.kill9()
         self.assertTrue(pid_alive(pid), "the job outlives a killed agent")
+        os.unlink(pidfile)
         ag.start()  # same state directory
-        j = wait_jobs(c, self.ttok, [jid], 30)[jid]
-        self.assertEqual(j["state"], "JOB_STATE_FAILED", j)
-        self.assertEqual(j["failure"].get("termSignal"), 9, j)
-        self.assertIn("agent restarted", j["failure"].get("message", ""), j)
+        # the lost run is reported as lost (EXPIRED), not as the job's
+        # failure: the job is queued again and runs anew
+        common.wait_for(lambda: c.psql_value(
+            "SELECT count(*) FROM leases WHERE job_id = %s AND state = 7"
+            " AND end_message LIKE '%%agent restarted%%'" % jid) == "1", 30,
+            what="the lost lease reported EXPIRED")
         common.wait_for(lambda: not pid_alive(pid), 10, what="orphan %d killed" % pid)
+        pid2 = int(self.wait_file(pidfile))
+        self.assertNotEqual(pid2, pid)
+        common.wait_for(lambda: self.job(jid)["state"] == "JOB_STATE_RUNNING", 30,
+                        what="job running again")
+        self.assertEqual(c.psql_value("SELECT attempts FROM jobs WHERE id = %s" % jid), "2")
+        self.assertOk(c.call("JobService", "CancelJob", {"jobId": jid}, token=self.ttok))
+        wait_jobs(c, self.ttok, [jid], 60)
         self.assertEqual(ag.node_id(), node)
         self.assertIn("resuming node identity", ag.log())
         n = cli_json(c, "node", "list", token=self.otok)["nodes"]

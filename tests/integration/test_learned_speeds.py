@@ -35,7 +35,7 @@ class LearnedSpeedsTest(ItCase):
         p = common.ok(c.admin("GetPolicy", {}))["policy"]
         for k in ("version", "createdBy", "createdAtUs", "comment"):
             p.pop(k, None)
-        p.update(wSpeedup=1000, speedupRelative=0)
+        p.update(wSpeedup=1000, comparativeAdvantage=0)
         common.ok(c.admin("SetPolicy", {"policy": p, "comment": "learned speeds"}))
 
     def node(self, pool, which, model, tflops):

@@ -78,10 +78,32 @@ def wait_settled(c, lease_id, timeout=15):
                     "lease %s to be settled" % lease_id)
 
 
-def ran_for(c, lease_id, seconds):
-    """The lease has run for `seconds` (+0.3 s): moves its start back."""
-    c.psql("UPDATE leases SET started_at_us = %d WHERE id = %s"
-           % (common.now_us() - int((seconds + 0.3) * 1e6), lease_id))
+# lease id -> when its job exited, as ran_for made it
+EXITED = {}
+
+
+def ran_for(c, lease_id, seconds, meter=False):
+    """The lease has run for `seconds` (+0.3 s) and its job exits now: moves
+    its start back; the agent's final report will say it exited now (usage
+    is billed to the reported exit, however late the report comes), and no
+    interim metering runs past that meanwhile. meter=True: it keeps running
+    (metered as it goes) until its report."""
+    now = common.now_us()
+    if not meter:
+        EXITED[str(lease_id)] = now
+    c.psql("UPDATE leases SET started_at_us = %d%s WHERE id = %s"
+           % (now - int((seconds + 0.3) * 1e6),
+              "" if meter else ", metered_at_us = %d" % (now + 3600 * 10**6), lease_id))
+
+
+class LedgerAgent(NodeAgent):
+    """Reports the exit time ran_for set, as a real agent reports its job's."""
+
+    def report(self, lease, state, *args, **kw):
+        if state != "LEASE_STATE_RUNNING" and "exitedAtUs" not in kw \
+                and str(lease["id"]) in EXITED:
+            kw["exitedAtUs"] = str(EXITED[str(lease["id"])])
+        return NodeAgent.report(self, lease, state, *args, **kw)
 
 
 def audit(c):
@@ -112,7 +134,7 @@ class LedgerCase(ItCase):
                        labels={"pool": pool}, **kw)
         for g in req["gpus"]:
             g["model"] = model
-        ag = NodeAgent.register(self.c, token or self.optok, req)
+        ag = LedgerAgent.register(self.c, token or self.optok, req)
         ag.pool = pool
         ag.start_heartbeats(0.25)
         self.agents.append(ag)
@@ -154,8 +176,13 @@ class FixtureTest(LedgerCase):
         bal0 = account(self.c, 1, self.tenant["id"])
         op0 = account(self.c, 2, self.op["id"])
         job, lease = self.run_lease(ag, gpus=2)
-        held = account(self.c, 1, self.tenant["id"])
-        self.assertEqual(held[1] - bal0[1], 7200000, "hold: 2 GPUs x 1 h x 3.6 USD")
+        # the hold, as taken (the sweep may already have posted part of it
+        # out of the tenant's pending debits: it meters as the lease runs)
+        self.assertEqual(q1(self.c, "SELECT hold_micros FROM leases WHERE id = %s" % lease["id"]),
+                         "7200000", "hold: 2 GPUs x 1 h x 3.6 USD")
+        self.assertEqual(q1(self.c, "SELECT amount_micros FROM ledger_transfers"
+                                    " WHERE idempotency_id = 'lease:%s:hold'" % lease["id"]),
+                         "7200000")
         ran_for(self.c, lease["id"], 100)
         self.assertOk(ag.report(lease, "LEASE_STATE_SUCCEEDED"))
         gross, fee = self.check_money(lease["id"], 2, 100)
@@ -233,7 +260,7 @@ class FixtureTest(LedgerCase):
         ag = self.node()
         op0 = account(self.c, 2, self.op["id"])[0]
         job, lease = self.run_lease(ag)
-        ran_for(self.c, lease["id"], 500)
+        ran_for(self.c, lease["id"], 500, meter=True)
         # the settle sweep meters it every second while it runs
         common.wait_for(lambda: lease_money(self.c, lease["id"]).get(3, 0) >= 450000, 10, 0.2,
                         "interim settlement")
@@ -260,10 +287,13 @@ class FixtureTest(LedgerCase):
         self.check_money(lease["id"], 1, 10)
         n = lease_transfer_count(self.c, lease["id"])
         bal = account(self.c, 1, self.tenant["id"])
-        # the same report, a later seq, an older one; heartbeats naming it
+        # the same report, later seqs; heartbeats naming it
         for seq, st in ((5, "LEASE_STATE_SUCCEEDED"), (6, "LEASE_STATE_SUCCEEDED"),
-                        (7, "LEASE_STATE_FAILED"), (2, "LEASE_STATE_RUNNING")):
+                        (7, "LEASE_STATE_FAILED")):
             self.assertOk(ag.report(lease, st, seq=seq))
+        # an older one is out of order: refused, changes nothing
+        self.assertEqual(ag.report(lease, "LEASE_STATE_RUNNING", seq=2).code,
+                         "failed_precondition")
         ag.running.append(lease["id"])
         for _ in range(3):
             self.assertOk(ag.heartbeat())

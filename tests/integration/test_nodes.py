@@ -162,7 +162,6 @@ class NodeTest(ItCase):
         t0 = time.monotonic()
         b = self.assertOk(ag.acquire(wait_ms=0))
         self.assertFalse(b.get("lease"), b)
-        self.assertLess(time.monotonic() - t0, 2.0)
         t0 = time.monotonic()
         b = self.assertOk(ag.acquire(wait_ms=700))
         self.assertFalse(b.get("lease"), b)
@@ -213,10 +212,9 @@ class NodeTest(ItCase):
         self.assertIs(again.get("duplicate"), True, again)
         self.assertEqual(again["lease"]["state"], "LEASE_STATE_SUCCEEDED")
         self.assertEqual(again["lease"].get("endedAtUs"), ended)
-        # an older seq too, even with another state
-        old = self.assertOk(ag.report(lease, "LEASE_STATE_RUNNING", seq=1))
-        self.assertIs(old.get("duplicate"), True, old)
-        self.assertEqual(old["lease"]["state"], "LEASE_STATE_SUCCEEDED")
+        # an older seq: out of order, refused naming seq; nothing changes
+        old = ag.report(lease, "LEASE_STATE_RUNNING", seq=1)
+        self.assertError(old, "failed_precondition", field="seq")
         self.assertEqual(self.c.psql_value("SELECT last_report_seq FROM leases WHERE id = %s"
                                            % lease["id"]), "2")
         j = wait_job_state(self.c, self.t, job["id"], "JOB_STATE_SUCCEEDED", timeout=5)

@@ -3,8 +3,11 @@ field, nothing stored), optimistic concurrency, audit, and a change taking
 effect at the next scheduling cycle without a restart."""
 
 import json
+import os
+import re
 
 import common
+from cluster import SOURCE
 from common import ItCase, NodeAgent, job_spec, node_req, submit
 
 POLICY_READ_ONLY = ("version", "createdBy", "createdAtUs", "comment")
@@ -41,6 +44,18 @@ class PolicyTest(ItCase):
         self.assertIs(p.get("allowUnverified"), True, "--allow_unverified=true: %s" % p)
         self.assertIn(p.get("fitMode"), ("FIT_MODE_PACK", "FIT_MODE_SPREAD"))
         self.assertIn(p.get("fairness"), ("FAIRNESS_MODE_NONE", "FAIRNESS_MODE_FAIR_SHARE"))
+        # the built-in policy is the shipped default.json (but for
+        # allowUnverified, which comes from the flag)
+        with open(os.path.join(SOURCE, "examples", "policies", "default.json")) as f:
+            shipped = json.load(f)
+        zero = {bool: False, str: "0", int: 0, float: 0}
+        for k, want in shipped.items():
+            if k == "allowUnverified":
+                continue
+            got = p.get(k, zero[type(want)])
+            if isinstance(want, (int, float)) and not isinstance(want, bool):
+                got, want = float(got), float(want)
+            self.assertEqual(got, want, "built-in %s differs from default.json" % k)
 
     def test_set_policy_bad_input_stores_nothing(self):
         base = self.candidate()
@@ -61,6 +76,11 @@ class PolicyTest(ItCase):
             ({"policy": dict(base, wFrag=-2), "comment": "x"}, "w_frag"),
             ({"policy": dict(base, platformFeePpm=1000001), "comment": "x"}, "platform_fee_ppm"),
             ({"policy": dict(base, wNope=1), "comment": "x"}, "wNope"),
+            ({"policy": dict(base, comparativeAdvantage=1.5), "comment": "x"},
+             "comparative_advantage"),
+            ({"policy": dict(base, wCostPerWork=-1), "comment": "x"}, "w_cost_per_work"),
+            # retired: its value moved to comparativeAdvantage (migration 0015)
+            ({"policy": dict(base, speedupRelative=1), "comment": "x"}, "speedupRelative"),
         ]
         for req, field in cases:
             with self.subTest(case=json.dumps(req)[:120]):
@@ -139,6 +159,58 @@ class PolicyTest(ItCase):
             self.assertEqual(got.get("wFrag"), 5, got)
         finally:
             self.assertOk(self.set_policy(comment="back", wFrag=p.get("wFrag", 0)))
+
+    def test_objective_fields_stored(self):
+        p, _ = self.active()
+        try:
+            b = self.assertOk(self.set_policy(comment="objective", comparativeAdvantage=0.25,
+                                              wCostPerWork=3))
+            changes = {c.get("field"): c for c in (b.get("audit") or {}).get("changes", [])}
+            self.assertEqual(changes["w_cost_per_work"].get("newValue"), "3", changes)
+            got, _ = self.active()
+            self.assertEqual((got.get("comparativeAdvantage"), got.get("wCostPerWork")),
+                             (0.25, 3), got)
+        finally:
+            self.assertOk(self.set_policy(
+                comment="back", comparativeAdvantage=p.get("comparativeAdvantage", 0),
+                wCostPerWork=p.get("wCostPerWork", 0)))
+
+    def test_migration_0015_moves_speedup_relative(self):
+        # the migration's walker, run on a Policy message written before it:
+        # w_price (2) = 2.0, speedup_relative (33) = 1.0 whose value bytes
+        # hold 0x89 0x02 by chance, comment (26) = "x"; field 33 becomes 37
+        # and nothing else moves
+        with open(os.path.join(SOURCE, "migrations",
+                               "0015_policy_comparative_advantage.sql")) as f:
+            sql = f.read()
+        fn = re.search(r"CREATE FUNCTION gm_policy_pb_0015.*?\n\$\$;", sql, re.S).group(0)
+        fn = fn.replace("gm_policy_pb_0015", "pg_temp.gm_policy_pb_0015_test")
+        old = "11" + "0000000000000040" + "8902" + "890200000000f03f" + "d2010178"
+        new = "11" + "0000000000000040" + "a902" + "890200000000f03f" + "d2010178"
+        got = self.c.psql(fn + " SELECT encode(pg_temp.gm_policy_pb_0015_test("
+                          "decode('%s', 'hex')), 'hex');" % old)
+        self.assertEqual(got[-1][0], new)
+
+    def test_warning_when_no_ready_node_is_verified(self):
+        _, op_tok = self.c.new_operator()
+        ag = NodeAgent.register(self.c, op_tok, node_req(self.c.unique("wn")))
+        ag.start_heartbeats(0.5)
+        try:
+            common.wait_for(lambda: self.c.count("nodes", "state = 2") > 0, timeout=15,
+                            what="a ready node")
+            # nothing probes nodes in this module: none is verified
+            self.assertEqual(self.c.count("nodes", "verification_status = 3"), 0)
+            b = self.assertOk(self.c.admin("SetPolicy", {
+                "policy": self.candidate(allowUnverified=False), "comment": "try",
+                "validateOnly": True}))
+            warns = b.get("warnings", [])
+            self.assertTrue(warns and "allowUnverified" in warns[0], b)
+            b = self.assertOk(self.c.admin("SetPolicy", {
+                "policy": self.candidate(allowUnverified=True), "comment": "try",
+                "validateOnly": True}))
+            self.assertFalse(b.get("warnings"), b)
+        finally:
+            ag.stop_heartbeats()
 
     def test_expected_version_conflict_is_aborted(self):
         _, active = self.active()

@@ -70,7 +70,6 @@ class ReplicaTest(ItCase):
             expl = ex.get("explanation") or {}
             self.assertTrue(expl.get("counts"), ex)
             self.assertIn("summary", expl)
-            self.assertLess(time.monotonic() - t0, 3.0)
             # and says the same as the leader
             lex = self.assertOk(leader.call("JobService", "ExplainJob", {"jobId": big["id"]},
                                             token=ttok))

@@ -126,7 +126,7 @@ class SimulateTest(ItCase):
             ({"source": "SIMULATION_SOURCE_LIVE",
               "candidates": [good, dict(good, wSpeedup=-1)]}, "candidates[1].wSpeedup"),
             ({"source": "SIMULATION_SOURCE_LIVE",
-              "candidates": [dict(good, speedupRelative=2)]}, "candidates[0].speedupRelative"),
+              "candidates": [dict(good, comparativeAdvantage=2)]}, "candidates[0].comparativeAdvantage"),
             ({"source": "SIMULATION_SOURCE_LIVE",
               "candidates": [dict(good, preemptShorterFactor=2e6)]},
              "candidates[0].preemptShorterFactor"),
@@ -175,7 +175,13 @@ class SimulateTest(ItCase):
             self.assertGreater(m.get("gpuUtilizationPpm", 0), 0, m)
         self.assertEqual(b["candidates"][1]["candidateIndex"], 1)
         self.assertEqual(b["candidates"][0]["policy"].get("wSpeedup", 0), 0)
-        self.assertEqual(b["candidates"][1]["policy"].get("wSpeedup"), 10)
+        self.assertEqual(b["candidates"][1]["policy"].get("wSpeedup"),
+                         example_policy("default")["wSpeedup"])
+        for r in [b["baseline"]] + b["candidates"]:
+            m = r["metrics"]
+            # work done per GPU-second, in reference-GPU (V100) seconds
+            self.assertGreater(m.get("effectiveThroughputPpm", 0), 0, m)
+            self.assertGreater(m.get("usefulUtilizationPpm", 0), 0, m)
         # deterministic: the same request gives the same figures
         b2 = self.assertOk(self.c.admin("SimulatePolicy", {
             "source": "SIMULATION_SOURCE_TRACE", "traceName": "msr-itp/cluster01",

@@ -1,6 +1,7 @@
 /* test_speedup.c — heterogeneity awareness: a job's throughput profile
  * picks its GPU model (w_speedup), comparative advantage over the pending
- * jobs (speedup_relative), the TFLOPS fallback, profile validation naming
+ * jobs (comparative_advantage, which cannot cancel the job's own speed),
+ * price per unit of work (w_cost_per_work), the TFLOPS fallback, profile validation naming
  * the field, profiles as part of the requirement class, the size and
  * duration priority factors, and allocation failures while adding a job
  * with a profile. */
@@ -90,6 +91,30 @@ static const struct row rows[] = {
 	  { { 1, { { A100, 0, 1.0f }, { L4, 0, 0.9f } }, 0 },
 	    { 2, { { A100, 0, 1.0f }, { L4, 0, 0.2f } }, 1 } },
 	  { 2, 1 } },
+	{ "uniform speed-ups cannot cancel: with comparative advantage the first job "
+	  "still takes the faster A100",
+	  "1xL4",
+	  "1xA100",
+	  10,
+	  1,
+	  { { 1, { { A100, 0, 1.0f }, { L4, 0, 0.5f } }, 0 },
+	    { 2, { { A100, 0, 1.0f }, { L4, 0, 0.5f } }, 1 } },
+	  { 2, 1 } },
+	{ "one pending job with comparative advantage: its own speed decides",
+	  "1xL4",
+	  "1xA100",
+	  10,
+	  1,
+	  { { 1, { { A100, 0, 1.0f }, { L4, 0, 0.5f } }, 0 } },
+	  { 2 } },
+	{ "half comparative advantage: a 5x gain still outweighs the other job's 1.1x",
+	  "1xA100",
+	  "1xL4",
+	  10,
+	  0.5,
+	  { { 1, { { A100, 0, 1.0f }, { L4, 0, 0.9f } }, 0 },
+	    { 2, { { A100, 0, 1.0f }, { L4, 0, 0.2f } }, 1 } },
+	  { 2, 1 } },
 };
 
 static void fill_job(struct fx_job *j, struct sched_speed *sp, const struct pjob *pj)
@@ -110,7 +135,7 @@ static void run_row(const struct row *r)
 	struct sched_policy p;
 	fx_policy(&p);
 	p.w_speedup = r->w_speedup;
-	p.speedup_relative = r->relative;
+	p.comparative_advantage = r->relative;
 	REQUIRE_OK(sched_set_policy(c, &p, NULL));
 	struct fx_node n;
 	fx_node_init(&n, 1, "eu", r->node1);
@@ -163,19 +188,72 @@ static void validation(void)
 		const char *field;
 		double w_speedup, relative, small, shortj;
 	} pol[] = {
-		{ "w_speedup", 1001, 0, 0, 0 },       { "w_speedup", -1, 0, 0, 0 },
-		{ "speedup_relative", 1, 1.5, 0, 0 }, { "w_small_jobs", 0, 0, 2e6, 0 },
+		{ "w_speedup", 1001, 0, 0, 0 },
+		{ "w_speedup", -1, 0, 0, 0 },
+		{ "comparative_advantage", 1, 1.5, 0, 0 },
+		{ "w_small_jobs", 0, 0, 2e6, 0 },
 		{ "w_short_jobs", 0, 0, 0, -1 },
 	};
 	for (size_t i = 0; i < FX_ARRAY_LEN(pol); i++) {
 		struct sched_policy p;
 		sched_policy_default(&p);
 		p.w_speedup = pol[i].w_speedup;
-		p.speedup_relative = pol[i].relative;
+		p.comparative_advantage = pol[i].relative;
 		p.w_small_jobs = pol[i].small;
 		p.w_short_jobs = pol[i].shortj;
 		EXPECT_INT(sched_policy_validate(&p, &e), -EINVAL);
 		EXPECT_STR(e.field, pol[i].field);
+	}
+}
+
+/* ---- price per unit of work ------------------------------------------------------ */
+
+/* A100 at 8/GPU-hour, L4 at 1: w_cost_per_work prefers the L4 for a job
+ * only half as fast there (2 per unit of work against 8) and the A100 for
+ * one ten times slower on the L4 (10 against 8); w_price alone would take
+ * the L4 both times. */
+static void cost_per_work(void)
+{
+	static const struct {
+		const char *name;
+		float l4_speed;
+		double w_cost, w_price;
+		uint64_t want;
+	} cases[] = {
+		{ "cost per work: the L4 at half speed is 4x cheaper per unit", 0.5f, 10, 0, 2 },
+		{ "cost per work: the L4 at a tenth of the speed costs more per unit", 0.1f, 10, 0,
+		  1 },
+		{ "price per GPU-hour alone takes the cheap L4 however slow", 0.1f, 0, 10, 2 },
+	};
+	for (size_t i = 0; i < FX_ARRAY_LEN(cases); i++) {
+		fx_row = cases[i].name;
+		struct sched_cluster *c = fx_cluster(NULL);
+		struct sched_policy p;
+		fx_policy(&p);
+		p.w_cost_per_work = cases[i].w_cost;
+		p.w_price = cases[i].w_price;
+		REQUIRE_OK(sched_set_policy(c, &p, NULL));
+		struct fx_node n;
+		fx_node_init(&n, 1, "eu", "1xA100");
+		n.spec.price_micros = 8000000;
+		fx_add_node(c, &n);
+		fx_node_init(&n, 2, "eu", "1xL4");
+		n.spec.price_micros = 1000000;
+		fx_add_node(c, &n);
+		struct sched_speed sp[2] = { { A100, 0, 1.0f }, { L4, 0, cases[i].l4_speed } };
+		struct fx_job j;
+		fx_job_init(&j, 1, 1);
+		j.spec.speeds = sp;
+		j.spec.nspeeds = 2;
+		fx_add_job(c, &j);
+		struct fx_cycle fc = { 0 };
+		fx_run_cycle(&fc, c, NOW);
+		const struct sched_action *a = fx_find(&fc.acts, SCHED_ACT_START, 1);
+		EXPECT(a != NULL);
+		if (a)
+			EXPECT_INT(a->node_id, cases[i].want);
+		fx_cycle_done(&fc);
+		sched_cluster_free(c);
 	}
 }
 
@@ -297,6 +375,7 @@ int main(void)
 		run_row(&rows[i]);
 	}
 	validation();
+	cost_per_work();
 	classes();
 	priority();
 	oom();

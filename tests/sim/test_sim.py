@@ -62,7 +62,7 @@ def hand(policy):
         p = run(["--nodes", f"{FIX}/nodes.csv", "--jobs", f"{FIX}/jobs.csv",
                  "--throughputs", f"{FIX}/tputs.csv", "--policy", policy,
                  "--cycle-interval-s", "0", "--no-wall-clock", "--check",
-                 "--jobs-out", jobs_out])
+                 "--oracle-limits", "--jobs-out", jobs_out])
         res = last_json(p.stdout)
         check(res["overcommits"] == 0 and res["check_failures"] == 0,
               f"invariants broken: {res}")
@@ -92,6 +92,10 @@ def case_hand_fifo():
     check(res["avg_wait_s"] == 30, f"avg_wait_s {res['avg_wait_s']}")
     # GPU-seconds 100 + 200 + 50 over 2 GPUs x 200 s
     check(abs(res["gpu_utilization_makespan"] - 350 / 400) < 1e-6, f"util {res}")
+    # work in reference-GPU (FAST) seconds: 100 (B on FAST) + 100 (A at half
+    # speed for 200 s) + 50 over the same 400 GPU-seconds
+    check(abs(res["effective_throughput_makespan"] - 250 / 400) < 1e-6, f"eff {res}")
+    check(res["useful_utilization"] == res["gpu_utilization_useful"], f"useful {res}")
 
 
 def case_hand_gavel():
@@ -103,6 +107,8 @@ def case_hand_gavel():
     check(out[3] == (100, 150, 140, 1), f"job 3: {out[3]}")
     check(abs(res["avg_jct_s"] - 340 / 3) < 1e-3, f"avg_jct_s {res['avg_jct_s']}")
     check(res["makespan_s"] == 150, f"makespan {res['makespan_s']}")
+    # the same 250 reference-GPU-seconds of work over 2 GPUs x 150 s
+    check(abs(res["effective_throughput_makespan"] - 250 / 300) < 1e-6, f"eff {res}")
 
 
 def case_hand_own_speed():
@@ -120,7 +126,7 @@ def hand_shorter(policy, extra=()):
         jobs_out = os.path.join(d, "jobs.csv")
         p = run(["--nodes", f"{FIX}/shorter-nodes.csv", "--jobs", f"{FIX}/shorter-jobs.csv",
                  "--policy", policy, "--cycle-interval-s", "0", "--no-wall-clock", "--check",
-                 "--jobs-out", jobs_out] + list(extra))
+                 "--oracle-limits", "--jobs-out", jobs_out] + list(extra))
         res = last_json(p.stdout)
         check(res["overcommits"] == 0 and res["check_failures"] == 0,
               f"invariants broken: {res}")
@@ -272,6 +278,126 @@ def case_bad_input():
     p = run(["--nodes", f"{FIX}/nodes.csv", "--jobs", f"{FIX}/shorter-jobs.csv",
              "--policy", f"{FIX}/bad-shorter.json"], expect_rc=1)
     check("preemptShorterFactor" in p.stderr and "0.5" in p.stderr, f"policy error: {p.stderr}")
+
+
+def case_limits():
+    # time limits overestimate run times by a seeded draw (default on): the
+    # outcome under the default policy (shortest limit first) changes, is
+    # the same for the same seed, and --oracle-limits is --limit-overestimate 1
+    jobs = trace("msr-itp/cluster01.csv")
+    pol = f"{POLICIES}/default.json"
+    a = replay(jobs, pol).stdout
+    check(a == replay(jobs, pol).stdout, "overestimates are not deterministic")
+    check("limit_overestimate=10" in a.splitlines()[0], f"inputs line: {a.splitlines()[0]}")
+    o = replay(jobs, pol, extra=["--oracle-limits"]).stdout
+    check(last_json(o) != last_json(a), "the overestimate changed nothing")
+    o1 = replay(jobs, pol, extra=["--limit-overestimate", "1"]).stdout
+    check(last_json(o) == last_json(o1), "--oracle-limits differs from factor 1")
+    p = run(["--nodes", f"{FIX}/nodes.csv", "--jobs", f"{FIX}/jobs.csv",
+             "--policy", f"{POLICIES}/fifo.json", "--limit-overestimate", "0.5"], expect_rc=2)
+    check("--limit-overestimate" in p.stderr, f"option error: {p.stderr}")
+
+
+def model_rel(job_type, model, ref="V100-SXM2-16GB"):
+    """The shipped speed model's speed of job_type on model relative to ref,
+    computed here from the data files as docs/policy.md states it."""
+    def rows(path):
+        with open(path, newline="") as f:
+            lines = [r for r in csv.reader(f) if r and not r[0].startswith("#")]
+        return [dict(zip(lines[0], r)) for r in lines[1:]]
+    w = [r for r in rows(os.path.join(SOURCE, "data", "speed-model.csv"))
+         if r["job_type"] == job_type and r["scale_factor"] == "1"][0]
+    g = {r["model"]: r for r in rows(os.path.join(SOURCE, "data", "gpu-roofline.csv"))}
+
+    def peak(m):
+        v = float(g[m][w["precision"] + "_tflops"])
+        return v if v > 0 else float(g[m]["fp32_tflops"])
+    f = float(w["compute_share"])
+    return 1 / (f * peak(ref) / peak(model) +
+                (1 - f) * float(g[ref]["mem_bw_gbps"]) / float(g[model]["mem_bw_gbps"]))
+
+
+def case_speed_model():
+    # one H100 node (no measured column: the speed model) and one V100 (the
+    # reference column); FIFO takes node 1, the H100
+    with tempfile.TemporaryDirectory() as d:
+        nodes = os.path.join(d, "nodes.csv")
+        jobs = os.path.join(d, "jobs.csv")
+        with open(nodes, "w") as f:
+            f.write("node_id,region,model,gpus,memory_mib,compute_cap,fp32_tflops,tf32_tflops,"
+                    "fp16_tflops,bf16_tflops,fp8_tflops,price_per_gpu_hour_micros\n"
+                    "1,r,H100-SXM5-80GB,1,81920,90,67,494.7,989.4,989.4,1978.9,3500000\n"
+                    "2,r,V100-SXM2-16GB,1,16384,70,15.7,0,125,0,0,2480000\n")
+        for jt in ("ResNet-50 (batch size 64)", "Transformer (batch size 32)"):
+            with open(jobs, "w") as f:
+                f.write("job_id,tenant_id,submit_us,duration_us,gpus_per_node,node_count,"
+                        "priority_class,preemptible,job_type\n"
+                        '1,1,0,10000000000,1,1,0,0,"%s"\n' % jt)
+            args = ["--nodes", nodes, "--jobs", jobs,
+                    "--throughputs", trace("gavel/isolated_throughputs_steps_per_sec.csv"),
+                    "--policy", f"{POLICIES}/fifo.json", "--no-wall-clock"]
+            p = run(args)
+            check("H100-SXM5-80GB gpus=1 throughput_column=(none: speed model)" in p.stdout,
+                  f"model line: {p.stdout}")
+            res = last_json(p.stdout)
+            want = 10000 / model_rel(jt, "H100-SXM5-80GB")
+            check(abs(res["avg_jct_s"] - want) < 1.0, f"{jt}: JCT {res['avg_jct_s']} != {want}")
+            # without the model: FP32 TFLOPS interpolation, another speed
+            old = last_json(run(args + ["--no-speed-model"]).stdout)
+            check(abs(old["avg_jct_s"] - want) > 1.0, f"{jt}: --no-speed-model changed nothing")
+        # a model file with a repeated row is an error naming both lines
+        bad = os.path.join(d, "model.csv")
+        with open(os.path.join(SOURCE, "data", "speed-model.csv")) as f:
+            text = f.read()
+        row = [ln for ln in text.splitlines() if ln.startswith("A3C,")][0]
+        with open(bad, "w") as f:
+            f.write(text + row + "\n")
+        p = run(args + ["--speed-model", bad], expect_rc=1)
+        check("model.csv:" in p.stderr and "already on line" in p.stderr, p.stderr)
+
+
+def case_inputs():
+    with tempfile.TemporaryDirectory() as d:
+        # a UTF-8 byte-order mark (spreadsheet export) is accepted
+        bom = os.path.join(d, "bom.csv")
+        with open(f"{FIX}/nodes.csv", "rb") as f:
+            raw = f.read()
+        with open(bom, "wb") as f:
+            f.write(b"\xef\xbb\xbf" + raw)
+        run(["--nodes", bom, "--jobs", f"{FIX}/jobs.csv", "--policy", f"{POLICIES}/fifo.json"])
+        # one model name with other figures on two lines: an error naming both
+        dup = os.path.join(d, "dup.csv")
+        with open(dup, "wb") as f:
+            f.write(raw + b"3,r1,FAST,1,16384,80,25,0,0,0,0,1000000\n")
+        p = run(["--nodes", dup, "--jobs", f"{FIX}/jobs.csv",
+                 "--policy", f"{POLICIES}/fifo.json"], expect_rc=1)
+        check("dup.csv:4:" in p.stderr and "line 2" in p.stderr and "FAST" in p.stderr,
+              f"duplicate model error: {p.stderr}")
+        # the same figures on another node (price is the node's own) are fine
+        same = os.path.join(d, "same.csv")
+        with open(same, "wb") as f:
+            f.write(raw + b"3,r1,FAST,1,16384,80,20,0,0,0,0,2000000\n")
+        run(["--nodes", same, "--jobs", f"{FIX}/jobs.csv", "--policy", f"{POLICIES}/fifo.json"])
+        # the file `gpumatch admin policy get -o json` writes: the policy
+        # under "policy", with its version and audit fields
+        wrapped = os.path.join(d, "got.json")
+        with open(f"{POLICIES}/fifo.json") as f:
+            pol = json.load(f)
+        pol.update(version="3", createdBy="admin:1 ops", createdAtUs="1", comment="x")
+        with open(wrapped, "w") as f:
+            json.dump({"policy": pol, "activeVersion": "3"}, f)
+        a = last_json(run(["--nodes", f"{FIX}/nodes.csv", "--jobs", f"{FIX}/jobs.csv",
+                           "--policy", wrapped, "--no-wall-clock"]).stdout)
+        b = last_json(run(["--nodes", f"{FIX}/nodes.csv", "--jobs", f"{FIX}/jobs.csv",
+                           "--policy", f"{POLICIES}/fifo.json", "--no-wall-clock"]).stdout)
+        check(a == b, f"wrapped policy replayed differently: {a} vs {b}")
+        # the retired field is named
+        old = os.path.join(d, "old.json")
+        with open(old, "w") as f:
+            json.dump(dict(pol, speedupRelative=1), f)
+        p = run(["--nodes", f"{FIX}/nodes.csv", "--jobs", f"{FIX}/jobs.csv",
+                 "--policy", old], expect_rc=1)
+        check("speedupRelative" in p.stderr, f"retired field: {p.stderr}")
 
 
 def main():
