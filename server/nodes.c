@@ -822,7 +822,7 @@ static struct {
 	struct waiter *head;
 	struct event *poll_ev;
 	bool draining;
-	bool scanning; /* the timer's query for nodes with leases to hand out */
+	bool scanning;             /* the timer's query for nodes with leases to hand out */
 	uint64_t offers_committed; /* for test_die_after_lease_commit */
 } W;
 

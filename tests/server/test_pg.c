@@ -100,7 +100,7 @@ struct result {
 	int ntuples;
 	int64_t sent_us, done_us;
 	long sent_turn, done_turn; /* the loop's turn at pg_exec and at the callback */
-	int exec_in_cb; /* pg_exec's return when called from the callback */
+	int exec_in_cb;            /* pg_exec's return when called from the callback */
 	struct pg_pool *pool;
 };
 
