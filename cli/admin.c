@@ -709,6 +709,7 @@ static const struct col policy_fields[] = {
 	{ "PREEMPT_SHORTER_FACTOR", "preemptShorterFactor", F_STR },
 	{ "PREEMPT_MIN_RUN", "preemptMinRunUs", F_DUR },
 	{ "W_FRAG", "wFrag", F_STR },
+	{ "HOLD_FOR_FASTER", "holdForFaster", F_STR },
 	{ "PLATFORM_FEE", "platformFeePpm", F_PPM },
 	{ "CREATED_BY", "createdBy", F_STR },
 	{ "CREATED", "createdAtUs", F_TIME },

@@ -71,6 +71,7 @@ struct ctx {
 
 /* The command tables of the modules. */
 extern const struct cmd cmds_jobs[], cmds_nodes[], cmds_admin[], cmds_agent[];
+extern const struct cmd cmds_logs[];
 
 /* ---- flags (main.c) ---- */
 const char *opt_str(const struct ctx *c, const char *name); /* last value or NULL */

@@ -37,8 +37,11 @@ static const struct col job_fields[] = {
 	{ "MAX DURATION", "spec.maxDurationUs", F_DUR },
 	{ "MAX PRICE/GPU-H", "maxPriceShown", F_STR },
 	{ "CONSTRAINTS", "constraintsShown", F_STR },
+	{ "IMAGE", "spec.image", F_STR },
 	{ "COMMAND", "spec.command", F_LIST },
 	{ "NODES", "nodesShown", F_STR },
+	{ "PHASE", "placement[].phase", F_LIST },
+	{ "IMAGE DIGEST", "placement[].imageDigest", F_LIST },
 	{ "GPU INDEXES", "gpusShown", F_STR },
 	{ "ATTEMPTS", "attempts", F_NUM },
 	{ "SUBMITTED", "submittedAtUs", F_TIME },
@@ -533,6 +536,7 @@ static int watch_job(struct ctx *c, uint64_t id)
 	}
 	int last_state = -1;
 	uint32_t last_attempts = 0;
+	char last_phase[32] = "";
 	int unreachable = 0;
 	for (;;) {
 		Gpumatch__V1__GetJobResponse *r;
@@ -547,9 +551,13 @@ static int watch_job(struct ctx *c, uint64_t id)
 			return rc;
 		unreachable = 0;
 		Gpumatch__V1__Job *j = r->job;
-		if (j && ((int)j->state != last_state || j->attempts != last_attempts)) {
+		const char *phase =
+		    j && j->n_placement && j->placement[0]->phase ? j->placement[0]->phase : "";
+		if (j && ((int)j->state != last_state || j->attempts != last_attempts ||
+		          strcmp(phase, last_phase))) {
 			last_state = (int)j->state;
 			last_attempts = j->attempts;
+			snprintf(last_phase, sizeof last_phase, "%s", phase);
 			if (c->json) {
 				json_t *jj = msg_to_json(&j->base);
 				char *s = json_dumps(jj, JSON_COMPACT);
@@ -569,6 +577,8 @@ static int watch_job(struct ctx *c, uint64_t id)
 						printf("%s%" PRIu64, i ? "," : "",
 						       j->placement[i]->node_id);
 				}
+				if (*phase)
+					printf(" phase=%s", phase);
 				if (j->attempts > 1)
 					printf(" attempt=%u", j->attempts);
 				if (j->failure && j->failure->reason) {

@@ -102,8 +102,8 @@ static const struct cmd cmds_main[] = {
 	{ 0 },
 };
 
-static const struct cmd *const tables[] = { cmds_main, cmds_jobs, cmds_nodes, cmds_admin,
-	                                    cmds_agent };
+static const struct cmd *const tables[] = { cmds_main,  cmds_jobs,  cmds_nodes,
+	                                    cmds_admin, cmds_agent, cmds_logs };
 
 /* ---- flags ---- */
 

@@ -379,6 +379,17 @@ static int node_by_id(struct ctx *c, const char *method, bool reason)
 	json_t *req = json_pack("{s:o}", "nodeId", juint64(id));
 	if (reason && opt_str(c, "reason"))
 		json_object_set_new(req, "reason", json_string(opt_str(c, "reason")));
+	if (reason && opt_has(c, "stop-jobs"))
+		json_object_set_new(req, "stopJobs", json_true());
+	if (reason && opt_str(c, "grace")) {
+		int64_t us = parse_duration_us(opt_str(c, "grace"));
+		if (us < 0 || us > 3600000000LL) {
+			json_decref(req);
+			return usage_error(c, "--grace: a duration up to 1h, got \"%s\"",
+			                   opt_str(c, "grace"));
+		}
+		json_object_set_new(req, "stopGraceMs", json_integer(us / 1000));
+	}
 	ProtobufCMessage *m;
 	if ((rc = call_json(c, "NodeService", method, req, &m)))
 		return rc;
@@ -470,6 +481,11 @@ static const struct optdef list_opts[] = {
 };
 static const struct optdef drain_opts[] = {
 	{ "reason", "TEXT", "why (shown on the node)", false },
+	{ "stop-jobs", NULL,
+	  "also stop the running jobs (the node goes away): they are queued again, billed for "
+	  "the time used",
+	  false },
+	{ "grace", "DUR", "with --stop-jobs: time each job gets to stop (default 30s)", false },
 	{ 0 },
 };
 static const struct optdef earnings_opts[] = {
@@ -484,8 +500,9 @@ const struct cmd cmds_nodes[] = {
 	  register_opts, 0, 0, run_register, false },
 	{ "node list", "", "list nodes", list_opts, 0, 0, run_list, false },
 	{ "node get", "NODE_ID", "show one node", no_opts, 1, 1, run_get, false },
-	{ "node drain", "NODE_ID", "take no new work; running jobs finish", drain_opts, 1, 1,
-	  run_drain, false },
+	{ "node drain", "NODE_ID",
+	  "take no new work; running jobs finish (or, with --stop-jobs, are requeued)", drain_opts,
+	  1, 1, run_drain, false },
 	{ "node undrain", "NODE_ID", "return a draining node to ready", no_opts, 1, 1, run_undrain,
 	  false },
 	{ "node earnings", "", "earnings and per-node revenue", earnings_opts, 0, 0, run_earnings,

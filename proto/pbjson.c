@@ -1561,13 +1561,153 @@ static void mark_big_numbers(struct out *o, const char *s, size_t n)
 		out_mem(o, s + start, n - start);
 }
 
+/* ---- reader: duplicate keys -------------------------------------------- */
+
+/* Object and array levels a duplicate key is located under; deeper ones
+ * keep jansson's own message. */
+#define DUP_FRAMES 64
+
+struct dup_frame {
+	bool obj;      /* an object (else an array) */
+	bool want_key; /* the next string is a key */
+	size_t index;  /* array: the element being read */
+	size_t key_at; /* object: the last key's token (quotes included) */
+	size_t key_len;
+};
+
+/* The JSON string token s[0..n) decoded into buf (cut to fit); false when
+ * it is not one. */
+static bool token_key(const char *s, size_t n, char *buf, size_t buf_len, size_t *out_len)
+{
+	json_t *j = json_loadb(s, n, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+	size_t k;
+
+	if (!json_is_string(j)) {
+		json_decref(j);
+		return false;
+	}
+	k = json_string_length(j);
+	if (k >= buf_len)
+		k = buf_len - 1;
+	memcpy(buf, json_string_value(j), k);
+	buf[k] = '\0';
+	*out_len = k;
+	json_decref(j);
+	return true;
+}
+
+/* jansson refuses an object key given twice (JSON_REJECT_DUPLICATES) but
+ * names only the key. Protobuf's JSON parsers refuse a field or a map key
+ * given twice too, naming it: so the document is scanned again up to where
+ * jansson stopped (just after the repeated key), the enclosing objects and
+ * arrays are followed through the descriptor, and the error names the field
+ * ("spec.command: field given twice") or the map and its key ("labels: key
+ * \"a\" given twice"). The scan only tracks strings and brackets: the text
+ * before pos is JSON jansson has read. Returns false when it cannot say. */
+static bool fail_duplicate(struct dec *dc, const ProtobufCMessageDescriptor *d, const char *json,
+                           size_t len, size_t pos)
+{
+	struct dup_frame st[DUP_FRAMES];
+	const ProtobufCFieldDescriptor *map = NULL, *rep = NULL;
+	size_t top = 0, i = 0;
+	char key[PATH_BYTES], q[128];
+	size_t key_len;
+	bool by_json_name;
+
+	if (pos > len)
+		return false;
+	while (i < pos) {
+		char c = json[i];
+
+		if (c == '{' || c == '[') {
+			if (top == DUP_FRAMES)
+				return false;
+			st[top++] = (struct dup_frame){ .obj = c == '{', .want_key = c == '{' };
+		} else if (c == '}' || c == ']') {
+			if (top == 0)
+				return false;
+			top--;
+		} else if (c == ',' && top > 0) {
+			if (st[top - 1].obj)
+				st[top - 1].want_key = true;
+			else
+				st[top - 1].index++;
+		} else if (c == '"') {
+			size_t start = i++;
+
+			while (i < len && json[i] != '"')
+				i += json[i] == '\\' ? 2 : 1;
+			if (i >= len)
+				return false;
+			if (top > 0 && st[top - 1].obj && st[top - 1].want_key) {
+				st[top - 1].want_key = false;
+				st[top - 1].key_at = start;
+				st[top - 1].key_len = i + 1 - start;
+			}
+		}
+		i++;
+	}
+	if (top == 0 || !st[top - 1].obj || st[top - 1].key_len == 0)
+		return false;
+	/* Follow the path: d is the message an object level is read as, map
+	 * the map field and rep the repeated field a level is read as; none of
+	 * them where the descriptor no longer tells. */
+	for (size_t k = 0; k + 1 < top; k++) {
+		const ProtobufCFieldDescriptor *f = NULL;
+
+		if (!st[k].obj) {
+			path_push(dc, "[%zu]", st[k].index);
+			f = rep;
+			rep = NULL;
+			d = f != NULL && f->type == PROTOBUF_C_TYPE_MESSAGE ? f->descriptor : NULL;
+			continue;
+		}
+		if (!token_key(json + st[k].key_at, st[k].key_len, key, sizeof key, &key_len))
+			return false;
+		if (map != NULL) {
+			quote(q, sizeof q, key, key_len);
+			path_push(dc, "[%s]", q);
+			f = &((const ProtobufCMessageDescriptor *)map->descriptor)->fields[1];
+			map = NULL;
+		} else {
+			path_push(dc, "%s%s", dc->path_len > 0 ? "." : "", key);
+			f = d != NULL ? find_field(d, key, key_len, &by_json_name) : NULL;
+			if (f != NULL && is_map(f)) {
+				map = f;
+				d = NULL;
+				continue;
+			}
+			if (f != NULL && f->label == PROTOBUF_C_LABEL_REPEATED) {
+				rep = f;
+				d = NULL;
+				continue;
+			}
+		}
+		d = f != NULL && f->type == PROTOBUF_C_TYPE_MESSAGE ? f->descriptor : NULL;
+	}
+	if (!token_key(json + st[top - 1].key_at, st[top - 1].key_len, key, sizeof key, &key_len))
+		return false;
+	if (map != NULL) {
+		quote(q, sizeof q, key, key_len);
+		dec_fail(dc, "key %s given twice", q);
+		return true;
+	}
+	path_push(dc, "%s%s", dc->path_len > 0 ? "." : "", key);
+	if (d != NULL && find_field(d, key, key_len, &by_json_name) != NULL)
+		dec_fail(dc, "field given twice");
+	else
+		dec_fail(dc, "key given twice");
+	return true;
+}
+
 /* jansson holds integers as long long and fails the whole document on one
  * outside that range, but proto3 JSON allows a uint64 above INT64_MAX as a
  * number, and an out-of-range number deserves an error naming its field.
  * So on that one error the document is parsed again with such tokens marked
  * as strings that JSON text cannot produce (they start with NUL, which no
  * string field accepts); the field readers take them for numbers. */
-static json_t *parse_json(struct dec *dc, const char *json, size_t len)
+static json_t *parse_json(struct dec *dc, const ProtobufCMessageDescriptor *d, const char *json,
+                          size_t len)
 {
 	const size_t flags = JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL;
 	json_error_t e, e2;
@@ -1587,6 +1727,10 @@ static json_t *parse_json(struct dec *dc, const char *json, size_t len)
 	}
 	/* jansson leaves the text empty where an allocation failed and it
 	 * had no error to report. */
+	if (json_error_code(&e) == json_error_duplicate_key && e.position > 0 &&
+	    fail_duplicate(dc, d, json, len, (size_t)e.position))
+		return NULL;
+	path_pop(dc, 0);
 	if (json_error_code(&e) == json_error_out_of_memory || e.text[0] == '\0')
 		dec_fail(dc, "out of memory");
 	else if (e.line < 1)
@@ -1624,7 +1768,7 @@ int pbjson_decode(const ProtobufCMessageDescriptor *d, const char *json, size_t 
 		dec_fail(&dc, "empty body: expected a JSON object");
 		goto done;
 	}
-	root = parse_json(&dc, json, len);
+	root = parse_json(&dc, d, json, len);
 	if (root == NULL)
 		goto done;
 	if (!json_is_object(root)) {

@@ -257,6 +257,18 @@ struct sched_policy {
 	 * that. Small jobs go to small nodes and to the leftovers of big ones,
 	 * keeping whole nodes for the jobs that need them. */
 	double w_frag;
+
+	/* Waiting for a faster GPU (ski rental), in [0, 100]; 0 = off. A job
+	 * with a throughput profile whose best candidate now is slower than its
+	 * fastest GPU type in the fleet waits (is held, not blocked: no
+	 * reservation, no preemption) until it has waited this factor times the
+	 * time the slower GPU would add to its run:
+	 *   extra = max_duration x s_min x (1 / s_here - 1 / s_max),
+	 * reading the declared time limit as the run time on its slowest
+	 * eligible type (s_min). After that it takes the slower GPU. With 1 the
+	 * job never loses more than twice what the best choice in hindsight
+	 * would have cost it (the ski-rental bound, on the declared limit). */
+	double hold_for_faster;
 };
 
 /* Fills *p with the defaults (documented in docs/scheduler.md). */
@@ -415,6 +427,11 @@ struct sched_cycle_stats {
 	uint32_t preempted;     /* victims */
 	uint32_t unschedulable;
 	uint32_t nodes_visited; /* candidate nodes examined (cost measure) */
+	uint32_t held;          /* left pending to wait for a faster GPU
+	                           (hold_for_faster) */
+	int64_t hold_until_us;  /* earliest time a held job stops waiting
+	                           (0 = none held): the caller runs a cycle by
+	                           then */
 };
 
 /* Runs one cycle at now_us: orders pending jobs by priority, places what

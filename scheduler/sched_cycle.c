@@ -40,6 +40,16 @@ struct slotinfo {
 	uint64_t mask; /* GPUs the job would get */
 };
 
+/* hold_for_faster: GPUs of one type that free by t at the latest (their
+ * lease deadline); cum = GPUs of the type freeing by then, this entry's
+ * included */
+struct free_ev {
+	int64_t t;
+	uint32_t gtype;
+	uint32_t gpus;
+	uint64_t cum;
+};
+
 struct okey {
 	double prio;
 	int64_t submit_us;
@@ -81,6 +91,15 @@ struct cycle {
 	 * f = 0..SCHED_MAX_GPUS_PER_NODE (the workload fragmentation is judged
 	 * against) */
 	double frag_wider[SCHED_MAX_GPUS_PER_NODE + 1];
+	/* hold_for_faster: running GPUs by type and lease deadline (built on
+	 * first use in a cycle), per type [frees_at[t], frees_at[t + 1]) of
+	 * frees; GPUs of each type that held jobs count on; eligible types of
+	 * the job being decided */
+	bool frees_ready;
+	struct free_ev *frees;
+	uint32_t *frees_at;
+	double *claimed;
+	uint8_t *type_ok;
 };
 
 /* ---- eligibility cache ------------------------------------------------------ */
@@ -198,6 +217,10 @@ static int cycle_prepare(struct cycle *cy)
 	              (size_t)c->ntenants * sizeof(double) + (size_t)c->ngtypes * sizeof(double) +
 	              (size_t)c->nclass_slots * sizeof(uint32_t) + cand_cap * sizeof(struct cand) +
 	              slot_cap * sizeof(struct slotinfo) + 64;
+	bool hold = cy->pol->hold_for_faster > 0;
+	if (hold)
+		need += (c->gpus_total + 1) * sizeof(struct free_ev) +
+		        (size_t)(c->ngtypes + 1) * (sizeof(uint32_t) + sizeof(double) + 1) + 16;
 	if (need > c->scratch_bytes) {
 		size_t grow = need + need / 2;
 		void *p = mem_realloc(c, c->scratch, c->scratch_bytes, grow);
@@ -222,6 +245,17 @@ static int cycle_prepare(struct cycle *cy)
 	cy->class_pending = (uint32_t *)p;
 	p += (size_t)c->nclass_slots * sizeof(uint32_t);
 	cy->room = (uint32_t *)p;
+	p += (size_t)c->npools * sizeof(uint32_t);
+	if (hold) {
+		p = (char *)(((uintptr_t)p + 7) & ~(uintptr_t)7);
+		cy->frees = (struct free_ev *)p;
+		p += (c->gpus_total + 1) * sizeof(struct free_ev);
+		cy->claimed = (double *)p;
+		p += (size_t)(c->ngtypes + 1) * sizeof(double);
+		cy->frees_at = (uint32_t *)p;
+		p += (size_t)(c->ngtypes + 1) * sizeof(uint32_t);
+		cy->type_ok = (uint8_t *)p;
+	}
 
 	/* every pending job may start (one action per gang node), every running
 	 * one may be preempted, every pending one may be given up */
@@ -576,6 +610,179 @@ static uint32_t pool_collect(struct cycle *cy, const struct pool *pool, const st
 	return taken;
 }
 
+/* ---- waiting for a faster GPU (hold_for_faster) ----------------------------------- */
+
+/* The class's profile speeds over the GPU types of the pools it may ever
+ * use (free or not), once per cycle. */
+static void class_span(struct cycle *cy, struct jclass *k)
+{
+	struct sched_cluster *c = cy->c;
+	if (k->span_epoch == c->epoch)
+		return;
+	k->span_epoch = c->epoch;
+	float lo = INFINITY, hi = 0;
+	const struct egroup *eg = &c->egroups[k->eg];
+	for (uint32_t e = 0; e < eg->nelig; e++) {
+		const struct pool *p = &c->pools[eg->elig[e]];
+		if (!p->members || p->nb <= k->gpus || !pool_may_host(p, k))
+			continue;
+		float v = class_speed(c, k, p->gtype);
+		if (!(v > 0))
+			continue;
+		if (v < lo)
+			lo = v;
+		if (v > hi)
+			hi = v;
+	}
+	k->span_min = hi > 0 ? lo : 0;
+	k->span_max = hi;
+}
+
+static int cmp_free_ev(const void *a, const void *b)
+{
+	const struct free_ev *x = a, *y = b;
+	if (x->gtype != y->gtype)
+		return x->gtype < y->gtype ? -1 : 1;
+	return (x->t > y->t) - (x->t < y->t);
+}
+
+/* The running GPUs of every type by lease deadline, once per cycle. */
+static void frees_build(struct cycle *cy)
+{
+	struct sched_cluster *c = cy->c;
+	cy->frees_ready = true;
+	uint64_t n = 0;
+	for (uint32_t s = 0; s < c->nnodes_slots; s++) {
+		const struct node *nd = &c->nodes[s];
+		if (!nd->id)
+			continue;
+		for (uint32_t l = 0; l < nd->nleases; l++)
+			for (uint32_t q = 0; q < nd->nparts; q++) {
+				uint32_t g = popcount64(nd->leases[l].mask & nd->parts[q].mask);
+				if (g && n < c->gpus_total)
+					cy->frees[n++] = (struct free_ev){
+						c->jobs[nd->leases[l].job].deadline_us,
+						nd->parts[q].gtype, g, 0
+					};
+			}
+	}
+	qsort(cy->frees, n, sizeof *cy->frees, cmp_free_ev);
+	uint32_t t = 0;
+	uint64_t cum = 0;
+	for (uint64_t i = 0; i < n; i++) {
+		while (t <= cy->frees[i].gtype) {
+			cy->frees_at[t++] = (uint32_t)i;
+			cum = 0;
+		}
+		cum += cy->frees[i].gpus;
+		cy->frees[i].cum = cum;
+	}
+	while (t <= c->ngtypes)
+		cy->frees_at[t++] = (uint32_t)n;
+	memset(cy->claimed, 0, (size_t)c->ngtypes * sizeof *cy->claimed);
+}
+
+/* GPUs of type t whose leases end by `until` at the latest. */
+static uint64_t frees_by(const struct cycle *cy, uint32_t t, int64_t until)
+{
+	uint32_t lo = cy->frees_at[t], hi = cy->frees_at[t + 1];
+	uint32_t first = lo;
+	while (lo < hi) {
+		uint32_t mid = lo + (hi - lo) / 2;
+		if (cy->frees[mid].t <= until)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo > first ? cy->frees[lo - 1].cum : 0;
+}
+
+/* Whether job js, whose placement now would run at profile speed `here`,
+ * waits for a faster GPU type instead. Ski rental: until it has waited
+ * hold_for_faster x the run time the slower GPU adds (the declared limit
+ * read as the run time on its slowest eligible type), and only while
+ * enough GPUs of faster types end their leases by then, at their
+ * deadlines, that jobs held before it (higher in the order) have not
+ * counted on. Notes the earliest time a held job stops waiting. */
+static bool hold_for_faster(struct cycle *cy, const struct job *j, struct jclass *k, double here)
+{
+	struct sched_cluster *c = cy->c;
+	double f = cy->pol->hold_for_faster;
+	if (!(f > 0) || !k->nspeeds || !(here > 0))
+		return false;
+	class_span(cy, k);
+	double faster = here * (1 + 1e-6);
+	if (!(k->span_max > faster))
+		return false;
+	double lo = k->span_min < here ? k->span_min : here;
+	double extra = (double)j->max_dur_us * lo * (1.0 / here - 1.0 / k->span_max);
+	double until_d = (double)j->submit_us + f * extra;
+	if (!((double)cy->now < until_d))
+		return false;
+	int64_t until = until_d >= 9e18 ? INT64_MAX : (int64_t)ceil(until_d);
+	/* the faster types this job may use */
+	if (!cy->frees_ready)
+		frees_build(cy);
+	memset(cy->type_ok, 0, c->ngtypes);
+	const struct egroup *eg = &c->egroups[k->eg];
+	for (uint32_t e = 0; e < eg->nelig; e++) {
+		const struct pool *p = &c->pools[eg->elig[e]];
+		if (p->members && p->nb > k->gpus && !cy->type_ok[p->gtype] &&
+		    class_speed(c, k, p->gtype) > faster && pool_may_host(p, k))
+			cy->type_ok[p->gtype] = 1;
+	}
+	/* less what jobs held before it (higher in the order) count on */
+	double need = (double)k->gpus * k->nodes, have = 0;
+	for (uint32_t t = 0; t < c->ngtypes && have < need; t++)
+		if (cy->type_ok[t]) {
+			double v = (double)frees_by(cy, t, until) - cy->claimed[t];
+			if (v > 0)
+				have += v;
+		}
+	if (have < need)
+		return false;
+	/* count on them, fastest types first */
+	while (need > 0) {
+		uint32_t best = NONE32;
+		for (uint32_t t = 0; t < c->ngtypes; t++)
+			if (cy->type_ok[t] && (double)frees_by(cy, t, until) - cy->claimed[t] > 0 &&
+			    (best == NONE32 || class_speed(c, k, t) > class_speed(c, k, best)))
+				best = t;
+		if (best == NONE32)
+			break;
+		double v = (double)frees_by(cy, best, until) - cy->claimed[best];
+		double take = v < need ? v : need;
+		cy->claimed[best] += take;
+		need -= take;
+		cy->type_ok[best] = 0;
+	}
+	if (!cy->st.hold_until_us || until < cy->st.hold_until_us)
+		cy->st.hold_until_us = until;
+	return true;
+}
+
+/* Placement found for the job, now: held for a faster GPU? Remembers the
+ * fastest candidate free for its class this cycle (free GPUs only shrink
+ * within a cycle, so a later member that would wait even there is skipped
+ * without a search). */
+static bool hold_placement(struct cycle *cy, uint32_t js, double here, uint32_t ncand)
+{
+	struct sched_cluster *c = cy->c;
+	const struct job *j = &c->jobs[js];
+	struct jclass *k = &c->classes[j->cls];
+	if (!(cy->pol->hold_for_faster > 0) || !hold_for_faster(cy, j, k, here))
+		return false;
+	double top = 0;
+	for (uint32_t i = 0; i < ncand; i++) {
+		double v = class_speed(c, k, cy->cands[i].gtype);
+		if (v > top)
+			top = v;
+	}
+	k->hold_epoch = c->epoch;
+	k->hold_speed = top;
+	return true;
+}
+
 static void emit_start(struct cycle *cy, const struct job *j, const struct jplace *pl, uint32_t npl)
 {
 	for (uint32_t i = 0; i < npl; i++) {
@@ -591,7 +798,8 @@ static void emit_start(struct cycle *cy, const struct job *j, const struct jplac
 	}
 }
 
-static bool place_single(struct cycle *cy, uint32_t js)
+/* 1: placed; 0: no room; -1: held for a faster GPU (hold_for_faster) */
+static int place_single(struct cycle *cy, uint32_t js)
 {
 	struct sched_cluster *c = cy->c;
 	struct job *j = &c->jobs[js];
@@ -606,7 +814,7 @@ static bool place_single(struct cycle *cy, uint32_t js)
 			cy->room[with_room++] = eg->elig[e];
 	}
 	if (!with_room)
-		return false;
+		return 0;
 	/* Sample across pools so that price, type and region all get a say.
 	 * With more pools than candidates wanted, take score_nodes of them at an
 	 * even stride from an offset that moves with every job (like the
@@ -624,17 +832,19 @@ static bool place_single(struct cycle *cy, uint32_t js)
 	for (uint32_t e = 0; !ncand && visit < with_room && e < with_room; e++)
 		pool_collect(cy, &c->pools[cy->room[e]], k, js, end, 1, false, &ncand);
 	if (!ncand)
-		return false;
+		return 0;
 	cy->cur_class = k;
 	cands_score(cy, cy->cands, ncand);
 	const struct cand *best = &cy->cands[0];
 	for (uint32_t i = 1; i < ncand; i++)
 		if (cand_better(&cy->cands[i], best))
 			best = &cy->cands[i];
+	if (hold_placement(cy, js, class_speed(c, k, best->gtype), ncand))
+		return -1;
 	struct jplace pl = { best->node, best->mask };
 	job_apply_placement(c, js, &pl, 1, cy->now);
 	emit_start(cy, j, &pl, 1);
-	return true;
+	return 1;
 }
 
 static int cmp_cand_desc(const void *a, const void *b)
@@ -647,7 +857,8 @@ static int cmp_cand_desc(const void *a, const void *b)
 	return 0;
 }
 
-static bool place_gang(struct cycle *cy, uint32_t js)
+/* as place_single */
+static int place_gang(struct cycle *cy, uint32_t js)
 {
 	struct sched_cluster *c = cy->c;
 	struct job *j = &c->jobs[js];
@@ -672,7 +883,7 @@ static bool place_gang(struct cycle *cy, uint32_t js)
 			ncand = first; /* this region cannot hold the gang */
 	}
 	if (!ncand)
-		return false;
+		return 0;
 	cy->cur_class = k;
 	cands_score(cy, cy->cands, ncand);
 	uint32_t best_first = 0, best_n = 0;
@@ -693,13 +904,24 @@ static bool place_gang(struct cycle *cy, uint32_t js)
 		a = b;
 	}
 	(void)best_n;
+	if (cy->pol->hold_for_faster > 0) {
+		/* a gang runs at the pace of its slowest node */
+		double here = INFINITY;
+		for (uint32_t i = 0; i < k->nodes; i++) {
+			double v = class_speed(c, k, cy->cands[best_first + i].gtype);
+			if (v < here)
+				here = v;
+		}
+		if (here < INFINITY && hold_placement(cy, js, here, ncand))
+			return -1;
+	}
 	struct jplace pl[SCHED_MAX_GANG_NODES];
 	for (uint32_t i = 0; i < k->nodes; i++)
 		pl[i] = (struct jplace){ cy->cands[best_first + i].node,
 			                 cy->cands[best_first + i].mask };
 	job_apply_placement(c, js, pl, k->nodes, cy->now);
 	emit_start(cy, j, pl, k->nodes);
-	return true;
+	return 1;
 }
 
 /* ---- reservations ------------------------------------------------------------------ */
@@ -1358,11 +1580,21 @@ int sched_cycle(struct sched_cluster *c, int64_t now_us, struct sched_actions *o
 			break;
 		if (blocked_seen)
 			after_block++;
+		/* a member of this class already waits for a faster GPU than
+		 * any free now: so does this one if it would wait even there */
+		if (k->hold_epoch == c->epoch && hold_for_faster(&cy, j, k, k->hold_speed)) {
+			cy.st.held++;
+			continue;
+		}
 		cy.st.considered++;
 		cy.resv_hit = false;
-		bool placed = k->nodes == 1 ? place_single(&cy, js) : place_gang(&cy, js);
-		if (placed) {
+		int placed = k->nodes == 1 ? place_single(&cy, js) : place_gang(&cy, js);
+		if (placed > 0) {
 			cy.st.placed++;
+			continue;
+		}
+		if (placed < 0) {
+			cy.st.held++;
 			continue;
 		}
 		if (k->fail_epoch != c->epoch) {

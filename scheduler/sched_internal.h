@@ -216,6 +216,11 @@ struct jclass {
 	int64_t fail_dur_us; /* shortest blocked duration (backfill) */
 	uint32_t fleet_gen;  /* c->fleet_gen when fleet_ok was computed */
 	bool fleet_ok;
+	uint64_t span_epoch;      /* hold_for_faster: speed range of this cycle */
+	float span_min, span_max; /* profile speeds over the eligible types;
+	                             0 = unknown */
+	uint64_t hold_epoch;      /* a member was held in this cycle ... */
+	double hold_speed;        /* ... with at best this speed free */
 };
 
 struct jplace {

@@ -35,6 +35,7 @@ void sched_policy_default(struct sched_policy *p)
 	p->w_frag = 0.0;
 	p->comparative_advantage = 0.0;
 	p->w_cost_per_work = 0.0;
+	p->hold_for_faster = 0.0;
 }
 
 void sched_policy_recommended(struct sched_policy *p)
@@ -52,6 +53,7 @@ void sched_policy_recommended(struct sched_policy *p)
 	p->w_frag = 20.0;
 	p->preempt_shorter_factor = 16.0;
 	p->preempt_min_run_us = 2LL * 3600 * 1000000;
+	p->hold_for_faster = 0.5;
 }
 
 static int check_weight(double w, double max, const char *field, struct sched_error *err)
@@ -84,6 +86,7 @@ int sched_policy_validate(const struct sched_policy *p, struct sched_error *err)
 		{ "w_short_jobs", offsetof(struct sched_policy, w_short_jobs), 1e6 },
 		{ "w_frag", offsetof(struct sched_policy, w_frag), 1000 },
 		{ "w_cost_per_work", offsetof(struct sched_policy, w_cost_per_work), 1000 },
+		{ "hold_for_faster", offsetof(struct sched_policy, hold_for_faster), 100 },
 	};
 	for (size_t i = 0; i < sizeof weights / sizeof weights[0]; i++) {
 		double w;

@@ -114,6 +114,9 @@ static int build_methods(struct app *a)
 			a->methods[k].in = md->input;
 			a->methods[k].out = md->output;
 			a->methods[k].roles = service_roles(sd->name);
+			/* operators read the output of jobs on their own nodes */
+			if (!strcmp(path, "/gpumatch.v1.JobService/GetJobLogs"))
+				a->methods[k].roles |= ROLE_OPERATOR;
 			a->methods[k].fn = handler_for(path);
 			k++;
 		}
@@ -227,6 +230,22 @@ void app_begin_drain(struct app *a)
 		event_add(a->drain_ev, &tv);
 }
 
+/* Re-reads redis_password_file for the connections made from now on (the
+ * one open now stays authenticated, as Redis keeps it after a password
+ * change). A file that cannot be read keeps the old password. */
+static void reload_redis_password(struct app *a)
+{
+	char rpw[512] = "", err[512];
+	if (a->cfg.redis_password_file[0] &&
+	    cfg_read_secret_file("redis_password_file", a->cfg.redis_password_file, rpw, sizeof rpw,
+	                         err, sizeof err)) {
+		log_error("redis password reload failed, keeping the old one err=\"%s\"", err);
+		return;
+	}
+	rds_set_password(a->rds, rpw);
+	explicit_bzero(rpw, sizeof rpw);
+}
+
 static void signal_cb(evutil_socket_t sig, short ev, void *arg)
 {
 	struct app *a = arg;
@@ -245,6 +264,7 @@ static void signal_cb(evutil_socket_t sig, short ev, void *arg)
 		rpc_server_set_limits(a->rpc, &l);
 		pg_pool_set_stall_timeout(a->pg, a->cfg.pg_stall_timeout_ms);
 		handlers_reload(a);
+		reload_redis_password(a);
 		if (a->tls) {
 			if (tls_server_reload(a->tls, a->cfg.tls_cert_file, a->cfg.tls_key_file,
 			                      a->cfg.tls_client_ca_file, err, sizeof err))

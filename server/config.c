@@ -118,6 +118,12 @@ static const struct key keys[] = {
 	  "probe challenges a node may request per hour" },
 	{ "probe_peak_margin_pct", K_INT, N(probe_peak_margin_pct), "25", 0, 1000, true,
 	  "a claim or measurement above the model's peak by more than this flags a spoofed GPU" },
+	{ "log_cap_bytes", K_LONG, N(log_cap_bytes), "67108864", 0, 1L << 40, true,
+	  "job output kept per lease; past it the rest is counted and dropped (a marker says so)" },
+	{ "log_retention_s", K_LONG, N(log_retention_s), "604800", 60, 1L << 32, true,
+	  "job output is deleted this long after its lease ended and it was last written" },
+	{ "volume_allow_paths", K_STR, S(volume_allow_paths), "", 0, 0, true,
+	  "comma-separated host path prefixes jobs may mount as volumes (\"\": none)" },
 	{ "probe_min_ratio_pct", K_INT, N(probe_min_ratio_pct), "25", 0, 100, true,
 	  "a probe proving less than this share of the claimed figure fails" },
 	{ "tls_cert_file", K_STR, S(tls_cert_file), "", 0, 0, false,
@@ -132,8 +138,9 @@ static const struct key keys[] = {
 	  "clear)" },
 	{ "metrics_listen", K_STR, S(metrics_listen), "", 0, 0, false,
 	  "extra plaintext loopback HOST:PORT serving /metrics, /healthz, /readyz (\"\": none)" },
-	{ "redis_password_file", K_STR, S(redis_password_file), "", 0, 0, false,
-	  "file holding the Redis password (mode 0600 or stricter; \"\": no AUTH)" },
+	{ "redis_password_file", K_STR, S(redis_password_file), "", 0, 0, true,
+	  "file holding the Redis password (mode 0600 or stricter; \"\": no AUTH); SIGHUP "
+	  "re-reads it for the next connection" },
 };
 
 #undef S

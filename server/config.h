@@ -56,6 +56,9 @@ struct cfg {
 	int probe_attempts_per_hour;      /* challenges per node per hour */
 	int probe_peak_margin_pct;        /* above peak x (1 + this/100): spoofed */
 	int probe_min_ratio_pct;          /* below claim x this/100: rejected */
+	long log_cap_bytes;               /* job output kept per lease */
+	long log_retention_s;             /* after the lease ended and the last write */
+	char volume_allow_paths[1024];    /* comma-separated host path prefixes */
 	char tls_cert_file[512];          /* PEM chain, leaf first; "" = plaintext */
 	char tls_key_file[512];           /* PEM private key */
 	char tls_client_ca_file[512];     /* CAs of agents' client certificates */

@@ -293,6 +293,7 @@ void conv_policy_in(const Gpumatch__V1__Policy *in, struct sched_policy *out)
 	out->preempt_shorter_factor = in->preempt_shorter_factor;
 	out->preempt_min_run_us = in->preempt_min_run_us;
 	out->w_frag = in->w_frag;
+	out->hold_for_faster = in->hold_for_faster;
 }
 
 void conv_policy_out(const struct sched_policy *in, Gpumatch__V1__Policy *out)
@@ -326,4 +327,5 @@ void conv_policy_out(const struct sched_policy *in, Gpumatch__V1__Policy *out)
 	out->preempt_shorter_factor = in->preempt_shorter_factor;
 	out->preempt_min_run_us = in->preempt_min_run_us;
 	out->w_frag = in->w_frag;
+	out->hold_for_faster = in->hold_for_faster;
 }

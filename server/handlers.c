@@ -72,6 +72,8 @@ static const struct route routes[] = {
 	{ "/gpumatch.v1.AdminService/GetUsageReport", ledger_usage_report },
 	{ "/gpumatch.v1.AdminService/GetRevenueReport", ledger_revenue_report },
 	{ "/gpumatch.v1.JobService/GetSpend", ledger_get_spend },
+	{ "/gpumatch.v1.JobService/GetJobLogs", logs_get },
+	{ "/gpumatch.v1.NodeService/AppendLeaseLogs", logs_append },
 	{ "/gpumatch.v1.NodeService/GetEarnings", ledger_get_earnings },
 	{ "/gpumatch.v1.AdminService/GetFleetSeries", series_fleet },
 	{ "/gpumatch.v1.AdminService/GetFleetSummary", series_fleet_summary },
@@ -138,13 +140,15 @@ int handlers_start(struct app *a, char *err, size_t err_len)
 	the_app = a;
 	if (jobs_start(a, err, err_len) || nodes_start(a, err, err_len) ||
 	    probe_start(a, err, err_len) || schedloop_start(a, err, err_len) ||
-	    ledger_start(a, err, err_len) || series_start(a, err, err_len))
+	    ledger_start(a, err, err_len) || series_start(a, err, err_len) ||
+	    logs_start(a, err, err_len))
 		return -1;
 	return 0;
 }
 
 void handlers_stop(struct app *a)
 {
+	logs_stop(a);
 	series_stop(a);
 	ledger_stop(a);
 	schedloop_stop(a);
@@ -156,6 +160,7 @@ void handlers_stop(struct app *a)
 void handlers_drain(struct app *a)
 {
 	nodes_drain_waiters(a);
+	logs_drain(a);
 	schedloop_stop(a);
 }
 
@@ -176,6 +181,7 @@ void handlers_metrics(struct app *a, struct evbuffer *b)
 	probe_metrics(a, b);
 	schedloop_metrics(a, b);
 	ledger_metrics(a, b);
+	logs_metrics(a, b);
 	series_metrics(a, b);
 }
 

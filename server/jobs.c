@@ -88,13 +88,17 @@ static uint64_t scope_tenant(struct rpc_call *call)
 /* Placement of the current attempt: node, mask, gang index, lease id. */
 #define PLACE_SQL                                                                                \
 	"(SELECT coalesce(string_agg(l.node_id || ':' || l.gpu_mask || ':' || l.gang_index ||  \
-	 ':' || l.id, ',' ORDER BY l.gang_index), '') FROM leases l" \
+	 ':' || l.id || ':' || l.pulled_bytes || ':' || coalesce(nullif(l.phase, ''), '-') ||  \
+	 ':' || coalesce(nullif(l.image_digest, ''), '-'), ',' ORDER BY l.gang_index), '')      \
+	 FROM leases l" \
 	" WHERE l.job_id = j.id AND l.attempt = j.attempts AND l.state BETWEEN 1 AND 4)"
 
 struct placement_scratch {
 	Gpumatch__V1__NodePlacement parts[SCHED_MAX_GANG_NODES];
 	Gpumatch__V1__NodePlacement *ptrs[SCHED_MAX_GANG_NODES];
 	uint32_t idx[SCHED_MAX_GANG_NODES][SCHED_MAX_GPUS_PER_NODE];
+	char phase[SCHED_MAX_GANG_NODES][16];
+	char digest[SCHED_MAX_GANG_NODES][80];
 };
 
 /* Every lease of the job, oldest first:
@@ -195,7 +199,7 @@ static void history_from_text(const char *s, Gpumatch__V1__Job *job, struct hist
 		live += state >= 1 && state <= 4;
 		ok += state == 5;
 		failed += state == 6;
-		expired += state == 7;
+		expired += state == 7 || state == 20; /* interrupted: queued again */
 		cancelled += state == 8;
 		preempted += state == 9;
 		if (a->n_placement < 8) {
@@ -227,11 +231,18 @@ static void placement_from_text(const char *s, Gpumatch__V1__Job *job, struct pl
 	while (*s && n < SCHED_MAX_GANG_NODES) {
 		unsigned long long node, mask, lease;
 		unsigned gang;
+		long long pulled;
 		int used = 0;
-		if (sscanf(s, "%llu:%llu:%u:%llu%n", &node, &mask, &gang, &lease, &used) != 4)
+		if (sscanf(s, "%llu:%llu:%u:%llu:%lld:%15[^:]:%79[^,]%n", &node, &mask, &gang,
+		           &lease, &pulled, ps->phase[n], ps->digest[n], &used) != 7)
 			break;
 		Gpumatch__V1__NodePlacement *p = &ps->parts[n];
 		gpumatch__v1__node_placement__init(p);
+		if (strcmp(ps->phase[n], "-"))
+			p->phase = ps->phase[n];
+		if (strcmp(ps->digest[n], "-"))
+			p->image_digest = ps->digest[n];
+		p->pulled_bytes = pulled;
 		p->node_id = node;
 		p->lease_id = lease;
 		p->gang_index = gang;
@@ -758,7 +769,7 @@ static int spec_bounds(const Gpumatch__V1__JobSpec *sp, char *field, size_t flen
 			ok = (*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') ||
 			     (*p >= '0' && *p <= '9') || *p == '_';
 		if (!ok) {
-			snprintf(field, flen, "spec.env");
+			snprintf(field, flen, "spec.env[%.64s]", k);
 			snprintf(why, wlen,
 			         "variable names are 1 to %d of A-Z a-z 0-9 _, not starting with a "
 			         "digit",
@@ -818,6 +829,11 @@ void jobs_submit(struct rpc_call *call, const ProtobufCMessage *msg)
 	int64_t t0 = now_us();
 	if (conv_job_spec(req->spec, 1, who->tenant_id, t0, &js, st, field, sizeof field, why,
 	                  sizeof why)) {
+		free(st);
+		rpc_error(call, RPC_INVALID_ARGUMENT, "%s: %s", field, why);
+		return;
+	}
+	if (jobspec_check(req->spec, &app_get()->cfg, field, sizeof field, why, sizeof why)) {
 		free(st);
 		rpc_error(call, RPC_INVALID_ARGUMENT, "%s: %s", field, why);
 		return;

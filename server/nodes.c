@@ -599,6 +599,22 @@ static void heartbeat_cb(enum pg_status st, PGresult *res, const char *ss, const
 		free(h);
 		return;
 	}
+	if (!PQgetisnull(res, 0, 7)) {
+		/* a GPU the node did not register: nothing stored */
+		int i = (int)col_i64(res, 0, 7) - 1;
+		if (!strcmp(PQgetvalue(res, 0, 8), "index"))
+			rpc_error(h->call, RPC_INVALID_ARGUMENT,
+			          "gpus[%d].index: node %" PRIu64
+			          " has no GPU %s (it registered %s)",
+			          i, h->node_id, PQgetvalue(res, 0, 9), PQgetvalue(res, 0, 10));
+		else
+			rpc_error(h->call, RPC_INVALID_ARGUMENT,
+			          "gpus[%d].uuid: not the uuid GPU %s of node %" PRIu64
+			          " registered with",
+			          i, PQgetvalue(res, 0, 9), h->node_id);
+		free(h);
+		return;
+	}
 	if (!PQgetisnull(res, 0, 6)) {
 		int i = (int)col_i64(res, 0, 6) - 1;
 		rpc_error(h->call, RPC_INVALID_ARGUMENT,
@@ -621,7 +637,7 @@ static void heartbeat_cb(enum pg_status st, PGresult *res, const char *ss, const
 	resp.next_heartbeat_ms = (uint32_t)a->cfg.heartbeat_interval_ms;
 	resp.node_state = (Gpumatch__V1__NodeState)state;
 	resp.verification_status = (Gpumatch__V1__VerificationStatus)col_i64(res, 0, 1);
-	/* stop commands: "id:deadline:reason;" */
+	/* stop commands: "id:deadline:stop_kind:reason;" */
 	Gpumatch__V1__LeaseCommand cmds[64], *cptrs[64];
 	char *stops = strdup(PQgetvalue(res, 0, 3));
 	size_t nc = 0;
@@ -629,14 +645,15 @@ static void heartbeat_cb(enum pg_status st, PGresult *res, const char *ss, const
 	     tok = strtok_r(NULL, ";", &save)) {
 		unsigned long long id;
 		long long deadline;
-		int used = 0;
-		if (sscanf(tok, "%llu:%lld:%n", &id, &deadline, &used) < 2)
+		int used = 0, kind = 0;
+		if (sscanf(tok, "%llu:%lld:%d:%n", &id, &deadline, &kind, &used) < 3 || !used)
 			continue;
 		gpumatch__v1__lease_command__init(&cmds[nc]);
 		cmds[nc].lease_id = id;
 		cmds[nc].action = GPUMATCH__V1__LEASE_ACTION__LEASE_ACTION_STOP;
 		cmds[nc].deadline_us = deadline;
 		cmds[nc].reason = tok + used;
+		cmds[nc].interrupt = kind == 6; /* the node stops: INTERRUPTED */
 		cptrs[nc] = &cmds[nc];
 		nc++;
 	}
@@ -707,6 +724,57 @@ static int gpu_health(const Gpumatch__V1__HeartbeatRequest *req, uint64_t *mask,
 	return 0;
 }
 
+bool nodes_valid_digest(const char *d)
+{
+	if (!d || !*d)
+		return true;
+	if (strncmp(d, "sha256:", 7) || strlen(d) != 7 + 64)
+		return false;
+	for (d += 7; *d; d++)
+		if (!((*d >= '0' && *d <= '9') || (*d >= 'a' && *d <= 'f')))
+			return false;
+	return true;
+}
+
+static void progress_cb(enum pg_status st, PGresult *res, const char *ss, const char *err,
+                        void *arg)
+{
+	(void)res;
+	(void)ss;
+	(void)arg;
+	if (st != PG_OK)
+		log_warn("lease progress not recorded err=\"%s\"", err ? err : "");
+}
+
+/* The container phase of the node's leases (PULLING with bytes, STARTING,
+ * RUNNING) and the image digest once known, as GetJob shows them. Entries
+ * that do not fit (unknown phase, bad digest) are skipped: progress is
+ * informational and never fails a heartbeat. */
+static void nodes_record_progress(struct rpc_call *call, const Gpumatch__V1__HeartbeatRequest *req)
+{
+	for (size_t i = 0; i < req->n_progress && i < 256; i++) {
+		const Gpumatch__V1__LeaseProgress *p = req->progress[i];
+		if (strcmp(p->phase, "PULLING") && strcmp(p->phase, "STARTING") &&
+		    strcmp(p->phase, "RUNNING"))
+			continue;
+		if (!nodes_valid_digest(p->image_digest) || p->pulled_bytes < 0)
+			continue;
+		struct numbuf l, n, o, b;
+		const char *params[] = {
+			fmt_u64(&l, p->lease_id),          fmt_u64(&n, req->node_id),
+			fmt_u64(&o, scope_operator(call)), p->phase,
+			fmt_i64(&b, p->pulled_bytes),      p->image_digest
+		};
+		pg_exec(app_get()->pg, NULL,
+		        "UPDATE leases l SET phase = $4, pulled_bytes = $5::bigint,"
+		        " image_digest = CASE WHEN $6 <> '' THEN $6 ELSE l.image_digest END"
+		        " FROM nodes n WHERE l.id = $1::bigint AND l.node_id = $2::bigint"
+		        " AND n.id = l.node_id AND ($3::bigint = 0 OR n.operator_id = $3::bigint)"
+		        " AND l.state BETWEEN 2 AND 4",
+		        6, params, progress_cb, NULL);
+	}
+}
+
 void nodes_heartbeat(struct rpc_call *call, const ProtobufCMessage *msg)
 {
 	const Gpumatch__V1__HeartbeatRequest *req = (const Gpumatch__V1__HeartbeatRequest *)msg;
@@ -743,6 +811,7 @@ void nodes_heartbeat(struct rpc_call *call, const ProtobufCMessage *msg)
 	for (size_t i = 0; i < req->n_running_lease_ids; i++)
 		sb_printf(&running, "%s%" PRIu64, i ? "," : "", req->running_lease_ids[i]);
 	sb_puts(&running, "}");
+	nodes_record_progress(call, req);
 	struct hb_ctx *h = malloc(sizeof *h + req->n_running_lease_ids * sizeof(uint64_t));
 	if (!h || running.oom) {
 		free(h);
@@ -755,12 +824,31 @@ void nodes_heartbeat(struct rpc_call *call, const ProtobufCMessage *msg)
 	h->n_running = req->n_running_lease_ids;
 	if (h->n_running)
 		memcpy(h->running, req->running_lease_ids, h->n_running * sizeof(uint64_t));
+	/* the reported GPUs, checked against the registered ones in the query */
+	struct strbuf gidx = { 0 }, guuid = { 0 };
+	sb_puts(&gidx, "{");
+	sb_puts(&guuid, "{");
+	for (size_t i = 0; i < req->n_gpus; i++) {
+		sb_printf(&gidx, "%s%u", i ? "," : "", req->gpus[i]->index);
+		sb_puts(&guuid, i ? "," : "");
+		sb_array_str(&guuid, req->gpus[i]->uuid);
+	}
+	sb_puts(&gidx, "}");
+	sb_puts(&guuid, "}");
+	if (gidx.oom || guuid.oom) {
+		free(h);
+		rpc_error(call, RPC_INTERNAL, "out of memory");
+		goto out;
+	}
 	struct numbuf n, o, now, bad;
-	const char *params[] = {
-		fmt_u64(&n, req->node_id),         fmt_u64(&o, scope_operator(call)),
-		fmt_i64(&now, now_us()),           running.s,
-		fmt_i64(&bad, (int64_t)unhealthy), health
-	};
+	const char *params[] = { fmt_u64(&n, req->node_id),
+		                 fmt_u64(&o, scope_operator(call)),
+		                 fmt_i64(&now, now_us()),
+		                 running.s,
+		                 fmt_i64(&bad, (int64_t)unhealthy),
+		                 health,
+		                 gidx.s,
+		                 guuid.s };
 	/* REGISTERED and LOST nodes become READY with their first heartbeat;
 	 * draining, cordoned and disabled ones keep their state. */
 	if (pg_exec(
@@ -771,6 +859,14 @@ void nodes_heartbeat(struct rpc_call *call, const ProtobufCMessage *msg)
 	        "o)"
 	        "   WHERE NOT EXISTS (SELECT 1 FROM leases l WHERE l.id = x.id"
 	        "     AND l.node_id = $1::bigint)),"
+	        /* the first reported GPU the node did not register (by index),
+	         * or whose uuid is not the registered one (an empty uuid is not
+	         * checked): refused, and nothing changes */
+	        " gbad AS (SELECT x.o, CASE WHEN g.idx IS NULL THEN 'index' ELSE 'uuid' END AS"
+	        "   what, x.i, (SELECT count(*) FROM gpus WHERE node_id = $1::bigint) AS n"
+	        "   FROM unnest($7::integer[], $8::text[]) WITH ORDINALITY x(i, u, o)"
+	        "   LEFT JOIN gpus g ON g.node_id = $1::bigint AND g.idx = x.i"
+	        "   WHERE g.idx IS NULL OR (x.u <> '' AND x.u <> g.uuid) ORDER BY x.o LIMIT 1),"
 	        " old AS (SELECT state, unhealthy_gpus FROM nodes WHERE id = $1::bigint"
 	        "   AND ($2::bigint = 0 OR operator_id = $2::bigint) AND state <> 6 FOR UPDATE),"
 	        " up AS (UPDATE nodes n SET last_heartbeat_us = $3::bigint,"
@@ -787,20 +883,26 @@ void nodes_heartbeat(struct rpc_call *call, const ProtobufCMessage *msg)
 	        "     ELSE n.state_reason END,"
 	        "   unhealthy_gpus = $5::bigint, health_reason = $6"
 	        "   FROM old, bad WHERE n.id = $1::bigint AND bad.o IS NULL"
+	        "   AND NOT EXISTS (SELECT 1 FROM gbad)"
 	        "   RETURNING n.state, n.verification_status)"
 	        " SELECT up.state, up.verification_status, old.state,"
 	        "  (SELECT coalesce(string_agg(l.id || ':' || l.stop_deadline_us || ':' ||"
-	        "     l.stop_reason, ';'), '') FROM leases l"
+	        "     l.stop_kind || ':' || l.stop_reason, ';'), '') FROM leases l"
 	        "    WHERE l.node_id = $1::bigint AND l.state = 4),"
 	        "  (SELECT coalesce(string_agg(x::text, ','), '') FROM unnest($4::bigint[]) x"
 	        "    WHERE NOT EXISTS (SELECT 1 FROM leases l WHERE l.id = x"
 	        "      AND l.node_id = $1::bigint AND l.state BETWEEN 2 AND 4))"
-	        "  , old.unhealthy_gpus <> $5::bigint, bad.o"
-	        " FROM old CROSS JOIN bad LEFT JOIN up ON true",
-	        6, params, heartbeat_cb, h)) {
+	        "  , old.unhealthy_gpus <> $5::bigint, bad.o, gbad.o, gbad.what, gbad.i,"
+	        "  CASE WHEN gbad.n = 1 THEN '1 GPU, index 0'"
+	        "   ELSE gbad.n || ' GPUs, indexes 0..' || (gbad.n - 1) END"
+	        " FROM old CROSS JOIN bad LEFT JOIN gbad ON true LEFT JOIN up ON true",
+	        8, params, heartbeat_cb, h)) {
 		free(h);
 		rpc_error(call, RPC_UNAVAILABLE, "shutting down");
 	}
+out:
+	sb_free(&gidx);
+	sb_free(&guuid);
 	sb_free(&running);
 }
 
@@ -1167,6 +1269,7 @@ static void report_lease_row_cb(enum pg_status st, PGresult *res, const char *ss
 			cmd.action = GPUMATCH__V1__LEASE_ACTION__LEASE_ACTION_STOP;
 			cmd.deadline_us = lease.stop_deadline_us;
 			cmd.reason = PQgetvalue(res, 0, LEASE_NCOLS);
+			cmd.interrupt = col_i64(res, 0, LEASE_NCOLS + 1) == 6;
 		} else {
 			cmd.lease_id = lease.id;
 			cmd.action = lease.state <= GPUMATCH__V1__LEASE_STATE__LEASE_STATE_RUNNING
@@ -1235,8 +1338,9 @@ static void report_cb(enum pg_status st, PGresult *res, const char *ss, const ch
 	struct numbuf l;
 	const char *params[] = { fmt_u64(&l, rc->lease_id) };
 	if (pg_exec(app_get()->pg, NULL,
-	            "SELECT " LEASE_COLS ", l.stop_reason FROM leases l WHERE l.id = $1::bigint", 1,
-	            params, report_lease_row_cb, rc)) {
+	            "SELECT " LEASE_COLS ", l.stop_reason, l.stop_kind FROM leases l"
+	            " WHERE l.id = $1::bigint",
+	            1, params, report_lease_row_cb, rc)) {
 		rpc_error(rc->call, RPC_UNAVAILABLE, "shutting down");
 		free(rc);
 	}
@@ -1258,10 +1362,11 @@ void nodes_report_lease(struct rpc_call *call, const ProtobufCMessage *msg)
 	if (req->state != GPUMATCH__V1__LEASE_STATE__LEASE_STATE_RUNNING &&
 	    req->state != GPUMATCH__V1__LEASE_STATE__LEASE_STATE_SUCCEEDED &&
 	    req->state != GPUMATCH__V1__LEASE_STATE__LEASE_STATE_FAILED &&
-	    req->state != GPUMATCH__V1__LEASE_STATE__LEASE_STATE_EXPIRED) {
+	    req->state != GPUMATCH__V1__LEASE_STATE__LEASE_STATE_EXPIRED &&
+	    req->state != GPUMATCH__V1__LEASE_STATE__LEASE_STATE_INTERRUPTED) {
 		rpc_error(call, RPC_INVALID_ARGUMENT,
 		          "state: must be LEASE_STATE_RUNNING, LEASE_STATE_SUCCEEDED, "
-		          "LEASE_STATE_FAILED or LEASE_STATE_EXPIRED");
+		          "LEASE_STATE_FAILED, LEASE_STATE_EXPIRED or LEASE_STATE_INTERRUPTED");
 		return;
 	}
 	if (req->started_at_us < 0 || req->exited_at_us < 0) {
@@ -1271,7 +1376,24 @@ void nodes_report_lease(struct rpc_call *call, const ProtobufCMessage *msg)
 	}
 	if (req->exited_at_us && req->state == GPUMATCH__V1__LEASE_STATE__LEASE_STATE_RUNNING) {
 		rpc_error(call, RPC_INVALID_ARGUMENT,
-		          "exitedAtUs: only with a final state (SUCCEEDED, FAILED, EXPIRED)");
+		          "exitedAtUs: only with a final state (SUCCEEDED, FAILED, EXPIRED, "
+		          "INTERRUPTED)");
+		return;
+	}
+	if (req->failure_reason &&
+	    (req->state != GPUMATCH__V1__LEASE_STATE__LEASE_STATE_FAILED ||
+	     (req->failure_reason != GPUMATCH__V1__FAILURE_REASON__FAILURE_REASON_OOM &&
+	      req->failure_reason != GPUMATCH__V1__FAILURE_REASON__FAILURE_REASON_IMAGE_PULL &&
+	      req->failure_reason != GPUMATCH__V1__FAILURE_REASON__FAILURE_REASON_AGENT_ERROR))) {
+		rpc_error(call, RPC_INVALID_ARGUMENT,
+		          "failureReason: only with state LEASE_STATE_FAILED, and one of "
+		          "FAILURE_REASON_OOM, FAILURE_REASON_IMAGE_PULL, "
+		          "FAILURE_REASON_AGENT_ERROR");
+		return;
+	}
+	if (!nodes_valid_digest(req->image_digest)) {
+		rpc_error(call, RPC_INVALID_ARGUMENT,
+		          "imageDigest: \"\" or sha256: and 64 lowercase hex digits");
 		return;
 	}
 	if (req->state == GPUMATCH__V1__LEASE_STATE__LEASE_STATE_SUCCEEDED &&
@@ -1306,7 +1428,7 @@ void nodes_report_lease(struct rpc_call *call, const ProtobufCMessage *msg)
 	rc->seq = req->seq;
 	rc->succeeded = req->state == GPUMATCH__V1__LEASE_STATE__LEASE_STATE_SUCCEEDED;
 	rc->work_done = req->work_done;
-	struct numbuf l, n, o, f, s, st, ex, sg, now, ma, sa, ea, hi;
+	struct numbuf l, n, o, f, s, st, ex, sg, now, ma, sa, ea, hi, fk;
 	const char *params[] = { fmt_u64(&l, req->lease_id),
 		                 fmt_u64(&n, req->node_id),
 		                 fmt_u64(&o, scope_operator(call)),
@@ -1320,16 +1442,17 @@ void nodes_report_lease(struct rpc_call *call, const ProtobufCMessage *msg)
 		                 fmt_i64(&ma, app_get()->cfg.max_attempts),
 		                 fmt_i64(&sa, req->started_at_us),
 		                 fmt_i64(&ea, req->exited_at_us),
-		                 fmt_i64(&hi,
-		                         (int64_t)app_get()->cfg.heartbeat_interval_ms * 1000) };
+		                 fmt_i64(&hi, (int64_t)app_get()->cfg.heartbeat_interval_ms * 1000),
+		                 fmt_i64(&fk, req->failure_reason),
+		                 req->image_digest };
 	if (pg_exec(app_get()->pg, NULL,
 	            "SELECT r.status, r.job_id, r.job_state, r.job_done, r.requeued,"
 	            " (SELECT last_report_seq FROM leases WHERE id = $1::bigint)"
-	            " FROM gm_report_lease("
+	            " FROM gm_report_lease_ext("
 	            "$1::bigint, $2::bigint, $3::bigint, $4::bigint, $5::bigint, $6::smallint,"
 	            " $7::integer, $8::integer, $9, $10::bigint, $11::integer, $12::bigint,"
-	            " $13::bigint, $14::bigint) r",
-	            14, params, report_cb, rc)) {
+	            " $13::bigint, $14::bigint, $15::smallint, $16) r",
+	            16, params, report_cb, rc)) {
 		free(rc);
 		rpc_error(call, RPC_UNAVAILABLE, "shutting down");
 	}
@@ -1488,7 +1611,8 @@ static void drain_cb(enum pg_status st, PGresult *res, const char *ss, const cha
 	free(dc);
 }
 
-static void set_drain(struct rpc_call *call, uint64_t node_id, bool drain, const char *reason)
+static void set_drain(struct rpc_call *call, uint64_t node_id, bool drain, const char *reason,
+                      bool stop_jobs, uint32_t stop_grace_ms)
 {
 	if (!node_id) {
 		rpc_error(call, RPC_INVALID_ARGUMENT, "nodeId: required");
@@ -1509,9 +1633,10 @@ static void set_drain(struct rpc_call *call, uint64_t node_id, bool drain, const
 	char why[600];
 	snprintf(why, sizeof why, "%s%s%s", drain ? "drained" : "undrained", *reason ? ": " : "",
 	         reason);
-	struct numbuf n, o, now;
+	struct numbuf n, o, now, grace;
+	int64_t grace_us = stop_grace_ms ? (int64_t)stop_grace_ms * 1000 : 30000000;
 	const char *params[] = { fmt_u64(&n, node_id), fmt_u64(&o, dc->op), fmt_i64(&now, now_us()),
-		                 why };
+		                 why, fmt_i64(&grace, grace_us) };
 	/* draining is idempotent; undraining only undoes a drain */
 	const char *sql =
 	    drain ? "UPDATE nodes SET state = CASE WHEN state IN (1, 2, 3) THEN 3"
@@ -1523,7 +1648,21 @@ static void set_drain(struct rpc_call *call, uint64_t node_id, bool drain, const
 	            " state_reason = $4, state_changed_at_us = $3::bigint"
 	            " WHERE id = $1::bigint AND ($2::bigint = 0 OR operator_id = $2::bigint)"
 	            " AND state <> 6 RETURNING id";
-	if (pg_exec(app_get()->pg, NULL, sql, 4, params, drain_cb, dc)) {
+	/* stopping the jobs too: each live lease is told to stop as an
+	 * interruption (stop kind 6), once */
+	const char *stop_sql =
+	    "WITH d AS (UPDATE nodes SET state = CASE WHEN state IN (1, 2, 3) THEN 3"
+	    " ELSE state END, state_reason = $4, state_changed_at_us = $3::bigint"
+	    " WHERE id = $1::bigint AND ($2::bigint = 0 OR operator_id = $2::bigint)"
+	    " AND state <> 6 RETURNING id),"
+	    " s AS (UPDATE leases l SET state = 4, stop_kind = 6,"
+	    " stop_deadline_us = $3::bigint + $5::bigint, stop_reason = $4"
+	    " FROM d WHERE l.node_id = d.id AND l.state IN (1, 2, 3))"
+	    " SELECT id FROM d";
+	if (drain && stop_jobs) {
+		sql = stop_sql;
+	}
+	if (pg_exec(app_get()->pg, NULL, sql, drain && stop_jobs ? 5 : 4, params, drain_cb, dc)) {
 		free(dc);
 		rpc_error(call, RPC_UNAVAILABLE, "shutting down");
 	}
@@ -1532,13 +1671,18 @@ static void set_drain(struct rpc_call *call, uint64_t node_id, bool drain, const
 void nodes_drain(struct rpc_call *call, const ProtobufCMessage *msg)
 {
 	const Gpumatch__V1__DrainNodeRequest *req = (const Gpumatch__V1__DrainNodeRequest *)msg;
-	set_drain(call, req->node_id, true, req->reason);
+	if (req->stop_grace_ms > 3600000) {
+		rpc_error(call, RPC_INVALID_ARGUMENT, "stopGraceMs: at most 3600000, got %u",
+		          req->stop_grace_ms);
+		return;
+	}
+	set_drain(call, req->node_id, true, req->reason, req->stop_jobs, req->stop_grace_ms);
 }
 
 void nodes_undrain(struct rpc_call *call, const ProtobufCMessage *msg)
 {
 	const Gpumatch__V1__UndrainNodeRequest *req = (const Gpumatch__V1__UndrainNodeRequest *)msg;
-	set_drain(call, req->node_id, false, "");
+	set_drain(call, req->node_id, false, "", false, 0);
 }
 
 /* ---- lifecycle ------------------------------------------------------------------------------------------ */

@@ -1,10 +1,13 @@
 /* pbcheck.c — see pbcheck.h. */
 #include "pbcheck.h"
 
+#include <inttypes.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include "gpumatch/v1/registry.h"
 #include "pbjson.h"
 
 #define MAX_DEPTH      32
@@ -122,6 +125,131 @@ int pbcheck_wire(const ProtobufCMessageDescriptor *d, const uint8_t *buf, size_t
 static int value(const ProtobufCFieldDescriptor *f, const void *p, const char *path, int depth,
                  char *err, size_t err_len);
 
+/* Orders map entries by key; every entry of one map has the same type,
+ * whose field 0 is the key (a string or a scalar). */
+static int key_cmp(const void *a, const void *b)
+{
+	const ProtobufCMessage *x = *(const ProtobufCMessage *const *)a;
+	const ProtobufCMessage *y = *(const ProtobufCMessage *const *)b;
+	const ProtobufCFieldDescriptor *kf = &x->descriptor->fields[0];
+	const char *px = (const char *)x + kf->offset, *py = (const char *)y + kf->offset;
+
+	switch (kf->type) {
+	case PROTOBUF_C_TYPE_STRING: {
+		const char *sx, *sy;
+		memcpy(&sx, px, sizeof sx);
+		memcpy(&sy, py, sizeof sy);
+		return strcmp(sx ? sx : "", sy ? sy : "");
+	}
+	case PROTOBUF_C_TYPE_INT64:
+	case PROTOBUF_C_TYPE_SINT64:
+	case PROTOBUF_C_TYPE_SFIXED64:
+	case PROTOBUF_C_TYPE_UINT64:
+	case PROTOBUF_C_TYPE_FIXED64: {
+		uint64_t vx, vy;
+		memcpy(&vx, px, sizeof vx);
+		memcpy(&vy, py, sizeof vy);
+		return vx < vy ? -1 : vx > vy;
+	}
+	case PROTOBUF_C_TYPE_BOOL: {
+		protobuf_c_boolean vx, vy;
+		memcpy(&vx, px, sizeof vx);
+		memcpy(&vy, py, sizeof vy);
+		return (vx != 0) - (vy != 0);
+	}
+	default: { /* the 32-bit integers */
+		uint32_t vx, vy;
+		memcpy(&vx, px, sizeof vx);
+		memcpy(&vy, py, sizeof vy);
+		return vx < vy ? -1 : vx > vy;
+	}
+	}
+}
+
+/* The key of a map entry for an error message. */
+static void key_text(const ProtobufCMessage *e, char *out, size_t len)
+{
+	const ProtobufCFieldDescriptor *kf = &e->descriptor->fields[0];
+	const char *p = (const char *)e + kf->offset;
+
+	switch (kf->type) {
+	case PROTOBUF_C_TYPE_STRING: {
+		const char *s;
+		memcpy(&s, p, sizeof s);
+		/* strings were checked valid UTF-8 without NUL; quote and cut */
+		snprintf(out, len, "\"%.40s%s\"", s ? s : "", s && strlen(s) > 40 ? "..." : "");
+		return;
+	}
+	case PROTOBUF_C_TYPE_INT64:
+	case PROTOBUF_C_TYPE_SINT64:
+	case PROTOBUF_C_TYPE_SFIXED64: {
+		int64_t v;
+		memcpy(&v, p, sizeof v);
+		snprintf(out, len, "%" PRId64, v);
+		return;
+	}
+	case PROTOBUF_C_TYPE_UINT64:
+	case PROTOBUF_C_TYPE_FIXED64: {
+		uint64_t v;
+		memcpy(&v, p, sizeof v);
+		snprintf(out, len, "%" PRIu64, v);
+		return;
+	}
+	case PROTOBUF_C_TYPE_BOOL: {
+		protobuf_c_boolean v;
+		memcpy(&v, p, sizeof v);
+		snprintf(out, len, "%s", v ? "true" : "false");
+		return;
+	}
+	case PROTOBUF_C_TYPE_UINT32:
+	case PROTOBUF_C_TYPE_FIXED32: {
+		uint32_t v;
+		memcpy(&v, p, sizeof v);
+		snprintf(out, len, "%" PRIu32, v);
+		return;
+	}
+	default: {
+		int32_t v;
+		memcpy(&v, p, sizeof v);
+		snprintf(out, len, "%" PRId32, v);
+		return;
+	}
+	}
+}
+
+/* A map whose key repeats on the wire: protobuf-c keeps every entry, and
+ * proto3 would keep the last one silently. Both would hide from the caller
+ * that part of what it sent is ignored (and the JSON form of such a map is
+ * an object with a key given twice, which the JSON decoder refuses), so the
+ * request is refused naming the map and the key, as in JSON. */
+static int map_keys(const ProtobufCMessage *const *arr, size_t n, const char *path, char *err,
+                    size_t err_len)
+{
+	const ProtobufCMessage **sorted;
+	int rc = 0;
+
+	if (n < 2)
+		return 0;
+	sorted = malloc(n * sizeof *sorted);
+	if (!sorted) {
+		snprintf(err, err_len, "field %s: out of memory", path);
+		return -1;
+	}
+	memcpy(sorted, arr, n * sizeof *sorted);
+	qsort(sorted, n, sizeof *sorted, key_cmp);
+	for (size_t i = 1; i < n; i++) {
+		if (!key_cmp(&sorted[i - 1], &sorted[i])) {
+			char k[64];
+			key_text(sorted[i], k, sizeof k);
+			snprintf(err, err_len, "field %s: key %s given twice", path, k);
+			rc = -1;
+			break;
+		}
+	}
+	free(sorted);
+	return rc;
+}
+
 static int ranges(const ProtobufCMessage *m, const char *path, int depth, char *err, size_t err_len)
 {
 	const ProtobufCMessageDescriptor *d = m->descriptor;
@@ -162,6 +290,11 @@ static int ranges(const ProtobufCMessage *m, const char *path, int depth, char *
 			for (size_t j = 0; j < count && arr; j++)
 				if (value(f, arr + j * sz, name, depth, err, err_len))
 					return -1;
+			if (f->type == PROTOBUF_C_TYPE_MESSAGE && arr &&
+			    proto_is_map_entry(f->descriptor) &&
+			    map_keys((const ProtobufCMessage *const *)(const void *)arr, count,
+			             name, err, err_len))
+				return -1;
 		} else {
 			if (value(f, base + f->offset, name, depth, err, err_len))
 				return -1;
@@ -206,7 +339,7 @@ static int value(const ProtobufCFieldDescriptor *f, const void *p, const char *p
 	}
 }
 
-int pbcheck_ranges(const ProtobufCMessage *m, char *err, size_t err_len)
+int pbcheck_message(const ProtobufCMessage *m, char *err, size_t err_len)
 {
 	return ranges(m, "", 0, err, err_len);
 }

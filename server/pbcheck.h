@@ -5,7 +5,8 @@
  *   - every integer fits what the store holds: uint64/fixed64 at most
  *     INT64_MAX (Postgres bigint), uint32/fixed32 at most INT32_MAX
  *     (Postgres integer), except the few fields documented as bit sets or
- *     seeds that are never stored as signed numbers.
+ *     seeds that are never stored as signed numbers;
+ *   - no map holds a key twice.
  * The error names the field by its proto path (e.g. "spec.command"). */
 #ifndef GPUMATCH_PBCHECK_H
 #define GPUMATCH_PBCHECK_H
@@ -21,8 +22,10 @@
 int pbcheck_wire(const ProtobufCMessageDescriptor *d, const uint8_t *buf, size_t len, char *err,
                  size_t err_len);
 
-/* Checks the integer ranges of a decoded message (sub-messages included).
- * Returns 0, or -1 with err filled. */
-int pbcheck_ranges(const ProtobufCMessage *m, char *err, size_t err_len);
+/* Checks a decoded message (sub-messages included): the integer ranges
+ * above, and that no map holds a key twice (protobuf-c keeps every entry of
+ * a key repeated on the wire; refused as the JSON decoder refuses a key
+ * given twice). Returns 0, or -1 with err filled. */
+int pbcheck_message(const ProtobufCMessage *m, char *err, size_t err_len);
 
 #endif

@@ -767,16 +767,29 @@ static void deadline_cb(evutil_socket_t fd, short what, void *arg)
 
 /* Wakes when the client's socket turns readable while its call is open:
  * EOF or an error means the client is gone (evhttp 2.1 does not read, so
- * would not notice until it wrote the answer). Pipelined bytes end the
- * watch: they belong to the next request. */
+ * would not notice until it wrote the answer). Bytes waiting are left for
+ * evhttp (a pipelined request, or under TLS a record that may be the
+ * client's close_notify: TLS 1.3 hides an alert's type); from then on only
+ * the peer's FIN is watched for, where the backend can (EV_CLOSED). */
 static void watch_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct rpc_call *c = arg;
 	char byte;
-	(void)what;
-	ssize_t n = recv(fd, &byte, 1, MSG_PEEK);
-	if (n > 0)
+	if (what & EV_CLOSED) {
+		call_abort(c, ABORT_GONE);
 		return;
+	}
+	ssize_t n = recv(fd, &byte, 1, MSG_PEEK);
+	if (n > 0) {
+		struct event_base *base = event_get_base(c->watch_ev);
+		if (event_base_get_features(base) & EV_FEATURE_EARLY_CLOSE) {
+			event_free(c->watch_ev);
+			c->watch_ev = event_new(base, fd, EV_CLOSED, watch_cb, c);
+			if (c->watch_ev)
+				event_add(c->watch_ev, NULL);
+		}
+		return;
+	}
 	if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
 		event_add(c->watch_ev, NULL);
 		return;
@@ -838,7 +851,7 @@ static void call_run(struct rpc_call *c)
 			return;
 		}
 	}
-	if (pbcheck_ranges(c->msg, why, sizeof why)) {
+	if (pbcheck_message(c->msg, why, sizeof why)) {
 		call_fail(c, RPC_INVALID_ARGUMENT, "%s", why);
 		return;
 	}

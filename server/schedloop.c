@@ -1067,7 +1067,7 @@ static void janitor_leases(void)
 	       "            AND n.last_heartbeat_us > x.stop_deadline_us)"
 	       "           OR x.stop_deadline_us < $6::bigint)"
 	       "  ) e GROUP BY e.id ORDER BY e.id LIMIT 1000) x"
-	       " CROSS JOIN LATERAL gm_end_lease(x.id, x.outcome::smallint, 0, 0,"
+	       " CROSS JOIN LATERAL gm_end_lease_any(x.id, x.outcome::smallint, 0, 0,"
 	       "   CASE x.outcome WHEN 10 THEN 'offer withdrawn: not confirmed by the agent'"
 	       "     ELSE 'lease expired' END, $1::bigint, $3::integer) r",
 	       6, params, janitor_end_cb, q);

@@ -698,6 +698,7 @@ static int run_loop(struct sim *s, int64_t *end_us, int64_t *first_us)
 	s->last_arrival_us = s->jobs[s->order[s->njobs - 1]].submit_us;
 	int64_t horizon = cfg->horizon_us > 0 ? first + cfg->horizon_us : INT64_MAX;
 	int64_t now = first, last_cycle = INT64_MIN, last_event = first;
+	int64_t hold_until = 0; /* hold_for_faster: a held job stops waiting */
 	bool dirty = false;
 	*first_us = first;
 	for (;;) {
@@ -719,10 +720,15 @@ static int run_loop(struct sim *s, int64_t *end_us, int64_t *first_us)
 				goto out;
 			dirty = true;
 		}
+		if (hold_until > 0 && hold_until <= now) {
+			hold_until = 0;
+			dirty = true;
+		}
 		if (dirty && s->npending &&
 		    (last_cycle == INT64_MIN || now - last_cycle >= cfg->cycle_interval_us)) {
 			acts.len = 0;
-			rc = sched_cycle(s->c, now, &acts, NULL);
+			struct sched_cycle_stats cst;
+			rc = sched_cycle(s->c, now, &acts, &cst);
 			if (rc) {
 				errf(s->err, s->err_len, "scheduling cycle failed (%d)", rc);
 				rc = rc == -ENOMEM ? -1 : -2;
@@ -731,6 +737,9 @@ static int run_loop(struct sim *s, int64_t *end_us, int64_t *first_us)
 			s->res->cycles++;
 			last_cycle = now;
 			dirty = false;
+			/* jobs waiting for a faster GPU stop waiting then, as
+			 * gpumatchd's periodic cycle would see */
+			hold_until = cst.hold_until_us;
 			if ((rc = apply_actions(s, &acts, now)))
 				goto out;
 			if (cfg->check) {
@@ -744,6 +753,8 @@ static int run_loop(struct sim *s, int64_t *end_us, int64_t *first_us)
 			next = s->h.v[0].t;
 		if (next_arr < s->njobs && s->jobs[s->order[next_arr]].submit_us < next)
 			next = s->jobs[s->order[next_arr]].submit_us;
+		if (hold_until > now && s->npending && hold_until < next)
+			next = hold_until;
 		if (dirty && s->npending && last_cycle + cfg->cycle_interval_us < next)
 			next = last_cycle + cfg->cycle_interval_us;
 		if (next == INT64_MAX)

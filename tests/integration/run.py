@@ -88,6 +88,8 @@ def main(argv=None):
     for name in names:
         modname = name.split(".")[0]
         mod = importlib.import_module(modname)
+        if getattr(mod, "OWN_SUITE", False) and not args.tests:
+            continue  # a meson test of its own runs it (OWN_SUITE = True)
         if quick and getattr(mod, "SLOW", False) and not args.tests:
             print("integration: --quick: leaving out %s (slow)" % modname, file=sys.stderr)
             continue

@@ -31,6 +31,8 @@ MATRIX = {
     ("JobService", "ExplainJob"): (JOB, "job_id"),
     ("JobService", "GetSpend"): (JOB, None),
     ("JobService", "GetSpendSeries"): (JOB, None),
+    # tenants their jobs', operators their nodes' attempts, admins any
+    ("JobService", "GetJobLogs"): (ALL, "job_id"),
     ("NodeService", "GetNodeSeries"): (NODE, "node_id"),
     ("NodeService", "RegisterNode"): (NODE, None),
     ("NodeService", "GetNode"): (NODE, "node_id"),
@@ -41,6 +43,7 @@ MATRIX = {
     ("NodeService", "AcquireLease"): (NODE, "node_id"),
     ("NodeService", "ConfirmLease"): (NODE, "node_id"),
     ("NodeService", "ReportLease"): (NODE, "node_id"),
+    ("NodeService", "AppendLeaseLogs"): (NODE, "node_id"),
     ("NodeService", "DrainNode"): (NODE, "node_id"),
     ("NodeService", "UndrainNode"): (NODE, "node_id"),
     ("NodeService", "GetEarnings"): (NODE, None),

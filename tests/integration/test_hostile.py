@@ -152,6 +152,41 @@ class HostileTest(ItCase):
             self.refused("JobService", "SubmitJob", raw, name)
         self.assertNothingChanged()
 
+    def test_map_key_given_twice_is_refused_in_both_codecs(self):
+        # proto3 would keep the last entry silently; gpumatch refuses the
+        # request naming the map and the key, in binary as in JSON
+        req_cls, _ = _method_types("JobService", "SubmitJob")
+        d = req_cls.DESCRIPTOR
+        spec_f = d.fields_by_name["spec"]
+        env_num = spec_f.message_type.fields_by_name["env"].number
+        key = field(d.fields_by_name["idempotency_key"].number, 2, b"dup-map-1")
+        entry = lambda k, v: field(env_num, 2, field(1, 2, k) + field(2, 2, v))
+        spec = common.job_spec()
+        spec.pop("env", None)
+        from cluster import to_binary
+        base = to_binary("JobService", "SubmitJob", common.submit_req("dup-map-1", spec))
+        for raw in (base + field(spec_f.number, 2, entry(b"A", b"1") + entry(b"A", b"2")),
+                    key + field(spec_f.number, 2, entry(b"A", b"1") + entry(b"B", b"0") +
+                                entry(b"A", b"2"))):
+            r = self.c.call("JobService", "SubmitJob", raw_body=raw, binary=True,
+                            token=self.tenant_tok)
+            self.assertError(r, "invalid_argument", field="spec.env")
+            self.assertIn('key "A" given twice', r.message)
+        spec["env"] = {"A": "1"}
+        body = json.dumps(common.submit_req("dup-map-2", spec)).encode()
+        body = body.replace(b'"env": {"A": "1"}', b'"env": {"A": "1", "A": "2"}')
+        self.assertIn(b'"A": "2"', body)
+        r = self.c.call("JobService", "SubmitJob", raw_body=body, token=self.tenant_tok)
+        self.assertError(r, "invalid_argument", field="spec.env")
+        self.assertIn('key "A" given twice', r.message)
+        # a node's labels, binary: RegisterNodeRequest.labels
+        rq, _ = _method_types("NodeService", "RegisterNode")
+        lab = rq.DESCRIPTOR.fields_by_name["labels"].number
+        raw = (field(lab, 2, field(1, 2, b"zone") + field(2, 2, b"a")) +
+               field(lab, 2, field(1, 2, b"zone") + field(2, 2, b"b")))
+        self.refused("NodeService", "RegisterNode", raw, "labels")
+        self.assertNothingChanged()
+
     def test_nul_idempotency_keys_do_not_collide(self):
         req_cls, _ = _method_types("JobService", "SubmitJob")
         num = req_cls.DESCRIPTOR.fields_by_name["idempotency_key"].number
@@ -181,7 +216,8 @@ class HostileTest(ItCase):
             (b'{"pageSize": Infinity}', None),
             (b'{"pageSize": 1e400}', None),
             (b'{"pageSize": 99999999999}', "page_size"),
-            (b'{"pageSize": 1, "pageSize": 2}', None),
+            (b'{"pageSize": 1, "pageSize": 2}', "page_size"),
+            (b'{"pageSize": 1, "page_size": 2}', "page_size"),
             (b'{"noSuchField": 1}', None),
             (b'[' * 5000 + b']' * 5000, None),
             (b'{"pageSize": "1\\u0000"}', None),

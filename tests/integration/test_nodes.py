@@ -334,6 +334,41 @@ class NodeTest(ItCase):
             hb = dict(ag.heartbeat_req(), gpus=gpus)
             self.assertError(ag.call("Heartbeat", hb), "invalid_argument", field=want)
 
+    def test_heartbeat_gpus_must_be_the_registered_ones(self):
+        ag = self.node(gpus=2)
+        self.assertOk(ag.heartbeat())
+        row = "SELECT last_heartbeat_us, heartbeats_received, unhealthy_gpus, health_reason," \
+              " state FROM nodes WHERE id = %s" % ag.id
+        before = self.c.psql(row)
+        good = ag.heartbeat_req()["gpus"]
+        self.assertTrue(good[1]["uuid"], good)
+        bad_gpu = {"status": "GPU_HEALTH_STATUS_UNHEALTHY", "xidErrors": [79]}
+        cases = (
+            # an index the node did not register (2 GPUs: 0 and 1)
+            ([good[0], dict(bad_gpu, index=2)], "gpus[1].index", "has no GPU 2"),
+            ([dict(bad_gpu, index=5)], "gpus[0].index", "indexes 0..1"),
+            ([dict(bad_gpu, index=63)], "gpus[0].index", "has no GPU 63"),
+            # the right index with another GPU's uuid, or an unknown one
+            ([dict(good[0], uuid=good[1]["uuid"], **bad_gpu)], "gpus[0].uuid", "GPU 0"),
+            ([good[0], dict(good[1], uuid="GPU-not-this-node", **bad_gpu)], "gpus[1].uuid",
+             "GPU 1"),
+        )
+        for gpus, field, text in cases:
+            with self.subTest(field=field, text=text):
+                hb = dict(ag.heartbeat_req(), gpus=gpus)
+                r = ag.call("Heartbeat", hb)
+                self.assertError(r, "invalid_argument", field=field)
+                self.assertIn(text, r.message)
+        # nothing stored: no heartbeat counted, no GPU marked unhealthy
+        self.assertEqual(self.c.psql(row), before)
+        # an empty uuid is not checked; the registered ones pass
+        hb = ag.heartbeat_req()
+        hb["gpus"][0]["uuid"] = ""
+        self.assertOk(ag.call("Heartbeat", hb))
+        got = self.assertOk(ag.call("GetNode", {"nodeId": ag.id}))["node"]
+        self.assertNotIn("unhealthyGpuIndexes", got)
+        self.assertEqual(got.get("state"), "NODE_STATE_READY")
+
     def test_drain_node(self):
         pool = self.c.unique("pool")
         ag = self.node(labels={"pool": pool})

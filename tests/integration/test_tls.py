@@ -526,6 +526,74 @@ class TlsTest(ItCase):
             rp.terminate()
             rp.wait(20)
 
+    def test_redis_password_rotates_on_sighup(self):
+        """A new password in redis_password_file is used for the next
+        connection after SIGHUP; a broken file keeps the old one."""
+        d = tempfile.mkdtemp(prefix="redis-rot-", dir=self.c.dir)
+        port = free_port()
+        old, new = "redis-old-%d" % os.getpid(), "redis-new-%d" % os.getpid()
+        rp = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                               "--requirepass", old, "--dir", d, "--save", "",
+                               "--appendonly", "no"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              preexec_fn=_pdeathsig)
+
+        def cli(pw, *args):
+            return subprocess.run(["redis-cli", "-p", str(port), "--no-auth-warning",
+                                   "-a", pw] + list(args),
+                                  capture_output=True, text=True).stdout.strip()
+
+        def write_pw(text):
+            with open(pwfile, "w") as f:
+                f.write(text)
+            os.chmod(pwfile, 0o600)
+
+        pwfile = os.path.join(d, "redis.pw")
+        gm = None
+        out = [b""]
+
+        def read():
+            out[0] += gm.stdout.read() or b""
+            return out[0].decode(errors="replace")
+
+        try:
+            common.wait_for(lambda: cli(old, "ping") == "PONG", 20, what="redis up")
+            write_pw(old + "\n")
+            gm = subprocess.Popen([gpumatchd_path(), "--pg_conninfo=" + self.c.pg_conninfo,
+                                   "--redis_host=127.0.0.1", "--redis_port=%d" % port,
+                                   "--listen_port=0", "--redis_password_file=" + pwfile],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  env=_clean_env(), preexec_fn=_pdeathsig)
+            os.set_blocking(gm.stdout.fileno(), False)
+            common.wait_for(lambda: read().count("redis connected") == 1, 60,
+                            what="gpumatchd connected to redis")
+            # a file gpumatchd may not use keeps the old password
+            os.chmod(pwfile, 0o644)
+            gm.send_signal(signal.SIGHUP)
+            common.wait_for(lambda: "redis password reload failed" in read(), 30,
+                            what="refused reload logged")
+            self.assertIn("redis_password_file", read())
+            # rotate: Redis first, then the file, then SIGHUP
+            self.assertEqual(cli(old, "config", "set", "requirepass", new), "OK")
+            write_pw(new + "\n")
+            gm.send_signal(signal.SIGHUP)
+            common.wait_for(lambda: read().count("configuration reloaded") == 2, 30,
+                            what="second reload logged")
+            # drop gpumatchd's connection: the reconnect must use the new password
+            cli(new, "client", "kill", "type", "normal")
+            common.wait_for(lambda: read().count("redis connected") >= 2, 60,
+                            what="gpumatchd reconnected with the new password")
+            text = read()
+            self.assertNotIn("refused the password", text)
+            self.assertNotIn(old, text)
+            self.assertNotIn(new, text)
+        finally:
+            if gm is not None:
+                gm.terminate()
+                gm.wait(20)
+            rp.terminate()
+            rp.wait(20)
+
     def test_zz_no_token_in_any_log(self):
         """Every token this module made, and the admin token, in no log."""
         secrets = [self.ttok, self.otok, self.otok2, self.c.admin_token]

@@ -346,7 +346,8 @@ static bool pol_eq(const struct sched_policy *a, const struct sched_policy *b)
 	       a->preemption == b->preemption && a->preemption_grace_us == b->preemption_grace_us &&
 	       a->infeasible_timeout_us == b->infeasible_timeout_us &&
 	       a->preempt_shorter_factor == b->preempt_shorter_factor &&
-	       a->preempt_min_run_us == b->preempt_min_run_us && a->w_frag == b->w_frag;
+	       a->preempt_min_run_us == b->preempt_min_run_us && a->w_frag == b->w_frag &&
+	       a->hold_for_faster == b->hold_for_faster;
 }
 
 typedef void (*pol_mut)(struct sched_policy *p);

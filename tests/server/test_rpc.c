@@ -1038,6 +1038,23 @@ static void test_disconnect(int port, struct rpc_server *s)
 	CHECK(spin_until(&n_aborts, aborts + 1, 3000), "abort hook after disconnect");
 	CHECK(rpc_server_inflight(s) == 0, "nothing in flight");
 
+	/* the client sends more bytes (pipelined, or a TLS close_notify) and
+	 * then leaves: still noticed */
+	started = n_started;
+	aborts = n_aborts;
+	fd = raw_connect(port);
+	raw_post(fd, P_CANCEL_JOB, TENANT, buf, n);
+	CHECK(spin_until(&n_started, started + 1, 3000), "handler started");
+	CHECK(write(fd, "\x15\x03\x03", 3) == 3, "extra bytes sent");
+	for (int i = 0; i < 50; i++) {
+		event_base_loop(base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+		usleep(1000);
+	}
+	CHECK(rpc_server_inflight(s) == 1, "bytes alone do not end the call");
+	close(fd);
+	CHECK(spin_until(&n_aborts, aborts + 1, 3000), "abort hook after bytes, then disconnect");
+	CHECK(rpc_server_inflight(s) == 0, "nothing in flight");
+
 	/* the same without a hook: the handler's later answer is a no-op */
 	started = n_started;
 	fd = raw_connect(port);
