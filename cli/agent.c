@@ -1042,6 +1042,14 @@ static void heartbeat_done(struct cl_result *r, void *arg)
 	int next = a->hb_override_ms ? a->hb_override_ms : a->hb_ms;
 	if (r->http_status != 200) {
 		alog("warn", "msg=\"heartbeat failed\" code=%s err=\"%s\"", r->code, r->message);
+		/* retired (RetireNode) once its last job ended: nothing more to do */
+		if (!strcmp(r->code, "failed_precondition") && strstr(r->message, "is retired")) {
+			alog("info", "msg=\"node retired, agent stopping\" node=%" PRIu64,
+			     a->node_id);
+			a->exit_code = EXIT_OK;
+			event_base_loopbreak(a->base);
+			return;
+		}
 		/* a lease the server says is not this node's: forget it, or no
 		 * heartbeat would ever be taken again */
 		unsigned idx;

@@ -21,6 +21,7 @@ struct app {
 	struct cfg cfg;
 	struct pg_pool *pg;
 	struct rds *rds;
+	struct rds_tls *rds_tls; /* NULL: plaintext to Redis */
 	struct rpc_server *rpc;
 	struct tls_server *tls;      /* NULL: plaintext */
 	struct evhttp *metrics_http; /* metrics_listen, or NULL */

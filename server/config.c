@@ -141,6 +141,17 @@ static const struct key keys[] = {
 	{ "redis_password_file", K_STR, S(redis_password_file), "", 0, 0, true,
 	  "file holding the Redis password (mode 0600 or stricter; \"\": no AUTH); SIGHUP "
 	  "re-reads it for the next connection" },
+	{ "redis_tls", K_BOOL, N(redis_tls), "false", 0, 0, false,
+	  "TLS to Redis: redis_port is then Redis' tls-port (certificate and host name "
+	  "verified)" },
+	{ "redis_tls_ca_file", K_STR, S(redis_tls_ca_file), "", 0, 0, false,
+	  "CAs that sign Redis' certificate (PEM; \"\": the system store)" },
+	{ "redis_tls_cert_file", K_STR, S(redis_tls_cert_file), "", 0, 0, false,
+	  "client certificate for Redis' tls-auth-clients (PEM chain; \"\": none)" },
+	{ "redis_tls_key_file", K_STR, S(redis_tls_key_file), "", 0, 0, false,
+	  "key of redis_tls_cert_file (mode 0600 or stricter)" },
+	{ "redis_tls_server_name", K_STR, S(redis_tls_server_name), "", 0, 0, false,
+	  "name or address checked in Redis' certificate (\"\": redis_host)" },
 };
 
 #undef S

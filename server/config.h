@@ -65,6 +65,11 @@ struct cfg {
 	bool allow_plaintext;             /* plaintext on a non-loopback address */
 	char metrics_listen[128];         /* "HOST:PORT" plaintext loopback metrics; "" = none */
 	char redis_password_file[512];
+	bool redis_tls;                  /* TLS to Redis (rds_tls's tunnel) */
+	char redis_tls_ca_file[512];     /* CAs of Redis' certificate; "" = system store */
+	char redis_tls_cert_file[512];   /* client certificate for Redis; "" = none */
+	char redis_tls_key_file[512];    /* its key */
+	char redis_tls_server_name[256]; /* name in Redis' certificate; "" = redis_host */
 	char config_file[256];
 };
 

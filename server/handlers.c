@@ -39,6 +39,7 @@ static const struct route routes[] = {
 	{ "/gpumatch.v1.NodeService/ReportLease", nodes_report_lease },
 	{ "/gpumatch.v1.NodeService/DrainNode", nodes_drain },
 	{ "/gpumatch.v1.NodeService/UndrainNode", nodes_undrain },
+	{ "/gpumatch.v1.NodeService/RetireNode", nodes_retire },
 	{ "/gpumatch.v1.NodeService/RequestChallenge", probe_request_challenge },
 	{ "/gpumatch.v1.NodeService/SubmitProbe", probe_submit },
 	{ "/gpumatch.v1.AdminService/CreateTenant", admin_create_tenant },

@@ -33,7 +33,7 @@ static uint64_t scope_operator(struct rpc_call *call)
 	" (SELECT coalesce(bit_or(l.gpu_mask), 0) FROM leases l"                                 \
 	"   WHERE l.node_id = n.id AND l.state BETWEEN 1 AND 4) AS busy,"                        \
 	" n.verified_at_us, n.last_challenge_id, n.last_probe_failure, n.probe_attempts,"        \
-	" n.probe_failures, n.unhealthy_gpus, n.health_reason"                                   \
+	" n.probe_failures, n.unhealthy_gpus, n.health_reason, n.retired_at_us"                  \
 	" FROM nodes n"
 
 struct node_scratch {
@@ -80,6 +80,7 @@ static Gpumatch__V1__Node *node_from_row(const PGresult *r, int row, struct node
 	n->updated_at_us = col_i64(r, row, 10);
 	n->state_changed_at_us = col_i64(r, row, 11);
 	n->last_heartbeat_us = col_i64(r, row, 12);
+	n->retired_at_us = col_i64(r, row, 22);
 	uint64_t busy = col_u64(r, row, 14);
 	size_t k = 0;
 	for (unsigned i = 0; i < 64; i++)
@@ -171,6 +172,10 @@ static void reply_node_cb(enum pg_status st, PGresult *res, const char *ss, cons
 		Gpumatch__V1__UndrainNodeResponse resp = GPUMATCH__V1__UNDRAIN_NODE_RESPONSE__INIT;
 		resp.node = n;
 		rpc_reply(call, &resp.base);
+	} else if (strstr(path, "/RetireNode")) {
+		Gpumatch__V1__RetireNodeResponse resp = GPUMATCH__V1__RETIRE_NODE_RESPONSE__INIT;
+		resp.node = n;
+		rpc_reply(call, &resp.base);
 	} else if (strstr(path, "/CordonNode")) {
 		Gpumatch__V1__CordonNodeResponse resp = GPUMATCH__V1__CORDON_NODE_RESPONSE__INIT;
 		resp.node = n;
@@ -254,15 +259,42 @@ static void register_cb(enum pg_status st, PGresult *res, const char *ss, const 
                         void *arg)
 {
 	struct reg_ctx *rc = arg;
+	/* columns: the node's id (NULL: nothing written), the first GPU
+	 * whose uuid another live node holds (ordinal, that node, whether it
+	 * is this operator's), the state of the node to update */
 	if (st != PG_OK) {
-		if (!strcmp(ss, "23505"))
+		if (!strcmp(ss, "23505") && err && strstr(err, "gpus_uuid_held_key"))
+			/* a concurrent registration took it after our check */
+			rpc_error(rc->call, RPC_ALREADY_EXISTS,
+			          "gpus: a GPU uuid of this node was just registered by another "
+			          "node");
+		else if (!strcmp(ss, "23505"))
 			rpc_error(
 			    rc->call, RPC_ALREADY_EXISTS,
 			    "name: this operator already has a node with that name; register with "
 			    "its nodeId to update it");
 		else
 			reply_pg_error(rc->call, st, ss, err);
-	} else if (PQntuples(res) != 1) {
+	} else if (PQntuples(res) == 1 && !PQgetisnull(res, 0, 1)) {
+		int i = (int)col_i64(res, 0, 1) - 1;
+		if (!strcmp(PQgetvalue(res, 0, 3), "t"))
+			rpc_error(
+			    rc->call, RPC_ALREADY_EXISTS,
+			    "gpus[%d].uuid: this GPU is already registered as node %s; retire "
+			    "that node first (gpumatch node retire %s)",
+			    i, PQgetvalue(res, 0, 2), PQgetvalue(res, 0, 2));
+		else
+			rpc_error(rc->call, RPC_ALREADY_EXISTS,
+			          "gpus[%d].uuid: this GPU is already registered by another "
+			          "operator's node",
+			          i);
+	} else if (PQntuples(res) == 1 && rc->update && !PQgetisnull(res, 0, 4) &&
+	           col_i64(res, 0, 4) == 6) {
+		rpc_error(rc->call, RPC_FAILED_PRECONDITION,
+		          "nodeId: node %" PRIu64 " is retired; register without a nodeId to add "
+		          "the machine again",
+		          rc->node_id);
+	} else if (PQntuples(res) != 1 || PQgetisnull(res, 0, 0)) {
 		if (rc->update)
 			rpc_error(rc->call, RPC_NOT_FOUND, "nodeId: node %" PRIu64 " not found",
 			          rc->node_id);
@@ -367,6 +399,15 @@ void nodes_register(struct rpc_call *call, const ProtobufCMessage *msg)
 	free(st);
 	facts.id = 0;
 	for (size_t i = 0; i < req->n_gpus; i++) {
+		for (size_t k = 0; k < i && req->gpus[i]->uuid[0]; k++) {
+			if (!strcmp(req->gpus[k]->uuid, req->gpus[i]->uuid)) {
+				rpc_error(call, RPC_INVALID_ARGUMENT,
+				          "gpus[%zu].uuid: the same as gpus[%zu].uuid (one GPU "
+				          "listed twice)",
+				          i, k);
+				return;
+			}
+		}
 		if (req->gpus[i]->verified) {
 			rpc_error(
 			    call, RPC_INVALID_ARGUMENT,
@@ -416,8 +457,21 @@ void nodes_register(struct rpc_call *call, const ProtobufCMessage *msg)
 		                 uuid.s,
 		                 mem.s,
 		                 fmt_u64(&nid, req->node_id) };
+	/* A GPU another live node holds (gpus.uuid_held, unique) is refused
+	 * before anything is written, naming it; the unique constraint only
+	 * catches a concurrent registration. */
+#define REG_TAKEN                                                              \
+	"taken AS (SELECT x.o, g.node_id, n.operator_id = $1::bigint AS mine"  \
+	"   FROM unnest($9::text[]) WITH ORDINALITY x(u, o)"                   \
+	"   JOIN gpus g ON g.uuid_held = x.u JOIN nodes n ON n.id = g.node_id" \
+	"   WHERE x.u <> '' AND g.node_id <> $11::bigint ORDER BY x.o LIMIT 1),"
+#define REG_RESULT(cte)                                                                   \
+	" SELECT (SELECT id FROM " cte "), t.o, t.node_id, t.mine,"                       \
+	"  (SELECT state FROM nodes WHERE id = $11::bigint AND operator_id = $1::bigint)" \
+	" FROM (SELECT 1) one LEFT JOIN taken t ON true"
 	const char *sql_new =
-	    "WITH lim AS (SELECT node_limit FROM operators WHERE id = $1::bigint AND state = 1),"
+	    "WITH " REG_TAKEN
+	    " lim AS (SELECT node_limit FROM operators WHERE id = $1::bigint AND state = 1),"
 	    " cnt AS (SELECT count(*) AS c FROM nodes WHERE operator_id = $1::bigint AND state <> "
 	    "6),"
 	    " ins AS (INSERT INTO nodes (operator_id, name, region, price_micros, state,"
@@ -425,25 +479,27 @@ void nodes_register(struct rpc_call *call, const ProtobufCMessage *msg)
 	    "   state_reason)"
 	    "   SELECT $1::bigint, $2, $3, $4::bigint, 1, 1, $5::bytea, $6::bigint, $6::bigint,"
 	    "   $6::bigint, 'registered' FROM lim, cnt WHERE cnt.c < lim.node_limit"
-	    "   AND $11::bigint = 0 RETURNING id),"
-	    " g AS (INSERT INTO gpus (node_id, idx, model, uuid, memory_mib)"
-	    "   SELECT ins.id, u.i, u.m, u.u, u.mem FROM ins,"
-	    "   unnest($7::integer[], $8::text[], $9::text[], $10::integer[]) AS u(i, m, u, mem))"
-	    " SELECT id FROM ins";
+	    "   AND $11::bigint = 0 AND NOT EXISTS (SELECT 1 FROM taken) RETURNING id),"
+	    " g AS (INSERT INTO gpus (node_id, idx, model, uuid, memory_mib, uuid_held)"
+	    "   SELECT ins.id, u.i, u.m, u.u, u.mem, nullif(u.u, '') FROM ins,"
+	    "   unnest($7::integer[], $8::text[], $9::text[], $10::integer[]) AS u(i, m, u, "
+	    "mem))" REG_RESULT("ins");
 	const char *sql_update =
-	    "WITH up AS (UPDATE nodes SET name = $2, region = $3, price_micros = $4::bigint,"
+	    "WITH " REG_TAKEN
+	    " up AS (UPDATE nodes SET name = $2, region = $3, price_micros = $4::bigint,"
 	    "   facts_pb = $5::bytea, updated_at_us = $6::bigint,"
 	    /* new facts carry no verified figures: a verified node probes again */
 	    "   verification_status = CASE WHEN verification_status = 3 THEN 1"
 	    "   ELSE verification_status END"
-	    "   WHERE id = $11::bigint AND operator_id = $1::bigint AND state <> 6 RETURNING id),"
+	    "   WHERE id = $11::bigint AND operator_id = $1::bigint AND state <> 6"
+	    "   AND NOT EXISTS (SELECT 1 FROM taken) RETURNING id),"
 	    " d AS (DELETE FROM gpus WHERE node_id IN (SELECT id FROM up)),"
-	    " g AS (INSERT INTO gpus (node_id, idx, model, uuid, memory_mib)"
-	    "   SELECT up.id, u.i, u.m, u.u, u.mem FROM up,"
+	    " g AS (INSERT INTO gpus (node_id, idx, model, uuid, memory_mib, uuid_held)"
+	    "   SELECT up.id, u.i, u.m, u.u, u.mem, nullif(u.u, '') FROM up,"
 	    "   unnest($7::integer[], $8::text[], $9::text[], $10::integer[]) AS u(i, m, u, mem)"
 	    "   ON CONFLICT (node_id, idx) DO UPDATE SET model = excluded.model,"
-	    "   uuid = excluded.uuid, memory_mib = excluded.memory_mib)"
-	    " SELECT id FROM up";
+	    "   uuid = excluded.uuid, memory_mib = excluded.memory_mib,"
+	    "   uuid_held = excluded.uuid_held)" REG_RESULT("up");
 	if (pg_exec(app_get()->pg, NULL, rc->update ? sql_update : sql_new, 11, params, register_cb,
 	            rc)) {
 		free(rc);
@@ -596,6 +652,12 @@ static void heartbeat_cb(enum pg_status st, PGresult *res, const char *ss, const
 	}
 	if (PQntuples(res) != 1) {
 		rpc_error(h->call, RPC_NOT_FOUND, "nodeId: node %" PRIu64 " not found", h->node_id);
+		free(h);
+		return;
+	}
+	if (col_i64(res, 0, 2) == GPUMATCH__V1__NODE_STATE__NODE_STATE_DISABLED) {
+		rpc_error(h->call, RPC_FAILED_PRECONDITION,
+		          "nodeId: node %" PRIu64 " is retired; its agent should stop", h->node_id);
 		free(h);
 		return;
 	}
@@ -868,21 +930,22 @@ void nodes_heartbeat(struct rpc_call *call, const ProtobufCMessage *msg)
 	        "   LEFT JOIN gpus g ON g.node_id = $1::bigint AND g.idx = x.i"
 	        "   WHERE g.idx IS NULL OR (x.u <> '' AND x.u <> g.uuid) ORDER BY x.o LIMIT 1),"
 	        " old AS (SELECT state, unhealthy_gpus FROM nodes WHERE id = $1::bigint"
-	        "   AND ($2::bigint = 0 OR operator_id = $2::bigint) AND state <> 6 FOR UPDATE),"
+	        "   AND ($2::bigint = 0 OR operator_id = $2::bigint) FOR UPDATE),"
 	        " up AS (UPDATE nodes n SET last_heartbeat_us = $3::bigint,"
 	        "   running_leases = $4::bigint[],"
 	        "   leases_unlisted = EXISTS (SELECT 1 FROM leases l WHERE l.node_id = $1::bigint"
 	        "     AND l.state IN (2, 3) AND NOT (l.id = ANY ($4::bigint[]))),"
 	        "   heartbeats_received = heartbeats_received + 1,"
 	        "   state = CASE WHEN n.state = 1 THEN 2"
-	        "     WHEN n.state = 5 THEN (CASE WHEN n.admin_hold THEN 4 ELSE 2 END)"
+	        "     WHEN n.state = 5 THEN (CASE WHEN n.admin_hold THEN 4"
+	        "       WHEN n.retired_at_us > 0 THEN 3 ELSE 2 END)"
 	        "     ELSE n.state END,"
 	        "   state_changed_at_us = CASE WHEN n.state IN (1, 5) THEN $3::bigint"
 	        "     ELSE n.state_changed_at_us END,"
 	        "   state_reason = CASE WHEN n.state IN (1, 5) THEN 'heartbeating'"
 	        "     ELSE n.state_reason END,"
 	        "   unhealthy_gpus = $5::bigint, health_reason = $6"
-	        "   FROM old, bad WHERE n.id = $1::bigint AND bad.o IS NULL"
+	        "   FROM old, bad WHERE n.id = $1::bigint AND bad.o IS NULL AND old.state <> 6"
 	        "   AND NOT EXISTS (SELECT 1 FROM gbad)"
 	        "   RETURNING n.state, n.verification_status)"
 	        " SELECT up.state, up.verification_status, old.state,"
@@ -1532,6 +1595,7 @@ void nodes_confirm_lease(struct rpc_call *call, const ProtobufCMessage *msg)
 struct drain_ctx {
 	struct rpc_call *call;
 	uint64_t node_id, op;
+	bool undrain;
 };
 
 static void drain_cb(enum pg_status st, PGresult *res, const char *ss, const char *err, void *arg)
@@ -1541,6 +1605,10 @@ static void drain_cb(enum pg_status st, PGresult *res, const char *ss, const cha
 		reply_pg_error(dc->call, st, ss, err);
 	} else if (PQntuples(res) != 1) {
 		rpc_error(dc->call, RPC_NOT_FOUND, "nodeId: node %" PRIu64 " not found",
+		          dc->node_id);
+	} else if (dc->undrain && col_i64(res, 0, 0) > 0) {
+		rpc_error(dc->call, RPC_FAILED_PRECONDITION,
+		          "nodeId: node %" PRIu64 " is retiring; it takes no new work again",
 		          dc->node_id);
 	} else {
 		schedloop_node_changed(app_get(), dc->node_id);
@@ -1568,6 +1636,7 @@ static void set_drain(struct rpc_call *call, uint64_t node_id, bool drain, const
 	dc->call = call;
 	dc->node_id = node_id;
 	dc->op = scope_operator(call);
+	dc->undrain = !drain;
 	char why[600];
 	snprintf(why, sizeof why, "%s%s%s", drain ? "drained" : "undrained", *reason ? ": " : "",
 	         reason);
@@ -1575,22 +1644,28 @@ static void set_drain(struct rpc_call *call, uint64_t node_id, bool drain, const
 	int64_t grace_us = stop_grace_ms ? (int64_t)stop_grace_ms * 1000 : 30000000;
 	const char *params[] = { fmt_u64(&n, node_id), fmt_u64(&o, dc->op), fmt_i64(&now, now_us()),
 		                 why, fmt_i64(&grace, grace_us) };
-	/* draining is idempotent; undraining only undoes a drain */
+	/* draining is idempotent; undraining only undoes a drain. A retiring
+	 * node is left as it is: it drains already, and only ends retired. */
 	const char *sql =
-	    drain ? "UPDATE nodes SET state = CASE WHEN state IN (1, 2, 3) THEN 3"
+	    drain ? "WITH cur AS (SELECT retired_at_us FROM nodes WHERE id = $1::bigint"
+	            "   AND ($2::bigint = 0 OR operator_id = $2::bigint) AND state <> 6),"
+	            " up AS (UPDATE nodes SET state = CASE WHEN state IN (1, 2, 3) THEN 3"
 	            " ELSE state END, state_reason = $4, state_changed_at_us = $3::bigint"
-	            " WHERE id = $1::bigint AND ($2::bigint = 0 OR operator_id = $2::bigint)"
-	            " AND state <> 6 RETURNING id"
-	          : "UPDATE nodes SET state = CASE WHEN state = 3 THEN"
+	            " FROM cur WHERE id = $1::bigint AND cur.retired_at_us = 0 RETURNING id)"
+	            " SELECT cur.retired_at_us FROM cur"
+	          : "WITH cur AS (SELECT retired_at_us FROM nodes WHERE id = $1::bigint"
+	            "   AND ($2::bigint = 0 OR operator_id = $2::bigint) AND state <> 6),"
+	            " up AS (UPDATE nodes SET state = CASE WHEN state = 3 THEN"
 	            " (CASE WHEN last_heartbeat_us > 0 THEN 2 ELSE 1 END) ELSE state END,"
 	            " state_reason = $4, state_changed_at_us = $3::bigint"
-	            " WHERE id = $1::bigint AND ($2::bigint = 0 OR operator_id = $2::bigint)"
-	            " AND state <> 6 RETURNING id";
+	            " FROM cur WHERE id = $1::bigint AND cur.retired_at_us = 0 RETURNING id)"
+	            " SELECT cur.retired_at_us FROM cur";
 	/* stopping the jobs too: each live lease is told to stop as an
-	 * interruption (stop kind 6), once */
+	 * interruption (stop kind 6), once (a retiring node keeps its reason) */
 	const char *stop_sql =
 	    "WITH d AS (UPDATE nodes SET state = CASE WHEN state IN (1, 2, 3) THEN 3"
-	    " ELSE state END, state_reason = $4, state_changed_at_us = $3::bigint"
+	    " ELSE state END, state_reason = CASE WHEN retired_at_us > 0 THEN state_reason"
+	    " ELSE $4 END, state_changed_at_us = $3::bigint"
 	    " WHERE id = $1::bigint AND ($2::bigint = 0 OR operator_id = $2::bigint)"
 	    " AND state <> 6 RETURNING id),"
 	    " s AS (UPDATE leases l SET state = 4, stop_kind = 6,"
@@ -1621,6 +1696,78 @@ void nodes_undrain(struct rpc_call *call, const ProtobufCMessage *msg)
 {
 	const Gpumatch__V1__UndrainNodeRequest *req = (const Gpumatch__V1__UndrainNodeRequest *)msg;
 	set_drain(call, req->node_id, false, "", false, 0);
+}
+
+/* ---- RetireNode -------------------------------------------------------------------------------------- */
+
+static void retire_cb(enum pg_status st, PGresult *res, const char *ss, const char *err, void *arg)
+{
+	struct drain_ctx *dc = arg;
+	/* columns: the state before, whether this call retired it, the
+	 * state after */
+	if (st != PG_OK) {
+		reply_pg_error(dc->call, st, ss, err);
+	} else if (PQntuples(res) != 1) {
+		rpc_error(dc->call, RPC_NOT_FOUND, "nodeId: node %" PRIu64 " not found",
+		          dc->node_id);
+	} else {
+		if (!strcmp(PQgetvalue(res, 0, 1), "t")) {
+			log_info("node retiring node=%" PRIu64 " state=%s by=%" PRIu64, dc->node_id,
+			         col_i64(res, 0, 2) == 6 ? "disabled" : "draining",
+			         rpc_principal(dc->call)->token_id);
+			schedloop_node_changed(app_get(), dc->node_id);
+		}
+		load_node_and_reply(dc->call, dc->node_id, dc->op, false);
+	}
+	free(dc);
+}
+
+/* Retiring: no new work from now on (DRAINING), and DISABLED at once when
+ * no lease is live there, else when the janitor sees the last one end
+ * (schedloop.c). DISABLED lets the GPUs' uuids go (gm_node_release_gpus).
+ * Asking again, or for a DISABLED node, changes nothing. */
+void nodes_retire(struct rpc_call *call, const ProtobufCMessage *msg)
+{
+	const Gpumatch__V1__RetireNodeRequest *req = (const Gpumatch__V1__RetireNodeRequest *)msg;
+	if (!req->node_id) {
+		rpc_error(call, RPC_INVALID_ARGUMENT, "nodeId: required");
+		return;
+	}
+	if (strlen(req->reason) > 512) {
+		rpc_error(call, RPC_INVALID_ARGUMENT, "reason: at most 512 bytes");
+		return;
+	}
+	struct drain_ctx *dc = malloc(sizeof *dc);
+	if (!dc) {
+		rpc_error(call, RPC_INTERNAL, "out of memory");
+		return;
+	}
+	dc->call = call;
+	dc->node_id = req->node_id;
+	dc->op = scope_operator(call);
+	dc->undrain = false;
+	char why[600];
+	snprintf(why, sizeof why, "retired%s%s", *req->reason ? ": " : "", req->reason);
+	struct numbuf n, o, now;
+	const char *params[] = { fmt_u64(&n, req->node_id), fmt_u64(&o, dc->op),
+		                 fmt_i64(&now, now_us()), why };
+	if (pg_exec(app_get()->pg, NULL,
+	            "WITH cur AS (SELECT state, retired_at_us FROM nodes WHERE id = $1::bigint"
+	            "   AND ($2::bigint = 0 OR operator_id = $2::bigint) FOR UPDATE),"
+	            " live AS (SELECT EXISTS (SELECT 1 FROM leases WHERE node_id = $1::bigint"
+	            "   AND state BETWEEN 1 AND 4) AS any),"
+	            " up AS (UPDATE nodes n SET retired_at_us = $3::bigint,"
+	            "   state = CASE WHEN live.any THEN (CASE WHEN n.state = 5 THEN 5 ELSE 3 END)"
+	            "     ELSE 6 END,"
+	            "   state_reason = $4, state_changed_at_us = $3::bigint"
+	            "   FROM cur, live WHERE n.id = $1::bigint AND cur.retired_at_us = 0"
+	            "   AND cur.state <> 6 RETURNING n.state)"
+	            " SELECT cur.state, up.state IS NOT NULL, coalesce(up.state, cur.state)"
+	            " FROM cur LEFT JOIN up ON true",
+	            4, params, retire_cb, dc)) {
+		free(dc);
+		rpc_error(call, RPC_UNAVAILABLE, "shutting down");
+	}
 }
 
 /* ---- lifecycle ------------------------------------------------------------------------------------------ */

@@ -1004,6 +1004,22 @@ static int64_t attention_gap_us(void)
 	return g < 500000 ? 500000 : g;
 }
 
+static void retired_nodes_cb(enum pg_status st, PGresult *res, const char *ss, const char *err,
+                             void *arg)
+{
+	(void)ss;
+	if (!step_ok(arg, st)) {
+		if (st != PG_OK)
+			log_warn("janitor query failed err=\"%s\"", err);
+		return;
+	}
+	for (int i = 0; i < PQntuples(res); i++) {
+		uint64_t id = col_u64(res, i, 0);
+		log_info("node retired node=%" PRIu64, id);
+		schedloop_node_changed(L.a, id);
+	}
+}
+
 static void janitor_leases(void)
 {
 	struct cfg *cfg = &L.a->cfg;
@@ -1071,6 +1087,13 @@ static void janitor_leases(void)
 	       "   CASE x.outcome WHEN 10 THEN 'offer withdrawn: not confirmed by the agent'"
 	       "     ELSE 'lease expired' END, $1::bigint, $3::integer) r",
 	       6, params, janitor_end_cb, q);
+	/* retiring nodes whose last lease has ended are retired for good */
+	struct step *r = step_new(NULL, 0);
+	exec_q("UPDATE nodes n SET state = 6, state_changed_at_us = $1::bigint"
+	       " WHERE n.retired_at_us > 0 AND n.state <> 6"
+	       " AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.node_id = n.id"
+	       "   AND l.state BETWEEN 1 AND 4) RETURNING n.id",
+	       1, params, retired_nodes_cb, r);
 	/* leases past their max duration are told to stop */
 	struct step *d = step_new(NULL, 0);
 	exec_q(

@@ -28,6 +28,7 @@ void nodes_report_lease(struct rpc_call *call, const ProtobufCMessage *req);
 void nodes_confirm_lease(struct rpc_call *call, const ProtobufCMessage *req);
 void nodes_drain(struct rpc_call *call, const ProtobufCMessage *req);
 void nodes_undrain(struct rpc_call *call, const ProtobufCMessage *req);
+void nodes_retire(struct rpc_call *call, const ProtobufCMessage *req);
 int nodes_start(struct app *a, char *err, size_t err_len);
 void nodes_stop(struct app *a);
 void nodes_drain_waiters(struct app *a);

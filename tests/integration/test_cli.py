@@ -296,8 +296,18 @@ class CliTest(ItCase):
                      "eu-north", "--price", "3", token=self.otok)["node"]
         self.assertEqual([g["uuid"] for g in n["gpus"]], [g["uuid"] for g in gpus])
         self.assertEqual(n["region"], "eu-north")
-        # found on PATH when --probe is not given
+        # the same GPUs cannot be registered as a second node ...
         env = cli_env(self.c, self.otok, {"PATH": d + ":/usr/bin:/bin"})
+        r = cli(None, "node", "register", "--name", self.c.unique("onpath"), "--region", "r",
+                "--price", "1", env=env)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("gpus[0].uuid", r.stderr)
+        self.assertIn("node retire %s" % n["id"], r.stderr)
+        # ... until that node is retired (idle: disabled at once)
+        out = self.run_cli("node", "retire", n["id"], "--reason", "moved", token=self.otok).stdout
+        self.assertRegex(out, r"(?m)^STATE\s+DISABLED$")
+        self.assertRegex(out, r"(?m)^STATE REASON\s+retired: moved$")
+        # found on PATH when --probe is not given
         r = cli(None, "node", "register", "--name", self.c.unique("onpath"), "--region", "r",
                 "--price", "1", env=env)
         self.assertEqual(r.returncode, 0, r.stderr)
