@@ -980,24 +980,35 @@ struct waiter {
 	bool again;    /* woken while querying */
 	bool aborted;  /* the call ended without us */
 	bool done;
-	struct waiter *next;
+	struct waiter *next, **pprev; /* doubly linked: unlinking is O(1) */
 };
 
 static struct {
 	struct waiter *head;
 	struct event *poll_ev;
 	bool draining;
+	bool scanning;             /* the timer's query for nodes with leases to hand out */
 	uint64_t offers_committed; /* for test_die_after_lease_commit */
 } W;
 
+static void waiter_link(struct waiter *w)
+{
+	w->next = W.head;
+	if (W.head)
+		W.head->pprev = &w->next;
+	w->pprev = &W.head;
+	W.head = w;
+}
+
 static void waiter_unlink(struct waiter *w)
 {
-	for (struct waiter **p = &W.head; *p; p = &(*p)->next) {
-		if (*p == w) {
-			*p = w->next;
-			return;
-		}
-	}
+	if (!w->pprev)
+		return;
+	*w->pprev = w->next;
+	if (w->next)
+		w->next->pprev = w->pprev;
+	w->next = NULL;
+	w->pprev = NULL;
 }
 
 static void try_claim(struct waiter *w);
@@ -1152,17 +1163,69 @@ void nodes_wake(uint64_t node_id)
 	}
 }
 
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	return (x > y) - (x < y);
+}
+
+static void scan_cb(enum pg_status st, PGresult *res, const char *ss, const char *err, void *arg)
+{
+	(void)ss;
+	(void)err;
+	(void)arg;
+	W.scanning = false;
+	int n = st == PG_OK ? PQntuples(res) : 0;
+	if (n <= 0)
+		return; /* nothing to hand out, or the next tick asks again */
+	uint64_t *ids = malloc((size_t)n * sizeof *ids);
+	if (!ids)
+		return;
+	for (int i = 0; i < n; i++)
+		ids[i] = col_u64(res, i, 0);
+	qsort(ids, (size_t)n, sizeof *ids, cmp_u64);
+	for (struct waiter *w = W.head, *next; w; w = next) {
+		next = w->next;
+		if (w->aborted || !bsearch(&w->node_id, ids, (size_t)n, sizeof *ids, cmp_u64))
+			continue;
+		if (w->querying)
+			w->again = true;
+		else
+			try_claim(w);
+	}
+	free(ids);
+}
+
 static void poll_cb(evutil_socket_t fd, short ev, void *arg)
 {
 	(void)fd;
 	(void)ev;
 	(void)arg;
-	/* catches leases placed by another replica's leader, and timeouts */
+	/* Ends the polls whose wait is over, then catches leases placed by
+	 * another replica's leader (or whose wake-up was missed) with one
+	 * query for the whole set of waiters, not one per waiter: a fleet of
+	 * idle nodes costs one statement per tick. */
+	int64_t now = now_us();
+	bool idle = false;
 	for (struct waiter *w = W.head, *next; w; w = next) {
 		next = w->next;
-		if (!w->querying && !w->aborted)
-			try_claim(w);
+		if (w->querying || w->aborted)
+			continue;
+		if (now >= w->until_us) {
+			Gpumatch__V1__AcquireLeaseResponse resp =
+			    GPUMATCH__V1__ACQUIRE_LEASE_RESPONSE__INIT;
+			rpc_reply(w->call, &resp.base);
+			waiter_finish(w);
+			continue;
+		}
+		idle = true;
 	}
+	if (!idle || W.scanning)
+		return;
+	W.scanning = true;
+	if (pg_exec(app_get()->pg, NULL, "SELECT DISTINCT node_id FROM leases WHERE state = 1", 0,
+	            NULL, scan_cb, NULL))
+		W.scanning = false;
 }
 
 struct own_ctx {
@@ -1195,8 +1258,7 @@ static void own_cb(enum pg_status st, PGresult *res, const char *ss, const char 
 	w->node_id = oc->node_id;
 	w->op = oc->op;
 	w->until_us = now_us() + (int64_t)oc->wait_ms * 1000;
-	w->next = W.head;
-	W.head = w;
+	waiter_link(w);
 	if (oc->wait_ms) {
 		rpc_set_timeout(oc->call, (int)oc->wait_ms + 5000);
 		rpc_on_abort(oc->call, waiter_abort, w);
