@@ -34,12 +34,14 @@ static uint64_t scope_operator(struct rpc_call *call)
 	" (SELECT coalesce(bit_or(l.gpu_mask), 0) FROM leases l"                                 \
 	"   WHERE l.node_id = n.id AND l.state BETWEEN 1 AND 4) AS busy,"                        \
 	" n.verified_at_us, n.last_challenge_id, n.last_probe_failure, n.probe_attempts,"        \
-	" n.probe_failures, n.unhealthy_gpus, n.health_reason, n.retired_at_us"                  \
-	" FROM nodes n"
+	" n.probe_failures, n.unhealthy_gpus, n.health_reason, n.retired_at_us,"                 \
+	" rel.leases_total, rel.leases_failed, rel.score_ppm, rel.window_start_us"               \
+	" FROM nodes n CROSS JOIN LATERAL gm_node_reliability(n.id) rel"
 
 struct node_scratch {
 	Gpumatch__V1__Node *facts; /* unpacked; owns labels, taints, gpus */
 	Gpumatch__V1__Verification ver;
+	Gpumatch__V1__Reliability rel;
 	uint32_t busy[SCHED_MAX_GPUS_PER_NODE];
 	uint32_t unhealthy[SCHED_MAX_GPUS_PER_NODE];
 };
@@ -82,6 +84,19 @@ static Gpumatch__V1__Node *node_from_row(const PGresult *r, int row, struct node
 	n->state_changed_at_us = col_i64(r, row, 11);
 	n->last_heartbeat_us = col_i64(r, row, 12);
 	n->retired_at_us = col_i64(r, row, 22);
+	/* lease record (gm_node_reliability, migration 0021); heartbeat
+	 * uptime is not measured, so the score is the lease figure alone */
+	gpumatch__v1__reliability__init(&s->rel);
+	s->rel.leases_total = col_u64(r, row, 23);
+	s->rel.leases_failed = col_u64(r, row, 24);
+	s->rel.leases_succeeded = s->rel.leases_total - s->rel.leases_failed;
+	s->rel.lease_success_ppm = (uint32_t)col_u64(r, row, 25);
+	s->rel.score_ppm = s->rel.lease_success_ppm;
+	s->rel.window_start_us = col_i64(r, row, 26);
+	s->rel.heartbeats_received = col_u64(r, row, 13);
+	if (n->reliability) /* the server's figure, never a stored one */
+		protobuf_c_message_free_unpacked(&n->reliability->base, NULL);
+	n->reliability = NULL;
 	uint64_t busy = col_u64(r, row, 14);
 	size_t k = 0;
 	for (unsigned i = 0; i < 64; i++)
@@ -102,6 +117,7 @@ static void node_borrow(Gpumatch__V1__Node *n, const PGresult *r, int row, struc
 	n->region = PQgetvalue(r, row, 3);
 	n->state_reason = PQgetvalue(r, row, 6);
 	n->verification = &s->ver;
+	n->reliability = &s->rel;
 	n->busy_gpu_indexes = s->busy;
 	n->n_busy_gpu_indexes = 0;
 	for (size_t i = 0; i < 64; i++)
@@ -122,6 +138,7 @@ static void node_unborrow(Gpumatch__V1__Node *n, char *name, char *region, char 
 	n->region = region;
 	n->state_reason = reason;
 	n->verification = NULL;
+	n->reliability = NULL;
 	n->busy_gpu_indexes = NULL;
 	n->n_busy_gpu_indexes = 0;
 	n->unhealthy_gpu_indexes = NULL;

@@ -201,8 +201,11 @@ int schedloop_add_job_row(struct sched_cluster *c, const PGresult *r, int row, i
 }
 
 /* Node row: id, state, verification_status, price_micros, region, facts_pb,
- * unhealthy_gpus (SCHEDLOOP_NODE_COLS). A READY node with an unhealthy GPU
- * is given to the scheduler as DRAINING: no new work, running work goes on. */
+ * unhealthy_gpus, reliability score ppm (SCHEDLOOP_NODE_COLS). A READY node
+ * with an unhealthy GPU is given to the scheduler as DRAINING: no new work,
+ * running work goes on. The reliability is read with the rest of the row:
+ * the scheduler's figure is as of the node's last (re)load (leadership, a
+ * state, facts or health change). */
 void schedloop_upsert_node_row(struct sched_cluster *c, const PGresult *r, int row)
 {
 	uint64_t id = col_u64(r, row, 0);
@@ -234,6 +237,10 @@ void schedloop_upsert_node_row(struct sched_cluster *c, const PGresult *r, int r
 	n->region = PQgetvalue(r, row, 4);
 	Gpumatch__V1__Verification *ver_saved = n->verification;
 	n->verification = &ver;
+	Gpumatch__V1__Reliability rel = GPUMATCH__V1__RELIABILITY__INIT;
+	rel.score_ppm = (uint32_t)col_u64(r, row, 7);
+	Gpumatch__V1__Reliability *rel_saved = n->reliability;
+	n->reliability = &rel;
 	struct sched_gpu_spec *gpus = calloc(n->n_gpus ? n->n_gpus : 1, sizeof *gpus);
 	struct conv_strings *st = malloc(sizeof *st);
 	struct sched_node_spec ns;
@@ -249,6 +256,7 @@ void schedloop_upsert_node_row(struct sched_cluster *c, const PGresult *r, int r
 	free(st);
 	n->region = region_saved;
 	n->verification = ver_saved;
+	n->reliability = rel_saved;
 	protobuf_c_message_free_unpacked(&n->base, NULL);
 }
 

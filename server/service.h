@@ -115,8 +115,9 @@ bool schedloop_is_leader(struct app *a);
  * to cluster c. A job row has id, tenant, spec_pb and submitted_at_us at
  * the given columns (returns sched_job_add's result, -1 if unreadable); a
  * node row has SCHEDLOOP_NODE_COLS. */
-#define SCHEDLOOP_NODE_COLS \
-	"id, state, verification_status, price_micros, region, facts_pb, unhealthy_gpus"
+#define SCHEDLOOP_NODE_COLS                                                               \
+	"id, state, verification_status, price_micros, region, facts_pb, unhealthy_gpus," \
+	" (gm_node_reliability(id)).score_ppm"
 int schedloop_add_job_row(struct sched_cluster *c, const PGresult *r, int row, int c_id,
                           int c_tenant, int c_spec, int c_submit);
 void schedloop_upsert_node_row(struct sched_cluster *c, const PGresult *r, int row);

@@ -5,10 +5,12 @@ with --allow_unverified=true so that unprobed nodes take work. Jobs here pick
 their node with a label selector, so tests do not steal each other's work."""
 
 import json
+import re
 import threading
 import time
 
 import common
+from clitools import cli
 from common import (ItCase, NodeAgent, get_job, job_spec, node_req, ok, submit,
                     wait_job_state)
 
@@ -242,6 +244,56 @@ class NodeTest(ItCase):
         f = j.get("failure") or {}
         self.assertEqual(f.get("reason"), "FAILURE_REASON_EXIT_CODE", j)
         self.assertEqual(f.get("exitCode"), 3, j)
+        ag.stop_heartbeats()
+
+    def test_reliability_follows_how_leases_end(self):
+        """A lease the job ends (any exit) raises the node's reliability; a
+        lease lost to the node (EXPIRED) lowers it; it stays within [0, 1]."""
+        pool = self.c.unique("pool")
+        ag = self.node(labels={"pool": pool})
+        ag.start_heartbeats(0.5)
+
+        def rel():
+            n = self.assertOk(self.ncall("GetNode", {"nodeId": ag.id}))["node"]
+            r = n.get("reliability") or {}
+            score = int(r.get("scorePpm", 0))
+            self.assertGreater(score, 0, r)
+            self.assertLessEqual(score, 1000000, r)
+            listed = [x for x in self.assertOk(self.ncall("ListNodes", {}))["nodes"]
+                      if x["id"] == ag.id]
+            self.assertEqual(int(listed[0]["reliability"]["scorePpm"]), score)
+            return score, int(r.get("leasesTotal", 0)), int(r.get("leasesFailed", 0))
+
+        def run_one(outcome, **kw):
+            job = submit(self.c, self.t, spec=job_spec(gpus=1, labelSelector={"pool": pool}))
+            lease = ag.acquire_lease(within=20)["lease"]
+            self.assertEqual(lease["jobId"], job["id"])
+            self.assertOk(ag.report(lease, "LEASE_STATE_RUNNING"))
+            r = self.assertOk(ag.report(lease, outcome, **kw))
+            self.assertEqual(r["lease"]["state"], outcome)
+            return job
+
+        fresh, total, failed = rel()
+        self.assertEqual((total, failed), (0, 0))
+        self.assertLess(fresh, 1000000)  # a neutral prior: near 1, not 1
+        self.assertGreater(fresh, 500000)
+        run_one("LEASE_STATE_SUCCEEDED")
+        run_one("LEASE_STATE_FAILED", exit_code=3, message="the job's own failure")
+        kept, total, failed = rel()
+        self.assertEqual((total, failed), (2, 0))
+        self.assertGreater(kept, fresh)
+        lost = run_one("LEASE_STATE_EXPIRED", message="agent lost the job")
+        after, total, failed = rel()
+        self.assertEqual((total, failed), (3, 1))
+        self.assertLess(after, kept)
+        self.assertLess(after, fresh)
+        self.assertGreater(after, 0)
+        # the CLI shows it as a percentage
+        r = cli(self.c, "node", "get", ag.id, token=self.a)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertRegex(r.stdout, r"(?m)^RELIABILITY\s+%s%%$"
+                         % re.escape("%.1f" % (after / 10000.0)))
+        self.c.call("JobService", "CancelJob", {"jobId": lost["id"]}, token=self.t)
         ag.stop_heartbeats()
 
     def test_failed_gang_names_the_part_that_failed(self):
