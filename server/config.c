@@ -40,6 +40,8 @@ static const struct key keys[] = {
 	{ "log_level", K_STR, S(log_level), "info", 0, 0, true, "debug, info, warn or error" },
 	{ "max_body_bytes", K_LONG, N(max_body_bytes), "1048576", 1024, 64L << 20, true,
 	  "largest request body accepted" },
+	{ "max_page_bytes", K_LONG, N(max_page_bytes), "1048576", 1024, 64L << 20, true,
+	  "largest page of a List answer, encoded (one item always fits)" },
 	{ "request_timeout_ms", K_INT, N(request_timeout_ms), "10000", 10, 600000, true,
 	  "a request not answered by then gets deadline_exceeded" },
 	{ "idle_timeout_ms", K_INT, N(idle_timeout_ms), "60000", 100, 3600000, true,

@@ -19,6 +19,7 @@ struct cfg {
 	int redis_port;
 	char log_level[16];
 	long max_body_bytes;
+	long max_page_bytes; /* one List answer page, encoded */
 	int request_timeout_ms;
 	int idle_timeout_ms;
 	int max_connections;

@@ -292,6 +292,20 @@ char *pack_bytea_param(const ProtobufCMessage *m)
 	return out;
 }
 
+size_t page_fit(const void *const *items, size_t n)
+{
+	size_t max = (size_t)app_get()->cfg.max_page_bytes, bytes = 0;
+	for (size_t i = 0; i < n; i++) {
+		/* each item is a length-delimited field of the answer: tag,
+		 * length, message */
+		size_t sz = protobuf_c_message_get_packed_size(items[i]) + 6;
+		if (i > 0 && bytes + sz > max)
+			return i;
+		bytes += sz;
+	}
+	return n;
+}
+
 void page_token_encode(uint64_t last_id, char *out, size_t len)
 {
 	snprintf(out, len, "i%" PRIx64, last_id);

@@ -884,8 +884,6 @@ void jobs_get(struct rpc_call *call, const ProtobufCMessage *msg)
 	load_and_reply(call, req->job_id, scope_tenant(call));
 }
 
-#define LIST_MAX_BYTES (1024 * 1024) /* one ListJobs page, encoded */
-
 struct list_ctx {
 	struct rpc_call *call;
 	int page_size;
@@ -911,8 +909,8 @@ static void list_cb(enum pg_status st, PGresult *res, const char *sqlstate, cons
 		goto out;
 	}
 	/* pages are bounded by bytes too: a page stops before the job that
-	 * would take its answer past LIST_MAX_BYTES (one job always fits) */
-	size_t bytes = 0;
+	 * would take its answer past max_page_bytes (one job always fits) */
+	size_t bytes = 0, max_bytes = (size_t)app_get()->cfg.max_page_bytes;
 	bool cut = false;
 	for (int i = 0; i < n; i++) {
 		if (job_from_row(res, i, &jobs[i], &sc[i])) {
@@ -922,7 +920,7 @@ static void list_cb(enum pg_status st, PGresult *res, const char *sqlstate, cons
 			goto out;
 		}
 		size_t sz = protobuf_c_message_get_packed_size(&jobs[i].base);
-		if (i > 0 && bytes + sz > LIST_MAX_BYTES) {
+		if (i > 0 && bytes + sz > max_bytes) {
 			job_scratch_free(&sc[i]);
 			n = i;
 			cut = true;

@@ -557,10 +557,11 @@ static void list_nodes_cb(enum pg_status st, PGresult *res, const char *ss, cons
 		node_borrow(ptrs[built], res, built, &sc[built], &saved[3 * built],
 		            &saved[3 * built + 1], &saved[3 * built + 2]);
 	}
-	if (rows > lc->page_size && n > 0)
-		page_token_encode(ptrs[n - 1]->id, token, sizeof token);
+	size_t shown = page_fit((const void *const *)ptrs, (size_t)n);
+	if ((rows > lc->page_size || shown < (size_t)n) && n > 0)
+		page_token_encode(ptrs[shown - 1]->id, token, sizeof token);
 	Gpumatch__V1__ListNodesResponse resp = GPUMATCH__V1__LIST_NODES_RESPONSE__INIT;
-	resp.n_nodes = (size_t)n;
+	resp.n_nodes = shown;
 	resp.nodes = ptrs;
 	resp.next_page_token = token;
 	rpc_reply(lc->call, &resp.base);

@@ -402,6 +402,15 @@ class CliTest(ItCase):
         toks = cli_json(self.c, "admin", "tokens", "list", "--tenant", t["id"],
                         token=self.admin)["tokens"]
         self.assertEqual(len(toks), 1)
+        # --tenant takes the tenant's name as well as its id
+        by_name = cli_json(self.c, "admin", "tokens", "list", "--tenant", name,
+                           token=self.admin)["tokens"]
+        self.assertEqual([x["id"] for x in by_name], [toks[0]["id"]])
+        self.assertEqual(cli_json(self.c, "list", "--tenant", name, token=self.admin),
+                         cli_json(self.c, "list", "--tenant", t["id"], token=self.admin))
+        r = self.run_cli("list", "--tenant", "no-such-tenant-x", rc=2)
+        self.assertEqual(r.stderr.strip().count("\n"), 0, r.stderr)
+        self.assertIn('--tenant: no tenant named "no-such-tenant-x"', r.stderr)
         self.run_cli("admin", "tokens", "revoke", toks[0]["id"])
         self.run_cli("list", token=secret, rc=1)
         out = self.run_cli("admin", "tenants", "disable", t["id"], "--reason", "test").stdout

@@ -1426,10 +1426,17 @@ static void test_max_connections(const struct rpc_limits *base_limits)
 			      r.connection);
 		}
 	}
-	/* connections are counted from accept: a third one is refused before
-	 * it is read, whatever it asks */
+	/* connections are counted from accept: past the limit, only GET
+	 * /healthz is answered (liveness probes see a live server), then
+	 * closed; anything else is refused without reaching the handlers */
 	struct evhttp_connection *c4 = client_new(port);
 	http_do(c4, EVHTTP_REQ_GET, "/healthz", &(struct opts){ 0 }, &r);
+	CHECK_STATUS(r, 200);
+	CHECK(!strcmp(r.body, "ok\n"), "healthz body past the limit: %s", r.body);
+	CHECK(!strcmp(r.connection, "close"), "healthz past the limit closes: %s", r.connection);
+	evhttp_connection_free(c4);
+	c4 = client_new(port);
+	http_do(c4, EVHTTP_REQ_GET, "/metrics", &(struct opts){ 0 }, &r);
 	CHECK_CODE(r, 503, "unavailable");
 	evhttp_connection_free(c4);
 	evhttp_connection_free(c[0]);
