@@ -69,6 +69,17 @@ struct job {
 	char status_buf[1024];
 	size_t status_len;
 	char scratch[1100]; /* the lease's scratch directory, "" = none */
+	char *image;        /* its image reference (container jobs) */
+};
+
+#define IMAGE_CACHE 32
+
+/* Images this agent's engine ran, by reference, with their digests: a
+ * later job naming one starts without a lookup first (runtime.h,
+ * known_digest). */
+struct image_seen {
+	char *ref;
+	char digest[80];
 };
 
 struct agent {
@@ -79,6 +90,8 @@ struct agent {
 	struct cl_conn *logc; /* job output: never in the way of heartbeats */
 	struct rt_config rt;
 	struct jobenv_user job_user; /* who bare jobs run as */
+	struct image_seen images[IMAGE_CACHE];
+	unsigned images_next; /* the entry replaced next when all are used */
 	char state_dir[900];
 	json_t *reg; /* RegisterNodeRequest JSON */
 	uint64_t node_id;
@@ -253,7 +266,39 @@ static void free_job(struct job *j)
 		event_free(j->deadline_ev);
 	if (j->retry_ev)
 		event_free(j->retry_ev);
+	free(j->image);
 	free(j);
+}
+
+static struct image_seen *image_find(struct agent *a, const char *ref)
+{
+	for (unsigned i = 0; i < IMAGE_CACHE; i++)
+		if (a->images[i].ref && !strcmp(a->images[i].ref, ref))
+			return &a->images[i];
+	return NULL;
+}
+
+/* Records (digest non-empty) or forgets (empty) what ref ran as. */
+static void image_note(struct agent *a, const char *ref, const char *digest)
+{
+	if (!ref || !*ref)
+		return;
+	struct image_seen *e = image_find(a, ref);
+	if (!*digest) {
+		if (e) {
+			free(e->ref);
+			e->ref = NULL;
+		}
+		return;
+	}
+	if (!e) {
+		e = &a->images[a->images_next++ % IMAGE_CACHE];
+		free(e->ref);
+		e->ref = strdup(ref);
+		if (!e->ref)
+			return;
+	}
+	snprintf(e->digest, sizeof e->digest, "%s", digest);
 }
 
 static void remove_job(struct job *j)
@@ -772,6 +817,8 @@ static void status_read(struct job *j)
 		memmove(j->status_buf, line, j->status_len + 1);
 		if (j->status_len >= sizeof j->status_buf - 1)
 			j->status_len = 0; /* a line too long to mean anything */
+		if (*j->ct.digest)
+			image_note(j->a, j->image, j->ct.digest);
 		if (strcmp(old_phase, j->ct.phase)) {
 			alog("info", "msg=\"container phase\" lease=%" PRIu64 " phase=%s%s%s",
 			     j->lease_id, j->ct.phase, *j->ct.digest ? " digest=" : "",
@@ -799,6 +846,7 @@ static void container_ended(struct job *j, int st)
 	int code =
 	    j->ct.exited ? j->ct.exit_code : (WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
 	if (j->ct.pull_failed) {
+		image_note(j->a, j->image, "");
 		j->fail_kind = GPUMATCH__V1__FAILURE_REASON__FAILURE_REASON_IMAGE_PULL;
 		alog("warn", "msg=\"image pull failed\" lease=%" PRIu64 " err=\"%s\"", j->lease_id,
 		     j->ct.message);
@@ -855,6 +903,8 @@ static void start_container(struct agent *a, struct job *j,
 {
 	const Gpumatch__V1__Lease *l = r->lease;
 	j->container = true;
+	j->image = strdup(r->spec->image);
+	const struct image_seen *seen = j->image ? image_find(a, j->image) : NULL;
 	snprintf(j->scratch, sizeof j->scratch, "%s/scratch/lease-%" PRIu64, a->state_dir, l->id);
 	struct rt_lease rl = {
 		.lease_id = l->id,
@@ -869,6 +919,7 @@ static void start_container(struct agent *a, struct job *j,
 		.deadline_us = l->deadline_us,
 		.peers = peers,
 		.scratch_dir = j->scratch,
+		.known_digest = seen ? seen->digest : NULL,
 	};
 	for (size_t i = 0; i < l->n_gpu_indexes; i++)
 		if (l->gpu_indexes[i] >= a->gpu_count) {

@@ -827,13 +827,23 @@ static void merge_lines(int out_fd, int err_fd, int log_fd)
 	}
 }
 
-void rt_launch(const struct rt_config *rc, const struct rt_lease *l, int status_fd, int log_fd)
+static bool is_digest(const char *s)
 {
-	static struct argv a;
+	if (strncmp(s, "sha256:", 7) || strlen(s) != 71)
+		return false;
+	for (const char *p = s + 7; *p; p++)
+		if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')))
+			return false;
+	return true;
+}
+
+/* The image's digest, which also says whether it is present; when it is
+ * not, it is pulled within the timeout and asked again. Exits 125 (after
+ * "PULLFAIL") when the pull fails. */
+static void image_ready(const struct rt_config *rc, const char *image, int status_fd)
+{
+	static struct argv a, p;
 	static char out[4096], err[2048];
-	const char *image = l->spec->image;
-	/* the image's digest, which also says whether it is present; if not,
-	 * it is pulled within the timeout and asked again */
 	memset(&a, 0, sizeof a);
 	engine_args(rc, &a);
 	arg(&a, "image");
@@ -841,19 +851,15 @@ void rt_launch(const struct rt_config *rc, const struct rt_lease *l, int status_
 	arg(&a, "--format");
 	arg(&a, "%s", rc->docker ? "{{.Id}}" : "{{.Digest}}");
 	arg(&a, "%s", image);
-	static struct argv inspect;
-	inspect = a;
-	for (int k = 0; k < inspect.n; k++)
-		inspect.v[k] = inspect.buf + (a.v[k] - a.buf);
-	int st = run_capture(inspect.v, -1, out, sizeof out, err, sizeof err, 60);
+	int st = run_capture(a.v, -1, out, sizeof out, err, sizeof err, 60);
 	if (st < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
 		say(status_fd, "PHASE PULLING");
-		memset(&a, 0, sizeof a);
-		engine_args(rc, &a);
-		arg(&a, "pull");
-		arg(&a, "--quiet");
-		arg(&a, "%s", image);
-		st = run_capture(a.v, -1, out, sizeof out, err, sizeof err, rc->pull_timeout_s);
+		memset(&p, 0, sizeof p);
+		engine_args(rc, &p);
+		arg(&p, "pull");
+		arg(&p, "--quiet");
+		arg(&p, "%s", image);
+		st = run_capture(p.v, -1, out, sizeof out, err, sizeof err, rc->pull_timeout_s);
 		if (st == -2) {
 			say(status_fd, "PULLFAIL pulling %s took longer than %ds", image,
 			    rc->pull_timeout_s);
@@ -864,23 +870,17 @@ void rt_launch(const struct rt_config *rc, const struct rt_lease *l, int status_
 			    *err ? err : "the runtime could not pull the image");
 			_exit(125);
 		}
-		st = run_capture(inspect.v, -1, out, sizeof out, err, sizeof err, 60);
+		st = run_capture(a.v, -1, out, sizeof out, err, sizeof err, 60);
 	}
-	if (st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0 && !strncmp(out, "sha256:", 7) &&
-	    strlen(out) == 71)
+	if (st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0 && is_digest(out))
 		say(status_fd, "DIGEST %s", out);
-	say(status_fd, "PHASE STARTING");
-	if (a.full) {
-		say(status_fd, "EXIT 125 0");
-		_exit(125);
-	}
-	memset(&a, 0, sizeof a);
-	build_run(rc, l, &a);
-	if (a.full) {
-		dprintf(log_fd, "gpumatch: the job's container arguments are too large\n");
-		say(status_fd, "EXIT 125 0");
-		_exit(125);
-	}
+}
+
+/* Runs the container attached, its output merged into log_fd; returns
+ * the exit status as podman gives it (the container's, or 125..127 when
+ * it never ran). */
+static int run_attached(char *const *argv, int status_fd, int log_fd)
+{
 	int outp[2], errp[2];
 	if (pipe(outp) || pipe(errp))
 		_exit(125);
@@ -895,35 +895,83 @@ void rt_launch(const struct rt_config *rc, const struct rt_lease *l, int status_
 		close(outp[0]);
 		close(errp[0]);
 		close(status_fd);
-		execvp(a.v[0], a.v);
-		dprintf(2, "gpumatch: cannot run %s: %s\n", a.v[0], strerror(errno));
+		signal(SIGTERM, SIG_DFL);
+		signal(SIGINT, SIG_DFL);
+		execvp(argv[0], argv);
+		dprintf(2, "gpumatch: cannot run %s: %s\n", argv[0], strerror(errno));
 		_exit(127);
 	}
 	close(outp[1]);
 	close(errp[1]);
 	say(status_fd, "PHASE RUNNING");
+	merge_lines(outp[0], errp[0], log_fd);
+	int st = 0;
+	while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+		;
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + (WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+}
+
+void rt_launch(const struct rt_config *rc, const struct rt_lease *l, int status_fd, int log_fd)
+{
+	static struct argv a, run;
+	static char out[4096], err[2048];
+	const char *image = l->spec->image;
+	/* an image this node ran before is taken as present: the start does
+	 * not wait for a lookup (the critical path is the run alone) */
+	bool assumed = l->known_digest && is_digest(l->known_digest);
+	if (assumed)
+		say(status_fd, "DIGEST %s", l->known_digest);
+	else
+		image_ready(rc, image, status_fd);
+	say(status_fd, "PHASE STARTING");
+	memset(&run, 0, sizeof run);
+	build_run(rc, l, &run);
+	if (run.full) {
+		dprintf(log_fd, "gpumatch: the job's container arguments are too large\n");
+		say(status_fd, "EXIT 125 0");
+		_exit(125);
+	}
 	/* stop requests reach the container through the runtime, not us */
 	signal(SIGTERM, SIG_IGN);
 	signal(SIGINT, SIG_IGN);
-	merge_lines(outp[0], errp[0], log_fd);
-	while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
-		;
-	int code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + (WIFSIGNALED(st) ? WTERMSIG(st) : 0);
-	/* whether the kernel killed it for its memory limit */
-	bool oom = false;
-	memset(&a, 0, sizeof a);
-	engine_args(rc, &a);
-	arg(&a, "inspect");
-	arg(&a, "--format");
-	arg(&a, "{{.State.OOMKilled}} {{.State.ExitCode}}");
 	char name[64];
 	rt_name(l->lease_id, name, sizeof name);
-	arg(&a, "%s", name);
-	int ist = run_capture(a.v, -1, out, sizeof out, err, sizeof err, 60);
+	bool oom = false;
+	int code;
+	for (int attempt = 0;; attempt++) {
+		code = run_attached(run.v, status_fd, log_fd);
+		/* whether the kernel killed it for its memory limit, and the
+		 * image it ran; no record at all: it was never created */
+		memset(&a, 0, sizeof a);
+		engine_args(rc, &a);
+		arg(&a, "inspect");
+		arg(&a, "--format");
+		arg(&a, "%s",
+		    rc->docker ? "{{.State.OOMKilled}} {{.State.ExitCode}} {{.Image}}"
+		               : "{{.State.OOMKilled}} {{.State.ExitCode}} {{.ImageDigest}}");
+		arg(&a, "%s", name);
+		int ist = run_capture(a.v, -1, out, sizeof out, err, sizeof err, 60);
+		bool created = ist >= 0 && WIFEXITED(ist) && WEXITSTATUS(ist) == 0;
+		if (!created && code == 125 && assumed && attempt == 0) {
+			/* the image seen here before is gone: look it up (pull
+			 * it) and run once more */
+			dprintf(log_fd,
+			        "gpumatch: image %s is no longer on this node; getting it\n",
+			        image);
+			image_ready(rc, image, status_fd);
+			say(status_fd, "PHASE STARTING");
+			continue;
+		}
+		if (created) {
+			oom = !strncmp(out, "true", 4);
+			const char *d = strrchr(out, ' ');
+			if (d && is_digest(d + 1))
+				say(status_fd, "DIGEST %s", d + 1);
+		}
+		break;
+	}
 	/* the exit status is podman's (the container's, or 125..127 when it
 	 * never ran); the runtime's record adds only whether it was an OOM */
-	if (ist >= 0 && WIFEXITED(ist) && WEXITSTATUS(ist) == 0)
-		oom = !strncmp(out, "true", 4);
 	say(status_fd, "EXIT %d %d", code, oom ? 1 : 0);
 	_exit(code & 0xff);
 }

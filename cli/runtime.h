@@ -64,6 +64,10 @@ struct rt_lease {
 	int64_t deadline_us;
 	const char *peers;       /* "host:port,..." */
 	const char *scratch_dir; /* host directory mounted at /scratch */
+	/* the digest this node's engine gave for spec->image on an earlier
+	 * start ("" or NULL = none): the image is taken as present and run at
+	 * once; only if the run cannot find it is it looked up (and pulled) */
+	const char *known_digest;
 };
 
 /* Checks a lease against the node's rules before anything runs: the
@@ -77,8 +81,9 @@ int rt_check(const struct rt_config *rc, const struct rt_lease *l, int *failure_
  * when missing (bounded by the pull timeout), runs the container attached
  * with stdout and stderr on log_fd, and exits with the container's exit
  * status. Progress goes to status_fd as lines the agent reads with
- * rt_status_line: "PHASE PULLING|STARTING|RUNNING", "DIGEST sha256:…",
- * "PULLFAIL <message>", "EXIT <code> <oom 0|1>". Never returns. */
+ * rt_status_line: "PHASE PULLING|STARTING|RUNNING", "DIGEST sha256:…"
+ * (before the start when known, and what the container ran once it
+ * exited), "PULLFAIL <message>", "EXIT <code> <oom 0|1>". Never returns. */
 void rt_launch(const struct rt_config *rc, const struct rt_lease *l, int status_fd, int log_fd)
     __attribute__((noreturn));
 

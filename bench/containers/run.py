@@ -5,11 +5,13 @@ Postgres, Redis and gpumatchd (GPUMATCH_BUILD, default build/) with one
 imported into a private storage (no registry).
 
 1. Container start overhead: for each of --starts jobs (one at a time),
-   the time from the agent's lease confirmation (its "container job
-   started" log line, just before the RUNNING report) to the first
+   the time from the agent's lease confirmation (its "lease acquired" log
+   line, written as ConfirmLease's reply is handled, before the node's
+   checks, the scratch directory and the launcher) to the first
    instruction of the job's process inside the container (the container
    prints the host's CLOCK_BOOTTIME from /proc/uptime; both are put on
-   one clock by a pair read at start). Image present (imported).
+   one clock by a pair read at start). Image present (imported); the
+   first start also looks the image up, later ones run it at once.
 2. Log streaming: one job writes --stream-mb MB at once; the agent ships it
    (AppendLeaseLogs) and logs bytes and milliseconds from the first chunk
    to the end-of-output acknowledgement. MB/s per lease = bytes / that.
@@ -102,7 +104,7 @@ def main():
             up = float(cli(c, "logs", jid, token=ttok).stdout.split()[0])
             ran = wall0 + (up - up0)
             started = [ts_of(ln) for ln in agent.log().splitlines()
-                       if "container job started" in ln and "lease=%s " % lease in ln]
+                       if "lease acquired" in ln and "lease=%s " % lease in ln]
             overheads.append(ran - started[0])
             log("start %d: %.3f s" % (i, overheads[-1]))
         # streaming

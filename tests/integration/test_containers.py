@@ -226,6 +226,24 @@ class ContainerTest(ItCase):
         self.assertIn("image pull failed", j["failure"]["message"])
         self.assertIn("gpumatch-missing", j["failure"]["message"])
 
+    def test_image_removed_after_an_earlier_run_is_looked_up_again(self):
+        # the agent starts an image it ran before without looking it up
+        # first; when the image has gone meanwhile, the run's failure sends
+        # it to the lookup and the pull (which fails here: no registry)
+        ref = "localhost/gpumatch-gone:1"
+        podman("tag", IMAGE, ref)
+        first = self.submit({"image": ref, "command": ["echo", "first"]}, "gone-1")
+        self.assertEqual(self.wait(first)["state"], "JOB_STATE_SUCCEEDED")
+        podman("rmi", ref)  # the tag only: IMAGE stays
+        jid = self.submit({"image": ref, "command": ["echo", "second"]}, "gone-2")
+        j = self.wait(jid)
+        self.assertEqual(j["state"], "JOB_STATE_FAILED", j)
+        self.assertEqual(j["failure"]["reason"], "FAILURE_REASON_IMAGE_PULL", j)
+        self.assertIn("gpumatch-gone", j["failure"]["message"])
+        out = self.logs(jid).stdout
+        self.assertIn("is no longer on this node", out)
+        self.assertNotIn("second", out.replace("gpumatch-gone", ""))
+
     def test_denied_registry_refused_before_pulling(self):
         jid = self.submit({"image": "denied.example.com/team/x:1", "command": ["true"]},
                           "denied")
