@@ -175,12 +175,12 @@ new_tenant() {
 		"{\"role\":\"ROLE_TENANT\",\"tenantId\":\"$id\",\"name\":\"$1-bench\"}" | json_get secret
 }
 
-# new_operator NAME: creates an operator (node limit 100) and an operator
-# token; prints the secret.
+# new_operator NAME [NODE_LIMIT]: creates an operator (node limit 100 by
+# default) and an operator token; prints the secret.
 new_operator() {
 	local id
 	id=$(api "$ADMIN_TOKEN" AdminService CreateOperator \
-		"{\"operatorRecord\":{\"name\":\"$1\",\"nodeLimit\":100}}" | json_get operatorRecord.id)
+		"{\"operatorRecord\":{\"name\":\"$1\",\"nodeLimit\":${2:-100}}}" | json_get operatorRecord.id)
 	api "$ADMIN_TOKEN" AdminService CreateToken \
 		"{\"role\":\"ROLE_OPERATOR\",\"operatorId\":\"$id\",\"name\":\"$1-bench\"}" |
 		json_get secret

@@ -306,8 +306,13 @@ static int run_tokens_list(struct ctx *c)
 	const char *v;
 	if ((v = opt_str(c, "role")))
 		json_object_set_new(req, "role", enum_arg("ROLE_", v));
-	if ((v = opt_str(c, "tenant")))
-		json_object_set_new(req, "tenantId", json_string(v));
+	if ((v = opt_str(c, "tenant"))) {
+		int rc = tenant_ref(c, "tenant", v, req, "tenantId");
+		if (rc) {
+			json_decref(req);
+			return rc;
+		}
+	}
 	if ((v = opt_str(c, "operator")))
 		json_object_set_new(req, "operatorId", json_string(v));
 	if (opt_has(c, "include-revoked"))
@@ -321,8 +326,13 @@ static int run_tokens_create(struct ctx *c)
 	if (!v)
 		return usage_error(c, "--role is required (tenant, operator or admin)");
 	json_t *req = json_pack("{s:o}", "role", enum_arg("ROLE_", v));
-	if ((v = opt_str(c, "tenant")))
-		json_object_set_new(req, "tenantId", json_string(v));
+	if ((v = opt_str(c, "tenant"))) {
+		int rc = tenant_ref(c, "tenant", v, req, "tenantId");
+		if (rc) {
+			json_decref(req);
+			return rc;
+		}
+	}
 	if ((v = opt_str(c, "operator")))
 		json_object_set_new(req, "operatorId", json_string(v));
 	if ((v = opt_str(c, "name")))
@@ -1152,7 +1162,7 @@ static const struct optdef operator_disable_opts[] = {
 };
 static const struct optdef tokens_list_opts[] = {
 	{ "role", "ROLE", "tenant, operator or admin", false },
-	{ "tenant", "ID", "one tenant's tokens", false },
+	{ "tenant", "ID|NAME", "one tenant's tokens", false },
 	{ "operator", "ID", "one operator's tokens", false },
 	{ "include-revoked", NULL, "list revoked tokens too", false },
 	{ "page-size", "N", "rows per page", false },
@@ -1161,7 +1171,7 @@ static const struct optdef tokens_list_opts[] = {
 };
 static const struct optdef tokens_create_opts[] = {
 	{ "role", "ROLE", "tenant, operator or admin (required)", false },
-	{ "tenant", "ID", "the tenant of a tenant token", false },
+	{ "tenant", "ID|NAME", "the tenant of a tenant token", false },
 	{ "operator", "ID", "the operator of an operator token", false },
 	{ "name", "NAME", "what it is for", false },
 	{ "expires", "DUR", "expires after DUR, e.g. 90d (default never)", false },

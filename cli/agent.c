@@ -6,6 +6,7 @@
  * resent until acknowledged). One libevent loop: the long-poll has its own
  * connection so that heartbeats and reports never wait behind it; children
  * are reaped on SIGCHLD. */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -23,8 +24,10 @@
 
 #include "cli.h"
 #include "client.h"
+#include "logship.h"
 #include "jobenv.h"
 #include "pbjson.h"
+#include "runtime.h"
 #include "gpumatch/v1/node_service.pb-c.h"
 
 #define MAX_REPORTS 4
@@ -33,8 +36,10 @@ struct report {
 	uint64_t seq;
 	int state; /* Gpumatch__V1__LeaseState */
 	int exit_code, term_signal;
+	int failure_reason; /* FailureReason the agent names; 0 = from the exit status */
 	int64_t at_us; /* when it happened: RUNNING the start, others the exit (server clock) */
 	char message[256];
+	char digest[80];
 };
 
 struct job {
@@ -52,14 +57,40 @@ struct job {
 	bool inflight;
 	int backoff_ms;
 	struct event *retry_ev;
+	bool interrupt;     /* stopped because the node stops: INTERRUPTED */
+	int fail_kind;      /* FailureReason for the next report */
+	struct logship *ls; /* the output on its way to the server */
+	int64_t log_offset; /* as saved: where shipping resumes */
+	bool container;     /* runs in a container (runtime.c) */
+	struct rt_status ct;
+	int status_fd; /* the launcher's status lines; -1 = none */
+	struct event *status_ev;
+	char status_buf[1024];
+	size_t status_len;
+	char scratch[1100]; /* the lease's scratch directory, "" = none */
+	char *image;        /* its image reference (container jobs) */
+};
+
+#define IMAGE_CACHE 32
+
+/* Images this agent's engine ran, by reference, with their digests: a
+ * later job naming one starts without a lookup first (runtime.h,
+ * known_digest). */
+struct image_seen {
+	char *ref;
+	char digest[80];
 };
 
 struct agent {
 	struct ctx *c;
 	struct event_base *base;
-	struct cl_conn *ctl;         /* register, heartbeats, reports */
-	struct cl_conn *poll;        /* the AcquireLease long-poll */
+	struct cl_conn *ctl;  /* register, heartbeats, reports */
+	struct cl_conn *poll; /* the AcquireLease long-poll */
+	struct cl_conn *logc; /* job output: never in the way of heartbeats */
+	struct rt_config rt;
 	struct jobenv_user job_user; /* who bare jobs run as */
+	struct image_seen images[IMAGE_CACHE];
+	unsigned images_next; /* the entry replaced next when all are used */
 	char state_dir[900];
 	json_t *reg; /* RegisterNodeRequest JSON */
 	uint64_t node_id;
@@ -148,15 +179,21 @@ static void save_leases(struct agent *a)
 		json_t *q = json_array();
 		for (int i = 0; i < j->nq; i++)
 			json_array_append_new(
-			    q, json_pack("{s:o,s:i,s:i,s:i,s:s,s:I}", "seq", juint64(j->q[i].seq),
-			                 "state", j->q[i].state, "exitCode", j->q[i].exit_code,
-			                 "termSignal", j->q[i].term_signal, "message",
-			                 j->q[i].message, "atUs", (json_int_t)j->q[i].at_us));
+			    q, json_pack("{s:o,s:i,s:i,s:i,s:s,s:i,s:s,s:I}", "seq",
+			                 juint64(j->q[i].seq), "state", j->q[i].state, "exitCode",
+			                 j->q[i].exit_code, "termSignal", j->q[i].term_signal,
+			                 "message", j->q[i].message, "failureReason",
+			                 j->q[i].failure_reason, "imageDigest", j->q[i].digest,
+			                 "atUs", (json_int_t)j->q[i].at_us));
 		json_array_append_new(
-		    arr, json_pack("{s:o,s:o,s:o,s:o,s:i,s:b,s:o}", "leaseId", juint64(j->lease_id),
-		                   "jobId", juint64(j->job_id), "fencingToken", juint64(j->fencing),
-		                   "seq", juint64(j->seq), "pid", (int)j->pid, "running",
-		                   j->running, "reports", q));
+		    arr,
+		    json_pack("{s:o,s:o,s:o,s:o,s:i,s:b,s:o,s:o,s:b,s:b,s:s}", "leaseId",
+		              juint64(j->lease_id), "jobId", juint64(j->job_id), "fencingToken",
+		              juint64(j->fencing), "seq", juint64(j->seq), "pid", (int)j->pid,
+		              "running", j->running, "reports", q, "logOffset",
+		              juint64((uint64_t)(j->ls ? ls_offset(j->ls) : j->log_offset)),
+		              "logsDone", j->ls ? ls_done(j->ls) : j->log_offset < 0, "container",
+		              j->container, "scratch", j->scratch));
 	}
 	char path[1200];
 	snprintf(path, sizeof path, "%s/leases.json", a->state_dir);
@@ -185,7 +222,7 @@ static const char *lease_state_name(int state)
 }
 
 static void pump_reports(struct job *j);
-static void stop_job(struct job *j, int64_t deadline_server_us, const char *reason);
+static void stop_job(struct job *j, int64_t deadline_server_us, const char *reason, bool interrupt);
 
 static struct job *find_job(struct agent *a, uint64_t lease_id)
 {
@@ -197,13 +234,50 @@ static struct job *find_job(struct agent *a, uint64_t lease_id)
 
 static void free_job(struct job *j)
 {
+	ls_free(j->ls);
+	if (j->status_ev)
+		event_free(j->status_ev);
+	if (j->status_fd >= 0)
+		close(j->status_fd);
 	if (j->kill_ev)
 		event_free(j->kill_ev);
 	if (j->deadline_ev)
 		event_free(j->deadline_ev);
 	if (j->retry_ev)
 		event_free(j->retry_ev);
+	free(j->image);
 	free(j);
+}
+
+static struct image_seen *image_find(struct agent *a, const char *ref)
+{
+	for (unsigned i = 0; i < IMAGE_CACHE; i++)
+		if (a->images[i].ref && !strcmp(a->images[i].ref, ref))
+			return &a->images[i];
+	return NULL;
+}
+
+/* Records (digest non-empty) or forgets (empty) what ref ran as. */
+static void image_note(struct agent *a, const char *ref, const char *digest)
+{
+	if (!ref || !*ref)
+		return;
+	struct image_seen *e = image_find(a, ref);
+	if (!*digest) {
+		if (e) {
+			free(e->ref);
+			e->ref = NULL;
+		}
+		return;
+	}
+	if (!e) {
+		e = &a->images[a->images_next++ % IMAGE_CACHE];
+		free(e->ref);
+		e->ref = strdup(ref);
+		if (!e->ref)
+			return;
+	}
+	snprintf(e->digest, sizeof e->digest, "%s", digest);
 }
 
 static void remove_job(struct job *j)
@@ -236,6 +310,8 @@ static void queue_report(struct job *j, int state, int exit_code, int term_signa
 	r->state = state;
 	r->exit_code = exit_code;
 	r->term_signal = term_signal;
+	r->failure_reason = j->fail_kind;
+	snprintf(r->digest, sizeof r->digest, "%s", j->ct.digest);
 	/* the event's time, fixed now (the report may be sent much later),
 	 * on the server's clock as the heartbeats measure it */
 	r->at_us = cl_now_us() + j->a->clock_skew_us;
@@ -243,6 +319,9 @@ static void queue_report(struct job *j, int state, int exit_code, int term_signa
 	va_start(ap, fmt);
 	vsnprintf(r->message, sizeof r->message, fmt, ap);
 	va_end(ap);
+	/* a final report: the process is gone, its output ends here */
+	if (state != GPUMATCH__V1__LEASE_STATE__LEASE_STATE_RUNNING)
+		ls_finish(j->ls);
 	/* on disk before it is sent: a restarted agent sends the same seq */
 	save_leases(j->a);
 	pump_reports(j);
@@ -281,7 +360,8 @@ static void report_done(struct cl_result *r, void *arg)
 		     resp->duplicate ? " duplicate=true" : "");
 		if (resp->command &&
 		    resp->command->action == GPUMATCH__V1__LEASE_ACTION__LEASE_ACTION_STOP)
-			stop_job(j, resp->command->deadline_us, resp->command->reason);
+			stop_job(j, resp->command->deadline_us, resp->command->reason,
+			         resp->command->interrupt);
 	} else {
 		/* the server will never take it (lease re-placed, unknown): drop */
 		alog("warn",
@@ -291,7 +371,10 @@ static void report_done(struct cl_result *r, void *arg)
 	}
 	memmove(&j->q[0], &j->q[1], (size_t)(j->nq - 1) * sizeof j->q[0]);
 	j->nq--;
-	if (!j->nq && !j->running && j->pid == 0) {
+	if (!j->nq && !j->running && j->pid == 0 && ls_done(j->ls)) {
+		/* acknowledged: the container and its scratch go now */
+		if (j->container || *j->scratch)
+			rt_remove(&a->rt, j->lease_id, j->scratch);
 		remove_job(j);
 		return;
 	}
@@ -305,6 +388,10 @@ static void pump_reports(struct job *j)
 	if (j->inflight || !j->nq || evtimer_pending(j->retry_ev, NULL) || !a->node_id)
 		return;
 	struct report *rp = &j->q[0];
+	/* the final report waits until the server holds all of the output, so
+	 * that an ended lease's logs are complete */
+	if (rp->state != GPUMATCH__V1__LEASE_STATE__LEASE_STATE_RUNNING && !ls_done(j->ls))
+		return;
 	Gpumatch__V1__ReportLeaseRequest req = GPUMATCH__V1__REPORT_LEASE_REQUEST__INIT;
 	req.node_id = a->node_id;
 	req.lease_id = j->lease_id;
@@ -315,6 +402,8 @@ static void pump_reports(struct job *j)
 	req.term_signal = rp->term_signal;
 	req.message = rp->message;
 	req.reported_at_us = cl_now_us();
+	req.failure_reason = (Gpumatch__V1__FailureReason)rp->failure_reason;
+	req.image_digest = rp->digest;
 	if (rp->state == GPUMATCH__V1__LEASE_STATE__LEASE_STATE_RUNNING)
 		req.started_at_us = rp->at_us > 0 ? rp->at_us : 0;
 	else
@@ -329,7 +418,11 @@ static void kill_cb(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	struct job *j = arg;
-	if (j->running && j->pid > 0) {
+	if (j->running && j->container) {
+		alog("info", "msg=\"grace period over, killing the container\" lease=%" PRIu64,
+		     j->lease_id);
+		rt_kill(&j->a->rt, j->lease_id);
+	} else if (j->running && j->pid > 0) {
 		alog("info", "msg=\"grace period over, killing\" lease=%" PRIu64 " pid=%d",
 		     j->lease_id, (int)j->pid);
 		kill(-j->pid, SIGKILL);
@@ -338,12 +431,13 @@ static void kill_cb(evutil_socket_t fd, short what, void *arg)
 
 /* SIGTERM to the job's process group now, SIGKILL when the server's
  * deadline (server clock; 0 = the agent's --grace) has passed. */
-static void stop_job(struct job *j, int64_t deadline_server_us, const char *reason)
+static void stop_job(struct job *j, int64_t deadline_server_us, const char *reason, bool interrupt)
 {
 	struct agent *a = j->a;
 	if (!j->running || j->stopping)
 		return;
 	j->stopping = true;
+	j->interrupt = interrupt;
 	int64_t grace = a->grace_us;
 	if (deadline_server_us > 0) {
 		int64_t left = deadline_server_us - a->clock_skew_us - cl_now_us();
@@ -355,7 +449,14 @@ static void stop_job(struct job *j, int64_t deadline_server_us, const char *reas
 	     "msg=\"stopping job\" lease=%" PRIu64 " job=%" PRIu64 " pid=%d grace_ms=%" PRId64
 	     " reason=\"%s\"",
 	     j->lease_id, j->job_id, (int)j->pid, grace / 1000, reason ? reason : "");
-	kill(-j->pid, SIGTERM);
+	if (j->container) {
+		/* the runtime sends SIGTERM, then SIGKILL after the grace; our
+		 * own kill a little later is the backstop */
+		rt_stop(&a->rt, j->lease_id, (int)((grace + 999999) / 1000000));
+		grace += 5000000;
+	} else {
+		kill(-j->pid, SIGTERM);
+	}
 	struct timeval tv = { (time_t)(grace / 1000000), (suseconds_t)(grace % 1000000) };
 	evtimer_add(j->kill_ev, &tv);
 }
@@ -364,7 +465,7 @@ static void deadline_cb(evutil_socket_t fd, short what, void *arg)
 {
 	(void)fd;
 	(void)what;
-	stop_job(arg, 0, "lease deadline reached");
+	stop_job(arg, 0, "lease deadline reached", false);
 }
 
 static struct job *new_job(struct agent *a, uint64_t lease_id, uint64_t job_id, uint64_t fencing)
@@ -379,6 +480,7 @@ static struct job *new_job(struct agent *a, uint64_t lease_id, uint64_t job_id, 
 	j->kill_ev = evtimer_new(a->base, kill_cb, j);
 	j->deadline_ev = evtimer_new(a->base, deadline_cb, j);
 	j->retry_ev = evtimer_new(a->base, retry_report_cb, j);
+	j->status_fd = -1;
 	if (!j->kill_ev || !j->deadline_ev || !j->retry_ev) {
 		free_job(j);
 		return NULL;
@@ -399,6 +501,46 @@ static void env_setf(const char *name, const char *fmt, ...)
 	va_end(ap);
 	setenv(name, v, 1);
 }
+
+static void log_path(const struct agent *a, uint64_t lease_id, char *out, size_t len)
+{
+	snprintf(out, len, "%s/logs/lease-%" PRIu64 ".log", a->state_dir, lease_id);
+}
+
+/* Every byte of the output is with the server: the final report may go,
+ * and a lease already reported can be forgotten. */
+static void logs_done_cb(void *arg)
+{
+	struct job *j = arg;
+	alog("info", "msg=\"output shipped\" lease=%" PRIu64 " bytes=%" PRId64 " ms=%" PRId64,
+	     j->lease_id, ls_offset(j->ls), ls_took_us(j->ls) / 1000);
+	if (!j->nq && !j->running && j->pid == 0) {
+		if (j->container || *j->scratch)
+			rt_remove(&j->a->rt, j->lease_id, j->scratch);
+		remove_job(j);
+		return;
+	}
+	save_leases(j->a);
+	pump_reports(j);
+}
+
+static void ship_logs(struct job *j, int64_t offset)
+{
+	struct agent *a = j->a;
+	char path[1200];
+	log_path(a, j->lease_id, path, sizeof path);
+	j->ls = ls_new(a->base, a->logc, a->c->token, &a->node_id, j->lease_id, j->fencing, path,
+	               offset, logs_done_cb, j);
+	if (!j->ls)
+		alog("error",
+		     "msg=\"out of memory: the job's output will not be shipped\" "
+		     "lease=%" PRIu64,
+		     j->lease_id);
+}
+
+static void status_cb(evutil_socket_t fd, short what, void *arg);
+static void start_container(struct agent *a, struct job *j,
+                            const Gpumatch__V1__AcquireLeaseResponse *r, const char *peers);
 
 /* Starts the lease's command; queues RUNNING, or FAILED when it cannot. */
 static void start_job(struct agent *a, const Gpumatch__V1__AcquireLeaseResponse *r)
@@ -424,7 +566,7 @@ static void start_job(struct agent *a, const Gpumatch__V1__AcquireLeaseResponse 
 		                         "%s%u", i ? "," : "", l->gpu_indexes[i]);
 	alog("info", "msg=\"lease acquired\" lease=%" PRIu64 " job=%" PRIu64 " gpus=%s name=\"%s\"",
 	     l->id, l->job_id, gpus, r->job_name ? r->job_name : "");
-	if (!s || !s->n_command) {
+	if (!s || (!s->n_command && !(s->image && *s->image))) {
 		queue_report(
 		    j, GPUMATCH__V1__LEASE_STATE__LEASE_STATE_FAILED, 127, 0, "%s",
 		    s && s->image && *s->image
@@ -433,16 +575,22 @@ static void start_job(struct agent *a, const Gpumatch__V1__AcquireLeaseResponse 
 		        : "the job spec has no command");
 		return;
 	}
-	if (s->image && *s->image)
-		alog("warn",
-		     "msg=\"image ignored: this agent runs the command on the host\" lease=%" PRIu64
-		     " image=%s",
-		     l->id, s->image);
+	if (s->image && *s->image) {
+		char peers[2048] = "";
+		size_t pu = 0;
+		for (size_t i = 0; i < r->n_peers; i++)
+			pu += (size_t)snprintf(
+			    peers + pu, pu < sizeof peers ? sizeof peers - pu : 0, "%s%s",
+			    i ? "," : "", r->peers[i]->address ? r->peers[i]->address : "");
+		start_container(a, j, r, peers);
+		return;
+	}
 	char logpath[1200], exit_path[1200];
-	snprintf(logpath, sizeof logpath, "%s/logs/lease-%" PRIu64 ".log", a->state_dir, l->id);
+	log_path(a, l->id, logpath, sizeof logpath);
 	snprintf(exit_path, sizeof exit_path, "%s/logs/lease-%" PRIu64 ".exit", a->state_dir,
 	         l->id);
 	unlink(exit_path);
+	ship_logs(j, 0);
 	int ep[2];
 	if (pipe2(ep, O_CLOEXEC)) {
 		queue_report(j, GPUMATCH__V1__LEASE_STATE__LEASE_STATE_FAILED, 127, 0, "pipe: %s",
@@ -573,6 +721,7 @@ static void start_job(struct agent *a, const Gpumatch__V1__AcquireLeaseResponse 
 		j->running = false;
 		j->stopping = true;
 		alog("warn", "msg=\"job did not start\" lease=%" PRIu64 " err=\"%s\"", l->id, msg);
+		ls_finish(j->ls);
 		queue_report(j, GPUMATCH__V1__LEASE_STATE__LEASE_STATE_FAILED, 127, 0,
 		             "cannot start %s: %s", s->command[0], msg);
 		return;
@@ -589,6 +738,223 @@ static void start_job(struct agent *a, const Gpumatch__V1__AcquireLeaseResponse 
 		evtimer_add(j->deadline_ev, &tv);
 	}
 	queue_report(j, GPUMATCH__V1__LEASE_STATE__LEASE_STATE_RUNNING, 0, 0, "pid %d", (int)pid);
+}
+
+/* ---- container jobs ---- */
+
+static void schedule_heartbeat(struct agent *a, int ms);
+
+static void status_read(struct job *j)
+{
+	for (;;) {
+		ssize_t n = read(j->status_fd, j->status_buf + j->status_len,
+		                 sizeof j->status_buf - 1 - j->status_len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			if (n == 0 || errno != EAGAIN) {
+				event_del(j->status_ev);
+				close(j->status_fd);
+				j->status_fd = -1;
+			}
+			return;
+		}
+		j->status_len += (size_t)n;
+		j->status_buf[j->status_len] = '\0';
+		char *line = j->status_buf, *nl;
+		char old_phase[16];
+		snprintf(old_phase, sizeof old_phase, "%s", j->ct.phase);
+		while ((nl = strchr(line, '\n'))) {
+			*nl = '\0';
+			rt_status_line(&j->ct, line);
+			line = nl + 1;
+		}
+		j->status_len = strlen(line);
+		memmove(j->status_buf, line, j->status_len + 1);
+		if (j->status_len >= sizeof j->status_buf - 1)
+			j->status_len = 0; /* a line too long to mean anything */
+		if (*j->ct.digest)
+			image_note(j->a, j->image, j->ct.digest);
+		if (strcmp(old_phase, j->ct.phase)) {
+			alog("info", "msg=\"container phase\" lease=%" PRIu64 " phase=%s%s%s",
+			     j->lease_id, j->ct.phase, *j->ct.digest ? " digest=" : "",
+			     j->ct.digest);
+			/* the server hears of it now, not at the next period */
+			if (j->a->node_id && !j->a->hb_inflight && !j->a->shutting_down)
+				schedule_heartbeat(j->a, 0);
+		}
+	}
+}
+
+static void status_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	status_read(arg);
+}
+
+/* The launcher exited (status st): what the container did decides the
+ * report. */
+static void container_ended(struct job *j, int st)
+{
+	if (j->status_fd >= 0)
+		status_read(j);
+	int code =
+	    j->ct.exited ? j->ct.exit_code : (WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
+	if (j->ct.pull_failed) {
+		image_note(j->a, j->image, "");
+		j->fail_kind = GPUMATCH__V1__FAILURE_REASON__FAILURE_REASON_IMAGE_PULL;
+		alog("warn", "msg=\"image pull failed\" lease=%" PRIu64 " err=\"%s\"", j->lease_id,
+		     j->ct.message);
+		queue_report(j, GPUMATCH__V1__LEASE_STATE__LEASE_STATE_FAILED, 125, 0,
+		             "image pull failed: %s", j->ct.message);
+		return;
+	}
+	if (code == 0) {
+		alog("info", "msg=\"job exited\" lease=%" PRIu64 " job=%" PRIu64 " exit_code=0",
+		     j->lease_id, j->job_id);
+		queue_report(j, GPUMATCH__V1__LEASE_STATE__LEASE_STATE_SUCCEEDED, 0, 0, "%s",
+		             "exited 0");
+		return;
+	}
+	if (j->interrupt) {
+		alog("info", "msg=\"job interrupted\" lease=%" PRIu64 " exit_code=%d", j->lease_id,
+		     code);
+		queue_report(j, GPUMATCH__V1__LEASE_STATE__LEASE_STATE_INTERRUPTED,
+		             code < 128 ? code : 0, code > 128 ? code - 128 : 0, "%s",
+		             "interrupted: the node stopped; the job goes back to the queue");
+		return;
+	}
+	/* on hosts where the runtime cannot see the kernel's OOM kill, a
+	 * SIGKILL nobody here sent to a memory-limited container is one */
+	if (j->ct.oom || (code == 128 + SIGKILL && !j->stopping)) {
+		j->fail_kind = GPUMATCH__V1__FAILURE_REASON__FAILURE_REASON_OOM;
+		alog("info", "msg=\"job killed for its memory limit\" lease=%" PRIu64, j->lease_id);
+		queue_report(j, GPUMATCH__V1__LEASE_STATE__LEASE_STATE_FAILED, 0, SIGKILL, "%s",
+		             "killed for exceeding its memory limit (OOM)");
+		return;
+	}
+	if (code == 125 && !j->stopping) {
+		j->fail_kind = GPUMATCH__V1__FAILURE_REASON__FAILURE_REASON_AGENT_ERROR;
+		queue_report(j, GPUMATCH__V1__LEASE_STATE__LEASE_STATE_FAILED, 125, 0, "%s",
+		             "the container runtime could not run the job (exit 125); its "
+		             "message is in the job's log");
+		return;
+	}
+	if (code > 128 && code < 160) {
+		int sig = code - 128;
+		alog("info", "msg=\"job killed\" lease=%" PRIu64 " signal=%d%s", j->lease_id, sig,
+		     j->stopping ? " stopped=true" : "");
+		queue_report(j, GPUMATCH__V1__LEASE_STATE__LEASE_STATE_FAILED, 0, sig,
+		             "killed by signal %d (%s)%s", sig, strsignal(sig),
+		             j->stopping ? " after a stop request" : "");
+		return;
+	}
+	alog("info", "msg=\"job exited\" lease=%" PRIu64 " exit_code=%d", j->lease_id, code);
+	queue_report(j, GPUMATCH__V1__LEASE_STATE__LEASE_STATE_FAILED, code, 0, "exited %d", code);
+}
+
+static void start_container(struct agent *a, struct job *j,
+                            const Gpumatch__V1__AcquireLeaseResponse *r, const char *peers)
+{
+	const Gpumatch__V1__Lease *l = r->lease;
+	j->container = true;
+	j->image = strdup(r->spec->image);
+	const struct image_seen *seen = j->image ? image_find(a, j->image) : NULL;
+	snprintf(j->scratch, sizeof j->scratch, "%s/scratch/lease-%" PRIu64, a->state_dir, l->id);
+	struct rt_lease rl = {
+		.lease_id = l->id,
+		.job_id = l->job_id,
+		.node_id = a->node_id,
+		.spec = r->spec,
+		.gpu_indexes = l->gpu_indexes,
+		.n_gpus = l->n_gpu_indexes,
+		.gpu_uuids = a->gpu_uuids,
+		.gang_index = l->gang_index,
+		.gang_size = l->gang_size,
+		.deadline_us = l->deadline_us,
+		.peers = peers,
+		.scratch_dir = j->scratch,
+		.known_digest = seen ? seen->digest : NULL,
+	};
+	for (size_t i = 0; i < l->n_gpu_indexes; i++)
+		if (l->gpu_indexes[i] >= a->gpu_count) {
+			queue_report(j, GPUMATCH__V1__LEASE_STATE__LEASE_STATE_FAILED, 127, 0,
+			             "GPU index %u: this node has %u", l->gpu_indexes[i],
+			             a->gpu_count);
+			return;
+		}
+	char why[600];
+	int kind = 0;
+	if (rt_check(&a->rt, &rl, &kind, why, sizeof why)) {
+		j->fail_kind = kind;
+		alog("warn", "msg=\"job refused by this node\" lease=%" PRIu64 " err=\"%s\"", l->id,
+		     why);
+		queue_report(j, GPUMATCH__V1__LEASE_STATE__LEASE_STATE_FAILED, 125, 0, "%s", why);
+		return;
+	}
+	char logpath[1200];
+	log_path(a, l->id, logpath, sizeof logpath);
+	int sp[2];
+	if (mkdir(j->scratch, 0700) && errno != EEXIST) {
+		j->fail_kind = GPUMATCH__V1__FAILURE_REASON__FAILURE_REASON_AGENT_ERROR;
+		queue_report(j, GPUMATCH__V1__LEASE_STATE__LEASE_STATE_FAILED, 125, 0,
+		             "scratch directory: %s", strerror(errno));
+		return;
+	}
+	/* any user the spec names may write its scratch (the directory above
+	 * it is the agent's, closed to others on the host) */
+	chmod(j->scratch, 01777);
+	if (pipe2(sp, O_CLOEXEC)) {
+		queue_report(j, GPUMATCH__V1__LEASE_STATE__LEASE_STATE_FAILED, 125, 0, "pipe: %s",
+		             strerror(errno));
+		return;
+	}
+	ship_logs(j, 0);
+	save_leases(a); /* the scratch and container are on record before they exist */
+	pid_t pid = fork();
+	if (pid < 0) {
+		close(sp[0]);
+		close(sp[1]);
+		queue_report(j, GPUMATCH__V1__LEASE_STATE__LEASE_STATE_FAILED, 125, 0, "fork: %s",
+		             strerror(errno));
+		return;
+	}
+	if (pid == 0) {
+		setpgid(0, 0);
+		sigset_t none;
+		sigemptyset(&none);
+		sigprocmask(SIG_SETMASK, &none, NULL);
+		signal(SIGPIPE, SIG_DFL);
+		signal(SIGCHLD, SIG_DFL);
+		close(sp[0]);
+		int fd = open(logpath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+		if (fd < 0)
+			_exit(125);
+		rt_launch(&a->rt, &rl, sp[1], fd);
+	}
+	close(sp[1]);
+	setpgid(pid, pid);
+	j->pid = pid;
+	j->running = true;
+	j->status_fd = sp[0];
+	fcntl(sp[0], F_SETFL, fcntl(sp[0], F_GETFL) | O_NONBLOCK);
+	j->status_ev = event_new(a->base, sp[0], EV_READ | EV_PERSIST, status_cb, j);
+	if (j->status_ev)
+		event_add(j->status_ev, NULL);
+	alog("info",
+	     "msg=\"container job started\" lease=%" PRIu64 " job=%" PRIu64
+	     " pid=%d image=%s log=%s",
+	     l->id, l->job_id, (int)pid, r->spec->image, logpath);
+	if (l->deadline_us > 0) {
+		int64_t left = l->deadline_us - a->clock_skew_us - cl_now_us();
+		if (left < 0)
+			left = 0;
+		struct timeval tv = { (time_t)(left / 1000000), (suseconds_t)(left % 1000000) };
+		evtimer_add(j->deadline_ev, &tv);
+	}
+	queue_report(j, GPUMATCH__V1__LEASE_STATE__LEASE_STATE_RUNNING, 0, 0,
+	             "container %s starting (pid %d)", r->spec->image, (int)pid);
 }
 
 static void sigchld_cb(evutil_socket_t fd, short what, void *arg)
@@ -613,6 +979,19 @@ static void sigchld_cb(evutil_socket_t fd, short what, void *arg)
 		if (!j->running)
 			continue; /* never started: already reported */
 		j->running = false;
+		if (j->container) {
+			container_ended(j, st);
+			continue;
+		}
+		if (j->interrupt && !(WIFEXITED(st) && WEXITSTATUS(st) == 0)) {
+			alog("info", "msg=\"job interrupted\" lease=%" PRIu64 " job=%" PRIu64,
+			     j->lease_id, j->job_id);
+			queue_report(
+			    j, GPUMATCH__V1__LEASE_STATE__LEASE_STATE_INTERRUPTED,
+			    WIFEXITED(st) ? WEXITSTATUS(st) : 0, WIFSIGNALED(st) ? WTERMSIG(st) : 0,
+			    "%s", "interrupted: the node stopped; the job goes back to the queue");
+			continue;
+		}
 		if (WIFEXITED(st) && WEXITSTATUS(st) == 0) {
 			alog("info",
 			     "msg=\"job exited\" lease=%" PRIu64 " job=%" PRIu64 " exit_code=0",
@@ -652,7 +1031,7 @@ static void handle_commands(struct agent *a, Gpumatch__V1__LeaseCommand **cmds, 
 			continue;
 		struct job *j = find_job(a, cmds[i]->lease_id);
 		if (j)
-			stop_job(j, cmds[i]->deadline_us, cmds[i]->reason);
+			stop_job(j, cmds[i]->deadline_us, cmds[i]->reason, cmds[i]->interrupt);
 	}
 }
 
@@ -663,6 +1042,14 @@ static void heartbeat_done(struct cl_result *r, void *arg)
 	int next = a->hb_override_ms ? a->hb_override_ms : a->hb_ms;
 	if (r->http_status != 200) {
 		alog("warn", "msg=\"heartbeat failed\" code=%s err=\"%s\"", r->code, r->message);
+		/* retired (RetireNode) once its last job ended: nothing more to do */
+		if (!strcmp(r->code, "failed_precondition") && strstr(r->message, "is retired")) {
+			alog("info", "msg=\"node retired, agent stopping\" node=%" PRIu64,
+			     a->node_id);
+			a->exit_code = EXIT_OK;
+			event_base_loopbreak(a->base);
+			return;
+		}
 		/* a lease the server says is not this node's: forget it, or no
 		 * heartbeat would ever be taken again */
 		unsigned idx;
@@ -679,6 +1066,8 @@ static void heartbeat_done(struct cl_result *r, void *arg)
 					     j->lease_id);
 					if (j->running && j->pid > 0)
 						kill(-j->pid, SIGKILL);
+					if (j->container || *j->scratch)
+						rt_remove(&a->rt, j->lease_id, j->scratch);
 					j->running = false;
 					j->pid = 0;
 					j->nq = 0;
@@ -687,8 +1076,9 @@ static void heartbeat_done(struct cl_result *r, void *arg)
 				}
 			}
 		}
-		if (!a->shutting_down)
-			schedule_heartbeat(a, next > 2000 ? 2000 : next);
+		/* also while shutting down: the node must not look lost while
+		 * its jobs get their grace */
+		schedule_heartbeat(a, next > 2000 ? 2000 : next);
 		return;
 	}
 	Gpumatch__V1__HeartbeatResponse *resp = (Gpumatch__V1__HeartbeatResponse *)r->resp;
@@ -700,7 +1090,7 @@ static void heartbeat_done(struct cl_result *r, void *arg)
 	for (size_t i = 0; i < resp->n_unknown_lease_ids; i++) {
 		struct job *j = find_job(a, resp->unknown_lease_ids[i]);
 		if (j)
-			stop_job(j, 0, "the server no longer knows this lease");
+			stop_job(j, 0, "the server no longer knows this lease", false);
 	}
 	if (resp->reprobe_requested && !a->reprobe_logged)
 		alog("warn",
@@ -708,8 +1098,7 @@ static void heartbeat_done(struct cl_result *r, void *arg)
 		     "node=%" PRIu64,
 		     a->node_id);
 	a->reprobe_logged = resp->reprobe_requested;
-	if (!a->shutting_down)
-		schedule_heartbeat(a, a->hb_override_ms ? a->hb_override_ms : a->hb_ms);
+	schedule_heartbeat(a, a->hb_override_ms ? a->hb_override_ms : a->hb_ms);
 }
 
 static void heartbeat_cb(evutil_socket_t fd, short what, void *arg)
@@ -757,6 +1146,20 @@ static void heartbeat_cb(evutil_socket_t fd, short what, void *arg)
 			running[nr++] = j->lease_id;
 	req.n_running_lease_ids = nr;
 	req.running_lease_ids = running;
+	/* container jobs: their phase, and the image digest once known */
+	Gpumatch__V1__LeaseProgress prog[64], *pp[64];
+	size_t np = 0;
+	for (struct job *j = a->jobs; j && np < 64; j = j->next)
+		if (j->running && j->container && *j->ct.phase) {
+			gpumatch__v1__lease_progress__init(&prog[np]);
+			prog[np].lease_id = j->lease_id;
+			prog[np].phase = j->ct.phase;
+			prog[np].image_digest = j->ct.digest;
+			pp[np] = &prog[np];
+			np++;
+		}
+	req.n_progress = np;
+	req.progress = pp;
 	if (cl_call_async(a->ctl, a->c->token, "NodeService", "Heartbeat", &req.base,
 	                  heartbeat_done, a) == 0)
 		a->hb_inflight = true;
@@ -814,6 +1217,15 @@ static void confirm_done(struct cl_result *r, void *arg)
 			     "msg=\"lease confirmed while shutting down, not started\" "
 			     "lease=%" PRIu64,
 			     l->id);
+			/* it goes back to the queue now, not when the janitor
+			 * notices that no heartbeat lists it */
+			struct job *j = find_job(a, l->id)
+			                    ? NULL
+			                    : new_job(a, l->id, l->job_id, l->fencing_token);
+			if (j)
+				queue_report(
+				    j, GPUMATCH__V1__LEASE_STATE__LEASE_STATE_INTERRUPTED, 0, 0,
+				    "%s", "interrupted: the agent stopped before the job started");
 		} else {
 			if (cr->duplicate)
 				alog("info", "msg=\"lease confirmed again\" lease=%" PRIu64, l->id);
@@ -1027,8 +1439,17 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
 	for (struct job *j = a->jobs; j; j = j->next)
 		busy |= j->running || j->nq;
 	/* reports that cannot be delivered now stay on disk for the next start */
-	if (!busy || cl_now_us() - a->shutdown_started_us > a->grace_us + 5000000)
+	if (!busy || cl_now_us() - a->shutdown_started_us > a->grace_us + 15000000)
 		event_base_loopbreak(a->base);
+}
+
+static void drain_done(struct cl_result *r, void *arg)
+{
+	(void)arg;
+	if (r->http_status == 200)
+		alog("info", "msg=\"node draining while its jobs stop\"");
+	else
+		alog("warn", "msg=\"drain refused\" code=%s err=\"%s\"", r->code, r->message);
 }
 
 static void sigterm_cb(evutil_socket_t fd, short what, void *arg)
@@ -1044,9 +1465,22 @@ static void sigterm_cb(evutil_socket_t fd, short what, void *arg)
 	a->shutting_down = true;
 	a->shutdown_started_us = cl_now_us();
 	alog("info", "msg=\"shutting down: stopping jobs and sending their reports\"");
+	/* no new work while the running jobs stop; they go back to the queue */
+	if (a->node_id) {
+		Gpumatch__V1__DrainNodeRequest dr = GPUMATCH__V1__DRAIN_NODE_REQUEST__INIT;
+		dr.node_id = a->node_id;
+		dr.reason = "the agent is stopping";
+		/* its leases are to be given up (stop kind 6): however they end
+		 * now, even if this agent exits before its reports are
+		 * delivered, they end INTERRUPTED and the jobs are queued again */
+		dr.stop_jobs = true;
+		dr.stop_grace_ms = (uint32_t)(a->grace_us / 1000);
+		if (cl_call_async(a->ctl, a->c->token, "NodeService", "DrainNode", &dr.base,
+		                  drain_done, a))
+			alog("warn", "msg=\"could not ask the server to drain this node\"");
+	}
 	for (struct job *j = a->jobs; j; j = j->next)
-		stop_job(j, 0, "agent shutting down");
-	evtimer_del(a->hb_ev);
+		stop_job(j, 0, "agent shutting down: the job goes back to the queue", true);
 	evtimer_del(a->poll_ev);
 	struct timeval tv = { 0, 100000 };
 	event_add(a->tick_ev, &tv);
@@ -1181,6 +1615,12 @@ static void load_leases(struct agent *a)
 			r->state = (int)json_integer_value(json_object_get(q, "state"));
 			r->exit_code = (int)json_integer_value(json_object_get(q, "exitCode"));
 			r->term_signal = (int)json_integer_value(json_object_get(q, "termSignal"));
+			r->failure_reason =
+			    (int)json_integer_value(json_object_get(q, "failureReason"));
+			snprintf(r->digest, sizeof r->digest, "%s",
+			         json_string_value(json_object_get(q, "imageDigest"))
+			             ? json_string_value(json_object_get(q, "imageDigest"))
+			             : "");
 			r->at_us = (int64_t)json_integer_value(json_object_get(q, "atUs"));
 			snprintf(r->message, sizeof r->message, "%s",
 			         json_string_value(json_object_get(q, "message"))
@@ -1189,6 +1629,16 @@ static void load_leases(struct agent *a)
 		}
 		pid_t pid = (pid_t)json_integer_value(json_object_get(e, "pid"));
 		bool was_running = json_is_true(json_object_get(e, "running"));
+		j->container = json_is_true(json_object_get(e, "container"));
+		snprintf(j->scratch, sizeof j->scratch, "%s",
+		         json_string_value(json_object_get(e, "scratch"))
+		             ? json_string_value(json_object_get(e, "scratch"))
+		             : "");
+		/* output not yet with the server is sent before the reports */
+		if (!json_is_true(json_object_get(e, "logsDone"))) {
+			ship_logs(j, (int64_t)ju64(json_object_get(e, "logOffset")));
+			ls_finish(j->ls);
+		}
 		char exit_path[1200];
 		snprintf(exit_path, sizeof exit_path, "%s/logs/lease-%" PRIu64 ".exit",
 		         a->state_dir, j->lease_id);
@@ -1242,7 +1692,7 @@ static void load_leases(struct agent *a)
 				    "the agent restarted while the job ran; its process was lost");
 			}
 		}
-		if (j->nq)
+		if (j->nq || !ls_done(j->ls))
 			alog("info", "msg=\"resending saved reports\" lease=%" PRIu64 " count=%d",
 			     j->lease_id, j->nq);
 		else {
@@ -1252,6 +1702,28 @@ static void load_leases(struct agent *a)
 	}
 	json_decref(arr);
 	save_leases(a);
+}
+
+/* Containers and scratch directories of leases this agent no longer
+ * tracks (a previous run died before removing them): found by label and
+ * name, removed. */
+static void remove_orphans(struct agent *a)
+{
+	rt_remove_orphans(&a->rt);
+	char dir[1200];
+	snprintf(dir, sizeof dir, "%s/scratch", a->state_dir);
+	DIR *d = opendir(dir);
+	struct dirent *e;
+	while (d && (e = readdir(d))) {
+		uint64_t id;
+		if (sscanf(e->d_name, "lease-%" SCNu64, &id) != 1 || find_job(a, id))
+			continue;
+		char path[1500];
+		snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+		rt_remove(&a->rt, 0, path);
+	}
+	if (d)
+		closedir(d);
 }
 
 static int run_agent(struct ctx *c)
@@ -1327,13 +1799,16 @@ static int run_agent(struct ctx *c)
 	else
 		snprintf(a->state_dir, sizeof a->state_dir, "%s/.local/state/gpumatch-agent",
 		         getenv("HOME") ? getenv("HOME") : ".");
-	char logs[1200];
+	char logs[1200], scratch[1200];
 	snprintf(logs, sizeof logs, "%s/logs", a->state_dir);
-	if (mkdirs(a->state_dir) || mkdirs(logs)) {
+	snprintf(scratch, sizeof scratch, "%s/scratch", a->state_dir);
+	if (mkdirs(a->state_dir) || mkdirs(logs) || mkdirs(scratch)) {
 		fprintf(stderr, "gpumatch agent: cannot create state directory %s: %s\n",
 		        a->state_dir, strerror(errno));
 		return EXIT_USAGE;
 	}
+	if ((rc = rt_config_init(&a->rt, c, a->state_dir, opt_str(c, "simulate") != NULL)))
+		return rc;
 	a->reg = node_request(c, &rc);
 	if (!a->reg)
 		return rc;
@@ -1385,7 +1860,8 @@ static int run_agent(struct ctx *c)
 	a->poll = a->ctl
 	              ? cl_conn_new(a->base, c->url, (int)(a->poll_ms / 1000) + 15, err, sizeof err)
 	              : NULL;
-	if (!a->poll) {
+	a->logc = a->poll ? cl_conn_new(a->base, c->url, 30, err, sizeof err) : NULL;
+	if (!a->logc) {
 		fprintf(stderr, "gpumatch agent: %s\n",
 		        a->base ? err : "cannot make an event loop");
 		return EXIT_USAGE;
@@ -1406,6 +1882,7 @@ static int run_agent(struct ctx *c)
 	     c->url, json_string_value(json_object_get(a->reg, "name")), a->gpu_count, a->state_dir,
 	     a->job_user.name[0] ? a->job_user.name : "?");
 	load_leases(a);
+	remove_orphans(a);
 	event_active(a->reg_ev, EV_TIMEOUT, 0);
 	event_base_dispatch(a->base);
 	alog("info", "msg=\"agent stopped\"");
@@ -1426,6 +1903,8 @@ static int run_agent(struct ctx *c)
 	event_free(a->sighup_ev);
 	cl_conn_free(a->ctl);
 	cl_conn_free(a->poll);
+	cl_conn_free(a->logc);
+	ls_reap_all();
 	event_base_free(a->base);
 	for (uint32_t i = 0; i < a->gpu_count; i++) {
 		free(a->gpu_uuids[i]);
@@ -1461,6 +1940,28 @@ static const struct optdef agent_opts[] = {
 	  false },
 	{ "poll", "DUR", "AcquireLease long-poll wait (default 20s)", false },
 	{ "heartbeat", "DUR", "heartbeat period (default: what the server asks for)", false },
+	{ "runtime", "podman|docker", "container engine for jobs with an image (default podman)",
+	  false },
+	{ "container-runtime-path", "PATH", "the engine's program (default: podman/docker on PATH)",
+	  false },
+	{ "oci-runtime", "NAME", "podman's OCI runtime (default runc)", false },
+	{ "container-storage", "DIR", "podman storage (--root/--runroot) under DIR", false },
+	{ "gpu-devices", "cdi|hook|none",
+	  "how GPUs reach containers (default: none with --simulate, cdi when a CDI spec "
+	  "exists, else hook)",
+	  false },
+	{ "memory-per-gpu", "SIZE", "default memory limit per GPU held (default 16g)", false },
+	{ "max-memory", "SIZE", "cap on a job's memory limit (default none)", false },
+	{ "pids", "N", "default process limit (default 4096)", false },
+	{ "max-pids", "N", "cap on a job's process limit (default 65536)", false },
+	{ "shm", "SIZE", "default /dev/shm size (default 256m)", false },
+	{ "max-shm", "SIZE", "cap on a job's /dev/shm size (default 64g)", false },
+	{ "no-bridge-network", NULL, "refuse jobs that ask for network \"bridge\"", false },
+	{ "pull-timeout", "DUR", "longest image pull (default 10m)", false },
+	{ "allow-mount", "PATH", "host path prefix jobs may mount as volumes", true },
+	{ "registry-allow", "REGISTRY[/PATH]",
+	  "pull only from these registries (or repository prefixes)", true },
+	{ "registry-deny", "REGISTRY[/PATH]", "never pull from these (\"*\" = any)", true },
 	{ "token-file", "FILE",
 	  "read the operator token from FILE, mode 0600 (GPUMATCH_TOKEN_FILE; systemd: "
 	  "LoadCredential=token)",

@@ -71,6 +71,7 @@ struct ctx {
 
 /* The command tables of the modules. */
 extern const struct cmd cmds_jobs[], cmds_nodes[], cmds_admin[], cmds_agent[];
+extern const struct cmd cmds_logs[];
 
 /* ---- flags (main.c) ---- */
 const char *opt_str(const struct ctx *c, const char *name); /* last value or NULL */
@@ -114,6 +115,11 @@ json_t *node_request(struct ctx *c, int *rc);
  * errors with code and message) and returns the exit code. */
 int call_json(struct ctx *c, const char *service, const char *method, json_t *req,
               ProtobufCMessage **resp);
+/* --tenant (or another flag naming a tenant) given as an id or a name:
+ * sets key in req to the tenant's id. A name is looked up with ListTenants
+ * (admins). Returns EXIT_OK, or prints one line naming the flag and returns
+ * the exit code. */
+int tenant_ref(struct ctx *c, const char *flag, const char *v, json_t *req, const char *key);
 /* The same with a ready request message. */
 int call_msg(struct ctx *c, const char *service, const char *method, const ProtobufCMessage *req,
              ProtobufCMessage **resp);

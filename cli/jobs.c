@@ -37,8 +37,11 @@ static const struct col job_fields[] = {
 	{ "MAX DURATION", "spec.maxDurationUs", F_DUR },
 	{ "MAX PRICE/GPU-H", "maxPriceShown", F_STR },
 	{ "CONSTRAINTS", "constraintsShown", F_STR },
+	{ "IMAGE", "spec.image", F_STR },
 	{ "COMMAND", "spec.command", F_LIST },
 	{ "NODES", "nodesShown", F_STR },
+	{ "PHASE", "placement[].phase", F_LIST },
+	{ "IMAGE DIGEST", "placement[].imageDigest", F_LIST },
 	{ "GPU INDEXES", "gpusShown", F_STR },
 	{ "ATTEMPTS", "attempts", F_NUM },
 	{ "SUBMITTED", "submittedAtUs", F_TIME },
@@ -95,7 +98,7 @@ static json_t *obj_at(json_t *o, const char *key)
 	return v;
 }
 
-static int watch_job(struct ctx *c, uint64_t id);
+static int watch_job(struct ctx *c, uint64_t id, const Gpumatch__V1__Job *first);
 
 static int run_submit(struct ctx *c)
 {
@@ -251,9 +254,12 @@ static int run_submit(struct ctx *c)
 		        "gpumatch submit: the idempotency key was used before; this is job "
 		        "%" PRIu64 " from then\n",
 		        id);
+	if (opt_has(c, "watch")) {
+		rc = watch_job(c, id, r->created ? r->job : NULL);
+		protobuf_c_message_free_unpacked(m, NULL);
+		return rc;
+	}
 	protobuf_c_message_free_unpacked(m, NULL);
-	if (opt_has(c, "watch"))
-		return watch_job(c, id);
 	return EXIT_OK;
 }
 
@@ -427,8 +433,13 @@ static int run_list(struct ctx *c)
 			json_array_append_new(a, enum_arg("JOB_STATE_", states[i]));
 		json_object_set_new(req, "states", a);
 	}
-	if ((v = opt_str(c, "tenant")))
-		json_object_set_new(req, "tenantId", json_string(v));
+	if ((v = opt_str(c, "tenant"))) {
+		int trc = tenant_ref(c, "tenant", v, req, "tenantId");
+		if (trc) {
+			json_decref(req);
+			return trc;
+		}
+	}
 	if ((v = opt_str(c, "page-size")))
 		json_object_set_new(req, "pageSize", json_string(v));
 	if ((v = opt_str(c, "page-token")))
@@ -518,7 +529,50 @@ static const char *state_name(Gpumatch__V1__JobState s)
 	return v ? v->name + strlen("JOB_STATE_") : "?";
 }
 
-static int watch_job(struct ctx *c, uint64_t id)
+/* One line (or one JSON object) for a job state seen by watch. */
+static void watch_print(const struct ctx *c, uint64_t id, const Gpumatch__V1__Job *j)
+{
+	if (c->json) {
+		json_t *jj = msg_to_json(&j->base);
+		char *s = json_dumps(jj, JSON_COMPACT);
+		printf("%s\n", s ? s : "{}");
+		free(s);
+		json_decref(jj);
+	} else {
+		char when[32];
+		time_t t = time(NULL);
+		struct tm tm;
+		gmtime_r(&t, &tm);
+		strftime(when, sizeof when, "%H:%M:%S", &tm);
+		printf("%s job %" PRIu64 " %s", when, id, state_name(j->state));
+		if (j->n_placement) {
+			printf(" nodes=");
+			for (size_t i = 0; i < j->n_placement; i++)
+				printf("%s%" PRIu64, i ? "," : "", j->placement[i]->node_id);
+		}
+		const char *phase =
+		    j->n_placement && j->placement[0]->phase ? j->placement[0]->phase : "";
+		if (*phase)
+			printf(" phase=%s", phase);
+		if (j->attempts > 1)
+			printf(" attempt=%u", j->attempts);
+		if (j->failure && j->failure->reason) {
+			const ProtobufCEnumValue *fv = protobuf_c_enum_descriptor_get_value(
+			    &gpumatch__v1__failure_reason__descriptor, (int)j->failure->reason);
+			printf(" failure=%s", fv ? fv->name + 15 : "?");
+			if (j->failure->exit_code)
+				printf(" exit_code=%d", j->failure->exit_code);
+			if (j->failure->term_signal)
+				printf(" signal=%d", j->failure->term_signal);
+		}
+		printf("\n");
+	}
+}
+
+/* Polls the job and prints each change until it ends. first: the job as
+ * SubmitJob answered (submit --watch), printed first, so the QUEUED line
+ * shows however fast the job is placed; NULL for watch. */
+static int watch_job(struct ctx *c, uint64_t id, const Gpumatch__V1__Job *first)
 {
 	double interval = 1.0;
 	const char *v = opt_str(c, "interval");
@@ -533,7 +587,14 @@ static int watch_job(struct ctx *c, uint64_t id)
 	}
 	int last_state = -1;
 	uint32_t last_attempts = 0;
+	char last_phase[32] = "";
 	int unreachable = 0;
+	char last_summary[256] = "";
+	if (first) {
+		watch_print(c, id, first);
+		last_state = (int)first->state;
+		last_attempts = first->attempts;
+	}
 	for (;;) {
 		Gpumatch__V1__GetJobResponse *r;
 		int rc = get_job(c, id, &r);
@@ -547,47 +608,29 @@ static int watch_job(struct ctx *c, uint64_t id)
 			return rc;
 		unreachable = 0;
 		Gpumatch__V1__Job *j = r->job;
-		if (j && ((int)j->state != last_state || j->attempts != last_attempts)) {
+		const char *phase =
+		    j && j->n_placement && j->placement[0]->phase ? j->placement[0]->phase : "";
+		if (j && ((int)j->state != last_state || j->attempts != last_attempts ||
+		          strcmp(phase, last_phase))) {
 			last_state = (int)j->state;
 			last_attempts = j->attempts;
-			if (c->json) {
-				json_t *jj = msg_to_json(&j->base);
-				char *s = json_dumps(jj, JSON_COMPACT);
-				printf("%s\n", s ? s : "{}");
-				free(s);
-				json_decref(jj);
-			} else {
-				char when[32];
-				time_t t = time(NULL);
-				struct tm tm;
-				gmtime_r(&t, &tm);
-				strftime(when, sizeof when, "%H:%M:%S", &tm);
-				printf("%s job %" PRIu64 " %s", when, id, state_name(j->state));
-				if (j->n_placement) {
-					printf(" nodes=");
-					for (size_t i = 0; i < j->n_placement; i++)
-						printf("%s%" PRIu64, i ? "," : "",
-						       j->placement[i]->node_id);
-				}
-				if (j->attempts > 1)
-					printf(" attempt=%u", j->attempts);
-				if (j->failure && j->failure->reason) {
-					const ProtobufCEnumValue *fv =
-					    protobuf_c_enum_descriptor_get_value(
-					        &gpumatch__v1__failure_reason__descriptor,
-					        (int)j->failure->reason);
-					printf(" failure=%s", fv ? fv->name + 15 : "?");
-					if (j->failure->exit_code)
-						printf(" exit_code=%d", j->failure->exit_code);
-					if (j->failure->term_signal)
-						printf(" signal=%d", j->failure->term_signal);
-				}
-				if (j->state == GPUMATCH__V1__JOB_STATE__JOB_STATE_QUEUED &&
-				    j->explanation && j->explanation->summary &&
-				    *j->explanation->summary)
-					printf(" (%s)", j->explanation->summary);
-				printf("\n");
-			}
+			snprintf(last_phase, sizeof last_phase, "%s", phase);
+			watch_print(c, id, j);
+		} else if (j && !c->json && j->state == GPUMATCH__V1__JOB_STATE__JOB_STATE_QUEUED &&
+		           j->explanation && j->explanation->summary && *j->explanation->summary &&
+		           strncmp(last_summary, j->explanation->summary,
+		                   sizeof last_summary - 1)) {
+			/* still waiting: why, once the scheduler has looked at it
+			 * (the QUEUED line itself never waits for a cycle, so it
+			 * reads the same however fast the job is placed) */
+			snprintf(last_summary, sizeof last_summary, "%s", j->explanation->summary);
+			char when[32];
+			time_t t = time(NULL);
+			struct tm tm;
+			gmtime_r(&t, &tm);
+			strftime(when, sizeof when, "%H:%M:%S", &tm);
+			printf("%s job %" PRIu64 " waiting: %s\n", when, id,
+			       j->explanation->summary);
 		}
 		int done = j ? outcome_exit(j->state) : EXIT_SERVER;
 		protobuf_c_message_free_unpacked(&r->base, NULL);
@@ -603,7 +646,7 @@ static int run_watch(struct ctx *c)
 {
 	uint64_t id;
 	int rc = pos_id(c, 0, "JOB_ID", &id);
-	return rc ? rc : watch_job(c, id);
+	return rc ? rc : watch_job(c, id, NULL);
 }
 
 static int run_cancel(struct ctx *c)
@@ -684,8 +727,13 @@ static int run_usage(struct ctx *c)
 {
 	json_t *req = json_object();
 	const char *v;
-	if ((v = opt_str(c, "tenant")))
-		json_object_set_new(req, "tenantId", json_string(v));
+	if ((v = opt_str(c, "tenant"))) {
+		int trc = tenant_ref(c, "tenant", v, req, "tenantId");
+		if (trc) {
+			json_decref(req);
+			return trc;
+		}
+	}
 	int rc = set_window_since(c, req, "window");
 	if (rc) {
 		json_decref(req);
@@ -740,7 +788,7 @@ static const struct optdef submit_opts[] = {
 };
 static const struct optdef list_opts[] = {
 	{ "state", "STATE", "only jobs in this state (queued, running, ...)", true },
-	{ "tenant", "ID", "admins: one tenant's jobs", false },
+	{ "tenant", "ID|NAME", "admins: one tenant's jobs", false },
 	{ "since", "DUR", "submitted within this long, e.g. 24h", false },
 	{ "page-size", "N", "jobs per page (default 50)", false },
 	{ "page-token", "TOKEN", "the page after a previous listing", false },
@@ -757,7 +805,7 @@ static const struct optdef cancel_opts[] = {
 };
 static const struct optdef usage_opts[] = {
 	{ "since", "DUR", "window: the last DUR (default 30d)", false },
-	{ "tenant", "ID", "admins: one tenant", false },
+	{ "tenant", "ID|NAME", "admins: one tenant", false },
 	{ 0 },
 };
 static const struct optdef no_opts[] = { { 0 } };

@@ -102,8 +102,8 @@ static const struct cmd cmds_main[] = {
 	{ 0 },
 };
 
-static const struct cmd *const tables[] = { cmds_main, cmds_jobs, cmds_nodes, cmds_admin,
-	                                    cmds_agent };
+static const struct cmd *const tables[] = { cmds_main,  cmds_jobs,  cmds_nodes,
+	                                    cmds_admin, cmds_agent, cmds_logs };
 
 /* ---- flags ---- */
 
@@ -240,6 +240,49 @@ int call_json(struct ctx *c, const char *service, const char *method, json_t *re
 	int rc = call_msg(c, service, method, m, resp);
 	protobuf_c_message_free_unpacked(m, NULL);
 	return rc;
+}
+
+int tenant_ref(struct ctx *c, const char *flag, const char *v, json_t *req, const char *key)
+{
+	size_t n = strlen(v), digits = strspn(v, "0123456789");
+	if (n && digits == n) {
+		json_object_set_new(req, key, json_string(v));
+		return EXIT_OK;
+	}
+	if (!n || n > 128)
+		return usage_error(c, "--%s: expected a tenant id or name, got \"%s\"", flag, v);
+	/* names are unique; the list is paged, so walk it */
+	char token[64] = "";
+	for (int page = 0; page < 10000; page++) {
+		json_t *lr = json_pack("{s:i}", "pageSize", 1000);
+		if (token[0])
+			json_object_set_new(lr, "pageToken", json_string(token));
+		ProtobufCMessage *m;
+		int rc = call_json(c, "AdminService", "ListTenants", lr, &m);
+		if (rc)
+			return rc;
+		json_t *j = msg_to_json(m);
+		protobuf_c_message_free_unpacked(m, NULL);
+		size_t i;
+		json_t *t;
+		json_array_foreach(json_object_get(j, "tenants"), i, t)
+		{
+			const char *name = json_string_value(json_object_get(t, "name"));
+			if (name && !strcmp(name, v)) {
+				json_t *id = json_object_get(t, "id");
+				json_object_set(req, key, id ? id : json_string("0"));
+				json_decref(j);
+				return EXIT_OK;
+			}
+		}
+		const char *next = json_string_value(json_object_get(j, "nextPageToken"));
+		snprintf(token, sizeof token, "%s", next ? next : "");
+		json_decref(j);
+		if (!token[0])
+			break;
+	}
+	fprintf(stderr, "gpumatch %s: --%s: no tenant named \"%s\"\n", c->cmd->words, flag, v);
+	return EXIT_USAGE;
 }
 
 /* ---- config ---- */

@@ -1,6 +1,6 @@
 /* nodes.c — the operator's commands: node register, list, get, drain,
- * undrain, earnings (NodeService), and the node description shared with
- * the agent: GPUs from `gpu-probe info` or a --simulate file. */
+ * undrain, retire, earnings (NodeService), and the node description shared
+ * with the agent: GPUs from `gpu-probe info` or a --simulate file. */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -130,6 +130,30 @@ static json_t *gpu_from_probe(json_t *g)
 	return out;
 }
 
+/* A GPU belongs to one node (RegisterNode refuses a uuid another node
+ * holds), but one --simulate file may describe many simulated nodes: each
+ * simulated GPU's uuid is the file's followed by a hash of the node's name
+ * ("GPU-a1000000-...-000000000000-5d2c1a0b"), the same on every run of the
+ * same node. */
+static void simulated_uuids(json_t *req)
+{
+	const char *name = json_string_value(json_object_get(req, "name"));
+	uint32_t h = 2166136261u; /* FNV-1a */
+	for (const char *p = name ? name : ""; *p; p++)
+		h = (h ^ (uint8_t)*p) * 16777619u;
+	size_t gi;
+	json_t *g;
+	json_array_foreach(json_object_get(req, "gpus"), gi, g)
+	{
+		const char *u = json_string_value(json_object_get(g, "uuid"));
+		if (!u || !*u)
+			continue;
+		char buf[300];
+		snprintf(buf, sizeof buf, "%.280s-%08x", u, (unsigned)h);
+		json_object_set_new(g, "uuid", json_string(buf));
+	}
+}
+
 json_t *node_request(struct ctx *c, int *rc)
 {
 	char err[700];
@@ -211,6 +235,8 @@ json_t *node_request(struct ctx *c, int *rc)
 		gethostname(host, sizeof host - 1);
 		json_object_set_new(req, "name", json_string(host));
 	}
+	if (sim)
+		simulated_uuids(req);
 	if ((v = opt_str(c, "region")))
 		json_object_set_new(req, "region", json_string(v));
 	if ((v = opt_str(c, "address")))
@@ -322,6 +348,7 @@ static const struct col node_fields[] = {
 	{ "AGENT", "agentVersion", F_STR },
 	{ "RELIABILITY", "reliability.scorePpm", F_PPM_MEASURED },
 	{ "LAST HEARTBEAT", "lastHeartbeatUs", F_TIME },
+	{ "RETIRED", "retiredAtUs", F_TIME },
 	{ "CREATED", "createdAtUs", F_TIME },
 };
 
@@ -379,6 +406,17 @@ static int node_by_id(struct ctx *c, const char *method, bool reason)
 	json_t *req = json_pack("{s:o}", "nodeId", juint64(id));
 	if (reason && opt_str(c, "reason"))
 		json_object_set_new(req, "reason", json_string(opt_str(c, "reason")));
+	if (reason && opt_has(c, "stop-jobs"))
+		json_object_set_new(req, "stopJobs", json_true());
+	if (reason && opt_str(c, "grace")) {
+		int64_t us = parse_duration_us(opt_str(c, "grace"));
+		if (us < 0 || us > 3600000000LL) {
+			json_decref(req);
+			return usage_error(c, "--grace: a duration up to 1h, got \"%s\"",
+			                   opt_str(c, "grace"));
+		}
+		json_object_set_new(req, "stopGraceMs", json_integer(us / 1000));
+	}
 	ProtobufCMessage *m;
 	if ((rc = call_json(c, "NodeService", method, req, &m)))
 		return rc;
@@ -400,6 +438,11 @@ static int run_drain(struct ctx *c)
 static int run_undrain(struct ctx *c)
 {
 	return node_by_id(c, "UndrainNode", false);
+}
+
+static int run_retire(struct ctx *c)
+{
+	return node_by_id(c, "RetireNode", true);
 }
 
 static int run_earnings(struct ctx *c)
@@ -470,6 +513,11 @@ static const struct optdef list_opts[] = {
 };
 static const struct optdef drain_opts[] = {
 	{ "reason", "TEXT", "why (shown on the node)", false },
+	{ "stop-jobs", NULL,
+	  "also stop the running jobs (the node goes away): they are queued again, billed for "
+	  "the time used",
+	  false },
+	{ "grace", "DUR", "with --stop-jobs: time each job gets to stop (default 30s)", false },
 	{ 0 },
 };
 static const struct optdef earnings_opts[] = {
@@ -484,10 +532,14 @@ const struct cmd cmds_nodes[] = {
 	  register_opts, 0, 0, run_register, false },
 	{ "node list", "", "list nodes", list_opts, 0, 0, run_list, false },
 	{ "node get", "NODE_ID", "show one node", no_opts, 1, 1, run_get, false },
-	{ "node drain", "NODE_ID", "take no new work; running jobs finish", drain_opts, 1, 1,
-	  run_drain, false },
+	{ "node drain", "NODE_ID",
+	  "take no new work; running jobs finish (or, with --stop-jobs, are requeued)", drain_opts,
+	  1, 1, run_drain, false },
 	{ "node undrain", "NODE_ID", "return a draining node to ready", no_opts, 1, 1, run_undrain,
 	  false },
+	{ "node retire", "NODE_ID",
+	  "remove a node for good: no new work, running jobs finish, then disabled", drain_opts, 1,
+	  1, run_retire, false },
 	{ "node earnings", "", "earnings and per-node revenue", earnings_opts, 0, 0, run_earnings,
 	  false },
 	{ 0 },

@@ -23,6 +23,9 @@ packages=(
 	debhelper # the Debian package (debian/, tests/install)
 	fakeroot  # dpkg-buildpackage -us -uc
 	lintian   # the package's check (tests/install)
+	podman # container jobs (the agent's runtime; tests run real containers)
+	runc # podman's OCI runtime here: crun cannot run under hybrid cgroups
+	busybox-static # the container tests' image, imported from a local rootfs
 )
 
 missing=()
@@ -41,8 +44,20 @@ ensure_job_user() {
 		fi
 	fi
 }
+# podman's OCI runtime: runc. crun (podman's first choice when installed)
+# cannot run containers under hybrid cgroups; the agent passes
+# --oci-runtime runc itself, this makes a bare `podman run` agree.
+ensure_podman_runtime() {
+	local conf=/etc/containers/containers.conf.d/50-gpumatch-runc.conf
+	if [ "$(id -u)" -eq 0 ] && command -v runc >/dev/null 2>&1 && [ ! -e "$conf" ]; then
+		mkdir -p "$(dirname "$conf")"
+		printf '# written by gpumatch deploy/install-deps.sh\n[engine]\nruntime = "runc"\n' \
+			>"$conf"
+	fi
+}
 if [ ${#missing[@]} -eq 0 ]; then
 	ensure_job_user
+	ensure_podman_runtime
 	exit 0
 fi
 
@@ -70,3 +85,4 @@ if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
 	$SUDO systemctl disable --now redis-server postgresql prometheus >/dev/null 2>&1 || true
 fi
 ensure_job_user
+ensure_podman_runtime

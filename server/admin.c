@@ -465,10 +465,11 @@ static void list_tenants_cb(enum pg_status st, PGresult *res, const char *sqlsta
 	for (size_t i = 0; i < n; i++)
 		tenant_from_row(res, (int)i, &items[i]);
 	char next[32] = "";
-	if ((size_t)rows > n)
-		page_token_encode(items[n - 1].id, next, sizeof next);
+	size_t shown = page_fit((const void *const *)ptrs, n);
+	if ((size_t)rows > n || shown < n)
+		page_token_encode(items[shown - 1].id, next, sizeof next);
 	Gpumatch__V1__ListTenantsResponse out = GPUMATCH__V1__LIST_TENANTS_RESPONSE__INIT;
-	out.n_tenants = n;
+	out.n_tenants = shown;
 	out.tenants = ptrs;
 	out.next_page_token = next;
 	rpc_reply(q->call, &out.base);
@@ -894,10 +895,11 @@ static void list_operators_cb(enum pg_status st, PGresult *res, const char *sqls
 	for (size_t i = 0; i < n; i++)
 		operator_from_row(res, (int)i, &items[i]);
 	char next[32] = "";
-	if ((size_t)rows > n)
-		page_token_encode(items[n - 1].id, next, sizeof next);
+	size_t shown = page_fit((const void *const *)ptrs, n);
+	if ((size_t)rows > n || shown < n)
+		page_token_encode(items[shown - 1].id, next, sizeof next);
 	Gpumatch__V1__ListOperatorsResponse out = GPUMATCH__V1__LIST_OPERATORS_RESPONSE__INIT;
-	out.n_operators = n;
+	out.n_operators = shown;
 	out.operators = ptrs;
 	out.next_page_token = next;
 	rpc_reply(q->call, &out.base);
@@ -1261,8 +1263,8 @@ void admin_uncordon_node(struct rpc_call *call, const ProtobufCMessage *req)
 	    "WITH cur AS (SELECT n.state, o.state AS ostate FROM nodes n"
 	    "   JOIN operators o ON o.id = n.operator_id WHERE n.id = $1::bigint"
 	    "   FOR SHARE OF o),"
-	    " up AS (UPDATE nodes n SET admin_hold = false, state = CASE WHEN n.last_heartbeat_us "
-	    "> 0"
+	    " up AS (UPDATE nodes n SET admin_hold = false, state = CASE"
+	    "     WHEN n.retired_at_us > 0 THEN 3 WHEN n.last_heartbeat_us > 0"
 	    "     THEN 2 ELSE 1 END, state_reason = 'uncordoned',"
 	    "   state_changed_at_us = $2::bigint"
 	    "  FROM cur WHERE n.id = $1::bigint AND n.state = 4 AND cur.ostate = 1"
@@ -1461,10 +1463,11 @@ static void list_tokens_cb(enum pg_status st, PGresult *res, const char *sqlstat
 	for (size_t i = 0; i < n; i++)
 		token_from_row(res, (int)i, 0, &items[i]);
 	char next[32] = "";
-	if ((size_t)rows > n)
-		page_token_encode(items[n - 1].id, next, sizeof next);
+	size_t shown = page_fit((const void *const *)ptrs, n);
+	if ((size_t)rows > n || shown < n)
+		page_token_encode(items[shown - 1].id, next, sizeof next);
 	Gpumatch__V1__ListTokensResponse out = GPUMATCH__V1__LIST_TOKENS_RESPONSE__INIT;
-	out.n_tokens = n;
+	out.n_tokens = shown;
 	out.tokens = ptrs;
 	out.next_page_token = next;
 	rpc_reply(q->call, &out.base);
@@ -2115,10 +2118,11 @@ static void list_policies_cb(enum pg_status st, PGresult *res, const char *sqlst
 		rpc_error(q->call, RPC_INTERNAL, "internal error");
 	} else {
 		char next[32] = "";
-		if ((size_t)rows > n)
-			page_token_encode(items[n - 1].version, next, sizeof next);
+		size_t shown = page_fit((const void *const *)ptrs, n);
+		if ((size_t)rows > n || shown < n)
+			page_token_encode(items[shown - 1].version, next, sizeof next);
 		Gpumatch__V1__ListPoliciesResponse out = GPUMATCH__V1__LIST_POLICIES_RESPONSE__INIT;
-		out.n_policies = n;
+		out.n_policies = shown;
 		out.policies = ptrs;
 		out.next_page_token = next;
 		out.active_version = PQntuples(res) ? col_u64(res, 0, 0) : 0;
@@ -2227,11 +2231,12 @@ static void list_policy_audit_cb(enum pg_status st, PGresult *res, const char *s
 		rpc_error(q->call, RPC_INTERNAL, "internal error");
 	} else {
 		char next[32] = "";
-		if ((size_t)rows > n)
-			page_token_encode(items[n - 1].version, next, sizeof next);
+		size_t shown = page_fit((const void *const *)ptrs, n);
+		if ((size_t)rows > n || shown < n)
+			page_token_encode(items[shown - 1].version, next, sizeof next);
 		Gpumatch__V1__ListPolicyAuditResponse out =
 		    GPUMATCH__V1__LIST_POLICY_AUDIT_RESPONSE__INIT;
-		out.n_entries = n;
+		out.n_entries = shown;
 		out.entries = ptrs;
 		out.next_page_token = next;
 		rpc_reply(q->call, &out.base);

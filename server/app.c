@@ -24,6 +24,7 @@
 #include "gpumatch/v1/registry.h"
 #include "handlers.h"
 #include "log.h"
+#include "rds_tls.h"
 #include "speeds.h"
 
 int64_t now_us(void)
@@ -114,6 +115,9 @@ static int build_methods(struct app *a)
 			a->methods[k].in = md->input;
 			a->methods[k].out = md->output;
 			a->methods[k].roles = service_roles(sd->name);
+			/* operators read the output of jobs on their own nodes */
+			if (!strcmp(path, "/gpumatch.v1.JobService/GetJobLogs"))
+				a->methods[k].roles |= ROLE_OPERATOR;
 			a->methods[k].fn = handler_for(path);
 			k++;
 		}
@@ -431,11 +435,25 @@ int app_start(struct app *a, char *err, size_t err_len)
 	    cfg_read_secret_file("redis_password_file", a->cfg.redis_password_file, rpw, sizeof rpw,
 	                         err, err_len))
 		return -1;
-	if (rds_check_auth(a->cfg.redis_host, a->cfg.redis_port, rpw, err, err_len)) {
+	if (a->cfg.redis_tls) {
+		struct rds_tls_opts o = { .host = a->cfg.redis_host,
+			                  .port = a->cfg.redis_port,
+			                  .ca_file = a->cfg.redis_tls_ca_file,
+			                  .cert_file = a->cfg.redis_tls_cert_file,
+			                  .key_file = a->cfg.redis_tls_key_file,
+			                  .server_name = a->cfg.redis_tls_server_name };
+		a->rds_tls = rds_tls_new(a->base, &o, err, err_len);
+	}
+	if ((a->cfg.redis_tls && !a->rds_tls) ||
+	    (a->rds_tls
+	         ? rds_tls_check(a->rds_tls, rpw, err, err_len)
+	         : rds_check_auth(a->cfg.redis_host, a->cfg.redis_port, rpw, err, err_len))) {
 		explicit_bzero(rpw, sizeof rpw);
 		return -1;
 	}
-	a->rds = rds_new(a->base, a->cfg.redis_host, a->cfg.redis_port, handler_scripts());
+	a->rds =
+	    rds_new_via(a->base, a->cfg.redis_host, a->cfg.redis_port,
+	                a->rds_tls ? rds_tls_socket_path(a->rds_tls) : NULL, handler_scripts());
 	if (a->rds)
 		rds_set_password(a->rds, rpw);
 	explicit_bzero(rpw, sizeof rpw);
@@ -499,6 +517,7 @@ void app_free(struct app *a)
 		evhttp_free(a->metrics_http);
 	tls_server_free(a->tls); /* after the listener: connections hold their own */
 	rds_free(a->rds);
+	rds_tls_free(a->rds_tls); /* after rds: its connection runs through it */
 	pg_pool_free(a->pg);
 	speeds_clear(); /* after the pool: a reload in flight settles there */
 	if (a->methods) {

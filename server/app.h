@@ -14,13 +14,14 @@
 #include "rpc.h"
 #include "tls.h"
 
-#define SCHEMA_VERSION 15 /* newest migration this binary needs */
+#define SCHEMA_VERSION 19 /* newest migration this binary needs */
 
 struct app {
 	struct event_base *base;
 	struct cfg cfg;
 	struct pg_pool *pg;
 	struct rds *rds;
+	struct rds_tls *rds_tls; /* NULL: plaintext to Redis */
 	struct rpc_server *rpc;
 	struct tls_server *tls;      /* NULL: plaintext */
 	struct evhttp *metrics_http; /* metrics_listen, or NULL */

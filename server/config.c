@@ -40,6 +40,8 @@ static const struct key keys[] = {
 	{ "log_level", K_STR, S(log_level), "info", 0, 0, true, "debug, info, warn or error" },
 	{ "max_body_bytes", K_LONG, N(max_body_bytes), "1048576", 1024, 64L << 20, true,
 	  "largest request body accepted" },
+	{ "max_page_bytes", K_LONG, N(max_page_bytes), "1048576", 1024, 64L << 20, true,
+	  "largest page of a List answer, encoded (one item always fits)" },
 	{ "request_timeout_ms", K_INT, N(request_timeout_ms), "10000", 10, 600000, true,
 	  "a request not answered by then gets deadline_exceeded" },
 	{ "idle_timeout_ms", K_INT, N(idle_timeout_ms), "60000", 100, 3600000, true,
@@ -118,6 +120,12 @@ static const struct key keys[] = {
 	  "probe challenges a node may request per hour" },
 	{ "probe_peak_margin_pct", K_INT, N(probe_peak_margin_pct), "25", 0, 1000, true,
 	  "a claim or measurement above the model's peak by more than this flags a spoofed GPU" },
+	{ "log_cap_bytes", K_LONG, N(log_cap_bytes), "67108864", 0, 1L << 40, true,
+	  "job output kept per lease; past it the rest is counted and dropped (a marker says so)" },
+	{ "log_retention_s", K_LONG, N(log_retention_s), "604800", 60, 1L << 32, true,
+	  "job output is deleted this long after its lease ended and it was last written" },
+	{ "volume_allow_paths", K_STR, S(volume_allow_paths), "", 0, 0, true,
+	  "comma-separated host path prefixes jobs may mount as volumes (\"\": none)" },
 	{ "probe_min_ratio_pct", K_INT, N(probe_min_ratio_pct), "25", 0, 100, true,
 	  "a probe proving less than this share of the claimed figure fails" },
 	{ "tls_cert_file", K_STR, S(tls_cert_file), "", 0, 0, false,
@@ -135,6 +143,17 @@ static const struct key keys[] = {
 	{ "redis_password_file", K_STR, S(redis_password_file), "", 0, 0, true,
 	  "file holding the Redis password (mode 0600 or stricter; \"\": no AUTH); SIGHUP "
 	  "re-reads it for the next connection" },
+	{ "redis_tls", K_BOOL, N(redis_tls), "false", 0, 0, false,
+	  "TLS to Redis: redis_port is then Redis' tls-port (certificate and host name "
+	  "verified)" },
+	{ "redis_tls_ca_file", K_STR, S(redis_tls_ca_file), "", 0, 0, false,
+	  "CAs that sign Redis' certificate (PEM; \"\": the system store)" },
+	{ "redis_tls_cert_file", K_STR, S(redis_tls_cert_file), "", 0, 0, false,
+	  "client certificate for Redis' tls-auth-clients (PEM chain; \"\": none)" },
+	{ "redis_tls_key_file", K_STR, S(redis_tls_key_file), "", 0, 0, false,
+	  "key of redis_tls_cert_file (mode 0600 or stricter)" },
+	{ "redis_tls_server_name", K_STR, S(redis_tls_server_name), "", 0, 0, false,
+	  "name or address checked in Redis' certificate (\"\": redis_host)" },
 };
 
 #undef S

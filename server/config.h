@@ -19,6 +19,7 @@ struct cfg {
 	int redis_port;
 	char log_level[16];
 	long max_body_bytes;
+	long max_page_bytes; /* one List answer page, encoded */
 	int request_timeout_ms;
 	int idle_timeout_ms;
 	int max_connections;
@@ -56,12 +57,20 @@ struct cfg {
 	int probe_attempts_per_hour;      /* challenges per node per hour */
 	int probe_peak_margin_pct;        /* above peak x (1 + this/100): spoofed */
 	int probe_min_ratio_pct;          /* below claim x this/100: rejected */
+	long log_cap_bytes;               /* job output kept per lease */
+	long log_retention_s;             /* after the lease ended and the last write */
+	char volume_allow_paths[1024];    /* comma-separated host path prefixes */
 	char tls_cert_file[512];          /* PEM chain, leaf first; "" = plaintext */
 	char tls_key_file[512];           /* PEM private key */
 	char tls_client_ca_file[512];     /* CAs of agents' client certificates */
 	bool allow_plaintext;             /* plaintext on a non-loopback address */
 	char metrics_listen[128];         /* "HOST:PORT" plaintext loopback metrics; "" = none */
 	char redis_password_file[512];
+	bool redis_tls;                  /* TLS to Redis (rds_tls's tunnel) */
+	char redis_tls_ca_file[512];     /* CAs of Redis' certificate; "" = system store */
+	char redis_tls_cert_file[512];   /* client certificate for Redis; "" = none */
+	char redis_tls_key_file[512];    /* its key */
+	char redis_tls_server_name[256]; /* name in Redis' certificate; "" = redis_host */
 	char config_file[256];
 };
 

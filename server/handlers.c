@@ -39,6 +39,7 @@ static const struct route routes[] = {
 	{ "/gpumatch.v1.NodeService/ReportLease", nodes_report_lease },
 	{ "/gpumatch.v1.NodeService/DrainNode", nodes_drain },
 	{ "/gpumatch.v1.NodeService/UndrainNode", nodes_undrain },
+	{ "/gpumatch.v1.NodeService/RetireNode", nodes_retire },
 	{ "/gpumatch.v1.NodeService/RequestChallenge", probe_request_challenge },
 	{ "/gpumatch.v1.NodeService/SubmitProbe", probe_submit },
 	{ "/gpumatch.v1.AdminService/CreateTenant", admin_create_tenant },
@@ -72,6 +73,8 @@ static const struct route routes[] = {
 	{ "/gpumatch.v1.AdminService/GetUsageReport", ledger_usage_report },
 	{ "/gpumatch.v1.AdminService/GetRevenueReport", ledger_revenue_report },
 	{ "/gpumatch.v1.JobService/GetSpend", ledger_get_spend },
+	{ "/gpumatch.v1.JobService/GetJobLogs", logs_get },
+	{ "/gpumatch.v1.NodeService/AppendLeaseLogs", logs_append },
 	{ "/gpumatch.v1.NodeService/GetEarnings", ledger_get_earnings },
 	{ "/gpumatch.v1.AdminService/GetFleetSeries", series_fleet },
 	{ "/gpumatch.v1.AdminService/GetFleetSummary", series_fleet_summary },
@@ -138,13 +141,15 @@ int handlers_start(struct app *a, char *err, size_t err_len)
 	the_app = a;
 	if (jobs_start(a, err, err_len) || nodes_start(a, err, err_len) ||
 	    probe_start(a, err, err_len) || schedloop_start(a, err, err_len) ||
-	    ledger_start(a, err, err_len) || series_start(a, err, err_len))
+	    ledger_start(a, err, err_len) || series_start(a, err, err_len) ||
+	    logs_start(a, err, err_len))
 		return -1;
 	return 0;
 }
 
 void handlers_stop(struct app *a)
 {
+	logs_stop(a);
 	series_stop(a);
 	ledger_stop(a);
 	schedloop_stop(a);
@@ -156,13 +161,14 @@ void handlers_stop(struct app *a)
 void handlers_drain(struct app *a)
 {
 	nodes_drain_waiters(a);
+	logs_drain(a);
 	schedloop_stop(a);
 }
 
 bool handlers_idle(struct app *a)
 {
-	return jobs_idle(a) && schedloop_idle(a) && probe_idle(a) && ledger_idle(a) &&
-	       series_idle(a);
+	return jobs_idle(a) && nodes_idle(a) && schedloop_idle(a) && probe_idle(a) &&
+	       ledger_idle(a) && series_idle(a);
 }
 
 void handlers_reload(struct app *a)
@@ -173,9 +179,11 @@ void handlers_reload(struct app *a)
 void handlers_metrics(struct app *a, struct evbuffer *b)
 {
 	jobs_metrics(a, b);
+	nodes_metrics(a, b);
 	probe_metrics(a, b);
 	schedloop_metrics(a, b);
 	ledger_metrics(a, b);
+	logs_metrics(a, b);
 	series_metrics(a, b);
 }
 
@@ -283,6 +291,20 @@ char *pack_bytea_param(const ProtobufCMessage *m)
 	out[2 + 2 * n] = '\0';
 	free(raw);
 	return out;
+}
+
+size_t page_fit(const void *const *items, size_t n)
+{
+	size_t max = (size_t)app_get()->cfg.max_page_bytes, bytes = 0;
+	for (size_t i = 0; i < n; i++) {
+		/* each item is a length-delimited field of the answer: tag,
+		 * length, message */
+		size_t sz = protobuf_c_message_get_packed_size(items[i]) + 6;
+		if (i > 0 && bytes + sz > max)
+			return i;
+		bytes += sz;
+	}
+	return n;
 }
 
 void page_token_encode(uint64_t last_id, char *out, size_t len)

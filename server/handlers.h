@@ -74,6 +74,13 @@ void page_token_encode(uint64_t last_id, char *out, size_t len);
 /* 0 for "", -1 when malformed. */
 int page_token_decode(const char *tok, uint64_t *last_id);
 
+/* How many of the n messages items[0..n) one page of a List answer
+ * carries: all of them, or those before the one that would take the page
+ * past max_page_bytes encoded (config); always at least one, so a page
+ * always moves on. The caller sets next_page_token after the last one it
+ * carries when that is fewer than it has. */
+size_t page_fit(const void *const *items, size_t n);
+
 /* Triggers a scheduling cycle soon (coalesced). */
 void schedloop_kick(struct app *a);
 /* Tells waiting AcquireLease calls of a node to look again. */

@@ -112,6 +112,9 @@ static void request_line(struct http_frame *f, const char *l, size_t n)
 		fail(f, 400, "invalid_argument", "request target must be a path starting with /");
 		return;
 	}
+	size_t tlen = (size_t)(sp2 - t);
+	f->healthz = mlen == 3 && !memcmp(l, "GET", 3) && tlen >= 8 && !memcmp(t, "/healthz", 8) &&
+	             (tlen == 8 || t[8] == '?');
 	for (const char *p = t; p < sp2; p++)
 		if ((unsigned char)*p <= 0x20 || (unsigned char)*p >= 0x7f) {
 			fail(f, 400, "invalid_argument",
@@ -360,7 +363,7 @@ size_t hf_feed(struct http_frame *f, const unsigned char *p, size_t n, unsigned 
 			f->prev_cr = false;
 			f->head_bytes = 0;
 			f->n_headers = 0;
-			f->head_only_method = f->http10 = false;
+			f->head_only_method = f->http10 = f->healthz = false;
 			f->has_cl = f->has_te = f->has_expect = false;
 			f->cl = f->left = f->body_bytes = 0;
 			*ev |= HF_EV_START;

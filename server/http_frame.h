@@ -49,6 +49,7 @@ struct http_frame {
 	size_t head_bytes;
 	unsigned n_headers;
 	bool head_only_method; /* HEAD/TRACE: evhttp reads no body */
+	bool healthz;          /* the request line is GET /healthz[?...] */
 	bool http10;
 	bool has_cl, has_te, has_expect;
 	uint64_t cl;

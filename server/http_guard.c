@@ -33,6 +33,7 @@
 #define LINGER_MS       1000 /* a refused client that does not read: closed anyway */
 #define FD_RESERVE      64   /* descriptors kept for the store, logs and refusals */
 #define REFUSE_GRACE    32   /* connections past the limit that still get an answer */
+#define OVER_HEAD_MS    1000 /* a connection past a limit: its head is due within this */
 #define PAUSE_MIN_MS    50
 #define PAUSE_MAX_MS    1000
 #define LOG_INTERVAL_US 10000000 /* one line per kind per 10 s while it repeats */
@@ -70,6 +71,9 @@ struct hconn {
 	int fd;
 	int busy; /* requests handed to the RPC layer and not yet answered */
 	bool adopted, killing;
+	bool over;             /* past a limit: only GET /healthz is answered */
+	enum refusal over_why; /* REF_TOTAL or REF_CLIENT */
+	char over_msg[128];
 	struct http_frame fr;
 };
 
@@ -317,6 +321,30 @@ static void refuse(struct hconn *c, enum refusal why, int status, const char *co
 	arm(c, T_LINGER, LINGER_MS);
 }
 
+/* A connection past a limit asked GET /healthz: answered here as the
+ * server's own /healthz answers ("ok"), then closed. Liveness probes must
+ * see a live server even while its connections are all taken. */
+static void answer_healthz(struct hconn *c)
+{
+	c->killing = true;
+	bufferevent_setcb(c->bev, NULL, kill_write_cb, kill_event_cb, c);
+	bufferevent_disable(c->bev, EV_READ);
+	evbuffer_add_printf(bufferevent_get_output(c->bev),
+	                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+	                    "Content-Length: 3\r\nConnection: close\r\n\r\nok\n");
+	bufferevent_enable(c->bev, EV_WRITE);
+	arm(c, T_LINGER, LINGER_MS);
+}
+
+/* Bytes of a connection past a limit: the framing checker (input_cb) has
+ * seen them; evhttp never does. */
+static void over_read_cb(struct bufferevent *bev, void *arg)
+{
+	(void)arg;
+	struct evbuffer *in = bufferevent_get_input(bev);
+	evbuffer_drain(in, evbuffer_get_length(in));
+}
+
 static void timer_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct hconn *c = arg;
@@ -335,6 +363,10 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 	}
 	if (c->killing || c->busy)
 		return; /* the answer in progress re-arms it when sent */
+	if (c->over) {
+		refuse(c, c->over_why, 503, "unavailable", c->over_msg);
+		return;
+	}
 	char msg[160];
 	if (k == T_HEAD) {
 		snprintf(msg, sizeof msg, "request headers not received within %d ms",
@@ -404,7 +436,15 @@ static void input_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, 
 						       c->fr.err_code, c->fr.err_msg);
 					return;
 				}
-				if (ev & (HF_EV_START | HF_EV_HEAD | HF_EV_DONE))
+				if (c->over && (ev & HF_EV_HEAD)) {
+					if (c->fr.healthz)
+						answer_healthz(c);
+					else
+						refuse(c, c->over_why, 503, "unavailable",
+						       c->over_msg);
+					return;
+				}
+				if (!c->over && (ev & (HF_EV_START | HF_EV_HEAD | HF_EV_DONE)))
 					arm_for_state(c);
 				if (ev == 0 && off < vl)
 					break; /* cannot happen: hf_feed takes all or reports */
@@ -493,18 +533,27 @@ static void adopt(struct hguard *g, struct hconn *c)
 		evhttp_connection_free(c->evcon);
 		return;
 	}
+	/* Past a limit (within the grace): evhttp never reads it; its first
+	 * head is read here, briefly, and answered with the refusal, except
+	 * GET /healthz, which is answered. */
 	if (g->n_open > max) {
-		char msg[128];
-		snprintf(msg, sizeof msg, "too many connections (%d); try again later", max);
-		refuse(c, REF_TOTAL, 503, "unavailable", msg);
-		return;
-	}
-	if (g->lim.max_per_client > 0 && c->addr->n > g->lim.max_per_client) {
-		char msg[128];
-		snprintf(msg, sizeof msg,
+		c->over_why = REF_TOTAL;
+		snprintf(c->over_msg, sizeof c->over_msg,
+		         "too many connections (%d); try again later", max);
+	} else if (g->lim.max_per_client > 0 && c->addr->n > g->lim.max_per_client) {
+		c->over_why = REF_CLIENT;
+		snprintf(c->over_msg, sizeof c->over_msg,
 		         "too many connections from this address (%d); try again later",
 		         g->lim.max_per_client);
-		refuse(c, REF_CLIENT, 503, "unavailable", msg);
+	}
+	if (c->over_msg[0]) {
+		c->over = true;
+		bufferevent_setcb(c->bev, over_read_cb, NULL, kill_event_cb, c);
+		bufferevent_enable(c->bev, EV_READ);
+		int ms = g->lim.header_timeout_ms > 0 && g->lim.header_timeout_ms < OVER_HEAD_MS
+		             ? g->lim.header_timeout_ms
+		             : OVER_HEAD_MS;
+		arm(c, T_HEAD, ms);
 		return;
 	}
 	/* the first request's head is due within the header deadline of the

@@ -88,13 +88,17 @@ static uint64_t scope_tenant(struct rpc_call *call)
 /* Placement of the current attempt: node, mask, gang index, lease id. */
 #define PLACE_SQL                                                                                \
 	"(SELECT coalesce(string_agg(l.node_id || ':' || l.gpu_mask || ':' || l.gang_index ||  \
-	 ':' || l.id, ',' ORDER BY l.gang_index), '') FROM leases l" \
+	 ':' || l.id || ':' || l.pulled_bytes || ':' || coalesce(nullif(l.phase, ''), '-') ||  \
+	 ':' || coalesce(nullif(l.image_digest, ''), '-'), ',' ORDER BY l.gang_index), '')      \
+	 FROM leases l" \
 	" WHERE l.job_id = j.id AND l.attempt = j.attempts AND l.state BETWEEN 1 AND 4)"
 
 struct placement_scratch {
 	Gpumatch__V1__NodePlacement parts[SCHED_MAX_GANG_NODES];
 	Gpumatch__V1__NodePlacement *ptrs[SCHED_MAX_GANG_NODES];
 	uint32_t idx[SCHED_MAX_GANG_NODES][SCHED_MAX_GPUS_PER_NODE];
+	char phase[SCHED_MAX_GANG_NODES][16];
+	char digest[SCHED_MAX_GANG_NODES][80];
 };
 
 /* Every lease of the job, oldest first:
@@ -195,7 +199,7 @@ static void history_from_text(const char *s, Gpumatch__V1__Job *job, struct hist
 		live += state >= 1 && state <= 4;
 		ok += state == 5;
 		failed += state == 6;
-		expired += state == 7;
+		expired += state == 7 || state == 20; /* interrupted: queued again */
 		cancelled += state == 8;
 		preempted += state == 9;
 		if (a->n_placement < 8) {
@@ -227,11 +231,18 @@ static void placement_from_text(const char *s, Gpumatch__V1__Job *job, struct pl
 	while (*s && n < SCHED_MAX_GANG_NODES) {
 		unsigned long long node, mask, lease;
 		unsigned gang;
+		long long pulled;
 		int used = 0;
-		if (sscanf(s, "%llu:%llu:%u:%llu%n", &node, &mask, &gang, &lease, &used) != 4)
+		if (sscanf(s, "%llu:%llu:%u:%llu:%lld:%15[^:]:%79[^,]%n", &node, &mask, &gang,
+		           &lease, &pulled, ps->phase[n], ps->digest[n], &used) != 7)
 			break;
 		Gpumatch__V1__NodePlacement *p = &ps->parts[n];
 		gpumatch__v1__node_placement__init(p);
+		if (strcmp(ps->phase[n], "-"))
+			p->phase = ps->phase[n];
+		if (strcmp(ps->digest[n], "-"))
+			p->image_digest = ps->digest[n];
+		p->pulled_bytes = pulled;
 		p->node_id = node;
 		p->lease_id = lease;
 		p->gang_index = gang;
@@ -758,7 +769,7 @@ static int spec_bounds(const Gpumatch__V1__JobSpec *sp, char *field, size_t flen
 			ok = (*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') ||
 			     (*p >= '0' && *p <= '9') || *p == '_';
 		if (!ok) {
-			snprintf(field, flen, "spec.env");
+			snprintf(field, flen, "spec.env[%.64s]", k);
 			snprintf(why, wlen,
 			         "variable names are 1 to %d of A-Z a-z 0-9 _, not starting with a "
 			         "digit",
@@ -822,6 +833,11 @@ void jobs_submit(struct rpc_call *call, const ProtobufCMessage *msg)
 		rpc_error(call, RPC_INVALID_ARGUMENT, "%s: %s", field, why);
 		return;
 	}
+	if (jobspec_check(req->spec, &app_get()->cfg, field, sizeof field, why, sizeof why)) {
+		free(st);
+		rpc_error(call, RPC_INVALID_ARGUMENT, "%s: %s", field, why);
+		return;
+	}
 	speeds_apply(req->spec->job_type, &js, st);
 	struct sched_error se;
 	if (sched_job_validate(&js, &se)) {
@@ -868,8 +884,6 @@ void jobs_get(struct rpc_call *call, const ProtobufCMessage *msg)
 	load_and_reply(call, req->job_id, scope_tenant(call));
 }
 
-#define LIST_MAX_BYTES (1024 * 1024) /* one ListJobs page, encoded */
-
 struct list_ctx {
 	struct rpc_call *call;
 	int page_size;
@@ -895,8 +909,8 @@ static void list_cb(enum pg_status st, PGresult *res, const char *sqlstate, cons
 		goto out;
 	}
 	/* pages are bounded by bytes too: a page stops before the job that
-	 * would take its answer past LIST_MAX_BYTES (one job always fits) */
-	size_t bytes = 0;
+	 * would take its answer past max_page_bytes (one job always fits) */
+	size_t bytes = 0, max_bytes = (size_t)app_get()->cfg.max_page_bytes;
 	bool cut = false;
 	for (int i = 0; i < n; i++) {
 		if (job_from_row(res, i, &jobs[i], &sc[i])) {
@@ -906,7 +920,7 @@ static void list_cb(enum pg_status st, PGresult *res, const char *sqlstate, cons
 			goto out;
 		}
 		size_t sz = protobuf_c_message_get_packed_size(&jobs[i].base);
-		if (i > 0 && bytes + sz > LIST_MAX_BYTES) {
+		if (i > 0 && bytes + sz > max_bytes) {
 			job_scratch_free(&sc[i]);
 			n = i;
 			cut = true;

@@ -819,11 +819,12 @@ static void list_cb(enum pg_status st, PGresult *res, const char *sqlstate, cons
 			tp[i] = &t[i];
 		}
 		char token[32] = "";
-		if (rows > q->page_size && n > 0)
-			page_token_encode(t[n - 1].id, token, sizeof token);
+		size_t shown = page_fit((const void *const *)tp, (size_t)n);
+		if ((rows > q->page_size || shown < (size_t)n) && n > 0)
+			page_token_encode(t[shown - 1].id, token, sizeof token);
 		Gpumatch__V1__ListTransfersResponse out =
 		    GPUMATCH__V1__LIST_TRANSFERS_RESPONSE__INIT;
-		out.n_transfers = (size_t)n;
+		out.n_transfers = shown;
 		out.transfers = tp;
 		out.next_page_token = token;
 		rpc_reply(q->call, &out.base);

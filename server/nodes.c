@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "batch.h"
 #include "convert.h"
 #include "gpumatch/v1/admin_service.pb-c.h"
 #include "gpumatch/v1/node_service.pb-c.h"
@@ -33,7 +34,7 @@ static uint64_t scope_operator(struct rpc_call *call)
 	" (SELECT coalesce(bit_or(l.gpu_mask), 0) FROM leases l"                                 \
 	"   WHERE l.node_id = n.id AND l.state BETWEEN 1 AND 4) AS busy,"                        \
 	" n.verified_at_us, n.last_challenge_id, n.last_probe_failure, n.probe_attempts,"        \
-	" n.probe_failures, n.unhealthy_gpus, n.health_reason"                                   \
+	" n.probe_failures, n.unhealthy_gpus, n.health_reason, n.retired_at_us"                  \
 	" FROM nodes n"
 
 struct node_scratch {
@@ -80,6 +81,7 @@ static Gpumatch__V1__Node *node_from_row(const PGresult *r, int row, struct node
 	n->updated_at_us = col_i64(r, row, 10);
 	n->state_changed_at_us = col_i64(r, row, 11);
 	n->last_heartbeat_us = col_i64(r, row, 12);
+	n->retired_at_us = col_i64(r, row, 22);
 	uint64_t busy = col_u64(r, row, 14);
 	size_t k = 0;
 	for (unsigned i = 0; i < 64; i++)
@@ -171,6 +173,10 @@ static void reply_node_cb(enum pg_status st, PGresult *res, const char *ss, cons
 		Gpumatch__V1__UndrainNodeResponse resp = GPUMATCH__V1__UNDRAIN_NODE_RESPONSE__INIT;
 		resp.node = n;
 		rpc_reply(call, &resp.base);
+	} else if (strstr(path, "/RetireNode")) {
+		Gpumatch__V1__RetireNodeResponse resp = GPUMATCH__V1__RETIRE_NODE_RESPONSE__INIT;
+		resp.node = n;
+		rpc_reply(call, &resp.base);
 	} else if (strstr(path, "/CordonNode")) {
 		Gpumatch__V1__CordonNodeResponse resp = GPUMATCH__V1__CORDON_NODE_RESPONSE__INIT;
 		resp.node = n;
@@ -254,15 +260,42 @@ static void register_cb(enum pg_status st, PGresult *res, const char *ss, const 
                         void *arg)
 {
 	struct reg_ctx *rc = arg;
+	/* columns: the node's id (NULL: nothing written), the first GPU
+	 * whose uuid another live node holds (ordinal, that node, whether it
+	 * is this operator's), the state of the node to update */
 	if (st != PG_OK) {
-		if (!strcmp(ss, "23505"))
+		if (!strcmp(ss, "23505") && err && strstr(err, "gpus_uuid_held_key"))
+			/* a concurrent registration took it after our check */
+			rpc_error(rc->call, RPC_ALREADY_EXISTS,
+			          "gpus: a GPU uuid of this node was just registered by another "
+			          "node");
+		else if (!strcmp(ss, "23505"))
 			rpc_error(
 			    rc->call, RPC_ALREADY_EXISTS,
 			    "name: this operator already has a node with that name; register with "
 			    "its nodeId to update it");
 		else
 			reply_pg_error(rc->call, st, ss, err);
-	} else if (PQntuples(res) != 1) {
+	} else if (PQntuples(res) == 1 && !PQgetisnull(res, 0, 1)) {
+		int i = (int)col_i64(res, 0, 1) - 1;
+		if (!strcmp(PQgetvalue(res, 0, 3), "t"))
+			rpc_error(
+			    rc->call, RPC_ALREADY_EXISTS,
+			    "gpus[%d].uuid: this GPU is already registered as node %s; retire "
+			    "that node first (gpumatch node retire %s)",
+			    i, PQgetvalue(res, 0, 2), PQgetvalue(res, 0, 2));
+		else
+			rpc_error(rc->call, RPC_ALREADY_EXISTS,
+			          "gpus[%d].uuid: this GPU is already registered by another "
+			          "operator's node",
+			          i);
+	} else if (PQntuples(res) == 1 && rc->update && !PQgetisnull(res, 0, 4) &&
+	           col_i64(res, 0, 4) == 6) {
+		rpc_error(rc->call, RPC_FAILED_PRECONDITION,
+		          "nodeId: node %" PRIu64 " is retired; register without a nodeId to add "
+		          "the machine again",
+		          rc->node_id);
+	} else if (PQntuples(res) != 1 || PQgetisnull(res, 0, 0)) {
 		if (rc->update)
 			rpc_error(rc->call, RPC_NOT_FOUND, "nodeId: node %" PRIu64 " not found",
 			          rc->node_id);
@@ -367,6 +400,15 @@ void nodes_register(struct rpc_call *call, const ProtobufCMessage *msg)
 	free(st);
 	facts.id = 0;
 	for (size_t i = 0; i < req->n_gpus; i++) {
+		for (size_t k = 0; k < i && req->gpus[i]->uuid[0]; k++) {
+			if (!strcmp(req->gpus[k]->uuid, req->gpus[i]->uuid)) {
+				rpc_error(call, RPC_INVALID_ARGUMENT,
+				          "gpus[%zu].uuid: the same as gpus[%zu].uuid (one GPU "
+				          "listed twice)",
+				          i, k);
+				return;
+			}
+		}
 		if (req->gpus[i]->verified) {
 			rpc_error(
 			    call, RPC_INVALID_ARGUMENT,
@@ -416,8 +458,21 @@ void nodes_register(struct rpc_call *call, const ProtobufCMessage *msg)
 		                 uuid.s,
 		                 mem.s,
 		                 fmt_u64(&nid, req->node_id) };
+	/* A GPU another live node holds (gpus.uuid_held, unique) is refused
+	 * before anything is written, naming it; the unique constraint only
+	 * catches a concurrent registration. */
+#define REG_TAKEN                                                              \
+	"taken AS (SELECT x.o, g.node_id, n.operator_id = $1::bigint AS mine"  \
+	"   FROM unnest($9::text[]) WITH ORDINALITY x(u, o)"                   \
+	"   JOIN gpus g ON g.uuid_held = x.u JOIN nodes n ON n.id = g.node_id" \
+	"   WHERE x.u <> '' AND g.node_id <> $11::bigint ORDER BY x.o LIMIT 1),"
+#define REG_RESULT(cte)                                                                   \
+	" SELECT (SELECT id FROM " cte "), t.o, t.node_id, t.mine,"                       \
+	"  (SELECT state FROM nodes WHERE id = $11::bigint AND operator_id = $1::bigint)" \
+	" FROM (SELECT 1) one LEFT JOIN taken t ON true"
 	const char *sql_new =
-	    "WITH lim AS (SELECT node_limit FROM operators WHERE id = $1::bigint AND state = 1),"
+	    "WITH " REG_TAKEN
+	    " lim AS (SELECT node_limit FROM operators WHERE id = $1::bigint AND state = 1),"
 	    " cnt AS (SELECT count(*) AS c FROM nodes WHERE operator_id = $1::bigint AND state <> "
 	    "6),"
 	    " ins AS (INSERT INTO nodes (operator_id, name, region, price_micros, state,"
@@ -425,25 +480,27 @@ void nodes_register(struct rpc_call *call, const ProtobufCMessage *msg)
 	    "   state_reason)"
 	    "   SELECT $1::bigint, $2, $3, $4::bigint, 1, 1, $5::bytea, $6::bigint, $6::bigint,"
 	    "   $6::bigint, 'registered' FROM lim, cnt WHERE cnt.c < lim.node_limit"
-	    "   AND $11::bigint = 0 RETURNING id),"
-	    " g AS (INSERT INTO gpus (node_id, idx, model, uuid, memory_mib)"
-	    "   SELECT ins.id, u.i, u.m, u.u, u.mem FROM ins,"
-	    "   unnest($7::integer[], $8::text[], $9::text[], $10::integer[]) AS u(i, m, u, mem))"
-	    " SELECT id FROM ins";
+	    "   AND $11::bigint = 0 AND NOT EXISTS (SELECT 1 FROM taken) RETURNING id),"
+	    " g AS (INSERT INTO gpus (node_id, idx, model, uuid, memory_mib, uuid_held)"
+	    "   SELECT ins.id, u.i, u.m, u.u, u.mem, nullif(u.u, '') FROM ins,"
+	    "   unnest($7::integer[], $8::text[], $9::text[], $10::integer[]) AS u(i, m, u, "
+	    "mem))" REG_RESULT("ins");
 	const char *sql_update =
-	    "WITH up AS (UPDATE nodes SET name = $2, region = $3, price_micros = $4::bigint,"
+	    "WITH " REG_TAKEN
+	    " up AS (UPDATE nodes SET name = $2, region = $3, price_micros = $4::bigint,"
 	    "   facts_pb = $5::bytea, updated_at_us = $6::bigint,"
 	    /* new facts carry no verified figures: a verified node probes again */
 	    "   verification_status = CASE WHEN verification_status = 3 THEN 1"
 	    "   ELSE verification_status END"
-	    "   WHERE id = $11::bigint AND operator_id = $1::bigint AND state <> 6 RETURNING id),"
+	    "   WHERE id = $11::bigint AND operator_id = $1::bigint AND state <> 6"
+	    "   AND NOT EXISTS (SELECT 1 FROM taken) RETURNING id),"
 	    " d AS (DELETE FROM gpus WHERE node_id IN (SELECT id FROM up)),"
-	    " g AS (INSERT INTO gpus (node_id, idx, model, uuid, memory_mib)"
-	    "   SELECT up.id, u.i, u.m, u.u, u.mem FROM up,"
+	    " g AS (INSERT INTO gpus (node_id, idx, model, uuid, memory_mib, uuid_held)"
+	    "   SELECT up.id, u.i, u.m, u.u, u.mem, nullif(u.u, '') FROM up,"
 	    "   unnest($7::integer[], $8::text[], $9::text[], $10::integer[]) AS u(i, m, u, mem)"
 	    "   ON CONFLICT (node_id, idx) DO UPDATE SET model = excluded.model,"
-	    "   uuid = excluded.uuid, memory_mib = excluded.memory_mib)"
-	    " SELECT id FROM up";
+	    "   uuid = excluded.uuid, memory_mib = excluded.memory_mib,"
+	    "   uuid_held = excluded.uuid_held)" REG_RESULT("up");
 	if (pg_exec(app_get()->pg, NULL, rc->update ? sql_update : sql_new, 11, params, register_cb,
 	            rc)) {
 		free(rc);
@@ -501,10 +558,11 @@ static void list_nodes_cb(enum pg_status st, PGresult *res, const char *ss, cons
 		node_borrow(ptrs[built], res, built, &sc[built], &saved[3 * built],
 		            &saved[3 * built + 1], &saved[3 * built + 2]);
 	}
-	if (rows > lc->page_size && n > 0)
-		page_token_encode(ptrs[n - 1]->id, token, sizeof token);
+	size_t shown = page_fit((const void *const *)ptrs, (size_t)n);
+	if ((rows > lc->page_size || shown < (size_t)n) && n > 0)
+		page_token_encode(ptrs[shown - 1]->id, token, sizeof token);
 	Gpumatch__V1__ListNodesResponse resp = GPUMATCH__V1__LIST_NODES_RESPONSE__INIT;
-	resp.n_nodes = (size_t)n;
+	resp.n_nodes = shown;
 	resp.nodes = ptrs;
 	resp.next_page_token = token;
 	rpc_reply(lc->call, &resp.base);
@@ -579,55 +637,90 @@ void nodes_list(struct rpc_call *call, const ProtobufCMessage *msg)
 /* ---- Heartbeat ----------------------------------------------------------------------------- */
 
 struct hb_ctx {
+	struct batch_item item; /* first: the batch hands it back */
 	struct rpc_call *call;
-	uint64_t node_id;
+	uint64_t node_id, op;
+	int64_t now_us;
+	uint64_t unhealthy;
+	char health[256];
+	char *gidx, *guuid; /* the reported GPUs: array literals of indexes, uuids */
 	size_t n_running;
 	uint64_t running[]; /* the request's running_lease_ids */
 };
 
-static void heartbeat_cb(enum pg_status st, PGresult *res, const char *ss, const char *err,
-                         void *arg)
+static void hb_free(struct hb_ctx *h)
 {
-	struct hb_ctx *h = arg;
+	free(h->gidx);
+	free(h->guuid);
+	free(h);
+}
+
+static void heartbeat_add(struct batch_item *it, struct strbuf *a)
+{
+	struct hb_ctx *h = (struct hb_ctx *)it;
+	sb_printf(&a[0], "%" PRIu64, h->node_id);
+	sb_printf(&a[1], "%" PRIu64, h->op);
+	sb_printf(&a[2], "%" PRId64, h->now_us);
+	sb_puts(&a[3], "\"{");
+	for (size_t i = 0; i < h->n_running; i++)
+		sb_printf(&a[3], "%s%" PRIu64, i ? "," : "", h->running[i]);
+	sb_puts(&a[3], "}\"");
+	sb_printf(&a[4], "%" PRId64, (int64_t)h->unhealthy);
+	sb_array_str(&a[5], h->health);
+	sb_array_str(&a[6], h->gidx);
+	sb_array_str(&a[7], h->guuid);
+}
+
+/* Columns after the element's position: gm_heartbeat's (migration 0019). */
+static void heartbeat_done(struct batch_item *it, enum pg_status st, PGresult *res, int row,
+                           const char *ss, const char *err)
+{
+	struct hb_ctx *h = (struct hb_ctx *)it;
 	if (st != PG_OK) {
 		reply_pg_error(h->call, st, ss, err);
-		free(h);
+		hb_free(h);
 		return;
 	}
-	if (PQntuples(res) != 1) {
+	if (row < 0) {
 		rpc_error(h->call, RPC_NOT_FOUND, "nodeId: node %" PRIu64 " not found", h->node_id);
-		free(h);
+		hb_free(h);
 		return;
 	}
-	if (!PQgetisnull(res, 0, 7)) {
+	if (col_i64(res, row, 3) == GPUMATCH__V1__NODE_STATE__NODE_STATE_DISABLED) {
+		rpc_error(h->call, RPC_FAILED_PRECONDITION,
+		          "nodeId: node %" PRIu64 " is retired; its agent should stop", h->node_id);
+		hb_free(h);
+		return;
+	}
+	if (!PQgetisnull(res, row, 8)) {
 		/* a GPU the node did not register: nothing stored */
-		int i = (int)col_i64(res, 0, 7) - 1;
-		if (!strcmp(PQgetvalue(res, 0, 8), "index"))
-			rpc_error(h->call, RPC_INVALID_ARGUMENT,
-			          "gpus[%d].index: node %" PRIu64
-			          " has no GPU %s (it registered %s)",
-			          i, h->node_id, PQgetvalue(res, 0, 9), PQgetvalue(res, 0, 10));
+		int i = (int)col_i64(res, row, 8) - 1;
+		if (!strcmp(PQgetvalue(res, row, 9), "index"))
+			rpc_error(
+			    h->call, RPC_INVALID_ARGUMENT,
+			    "gpus[%d].index: node %" PRIu64 " has no GPU %s (it registered %s)", i,
+			    h->node_id, PQgetvalue(res, row, 10), PQgetvalue(res, row, 11));
 		else
 			rpc_error(h->call, RPC_INVALID_ARGUMENT,
 			          "gpus[%d].uuid: not the uuid GPU %s of node %" PRIu64
 			          " registered with",
-			          i, PQgetvalue(res, 0, 9), h->node_id);
-		free(h);
+			          i, PQgetvalue(res, row, 10), h->node_id);
+		hb_free(h);
 		return;
 	}
-	if (!PQgetisnull(res, 0, 6)) {
-		int i = (int)col_i64(res, 0, 6) - 1;
+	if (!PQgetisnull(res, row, 7)) {
+		int i = (int)col_i64(res, row, 7) - 1;
 		rpc_error(h->call, RPC_INVALID_ARGUMENT,
 		          "runningLeaseIds[%d]: lease %" PRIu64 " is not a lease of node %" PRIu64,
 		          i, i >= 0 && (size_t)i < h->n_running ? h->running[i] : 0, h->node_id);
-		free(h);
+		hb_free(h);
 		return;
 	}
 	struct app *a = app_get();
-	int state = (int)col_i64(res, 0, 0), old = (int)col_i64(res, 0, 2);
+	int state = (int)col_i64(res, row, 1), old = (int)col_i64(res, row, 3);
 	/* a GPU turned unhealthy or healthy again: the scheduler re-reads
 	 * the node (no new work while any GPU is unhealthy) */
-	bool health_changed = !strcmp(PQgetvalue(res, 0, 5), "t");
+	bool health_changed = !strcmp(PQgetvalue(res, row, 6), "t");
 	if (health_changed)
 		log_info("node gpu health changed node=%" PRIu64, h->node_id);
 	if (state != old || health_changed)
@@ -636,23 +729,24 @@ static void heartbeat_cb(enum pg_status st, PGresult *res, const char *ss, const
 	resp.server_time_us = now_us();
 	resp.next_heartbeat_ms = (uint32_t)a->cfg.heartbeat_interval_ms;
 	resp.node_state = (Gpumatch__V1__NodeState)state;
-	resp.verification_status = (Gpumatch__V1__VerificationStatus)col_i64(res, 0, 1);
-	/* stop commands: "id:deadline:reason;" */
+	resp.verification_status = (Gpumatch__V1__VerificationStatus)col_i64(res, row, 2);
+	/* stop commands: "id:deadline:stop_kind:reason;" */
 	Gpumatch__V1__LeaseCommand cmds[64], *cptrs[64];
-	char *stops = strdup(PQgetvalue(res, 0, 3));
+	char *stops = strdup(PQgetvalue(res, row, 4));
 	size_t nc = 0;
 	for (char *save = NULL, *tok = stops ? strtok_r(stops, ";", &save) : NULL; tok && nc < 64;
 	     tok = strtok_r(NULL, ";", &save)) {
 		unsigned long long id;
 		long long deadline;
-		int used = 0;
-		if (sscanf(tok, "%llu:%lld:%n", &id, &deadline, &used) < 2)
+		int used = 0, kind = 0;
+		if (sscanf(tok, "%llu:%lld:%d:%n", &id, &deadline, &kind, &used) < 3 || !used)
 			continue;
 		gpumatch__v1__lease_command__init(&cmds[nc]);
 		cmds[nc].lease_id = id;
 		cmds[nc].action = GPUMATCH__V1__LEASE_ACTION__LEASE_ACTION_STOP;
 		cmds[nc].deadline_us = deadline;
 		cmds[nc].reason = tok + used;
+		cmds[nc].interrupt = kind == 6; /* the node stops: INTERRUPTED */
 		cptrs[nc] = &cmds[nc];
 		nc++;
 	}
@@ -660,7 +754,7 @@ static void heartbeat_cb(enum pg_status st, PGresult *res, const char *ss, const
 	resp.commands = cptrs;
 	uint64_t unknown[256];
 	size_t nu = 0;
-	const char *u = PQgetvalue(res, 0, 4);
+	const char *u = PQgetvalue(res, row, 5);
 	while (*u && nu < 256) {
 		char *end;
 		unknown[nu++] = strtoull(u, &end, 10);
@@ -672,8 +766,29 @@ static void heartbeat_cb(enum pg_status st, PGresult *res, const char *ss, const
 	resp.unknown_lease_ids = unknown;
 	rpc_reply(h->call, &resp.base);
 	free(stops);
-	free(h);
+	hb_free(h);
 }
+
+static uint64_t heartbeat_key(const struct batch_item *it)
+{
+	return ((const struct hb_ctx *)it)->node_id;
+}
+
+/* REGISTERED and LOST nodes become READY with their first heartbeat;
+ * draining, cordoned and disabled ones keep their state. */
+static struct batch_kind heartbeats = {
+	.name = "heartbeat",
+	.sql = "SELECT u.i, h.* FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[],"
+	       " $5::bigint[], $6::text[], $7::text[], $8::text[])"
+	       " WITH ORDINALITY u(node, op, now, running, bad, health, gidx, guuid, i)"
+	       " CROSS JOIN LATERAL gm_heartbeat(u.node, u.op, u.now, u.running::bigint[], u.bad,"
+	       " u.health, u.gidx::integer[], u.guuid::text[]) h",
+	.nparams = 8,
+	.max = 512,
+	.key = heartbeat_key, /* node rows locked in id order, as reports do */
+	.add = heartbeat_add,
+	.done = heartbeat_done,
+};
 
 /* Reads the heartbeat's per-GPU health: the GPUs reported UNHEALTHY or
  * MISSING as a mask, and a line saying why. Answers invalid_argument and
@@ -723,6 +838,57 @@ static int gpu_health(const Gpumatch__V1__HeartbeatRequest *req, uint64_t *mask,
 	return 0;
 }
 
+bool nodes_valid_digest(const char *d)
+{
+	if (!d || !*d)
+		return true;
+	if (strncmp(d, "sha256:", 7) || strlen(d) != 7 + 64)
+		return false;
+	for (d += 7; *d; d++)
+		if (!((*d >= '0' && *d <= '9') || (*d >= 'a' && *d <= 'f')))
+			return false;
+	return true;
+}
+
+static void progress_cb(enum pg_status st, PGresult *res, const char *ss, const char *err,
+                        void *arg)
+{
+	(void)res;
+	(void)ss;
+	(void)arg;
+	if (st != PG_OK)
+		log_warn("lease progress not recorded err=\"%s\"", err ? err : "");
+}
+
+/* The container phase of the node's leases (PULLING with bytes, STARTING,
+ * RUNNING) and the image digest once known, as GetJob shows them. Entries
+ * that do not fit (unknown phase, bad digest) are skipped: progress is
+ * informational and never fails a heartbeat. */
+static void nodes_record_progress(struct rpc_call *call, const Gpumatch__V1__HeartbeatRequest *req)
+{
+	for (size_t i = 0; i < req->n_progress && i < 256; i++) {
+		const Gpumatch__V1__LeaseProgress *p = req->progress[i];
+		if (strcmp(p->phase, "PULLING") && strcmp(p->phase, "STARTING") &&
+		    strcmp(p->phase, "RUNNING"))
+			continue;
+		if (!nodes_valid_digest(p->image_digest) || p->pulled_bytes < 0)
+			continue;
+		struct numbuf l, n, o, b;
+		const char *params[] = {
+			fmt_u64(&l, p->lease_id),          fmt_u64(&n, req->node_id),
+			fmt_u64(&o, scope_operator(call)), p->phase,
+			fmt_i64(&b, p->pulled_bytes),      p->image_digest
+		};
+		pg_exec(app_get()->pg, NULL,
+		        "UPDATE leases l SET phase = $4, pulled_bytes = $5::bigint,"
+		        " image_digest = CASE WHEN $6 <> '' THEN $6 ELSE l.image_digest END"
+		        " FROM nodes n WHERE l.id = $1::bigint AND l.node_id = $2::bigint"
+		        " AND n.id = l.node_id AND ($3::bigint = 0 OR n.operator_id = $3::bigint)"
+		        " AND l.state BETWEEN 2 AND 4",
+		        6, params, progress_cb, NULL);
+	}
+}
+
 void nodes_heartbeat(struct rpc_call *call, const ProtobufCMessage *msg)
 {
 	const Gpumatch__V1__HeartbeatRequest *req = (const Gpumatch__V1__HeartbeatRequest *)msg;
@@ -754,24 +920,22 @@ void nodes_heartbeat(struct rpc_call *call, const ProtobufCMessage *msg)
 			return;
 		}
 	}
-	struct strbuf running = { 0 };
-	sb_puts(&running, "{");
-	for (size_t i = 0; i < req->n_running_lease_ids; i++)
-		sb_printf(&running, "%s%" PRIu64, i ? "," : "", req->running_lease_ids[i]);
-	sb_puts(&running, "}");
-	struct hb_ctx *h = malloc(sizeof *h + req->n_running_lease_ids * sizeof(uint64_t));
-	if (!h || running.oom) {
-		free(h);
-		sb_free(&running);
+	nodes_record_progress(call, req);
+	struct hb_ctx *h = calloc(1, sizeof *h + req->n_running_lease_ids * sizeof(uint64_t));
+	if (!h) {
 		rpc_error(call, RPC_INTERNAL, "out of memory");
 		return;
 	}
 	h->call = call;
 	h->node_id = req->node_id;
+	h->op = scope_operator(call);
+	h->now_us = now_us();
+	h->unhealthy = unhealthy;
+	snprintf(h->health, sizeof h->health, "%s", health);
 	h->n_running = req->n_running_lease_ids;
 	if (h->n_running)
 		memcpy(h->running, req->running_lease_ids, h->n_running * sizeof(uint64_t));
-	/* the reported GPUs, checked against the registered ones in the query */
+	/* the reported GPUs, checked against the registered ones (gm_heartbeat) */
 	struct strbuf gidx = { 0 }, guuid = { 0 };
 	sb_puts(&gidx, "{");
 	sb_puts(&guuid, "{");
@@ -783,114 +947,92 @@ void nodes_heartbeat(struct rpc_call *call, const ProtobufCMessage *msg)
 	sb_puts(&gidx, "}");
 	sb_puts(&guuid, "}");
 	if (gidx.oom || guuid.oom) {
+		sb_free(&gidx);
+		sb_free(&guuid);
 		free(h);
 		rpc_error(call, RPC_INTERNAL, "out of memory");
-		goto out;
+		return;
 	}
-	struct numbuf n, o, now, bad;
-	const char *params[] = { fmt_u64(&n, req->node_id),
-		                 fmt_u64(&o, scope_operator(call)),
-		                 fmt_i64(&now, now_us()),
-		                 running.s,
-		                 fmt_i64(&bad, (int64_t)unhealthy),
-		                 health,
-		                 gidx.s,
-		                 guuid.s };
-	/* REGISTERED and LOST nodes become READY with their first heartbeat;
-	 * draining, cordoned and disabled ones keep their state. */
-	if (pg_exec(
-	        app_get()->pg, NULL,
-	        /* the first listed lease that is not this node's: refused, and
-	         * nothing changes */
-	        "WITH bad AS (SELECT min(x.o) AS o FROM unnest($4::bigint[]) WITH ORDINALITY x(id, "
-	        "o)"
-	        "   WHERE NOT EXISTS (SELECT 1 FROM leases l WHERE l.id = x.id"
-	        "     AND l.node_id = $1::bigint)),"
-	        /* the first reported GPU the node did not register (by index),
-	         * or whose uuid is not the registered one (an empty uuid is not
-	         * checked): refused, and nothing changes */
-	        " gbad AS (SELECT x.o, CASE WHEN g.idx IS NULL THEN 'index' ELSE 'uuid' END AS"
-	        "   what, x.i, (SELECT count(*) FROM gpus WHERE node_id = $1::bigint) AS n"
-	        "   FROM unnest($7::integer[], $8::text[]) WITH ORDINALITY x(i, u, o)"
-	        "   LEFT JOIN gpus g ON g.node_id = $1::bigint AND g.idx = x.i"
-	        "   WHERE g.idx IS NULL OR (x.u <> '' AND x.u <> g.uuid) ORDER BY x.o LIMIT 1),"
-	        " old AS (SELECT state, unhealthy_gpus FROM nodes WHERE id = $1::bigint"
-	        "   AND ($2::bigint = 0 OR operator_id = $2::bigint) AND state <> 6 FOR UPDATE),"
-	        " up AS (UPDATE nodes n SET last_heartbeat_us = $3::bigint,"
-	        "   running_leases = $4::bigint[],"
-	        "   leases_unlisted = EXISTS (SELECT 1 FROM leases l WHERE l.node_id = $1::bigint"
-	        "     AND l.state IN (2, 3) AND NOT (l.id = ANY ($4::bigint[]))),"
-	        "   heartbeats_received = heartbeats_received + 1,"
-	        "   state = CASE WHEN n.state = 1 THEN 2"
-	        "     WHEN n.state = 5 THEN (CASE WHEN n.admin_hold THEN 4 ELSE 2 END)"
-	        "     ELSE n.state END,"
-	        "   state_changed_at_us = CASE WHEN n.state IN (1, 5) THEN $3::bigint"
-	        "     ELSE n.state_changed_at_us END,"
-	        "   state_reason = CASE WHEN n.state IN (1, 5) THEN 'heartbeating'"
-	        "     ELSE n.state_reason END,"
-	        "   unhealthy_gpus = $5::bigint, health_reason = $6"
-	        "   FROM old, bad WHERE n.id = $1::bigint AND bad.o IS NULL"
-	        "   AND NOT EXISTS (SELECT 1 FROM gbad)"
-	        "   RETURNING n.state, n.verification_status)"
-	        " SELECT up.state, up.verification_status, old.state,"
-	        "  (SELECT coalesce(string_agg(l.id || ':' || l.stop_deadline_us || ':' ||"
-	        "     l.stop_reason, ';'), '') FROM leases l"
-	        "    WHERE l.node_id = $1::bigint AND l.state = 4),"
-	        "  (SELECT coalesce(string_agg(x::text, ','), '') FROM unnest($4::bigint[]) x"
-	        "    WHERE NOT EXISTS (SELECT 1 FROM leases l WHERE l.id = x"
-	        "      AND l.node_id = $1::bigint AND l.state BETWEEN 2 AND 4))"
-	        "  , old.unhealthy_gpus <> $5::bigint, bad.o, gbad.o, gbad.what, gbad.i,"
-	        "  CASE WHEN gbad.n = 1 THEN '1 GPU, index 0'"
-	        "   ELSE gbad.n || ' GPUs, indexes 0..' || (gbad.n - 1) END"
-	        " FROM old CROSS JOIN bad LEFT JOIN gbad ON true LEFT JOIN up ON true",
-	        8, params, heartbeat_cb, h)) {
-		free(h);
-		rpc_error(call, RPC_UNAVAILABLE, "shutting down");
-	}
-out:
-	sb_free(&gidx);
-	sb_free(&guuid);
-	sb_free(&running);
+	h->gidx = gidx.s;
+	h->guuid = guuid.s;
+	/* the first listed lease that is not this node's, or the first GPU it
+	 * did not register, refuses the heartbeat, and nothing changes */
+	batch_add(app_get()->pg, &heartbeats, &h->item);
 }
 
 /* ---- AcquireLease (long poll) ------------------------------------------------------------------ */
 
 struct waiter {
+	struct batch_item item; /* first: the claim batch hands it back */
 	struct rpc_call *call;
 	uint64_t node_id;
 	uint64_t op;
 	int64_t until_us;
-	bool querying; /* a claim query is in flight */
+	bool querying; /* queued for, or in, a claim batch */
 	bool again;    /* woken while querying */
 	bool aborted;  /* the call ended without us */
 	bool done;
-	struct waiter *next;
+	struct waiter *next, **pprev;   /* all waiters, doubly linked: unlinking is O(1) */
+	struct waiter *hnext, **hpprev; /* the waiters of one node hash bucket */
 };
+
+/* Waiters by node id: a placement wakes its node's waiters without
+ * walking every waiting node. */
+#define WAITER_BUCKETS 16384
 
 static struct {
 	struct waiter *head;
+	struct waiter *bucket[WAITER_BUCKETS];
 	struct event *poll_ev;
 	bool draining;
+	bool scanning;             /* the timer's query for nodes with leases to hand out */
 	uint64_t offers_committed; /* for test_die_after_lease_commit */
 } W;
 
+static struct waiter **waiter_bucket(uint64_t node_id)
+{
+	return &W.bucket[(node_id * 0x9E3779B97F4A7C15ULL) >> 50];
+}
+
+static void waiter_link(struct waiter *w)
+{
+	w->next = W.head;
+	if (W.head)
+		W.head->pprev = &w->next;
+	w->pprev = &W.head;
+	W.head = w;
+	struct waiter **b = waiter_bucket(w->node_id);
+	w->hnext = *b;
+	if (*b)
+		(*b)->hpprev = &w->hnext;
+	w->hpprev = b;
+	*b = w;
+}
+
 static void waiter_unlink(struct waiter *w)
 {
-	for (struct waiter **p = &W.head; *p; p = &(*p)->next) {
-		if (*p == w) {
-			*p = w->next;
-			return;
-		}
-	}
+	if (!w->pprev)
+		return;
+	*w->pprev = w->next;
+	if (w->next)
+		w->next->pprev = w->pprev;
+	w->next = NULL;
+	w->pprev = NULL;
+	*w->hpprev = w->hnext;
+	if (w->hnext)
+		w->hnext->hpprev = w->hpprev;
+	w->hnext = NULL;
+	w->hpprev = NULL;
 }
 
 static void try_claim(struct waiter *w);
 
-#define LEASE_COLS                                                                           \
-	"l.id, l.job_id, l.node_id, l.gpu_mask, l.state, l.assigned_at_us, l.started_at_us," \
-	" l.deadline_us, l.ended_at_us, l.stop_deadline_us, l.fencing_token, l.gang_index,"  \
-	" l.gang_size, l.last_report_seq, l.exit_code, l.term_signal, l.price_micros,"       \
-	" l.offered_at_us"
+#define LEASE_COLS_OF(p)                                                                      \
+	p "id, " p "job_id, " p "node_id, " p "gpu_mask, " p "state, " p "assigned_at_us, " p \
+	  "started_at_us, " p "deadline_us, " p "ended_at_us, " p "stop_deadline_us, " p      \
+	  "fencing_token, " p "gang_index, " p "gang_size, " p "last_report_seq, " p          \
+	  "exit_code, " p "term_signal, " p "price_micros, " p "offered_at_us"
+#define LEASE_COLS  LEASE_COLS_OF("l.")
 #define LEASE_NCOLS 18
 
 struct lease_scratch {
@@ -933,9 +1075,21 @@ static void waiter_finish(struct waiter *w)
 	free(w);
 }
 
-static void claim_cb(enum pg_status st, PGresult *res, const char *ss, const char *err, void *arg)
+static void claim_add(struct batch_item *it, struct strbuf *a)
 {
-	struct waiter *w = arg;
+	struct waiter *w = (struct waiter *)it;
+	/* a call that ended meanwhile claims nothing (no node 0) */
+	sb_printf(&a[0], "%" PRIu64, w->aborted ? 0 : w->node_id);
+	sb_printf(&a[1], "%" PRIu64, w->op);
+	sb_printf(&a[2], "%" PRId64, now_us());
+}
+
+/* Columns after the element's position: LEASE_COLS, spec_pb, job name,
+ * tenant. */
+static void claim_done(struct batch_item *it, enum pg_status st, PGresult *res, int row,
+                       const char *ss, const char *err)
+{
+	struct waiter *w = (struct waiter *)it;
 	w->querying = false;
 	if (w->aborted) {
 		waiter_finish(w);
@@ -946,22 +1100,21 @@ static void claim_cb(enum pg_status st, PGresult *res, const char *ss, const cha
 		waiter_finish(w);
 		return;
 	}
-	if (PQntuples(res) == 1) {
-		/* columns: LEASE_COLS, spec_pb, job name, tenant */
+	if (row >= 0) {
 		Gpumatch__V1__AcquireLeaseResponse resp =
 		    GPUMATCH__V1__ACQUIRE_LEASE_RESPONSE__INIT;
 		Gpumatch__V1__Lease lease;
 		struct lease_scratch ls;
-		lease_from_row(res, 0, 0, &lease, &ls);
+		lease_from_row(res, row, 1, &lease, &ls);
 		size_t len;
-		uint8_t *raw = col_bytea(res, 0, LEASE_NCOLS, &len);
+		uint8_t *raw = col_bytea(res, row, 1 + LEASE_NCOLS, &len);
 		Gpumatch__V1__JobSpec *spec =
 		    raw ? gpumatch__v1__job_spec__unpack(NULL, len, raw) : NULL;
 		free(raw);
 		resp.lease = &lease;
 		resp.spec = spec;
-		resp.job_name = PQgetvalue(res, 0, LEASE_NCOLS + 1);
-		resp.tenant_id = col_u64(res, 0, LEASE_NCOLS + 2);
+		resp.job_name = PQgetvalue(res, row, 1 + LEASE_NCOLS + 1);
+		resp.tenant_id = col_u64(res, row, 1 + LEASE_NCOLS + 2);
 		int die_after = app_get()->cfg.test_die_after_lease_commit;
 		if (die_after > 0 && ++W.offers_committed >= (uint64_t)die_after) {
 			/* fault injection for tests: the offer is committed, its
@@ -993,26 +1146,31 @@ static void claim_cb(enum pg_status st, PGresult *res, const char *ss, const cha
 	}
 }
 
+/* Each waiter's node hands out its oldest assigned lease, if any, as an
+ * offer; the waiters woken while a batch commits share the next one. */
+static struct batch_kind claims = {
+	.name = "claim",
+	.sql = "WITH w AS (SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[])"
+	       "   WITH ORDINALITY w(node, op, now, i)),"
+	       " c AS (SELECT w.i, w.now, x.id FROM w CROSS JOIN LATERAL"
+	       "   (SELECT l.id FROM leases l JOIN nodes nd ON nd.id = l.node_id"
+	       "     WHERE l.node_id = w.node AND l.state = 1"
+	       "     AND (w.op = 0 OR nd.operator_id = w.op)"
+	       "     ORDER BY l.id LIMIT 1 FOR UPDATE OF l SKIP LOCKED) x),"
+	       " u AS (UPDATE leases l SET state = 2, offered_at_us = c.now FROM c"
+	       "   WHERE l.id = c.id AND l.state = 1 RETURNING c.i, l.*)"
+	       " SELECT l.i, " LEASE_COLS ", j.spec_pb, j.name, j.tenant_id"
+	       " FROM u l JOIN jobs j ON j.id = l.job_id",
+	.nparams = 3,
+	.max = 1024,
+	.add = claim_add,
+	.done = claim_done,
+};
+
 static void try_claim(struct waiter *w)
 {
-	struct numbuf n, o, now;
-	const char *params[] = { fmt_u64(&n, w->node_id), fmt_u64(&o, w->op),
-		                 fmt_i64(&now, now_us()) };
 	w->querying = true;
-	if (pg_exec(app_get()->pg, NULL,
-	            "WITH c AS (SELECT l.id FROM leases l JOIN nodes nd ON nd.id = l.node_id"
-	            "   WHERE l.node_id = $1::bigint AND l.state = 1"
-	            "   AND ($2::bigint = 0 OR nd.operator_id = $2::bigint)"
-	            "   ORDER BY l.id LIMIT 1 FOR UPDATE OF l SKIP LOCKED),"
-	            " u AS (UPDATE leases l SET state = 2, offered_at_us = $3::bigint FROM c"
-	            "   WHERE l.id = c.id RETURNING l.*)"
-	            " SELECT " LEASE_COLS ", j.spec_pb, j.name, j.tenant_id"
-	            " FROM u l JOIN jobs j ON j.id = l.job_id",
-	            3, params, claim_cb, w)) {
-		w->querying = false;
-		rpc_error(w->call, RPC_UNAVAILABLE, "shutting down");
-		waiter_finish(w);
-	}
+	batch_add(app_get()->pg, &claims, &w->item);
 }
 
 static void waiter_abort(struct rpc_call *call, void *arg)
@@ -1026,7 +1184,7 @@ static void waiter_abort(struct rpc_call *call, void *arg)
 
 void nodes_wake(uint64_t node_id)
 {
-	for (struct waiter *w = W.head; w; w = w->next) {
+	for (struct waiter *w = *waiter_bucket(node_id); w; w = w->hnext) {
 		if (w->node_id != node_id || w->aborted)
 			continue;
 		if (w->querying)
@@ -1036,17 +1194,47 @@ void nodes_wake(uint64_t node_id)
 	}
 }
 
+static void scan_cb(enum pg_status st, PGresult *res, const char *ss, const char *err, void *arg)
+{
+	(void)ss;
+	(void)err;
+	(void)arg;
+	W.scanning = false;
+	int n = st == PG_OK ? PQntuples(res) : 0;
+	for (int i = 0; i < n; i++)
+		nodes_wake(col_u64(res, i, 0));
+}
+
 static void poll_cb(evutil_socket_t fd, short ev, void *arg)
 {
 	(void)fd;
 	(void)ev;
 	(void)arg;
-	/* catches leases placed by another replica's leader, and timeouts */
+	/* Ends the polls whose wait is over, then catches leases placed by
+	 * another replica's leader (or whose wake-up was missed) with one
+	 * query for the whole set of waiters, not one per waiter: a fleet of
+	 * idle nodes costs one statement per tick. */
+	int64_t now = now_us();
+	bool idle = false;
 	for (struct waiter *w = W.head, *next; w; w = next) {
 		next = w->next;
-		if (!w->querying && !w->aborted)
-			try_claim(w);
+		if (w->querying || w->aborted)
+			continue;
+		if (now >= w->until_us) {
+			Gpumatch__V1__AcquireLeaseResponse resp =
+			    GPUMATCH__V1__ACQUIRE_LEASE_RESPONSE__INIT;
+			rpc_reply(w->call, &resp.base);
+			waiter_finish(w);
+			continue;
+		}
+		idle = true;
 	}
+	if (!idle || W.scanning)
+		return;
+	W.scanning = true;
+	if (pg_exec(app_get()->pg, NULL, "SELECT DISTINCT node_id FROM leases WHERE state = 1", 0,
+	            NULL, scan_cb, NULL))
+		W.scanning = false;
 }
 
 struct own_ctx {
@@ -1079,8 +1267,7 @@ static void own_cb(enum pg_status st, PGresult *res, const char *ss, const char 
 	w->node_id = oc->node_id;
 	w->op = oc->op;
 	w->until_us = now_us() + (int64_t)oc->wait_ms * 1000;
-	w->next = W.head;
-	W.head = w;
+	waiter_link(w);
 	if (oc->wait_ms) {
 		rpc_set_timeout(oc->call, (int)oc->wait_ms + 5000);
 		rpc_on_abort(oc->call, waiter_abort, w);
@@ -1126,81 +1313,85 @@ void nodes_acquire_lease(struct rpc_call *call, const ProtobufCMessage *msg)
 /* ---- ReportLease ---------------------------------------------------------------------------------- */
 
 struct report_ctx {
+	struct batch_item item; /* first: the batch hands it back */
 	struct rpc_call *call;
-	uint64_t lease_id, node_id, seq;
-	bool duplicate;
+	uint64_t lease_id, node_id, op, fence, seq;
+	int state, exit_code, term_signal;
+	int64_t now_us, started_at_us, exited_at_us;
 	bool succeeded;   /* reported SUCCEEDED: a sample for the learned speeds */
 	double work_done; /* ReportLeaseRequest.work_done */
+	int failure_reason;
+	char image_digest[80]; /* "" or sha256:<64 hex> (checked) */
+	char *message;
 };
 
-static void report_lease_row_cb(enum pg_status st, PGresult *res, const char *ss, const char *err,
-                                void *arg)
+static void report_free(struct report_ctx *rc)
 {
-	struct report_ctx *rc = arg;
-	if (st != PG_OK) {
-		reply_pg_error(rc->call, st, ss, err);
-	} else if (PQntuples(res) != 1) {
-		rpc_error(rc->call, RPC_NOT_FOUND, "leaseId: not found");
-	} else {
-		Gpumatch__V1__ReportLeaseResponse resp = GPUMATCH__V1__REPORT_LEASE_RESPONSE__INIT;
-		Gpumatch__V1__Lease lease;
-		struct lease_scratch ls;
-		lease_from_row(res, 0, 0, &lease, &ls);
-		resp.lease = &lease;
-		resp.duplicate = rc->duplicate;
-		Gpumatch__V1__LeaseCommand cmd = GPUMATCH__V1__LEASE_COMMAND__INIT;
-		if (lease.state == GPUMATCH__V1__LEASE_STATE__LEASE_STATE_STOPPING) {
-			cmd.lease_id = lease.id;
-			cmd.action = GPUMATCH__V1__LEASE_ACTION__LEASE_ACTION_STOP;
-			cmd.deadline_us = lease.stop_deadline_us;
-			cmd.reason = PQgetvalue(res, 0, LEASE_NCOLS);
-		} else {
-			cmd.lease_id = lease.id;
-			cmd.action = lease.state <= GPUMATCH__V1__LEASE_STATE__LEASE_STATE_RUNNING
-			                 ? GPUMATCH__V1__LEASE_ACTION__LEASE_ACTION_CONTINUE
-			                 : GPUMATCH__V1__LEASE_ACTION__LEASE_ACTION_UNSPECIFIED;
-		}
-		if (cmd.action)
-			resp.command = &cmd;
-		rpc_reply(rc->call, &resp.base);
-	}
+	free(rc->message);
 	free(rc);
 }
 
-static void report_cb(enum pg_status st, PGresult *res, const char *ss, const char *err, void *arg)
+static void report_add(struct batch_item *it, struct strbuf *a)
 {
-	struct report_ctx *rc = arg;
+	struct report_ctx *rc = (struct report_ctx *)it;
+	struct app *ap = app_get();
+	sb_printf(&a[0], "%" PRIu64, rc->lease_id);
+	sb_printf(&a[1], "%" PRIu64, rc->node_id);
+	sb_printf(&a[2], "%" PRIu64, rc->op);
+	sb_printf(&a[3], "%" PRIu64, rc->fence);
+	sb_printf(&a[4], "%" PRIu64, rc->seq);
+	sb_printf(&a[5], "%d", rc->state);
+	sb_printf(&a[6], "%d", rc->exit_code);
+	sb_printf(&a[7], "%d", rc->term_signal);
+	sb_array_str(&a[8], rc->message);
+	sb_printf(&a[9], "%" PRId64, rc->now_us);
+	sb_printf(&a[10], "%d", ap->cfg.max_attempts);
+	sb_printf(&a[11], "%" PRId64, rc->started_at_us);
+	sb_printf(&a[12], "%" PRId64, rc->exited_at_us);
+	sb_printf(&a[13], "%" PRId64, (int64_t)ap->cfg.heartbeat_interval_ms * 1000);
+	sb_printf(&a[14], "%d", rc->failure_reason);
+	sb_array_str(&a[15], rc->image_digest);
+}
+
+/* Columns after the element's position: status, job_id, job_state,
+ * job_done, requeued, the seq applied before, the lease (LEASE_COLS), its
+ * stop_reason and stop_kind, all of gm_report_leases (migration 0019). */
+#define REPORT_C_LEASE 7
+static void report_done(struct batch_item *it, enum pg_status st, PGresult *res, int row,
+                        const char *ss, const char *err)
+{
+	struct report_ctx *rc = (struct report_ctx *)it;
 	if (st != PG_OK) {
 		reply_pg_error(rc->call, st, ss, err);
-		free(rc);
+		report_free(rc);
 		return;
 	}
-	const char *status = PQntuples(res) == 1 ? PQgetvalue(res, 0, 0) : "not_found";
+	const char *status = row >= 0 ? PQgetvalue(res, row, 1) : "not_found";
 	if (!strcmp(status, "not_found")) {
 		rpc_error(rc->call, RPC_NOT_FOUND,
 		          "leaseId: lease %" PRIu64 " not found on this node", rc->lease_id);
-		free(rc);
+		report_free(rc);
 		return;
 	}
 	if (!strcmp(status, "other_node")) {
 		rpc_error(rc->call, RPC_FAILED_PRECONDITION,
 		          "leaseId: lease %" PRIu64 " is not a lease of node %" PRIu64,
 		          rc->lease_id, rc->node_id);
-		free(rc);
+		report_free(rc);
 		return;
 	}
 	if (!strcmp(status, "stale")) {
 		rpc_error(rc->call, RPC_FAILED_PRECONDITION,
 		          "fencingToken: does not match the lease's; the lease was re-placed");
-		free(rc);
+		report_free(rc);
 		return;
 	}
 	if (!strcmp(status, "out_of_order")) {
 		rpc_error(rc->call, RPC_FAILED_PRECONDITION,
 		          "seq: %" PRIu64 " is older than the last report applied to lease %" PRIu64
 		          " (%s); reports of a lease carry increasing seq",
-		          rc->seq, rc->lease_id, PQgetvalue(res, 0, 5));
-		free(rc);
+		          rc->seq, rc->lease_id, PQgetvalue(res, row, 6));
+		report_free(rc);
 		return;
 	}
 	if (!strcmp(status, "not_offered")) {
@@ -1208,26 +1399,63 @@ static void report_cb(enum pg_status st, PGresult *res, const char *ss, const ch
 		          "leaseId: lease %" PRIu64
 		          " was not handed to this node yet (AcquireLease)",
 		          rc->lease_id);
-		free(rc);
+		report_free(rc);
 		return;
 	}
-	rc->duplicate = !strcmp(status, "duplicate");
+	bool duplicate = !strcmp(status, "duplicate");
 	if (rc->succeeded && !strcmp(status, "ok"))
 		speeds_learn(app_get(), rc->lease_id, rc->work_done);
-	if (!strcmp(PQgetvalue(res, 0, 3), "t")) {
+	if (!strcmp(PQgetvalue(res, row, 4), "t")) {
 		struct app *a = app_get();
-		schedloop_job_ended(a, col_u64(res, 0, 1), !strcmp(PQgetvalue(res, 0, 4), "t"));
+		schedloop_job_ended(a, col_u64(res, row, 2), !strcmp(PQgetvalue(res, row, 5), "t"));
 		outbox_kick(a);
 	}
-	struct numbuf l;
-	const char *params[] = { fmt_u64(&l, rc->lease_id) };
-	if (pg_exec(app_get()->pg, NULL,
-	            "SELECT " LEASE_COLS ", l.stop_reason FROM leases l WHERE l.id = $1::bigint", 1,
-	            params, report_lease_row_cb, rc)) {
-		rpc_error(rc->call, RPC_UNAVAILABLE, "shutting down");
-		free(rc);
+	if (PQgetisnull(res, row, REPORT_C_LEASE)) {
+		rpc_error(rc->call, RPC_NOT_FOUND, "leaseId: not found");
+		report_free(rc);
+		return;
 	}
+	Gpumatch__V1__ReportLeaseResponse resp = GPUMATCH__V1__REPORT_LEASE_RESPONSE__INIT;
+	Gpumatch__V1__Lease lease;
+	struct lease_scratch ls;
+	lease_from_row(res, row, REPORT_C_LEASE, &lease, &ls);
+	resp.lease = &lease;
+	resp.duplicate = duplicate;
+	Gpumatch__V1__LeaseCommand cmd = GPUMATCH__V1__LEASE_COMMAND__INIT;
+	if (lease.state == GPUMATCH__V1__LEASE_STATE__LEASE_STATE_STOPPING) {
+		cmd.lease_id = lease.id;
+		cmd.action = GPUMATCH__V1__LEASE_ACTION__LEASE_ACTION_STOP;
+		cmd.deadline_us = lease.stop_deadline_us;
+		cmd.reason = PQgetvalue(res, row, REPORT_C_LEASE + LEASE_NCOLS);
+		cmd.interrupt = col_i64(res, row, REPORT_C_LEASE + LEASE_NCOLS + 1) == 6;
+	} else {
+		cmd.lease_id = lease.id;
+		cmd.action = lease.state <= GPUMATCH__V1__LEASE_STATE__LEASE_STATE_RUNNING
+		                 ? GPUMATCH__V1__LEASE_ACTION__LEASE_ACTION_CONTINUE
+		                 : GPUMATCH__V1__LEASE_ACTION__LEASE_ACTION_UNSPECIFIED;
+	}
+	if (cmd.action)
+		resp.command = &cmd;
+	rpc_reply(rc->call, &resp.base);
+	report_free(rc);
 }
+
+/* the lease columns of a batch function's row r */
+#define R_LEASE_COLS LEASE_COLS_OF("(r.lease).")
+
+static struct batch_kind reports = {
+	.name = "report",
+	.sql = "SELECT r.i, r.status, r.job_id, r.job_state, r.job_done, r.requeued, "
+	       "r.last_seq, " R_LEASE_COLS ", (r.lease).stop_reason, (r.lease).stop_kind"
+	       " FROM gm_report_leases($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[],"
+	       " $5::bigint[], $6::smallint[], $7::integer[], $8::integer[], $9::text[],"
+	       " $10::bigint[], ($11::integer[])[1], $12::bigint[], $13::bigint[],"
+	       " ($14::bigint[])[1], $15::smallint[], $16::text[]) r",
+	.nparams = 16,
+	.max = 512,
+	.add = report_add,
+	.done = report_done,
+};
 
 void nodes_report_lease(struct rpc_call *call, const ProtobufCMessage *msg)
 {
@@ -1245,10 +1473,11 @@ void nodes_report_lease(struct rpc_call *call, const ProtobufCMessage *msg)
 	if (req->state != GPUMATCH__V1__LEASE_STATE__LEASE_STATE_RUNNING &&
 	    req->state != GPUMATCH__V1__LEASE_STATE__LEASE_STATE_SUCCEEDED &&
 	    req->state != GPUMATCH__V1__LEASE_STATE__LEASE_STATE_FAILED &&
-	    req->state != GPUMATCH__V1__LEASE_STATE__LEASE_STATE_EXPIRED) {
+	    req->state != GPUMATCH__V1__LEASE_STATE__LEASE_STATE_EXPIRED &&
+	    req->state != GPUMATCH__V1__LEASE_STATE__LEASE_STATE_INTERRUPTED) {
 		rpc_error(call, RPC_INVALID_ARGUMENT,
 		          "state: must be LEASE_STATE_RUNNING, LEASE_STATE_SUCCEEDED, "
-		          "LEASE_STATE_FAILED or LEASE_STATE_EXPIRED");
+		          "LEASE_STATE_FAILED, LEASE_STATE_EXPIRED or LEASE_STATE_INTERRUPTED");
 		return;
 	}
 	if (req->started_at_us < 0 || req->exited_at_us < 0) {
@@ -1258,7 +1487,24 @@ void nodes_report_lease(struct rpc_call *call, const ProtobufCMessage *msg)
 	}
 	if (req->exited_at_us && req->state == GPUMATCH__V1__LEASE_STATE__LEASE_STATE_RUNNING) {
 		rpc_error(call, RPC_INVALID_ARGUMENT,
-		          "exitedAtUs: only with a final state (SUCCEEDED, FAILED, EXPIRED)");
+		          "exitedAtUs: only with a final state (SUCCEEDED, FAILED, EXPIRED, "
+		          "INTERRUPTED)");
+		return;
+	}
+	if (req->failure_reason &&
+	    (req->state != GPUMATCH__V1__LEASE_STATE__LEASE_STATE_FAILED ||
+	     (req->failure_reason != GPUMATCH__V1__FAILURE_REASON__FAILURE_REASON_OOM &&
+	      req->failure_reason != GPUMATCH__V1__FAILURE_REASON__FAILURE_REASON_IMAGE_PULL &&
+	      req->failure_reason != GPUMATCH__V1__FAILURE_REASON__FAILURE_REASON_AGENT_ERROR))) {
+		rpc_error(call, RPC_INVALID_ARGUMENT,
+		          "failureReason: only with state LEASE_STATE_FAILED, and one of "
+		          "FAILURE_REASON_OOM, FAILURE_REASON_IMAGE_PULL, "
+		          "FAILURE_REASON_AGENT_ERROR");
+		return;
+	}
+	if (!nodes_valid_digest(req->image_digest)) {
+		rpc_error(call, RPC_INVALID_ARGUMENT,
+		          "imageDigest: \"\" or sha256: and 64 lowercase hex digits");
 		return;
 	}
 	if (req->state == GPUMATCH__V1__LEASE_STATE__LEASE_STATE_SUCCEEDED &&
@@ -1283,92 +1529,63 @@ void nodes_report_lease(struct rpc_call *call, const ProtobufCMessage *msg)
 		return;
 	}
 	struct report_ctx *rc = calloc(1, sizeof *rc);
-	if (!rc) {
+	if (!rc || !(rc->message = strdup(req->message))) {
+		free(rc);
 		rpc_error(call, RPC_INTERNAL, "out of memory");
 		return;
 	}
 	rc->call = call;
 	rc->lease_id = req->lease_id;
 	rc->node_id = req->node_id;
+	rc->op = scope_operator(call);
+	rc->fence = req->fencing_token;
 	rc->seq = req->seq;
+	rc->state = req->state;
+	rc->exit_code = req->exit_code;
+	rc->term_signal = req->term_signal;
+	rc->now_us = now_us();
+	rc->started_at_us = req->started_at_us;
+	rc->exited_at_us = req->exited_at_us;
 	rc->succeeded = req->state == GPUMATCH__V1__LEASE_STATE__LEASE_STATE_SUCCEEDED;
 	rc->work_done = req->work_done;
-	struct numbuf l, n, o, f, s, st, ex, sg, now, ma, sa, ea, hi;
-	const char *params[] = { fmt_u64(&l, req->lease_id),
-		                 fmt_u64(&n, req->node_id),
-		                 fmt_u64(&o, scope_operator(call)),
-		                 fmt_u64(&f, req->fencing_token),
-		                 fmt_u64(&s, req->seq),
-		                 fmt_i64(&st, req->state),
-		                 fmt_i64(&ex, req->exit_code),
-		                 fmt_i64(&sg, req->term_signal),
-		                 req->message,
-		                 fmt_i64(&now, now_us()),
-		                 fmt_i64(&ma, app_get()->cfg.max_attempts),
-		                 fmt_i64(&sa, req->started_at_us),
-		                 fmt_i64(&ea, req->exited_at_us),
-		                 fmt_i64(&hi,
-		                         (int64_t)app_get()->cfg.heartbeat_interval_ms * 1000) };
-	if (pg_exec(app_get()->pg, NULL,
-	            "SELECT r.status, r.job_id, r.job_state, r.job_done, r.requeued,"
-	            " (SELECT last_report_seq FROM leases WHERE id = $1::bigint)"
-	            " FROM gm_report_lease("
-	            "$1::bigint, $2::bigint, $3::bigint, $4::bigint, $5::bigint, $6::smallint,"
-	            " $7::integer, $8::integer, $9, $10::bigint, $11::integer, $12::bigint,"
-	            " $13::bigint, $14::bigint) r",
-	            14, params, report_cb, rc)) {
-		free(rc);
-		rpc_error(call, RPC_UNAVAILABLE, "shutting down");
-	}
+	rc->failure_reason = req->failure_reason;
+	snprintf(rc->image_digest, sizeof rc->image_digest, "%s", req->image_digest);
+	batch_add(app_get()->pg, &reports, &rc->item);
 }
 
 /* ---- ConfirmLease ----------------------------------------------------------------------------- */
 
 struct confirm_ctx {
+	struct batch_item item; /* first: the batch hands it back */
 	struct rpc_call *call;
-	uint64_t lease_id, node_id;
-	bool duplicate;
+	uint64_t lease_id, node_id, op, fence;
+	int64_t started_at_us, now_us;
 };
 
-static void confirm_row_cb(enum pg_status st, PGresult *res, const char *ss, const char *err,
-                           void *arg)
+static void confirm_add(struct batch_item *it, struct strbuf *a)
 {
-	struct confirm_ctx *cc = arg;
-	if (st != PG_OK) {
-		reply_pg_error(cc->call, st, ss, err);
-	} else if (PQntuples(res) != 1) {
-		rpc_error(cc->call, RPC_NOT_FOUND, "leaseId: not found");
-	} else {
-		Gpumatch__V1__ConfirmLeaseResponse resp =
-		    GPUMATCH__V1__CONFIRM_LEASE_RESPONSE__INIT;
-		Gpumatch__V1__Lease lease;
-		struct lease_scratch ls;
-		lease_from_row(res, 0, 0, &lease, &ls);
-		if (lease.state != GPUMATCH__V1__LEASE_STATE__LEASE_STATE_RUNNING) {
-			/* ended (or told to stop) between the confirmation and now */
-			rpc_error(cc->call, RPC_FAILED_PRECONDITION,
-			          "leaseId: lease %" PRIu64 " is no longer to be run (state %d); "
-			          "do not run it",
-			          cc->lease_id, (int)lease.state);
-			free(cc);
-			return;
-		}
-		resp.lease = &lease;
-		resp.duplicate = cc->duplicate;
-		rpc_reply(cc->call, &resp.base);
-	}
-	free(cc);
+	struct confirm_ctx *cc = (struct confirm_ctx *)it;
+	sb_printf(&a[0], "%" PRIu64, cc->lease_id);
+	sb_printf(&a[1], "%" PRIu64, cc->node_id);
+	sb_printf(&a[2], "%" PRIu64, cc->op);
+	sb_printf(&a[3], "%" PRIu64, cc->fence);
+	sb_printf(&a[4], "%" PRId64, cc->started_at_us);
+	sb_printf(&a[5], "%" PRId64, cc->now_us);
 }
 
-static void confirm_cb(enum pg_status st, PGresult *res, const char *ss, const char *err, void *arg)
+/* Columns after the element's position: status, job_id and the lease
+ * (LEASE_COLS) of gm_confirm_leases (migration 0019). */
+#define CONFIRM_C_LEASE 3
+static void confirm_done(struct batch_item *it, enum pg_status st, PGresult *res, int row,
+                         const char *ss, const char *err)
 {
-	struct confirm_ctx *cc = arg;
+	struct confirm_ctx *cc = (struct confirm_ctx *)it;
 	if (st != PG_OK) {
 		reply_pg_error(cc->call, st, ss, err);
 		free(cc);
 		return;
 	}
-	const char *status = PQntuples(res) == 1 ? PQgetvalue(res, 0, 0) : "not_found";
+	const char *status = row >= 0 ? PQgetvalue(res, row, 1) : "not_found";
 	const char *why = NULL;
 	enum rpc_code code = RPC_FAILED_PRECONDITION;
 	char buf[256];
@@ -1399,25 +1616,48 @@ static void confirm_cb(enum pg_status st, PGresult *res, const char *ss, const c
 		snprintf(buf, sizeof buf, "leaseId: lease %" PRIu64 " has ended; do not run it",
 		         cc->lease_id);
 		why = buf;
+	} else if (PQgetisnull(res, row, CONFIRM_C_LEASE)) {
+		code = RPC_NOT_FOUND;
+		why = "leaseId: not found";
 	}
 	if (why) {
 		rpc_error(cc->call, code, "%s", why);
 		free(cc);
 		return;
 	}
-	cc->duplicate = !strcmp(status, "duplicate");
-	if (!cc->duplicate)
+	bool duplicate = !strcmp(status, "duplicate");
+	if (!duplicate)
 		log_debug("lease confirmed lease=%" PRIu64 " node=%" PRIu64, cc->lease_id,
 		          cc->node_id);
-	struct numbuf l;
-	const char *params[] = { fmt_u64(&l, cc->lease_id) };
-	if (pg_exec(app_get()->pg, NULL,
-	            "SELECT " LEASE_COLS " FROM leases l WHERE l.id = $1::bigint", 1, params,
-	            confirm_row_cb, cc)) {
-		rpc_error(cc->call, RPC_UNAVAILABLE, "shutting down");
+	Gpumatch__V1__ConfirmLeaseResponse resp = GPUMATCH__V1__CONFIRM_LEASE_RESPONSE__INIT;
+	Gpumatch__V1__Lease lease;
+	struct lease_scratch ls;
+	lease_from_row(res, row, CONFIRM_C_LEASE, &lease, &ls);
+	if (lease.state != GPUMATCH__V1__LEASE_STATE__LEASE_STATE_RUNNING) {
+		/* ended (or told to stop) between the confirmation and now */
+		rpc_error(cc->call, RPC_FAILED_PRECONDITION,
+		          "leaseId: lease %" PRIu64 " is no longer to be run (state %d); "
+		          "do not run it",
+		          cc->lease_id, (int)lease.state);
 		free(cc);
+		return;
 	}
+	resp.lease = &lease;
+	resp.duplicate = duplicate;
+	rpc_reply(cc->call, &resp.base);
+	free(cc);
 }
+
+static struct batch_kind confirms = {
+	.name = "confirm",
+	.sql = "SELECT r.i, r.status, r.job_id, " R_LEASE_COLS
+	       " FROM gm_confirm_leases($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[],"
+	       " $5::bigint[], $6::bigint[]) r",
+	.nparams = 6,
+	.max = 512,
+	.add = confirm_add,
+	.done = confirm_done,
+};
 
 void nodes_confirm_lease(struct rpc_call *call, const ProtobufCMessage *msg)
 {
@@ -1440,17 +1680,11 @@ void nodes_confirm_lease(struct rpc_call *call, const ProtobufCMessage *msg)
 	cc->call = call;
 	cc->lease_id = req->lease_id;
 	cc->node_id = req->node_id;
-	struct numbuf l, n, o, f, sa, now;
-	const char *params[] = { fmt_u64(&l, req->lease_id),        fmt_u64(&n, req->node_id),
-		                 fmt_u64(&o, scope_operator(call)), fmt_u64(&f, req->fencing_token),
-		                 fmt_i64(&sa, req->started_at_us),  fmt_i64(&now, now_us()) };
-	if (pg_exec(app_get()->pg, NULL,
-	            "SELECT status, job_id FROM gm_confirm_lease($1::bigint, $2::bigint,"
-	            " $3::bigint, $4::bigint, $5::bigint, $6::bigint)",
-	            6, params, confirm_cb, cc)) {
-		free(cc);
-		rpc_error(call, RPC_UNAVAILABLE, "shutting down");
-	}
+	cc->op = scope_operator(call);
+	cc->fence = req->fencing_token;
+	cc->started_at_us = req->started_at_us;
+	cc->now_us = now_us();
+	batch_add(app_get()->pg, &confirms, &cc->item);
 }
 
 /* ---- Drain / Undrain ----------------------------------------------------------------------------------- */
@@ -1458,6 +1692,7 @@ void nodes_confirm_lease(struct rpc_call *call, const ProtobufCMessage *msg)
 struct drain_ctx {
 	struct rpc_call *call;
 	uint64_t node_id, op;
+	bool undrain;
 };
 
 static void drain_cb(enum pg_status st, PGresult *res, const char *ss, const char *err, void *arg)
@@ -1468,6 +1703,10 @@ static void drain_cb(enum pg_status st, PGresult *res, const char *ss, const cha
 	} else if (PQntuples(res) != 1) {
 		rpc_error(dc->call, RPC_NOT_FOUND, "nodeId: node %" PRIu64 " not found",
 		          dc->node_id);
+	} else if (dc->undrain && col_i64(res, 0, 0) > 0) {
+		rpc_error(dc->call, RPC_FAILED_PRECONDITION,
+		          "nodeId: node %" PRIu64 " is retiring; it takes no new work again",
+		          dc->node_id);
 	} else {
 		schedloop_node_changed(app_get(), dc->node_id);
 		load_node_and_reply(dc->call, dc->node_id, dc->op, false);
@@ -1475,7 +1714,8 @@ static void drain_cb(enum pg_status st, PGresult *res, const char *ss, const cha
 	free(dc);
 }
 
-static void set_drain(struct rpc_call *call, uint64_t node_id, bool drain, const char *reason)
+static void set_drain(struct rpc_call *call, uint64_t node_id, bool drain, const char *reason,
+                      bool stop_jobs, uint32_t stop_grace_ms)
 {
 	if (!node_id) {
 		rpc_error(call, RPC_INVALID_ARGUMENT, "nodeId: required");
@@ -1493,24 +1733,46 @@ static void set_drain(struct rpc_call *call, uint64_t node_id, bool drain, const
 	dc->call = call;
 	dc->node_id = node_id;
 	dc->op = scope_operator(call);
+	dc->undrain = !drain;
 	char why[600];
 	snprintf(why, sizeof why, "%s%s%s", drain ? "drained" : "undrained", *reason ? ": " : "",
 	         reason);
-	struct numbuf n, o, now;
+	struct numbuf n, o, now, grace;
+	int64_t grace_us = stop_grace_ms ? (int64_t)stop_grace_ms * 1000 : 30000000;
 	const char *params[] = { fmt_u64(&n, node_id), fmt_u64(&o, dc->op), fmt_i64(&now, now_us()),
-		                 why };
-	/* draining is idempotent; undraining only undoes a drain */
+		                 why, fmt_i64(&grace, grace_us) };
+	/* draining is idempotent; undraining only undoes a drain. A retiring
+	 * node is left as it is: it drains already, and only ends retired. */
 	const char *sql =
-	    drain ? "UPDATE nodes SET state = CASE WHEN state IN (1, 2, 3) THEN 3"
+	    drain ? "WITH cur AS (SELECT retired_at_us FROM nodes WHERE id = $1::bigint"
+	            "   AND ($2::bigint = 0 OR operator_id = $2::bigint) AND state <> 6),"
+	            " up AS (UPDATE nodes SET state = CASE WHEN state IN (1, 2, 3) THEN 3"
 	            " ELSE state END, state_reason = $4, state_changed_at_us = $3::bigint"
-	            " WHERE id = $1::bigint AND ($2::bigint = 0 OR operator_id = $2::bigint)"
-	            " AND state <> 6 RETURNING id"
-	          : "UPDATE nodes SET state = CASE WHEN state = 3 THEN"
+	            " FROM cur WHERE id = $1::bigint AND cur.retired_at_us = 0 RETURNING id)"
+	            " SELECT cur.retired_at_us FROM cur"
+	          : "WITH cur AS (SELECT retired_at_us FROM nodes WHERE id = $1::bigint"
+	            "   AND ($2::bigint = 0 OR operator_id = $2::bigint) AND state <> 6),"
+	            " up AS (UPDATE nodes SET state = CASE WHEN state = 3 THEN"
 	            " (CASE WHEN last_heartbeat_us > 0 THEN 2 ELSE 1 END) ELSE state END,"
 	            " state_reason = $4, state_changed_at_us = $3::bigint"
-	            " WHERE id = $1::bigint AND ($2::bigint = 0 OR operator_id = $2::bigint)"
-	            " AND state <> 6 RETURNING id";
-	if (pg_exec(app_get()->pg, NULL, sql, 4, params, drain_cb, dc)) {
+	            " FROM cur WHERE id = $1::bigint AND cur.retired_at_us = 0 RETURNING id)"
+	            " SELECT cur.retired_at_us FROM cur";
+	/* stopping the jobs too: each live lease is told to stop as an
+	 * interruption (stop kind 6), once (a retiring node keeps its reason) */
+	const char *stop_sql =
+	    "WITH d AS (UPDATE nodes SET state = CASE WHEN state IN (1, 2, 3) THEN 3"
+	    " ELSE state END, state_reason = CASE WHEN retired_at_us > 0 THEN state_reason"
+	    " ELSE $4 END, state_changed_at_us = $3::bigint"
+	    " WHERE id = $1::bigint AND ($2::bigint = 0 OR operator_id = $2::bigint)"
+	    " AND state <> 6 RETURNING id),"
+	    " s AS (UPDATE leases l SET state = 4, stop_kind = 6,"
+	    " stop_deadline_us = $3::bigint + $5::bigint, stop_reason = $4"
+	    " FROM d WHERE l.node_id = d.id AND l.state IN (1, 2, 3))"
+	    " SELECT id FROM d";
+	if (drain && stop_jobs) {
+		sql = stop_sql;
+	}
+	if (pg_exec(app_get()->pg, NULL, sql, drain && stop_jobs ? 5 : 4, params, drain_cb, dc)) {
 		free(dc);
 		rpc_error(call, RPC_UNAVAILABLE, "shutting down");
 	}
@@ -1519,13 +1781,90 @@ static void set_drain(struct rpc_call *call, uint64_t node_id, bool drain, const
 void nodes_drain(struct rpc_call *call, const ProtobufCMessage *msg)
 {
 	const Gpumatch__V1__DrainNodeRequest *req = (const Gpumatch__V1__DrainNodeRequest *)msg;
-	set_drain(call, req->node_id, true, req->reason);
+	if (req->stop_grace_ms > 3600000) {
+		rpc_error(call, RPC_INVALID_ARGUMENT, "stopGraceMs: at most 3600000, got %u",
+		          req->stop_grace_ms);
+		return;
+	}
+	set_drain(call, req->node_id, true, req->reason, req->stop_jobs, req->stop_grace_ms);
 }
 
 void nodes_undrain(struct rpc_call *call, const ProtobufCMessage *msg)
 {
 	const Gpumatch__V1__UndrainNodeRequest *req = (const Gpumatch__V1__UndrainNodeRequest *)msg;
-	set_drain(call, req->node_id, false, "");
+	set_drain(call, req->node_id, false, "", false, 0);
+}
+
+/* ---- RetireNode -------------------------------------------------------------------------------------- */
+
+static void retire_cb(enum pg_status st, PGresult *res, const char *ss, const char *err, void *arg)
+{
+	struct drain_ctx *dc = arg;
+	/* columns: the state before, whether this call retired it, the
+	 * state after */
+	if (st != PG_OK) {
+		reply_pg_error(dc->call, st, ss, err);
+	} else if (PQntuples(res) != 1) {
+		rpc_error(dc->call, RPC_NOT_FOUND, "nodeId: node %" PRIu64 " not found",
+		          dc->node_id);
+	} else {
+		if (!strcmp(PQgetvalue(res, 0, 1), "t")) {
+			log_info("node retiring node=%" PRIu64 " state=%s by=%" PRIu64, dc->node_id,
+			         col_i64(res, 0, 2) == 6 ? "disabled" : "draining",
+			         rpc_principal(dc->call)->token_id);
+			schedloop_node_changed(app_get(), dc->node_id);
+		}
+		load_node_and_reply(dc->call, dc->node_id, dc->op, false);
+	}
+	free(dc);
+}
+
+/* Retiring: no new work from now on (DRAINING), and DISABLED at once when
+ * no lease is live there, else when the janitor sees the last one end
+ * (schedloop.c). DISABLED lets the GPUs' uuids go (gm_node_release_gpus).
+ * Asking again, or for a DISABLED node, changes nothing. */
+void nodes_retire(struct rpc_call *call, const ProtobufCMessage *msg)
+{
+	const Gpumatch__V1__RetireNodeRequest *req = (const Gpumatch__V1__RetireNodeRequest *)msg;
+	if (!req->node_id) {
+		rpc_error(call, RPC_INVALID_ARGUMENT, "nodeId: required");
+		return;
+	}
+	if (strlen(req->reason) > 512) {
+		rpc_error(call, RPC_INVALID_ARGUMENT, "reason: at most 512 bytes");
+		return;
+	}
+	struct drain_ctx *dc = malloc(sizeof *dc);
+	if (!dc) {
+		rpc_error(call, RPC_INTERNAL, "out of memory");
+		return;
+	}
+	dc->call = call;
+	dc->node_id = req->node_id;
+	dc->op = scope_operator(call);
+	dc->undrain = false;
+	char why[600];
+	snprintf(why, sizeof why, "retired%s%s", *req->reason ? ": " : "", req->reason);
+	struct numbuf n, o, now;
+	const char *params[] = { fmt_u64(&n, req->node_id), fmt_u64(&o, dc->op),
+		                 fmt_i64(&now, now_us()), why };
+	if (pg_exec(app_get()->pg, NULL,
+	            "WITH cur AS (SELECT state, retired_at_us FROM nodes WHERE id = $1::bigint"
+	            "   AND ($2::bigint = 0 OR operator_id = $2::bigint) FOR UPDATE),"
+	            " live AS (SELECT EXISTS (SELECT 1 FROM leases WHERE node_id = $1::bigint"
+	            "   AND state BETWEEN 1 AND 4) AS any),"
+	            " up AS (UPDATE nodes n SET retired_at_us = $3::bigint,"
+	            "   state = CASE WHEN live.any THEN (CASE WHEN n.state = 5 THEN 5 ELSE 3 END)"
+	            "     ELSE 6 END,"
+	            "   state_reason = $4, state_changed_at_us = $3::bigint"
+	            "   FROM cur, live WHERE n.id = $1::bigint AND cur.retired_at_us = 0"
+	            "   AND cur.state <> 6 RETURNING n.state)"
+	            " SELECT cur.state, up.state IS NOT NULL, coalesce(up.state, cur.state)"
+	            " FROM cur LEFT JOIN up ON true",
+	            4, params, retire_cb, dc)) {
+		free(dc);
+		rpc_error(call, RPC_UNAVAILABLE, "shutting down");
+	}
 }
 
 /* ---- lifecycle ------------------------------------------------------------------------------------------ */
@@ -1561,7 +1900,25 @@ void nodes_stop(struct app *a)
 	W.poll_ev = NULL;
 	while (W.head) {
 		struct waiter *w = W.head;
-		W.head = w->next;
-		free(w);
+		waiter_unlink(w);
+		if (w->querying)
+			w->aborted = true; /* its claim batch settles when the pool closes */
+		else
+			free(w);
 	}
+}
+
+bool nodes_idle(struct app *a)
+{
+	(void)a;
+	return batch_idle(&heartbeats) && batch_idle(&claims) && batch_idle(&confirms) &&
+	       batch_idle(&reports);
+}
+
+void nodes_metrics(struct app *a, struct evbuffer *b)
+{
+	(void)a;
+	static const struct batch_kind *const kinds[] = { &heartbeats, &claims, &confirms, &reports,
+		                                          NULL };
+	batch_metrics(kinds, b);
 }

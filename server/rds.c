@@ -62,7 +62,8 @@ struct rds {
 	struct event_base *base;
 	char *host;
 	int port;
-	char *password; /* NULL: no AUTH */
+	char *unix_path; /* non-NULL: connect here instead (rds_tls's tunnel to host:port) */
+	char *password;  /* NULL: no AUTH */
 	const struct rds_script *scripts;
 	int nscripts;
 	char (*sha)[41]; /* per script, from SCRIPT LOAD */
@@ -341,7 +342,8 @@ static void connect_cb(const redisAsyncContext *cac, int status)
 	/* No user code and no free here: hiredis goes on using the context
 	 * after this returns, outside any callback guard. */
 	r->state = RDS_LOADING;
-	redisEnableKeepAlive(&ac->c);
+	if (!r->unix_path) /* the tunnel keeps its own TCP side alive */
+		redisEnableKeepAlive(&ac->c);
 	if (r->password) {
 		/* Redis runs commands in order: AUTH first, then the loads
 		 * below, which fail (and drop the connection) if it refused */
@@ -389,7 +391,8 @@ static void connect_start(struct rds *r)
 	r->drop_err = NULL;
 	r->attempt_us = mono_us();
 	/* Non-blocking connect; a numeric host never waits on getaddrinfo. */
-	redisAsyncContext *ac = redisAsyncConnect(r->host, r->port);
+	redisAsyncContext *ac = r->unix_path ? redisAsyncConnectUnix(r->unix_path)
+	                                     : redisAsyncConnect(r->host, r->port);
 	if (!ac || ac->err || redisLibeventAttach(ac, r->base) != REDIS_OK) {
 		log_warn("redis connect failed host=%s port=%d err=\"%s\" retry_ms=%d", r->host,
 		         r->port, ac && ac->err ? ac->errstr : "out of memory", r->backoff_ms);
@@ -431,6 +434,12 @@ static void watchdog_cb(evutil_socket_t fd, short what, void *arg)
 struct rds *rds_new(struct event_base *base, const char *host, int port,
                     const struct rds_script *scripts)
 {
+	return rds_new_via(base, host, port, NULL, scripts);
+}
+
+struct rds *rds_new_via(struct event_base *base, const char *host, int port, const char *unix_path,
+                        const struct rds_script *scripts)
+{
 	if (!base || !host || port <= 0 || port > 65535)
 		return NULL;
 	int n = 0;
@@ -447,11 +456,13 @@ struct rds *rds_new(struct event_base *base, const char *host, int port,
 	r->nscripts = n;
 	r->backoff_ms = RDS_BACKOFF_MIN_MS;
 	r->host = strdup(host);
+	r->unix_path = unix_path ? strdup(unix_path) : NULL;
 	r->sha = xcalloc(n > 0 ? (size_t)n : 1, sizeof(*r->sha));
 	r->retry_ev = evtimer_new(base, retry_cb, r);
 	r->fail_ev = evtimer_new(base, fail_cb, r);
 	r->watchdog_ev = event_new(base, -1, EV_PERSIST, watchdog_cb, r);
-	if (!r->host || !r->retry_ev || !r->fail_ev || !r->watchdog_ev) {
+	if (!r->host || (unix_path && !r->unix_path) || !r->retry_ev || !r->fail_ev ||
+	    !r->watchdog_ev) {
 		log_error("out of memory in rds_new");
 		abort();
 	}
@@ -551,6 +562,7 @@ void rds_free(struct rds *r)
 	}
 	free(r->sha);
 	free(r->host);
+	free(r->unix_path);
 	if (r->password) {
 		explicit_bzero(r->password, strlen(r->password));
 		free(r->password);

@@ -27,6 +27,10 @@ struct rds_script {
  * static storage) are loaded with SCRIPT LOAD on every (re)connect. */
 struct rds *rds_new(struct event_base *base, const char *host, int port,
                     const struct rds_script *scripts);
+/* The same, connecting to the Unix socket unix_path instead of host:port,
+ * which then only name Redis in logs (rds_tls's tunnel). */
+struct rds *rds_new_via(struct event_base *base, const char *host, int port, const char *unix_path,
+                        const struct rds_script *scripts);
 void rds_free(struct rds *r); /* pending callbacks get reply NULL; accepts NULL */
 
 /* Sends AUTH with password (copied; NULL or "" = none) first on every

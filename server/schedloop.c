@@ -1004,6 +1004,22 @@ static int64_t attention_gap_us(void)
 	return g < 500000 ? 500000 : g;
 }
 
+static void retired_nodes_cb(enum pg_status st, PGresult *res, const char *ss, const char *err,
+                             void *arg)
+{
+	(void)ss;
+	if (!step_ok(arg, st)) {
+		if (st != PG_OK)
+			log_warn("janitor query failed err=\"%s\"", err);
+		return;
+	}
+	for (int i = 0; i < PQntuples(res); i++) {
+		uint64_t id = col_u64(res, i, 0);
+		log_info("node retired node=%" PRIu64, id);
+		schedloop_node_changed(L.a, id);
+	}
+}
+
 static void janitor_leases(void)
 {
 	struct cfg *cfg = &L.a->cfg;
@@ -1033,9 +1049,14 @@ static void janitor_leases(void)
 	/* An offer the node's last heartbeat lists is running there: the agent
 	 * confirmed it by running it (metered from that heartbeat). */
 	struct step *c = step_new(NULL, 0);
-	exec_q("UPDATE leases l SET state = 3, started_at_us = n.last_heartbeat_us"
-	       " FROM nodes n WHERE l.state = 2 AND n.id = l.node_id"
-	       " AND l.id = ANY (n.running_leases) AND n.last_heartbeat_us >= l.offered_at_us",
+	/* (leases locked in id order, as the batched lease reports lock them:
+	 * the two never deadlock) */
+	exec_q("WITH c AS (SELECT x.id, n.last_heartbeat_us AS hb FROM leases x"
+	       "   JOIN nodes n ON n.id = x.node_id WHERE x.state = 2"
+	       "   AND x.id = ANY (n.running_leases) AND n.last_heartbeat_us >= x.offered_at_us"
+	       "   ORDER BY x.id FOR UPDATE OF x)"
+	       " UPDATE leases l SET state = 3, started_at_us = c.hb FROM c"
+	       " WHERE l.id = c.id AND l.state = 2",
 	       0, NULL, simple_done_cb, c);
 	/* Leases that end:
 	 * - of lost nodes (never confirmed ones are withdrawn, unbilled);
@@ -1067,10 +1088,17 @@ static void janitor_leases(void)
 	       "            AND n.last_heartbeat_us > x.stop_deadline_us)"
 	       "           OR x.stop_deadline_us < $6::bigint)"
 	       "  ) e GROUP BY e.id ORDER BY e.id LIMIT 1000) x"
-	       " CROSS JOIN LATERAL gm_end_lease(x.id, x.outcome::smallint, 0, 0,"
+	       " CROSS JOIN LATERAL gm_end_lease_any(x.id, x.outcome::smallint, 0, 0,"
 	       "   CASE x.outcome WHEN 10 THEN 'offer withdrawn: not confirmed by the agent'"
 	       "     ELSE 'lease expired' END, $1::bigint, $3::integer) r",
 	       6, params, janitor_end_cb, q);
+	/* retiring nodes whose last lease has ended are retired for good */
+	struct step *r = step_new(NULL, 0);
+	exec_q("UPDATE nodes n SET state = 6, state_changed_at_us = $1::bigint"
+	       " WHERE n.retired_at_us > 0 AND n.state <> 6"
+	       " AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.node_id = n.id"
+	       "   AND l.state BETWEEN 1 AND 4) RETURNING n.id",
+	       1, params, retired_nodes_cb, r);
 	/* leases past their max duration are told to stop */
 	struct step *d = step_new(NULL, 0);
 	exec_q(

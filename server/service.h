@@ -28,14 +28,33 @@ void nodes_report_lease(struct rpc_call *call, const ProtobufCMessage *req);
 void nodes_confirm_lease(struct rpc_call *call, const ProtobufCMessage *req);
 void nodes_drain(struct rpc_call *call, const ProtobufCMessage *req);
 void nodes_undrain(struct rpc_call *call, const ProtobufCMessage *req);
+void nodes_retire(struct rpc_call *call, const ProtobufCMessage *req);
 int nodes_start(struct app *a, char *err, size_t err_len);
 void nodes_stop(struct app *a);
+bool nodes_idle(struct app *a); /* no batched node call queued or in flight */
+void nodes_metrics(struct app *a, struct evbuffer *b);
 void nodes_drain_waiters(struct app *a);
+/* "" or "sha256:" and 64 lowercase hex digits. */
+bool nodes_valid_digest(const char *d);
 /* Answers call with node node_id as GetNode shows it (any operator's), in
  * the response message of the call's method: GetNode, RegisterNode,
  * DrainNode, UndrainNode, CordonNode or UncordonNode; not_found when there
  * is no such node. The call must not be answered otherwise. */
 void nodes_reply_node(struct rpc_call *call, uint64_t node_id);
+
+/* logs.c: tenants' job output */
+void logs_append(struct rpc_call *call, const ProtobufCMessage *req);
+void logs_get(struct rpc_call *call, const ProtobufCMessage *req);
+int logs_start(struct app *a, char *err, size_t err_len);
+void logs_drain(struct app *a); /* followers answer at their next look */
+void logs_stop(struct app *a);
+void logs_metrics(struct app *a, struct evbuffer *b);
+
+/* jobspec.c: the container part of a job spec, checked at submit */
+/* Checks image, env names, limits and volumes against the server's config;
+ * 0, or -1 with field and msg set (nothing else changes). */
+int jobspec_check(const Gpumatch__V1__JobSpec *s, const struct cfg *c, char *field,
+                  size_t field_len, char *msg, size_t msg_len);
 
 /* probe.c: the probe challenge (docs/probe.md) */
 void probe_request_challenge(struct rpc_call *call, const ProtobufCMessage *req);

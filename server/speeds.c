@@ -1,6 +1,7 @@
 /* speeds.c — throughput profiles learned from succeeded leases: one sample
  * per lease into learned_speeds (Postgres), the table kept in memory for
  * the scheduler, and AdminService.ListLearnedSpeeds. */
+#include <errno.h>
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
@@ -8,6 +9,7 @@
 #include <string.h>
 
 #include "gpumatch/v1/admin_service.pb-c.h"
+#include "handlers.h"
 #include "log.h"
 #include "service.h"
 #include "speeds.h"
@@ -300,14 +302,39 @@ void speeds_learn(struct app *a, uint64_t lease_id, double work_done)
 
 /* ---- AdminService.ListLearnedSpeeds ----------------------------------------------------------- */
 
+struct list_speeds {
+	struct rpc_call *call;
+	size_t page_size, offset;
+};
+
+/* Pages of this small table are numbered by offset ("o<hex>"): its order
+ * (type, then speed) has no key to continue from. */
+static int offset_token_decode(const char *tok, size_t *offset)
+{
+	*offset = 0;
+	if (!tok || !*tok)
+		return 0;
+	char *end;
+	errno = 0;
+	unsigned long long v = tok[0] == 'o' && tok[1] ? strtoull(tok + 1, &end, 16) : 0;
+	if (tok[0] != 'o' || !tok[1] || *end || errno || tok[1] == '-' || v > 1000000000ULL)
+		return -1;
+	*offset = (size_t)v;
+	return 0;
+}
+
 static void list_cb(enum pg_status st, PGresult *res, const char *ss, const char *err, void *arg)
 {
-	struct rpc_call *call = arg;
+	struct list_speeds *ls = arg;
+	struct rpc_call *call = ls->call;
+	size_t page_size = ls->page_size, offset = ls->offset;
+	free(ls);
 	if (st != PG_OK) {
 		reply_pg_error(call, st, ss, err);
 		return;
 	}
-	size_t n = (size_t)PQntuples(res);
+	size_t rows = (size_t)PQntuples(res);
+	size_t n = rows > page_size ? page_size : rows;
 	Gpumatch__V1__LearnedSpeed *items = calloc(n ? n : 1, sizeof *items);
 	Gpumatch__V1__LearnedSpeed **ptrs = calloc(n ? n : 1, sizeof *ptrs);
 	if (!items || !ptrs) {
@@ -327,10 +354,15 @@ static void list_cb(enum pg_status st, PGresult *res, const char *ss, const char
 		e->updated_at_us = col_i64(res, (int)i, 5);
 		ptrs[i] = e;
 	}
+	size_t shown = page_fit((const void *const *)ptrs, n);
+	char next[32] = "";
+	if (rows > n || shown < n)
+		snprintf(next, sizeof next, "o%zx", offset + shown);
 	Gpumatch__V1__ListLearnedSpeedsResponse resp =
 	    GPUMATCH__V1__LIST_LEARNED_SPEEDS_RESPONSE__INIT;
-	resp.n_speeds = n;
+	resp.n_speeds = shown;
 	resp.speeds = ptrs;
+	resp.next_page_token = next;
 	rpc_reply(call, &resp.base);
 	free(items);
 	free(ptrs);
@@ -345,11 +377,32 @@ void admin_list_learned_speeds(struct rpc_call *call, const ProtobufCMessage *re
 		          SCHED_MAX_STRING_BYTES);
 		return;
 	}
-	const char *params[] = { type };
+	if (in->page_size < 0 || in->page_size > 1000) {
+		rpc_error(call, RPC_INVALID_ARGUMENT,
+		          "pageSize: must be between 0 and 1000, got %d", in->page_size);
+		return;
+	}
+	struct list_speeds *ls = malloc(sizeof *ls);
+	if (!ls) {
+		rpc_error(call, RPC_INTERNAL, "out of memory");
+		return;
+	}
+	ls->call = call;
+	ls->page_size = in->page_size ? (size_t)in->page_size : 1000;
+	if (offset_token_decode(in->page_token, &ls->offset)) {
+		free(ls);
+		rpc_error(call, RPC_INVALID_ARGUMENT, "pageToken: not a token this server issued");
+		return;
+	}
+	struct numbuf lim, off;
+	const char *params[] = { type, fmt_u64(&lim, ls->page_size + 1),
+		                 fmt_u64(&off, ls->offset) };
 	if (pg_exec(app_get()->pg, NULL,
 	            "SELECT job_type, gpu_model, speed, samples, last_speed, updated_at_us"
 	            " FROM learned_speeds WHERE $1 = '' OR job_type = $1"
-	            " ORDER BY job_type, speed DESC, gpu_model",
-	            1, params, list_cb, call))
+	            " ORDER BY job_type, speed DESC, gpu_model LIMIT $2::bigint OFFSET $3::bigint",
+	            3, params, list_cb, ls)) {
+		free(ls);
 		rpc_error(call, RPC_UNAVAILABLE, "shutting down");
+	}
 }

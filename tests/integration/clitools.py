@@ -61,8 +61,9 @@ class Agent:
     file in its state directory."""
 
     def __init__(self, cluster, token, node_file, name, region=None, labels=None,
-                 grace="1s", state_dir=None):
+                 grace="1s", state_dir=None, extra_args=()):
         self.c, self.token, self.name = cluster, token, name
+        self.extra_args = list(extra_args)
         self.node_file = os.path.join(NODES_DIR, node_file)  # absolute paths stay as they are
         self.region, self.labels, self.grace = region, labels or {}, grace
         self.state_dir = state_dir or tempfile.mkdtemp(prefix="gpumatch-agent-%s-" % name,
@@ -77,6 +78,7 @@ class Agent:
             cmd += ["--region", self.region]
         for k, v in self.labels.items():
             cmd += ["--label", "%s=%s" % (k, v)]
+        cmd += self.extra_args
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                      env=cli_env(self.c, self.token), preexec_fn=_pdeathsig)

@@ -3,6 +3,7 @@ module, a TestCase with Connect-aware assertions, request builders for jobs
 and nodes, and a NodeAgent that plays a node's agent (heartbeats, lease
 long-polls, reports)."""
 
+import itertools
 import os
 import re
 import sys
@@ -163,12 +164,17 @@ def gpu(index, node_tag="n", model="RTX-3090-24GB", memory_mib=24576, cc=(8, 6))
     }
 
 
+_node_serial = itertools.count(1)
+
+
 def node_req(name, gpus=1, region="eu-west", price_micros=1500000, labels=None, **over):
+    tag = "%s-%d" % (name, next(_node_serial))
     r = {
         "name": name,
         "region": region,
         "pricePerGpuHourMicros": str(price_micros),
-        "gpus": [gpu(i, node_tag=name) for i in range(gpus)],
+        # a GPU belongs to one node: uuids unique per request, not per name
+        "gpus": [gpu(i, node_tag=tag) for i in range(gpus)],
         "agentVersion": "it-agent/1",
     }
     if labels:

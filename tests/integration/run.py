@@ -72,7 +72,19 @@ def main(argv=None):
     ap.add_argument("-v", "--verbose", action="store_true")
     ap.add_argument("--quick", action="store_true", help="leave out SLOW modules")
     ap.add_argument("-f", "--failfast", action="store_true")
+    ap.add_argument("--shard", metavar="K/N",
+                    help="run only the K-th of N shares of the modules (1-based; each "
+                         "meson test integration-K has its own time limit)")
     args = ap.parse_args(argv)
+    shard = None
+    if args.shard:
+        try:
+            k, n = (int(x) for x in args.shard.split("/"))
+        except ValueError:
+            k = n = 0
+        if not 1 <= k <= n:
+            ap.error("--shard: K/N with 1 <= K <= N, got %r" % args.shard)
+        shard = (k, n)
     quick = args.quick or os.environ.get("GPUMATCH_IT_QUICK") == "1"
     signal.signal(signal.SIGTERM, _sigterm)
 
@@ -85,9 +97,15 @@ def main(argv=None):
     suite = unittest.TestSuite()
     names = args.tests or sorted(f[:-3] for f in os.listdir(HERE)
                                  if f.startswith("test_") and f.endswith(".py"))
+    shared = 0  # modules not OWN_SUITE seen so far, for --shard
     for name in names:
         modname = name.split(".")[0]
         mod = importlib.import_module(modname)
+        if getattr(mod, "OWN_SUITE", False) and not args.tests:
+            continue  # a meson test of its own runs it (OWN_SUITE = True)
+        shared += 1
+        if shard and (shared - 1) % shard[1] != shard[0] - 1:
+            continue
         if quick and getattr(mod, "SLOW", False) and not args.tests:
             print("integration: --quick: leaving out %s (slow)" % modname, file=sys.stderr)
             continue

@@ -31,6 +31,8 @@ MATRIX = {
     ("JobService", "ExplainJob"): (JOB, "job_id"),
     ("JobService", "GetSpend"): (JOB, None),
     ("JobService", "GetSpendSeries"): (JOB, None),
+    # tenants their jobs', operators their nodes' attempts, admins any
+    ("JobService", "GetJobLogs"): (ALL, "job_id"),
     ("NodeService", "GetNodeSeries"): (NODE, "node_id"),
     ("NodeService", "RegisterNode"): (NODE, None),
     ("NodeService", "GetNode"): (NODE, "node_id"),
@@ -41,8 +43,10 @@ MATRIX = {
     ("NodeService", "AcquireLease"): (NODE, "node_id"),
     ("NodeService", "ConfirmLease"): (NODE, "node_id"),
     ("NodeService", "ReportLease"): (NODE, "node_id"),
+    ("NodeService", "AppendLeaseLogs"): (NODE, "node_id"),
     ("NodeService", "DrainNode"): (NODE, "node_id"),
     ("NodeService", "UndrainNode"): (NODE, "node_id"),
+    ("NodeService", "RetireNode"): (NODE, "node_id"),
     ("NodeService", "GetEarnings"): (NODE, None),
 }
 for _m in ("GetPolicy", "SetPolicy", "ListPolicies", "ListPolicyAudit", "SimulatePolicy",
@@ -97,6 +101,9 @@ class AuthzMatrixTest(ItCase):
         cls.o_x, cls.tok_x = c.new_operator()
         cls.o_y, cls.tok_y = c.new_operator()
         cls.node_x = NodeAgent.register(c, cls.tok_x, node_req(c.unique("nx"), gpus=1)).id
+        # the owner's RetireNode retires for good: a node of its own
+        cls.node_x_retire = NodeAgent.register(c, cls.tok_x,
+                                               node_req(c.unique("nxr"), gpus=1)).id
         NodeAgent.register(c, cls.tok_y, node_req(c.unique("ny"), gpus=1))
         job = ok_body(c.call("JobService", "SubmitJob", submit_req(c.unique("k"), job_spec()),
                              token=cls.tok_a))
@@ -172,6 +179,8 @@ class AuthzMatrixTest(ItCase):
             if not field:
                 continue
             own_tok, other_tok, obj = owner[field]
+            if m == "RetireNode":
+                obj = self.node_x_retire
             key = common.camel(field)
             # the owner is not refused for ownership
             r = self.c.call(s, m, {key: str(obj)}, token=own_tok)

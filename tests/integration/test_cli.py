@@ -296,8 +296,18 @@ class CliTest(ItCase):
                      "eu-north", "--price", "3", token=self.otok)["node"]
         self.assertEqual([g["uuid"] for g in n["gpus"]], [g["uuid"] for g in gpus])
         self.assertEqual(n["region"], "eu-north")
-        # found on PATH when --probe is not given
+        # the same GPUs cannot be registered as a second node ...
         env = cli_env(self.c, self.otok, {"PATH": d + ":/usr/bin:/bin"})
+        r = cli(None, "node", "register", "--name", self.c.unique("onpath"), "--region", "r",
+                "--price", "1", env=env)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("gpus[0].uuid", r.stderr)
+        self.assertIn("node retire %s" % n["id"], r.stderr)
+        # ... until that node is retired (idle: disabled at once)
+        out = self.run_cli("node", "retire", n["id"], "--reason", "moved", token=self.otok).stdout
+        self.assertRegex(out, r"(?m)^STATE\s+DISABLED$")
+        self.assertRegex(out, r"(?m)^STATE REASON\s+retired: moved$")
+        # found on PATH when --probe is not given
         r = cli(None, "node", "register", "--name", self.c.unique("onpath"), "--region", "r",
                 "--price", "1", env=env)
         self.assertEqual(r.returncode, 0, r.stderr)
@@ -392,6 +402,15 @@ class CliTest(ItCase):
         toks = cli_json(self.c, "admin", "tokens", "list", "--tenant", t["id"],
                         token=self.admin)["tokens"]
         self.assertEqual(len(toks), 1)
+        # --tenant takes the tenant's name as well as its id
+        by_name = cli_json(self.c, "admin", "tokens", "list", "--tenant", name,
+                           token=self.admin)["tokens"]
+        self.assertEqual([x["id"] for x in by_name], [toks[0]["id"]])
+        self.assertEqual(cli_json(self.c, "list", "--tenant", name, token=self.admin),
+                         cli_json(self.c, "list", "--tenant", t["id"], token=self.admin))
+        r = self.run_cli("list", "--tenant", "no-such-tenant-x", rc=2)
+        self.assertEqual(r.stderr.strip().count("\n"), 0, r.stderr)
+        self.assertIn('--tenant: no tenant named "no-such-tenant-x"', r.stderr)
         self.run_cli("admin", "tokens", "revoke", toks[0]["id"])
         self.run_cli("list", token=secret, rc=1)
         out = self.run_cli("admin", "tenants", "disable", t["id"], "--reason", "test").stdout

@@ -23,8 +23,12 @@ TABLES = ("tenants", "operators", "nodes", "gpus", "jobs", "leases", "policies",
 OWN_SUITE = "hostile"
 
 
+MAX_PAGE = 2048  # max_page_bytes: List answers are paged by size at this
+
+
 def setUpModule():
-    common.setup_module(__name__, ["--max_body_bytes=%d" % MAX_BODY])
+    common.setup_module(__name__, ["--max_body_bytes=%d" % MAX_BODY,
+                                   "--max_page_bytes=%d" % MAX_PAGE])
 
 
 def tearDownModule():
@@ -264,6 +268,63 @@ class HostileTest(ItCase):
                             env={"K%d" % i: "v" for i in range(10000)})),
                         token=self.tenant_tok)
         self.assertEqual(r.code, "invalid_argument", r)
+
+    def test_list_answers_are_paged_by_size(self):
+        # enough rows that a page of 1000 would pass MAX_PAGE many times
+        for i in range(24):
+            self.c.new_tenant(name=self.c.unique("page-%02d-" % i + "x" * 100))
+        _, otok = self.c.new_operator()
+        for i in range(6):
+            common.NodeAgent.register(self.c, otok, common.node_req(
+                self.c.unique("pg"), gpus=8, labels={"k%d" % j: "v" * 60 for j in range(8)}),
+                ready=False)
+        _method_types("JobService", "ListJobs")  # makes protobuf importable
+        from google.protobuf import json_format
+        lists = [  # (service, method, repeated field, table the rows come from, body)
+            ("AdminService", "ListTenants", "tenants", "tenants", {}),
+            ("AdminService", "ListOperators", "operators", "operators", {}),
+            ("AdminService", "ListTokens", "tokens", "api_tokens", {}),
+            ("NodeService", "ListNodes", "nodes", "nodes", {}),
+            ("AdminService", "ListTransfers", "transfers", "ledger_transfers", {}),
+            ("AdminService", "ListPolicies", "policies", "policies", {}),
+            ("JobService", "ListJobs", "jobs", "jobs", {}),
+        ]
+        paged = []
+        for svc, meth, fld, table, body in lists:
+            _, resp_cls = _method_types(svc, meth)
+            seen, token, pages = [], "", 0
+            while True:
+                req = dict(body, pageSize=1000)
+                if token:
+                    req["pageToken"] = token
+                r = self.c.call(svc, meth, req, token=self.c.admin_token)
+                self.assertEqual(r.status, 200, "%s: %s" % (meth, r))
+                items = r.body.get(fld, [])
+                size = json_format.ParseDict(r.body, resp_cls()).ByteSize()
+                self.assertTrue(len(items) == 1 or size <= MAX_PAGE,
+                                "%s page %d: %d bytes, %d items" % (meth, pages, size,
+                                                                     len(items)))
+                seen += [json.dumps(x, sort_keys=True) for x in items]
+                pages += 1
+                token = r.body.get("nextPageToken", "")
+                self.assertTrue(items or not token, "%s: an empty page with a token" % meth)
+                if not token:
+                    break
+                self.assertLess(pages, 10000)
+            self.assertEqual(len(seen), len(set(seen)), "%s: an item on two pages" % meth)
+            self.assertEqual(len(seen), int(self.c.count(table)), "%s: items lost" % meth)
+            if pages > 1:
+                paged.append(meth)
+        for meth in ("ListTenants", "ListNodes"):
+            self.assertIn(meth, paged, "%s was not paged by size" % meth)
+        # learned speeds (no rows here): an answer with no next page
+        r = self.c.call("AdminService", "ListLearnedSpeeds", {"pageSize": 1000},
+                        token=self.c.admin_token)
+        self.assertEqual(r.status, 200, r)
+        self.assertFalse(r.body.get("nextPageToken"), r)
+        self.assertError(self.c.call("AdminService", "ListLearnedSpeeds", {"pageToken": "zz"},
+                                     token=self.c.admin_token), "invalid_argument",
+                         field="pageToken")
 
     def test_content_types(self):
         for ct in ("application/xml", "application/json; charset=latin1", "",

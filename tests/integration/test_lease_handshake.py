@@ -214,6 +214,20 @@ class HandshakeTest(ItCase):
                          field="startedAtUs")
         self.assertError(ag.report(lease, "LEASE_STATE_SUCCEEDED", seq=9, exitedAtUs="-1"),
                          "invalid_argument", field="exitedAtUs")
+        # final reports naming another node's lease, another operator's, an
+        # unknown lease: refused naming leaseId; neither the lease nor its job moves
+        job_snap = lambda: self.c.psql("SELECT j.state, j.attempts, l.ended_at_us, l.billed_end_us"
+                                       " FROM jobs j JOIN leases l ON l.job_id = j.id"
+                                       " WHERE l.id = %s" % lease["id"])
+        jobs_before = job_snap()
+        self.assertError(other.report(lease, "LEASE_STATE_SUCCEEDED", seq=7),
+                         "failed_precondition", field="leaseId")
+        self.assertError(foreign.report(lease, "LEASE_STATE_FAILED", seq=7, exit_code=1),
+                         "not_found", field="leaseId")
+        self.assertError(ag.report({"id": "987654321", "fencingToken": lease["fencingToken"]},
+                                   "LEASE_STATE_SUCCEEDED", seq=1),
+                         "not_found", field="leaseId")
+        self.assertEqual(job_snap(), jobs_before)
         self.assertEqual(snap(), before)
         # heartbeats naming an unknown lease, another node's, or one twice
         other.stop_heartbeats()

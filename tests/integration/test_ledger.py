@@ -12,8 +12,12 @@ settled usage.
 Prices are 3,600,000 micros per GPU-hour (1,000 per GPU-second) and the
 platform fee is 10 %, so amounts are easy to check by hand. Where a test
 fixes a lease's usage it moves started_at_us back in Postgres (the agent
-"has run for N s"), 0.3 s past the whole second, so that the report that
-ends it a few milliseconds later bills exactly N seconds."""
+"has run for N s", 0.3 s past the whole second) and its final report says
+the job exited then. The bill is checked against the billing rule and the
+times recorded, never against the wall clock: whole seconds from the start
+to the billed end, the billed end no earlier than the recorded exit (the
+true run) and no later than one heartbeat interval past it; the money then
+follows from the seconds billed, by hand."""
 
 import os
 import time
@@ -25,13 +29,14 @@ from common import ItCase, NodeAgent, job_spec, node_req, ok, submit, wait_job_s
 PRICE = 3600000           # micros per GPU-hour: 1000 per GPU-second
 FEE_PPM = 100000          # 10 %
 HOUR_US = 3600 * 1000000
+HB_INTERVAL_US = 300000   # --heartbeat_interval_ms below
 
 
 def setUpModule():
     c = common.setup_module(__name__, [
         "--allow_unverified=true",
         "--cycle_interval_ms=200",
-        "--heartbeat_interval_ms=300",
+        "--heartbeat_interval_ms=%d" % (HB_INTERVAL_US // 1000),
         "--heartbeat_timeout_ms=1500",
         "--ledger_settle_interval_ms=200",
         "--ledger_meter_interval_ms=1000",
@@ -97,12 +102,17 @@ def ran_for(c, lease_id, seconds, meter=False):
 
 
 class LedgerAgent(NodeAgent):
-    """Reports the exit time ran_for set, as a real agent reports its job's."""
+    """Reports the exit time ran_for set, as a real agent reports its job's.
+    Its final report follows a heartbeat sent after that exit (as a real
+    agent's heartbeats go on while its job runs), so that the server has
+    heard the node past the exit whatever the machine's load did to the
+    heartbeat thread: billing stops at the exit, not short of it."""
 
     def report(self, lease, state, *args, **kw):
         if state != "LEASE_STATE_RUNNING" and "exitedAtUs" not in kw \
                 and str(lease["id"]) in EXITED:
             kw["exitedAtUs"] = str(EXITED[str(lease["id"])])
+            ok(self.heartbeat(), "Heartbeat before the final report")
         return NodeAgent.report(self, lease, state, *args, **kw)
 
 
@@ -152,9 +162,29 @@ class LedgerCase(ItCase):
         return job, lease
 
     def check_money(self, lease_id, gpus, seconds, op_id=None):
-        """The settled lease moved exactly what the hand computation says."""
+        """The settled lease was billed by the rule for a run of `seconds`
+        (+ the part of a second ran_for adds) and moved exactly what the
+        hand computation says for the seconds billed. Returns (gross, fee)."""
         wait_settled(self.c, lease_id)
-        gross = 1000 * gpus * seconds
+        started, billed_end, gpu_seconds = (int(x) for x in self.c.psql(
+            "SELECT started_at_us, billed_end_us, billed_gpu_seconds FROM leases"
+            " WHERE id = %s" % lease_id)[0])
+        # whole seconds from the start to the billed end, per GPU
+        secs = (billed_end - started) // 1000000
+        self.assertEqual(gpu_seconds, gpus * secs,
+                         "billed %d GPU-s, the rule says %d x %d" % (gpu_seconds, gpus, secs))
+        exited = EXITED.get(str(lease_id))
+        if exited is not None:
+            # billed for the true run (up to the recorded exit), and never
+            # past it by more than one heartbeat interval
+            self.assertGreaterEqual(billed_end, exited, "billed short of the exit")
+            self.assertLessEqual(billed_end, exited + HB_INTERVAL_US,
+                                 "billed past the exit by more than one heartbeat interval")
+        # bounds from the recorded times: at least the whole seconds run,
+        # at most one heartbeat interval more (rounded up to a second)
+        self.assertGreaterEqual(secs, seconds)
+        self.assertLessEqual(secs, seconds + 1)
+        gross = 1000 * gpus * secs
         fee = gross * FEE_PPM // 1000000
         hold = PRICE * gpus  # one hour max duration
         m = lease_money(self.c, lease_id)
@@ -186,21 +216,21 @@ class FixtureTest(LedgerCase):
         ran_for(self.c, lease["id"], 100)
         self.assertOk(ag.report(lease, "LEASE_STATE_SUCCEEDED"))
         gross, fee = self.check_money(lease["id"], 2, 100)
-        self.assertEqual((gross, fee), (200000, 20000))
+        self.assertIn((gross, fee), ((200000, 20000), (202000, 20200)))  # 100 s (or 101)
         bal1 = account(self.c, 1, self.tenant["id"])
-        self.assertEqual(bal0[0] - bal1[0], 200000, "tenant paid 0.20 USD")
+        self.assertEqual(bal0[0] - bal1[0], gross, "tenant paid 0.20 USD")
         self.assertEqual(bal1[1], bal0[1], "the hold is gone")
         op1 = account(self.c, 2, self.op["id"])
-        self.assertEqual(op1[0] - op0[0], 180000)
+        self.assertEqual(op1[0] - op0[0], gross - fee)
         j = wait_job_state(self.c, self.ttok, job["id"], "JOB_STATE_SUCCEEDED")
-        self.assertEqual(j.get("costMicros"), "200000", j)
+        self.assertEqual(j.get("costMicros"), str(gross), j)
 
     def test_failure_exit_code_50s(self):
         ag = self.node()
         job, lease = self.run_lease(ag)
         ran_for(self.c, lease["id"], 50)
         self.assertOk(ag.report(lease, "LEASE_STATE_FAILED", exit_code=3, message="boom"))
-        self.assertEqual(self.check_money(lease["id"], 1, 50), (50000, 5000))
+        self.assertIn(self.check_money(lease["id"], 1, 50), ((50000, 5000), (51000, 5100)))
         wait_job_state(self.c, self.ttok, job["id"], "JOB_STATE_FAILED")
 
     def test_cancel_running_30s(self):
@@ -212,7 +242,7 @@ class FixtureTest(LedgerCase):
         # the agent stops the process and reports; the lease ends CANCELLED
         r = self.assertOk(ag.report(lease, "LEASE_STATE_FAILED", exit_code=143))
         self.assertEqual(r["lease"]["state"], "LEASE_STATE_CANCELLED")
-        self.assertEqual(self.check_money(lease["id"], 1, 30), (30000, 3000))
+        self.assertIn(self.check_money(lease["id"], 1, 30), ((30000, 3000), (31000, 3100)))
         wait_job_state(self.c, self.ttok, job["id"], "JOB_STATE_CANCELLED")
 
     def test_cancel_before_pickup_releases_everything(self):
@@ -237,7 +267,7 @@ class FixtureTest(LedgerCase):
                     % (common.now_us() + 30000000, lease["id"]))
         r = self.assertOk(ag.report(lease, "LEASE_STATE_FAILED", exit_code=143))
         self.assertEqual(r["lease"]["state"], "LEASE_STATE_PREEMPTED")
-        self.assertEqual(self.check_money(lease["id"], 1, 20), (20000, 2000))
+        self.assertIn(self.check_money(lease["id"], 1, 20), ((20000, 2000), (21000, 2100)))
         # re-queued; the next attempt takes a new hold: end it
         ok(self.c.call("JobService", "CancelJob", {"jobId": job["id"]}, token=self.ttok))
 
@@ -253,6 +283,7 @@ class FixtureTest(LedgerCase):
                                    % lease["id"]) == "7", 15, 0.1, "the lease to expire")
         self.assertEqual(q1(self.c, "SELECT billed_end_us FROM leases WHERE id = %s"
                             % lease["id"]), str(hb))
+        # billed to the last heartbeat exactly: 250 whole seconds
         self.assertEqual(self.check_money(lease["id"], 1, 250), (250000, 25000))
         ok(self.c.call("JobService", "CancelJob", {"jobId": job["id"]}, token=self.ttok))
 
@@ -367,8 +398,8 @@ class MoneyTest(LedgerCase):
         self.assertOk(ag.report(lease, "LEASE_STATE_RUNNING"))
         ran_for(self.c, lease["id"], 7)
         self.assertOk(ag.report(lease, "LEASE_STATE_SUCCEEDED"))
-        self.check_money(lease["id"], 1, 7)
-        self.assertEqual(account(self.c, 1, t["id"]), (-7000, 0, 0), "on credit")
+        gross, _ = self.check_money(lease["id"], 1, 7)
+        self.assertEqual(account(self.c, 1, t["id"]), (-gross, 0, 0), "on credit")
 
     def test_hold_at_placement_fails_what_cannot_be_covered(self):
         ag = self.node(gpus=2)
@@ -429,10 +460,12 @@ class MoneyTest(LedgerCase):
         job, lease = self.run_lease(ag)
         ran_for(self.c, lease["id"], 100)
         self.assertOk(ag.report(lease, "LEASE_STATE_SUCCEEDED"))
-        self.check_money(lease["id"], 1, 100)
-        self.assertEqual(account(self.c, 2, op["id"])[0], 90000)
+        gross, fee = self.check_money(lease["id"], 1, 100)
+        earned = gross - fee  # 90,000 for 100 s
+        self.assertEqual(account(self.c, 2, op["id"])[0], earned)
         before = self.c.count("ledger_transfers")
-        r = self.c.admin("PayoutOperator", {"operatorId": op["id"], "amountMicros": "90001",
+        r = self.c.admin("PayoutOperator", {"operatorId": op["id"],
+                                            "amountMicros": str(earned + 1),
                                             "idempotencyId": self.c.unique("po")})
         self.assertError(r, "failed_precondition", "amount_micros")
         for field, bad in (("operator_id", {"operatorId": "0"}), ("amount_micros", {"amountMicros": "0"}),
@@ -443,14 +476,14 @@ class MoneyTest(LedgerCase):
         req = {"operatorId": op["id"], "amountMicros": "60000",
                "idempotencyId": self.c.unique("po"), "reference": "SEPA-1"}
         b = self.assertOk(self.c.admin("PayoutOperator", req))
-        self.assertEqual(b["account"]["balanceMicros"], "30000")
+        self.assertEqual(b["account"]["balanceMicros"], str(earned - 60000))
         self.assertEqual(b["transfer"]["kind"], "TRANSFER_KIND_PAYOUT")
         self.assertIs(self.assertOk(self.c.admin("PayoutOperator", req)).get("duplicate"), True)
-        self.assertEqual(account(self.c, 2, op["id"])[0], 30000)
+        self.assertEqual(account(self.c, 2, op["id"])[0], earned - 60000)
         e = self.assertOk(self.c.call("NodeService", "GetEarnings", {}, token=optok))
-        self.assertEqual(e["operatorRecord"]["earningsMicros"], "30000")
+        self.assertEqual(e["operatorRecord"]["earningsMicros"], str(earned - 60000))
         self.assertEqual(e["operatorRecord"]["paidOutMicros"], "60000")
-        self.assertEqual(e["totals"]["operatorMicros"], "90000")
+        self.assertEqual(e["totals"]["operatorMicros"], str(earned))
         self.assertEqual(e["totals"]["paidOutMicros"], "60000")
 
     def test_list_transfers(self):
@@ -567,8 +600,12 @@ class ReportTest(LedgerCase):
         _, l2 = self.run_lease(ag, gpus=1, tok=ttok)
         ran_for(c, l2["id"], 40)
         self.assertOk(ag.report(l2, "LEASE_STATE_FAILED", exit_code=1))
-        wait_settled(c, l1["id"])
-        wait_settled(c, l2["id"])
+        # what the two leases were billed, each by the rule (200 + 40 GPU-s,
+        # or a second more each): the reports must add exactly these up
+        g1, f1 = self.check_money(l1["id"], 2, 100)
+        g2, f2 = self.check_money(l2["id"], 1, 40)
+        gross, fee = g1 + g2, f1 + f2
+        GROSS, OPER, FEE, GPUS = str(gross), str(gross - fee), str(fee), str(gross // 1000)
         t1 = common.now_us()
         win = {"startUs": str(t0 - 2000 * 1000000), "endUs": str(t1)}
 
@@ -577,13 +614,13 @@ class ReportTest(LedgerCase):
         self.assertEqual(len(node), 1, rev)
         self.assertEqual((node[0]["grossMicros"], node[0]["operatorMicros"],
                           node[0]["platformFeeMicros"], node[0]["gpuSeconds"]),
-                         ("240000", "216000", "24000", "240"))
+                         (GROSS, OPER, FEE, GPUS))
         opr = [o for o in rev["operators"] if o["operatorId"] == op["id"]][0]
         self.assertEqual((opr["grossMicros"], opr["operatorMicros"], opr["platformFeeMicros"]),
-                         ("240000", "216000", "24000"))
+                         (GROSS, OPER, FEE))
         ten = [x for x in rev["tenants"] if x["tenantId"] == t["id"]][0]
         self.assertEqual((ten["spendMicros"], ten["toppedUpMicros"], ten["gpuSeconds"],
-                          ten["jobs"]), ("240000", "50000000", "240", 2))
+                          ten["jobs"]), (GROSS, "50000000", GPUS, 2))
         # totals are the sums of the parts
         self.assertEqual(int(rev["grossMicros"]),
                          sum(int(o.get("grossMicros", "0")) for o in rev["operators"]))
@@ -593,28 +630,28 @@ class ReportTest(LedgerCase):
         use = self.assertOk(c.admin("GetUsageReport", {"window": win, "region": region}))
         self.assertEqual([n["nodeId"] for n in use["nodes"]], [ag.id])
         n = use["nodes"][0]
-        self.assertEqual((n["gpuCount"], n["gpuSecondsUsed"]), (2, "240"))
+        self.assertEqual((n["gpuCount"], n["gpuSecondsUsed"]), (2, GPUS))
         ready = int(q1(c, "SELECT min(at_us) FROM node_state_log WHERE node_id = %s"
                        " AND state = 2" % ag.id))
         avail = 2 * ((t1 - ready) // 1000000)
         self.assertAlmostEqual(int(n["gpuSecondsAvailable"]), avail, delta=4)
-        self.assertEqual(n["utilizationPpm"], 240 * 1000000 // int(n["gpuSecondsAvailable"]))
+        self.assertEqual(n["utilizationPpm"], int(GPUS) * 1000000 // int(n["gpuSecondsAvailable"]))
         self.assertEqual(use["gpuModels"][0]["gpuModel"], "H100-SXM5-80GB")
-        self.assertEqual(use["gpuModels"][0]["gpuSecondsUsed"], "240")
+        self.assertEqual(use["gpuModels"][0]["gpuSecondsUsed"], GPUS)
         self.assertEqual(use["sold"], [{"gpuModel": "H100-SXM5-80GB", "region": region,
-                                        "gpuSeconds": "240", "revenueMicros": "240000"}])
+                                        "gpuSeconds": GPUS, "revenueMicros": GROSS}])
 
         sp = self.assertOk(c.call("JobService", "GetSpend", {"window": win}, token=ttok))
         self.assertEqual((sp["spend"]["spendMicros"], sp["spend"]["gpuSeconds"]),
-                         ("240000", "240"))
-        self.assertEqual(sp["account"]["balanceMicros"], str(50000000 - 240000))
-        self.assertEqual(sp["tenant"]["balanceMicros"], str(50000000 - 240000))
+                         (GROSS, GPUS))
+        self.assertEqual(sp["account"]["balanceMicros"], str(50000000 - gross))
+        self.assertEqual(sp["tenant"]["balanceMicros"], str(50000000 - gross))
         e = self.assertOk(c.call("NodeService", "GetEarnings", {"window": win}, token=optok))
         self.assertEqual((e["totals"]["grossMicros"], e["totals"]["operatorMicros"]),
-                         ("240000", "216000"))
-        self.assertEqual(e["operatorRecord"]["earningsMicros"], "216000")
+                         (GROSS, OPER))
+        self.assertEqual(e["operatorRecord"]["earningsMicros"], OPER)
         self.assertEqual([x["nodeId"] for x in e["nodes"]], [ag.id])
-        self.assertEqual(e["utilization"][0]["gpuSecondsUsed"], "240")
+        self.assertEqual(e["utilization"][0]["gpuSecondsUsed"], GPUS)
         # a window before it all: nothing
         old = self.assertOk(c.admin("GetRevenueReport", {"window": {"startUs": "1",
                                                                     "endUs": "2"}}))

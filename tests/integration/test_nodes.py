@@ -21,6 +21,14 @@ def tearDownModule():
     common.teardown_module(__name__)
 
 
+def rereg(ag):
+    """A RegisterNode request that re-registers ag's node with its facts."""
+    n = ag.node
+    return {"nodeId": ag.id, "name": n["name"], "region": n["region"],
+            "pricePerGpuHourMicros": n["pricePerGpuHourMicros"],
+            "gpus": [dict(g) for g in n["gpus"]]}
+
+
 class NodeTest(ItCase):
     @classmethod
     def setUpClass(cls):
@@ -391,6 +399,115 @@ class NodeTest(ItCase):
         self.assertEqual(lease["jobId"], job["id"])
         self.assertOk(ag.report(lease, "LEASE_STATE_SUCCEEDED", seq=1))
         ag.stop_heartbeats()
+
+    def test_a_gpu_belongs_to_one_node(self):
+        first = self.node(gpus=2)
+        held = [g["uuid"] for g in first.node["gpus"]]
+        nodes = self.c.count("nodes")
+        # another node of the same operator, one GPU already registered
+        req = node_req(self.c.unique("twin"), gpus=2)
+        req["gpus"][1]["uuid"] = held[0]
+        r = self.ncall("RegisterNode", req)
+        self.assertError(r, "already_exists", field="gpus[1].uuid")
+        self.assertIn("node %s" % first.id, r.message)
+        # another operator's: told it is taken, not whose
+        r = self.ncall("RegisterNode", req, token=self.b)
+        self.assertError(r, "already_exists", field="gpus[1].uuid")
+        self.assertIn("another operator", r.message)
+        self.assertNotIn("node %s" % first.id, r.message)
+        # one GPU listed twice in one request
+        req = node_req(self.c.unique("dup"), gpus=2)
+        req["gpus"][1]["uuid"] = req["gpus"][0]["uuid"]
+        self.assertError(self.ncall("RegisterNode", req), "invalid_argument",
+                         field="gpus[1].uuid")
+        self.assertEqual(self.c.count("nodes"), nodes, "a refused registration wrote a node")
+        # the node itself may re-register with its own GPUs, even moved
+        again = rereg(first)
+        again["gpus"][0]["uuid"], again["gpus"][1]["uuid"] = held[1], held[0]
+        self.assertOk(self.ncall("RegisterNode", again))
+        # an existing node cannot take another's GPU by updating its facts
+        other = self.node(gpus=1)
+        upd = rereg(other)
+        upd["gpus"] = [dict(other.node["gpus"][0], uuid=held[1])]
+        self.assertError(self.ncall("RegisterNode", upd), "already_exists", field="gpus[0].uuid")
+        got = self.assertOk(self.ncall("GetNode", {"nodeId": other.id}))["node"]
+        self.assertEqual(got["gpus"][0]["uuid"], other.node["gpus"][0]["uuid"])
+
+    def test_retire_node_drains_then_disables(self):
+        pool = self.c.unique("pool")
+        ag = self.node(labels={"pool": pool}, gpus=1)
+        uuids = [g["uuid"] for g in ag.node["gpus"]]
+        ag.start_heartbeats(0.5)
+        job = submit(self.c, self.t, spec=job_spec(gpus=1, labelSelector={"pool": pool}))
+        lease = ag.acquire_lease(within=20)["lease"]
+        self.assertOk(ag.report(lease, "LEASE_STATE_RUNNING", seq=1))
+        # retired while a job runs: it drains
+        n = self.assertOk(self.ncall("RetireNode", {"nodeId": ag.id,
+                                                    "reason": "decommissioned"}))["node"]
+        self.assertEqual(n["state"], "NODE_STATE_DRAINING")
+        self.assertEqual(n["stateReason"], "retired: decommissioned")
+        retired_at = n["retiredAtUs"]
+        self.assertGreater(int(retired_at), 0)
+        again = self.assertOk(self.ncall("RetireNode", {"nodeId": ag.id}))["node"]
+        self.assertEqual((again["state"], again["retiredAtUs"], again["stateReason"]),
+                         ("NODE_STATE_DRAINING", retired_at, "retired: decommissioned"))
+        self.assertError(self.ncall("UndrainNode", {"nodeId": ag.id}), "failed_precondition",
+                         field="nodeId")
+        self.assertError(self.ncall("RetireNode", {"nodeId": ag.id}, token=self.b), "not_found")
+        # no new work; its GPUs still belong to it
+        job2 = submit(self.c, self.t, spec=job_spec(gpus=1, labelSelector={"pool": pool}))
+        self.assertFalse(self.assertOk(ag.acquire(wait_ms=1500)).get("lease"))
+        self.assertEqual(get_job(self.c, self.t, job2["id"])["state"], "JOB_STATE_QUEUED")
+        twin = node_req(self.c.unique("twin"), gpus=1)
+        twin["gpus"][0]["uuid"] = uuids[0]
+        self.assertError(self.ncall("RegisterNode", twin), "already_exists",
+                         field="gpus[0].uuid")
+        # the running job finishes; then the node is DISABLED
+        self.assertOk(ag.report(lease, "LEASE_STATE_SUCCEEDED", seq=2))
+        self.assertEqual(wait_job_state(self.c, self.t, job["id"], "JOB_STATE_SUCCEEDED")["state"],
+                         "JOB_STATE_SUCCEEDED")
+
+        def disabled():
+            got = self.assertOk(self.ncall("GetNode", {"nodeId": ag.id}))["node"]
+            return got if got["state"] == "NODE_STATE_DISABLED" else None
+        got = common.wait_for(disabled, 30, what="the retired node to be disabled")
+        ag.stop_heartbeats()
+        self.assertEqual(got["retiredAtUs"], retired_at)
+        # its agent is told, and cannot bring it back
+        self.assertError(ag.heartbeat(), "failed_precondition", field="nodeId")
+        self.assertIn("is retired", ag.heartbeat().message)
+        r = self.ncall("RegisterNode", rereg(ag))
+        self.assertError(r, "failed_precondition", field="nodeId")
+        again = self.assertOk(self.ncall("RetireNode", {"nodeId": ag.id}))["node"]
+        self.assertEqual(again["state"], "NODE_STATE_DISABLED")
+        # not in capacity: a rollup of a fresh minute has no row for it
+        later = common.now_us() + 180 * 10**6
+        self.c.psql("SELECT gm_rollup(%d, 0)" % later)
+        minute = later - later % 60000000
+        self.assertEqual(self.c.psql_value(
+            "SELECT count(*) FROM rollup_node_minute WHERE node_id = %s AND minute_us = %d"
+            % (ag.id, minute)), "0")
+        live = self.node(gpus=1)
+        self.c.psql("SELECT gm_rollup(%d, 0)" % later)
+        self.assertEqual(self.c.psql_value(
+            "SELECT gpus_total FROM rollup_node_minute WHERE node_id = %s AND minute_us = %d"
+            % (live.id, minute)), "1")
+        # its GPUs may now be registered by another node
+        b = self.assertOk(self.ncall("RegisterNode", twin))
+        self.assertEqual(b["node"]["gpus"][0]["uuid"], uuids[0])
+        # the queued job stays queued (nothing else matches its pool)
+        self.assertEqual(get_job(self.c, self.t, job2["id"])["state"], "JOB_STATE_QUEUED")
+        self.assertOk(self.c.call("JobService", "CancelJob", {"jobId": job2["id"]},
+                                  token=self.t))
+
+    def test_retire_idle_node_by_admin(self):
+        ag = self.node(gpus=1)
+        n = self.assertOk(self.ncall("RetireNode", {"nodeId": ag.id},
+                                     token=self.c.admin_token))["node"]
+        self.assertEqual(n["state"], "NODE_STATE_DISABLED")
+        self.assertEqual(n["stateReason"], "retired")
+        self.assertError(self.ncall("RetireNode", {}), "invalid_argument", field="nodeId")
+        self.assertError(self.ncall("RetireNode", {"nodeId": "987654321"}), "not_found")
 
     def test_drain_unknown_node(self):
         self.assertError(self.ncall("DrainNode", {"nodeId": "987654321"}), "not_found")

@@ -279,7 +279,8 @@ class SimulateTest(ItCase):
         self.assertEqual(set(rows), {job["id"], queued["id"]}, b["jobsCsv"])
         done = rows[job["id"]]
         self.assertGreater(int(done[3]), 0)
-        self.assertLess(int(done[3]), 60 * 1000000, "ran well under a minute: %s" % done)
+        # it ran inside the window the test recorded around it
+        self.assertLessEqual(int(done[3]), t1 - t0, "longer than the test's window: %s" % done)
         self.assertEqual(done[8], "ResNet-50 (batch size 32)")
         self.assertEqual(int(rows[queued["id"]][3]), common.HOUR_US,
                          "a queued job is exported with its max duration")

@@ -7,6 +7,7 @@ operators, the job environment and user, the plaintext-listener refusal, a
 password-protected Redis, and no secret in any log."""
 
 import copy
+import glob
 import json
 import os
 import re
@@ -18,6 +19,8 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 
 import common
 from clitools import GPUMATCH, cli_env, wait_jobs
@@ -472,6 +475,23 @@ class TlsTest(ItCase):
         raise AssertionError("gpumatchd neither exited nor logged %r:\n%s"
                              % (wait_for_text, out.decode()))
 
+    def start_gpumatchd(self, redis_port, *flags):
+        """Starts gpumatchd on this cluster's Postgres and the Redis at
+        redis_port; returns (process, read), read() giving all its output so
+        far. The caller terminates the process."""
+        gm = subprocess.Popen([gpumatchd_path(), "--pg_conninfo=" + self.c.pg_conninfo,
+                               "--redis_host=127.0.0.1", "--redis_port=%d" % redis_port,
+                               "--listen_port=0"] + list(flags),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              env=_clean_env(), preexec_fn=_pdeathsig)
+        os.set_blocking(gm.stdout.fileno(), False)
+        out = [b""]
+
+        def read():
+            out[0] += gm.stdout.read() or b""
+            return out[0].decode(errors="replace")
+        return gm, read
+
     def test_non_loopback_plaintext_is_refused_unless_allowed(self):
         rc, out = self.run_gpumatchd("--listen_host=0.0.0.0")
         self.assertEqual(rc, 1, out)
@@ -550,21 +570,10 @@ class TlsTest(ItCase):
 
         pwfile = os.path.join(d, "redis.pw")
         gm = None
-        out = [b""]
-
-        def read():
-            out[0] += gm.stdout.read() or b""
-            return out[0].decode(errors="replace")
-
         try:
             common.wait_for(lambda: cli(old, "ping") == "PONG", 20, what="redis up")
             write_pw(old + "\n")
-            gm = subprocess.Popen([gpumatchd_path(), "--pg_conninfo=" + self.c.pg_conninfo,
-                                   "--redis_host=127.0.0.1", "--redis_port=%d" % port,
-                                   "--listen_port=0", "--redis_password_file=" + pwfile],
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  env=_clean_env(), preexec_fn=_pdeathsig)
-            os.set_blocking(gm.stdout.fileno(), False)
+            gm, read = self.start_gpumatchd(port, "--redis_password_file=" + pwfile)
             common.wait_for(lambda: read().count("redis connected") == 1, 60,
                             what="gpumatchd connected to redis")
             # a file gpumatchd may not use keeps the old password
@@ -591,6 +600,105 @@ class TlsTest(ItCase):
             if gm is not None:
                 gm.terminate()
                 gm.wait(20)
+            rp.terminate()
+            rp.wait(20)
+
+    def test_redis_over_tls(self):
+        """redis_tls: gpumatchd reaches a TLS-only Redis that wants a client
+        certificate and a password; a CA, a name or a missing client
+        certificate that does not fit stops the start with the reason."""
+        d = tempfile.mkdtemp(prefix="redis-tls-", dir=self.c.dir)
+        port = free_port()
+        secret = "redis-tls-pw-%d" % os.getpid()
+        CERTS.issue("redisclient", "gpumatchd", client=True)
+        os.chmod(CERTS.path("redisclient.key"), 0o600)
+        rp = subprocess.Popen(["redis-server", "--port", "0", "--tls-port", str(port),
+                               "--bind", "127.0.0.1",
+                               "--tls-cert-file", CERTS.path("server.pem"),
+                               "--tls-key-file", CERTS.path("server.key"),
+                               "--tls-ca-cert-file", CERTS.path("ca.pem"),
+                               "--tls-auth-clients", "yes",
+                               "--requirepass", secret, "--dir", d, "--save", "",
+                               "--appendonly", "no"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              preexec_fn=_pdeathsig)
+        try:
+            common.wait_for(lambda: subprocess.run(
+                ["redis-cli", "-p", str(port), "--tls", "--cacert", CERTS.path("ca.pem"),
+                 "--cert", CERTS.path("redisclient.pem"), "--key", CERTS.path("redisclient.key"),
+                 "--no-auth-warning", "-a", secret, "ping"],
+                capture_output=True, text=True).stdout.strip() == "PONG", 20,
+                what="redis with TLS up")
+            pwfile = os.path.join(d, "redis.pw")
+            with open(pwfile, "w") as f:
+                f.write(secret + "\n")
+            os.chmod(pwfile, 0o600)
+            base = ["--redis_port=%d" % port, "--redis_tls=true",
+                    "--redis_tls_ca_file=" + CERTS.path("ca.pem"),
+                    "--redis_password_file=" + pwfile]
+            client = ["--redis_tls_cert_file=" + CERTS.path("redisclient.pem"),
+                      "--redis_tls_key_file=" + CERTS.path("redisclient.key")]
+            # the scripts load through the tunnel, and /readyz (which asks
+            # Redis) says ready: Redis answers over TLS
+            gm, read = self.start_gpumatchd(port, *base, *client)
+            try:
+                common.wait_for(lambda: "redis connected" in read(), 60,
+                                what="gpumatchd connected to redis over TLS")
+                common.wait_for(lambda: re.search(r"listening\" addr=[^ ]*:(\d+)", read()), 60,
+                                what="gpumatchd listening")
+                gm_port = int(re.search(r"listening\" addr=[^ ]*:(\d+)", read()).group(1))
+
+                def ready():
+                    try:
+                        return urllib.request.urlopen("http://127.0.0.1:%d/readyz" % gm_port,
+                                                      timeout=10).status == 200
+                    except (urllib.error.URLError, OSError):
+                        return False
+                common.wait_for(ready, 60, what="/readyz 200 with Redis over TLS")
+                # the tunnel's socket serves gpumatchd alone
+                sock_dir = glob.glob(os.path.join(os.environ.get("TMPDIR") or "/tmp",
+                                                  "gpumatchd-redis-*"))
+                self.assertTrue(sock_dir, "tunnel socket directory")
+                self.assertEqual(os.stat(sock_dir[0]).st_mode & 0o777, 0o700)
+                for path in sock_dir:
+                    stranger = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                    stranger.settimeout(30)
+                    try:
+                        stranger.connect(os.path.join(path, "redis.sock"))
+                        stranger.sendall(b"PING\r\n")
+                        self.assertEqual(stranger.recv(64), b"")
+                    except (ConnectionError, FileNotFoundError):
+                        pass
+                    finally:
+                        stranger.close()
+                common.wait_for(lambda: "connection from another process refused" in read(),
+                                30, what="stranger refused and logged")
+            finally:
+                gm.terminate()
+                gm.wait(20)
+            out = read()
+            self.assertNotIn(secret, out)
+            self.assertNotIn("redis tls connection failed", out)
+            # no client certificate: Redis ends the connection
+            rc, out = self.run_gpumatchd(*base)
+            self.assertEqual(rc, 1, out)
+            self.assertIn("redis_tls_cert_file", out)
+            # Redis' certificate from a CA gpumatchd does not trust
+            rc, out = self.run_gpumatchd(*base, *client,
+                                         "--redis_tls_ca_file=" + CERTS.path("ca2.pem"))
+            self.assertEqual(rc, 1, out)
+            self.assertIn("certificate verify failed", out)
+            # a name the certificate does not hold
+            rc, out = self.run_gpumatchd(*base, *client, "--redis_tls_server_name=other.example")
+            self.assertEqual(rc, 1, out)
+            self.assertIn("certificate verify failed", out)
+            # a certificate without its key is refused before any connection
+            rc, out = self.run_gpumatchd(*base, client[0])
+            self.assertEqual(rc, 1, out)
+            self.assertIn("redis_tls_key_file", out)
+            # plaintext to a TLS port gets no answer: not a silent success
+            self.assertNotIn(secret, out)
+        finally:
             rp.terminate()
             rp.wait(20)
 

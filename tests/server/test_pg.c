@@ -1,7 +1,11 @@
 /* test_pg.c — the Postgres pool against a real server that run_pg.sh starts
  * (GPUMATCH_PG, GPUMATCH_PG_DIR, GPUMATCH_PG_HARNESS): queries, errors,
  * concurrency, teardown with queries in flight, and the server stopped,
- * killed and stalled while a 10 ms timer checks the loop never blocks. */
+ * killed and stalled while a 10 ms timer keeps the loop turning. Nothing here
+ * asserts a duration: "fails fast" is counted in turns of the loop (a failure
+ * that waited for Postgres or for a timer takes many), and "the loop never
+ * blocks" is shown by timer callbacks that run while Postgres is frozen (a
+ * blocking call on a SIGSTOPped server never returns). */
 #include "log.h"
 #include "pg.h"
 
@@ -45,19 +49,16 @@ static int64_t mono_us(void)
 	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
-/* ---- the 10 ms tick: proof that the loop keeps turning ---- */
+/* ---- the 10 ms tick: the loop always has something to turn for ---- */
 
-/* A blocked loop would show as a gap between ticks of a second or more (a
- * stalled server never answers); the 100 ms bound in ticks_ok leaves room
- * for a loaded CI machine under ASan. */
 #define TICK_US 10000
 
 static struct event *tick_ev;
 static int64_t tick_last_us;
 static int64_t tick_max_gap_us; /* longest time between two ticks */
-static int64_t tick_since_us;
 static long ticks;
 static void (*tick_hook)(void);
+static long turns; /* event_base_loop(EVLOOP_ONCE) calls so far */
 
 static void tick_cb(evutil_socket_t fd, short what, void *arg)
 {
@@ -79,16 +80,13 @@ static void tick_reset(void)
 {
 	tick_last_us = 0;
 	tick_max_gap_us = 0;
-	tick_since_us = mono_us();
 	ticks = 0;
 }
 
-/* The loop kept turning: no long gap, and about as many ticks as the time
- * since tick_reset allows. */
-static bool ticks_ok(void)
+static void turn(void)
 {
-	long expected = (long)((mono_us() - tick_since_us) / TICK_US);
-	return tick_max_gap_us < 100000 && ticks * 10 >= expected * 8;
+	turns++;
+	event_base_loop(base, EVLOOP_ONCE);
 }
 
 /* ---- results ---- */
@@ -101,7 +99,8 @@ struct result {
 	char err[64];
 	int ntuples;
 	int64_t sent_us, done_us;
-	int exec_in_cb; /* pg_exec's return when called from the callback */
+	long sent_turn, done_turn; /* the loop's turn at pg_exec and at the callback */
+	int exec_in_cb;            /* pg_exec's return when called from the callback */
 	struct pg_pool *pool;
 };
 
@@ -116,6 +115,7 @@ static void result_cb(enum pg_status st, PGresult *res, const char *sqlstate, co
 	r->calls++;
 	r->st = st;
 	r->done_us = mono_us();
+	r->done_turn = turns;
 	snprintf(r->sqlstate, sizeof r->sqlstate, "%s", sqlstate ? sqlstate : "");
 	snprintf(r->err, sizeof r->err, "%s", err ? err : "");
 	r->val[0] = '\0';
@@ -153,6 +153,7 @@ static int exec(struct pg_pool *p, const char *name, const char *sql, int n,
 {
 	in_exec = true;
 	r->sent_us = mono_us();
+	r->sent_turn = turns;
 	int rc = pg_exec(p, name, sql, n, params, result_cb, r);
 	in_exec = false;
 	return rc;
@@ -164,7 +165,7 @@ static void run_for_ms(int ms)
 {
 	int64_t end = mono_us() + (int64_t)ms * 1000;
 	while (mono_us() < end)
-		event_base_loop(base, EVLOOP_ONCE);
+		turn();
 }
 
 static bool all_done(const struct result *r, int n)
@@ -182,9 +183,26 @@ static bool wait_done(const struct result *r, int n, int timeout_ms)
 	while (!all_done(r, n)) {
 		if (mono_us() > end)
 			return false;
-		event_base_loop(base, EVLOOP_ONCE);
+		turn();
 	}
 	return true;
+}
+
+/* Failed fast: the callback came within two turns of the loop after
+ * pg_exec (the deferred failure runs on the next turn), not after a timer or
+ * an answer from Postgres. Counted in turns, so the machine's load cannot
+ * change the outcome. */
+static bool failed_fast(const struct result *r)
+{
+	return r->calls == 1 && r->st == PG_UNAVAILABLE && r->done_turn - r->sent_turn <= 2;
+}
+
+/* Turns the loop until r[0..n) are done or max_turns have passed. */
+static bool done_within_turns(const struct result *r, int n, int max_turns)
+{
+	for (int i = 0; i < max_turns && !all_done(r, n); i++)
+		turn();
+	return all_done(r, n);
 }
 
 static int pool_up(struct pg_pool *p)
@@ -208,7 +226,7 @@ static bool wait_up(struct pg_pool *p, int up, int timeout_ms)
 	while (up > 0 ? pool_up(p) < up : pool_up(p) != 0) {
 		if (mono_us() > end)
 			return false;
-		event_base_loop(base, EVLOOP_ONCE);
+		turn();
 	}
 	return true;
 }
@@ -219,7 +237,7 @@ static bool wait_busy(struct pg_pool *p, int busy, int timeout_ms)
 	while (pool_busy(p) < busy) {
 		if (mono_us() > end)
 			return false;
-		event_base_loop(base, EVLOOP_ONCE);
+		turn();
 	}
 	return true;
 }
@@ -449,8 +467,8 @@ static void test_queue_full(struct pg_pool *p)
 	for (int i = 0; i < NFULL; i++)
 		CHECK(exec(p, "echo", NULL, 1, (const char *const[]){ "f" }, &full[i]) == 0);
 	CHECK(full[NFULL - 1].calls == 0);
-	CHECK(wait_done(&full[NFULL - 1], 1, 1000));
-	CHECK(full[NFULL - 1].st == PG_UNAVAILABLE);
+	CHECK(done_within_turns(&full[NFULL - 1], 1, 2));
+	CHECK(failed_fast(&full[NFULL - 1]));
 	CHECK(strstr(full[NFULL - 1].err, "queue full") != NULL);
 	CHECK(full[NFULL - 2].calls == 0);
 	CHECK(wait_done(full, NFULL, 600000));
@@ -546,12 +564,20 @@ static void test_bad_stmt(void)
 	struct result r[2] = { 0 };
 	struct pg_pool *p = pg_pool_new(base, conninfo, 2, bad);
 	CHECK(p != NULL);
+	/* No timer may be what fails it: whatever the load, the query fails
+	 * because the pool cannot come up, long before these. */
+	pg_pool_set_queue_timeout(p, 600000);
+	pg_pool_set_query_timeout(p, 600000);
 	run_for_ms(300);
 	CHECK(!pg_pool_ready(p));
 	CHECK(exec(p, "ok", NULL, 0, NULL, &r[0]) == 0);
-	CHECK(wait_done(r, 1, 1000));
+	CHECK(wait_done(r, 1, 60000));
 	CHECK(r[0].st == PG_UNAVAILABLE);
-	CHECK(r[0].done_us - r[0].sent_us < 100000);
+	CHECK(strstr(r[0].err, "timeout") == NULL);
+	/* Once the first attempt has settled, the next one fails fast. */
+	CHECK(exec(p, "ok", NULL, 0, NULL, &r[1]) == 0);
+	CHECK(done_within_turns(&r[1], 1, 2));
+	CHECK(failed_fast(&r[1]));
 	pg_pool_free(p);
 }
 
@@ -570,29 +596,31 @@ static void down_hook(void)
 		           &down_r[down_n++]) == 0);
 }
 
-/* Every tick for 1.5 s, a query: each must fail fast. Returns the worst
- * pg_exec-to-callback latency in µs. */
+/* On each of NDOWN ticks, a query: each must fail fast (within two turns of
+ * the loop). Returns the worst pg_exec-to-callback latency in µs, printed as
+ * a figure only. */
 static int64_t fail_fast_window(struct pg_pool *p)
 {
 	memset(down_r, 0, sizeof down_r);
 	down_n = 0;
 	down_pool = p;
-	tick_hook = down_hook;
-	CHECK(wait_done(down_r, 1, 1000)); /* first tick, then the window */
 	tick_reset();
-	run_for_ms(1500);
+	tick_hook = down_hook;
+	int64_t end = mono_us() + 120 * 1000000LL; /* generous: a count bounds it */
+	while (down_n < NDOWN && mono_us() < end)
+		turn();
 	tick_hook = NULL;
-	CHECK(wait_done(down_r, down_n, 1000));
+	CHECK(down_n == NDOWN);
+	CHECK(done_within_turns(down_r, down_n, 2));
 	int64_t worst = 0;
 	int bad = 0;
 	for (int i = 0; i < down_n; i++) {
-		if (down_r[i].calls != 1 || down_r[i].st != PG_UNAVAILABLE)
+		if (!failed_fast(&down_r[i]))
 			bad++;
 		if (down_r[i].done_us - down_r[i].sent_us > worst)
 			worst = down_r[i].done_us - down_r[i].sent_us;
 	}
 	CHECK(bad == 0);
-	CHECK(down_n > 100);
 	return worst;
 }
 
@@ -622,8 +650,6 @@ static void test_stopped(struct pg_pool *p)
 	printf("measured: postgres stopped: %d queries failed fast, worst latency %.2f ms; "
 	       "%ld ticks, max tick gap %.2f ms\n",
 	       down_n, (double)worst / 1000.0, ticks, (double)tick_max_gap_us / 1000.0);
-	CHECK(worst < 100000);
-	CHECK(ticks_ok());
 
 	harness("start");
 	t0 = mono_us();
@@ -652,8 +678,6 @@ static void test_killed(struct pg_pool *p)
 	printf("measured: postgres killed: worst fail-fast latency %.2f ms, max tick gap "
 	       "%.2f ms\n",
 	       (double)worst / 1000.0, (double)tick_max_gap_us / 1000.0);
-	CHECK(worst < 100000);
-	CHECK(ticks_ok());
 	harness("start"); /* crash recovery */
 	CHECK(wait_up(p, 4, 10000));
 	CHECK(exec(p, "echo", NULL, 1, (const char *const[]){ "back" }, &r[1]) == 0);
@@ -675,34 +699,39 @@ static void test_stalled(struct pg_pool *p)
 	for (int i = 0; i < 10; i++)
 		CHECK(exec(p, "echo", NULL, 1, (const char *const[]){ "s" }, &r[i]) == 0);
 	CHECK(pool_busy(p) == 4);
-	CHECK(wait_done(r, 10, 3000));
+	/* Postgres stays frozen until every one has failed: only the pool's
+	 * timers, run by a loop that keeps turning, can fail them (a blocking
+	 * call would wait for the frozen server forever). Generous: a loaded
+	 * machine may run those timers late. */
+	CHECK(wait_done(r, 10, 60000));
 	int64_t q_min = INT64_MAX, q_max = 0, f_min = INT64_MAX, f_max = 0;
 	for (int i = 0; i < 10; i++) {
 		CHECK(r[i].calls == 1 && r[i].st == PG_UNAVAILABLE);
 		int64_t d = r[i].done_us - t0;
 		if (i < 4) {
+			/* in flight: the query timeout dropped its connection */
+			CHECK(strstr(r[i].err, "query timed out") != NULL);
 			f_min = d < f_min ? d : f_min;
 			f_max = d > f_max ? d : f_max;
 		} else {
+			/* queued: the queue timeout (no connection freed meanwhile) */
+			CHECK(strstr(r[i].err, "queue timeout") != NULL);
 			q_min = d < q_min ? d : q_min;
 			q_max = d > q_max ? d : q_max;
 		}
 	}
-	/* Queued: the 500 ms queue timeout; in flight: the 1 s query timeout. */
-	CHECK(q_min >= 480000 && q_max < 1000000);
-	CHECK(f_min >= 950000 && f_max < 2000000); /* libevent timers run on a coarse clock */
+	CHECK(ticks > 0); /* the tick ran while Postgres was frozen */
 	/* The connections were dropped; reconnecting hangs on the stalled
 	 * server (TCP accepts, nothing answers), so new queries fail fast. */
-	CHECK(wait_up(p, 0, 1000));
+	CHECK(wait_up(p, 0, 60000));
 	CHECK(exec(p, "echo", NULL, 1, (const char *const[]){ "s" }, &r[10]) == 0);
-	CHECK(wait_done(r, 11, 1000));
-	CHECK(r[10].st == PG_UNAVAILABLE && r[10].done_us - r[10].sent_us < 100000);
+	CHECK(done_within_turns(&r[10], 1, 2));
+	CHECK(failed_fast(&r[10]));
 	run_for_ms(500);
 	printf("measured: postgres stalled (SIGSTOP): queued failed at %.0f-%.0f ms, in-flight "
 	       "at %.0f-%.0f ms, %ld ticks, max tick gap %.2f ms\n",
 	       (double)q_min / 1000.0, (double)q_max / 1000.0, (double)f_min / 1000.0,
 	       (double)f_max / 1000.0, ticks, (double)tick_max_gap_us / 1000.0);
-	CHECK(ticks_ok());
 
 	harness("resume");
 	t0 = mono_us();

@@ -877,7 +877,6 @@ static void test_deferred(int port)
 	uint8_t b1[16], b2[16];
 	struct resp r1, r2;
 	struct evhttp_connection *c1 = client_new(port), *c2 = client_new(port);
-	int64_t t0 = now_ms();
 	/* two calls in flight at once on two connections; the later one asked
 	 * answers first */
 	http_start(c1, EVHTTP_REQ_POST, P_LIST_JOBS,
@@ -891,7 +890,6 @@ static void test_deferred(int port)
 	CHECK(spin_until(&r2.done, 1, 5000), "second answered");
 	CHECK(!r1.done, "first still waiting");
 	CHECK(spin_until(&r1.done, 1, 5000), "first answered");
-	CHECK(now_ms() - t0 >= 110, "the first waited for its timer");
 	CHECK_STATUS(r1, 200);
 	CHECK_STATUS(r2, 200);
 	CHECK(!strcmp(r1.ctype, PROTO), "ctype");
@@ -907,24 +905,25 @@ static void test_timeouts(int port, struct rpc_server *s, const struct rpc_limit
 	l.request_timeout_ms = 150;
 	rpc_server_set_limits(s, &l);
 
-	/* the server's deadline: answered deadline_exceeded, the hook runs */
+	/* the server's deadline: answered deadline_exceeded, the hook runs (the
+	 * handler never answers by itself) */
 	int aborts = n_aborts;
-	int64_t t0 = now_ms();
 	post(port, P_CANCEL_JOB,
 	     &(struct opts){
 	         .ctype = PROTO, .auth = TENANT, .body = buf, .len = pack_cancel_job("", buf) },
 	     &r);
-	int64_t took = now_ms() - t0;
 	CHECK_CODE(r, 504, "deadline_exceeded");
 	CHECK_BODY(r, "{\"code\":\"deadline_exceeded\",\"message\":\"" P_CANCEL_JOB
 	              " did not finish within its deadline\"}");
-	CHECK(took >= 140 && took < 2000, "took %lld ms", (long long)took);
 	CHECK(n_aborts == aborts + 1, "abort hook ran");
 	CHECK(rpc_server_inflight(s) == 0, "nothing in flight");
 
 	/* the client's deadline when shorter; answering inside the hook is a
-	 * harmless no-op */
-	t0 = now_ms();
+	 * harmless no-op. The server's deadline is far away meanwhile, so only
+	 * the client's can end the call before http_do gives up (no duration
+	 * is measured). */
+	l.request_timeout_ms = 600000;
+	rpc_server_set_limits(s, &l);
 	post(port, P_CANCEL_JOB,
 	     &(struct opts){ .ctype = JSON,
 	                     .auth = TENANT,
@@ -933,10 +932,10 @@ static void test_timeouts(int port, struct rpc_server *s, const struct rpc_limit
 	                     .h1 = "Connect-Timeout-Ms",
 	                     .v1 = "30" },
 	     &r);
-	took = now_ms() - t0;
 	CHECK_CODE(r, 504, "deadline_exceeded");
-	CHECK(took >= 25 && took < 140, "client deadline took %lld ms", (long long)took);
 	CHECK(n_aborts == aborts + 2, "abort hook ran");
+	l.request_timeout_ms = 150;
+	rpc_server_set_limits(s, &l);
 
 	/* no server deadline left, the client's still ends it */
 	post(port, P_CANCEL_JOB,
@@ -1427,10 +1426,17 @@ static void test_max_connections(const struct rpc_limits *base_limits)
 			      r.connection);
 		}
 	}
-	/* connections are counted from accept: a third one is refused before
-	 * it is read, whatever it asks */
+	/* connections are counted from accept: past the limit, only GET
+	 * /healthz is answered (liveness probes see a live server), then
+	 * closed; anything else is refused without reaching the handlers */
 	struct evhttp_connection *c4 = client_new(port);
 	http_do(c4, EVHTTP_REQ_GET, "/healthz", &(struct opts){ 0 }, &r);
+	CHECK_STATUS(r, 200);
+	CHECK(!strcmp(r.body, "ok\n"), "healthz body past the limit: %s", r.body);
+	CHECK(!strcmp(r.connection, "close"), "healthz past the limit closes: %s", r.connection);
+	evhttp_connection_free(c4);
+	c4 = client_new(port);
+	http_do(c4, EVHTTP_REQ_GET, "/metrics", &(struct opts){ 0 }, &r);
 	CHECK_CODE(r, 503, "unavailable");
 	evhttp_connection_free(c4);
 	evhttp_connection_free(c[0]);
@@ -1466,10 +1472,11 @@ static void eof_cb(evutil_socket_t fd, short what, void *arg)
 static void test_idle_timeout(const struct rpc_limits *base_limits)
 {
 	struct rpc_limits l = *base_limits;
-	l.idle_timeout_ms = 1000;
+	l.idle_timeout_ms = 600000;
 	struct rpc_server *s;
 	start_server(&l, &s);
-	/* applies to connections made after the change */
+	/* applies to connections made after the change: under the old value
+	 * the connection would outlive the wait below */
 	l.idle_timeout_ms = 200;
 	rpc_server_set_limits(s, &l);
 	int fd = raw_connect(rpc_server_port(s));
@@ -1478,10 +1485,7 @@ static void test_idle_timeout(const struct rpc_limits *base_limits)
 	struct eof_wait w = { fd, 0 };
 	struct event *ev = event_new(base, fd, EV_READ | EV_PERSIST, eof_cb, &w);
 	event_add(ev, NULL);
-	int64_t t0 = now_ms();
-	CHECK(spin_until(&w.eof, 1, 3000), "idle connection closed");
-	int64_t took = now_ms() - t0;
-	CHECK(took >= 150 && took < 1000, "closed after %lld ms", (long long)took);
+	CHECK(spin_until(&w.eof, 1, 60000), "idle connection closed");
 	event_free(ev);
 	close(fd);
 	rpc_server_free(s);
