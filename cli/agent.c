@@ -911,7 +911,9 @@ static void start_container(struct agent *a, struct job *j,
 		return;
 	}
 	ship_logs(j, 0);
-	save_leases(a); /* the scratch and container are on record before they exist */
+	/* no fsync'd save before the start: the RUNNING report below puts the
+	 * lease on record, and a container or scratch left by a crash in
+	 * between is found by its label and name (remove_orphans) */
 	pid_t pid = fork();
 	if (pid < 0) {
 		close(sp[0]);
