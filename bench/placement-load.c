@@ -6,7 +6,9 @@
  * tenant submitting jobs, all over real HTTP with binary protobuf.
  *
  * A placement counts when the server has acknowledged the lease's RUNNING
- * report (the lease is confirmed and durable). Two phases:
+ * report and the lease it returns is RUNNING (confirmed and durable); a job
+ * confirmed on a second lease is counted apart and fails the run. Two
+ * phases:
  *   throughput  --jobs single-GPU jobs submitted as fast as --window
  *               outstanding submits allow; placements_per_s = jobs / (last
  *               confirmation - first submit).
@@ -38,7 +40,9 @@
 struct node {
 	int idx;
 	uint64_t id;
-	struct evhttp_connection *poll;
+	struct evhttp_connection *poll; /* the AcquireLease long-poll */
+	struct evhttp_connection *ctl;  /* reports, as an agent's own */
+	struct evhttp_connection *hb;   /* heartbeats: never queued behind a report */
 	struct event *hb_ev;
 	int hb_ms;
 	bool hb_busy, polling, ready;
@@ -55,6 +59,7 @@ struct run {
 	struct node *n;
 	uint64_t lease_id, fence;
 	int job;
+	bool counted; /* the job's first confirmed run: its end counts as finished */
 	struct event *ev;
 };
 
@@ -66,8 +71,8 @@ static struct {
 	double latency_rate;
 	uint32_t wait_ms;
 	struct event_base *base;
-	struct evhttp_connection **ctl, **sub, **hb;
-	unsigned ctl_rr, sub_rr, hb_rr;
+	struct evhttp_connection **ctl, **sub;
+	unsigned ctl_rr, sub_rr;
 	struct node *node;
 	struct job *job; /* throughput jobs, then latency jobs */
 	char nonce[32];
@@ -80,7 +85,7 @@ static struct {
 	int64_t t_setup0, t_phase1, t_last_confirm1, t_phase2;
 	struct event *pace_ev, *progress_ev;
 	uint64_t polls, empty_polls, poll_errors, hb_sent, hb_errors, report_errors, submit_errors,
-	    stray;
+	    stray, not_running, confirmed_twice;
 } P;
 
 static void die_msg(const char *what, int status, const uint8_t *body, size_t len)
@@ -134,10 +139,10 @@ static void send_heartbeat(struct node *n)
 	req.agent_version = "placement-load/1";
 	n->hb_busy = true;
 	P.hb_sent++;
-	/* heartbeats have connections of their own, as an agent's do: they
-	 * never wait behind reports */
-	call(P.hb[P.hb_rr++ % (unsigned)P.ctl_conns], NODE_SVC "Heartbeat", P.operator_token,
-	     &req.base, hb_cb, n);
+	/* each node's heartbeats on a connection of their own, as an agent's:
+	 * a heartbeat queued behind reports would reach the server with the
+	 * running leases of when it was built */
+	call(n->hb, NODE_SVC "Heartbeat", P.operator_token, &req.base, hb_cb, n);
 }
 
 static void hb_timer_cb(evutil_socket_t fd, short ev, void *arg)
@@ -265,7 +270,7 @@ static void report(struct run *r, int seq, Gpumatch__V1__LeaseState state, rpcc_
 	req.fencing_token = r->fence;
 	req.seq = (uint64_t)seq;
 	req.state = state;
-	call(ctl(), NODE_SVC "ReportLease", P.operator_token, &req.base, cb, r);
+	call(r->n->ctl, NODE_SVC "ReportLease", P.operator_token, &req.base, cb, r);
 }
 
 static void run_forget(struct run *r)
@@ -290,8 +295,9 @@ static void ended_cb(int status, const uint8_t *body, size_t len, void *arg)
 			fprintf(stderr, "placement-load: SUCCEEDED report: HTTP %d %.*s\n", status,
 			        (int)(len > 200 ? 200 : len), body ? (const char *)body : "");
 	}
+	bool counted = r->counted;
 	run_forget(r);
-	P.finished++;
+	P.finished += counted;
 	maybe_done();
 }
 
@@ -315,13 +321,30 @@ static void running_cb(int status, const uint8_t *body, size_t len, void *arg)
 		maybe_done();
 		return;
 	}
+	/* only a lease that is now RUNNING counts: one the server ended first
+	 * (an offer withdrawn, a lease expired) is not a placement, and its
+	 * job comes back with another lease */
+	Gpumatch__V1__ReportLeaseResponse *rr =
+	    gpumatch__v1__report_lease_response__unpack(NULL, len, body);
+	bool running =
+	    rr && rr->lease && rr->lease->state == GPUMATCH__V1__LEASE_STATE__LEASE_STATE_RUNNING;
+	if (rr)
+		gpumatch__v1__report_lease_response__free_unpacked(rr, NULL);
+	if (!running) {
+		P.not_running++;
+		run_forget(r);
+		return;
+	}
 	struct job *j = &P.job[r->job];
 	if (!j->confirmed) {
 		j->confirmed = true;
 		j->running_ns = now;
 		P.confirmed++;
+		r->counted = true;
 		if (r->job < P.jobs)
 			P.t_last_confirm1 = now;
+	} else {
+		P.confirmed_twice++; /* a job confirmed on a second lease */
 	}
 	r->ev = evtimer_new(P.base, end_timer_cb, r);
 	struct timeval tv = { P.job_ms / 1000, (P.job_ms % 1000) * 1000 };
@@ -503,8 +526,8 @@ static void usage(void)
 	    "  --latency-rate       their submits per second (200)\n"
 	    "  --job-ms             how long each job runs before SUCCEEDED (2000)\n"
 	    "  --wait-ms            AcquireLease waitTimeoutMs (20000)\n"
-	    "  --ctl-connections    keep-alive connections for reports, and as many for\n"
-	    "                       heartbeats (64)\n"
+	    "  --ctl-connections    keep-alive connections for registrations (64); each\n"
+	    "                       node has its own for reports and for heartbeats\n"
 	    "  --submit-connections keep-alive connections for submits (32)\n"
 	    "The last line of stdout is one JSON object.\n");
 	exit(1);
@@ -517,6 +540,16 @@ static long num_arg(const char *s, long min, long max)
 	if (end == s || *end || v < min || v > max)
 		usage();
 	return v;
+}
+
+/* this process's CPU time (user + system), for the figures' context */
+static double cpu_s(void)
+{
+	struct rusage ru;
+	if (getrusage(RUSAGE_SELF, &ru))
+		return 0;
+	return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+	       (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
 }
 
 static void print_q(const char *name, double *v, int n, bool comma)
@@ -628,10 +661,11 @@ int main(int argc, char **argv)
 	if (!url || !P.tenant_token || !P.operator_token ||
 	    rpcc_parse_url(url, P.host, sizeof P.host, &P.port))
 		usage();
-	/* one socket per node's long-poll, plus the shared ones */
+	/* three sockets per node (long-poll, reports, heartbeats), plus the
+	 * shared ones */
 	struct rlimit rl;
 	if (!getrlimit(RLIMIT_NOFILE, &rl)) {
-		rlim_t want = (rlim_t)(P.nodes + 2 * P.ctl_conns + P.submit_conns + 64);
+		rlim_t want = (rlim_t)(3 * P.nodes + P.ctl_conns + P.submit_conns + 64);
 		if (rl.rlim_cur < want) {
 			rl.rlim_cur = want < rl.rlim_max ? want : rl.rlim_max;
 			setrlimit(RLIMIT_NOFILE, &rl);
@@ -650,14 +684,12 @@ int main(int argc, char **argv)
 	P.job = calloc((size_t)(P.jobs + P.latency_jobs), sizeof *P.job);
 	P.ctl = calloc((size_t)P.ctl_conns, sizeof *P.ctl);
 	P.sub = calloc((size_t)P.submit_conns, sizeof *P.sub);
-	P.hb = calloc((size_t)P.ctl_conns, sizeof *P.hb);
-	if (!P.base || !P.node || !P.job || !P.ctl || !P.sub || !P.hb) {
+	if (!P.base || !P.node || !P.job || !P.ctl || !P.sub) {
 		fprintf(stderr, "placement-load: out of memory\n");
 		return 2;
 	}
 	for (int i = 0; i < P.ctl_conns; i++)
-		if (!(P.ctl[i] = rpcc_connect(P.base, P.host, P.port, 60)) ||
-		    !(P.hb[i] = rpcc_connect(P.base, P.host, P.port, 60)))
+		if (!(P.ctl[i] = rpcc_connect(P.base, P.host, P.port, 60)))
 			return 2;
 	for (int i = 0; i < P.submit_conns; i++)
 		if (!(P.sub[i] = rpcc_connect(P.base, P.host, P.port, 60)))
@@ -668,8 +700,10 @@ int main(int argc, char **argv)
 		n->idx = i;
 		n->hb_ms = 5000;
 		n->poll = rpcc_connect(P.base, P.host, P.port, poll_timeout_s);
+		n->ctl = rpcc_connect(P.base, P.host, P.port, 60);
+		n->hb = rpcc_connect(P.base, P.host, P.port, 60);
 		n->hb_ev = evtimer_new(P.base, hb_timer_cb, n);
-		if (!n->poll || !n->hb_ev) {
+		if (!n->poll || !n->ctl || !n->hb || !n->hb_ev) {
 			fprintf(stderr, "placement-load: cannot set up node %d\n", i);
 			return 2;
 		}
@@ -693,8 +727,10 @@ int main(int argc, char **argv)
 	print_latency("idle", P.jobs, P.jobs + P.latency_jobs, true);
 	printf("\"heartbeats\":%" PRIu64 ",\"heartbeat_errors\":%" PRIu64 ",\"polls\":%" PRIu64
 	       ",\"empty_polls\":%" PRIu64 ",\"poll_errors\":%" PRIu64 ",\"report_errors\":%" PRIu64
-	       ",\"stray_leases\":%" PRIu64 ",\"window\":%d,\"job_ms\":%d}\n",
+	       ",\"stray_leases\":%" PRIu64 ",\"window\":%d,\"job_ms\":%d,"
+	       "\"leases_ended_before_running\":%" PRIu64 ",\"jobs_confirmed_twice\":%" PRIu64
+	       ",\"load_generator_cpu_s\":%.2f}\n",
 	       P.hb_sent, P.hb_errors, P.polls, P.empty_polls, P.poll_errors, P.report_errors,
-	       P.stray, P.window, P.job_ms);
-	return P.stray || P.report_errors ? 3 : 0;
+	       P.stray, P.window, P.job_ms, P.not_running, P.confirmed_twice, cpu_s());
+	return P.stray || P.report_errors || P.confirmed_twice ? 3 : 0;
 }

@@ -14,7 +14,7 @@
 #include "rpc.h"
 #include "tls.h"
 
-#define SCHEMA_VERSION 18 /* newest migration this binary needs */
+#define SCHEMA_VERSION 19 /* newest migration this binary needs */
 
 struct app {
 	struct event_base *base;

@@ -167,8 +167,8 @@ void handlers_drain(struct app *a)
 
 bool handlers_idle(struct app *a)
 {
-	return jobs_idle(a) && schedloop_idle(a) && probe_idle(a) && ledger_idle(a) &&
-	       series_idle(a);
+	return jobs_idle(a) && nodes_idle(a) && schedloop_idle(a) && probe_idle(a) &&
+	       ledger_idle(a) && series_idle(a);
 }
 
 void handlers_reload(struct app *a)
@@ -179,6 +179,7 @@ void handlers_reload(struct app *a)
 void handlers_metrics(struct app *a, struct evbuffer *b)
 {
 	jobs_metrics(a, b);
+	nodes_metrics(a, b);
 	probe_metrics(a, b);
 	schedloop_metrics(a, b);
 	ledger_metrics(a, b);

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "batch.h"
 #include "convert.h"
 #include "gpumatch/v1/admin_service.pb-c.h"
 #include "gpumatch/v1/node_service.pb-c.h"
@@ -636,61 +637,90 @@ void nodes_list(struct rpc_call *call, const ProtobufCMessage *msg)
 /* ---- Heartbeat ----------------------------------------------------------------------------- */
 
 struct hb_ctx {
+	struct batch_item item; /* first: the batch hands it back */
 	struct rpc_call *call;
-	uint64_t node_id;
+	uint64_t node_id, op;
+	int64_t now_us;
+	uint64_t unhealthy;
+	char health[256];
+	char *gidx, *guuid; /* the reported GPUs: array literals of indexes, uuids */
 	size_t n_running;
 	uint64_t running[]; /* the request's running_lease_ids */
 };
 
-static void heartbeat_cb(enum pg_status st, PGresult *res, const char *ss, const char *err,
-                         void *arg)
+static void hb_free(struct hb_ctx *h)
 {
-	struct hb_ctx *h = arg;
+	free(h->gidx);
+	free(h->guuid);
+	free(h);
+}
+
+static void heartbeat_add(struct batch_item *it, struct strbuf *a)
+{
+	struct hb_ctx *h = (struct hb_ctx *)it;
+	sb_printf(&a[0], "%" PRIu64, h->node_id);
+	sb_printf(&a[1], "%" PRIu64, h->op);
+	sb_printf(&a[2], "%" PRId64, h->now_us);
+	sb_puts(&a[3], "\"{");
+	for (size_t i = 0; i < h->n_running; i++)
+		sb_printf(&a[3], "%s%" PRIu64, i ? "," : "", h->running[i]);
+	sb_puts(&a[3], "}\"");
+	sb_printf(&a[4], "%" PRId64, (int64_t)h->unhealthy);
+	sb_array_str(&a[5], h->health);
+	sb_array_str(&a[6], h->gidx);
+	sb_array_str(&a[7], h->guuid);
+}
+
+/* Columns after the element's position: gm_heartbeat's (migration 0019). */
+static void heartbeat_done(struct batch_item *it, enum pg_status st, PGresult *res, int row,
+                           const char *ss, const char *err)
+{
+	struct hb_ctx *h = (struct hb_ctx *)it;
 	if (st != PG_OK) {
 		reply_pg_error(h->call, st, ss, err);
-		free(h);
+		hb_free(h);
 		return;
 	}
-	if (PQntuples(res) != 1) {
+	if (row < 0) {
 		rpc_error(h->call, RPC_NOT_FOUND, "nodeId: node %" PRIu64 " not found", h->node_id);
-		free(h);
+		hb_free(h);
 		return;
 	}
-	if (col_i64(res, 0, 2) == GPUMATCH__V1__NODE_STATE__NODE_STATE_DISABLED) {
+	if (col_i64(res, row, 3) == GPUMATCH__V1__NODE_STATE__NODE_STATE_DISABLED) {
 		rpc_error(h->call, RPC_FAILED_PRECONDITION,
 		          "nodeId: node %" PRIu64 " is retired; its agent should stop", h->node_id);
-		free(h);
+		hb_free(h);
 		return;
 	}
-	if (!PQgetisnull(res, 0, 7)) {
+	if (!PQgetisnull(res, row, 8)) {
 		/* a GPU the node did not register: nothing stored */
-		int i = (int)col_i64(res, 0, 7) - 1;
-		if (!strcmp(PQgetvalue(res, 0, 8), "index"))
-			rpc_error(h->call, RPC_INVALID_ARGUMENT,
-			          "gpus[%d].index: node %" PRIu64
-			          " has no GPU %s (it registered %s)",
-			          i, h->node_id, PQgetvalue(res, 0, 9), PQgetvalue(res, 0, 10));
+		int i = (int)col_i64(res, row, 8) - 1;
+		if (!strcmp(PQgetvalue(res, row, 9), "index"))
+			rpc_error(
+			    h->call, RPC_INVALID_ARGUMENT,
+			    "gpus[%d].index: node %" PRIu64 " has no GPU %s (it registered %s)", i,
+			    h->node_id, PQgetvalue(res, row, 10), PQgetvalue(res, row, 11));
 		else
 			rpc_error(h->call, RPC_INVALID_ARGUMENT,
 			          "gpus[%d].uuid: not the uuid GPU %s of node %" PRIu64
 			          " registered with",
-			          i, PQgetvalue(res, 0, 9), h->node_id);
-		free(h);
+			          i, PQgetvalue(res, row, 10), h->node_id);
+		hb_free(h);
 		return;
 	}
-	if (!PQgetisnull(res, 0, 6)) {
-		int i = (int)col_i64(res, 0, 6) - 1;
+	if (!PQgetisnull(res, row, 7)) {
+		int i = (int)col_i64(res, row, 7) - 1;
 		rpc_error(h->call, RPC_INVALID_ARGUMENT,
 		          "runningLeaseIds[%d]: lease %" PRIu64 " is not a lease of node %" PRIu64,
 		          i, i >= 0 && (size_t)i < h->n_running ? h->running[i] : 0, h->node_id);
-		free(h);
+		hb_free(h);
 		return;
 	}
 	struct app *a = app_get();
-	int state = (int)col_i64(res, 0, 0), old = (int)col_i64(res, 0, 2);
+	int state = (int)col_i64(res, row, 1), old = (int)col_i64(res, row, 3);
 	/* a GPU turned unhealthy or healthy again: the scheduler re-reads
 	 * the node (no new work while any GPU is unhealthy) */
-	bool health_changed = !strcmp(PQgetvalue(res, 0, 5), "t");
+	bool health_changed = !strcmp(PQgetvalue(res, row, 6), "t");
 	if (health_changed)
 		log_info("node gpu health changed node=%" PRIu64, h->node_id);
 	if (state != old || health_changed)
@@ -699,10 +729,10 @@ static void heartbeat_cb(enum pg_status st, PGresult *res, const char *ss, const
 	resp.server_time_us = now_us();
 	resp.next_heartbeat_ms = (uint32_t)a->cfg.heartbeat_interval_ms;
 	resp.node_state = (Gpumatch__V1__NodeState)state;
-	resp.verification_status = (Gpumatch__V1__VerificationStatus)col_i64(res, 0, 1);
+	resp.verification_status = (Gpumatch__V1__VerificationStatus)col_i64(res, row, 2);
 	/* stop commands: "id:deadline:stop_kind:reason;" */
 	Gpumatch__V1__LeaseCommand cmds[64], *cptrs[64];
-	char *stops = strdup(PQgetvalue(res, 0, 3));
+	char *stops = strdup(PQgetvalue(res, row, 4));
 	size_t nc = 0;
 	for (char *save = NULL, *tok = stops ? strtok_r(stops, ";", &save) : NULL; tok && nc < 64;
 	     tok = strtok_r(NULL, ";", &save)) {
@@ -724,7 +754,7 @@ static void heartbeat_cb(enum pg_status st, PGresult *res, const char *ss, const
 	resp.commands = cptrs;
 	uint64_t unknown[256];
 	size_t nu = 0;
-	const char *u = PQgetvalue(res, 0, 4);
+	const char *u = PQgetvalue(res, row, 5);
 	while (*u && nu < 256) {
 		char *end;
 		unknown[nu++] = strtoull(u, &end, 10);
@@ -736,8 +766,29 @@ static void heartbeat_cb(enum pg_status st, PGresult *res, const char *ss, const
 	resp.unknown_lease_ids = unknown;
 	rpc_reply(h->call, &resp.base);
 	free(stops);
-	free(h);
+	hb_free(h);
 }
+
+static uint64_t heartbeat_key(const struct batch_item *it)
+{
+	return ((const struct hb_ctx *)it)->node_id;
+}
+
+/* REGISTERED and LOST nodes become READY with their first heartbeat;
+ * draining, cordoned and disabled ones keep their state. */
+static struct batch_kind heartbeats = {
+	.name = "heartbeat",
+	.sql = "SELECT u.i, h.* FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[],"
+	       " $5::bigint[], $6::text[], $7::text[], $8::text[])"
+	       " WITH ORDINALITY u(node, op, now, running, bad, health, gidx, guuid, i)"
+	       " CROSS JOIN LATERAL gm_heartbeat(u.node, u.op, u.now, u.running::bigint[], u.bad,"
+	       " u.health, u.gidx::integer[], u.guuid::text[]) h",
+	.nparams = 8,
+	.max = 512,
+	.key = heartbeat_key, /* node rows locked in id order, as reports do */
+	.add = heartbeat_add,
+	.done = heartbeat_done,
+};
 
 /* Reads the heartbeat's per-GPU health: the GPUs reported UNHEALTHY or
  * MISSING as a mask, and a line saying why. Answers invalid_argument and
@@ -869,25 +920,22 @@ void nodes_heartbeat(struct rpc_call *call, const ProtobufCMessage *msg)
 			return;
 		}
 	}
-	struct strbuf running = { 0 };
-	sb_puts(&running, "{");
-	for (size_t i = 0; i < req->n_running_lease_ids; i++)
-		sb_printf(&running, "%s%" PRIu64, i ? "," : "", req->running_lease_ids[i]);
-	sb_puts(&running, "}");
 	nodes_record_progress(call, req);
-	struct hb_ctx *h = malloc(sizeof *h + req->n_running_lease_ids * sizeof(uint64_t));
-	if (!h || running.oom) {
-		free(h);
-		sb_free(&running);
+	struct hb_ctx *h = calloc(1, sizeof *h + req->n_running_lease_ids * sizeof(uint64_t));
+	if (!h) {
 		rpc_error(call, RPC_INTERNAL, "out of memory");
 		return;
 	}
 	h->call = call;
 	h->node_id = req->node_id;
+	h->op = scope_operator(call);
+	h->now_us = now_us();
+	h->unhealthy = unhealthy;
+	snprintf(h->health, sizeof h->health, "%s", health);
 	h->n_running = req->n_running_lease_ids;
 	if (h->n_running)
 		memcpy(h->running, req->running_lease_ids, h->n_running * sizeof(uint64_t));
-	/* the reported GPUs, checked against the registered ones in the query */
+	/* the reported GPUs, checked against the registered ones (gm_heartbeat) */
 	struct strbuf gidx = { 0 }, guuid = { 0 };
 	sb_puts(&gidx, "{");
 	sb_puts(&guuid, "{");
@@ -899,98 +947,52 @@ void nodes_heartbeat(struct rpc_call *call, const ProtobufCMessage *msg)
 	sb_puts(&gidx, "}");
 	sb_puts(&guuid, "}");
 	if (gidx.oom || guuid.oom) {
+		sb_free(&gidx);
+		sb_free(&guuid);
 		free(h);
 		rpc_error(call, RPC_INTERNAL, "out of memory");
-		goto out;
+		return;
 	}
-	struct numbuf n, o, now, bad;
-	const char *params[] = { fmt_u64(&n, req->node_id),
-		                 fmt_u64(&o, scope_operator(call)),
-		                 fmt_i64(&now, now_us()),
-		                 running.s,
-		                 fmt_i64(&bad, (int64_t)unhealthy),
-		                 health,
-		                 gidx.s,
-		                 guuid.s };
-	/* REGISTERED and LOST nodes become READY with their first heartbeat;
-	 * draining, cordoned and disabled ones keep their state. */
-	if (pg_exec(
-	        app_get()->pg, NULL,
-	        /* the first listed lease that is not this node's: refused, and
-	         * nothing changes */
-	        "WITH bad AS (SELECT min(x.o) AS o FROM unnest($4::bigint[]) WITH ORDINALITY x(id, "
-	        "o)"
-	        "   WHERE NOT EXISTS (SELECT 1 FROM leases l WHERE l.id = x.id"
-	        "     AND l.node_id = $1::bigint)),"
-	        /* the first reported GPU the node did not register (by index),
-	         * or whose uuid is not the registered one (an empty uuid is not
-	         * checked): refused, and nothing changes */
-	        " gbad AS (SELECT x.o, CASE WHEN g.idx IS NULL THEN 'index' ELSE 'uuid' END AS"
-	        "   what, x.i, (SELECT count(*) FROM gpus WHERE node_id = $1::bigint) AS n"
-	        "   FROM unnest($7::integer[], $8::text[]) WITH ORDINALITY x(i, u, o)"
-	        "   LEFT JOIN gpus g ON g.node_id = $1::bigint AND g.idx = x.i"
-	        "   WHERE g.idx IS NULL OR (x.u <> '' AND x.u <> g.uuid) ORDER BY x.o LIMIT 1),"
-	        " old AS (SELECT state, unhealthy_gpus FROM nodes WHERE id = $1::bigint"
-	        "   AND ($2::bigint = 0 OR operator_id = $2::bigint) FOR UPDATE),"
-	        " up AS (UPDATE nodes n SET last_heartbeat_us = $3::bigint,"
-	        "   running_leases = $4::bigint[],"
-	        "   leases_unlisted = EXISTS (SELECT 1 FROM leases l WHERE l.node_id = $1::bigint"
-	        "     AND l.state IN (2, 3) AND NOT (l.id = ANY ($4::bigint[]))),"
-	        "   heartbeats_received = heartbeats_received + 1,"
-	        "   state = CASE WHEN n.state = 1 THEN 2"
-	        "     WHEN n.state = 5 THEN (CASE WHEN n.admin_hold THEN 4"
-	        "       WHEN n.retired_at_us > 0 THEN 3 ELSE 2 END)"
-	        "     ELSE n.state END,"
-	        "   state_changed_at_us = CASE WHEN n.state IN (1, 5) THEN $3::bigint"
-	        "     ELSE n.state_changed_at_us END,"
-	        "   state_reason = CASE WHEN n.state IN (1, 5) THEN 'heartbeating'"
-	        "     ELSE n.state_reason END,"
-	        "   unhealthy_gpus = $5::bigint, health_reason = $6"
-	        "   FROM old, bad WHERE n.id = $1::bigint AND bad.o IS NULL AND old.state <> 6"
-	        "   AND NOT EXISTS (SELECT 1 FROM gbad)"
-	        "   RETURNING n.state, n.verification_status)"
-	        " SELECT up.state, up.verification_status, old.state,"
-	        "  (SELECT coalesce(string_agg(l.id || ':' || l.stop_deadline_us || ':' ||"
-	        "     l.stop_kind || ':' || l.stop_reason, ';'), '') FROM leases l"
-	        "    WHERE l.node_id = $1::bigint AND l.state = 4),"
-	        "  (SELECT coalesce(string_agg(x::text, ','), '') FROM unnest($4::bigint[]) x"
-	        "    WHERE NOT EXISTS (SELECT 1 FROM leases l WHERE l.id = x"
-	        "      AND l.node_id = $1::bigint AND l.state BETWEEN 2 AND 4))"
-	        "  , old.unhealthy_gpus <> $5::bigint, bad.o, gbad.o, gbad.what, gbad.i,"
-	        "  CASE WHEN gbad.n = 1 THEN '1 GPU, index 0'"
-	        "   ELSE gbad.n || ' GPUs, indexes 0..' || (gbad.n - 1) END"
-	        " FROM old CROSS JOIN bad LEFT JOIN gbad ON true LEFT JOIN up ON true",
-	        8, params, heartbeat_cb, h)) {
-		free(h);
-		rpc_error(call, RPC_UNAVAILABLE, "shutting down");
-	}
-out:
-	sb_free(&gidx);
-	sb_free(&guuid);
-	sb_free(&running);
+	h->gidx = gidx.s;
+	h->guuid = guuid.s;
+	/* the first listed lease that is not this node's, or the first GPU it
+	 * did not register, refuses the heartbeat, and nothing changes */
+	batch_add(app_get()->pg, &heartbeats, &h->item);
 }
 
 /* ---- AcquireLease (long poll) ------------------------------------------------------------------ */
 
 struct waiter {
+	struct batch_item item; /* first: the claim batch hands it back */
 	struct rpc_call *call;
 	uint64_t node_id;
 	uint64_t op;
 	int64_t until_us;
-	bool querying; /* a claim query is in flight */
+	bool querying; /* queued for, or in, a claim batch */
 	bool again;    /* woken while querying */
 	bool aborted;  /* the call ended without us */
 	bool done;
-	struct waiter *next, **pprev; /* doubly linked: unlinking is O(1) */
+	struct waiter *next, **pprev;   /* all waiters, doubly linked: unlinking is O(1) */
+	struct waiter *hnext, **hpprev; /* the waiters of one node hash bucket */
 };
+
+/* Waiters by node id: a placement wakes its node's waiters without
+ * walking every waiting node. */
+#define WAITER_BUCKETS 16384
 
 static struct {
 	struct waiter *head;
+	struct waiter *bucket[WAITER_BUCKETS];
 	struct event *poll_ev;
 	bool draining;
 	bool scanning;             /* the timer's query for nodes with leases to hand out */
 	uint64_t offers_committed; /* for test_die_after_lease_commit */
 } W;
+
+static struct waiter **waiter_bucket(uint64_t node_id)
+{
+	return &W.bucket[(node_id * 0x9E3779B97F4A7C15ULL) >> 50];
+}
 
 static void waiter_link(struct waiter *w)
 {
@@ -999,6 +1001,12 @@ static void waiter_link(struct waiter *w)
 		W.head->pprev = &w->next;
 	w->pprev = &W.head;
 	W.head = w;
+	struct waiter **b = waiter_bucket(w->node_id);
+	w->hnext = *b;
+	if (*b)
+		(*b)->hpprev = &w->hnext;
+	w->hpprev = b;
+	*b = w;
 }
 
 static void waiter_unlink(struct waiter *w)
@@ -1010,15 +1018,21 @@ static void waiter_unlink(struct waiter *w)
 		w->next->pprev = w->pprev;
 	w->next = NULL;
 	w->pprev = NULL;
+	*w->hpprev = w->hnext;
+	if (w->hnext)
+		w->hnext->hpprev = w->hpprev;
+	w->hnext = NULL;
+	w->hpprev = NULL;
 }
 
 static void try_claim(struct waiter *w);
 
-#define LEASE_COLS                                                                           \
-	"l.id, l.job_id, l.node_id, l.gpu_mask, l.state, l.assigned_at_us, l.started_at_us," \
-	" l.deadline_us, l.ended_at_us, l.stop_deadline_us, l.fencing_token, l.gang_index,"  \
-	" l.gang_size, l.last_report_seq, l.exit_code, l.term_signal, l.price_micros,"       \
-	" l.offered_at_us"
+#define LEASE_COLS_OF(p)                                                                      \
+	p "id, " p "job_id, " p "node_id, " p "gpu_mask, " p "state, " p "assigned_at_us, " p \
+	  "started_at_us, " p "deadline_us, " p "ended_at_us, " p "stop_deadline_us, " p      \
+	  "fencing_token, " p "gang_index, " p "gang_size, " p "last_report_seq, " p          \
+	  "exit_code, " p "term_signal, " p "price_micros, " p "offered_at_us"
+#define LEASE_COLS  LEASE_COLS_OF("l.")
 #define LEASE_NCOLS 18
 
 struct lease_scratch {
@@ -1061,9 +1075,21 @@ static void waiter_finish(struct waiter *w)
 	free(w);
 }
 
-static void claim_cb(enum pg_status st, PGresult *res, const char *ss, const char *err, void *arg)
+static void claim_add(struct batch_item *it, struct strbuf *a)
 {
-	struct waiter *w = arg;
+	struct waiter *w = (struct waiter *)it;
+	/* a call that ended meanwhile claims nothing (no node 0) */
+	sb_printf(&a[0], "%" PRIu64, w->aborted ? 0 : w->node_id);
+	sb_printf(&a[1], "%" PRIu64, w->op);
+	sb_printf(&a[2], "%" PRId64, now_us());
+}
+
+/* Columns after the element's position: LEASE_COLS, spec_pb, job name,
+ * tenant. */
+static void claim_done(struct batch_item *it, enum pg_status st, PGresult *res, int row,
+                       const char *ss, const char *err)
+{
+	struct waiter *w = (struct waiter *)it;
 	w->querying = false;
 	if (w->aborted) {
 		waiter_finish(w);
@@ -1074,22 +1100,21 @@ static void claim_cb(enum pg_status st, PGresult *res, const char *ss, const cha
 		waiter_finish(w);
 		return;
 	}
-	if (PQntuples(res) == 1) {
-		/* columns: LEASE_COLS, spec_pb, job name, tenant */
+	if (row >= 0) {
 		Gpumatch__V1__AcquireLeaseResponse resp =
 		    GPUMATCH__V1__ACQUIRE_LEASE_RESPONSE__INIT;
 		Gpumatch__V1__Lease lease;
 		struct lease_scratch ls;
-		lease_from_row(res, 0, 0, &lease, &ls);
+		lease_from_row(res, row, 1, &lease, &ls);
 		size_t len;
-		uint8_t *raw = col_bytea(res, 0, LEASE_NCOLS, &len);
+		uint8_t *raw = col_bytea(res, row, 1 + LEASE_NCOLS, &len);
 		Gpumatch__V1__JobSpec *spec =
 		    raw ? gpumatch__v1__job_spec__unpack(NULL, len, raw) : NULL;
 		free(raw);
 		resp.lease = &lease;
 		resp.spec = spec;
-		resp.job_name = PQgetvalue(res, 0, LEASE_NCOLS + 1);
-		resp.tenant_id = col_u64(res, 0, LEASE_NCOLS + 2);
+		resp.job_name = PQgetvalue(res, row, 1 + LEASE_NCOLS + 1);
+		resp.tenant_id = col_u64(res, row, 1 + LEASE_NCOLS + 2);
 		int die_after = app_get()->cfg.test_die_after_lease_commit;
 		if (die_after > 0 && ++W.offers_committed >= (uint64_t)die_after) {
 			/* fault injection for tests: the offer is committed, its
@@ -1121,26 +1146,31 @@ static void claim_cb(enum pg_status st, PGresult *res, const char *ss, const cha
 	}
 }
 
+/* Each waiter's node hands out its oldest assigned lease, if any, as an
+ * offer; the waiters woken while a batch commits share the next one. */
+static struct batch_kind claims = {
+	.name = "claim",
+	.sql = "WITH w AS (SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[])"
+	       "   WITH ORDINALITY w(node, op, now, i)),"
+	       " c AS (SELECT w.i, w.now, x.id FROM w CROSS JOIN LATERAL"
+	       "   (SELECT l.id FROM leases l JOIN nodes nd ON nd.id = l.node_id"
+	       "     WHERE l.node_id = w.node AND l.state = 1"
+	       "     AND (w.op = 0 OR nd.operator_id = w.op)"
+	       "     ORDER BY l.id LIMIT 1 FOR UPDATE OF l SKIP LOCKED) x),"
+	       " u AS (UPDATE leases l SET state = 2, offered_at_us = c.now FROM c"
+	       "   WHERE l.id = c.id AND l.state = 1 RETURNING c.i, l.*)"
+	       " SELECT l.i, " LEASE_COLS ", j.spec_pb, j.name, j.tenant_id"
+	       " FROM u l JOIN jobs j ON j.id = l.job_id",
+	.nparams = 3,
+	.max = 1024,
+	.add = claim_add,
+	.done = claim_done,
+};
+
 static void try_claim(struct waiter *w)
 {
-	struct numbuf n, o, now;
-	const char *params[] = { fmt_u64(&n, w->node_id), fmt_u64(&o, w->op),
-		                 fmt_i64(&now, now_us()) };
 	w->querying = true;
-	if (pg_exec(app_get()->pg, NULL,
-	            "WITH c AS (SELECT l.id FROM leases l JOIN nodes nd ON nd.id = l.node_id"
-	            "   WHERE l.node_id = $1::bigint AND l.state = 1"
-	            "   AND ($2::bigint = 0 OR nd.operator_id = $2::bigint)"
-	            "   ORDER BY l.id LIMIT 1 FOR UPDATE OF l SKIP LOCKED),"
-	            " u AS (UPDATE leases l SET state = 2, offered_at_us = $3::bigint FROM c"
-	            "   WHERE l.id = c.id RETURNING l.*)"
-	            " SELECT " LEASE_COLS ", j.spec_pb, j.name, j.tenant_id"
-	            " FROM u l JOIN jobs j ON j.id = l.job_id",
-	            3, params, claim_cb, w)) {
-		w->querying = false;
-		rpc_error(w->call, RPC_UNAVAILABLE, "shutting down");
-		waiter_finish(w);
-	}
+	batch_add(app_get()->pg, &claims, &w->item);
 }
 
 static void waiter_abort(struct rpc_call *call, void *arg)
@@ -1154,7 +1184,7 @@ static void waiter_abort(struct rpc_call *call, void *arg)
 
 void nodes_wake(uint64_t node_id)
 {
-	for (struct waiter *w = W.head; w; w = w->next) {
+	for (struct waiter *w = *waiter_bucket(node_id); w; w = w->hnext) {
 		if (w->node_id != node_id || w->aborted)
 			continue;
 		if (w->querying)
@@ -1164,12 +1194,6 @@ void nodes_wake(uint64_t node_id)
 	}
 }
 
-static int cmp_u64(const void *a, const void *b)
-{
-	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-	return (x > y) - (x < y);
-}
-
 static void scan_cb(enum pg_status st, PGresult *res, const char *ss, const char *err, void *arg)
 {
 	(void)ss;
@@ -1177,24 +1201,8 @@ static void scan_cb(enum pg_status st, PGresult *res, const char *ss, const char
 	(void)arg;
 	W.scanning = false;
 	int n = st == PG_OK ? PQntuples(res) : 0;
-	if (n <= 0)
-		return; /* nothing to hand out, or the next tick asks again */
-	uint64_t *ids = malloc((size_t)n * sizeof *ids);
-	if (!ids)
-		return;
 	for (int i = 0; i < n; i++)
-		ids[i] = col_u64(res, i, 0);
-	qsort(ids, (size_t)n, sizeof *ids, cmp_u64);
-	for (struct waiter *w = W.head, *next; w; w = next) {
-		next = w->next;
-		if (w->aborted || !bsearch(&w->node_id, ids, (size_t)n, sizeof *ids, cmp_u64))
-			continue;
-		if (w->querying)
-			w->again = true;
-		else
-			try_claim(w);
-	}
-	free(ids);
+		nodes_wake(col_u64(res, i, 0));
 }
 
 static void poll_cb(evutil_socket_t fd, short ev, void *arg)
@@ -1305,82 +1313,85 @@ void nodes_acquire_lease(struct rpc_call *call, const ProtobufCMessage *msg)
 /* ---- ReportLease ---------------------------------------------------------------------------------- */
 
 struct report_ctx {
+	struct batch_item item; /* first: the batch hands it back */
 	struct rpc_call *call;
-	uint64_t lease_id, node_id, seq;
-	bool duplicate;
+	uint64_t lease_id, node_id, op, fence, seq;
+	int state, exit_code, term_signal;
+	int64_t now_us, started_at_us, exited_at_us;
 	bool succeeded;   /* reported SUCCEEDED: a sample for the learned speeds */
 	double work_done; /* ReportLeaseRequest.work_done */
+	int failure_reason;
+	char image_digest[80]; /* "" or sha256:<64 hex> (checked) */
+	char *message;
 };
 
-static void report_lease_row_cb(enum pg_status st, PGresult *res, const char *ss, const char *err,
-                                void *arg)
+static void report_free(struct report_ctx *rc)
 {
-	struct report_ctx *rc = arg;
-	if (st != PG_OK) {
-		reply_pg_error(rc->call, st, ss, err);
-	} else if (PQntuples(res) != 1) {
-		rpc_error(rc->call, RPC_NOT_FOUND, "leaseId: not found");
-	} else {
-		Gpumatch__V1__ReportLeaseResponse resp = GPUMATCH__V1__REPORT_LEASE_RESPONSE__INIT;
-		Gpumatch__V1__Lease lease;
-		struct lease_scratch ls;
-		lease_from_row(res, 0, 0, &lease, &ls);
-		resp.lease = &lease;
-		resp.duplicate = rc->duplicate;
-		Gpumatch__V1__LeaseCommand cmd = GPUMATCH__V1__LEASE_COMMAND__INIT;
-		if (lease.state == GPUMATCH__V1__LEASE_STATE__LEASE_STATE_STOPPING) {
-			cmd.lease_id = lease.id;
-			cmd.action = GPUMATCH__V1__LEASE_ACTION__LEASE_ACTION_STOP;
-			cmd.deadline_us = lease.stop_deadline_us;
-			cmd.reason = PQgetvalue(res, 0, LEASE_NCOLS);
-			cmd.interrupt = col_i64(res, 0, LEASE_NCOLS + 1) == 6;
-		} else {
-			cmd.lease_id = lease.id;
-			cmd.action = lease.state <= GPUMATCH__V1__LEASE_STATE__LEASE_STATE_RUNNING
-			                 ? GPUMATCH__V1__LEASE_ACTION__LEASE_ACTION_CONTINUE
-			                 : GPUMATCH__V1__LEASE_ACTION__LEASE_ACTION_UNSPECIFIED;
-		}
-		if (cmd.action)
-			resp.command = &cmd;
-		rpc_reply(rc->call, &resp.base);
-	}
+	free(rc->message);
 	free(rc);
 }
 
-static void report_cb(enum pg_status st, PGresult *res, const char *ss, const char *err, void *arg)
+static void report_add(struct batch_item *it, struct strbuf *a)
 {
-	struct report_ctx *rc = arg;
+	struct report_ctx *rc = (struct report_ctx *)it;
+	struct app *ap = app_get();
+	sb_printf(&a[0], "%" PRIu64, rc->lease_id);
+	sb_printf(&a[1], "%" PRIu64, rc->node_id);
+	sb_printf(&a[2], "%" PRIu64, rc->op);
+	sb_printf(&a[3], "%" PRIu64, rc->fence);
+	sb_printf(&a[4], "%" PRIu64, rc->seq);
+	sb_printf(&a[5], "%d", rc->state);
+	sb_printf(&a[6], "%d", rc->exit_code);
+	sb_printf(&a[7], "%d", rc->term_signal);
+	sb_array_str(&a[8], rc->message);
+	sb_printf(&a[9], "%" PRId64, rc->now_us);
+	sb_printf(&a[10], "%d", ap->cfg.max_attempts);
+	sb_printf(&a[11], "%" PRId64, rc->started_at_us);
+	sb_printf(&a[12], "%" PRId64, rc->exited_at_us);
+	sb_printf(&a[13], "%" PRId64, (int64_t)ap->cfg.heartbeat_interval_ms * 1000);
+	sb_printf(&a[14], "%d", rc->failure_reason);
+	sb_array_str(&a[15], rc->image_digest);
+}
+
+/* Columns after the element's position: status, job_id, job_state,
+ * job_done, requeued, the seq applied before, the lease (LEASE_COLS), its
+ * stop_reason and stop_kind, all of gm_report_leases (migration 0019). */
+#define REPORT_C_LEASE 7
+static void report_done(struct batch_item *it, enum pg_status st, PGresult *res, int row,
+                        const char *ss, const char *err)
+{
+	struct report_ctx *rc = (struct report_ctx *)it;
 	if (st != PG_OK) {
 		reply_pg_error(rc->call, st, ss, err);
-		free(rc);
+		report_free(rc);
 		return;
 	}
-	const char *status = PQntuples(res) == 1 ? PQgetvalue(res, 0, 0) : "not_found";
+	const char *status = row >= 0 ? PQgetvalue(res, row, 1) : "not_found";
 	if (!strcmp(status, "not_found")) {
 		rpc_error(rc->call, RPC_NOT_FOUND,
 		          "leaseId: lease %" PRIu64 " not found on this node", rc->lease_id);
-		free(rc);
+		report_free(rc);
 		return;
 	}
 	if (!strcmp(status, "other_node")) {
 		rpc_error(rc->call, RPC_FAILED_PRECONDITION,
 		          "leaseId: lease %" PRIu64 " is not a lease of node %" PRIu64,
 		          rc->lease_id, rc->node_id);
-		free(rc);
+		report_free(rc);
 		return;
 	}
 	if (!strcmp(status, "stale")) {
 		rpc_error(rc->call, RPC_FAILED_PRECONDITION,
 		          "fencingToken: does not match the lease's; the lease was re-placed");
-		free(rc);
+		report_free(rc);
 		return;
 	}
 	if (!strcmp(status, "out_of_order")) {
 		rpc_error(rc->call, RPC_FAILED_PRECONDITION,
 		          "seq: %" PRIu64 " is older than the last report applied to lease %" PRIu64
 		          " (%s); reports of a lease carry increasing seq",
-		          rc->seq, rc->lease_id, PQgetvalue(res, 0, 5));
-		free(rc);
+		          rc->seq, rc->lease_id, PQgetvalue(res, row, 6));
+		report_free(rc);
 		return;
 	}
 	if (!strcmp(status, "not_offered")) {
@@ -1388,27 +1399,63 @@ static void report_cb(enum pg_status st, PGresult *res, const char *ss, const ch
 		          "leaseId: lease %" PRIu64
 		          " was not handed to this node yet (AcquireLease)",
 		          rc->lease_id);
-		free(rc);
+		report_free(rc);
 		return;
 	}
-	rc->duplicate = !strcmp(status, "duplicate");
+	bool duplicate = !strcmp(status, "duplicate");
 	if (rc->succeeded && !strcmp(status, "ok"))
 		speeds_learn(app_get(), rc->lease_id, rc->work_done);
-	if (!strcmp(PQgetvalue(res, 0, 3), "t")) {
+	if (!strcmp(PQgetvalue(res, row, 4), "t")) {
 		struct app *a = app_get();
-		schedloop_job_ended(a, col_u64(res, 0, 1), !strcmp(PQgetvalue(res, 0, 4), "t"));
+		schedloop_job_ended(a, col_u64(res, row, 2), !strcmp(PQgetvalue(res, row, 5), "t"));
 		outbox_kick(a);
 	}
-	struct numbuf l;
-	const char *params[] = { fmt_u64(&l, rc->lease_id) };
-	if (pg_exec(app_get()->pg, NULL,
-	            "SELECT " LEASE_COLS ", l.stop_reason, l.stop_kind FROM leases l"
-	            " WHERE l.id = $1::bigint",
-	            1, params, report_lease_row_cb, rc)) {
-		rpc_error(rc->call, RPC_UNAVAILABLE, "shutting down");
-		free(rc);
+	if (PQgetisnull(res, row, REPORT_C_LEASE)) {
+		rpc_error(rc->call, RPC_NOT_FOUND, "leaseId: not found");
+		report_free(rc);
+		return;
 	}
+	Gpumatch__V1__ReportLeaseResponse resp = GPUMATCH__V1__REPORT_LEASE_RESPONSE__INIT;
+	Gpumatch__V1__Lease lease;
+	struct lease_scratch ls;
+	lease_from_row(res, row, REPORT_C_LEASE, &lease, &ls);
+	resp.lease = &lease;
+	resp.duplicate = duplicate;
+	Gpumatch__V1__LeaseCommand cmd = GPUMATCH__V1__LEASE_COMMAND__INIT;
+	if (lease.state == GPUMATCH__V1__LEASE_STATE__LEASE_STATE_STOPPING) {
+		cmd.lease_id = lease.id;
+		cmd.action = GPUMATCH__V1__LEASE_ACTION__LEASE_ACTION_STOP;
+		cmd.deadline_us = lease.stop_deadline_us;
+		cmd.reason = PQgetvalue(res, row, REPORT_C_LEASE + LEASE_NCOLS);
+		cmd.interrupt = col_i64(res, row, REPORT_C_LEASE + LEASE_NCOLS + 1) == 6;
+	} else {
+		cmd.lease_id = lease.id;
+		cmd.action = lease.state <= GPUMATCH__V1__LEASE_STATE__LEASE_STATE_RUNNING
+		                 ? GPUMATCH__V1__LEASE_ACTION__LEASE_ACTION_CONTINUE
+		                 : GPUMATCH__V1__LEASE_ACTION__LEASE_ACTION_UNSPECIFIED;
+	}
+	if (cmd.action)
+		resp.command = &cmd;
+	rpc_reply(rc->call, &resp.base);
+	report_free(rc);
 }
+
+/* the lease columns of a batch function's row r */
+#define R_LEASE_COLS LEASE_COLS_OF("(r.lease).")
+
+static struct batch_kind reports = {
+	.name = "report",
+	.sql = "SELECT r.i, r.status, r.job_id, r.job_state, r.job_done, r.requeued, "
+	       "r.last_seq, " R_LEASE_COLS ", (r.lease).stop_reason, (r.lease).stop_kind"
+	       " FROM gm_report_leases($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[],"
+	       " $5::bigint[], $6::smallint[], $7::integer[], $8::integer[], $9::text[],"
+	       " $10::bigint[], ($11::integer[])[1], $12::bigint[], $13::bigint[],"
+	       " ($14::bigint[])[1], $15::smallint[], $16::text[]) r",
+	.nparams = 16,
+	.max = 512,
+	.add = report_add,
+	.done = report_done,
+};
 
 void nodes_report_lease(struct rpc_call *call, const ProtobufCMessage *msg)
 {
@@ -1482,93 +1529,63 @@ void nodes_report_lease(struct rpc_call *call, const ProtobufCMessage *msg)
 		return;
 	}
 	struct report_ctx *rc = calloc(1, sizeof *rc);
-	if (!rc) {
+	if (!rc || !(rc->message = strdup(req->message))) {
+		free(rc);
 		rpc_error(call, RPC_INTERNAL, "out of memory");
 		return;
 	}
 	rc->call = call;
 	rc->lease_id = req->lease_id;
 	rc->node_id = req->node_id;
+	rc->op = scope_operator(call);
+	rc->fence = req->fencing_token;
 	rc->seq = req->seq;
+	rc->state = req->state;
+	rc->exit_code = req->exit_code;
+	rc->term_signal = req->term_signal;
+	rc->now_us = now_us();
+	rc->started_at_us = req->started_at_us;
+	rc->exited_at_us = req->exited_at_us;
 	rc->succeeded = req->state == GPUMATCH__V1__LEASE_STATE__LEASE_STATE_SUCCEEDED;
 	rc->work_done = req->work_done;
-	struct numbuf l, n, o, f, s, st, ex, sg, now, ma, sa, ea, hi, fk;
-	const char *params[] = { fmt_u64(&l, req->lease_id),
-		                 fmt_u64(&n, req->node_id),
-		                 fmt_u64(&o, scope_operator(call)),
-		                 fmt_u64(&f, req->fencing_token),
-		                 fmt_u64(&s, req->seq),
-		                 fmt_i64(&st, req->state),
-		                 fmt_i64(&ex, req->exit_code),
-		                 fmt_i64(&sg, req->term_signal),
-		                 req->message,
-		                 fmt_i64(&now, now_us()),
-		                 fmt_i64(&ma, app_get()->cfg.max_attempts),
-		                 fmt_i64(&sa, req->started_at_us),
-		                 fmt_i64(&ea, req->exited_at_us),
-		                 fmt_i64(&hi, (int64_t)app_get()->cfg.heartbeat_interval_ms * 1000),
-		                 fmt_i64(&fk, req->failure_reason),
-		                 req->image_digest };
-	if (pg_exec(app_get()->pg, NULL,
-	            "SELECT r.status, r.job_id, r.job_state, r.job_done, r.requeued,"
-	            " (SELECT last_report_seq FROM leases WHERE id = $1::bigint)"
-	            " FROM gm_report_lease_ext("
-	            "$1::bigint, $2::bigint, $3::bigint, $4::bigint, $5::bigint, $6::smallint,"
-	            " $7::integer, $8::integer, $9, $10::bigint, $11::integer, $12::bigint,"
-	            " $13::bigint, $14::bigint, $15::smallint, $16) r",
-	            16, params, report_cb, rc)) {
-		free(rc);
-		rpc_error(call, RPC_UNAVAILABLE, "shutting down");
-	}
+	rc->failure_reason = req->failure_reason;
+	snprintf(rc->image_digest, sizeof rc->image_digest, "%s", req->image_digest);
+	batch_add(app_get()->pg, &reports, &rc->item);
 }
 
 /* ---- ConfirmLease ----------------------------------------------------------------------------- */
 
 struct confirm_ctx {
+	struct batch_item item; /* first: the batch hands it back */
 	struct rpc_call *call;
-	uint64_t lease_id, node_id;
-	bool duplicate;
+	uint64_t lease_id, node_id, op, fence;
+	int64_t started_at_us, now_us;
 };
 
-static void confirm_row_cb(enum pg_status st, PGresult *res, const char *ss, const char *err,
-                           void *arg)
+static void confirm_add(struct batch_item *it, struct strbuf *a)
 {
-	struct confirm_ctx *cc = arg;
-	if (st != PG_OK) {
-		reply_pg_error(cc->call, st, ss, err);
-	} else if (PQntuples(res) != 1) {
-		rpc_error(cc->call, RPC_NOT_FOUND, "leaseId: not found");
-	} else {
-		Gpumatch__V1__ConfirmLeaseResponse resp =
-		    GPUMATCH__V1__CONFIRM_LEASE_RESPONSE__INIT;
-		Gpumatch__V1__Lease lease;
-		struct lease_scratch ls;
-		lease_from_row(res, 0, 0, &lease, &ls);
-		if (lease.state != GPUMATCH__V1__LEASE_STATE__LEASE_STATE_RUNNING) {
-			/* ended (or told to stop) between the confirmation and now */
-			rpc_error(cc->call, RPC_FAILED_PRECONDITION,
-			          "leaseId: lease %" PRIu64 " is no longer to be run (state %d); "
-			          "do not run it",
-			          cc->lease_id, (int)lease.state);
-			free(cc);
-			return;
-		}
-		resp.lease = &lease;
-		resp.duplicate = cc->duplicate;
-		rpc_reply(cc->call, &resp.base);
-	}
-	free(cc);
+	struct confirm_ctx *cc = (struct confirm_ctx *)it;
+	sb_printf(&a[0], "%" PRIu64, cc->lease_id);
+	sb_printf(&a[1], "%" PRIu64, cc->node_id);
+	sb_printf(&a[2], "%" PRIu64, cc->op);
+	sb_printf(&a[3], "%" PRIu64, cc->fence);
+	sb_printf(&a[4], "%" PRId64, cc->started_at_us);
+	sb_printf(&a[5], "%" PRId64, cc->now_us);
 }
 
-static void confirm_cb(enum pg_status st, PGresult *res, const char *ss, const char *err, void *arg)
+/* Columns after the element's position: status, job_id and the lease
+ * (LEASE_COLS) of gm_confirm_leases (migration 0019). */
+#define CONFIRM_C_LEASE 3
+static void confirm_done(struct batch_item *it, enum pg_status st, PGresult *res, int row,
+                         const char *ss, const char *err)
 {
-	struct confirm_ctx *cc = arg;
+	struct confirm_ctx *cc = (struct confirm_ctx *)it;
 	if (st != PG_OK) {
 		reply_pg_error(cc->call, st, ss, err);
 		free(cc);
 		return;
 	}
-	const char *status = PQntuples(res) == 1 ? PQgetvalue(res, 0, 0) : "not_found";
+	const char *status = row >= 0 ? PQgetvalue(res, row, 1) : "not_found";
 	const char *why = NULL;
 	enum rpc_code code = RPC_FAILED_PRECONDITION;
 	char buf[256];
@@ -1599,25 +1616,48 @@ static void confirm_cb(enum pg_status st, PGresult *res, const char *ss, const c
 		snprintf(buf, sizeof buf, "leaseId: lease %" PRIu64 " has ended; do not run it",
 		         cc->lease_id);
 		why = buf;
+	} else if (PQgetisnull(res, row, CONFIRM_C_LEASE)) {
+		code = RPC_NOT_FOUND;
+		why = "leaseId: not found";
 	}
 	if (why) {
 		rpc_error(cc->call, code, "%s", why);
 		free(cc);
 		return;
 	}
-	cc->duplicate = !strcmp(status, "duplicate");
-	if (!cc->duplicate)
+	bool duplicate = !strcmp(status, "duplicate");
+	if (!duplicate)
 		log_debug("lease confirmed lease=%" PRIu64 " node=%" PRIu64, cc->lease_id,
 		          cc->node_id);
-	struct numbuf l;
-	const char *params[] = { fmt_u64(&l, cc->lease_id) };
-	if (pg_exec(app_get()->pg, NULL,
-	            "SELECT " LEASE_COLS " FROM leases l WHERE l.id = $1::bigint", 1, params,
-	            confirm_row_cb, cc)) {
-		rpc_error(cc->call, RPC_UNAVAILABLE, "shutting down");
+	Gpumatch__V1__ConfirmLeaseResponse resp = GPUMATCH__V1__CONFIRM_LEASE_RESPONSE__INIT;
+	Gpumatch__V1__Lease lease;
+	struct lease_scratch ls;
+	lease_from_row(res, row, CONFIRM_C_LEASE, &lease, &ls);
+	if (lease.state != GPUMATCH__V1__LEASE_STATE__LEASE_STATE_RUNNING) {
+		/* ended (or told to stop) between the confirmation and now */
+		rpc_error(cc->call, RPC_FAILED_PRECONDITION,
+		          "leaseId: lease %" PRIu64 " is no longer to be run (state %d); "
+		          "do not run it",
+		          cc->lease_id, (int)lease.state);
 		free(cc);
+		return;
 	}
+	resp.lease = &lease;
+	resp.duplicate = duplicate;
+	rpc_reply(cc->call, &resp.base);
+	free(cc);
 }
+
+static struct batch_kind confirms = {
+	.name = "confirm",
+	.sql = "SELECT r.i, r.status, r.job_id, " R_LEASE_COLS
+	       " FROM gm_confirm_leases($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[],"
+	       " $5::bigint[], $6::bigint[]) r",
+	.nparams = 6,
+	.max = 512,
+	.add = confirm_add,
+	.done = confirm_done,
+};
 
 void nodes_confirm_lease(struct rpc_call *call, const ProtobufCMessage *msg)
 {
@@ -1640,17 +1680,11 @@ void nodes_confirm_lease(struct rpc_call *call, const ProtobufCMessage *msg)
 	cc->call = call;
 	cc->lease_id = req->lease_id;
 	cc->node_id = req->node_id;
-	struct numbuf l, n, o, f, sa, now;
-	const char *params[] = { fmt_u64(&l, req->lease_id),        fmt_u64(&n, req->node_id),
-		                 fmt_u64(&o, scope_operator(call)), fmt_u64(&f, req->fencing_token),
-		                 fmt_i64(&sa, req->started_at_us),  fmt_i64(&now, now_us()) };
-	if (pg_exec(app_get()->pg, NULL,
-	            "SELECT status, job_id FROM gm_confirm_lease($1::bigint, $2::bigint,"
-	            " $3::bigint, $4::bigint, $5::bigint, $6::bigint)",
-	            6, params, confirm_cb, cc)) {
-		free(cc);
-		rpc_error(call, RPC_UNAVAILABLE, "shutting down");
-	}
+	cc->op = scope_operator(call);
+	cc->fence = req->fencing_token;
+	cc->started_at_us = req->started_at_us;
+	cc->now_us = now_us();
+	batch_add(app_get()->pg, &confirms, &cc->item);
 }
 
 /* ---- Drain / Undrain ----------------------------------------------------------------------------------- */
@@ -1866,7 +1900,25 @@ void nodes_stop(struct app *a)
 	W.poll_ev = NULL;
 	while (W.head) {
 		struct waiter *w = W.head;
-		W.head = w->next;
-		free(w);
+		waiter_unlink(w);
+		if (w->querying)
+			w->aborted = true; /* its claim batch settles when the pool closes */
+		else
+			free(w);
 	}
+}
+
+bool nodes_idle(struct app *a)
+{
+	(void)a;
+	return batch_idle(&heartbeats) && batch_idle(&claims) && batch_idle(&confirms) &&
+	       batch_idle(&reports);
+}
+
+void nodes_metrics(struct app *a, struct evbuffer *b)
+{
+	(void)a;
+	static const struct batch_kind *const kinds[] = { &heartbeats, &claims, &confirms, &reports,
+		                                          NULL };
+	batch_metrics(kinds, b);
 }

@@ -1049,9 +1049,14 @@ static void janitor_leases(void)
 	/* An offer the node's last heartbeat lists is running there: the agent
 	 * confirmed it by running it (metered from that heartbeat). */
 	struct step *c = step_new(NULL, 0);
-	exec_q("UPDATE leases l SET state = 3, started_at_us = n.last_heartbeat_us"
-	       " FROM nodes n WHERE l.state = 2 AND n.id = l.node_id"
-	       " AND l.id = ANY (n.running_leases) AND n.last_heartbeat_us >= l.offered_at_us",
+	/* (leases locked in id order, as the batched lease reports lock them:
+	 * the two never deadlock) */
+	exec_q("WITH c AS (SELECT x.id, n.last_heartbeat_us AS hb FROM leases x"
+	       "   JOIN nodes n ON n.id = x.node_id WHERE x.state = 2"
+	       "   AND x.id = ANY (n.running_leases) AND n.last_heartbeat_us >= x.offered_at_us"
+	       "   ORDER BY x.id FOR UPDATE OF x)"
+	       " UPDATE leases l SET state = 3, started_at_us = c.hb FROM c"
+	       " WHERE l.id = c.id AND l.state = 2",
 	       0, NULL, simple_done_cb, c);
 	/* Leases that end:
 	 * - of lost nodes (never confirmed ones are withdrawn, unbilled);

@@ -31,6 +31,8 @@ void nodes_undrain(struct rpc_call *call, const ProtobufCMessage *req);
 void nodes_retire(struct rpc_call *call, const ProtobufCMessage *req);
 int nodes_start(struct app *a, char *err, size_t err_len);
 void nodes_stop(struct app *a);
+bool nodes_idle(struct app *a); /* no batched node call queued or in flight */
+void nodes_metrics(struct app *a, struct evbuffer *b);
 void nodes_drain_waiters(struct app *a);
 /* "" or "sha256:" and 64 lowercase hex digits. */
 bool nodes_valid_digest(const char *d);
