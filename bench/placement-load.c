@@ -41,11 +41,10 @@ struct node {
 	int idx;
 	uint64_t id;
 	struct evhttp_connection *poll; /* the AcquireLease long-poll */
-	struct evhttp_connection *ctl;  /* reports, as an agent's own */
-	struct evhttp_connection *hb;   /* heartbeats: never queued behind a report */
+	int hb_lane;                    /* the heartbeat lane in use */
 	struct event *hb_ev;
 	int hb_ms;
-	bool hb_busy, polling, ready;
+	bool hb_busy, polling, ready; /* hb_busy: queued for a lane or sent */
 	uint64_t running[MAX_RUN];
 	int nrun;
 };
@@ -59,6 +58,10 @@ struct run {
 	struct node *n;
 	uint64_t lease_id, fence;
 	int job;
+	int lane; /* the report lane in use */
+	int seq;
+	Gpumatch__V1__LeaseState state;
+	rpcc_done_cb cb;
 	bool counted; /* the job's first confirmed run: its end counts as finished */
 	struct event *ev;
 };
@@ -67,7 +70,7 @@ static struct {
 	char host[256];
 	int port;
 	const char *tenant_token, *operator_token;
-	int nodes, jobs, latency_jobs, window, ctl_conns, submit_conns, job_ms;
+	int nodes, jobs, latency_jobs, window, ctl_conns, submit_conns, job_ms, lanes;
 	double latency_rate;
 	uint32_t wait_ms;
 	struct event_base *base;
@@ -114,12 +117,93 @@ static void poll_lease(struct node *n);
 static void submit_some(void);
 static void maybe_done(void);
 
+/* ---- lanes: calls sent only on an idle connection ---------------------------------------
+ *
+ * Heartbeats and reports go out on pools of keep-alive connections, a call
+ * built only when a connection is idle: a heartbeat never waits in a
+ * connection's queue with the running leases of when it was built (the
+ * server would take a lease the node runs for one it does not), and one
+ * node's backlog never holds up another's. (One connection per node for
+ * each would need 3 sockets per node on each side: more than the
+ * open-files limit allows at 10,000 nodes.) */
+
+struct pending {
+	void (*send)(void *arg, int lane);
+	void *arg;
+};
+
+struct lanes {
+	struct evhttp_connection **c;
+	int n;
+	int *free_lanes, nfree;
+	struct pending *q; /* ring buffer */
+	size_t cap, head, len;
+};
+
+static struct lanes HB, RP;
+
+static void lanes_init(struct lanes *l, int n)
+{
+	l->n = n;
+	l->c = calloc((size_t)n, sizeof *l->c);
+	l->free_lanes = calloc((size_t)n, sizeof *l->free_lanes);
+	l->cap = 1024;
+	l->q = calloc(l->cap, sizeof *l->q);
+	if (!l->c || !l->free_lanes || !l->q) {
+		fprintf(stderr, "placement-load: out of memory\n");
+		exit(2);
+	}
+	for (int i = 0; i < n; i++) {
+		if (!(l->c[i] = rpcc_connect(P.base, P.host, P.port, 60)))
+			exit(2);
+		l->free_lanes[l->nfree++] = i;
+	}
+}
+
+static void lanes_pump(struct lanes *l)
+{
+	while (l->nfree && l->len) {
+		struct pending p = l->q[l->head];
+		l->head = (l->head + 1) % l->cap;
+		l->len--;
+		p.send(p.arg, l->free_lanes[--l->nfree]);
+	}
+}
+
+static void lanes_submit(struct lanes *l, void (*send)(void *, int), void *arg)
+{
+	if (l->len == l->cap) {
+		struct pending *q = calloc(l->cap * 2, sizeof *q);
+		if (!q) {
+			fprintf(stderr, "placement-load: out of memory\n");
+			exit(2);
+		}
+		for (size_t i = 0; i < l->len; i++)
+			q[i] = l->q[(l->head + i) % l->cap];
+		free(l->q);
+		l->q = q;
+		l->head = 0;
+		l->cap *= 2;
+	}
+	l->q[(l->head + l->len) % l->cap] = (struct pending){ send, arg };
+	l->len++;
+	lanes_pump(l);
+}
+
+static void lanes_done(struct lanes *l, int lane)
+{
+	l->free_lanes[l->nfree++] = lane;
+	lanes_pump(l);
+}
+
 /* ---- heartbeats ---------------------------------------------------------------------- */
 
 static void hb_cb(int status, const uint8_t *body, size_t len, void *arg);
 
-static void send_heartbeat(struct node *n)
+static void heartbeat_now(void *arg, int lane)
 {
+	struct node *n = arg;
+	n->hb_lane = lane;
 	Gpumatch__V1__GpuHealth h[GPUS], *hp[GPUS];
 	char uuid[GPUS][48];
 	for (int i = 0; i < GPUS; i++) {
@@ -137,12 +221,14 @@ static void send_heartbeat(struct node *n)
 	req.n_running_lease_ids = (size_t)n->nrun;
 	req.running_lease_ids = n->running;
 	req.agent_version = "placement-load/1";
-	n->hb_busy = true;
 	P.hb_sent++;
-	/* each node's heartbeats on a connection of their own, as an agent's:
-	 * a heartbeat queued behind reports would reach the server with the
-	 * running leases of when it was built */
-	call(n->hb, NODE_SVC "Heartbeat", P.operator_token, &req.base, hb_cb, n);
+	call(HB.c[lane], NODE_SVC "Heartbeat", P.operator_token, &req.base, hb_cb, n);
+}
+
+static void send_heartbeat(struct node *n)
+{
+	n->hb_busy = true;
+	lanes_submit(&HB, heartbeat_now, n);
 }
 
 static void hb_timer_cb(evutil_socket_t fd, short ev, void *arg)
@@ -160,6 +246,7 @@ static void hb_cb(int status, const uint8_t *body, size_t len, void *arg)
 {
 	struct node *n = arg;
 	n->hb_busy = false;
+	lanes_done(&HB, n->hb_lane);
 	if (status != 200) {
 		if (!n->ready) {
 			die_msg("first Heartbeat failed", status, body, len);
@@ -262,15 +349,25 @@ static void register_node(struct node *n)
 
 /* ---- leases: RUNNING, then SUCCEEDED after --job-ms ------------------------------------------ */
 
-static void report(struct run *r, int seq, Gpumatch__V1__LeaseState state, rpcc_done_cb cb)
+static void report_now(void *arg, int lane)
 {
+	struct run *r = arg;
+	r->lane = lane;
 	Gpumatch__V1__ReportLeaseRequest req = GPUMATCH__V1__REPORT_LEASE_REQUEST__INIT;
 	req.node_id = r->n->id;
 	req.lease_id = r->lease_id;
 	req.fencing_token = r->fence;
-	req.seq = (uint64_t)seq;
-	req.state = state;
-	call(r->n->ctl, NODE_SVC "ReportLease", P.operator_token, &req.base, cb, r);
+	req.seq = (uint64_t)r->seq;
+	req.state = r->state;
+	call(RP.c[lane], NODE_SVC "ReportLease", P.operator_token, &req.base, r->cb, r);
+}
+
+static void report(struct run *r, int seq, Gpumatch__V1__LeaseState state, rpcc_done_cb cb)
+{
+	r->seq = seq;
+	r->state = state;
+	r->cb = cb;
+	lanes_submit(&RP, report_now, r);
 }
 
 static void run_forget(struct run *r)
@@ -290,6 +387,7 @@ static void run_forget(struct run *r)
 static void ended_cb(int status, const uint8_t *body, size_t len, void *arg)
 {
 	struct run *r = arg;
+	lanes_done(&RP, r->lane);
 	if (status != 200) {
 		if (P.report_errors++ < 5)
 			fprintf(stderr, "placement-load: SUCCEEDED report: HTTP %d %.*s\n", status,
@@ -311,6 +409,7 @@ static void end_timer_cb(evutil_socket_t fd, short ev, void *arg)
 static void running_cb(int status, const uint8_t *body, size_t len, void *arg)
 {
 	struct run *r = arg;
+	lanes_done(&RP, r->lane);
 	int64_t now = rpcc_now_ns();
 	if (status != 200) {
 		if (P.report_errors++ < 5)
@@ -518,7 +617,7 @@ static void usage(void)
 	    "usage: placement-load --url http://HOST:PORT --tenant-token T --operator-token O\n"
 	    "         [--nodes N] [--jobs N] [--window N] [--latency-jobs N]\n"
 	    "         [--latency-rate PER_S] [--job-ms MS] [--wait-ms MS]\n"
-	    "         [--ctl-connections N] [--submit-connections N]\n"
+	    "         [--ctl-connections N] [--submit-connections N] [--lanes N]\n"
 	    "  --nodes              simulated 8-GPU nodes, one long-poll connection each (10000)\n"
 	    "  --jobs               single-GPU jobs of the throughput phase (100000)\n"
 	    "  --window             submits outstanding at once in that phase (512)\n"
@@ -526,8 +625,9 @@ static void usage(void)
 	    "  --latency-rate       their submits per second (200)\n"
 	    "  --job-ms             how long each job runs before SUCCEEDED (2000)\n"
 	    "  --wait-ms            AcquireLease waitTimeoutMs (20000)\n"
-	    "  --ctl-connections    keep-alive connections for registrations (64); each\n"
-	    "                       node has its own for reports and for heartbeats\n"
+	    "  --ctl-connections    keep-alive connections for registrations (64)\n"
+	    "  --lanes              connections for heartbeats, and as many for reports,\n"
+	    "                       each call sent only on an idle one (512)\n"
 	    "  --submit-connections keep-alive connections for submits (32)\n"
 	    "The last line of stdout is one JSON object.\n");
 	exit(1);
@@ -602,6 +702,7 @@ int main(int argc, char **argv)
 		{ "wait-ms", required_argument, NULL, 'W' },
 		{ "ctl-connections", required_argument, NULL, 'c' },
 		{ "submit-connections", required_argument, NULL, 's' },
+		{ "lanes", required_argument, NULL, 'L' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -615,6 +716,7 @@ int main(int argc, char **argv)
 	P.wait_ms = 20000;
 	P.ctl_conns = 64;
 	P.submit_conns = 32;
+	P.lanes = 512;
 	int o;
 	while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		switch (o) {
@@ -654,6 +756,9 @@ int main(int argc, char **argv)
 		case 's':
 			P.submit_conns = (int)num_arg(optarg, 1, 10000);
 			break;
+		case 'L':
+			P.lanes = (int)num_arg(optarg, 1, 10000);
+			break;
 		default:
 			usage();
 		}
@@ -661,11 +766,10 @@ int main(int argc, char **argv)
 	if (!url || !P.tenant_token || !P.operator_token ||
 	    rpcc_parse_url(url, P.host, sizeof P.host, &P.port))
 		usage();
-	/* three sockets per node (long-poll, reports, heartbeats), plus the
-	 * shared ones */
+	/* one socket per node's long-poll, plus the lanes and the shared ones */
 	struct rlimit rl;
 	if (!getrlimit(RLIMIT_NOFILE, &rl)) {
-		rlim_t want = (rlim_t)(3 * P.nodes + P.ctl_conns + P.submit_conns + 64);
+		rlim_t want = (rlim_t)(P.nodes + 2 * P.lanes + P.ctl_conns + P.submit_conns + 64);
 		if (rl.rlim_cur < want) {
 			rl.rlim_cur = want < rl.rlim_max ? want : rl.rlim_max;
 			setrlimit(RLIMIT_NOFILE, &rl);
@@ -694,16 +798,16 @@ int main(int argc, char **argv)
 	for (int i = 0; i < P.submit_conns; i++)
 		if (!(P.sub[i] = rpcc_connect(P.base, P.host, P.port, 60)))
 			return 2;
+	lanes_init(&HB, P.lanes);
+	lanes_init(&RP, P.lanes);
 	int poll_timeout_s = (int)(P.wait_ms / 1000) + 30;
 	for (int i = 0; i < P.nodes; i++) {
 		struct node *n = &P.node[i];
 		n->idx = i;
 		n->hb_ms = 5000;
 		n->poll = rpcc_connect(P.base, P.host, P.port, poll_timeout_s);
-		n->ctl = rpcc_connect(P.base, P.host, P.port, 60);
-		n->hb = rpcc_connect(P.base, P.host, P.port, 60);
 		n->hb_ev = evtimer_new(P.base, hb_timer_cb, n);
-		if (!n->poll || !n->ctl || !n->hb || !n->hb_ev) {
+		if (!n->poll || !n->hb_ev) {
 			fprintf(stderr, "placement-load: cannot set up node %d\n", i);
 			return 2;
 		}

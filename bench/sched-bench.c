@@ -652,6 +652,15 @@ static int64_t mono_ns(void)
 	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
+/* CPU time of this thread: a cycle's cost on a machine shared with other
+ * work, where wall time measures the load as much as the cycle */
+static int64_t cpu_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
 static size_t cluster_bytes(const struct sched_cluster *c)
 {
 	struct sched_stats st;
@@ -1465,6 +1474,7 @@ static void check_start(struct bench *b, const struct sched_action *a)
 
 struct cycle_result {
 	int64_t ns;      /* sched_cycle wall time */
+	int64_t cpu_ns;  /* ... and CPU time */
 	uint32_t placed; /* jobs started (gang_index 0) */
 	uint64_t placed_gpus;
 	uint32_t preempt_actions;
@@ -1478,10 +1488,11 @@ static int run_cycle(struct bench *b, int64_t now_us, struct cycle_result *res)
 {
 	struct sched_actions out = { 0 };
 	memset(res, 0, sizeof *res);
-	int64_t t0 = mono_ns();
+	int64_t t0 = mono_ns(), c0 = cpu_ns();
 	int rc = sched_cycle(b->c, now_us, &out, &res->st);
-	int64_t t1 = mono_ns();
+	int64_t t1 = mono_ns(), c1 = cpu_ns();
 	res->ns = t1 - t0;
+	res->cpu_ns = c1 - c0;
 	if (rc != 0) {
 		fprintf(stderr, "sched-bench: sched_cycle: %s\n", strerror(-rc));
 		sched_actions_free(b->c, &out);
@@ -1861,6 +1872,7 @@ int main(int argc, char **argv)
 		return 2;
 	print_cycle("fill", &fill);
 	double fill_rate = fill.ns > 0 ? fill.placed / ((double)fill.ns * 1e-9) : 0.0;
+	double fill_cpu_rate = fill.cpu_ns > 0 ? fill.placed / ((double)fill.cpu_ns * 1e-9) : 0.0;
 	check_cluster(&b, "fill");
 
 	/* Pre-fill for the steady phase: more batches of the same mix until few
@@ -1960,6 +1972,8 @@ int main(int argc, char **argv)
 		return 2;
 	print_cycle("steady", &steady);
 	double steady_rate = steady.ns > 0 ? b.opt.jobs / ((double)steady.ns * 1e-9) : 0.0;
+	double steady_cpu_rate =
+	    steady.cpu_ns > 0 ? b.opt.jobs / ((double)steady.cpu_ns * 1e-9) : 0.0;
 	double ns_per_decision = (double)steady.ns / b.opt.jobs;
 	check_cluster(&b, "steady");
 
@@ -2016,9 +2030,10 @@ int main(int argc, char **argv)
 	double wall_s = now_s() - t_start;
 	fprintf(stderr,
 	        "sched-bench: fill %.0f placements/s, steady %.0f decisions/s"
-	        " (%.0f ns each), %.0f B/job, %.0f B/node, violations=%" PRIu64 ", %.1f s total\n",
+	        " (%.0f ns each), %.0f B/job, %.0f B/node, violations=%" PRIu64 ", %.1f s total\n"
+	        "sched-bench: per CPU second: fill %.0f placements, steady %.0f decisions\n",
 	        fill_rate, steady_rate, ns_per_decision, bytes_per_job, bytes_per_node,
-	        b.violations, wall_s);
+	        b.violations, wall_s, fill_cpu_rate, steady_cpu_rate);
 
 	printf("{\"nodes\":%" PRIu32 ",\"gpus\":%" PRIu64 ",\"gpu_models\":%" PRIu32
 	       ",\"regions\":%u,\"jobs\":%" PRIu32 ",\"classes\":%" PRIu32
@@ -2029,17 +2044,20 @@ int main(int argc, char **argv)
 	       lib_egroups, fill_classes, tenants, b.opt.seed, b.pol.backfill ? "true" : "false",
 	       b.pol.preemption ? "true" : "false");
 	printf("\"fill_cycle_ms\":%.3f,\"fill_placed\":%" PRIu32 ",\"fill_placed_gpus\":%" PRIu64
-	       ",\"fill_unschedulable\":%" PRIu32 ",\"fill_placements_per_s\":%.0f,",
-	       (double)fill.ns / 1e6, fill.placed, fill.placed_gpus, fill.unschedulable, fill_rate);
+	       ",\"fill_unschedulable\":%" PRIu32 ",\"fill_placements_per_s\":%.0f,"
+	       "\"fill_placements_per_cpu_s\":%.0f,",
+	       (double)fill.ns / 1e6, fill.placed, fill.placed_gpus, fill.unschedulable, fill_rate,
+	       fill_cpu_rate);
 	json_cycle_stats("fill_stats", &fill.st);
 	printf(",\"prefill_rounds\":%" PRIu32 ",\"steady_gpus_free_before\":%" PRIu64
 	       ",\"steady_cycle_ms\":%.3f,\"steady_placed\":%" PRIu32
 	       ",\"steady_placed_gpus\":%" PRIu64 ",\"steady_pending\":%" PRIu32
 	       ",\"steady_preempt_actions\":%" PRIu32 ",\"steady_unschedulable\":%" PRIu32
-	       ",\"steady_decisions_per_s\":%.0f,\"ns_per_decision\":%.1f,",
+	       ",\"steady_decisions_per_s\":%.0f,\"steady_decisions_per_cpu_s\":%.0f,"
+	       "\"ns_per_decision\":%.1f,",
 	       rounds, steady_free_before, (double)steady.ns / 1e6, steady.placed,
 	       steady.placed_gpus, pending, steady.preempt_actions, steady.unschedulable,
-	       steady_rate, ns_per_decision);
+	       steady_rate, steady_cpu_rate, ns_per_decision);
 	json_cycle_stats("steady_stats", &steady.st);
 	printf(",\"bytes_per_job\":%.1f,\"bytes_per_job_steady\":%.1f,\"bytes_per_node\":%.1f"
 	       ",\"bytes_total\":%zu,\"feasible_share\":%.3f,\"explained\":%" PRIu32

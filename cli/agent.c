@@ -48,7 +48,8 @@ struct job {
 	uint64_t lease_id, job_id, fencing, seq;
 	uint64_t gpu_mask; /* bit i = GPU index i held by this lease */
 	pid_t pid;         /* process group leader; 0 = not started or reaped */
-	bool running;      /* process alive */
+	bool running;      /* process alive (or about to be forked) */
+	int64_t start_us;  /* when the agent set out to start it (server clock) */
 	bool stopping;
 	struct event *kill_ev;     /* SIGKILL at the end of the grace period */
 	struct event *deadline_ev; /* the lease's deadline */
@@ -170,6 +171,19 @@ static void save_node(struct agent *a)
 	json_decref(j);
 }
 
+/* An offered lease: confirmed (ConfirmLease) before its job starts, so that
+ * an offer the server withdrew is never run. Retried until the server
+ * answers either way. On disk (leases.json) from its arrival: an agent
+ * restarted before it started the job tells the server it never ran. */
+struct offer {
+	struct agent *a;
+	struct offer *next;
+	Gpumatch__V1__AcquireLeaseResponse *resp;
+	struct event *retry_ev;
+	int backoff_ms;
+	int64_t at_us; /* when it arrived (server clock) */
+};
+
 /* Every lease not yet fully reported, with its queued reports: what a
  * restarted agent must still tell the server. */
 static void save_leases(struct agent *a)
@@ -186,15 +200,22 @@ static void save_leases(struct agent *a)
 			                 j->q[i].failure_reason, "imageDigest", j->q[i].digest,
 			                 "atUs", (json_int_t)j->q[i].at_us));
 		json_array_append_new(
-		    arr,
-		    json_pack("{s:o,s:o,s:o,s:o,s:i,s:b,s:o,s:o,s:b,s:b,s:s}", "leaseId",
-		              juint64(j->lease_id), "jobId", juint64(j->job_id), "fencingToken",
-		              juint64(j->fencing), "seq", juint64(j->seq), "pid", (int)j->pid,
-		              "running", j->running, "reports", q, "logOffset",
-		              juint64((uint64_t)(j->ls ? ls_offset(j->ls) : j->log_offset)),
-		              "logsDone", j->ls ? ls_done(j->ls) : j->log_offset < 0, "container",
-		              j->container, "scratch", j->scratch));
+		    arr, json_pack("{s:o,s:o,s:o,s:o,s:i,s:b,s:I,s:o,s:o,s:b,s:b,s:s}", "leaseId",
+		                   juint64(j->lease_id), "jobId", juint64(j->job_id),
+		                   "fencingToken", juint64(j->fencing), "seq", juint64(j->seq),
+		                   "pid", (int)j->pid, "running", j->running, "startUs",
+		                   (json_int_t)j->start_us, "reports", q, "logOffset",
+		                   juint64((uint64_t)(j->ls ? ls_offset(j->ls) : j->log_offset)),
+		                   "logsDone", j->ls ? ls_done(j->ls) : j->log_offset < 0,
+		                   "container", j->container, "scratch", j->scratch));
 	}
+	for (struct offer *o = a->offers; o; o = o->next)
+		json_array_append_new(arr,
+		                      json_pack("{s:o,s:o,s:o,s:I,s:b,s:b}", "leaseId",
+		                                juint64(o->resp->lease->id), "jobId",
+		                                juint64(o->resp->lease->job_id), "fencingToken",
+		                                juint64(o->resp->lease->fencing_token), "startUs",
+		                                (json_int_t)o->at_us, "offered", 1, "logsDone", 1));
 	char path[1200];
 	snprintf(path, sizeof path, "%s/leases.json", a->state_dir);
 	char *s = json_dumps(arr, JSON_INDENT(1));
@@ -285,6 +306,9 @@ static void remove_job(struct job *j)
 	struct agent *a = j->a;
 	char exit_path[1200];
 	snprintf(exit_path, sizeof exit_path, "%s/logs/lease-%" PRIu64 ".exit", a->state_dir,
+	         j->lease_id);
+	unlink(exit_path);
+	snprintf(exit_path, sizeof exit_path, "%s/logs/lease-%" PRIu64 ".pid", a->state_dir,
 	         j->lease_id);
 	unlink(exit_path);
 	for (struct job **p = &a->jobs; *p; p = &(*p)->next)
@@ -585,11 +609,13 @@ static void start_job(struct agent *a, const Gpumatch__V1__AcquireLeaseResponse 
 		start_container(a, j, r, peers);
 		return;
 	}
-	char logpath[1200], exit_path[1200];
+	char logpath[1200], exit_path[1200], pid_path[1200];
 	log_path(a, l->id, logpath, sizeof logpath);
 	snprintf(exit_path, sizeof exit_path, "%s/logs/lease-%" PRIu64 ".exit", a->state_dir,
 	         l->id);
+	snprintf(pid_path, sizeof pid_path, "%s/logs/lease-%" PRIu64 ".pid", a->state_dir, l->id);
 	unlink(exit_path);
+	unlink(pid_path);
 	ship_logs(j, 0);
 	int ep[2];
 	if (pipe2(ep, O_CLOEXEC)) {
@@ -597,10 +623,18 @@ static void start_job(struct agent *a, const Gpumatch__V1__AcquireLeaseResponse 
 		             strerror(errno));
 		return;
 	}
+	/* On disk before any process of it can exist: an agent killed from
+	 * here on and restarted with this state directory knows the lease
+	 * (its outcome from exit_path, its process group from pid_path), so
+	 * it neither forgets a job that runs nor lets the server run it twice. */
+	j->running = true;
+	j->start_us = cl_now_us() + a->clock_skew_us;
+	save_leases(a);
 	pid_t pid = fork();
 	if (pid < 0) {
 		close(ep[0]);
 		close(ep[1]);
+		j->running = false;
 		queue_report(j, GPUMATCH__V1__LEASE_STATE__LEASE_STATE_FAILED, 127, 0, "fork: %s",
 		             strerror(errno));
 		return;
@@ -611,6 +645,16 @@ static void start_job(struct agent *a, const Gpumatch__V1__AcquireLeaseResponse 
 		 * job and records how it exited (exit_path), so that an agent
 		 * restarted while the job ran still learns its outcome. */
 		setpgid(0, 0);
+		/* the group's id, before the job exists (the agent may die
+		 * before it writes it into leases.json) */
+		char pidtext[32];
+		int pidlen = snprintf(pidtext, sizeof pidtext, "%d\n", (int)getpid());
+		int pf = open(pid_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+		if (pf >= 0) {
+			ssize_t w = write(pf, pidtext, (size_t)pidlen);
+			(void)w; /* without it, a restarted agent still has leases.json */
+			close(pf);
+		}
 		sigset_t none, stops;
 		sigemptyset(&none);
 		sigemptyset(&stops);
@@ -1180,28 +1224,27 @@ static void schedule_poll(struct agent *a, int ms)
 	evtimer_add(a->poll_ev, &tv);
 }
 
-/* An offered lease: confirmed (ConfirmLease) before its job starts, so that
- * an offer the server withdrew is never run. Retried until the server
- * answers either way. */
-struct offer {
-	struct agent *a;
-	struct offer *next;
-	Gpumatch__V1__AcquireLeaseResponse *resp;
-	struct event *retry_ev;
-	int backoff_ms;
-};
-
-static void offer_free(struct offer *o)
+/* Takes o off the agent's list of offers; true when it was on it. */
+static bool offer_unlink(struct offer *o)
 {
 	for (struct offer **p = &o->a->offers; *p; p = &(*p)->next)
 		if (*p == o) {
 			*p = o->next;
-			break;
+			return true;
 		}
+	return false;
+}
+
+static void offer_free(struct offer *o)
+{
+	struct agent *a = o->a;
+	bool listed = offer_unlink(o);
 	if (o->retry_ev)
 		event_free(o->retry_ev);
 	protobuf_c_message_free_unpacked(&o->resp->base, NULL);
 	free(o);
+	if (listed)
+		save_leases(a); /* no longer an offer on disk */
 }
 
 static void confirm_send(struct offer *o);
@@ -1214,6 +1257,8 @@ static void confirm_done(struct cl_result *r, void *arg)
 	if (r->http_status == 200) {
 		Gpumatch__V1__ConfirmLeaseResponse *cr =
 		    (Gpumatch__V1__ConfirmLeaseResponse *)r->resp;
+		/* from here on a job (start_job writes it down), not an offer */
+		offer_unlink(o);
 		if (a->shutting_down) {
 			alog("warn",
 			     "msg=\"lease confirmed while shutting down, not started\" "
@@ -1293,6 +1338,7 @@ static void confirm_offer(struct agent *a, Gpumatch__V1__AcquireLeaseResponse *r
 	}
 	o->a = a;
 	o->resp = resp;
+	o->at_us = cl_now_us() + a->clock_skew_us;
 	o->next = a->offers;
 	a->offers = o;
 	o->retry_ev = evtimer_new(a->base, confirm_retry_cb, o);
@@ -1300,6 +1346,8 @@ static void confirm_offer(struct agent *a, Gpumatch__V1__AcquireLeaseResponse *r
 		offer_free(o);
 		return;
 	}
+	/* on disk before the server can take it as confirmed */
+	save_leases(a);
 	confirm_send(o);
 }
 
@@ -1588,9 +1636,21 @@ static int mkdirs(const char *path)
 	return mkdir(tmp, 0700) && errno != EEXIST ? -1 : 0;
 }
 
-/* Leases a previous run left: their processes died with it (or are
- * killed now); their outcome is reported as lost, and reports already
- * queued are resent with their original seq. */
+/* The outcome a job's recorder wrote ("code signal exited_at_us"). */
+static bool read_exit(const char *path, int *code, int *sig, long long *at)
+{
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return false;
+	bool ok = fscanf(f, "%d %d %lld", code, sig, at) == 3;
+	fclose(f);
+	return ok;
+}
+
+/* Leases a previous run left: a job that ended meanwhile is reported with
+ * its own outcome; one still running (or started and never accounted for)
+ * is killed now and reported as lost; reports already queued are resent
+ * with their original seq. */
 static void load_leases(struct agent *a)
 {
 	char path[1200];
@@ -1631,6 +1691,32 @@ static void load_leases(struct agent *a)
 		}
 		pid_t pid = (pid_t)json_integer_value(json_object_get(e, "pid"));
 		bool was_running = json_is_true(json_object_get(e, "running"));
+		j->start_us = (int64_t)json_integer_value(json_object_get(e, "startUs"));
+		if (json_is_true(json_object_get(e, "offered"))) {
+			/* offered, perhaps confirmed, never started: it ended where
+			 * it began (the server bills nothing and queues the job again) */
+			struct job *dup = NULL;
+			for (struct job *x = j->next; x; x = x->next)
+				if (x->lease_id == j->lease_id)
+					dup = x;
+			if (dup) { /* already known as a job: nothing to add */
+				a->jobs = j->next;
+				free_job(j);
+				continue;
+			}
+			struct report *r = &j->q[j->nq++];
+			memset(r, 0, sizeof *r);
+			r->seq = ++j->seq;
+			r->state = GPUMATCH__V1__LEASE_STATE__LEASE_STATE_EXPIRED;
+			r->at_us = j->start_us;
+			snprintf(r->message, sizeof r->message,
+			         "the agent restarted before it started the job");
+			alog("warn",
+			     "msg=\"offer left by the previous agent run, never started\" "
+			     "lease=%" PRIu64,
+			     j->lease_id);
+			continue;
+		}
 		j->container = json_is_true(json_object_get(e, "container"));
 		snprintf(j->scratch, sizeof j->scratch, "%s",
 		         json_string_value(json_object_get(e, "scratch"))
@@ -1641,14 +1727,31 @@ static void load_leases(struct agent *a)
 			ship_logs(j, (int64_t)ju64(json_object_get(e, "logOffset")));
 			ls_finish(j->ls);
 		}
-		char exit_path[1200];
+		char exit_path[1200], pid_path[1200];
 		snprintf(exit_path, sizeof exit_path, "%s/logs/lease-%" PRIu64 ".exit",
 		         a->state_dir, j->lease_id);
-		FILE *xf = was_running ? fopen(exit_path, "r") : NULL;
+		snprintf(pid_path, sizeof pid_path, "%s/logs/lease-%" PRIu64 ".pid", a->state_dir,
+		         j->lease_id);
+		if (was_running && pid <= 0) {
+			/* the previous run died between the fork and writing the
+			 * pid down: the job's recorder wrote it */
+			FILE *pf = fopen(pid_path, "r");
+			int p = 0;
+			if (pf && fscanf(pf, "%d", &p) == 1 && p > 1)
+				pid = (pid_t)p;
+			if (pf)
+				fclose(pf);
+		}
 		int x_code = 0, x_sig = 0;
 		long long x_at = 0;
-		if (xf && fscanf(xf, "%d %d %lld", &x_code, &x_sig, &x_at) == 3 &&
-		    j->nq < MAX_REPORTS) {
+		bool ended = was_running && read_exit(exit_path, &x_code, &x_sig, &x_at);
+		if (was_running && !ended && pid > 0) {
+			/* still running, or ended just now: stop it, then look once
+			 * more (its recorder may have written the outcome meanwhile) */
+			kill(-pid, SIGKILL);
+			ended = read_exit(exit_path, &x_code, &x_sig, &x_at);
+		}
+		if (ended && j->nq < MAX_REPORTS) {
 			/* the job ended while the agent was away: its own outcome */
 			was_running = false;
 			if (pid > 0)
@@ -1673,11 +1776,7 @@ static void load_leases(struct agent *a)
 			     " exit_code=%d signal=%d",
 			     j->lease_id, x_code, x_sig);
 		}
-		if (xf)
-			fclose(xf);
 		if (was_running) {
-			if (pid > 0)
-				kill(-pid, SIGKILL);
 			alog("warn",
 			     "msg=\"job lost with the previous agent run\" lease=%" PRIu64
 			     " pid=%d",
@@ -1686,9 +1785,13 @@ static void load_leases(struct agent *a)
 				struct report *r = &j->q[j->nq++];
 				memset(r, 0, sizeof *r);
 				r->seq = ++j->seq;
-				/* lost, not failed: the server queues the job again */
+				/* lost, not failed: the server queues the job again.
+				 * It ran until now, or, when no process of it was
+				 * ever made, not at all: it ended where it began. */
 				r->state = GPUMATCH__V1__LEASE_STATE__LEASE_STATE_EXPIRED;
-				r->at_us = cl_now_us() + a->clock_skew_us;
+				r->at_us = pid <= 0 && j->start_us > 0
+				               ? j->start_us
+				               : cl_now_us() + a->clock_skew_us;
 				snprintf(
 				    r->message, sizeof r->message,
 				    "the agent restarted while the job ran; its process was lost");

@@ -955,10 +955,17 @@ void sim_result_free(struct sim_result *r)
 	r->per_job = NULL;
 }
 
-size_t sim_result_json(const struct sim_result *r, double wall_s, char *buf, size_t len)
+size_t sim_result_json(const struct sim_result *r, double wall_s, double cpu_s, char *buf,
+                       size_t len)
 {
-	char wall[160] = "";
-	if (wall_s >= 0)
+	char wall[320] = "";
+	if (wall_s >= 0 && cpu_s >= 0)
+		snprintf(wall, sizeof wall,
+		         ",\"wall_s\":%.3f,\"sim_seconds_per_wall_second\":%.0f,\"cpu_s\":%.3f,"
+		         "\"sim_seconds_per_cpu_second\":%.0f",
+		         wall_s, wall_s > 0 ? r->sim_seconds / wall_s : 0.0, cpu_s,
+		         cpu_s > 0 ? r->sim_seconds / cpu_s : 0.0);
+	else if (wall_s >= 0)
 		snprintf(wall, sizeof wall, ",\"wall_s\":%.3f,\"sim_seconds_per_wall_second\":%.0f",
 		         wall_s, wall_s > 0 ? r->sim_seconds / wall_s : 0.0);
 	int n = snprintf(

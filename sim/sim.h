@@ -108,6 +108,7 @@ void sim_result_free(struct sim_result *r);
 
 /* The result as one line of JSON (no newline) into buf; returns the length
  * needed, like snprintf. wall_s < 0 leaves out the wall-clock fields. */
-size_t sim_result_json(const struct sim_result *r, double wall_s, char *buf, size_t len);
+size_t sim_result_json(const struct sim_result *r, double wall_s, double cpu_s, char *buf,
+                       size_t len);
 
 #endif

@@ -51,11 +51,7 @@ SEED = int(os.environ.get("GPUMATCH_CHAOS_SEED", "20261207"))
 
 # Phases left out of the default run because the server still fails them;
 # each names what the ground truth showed. GPUMATCH_CHAOS_ALL=1 runs them.
-KNOWN_FAILING = {
-    "test_03_kill9_agent_restart_same_state_dir":
-        "a lease confirmed just before its agent was killed, whose job never started (no start "
-        "record), ends EXPIRED billed ~5 s (the offer window) for a run of 0 s",
-}
+KNOWN_FAILING = {}
 
 TERMINAL_JOB = {4: "SUCCEEDED", 5: "FAILED", 6: "CANCELLED", 7: "PREEMPTED"}
 FLAGS = [

@@ -286,12 +286,17 @@ class AgentTest(ItCase):
                        labels={"pool": "victim"}).start()
         self.extra_agents.append(victim)
         victim_id = victim.node_id()
+        # the jobs end only once the victim is dead (however slowly this
+        # machine starts them): none can finish on it first
+        go = os.path.join(self.work, "victim.go")
         ids = [self.submit_file({"gpusPerNode": 1, "maxDuration": "5m",
                                  "labelSelector": {"pool": "victim"},
-                                 "command": ["sleep", "3"]}, "victim-%d" % i) for i in range(2)]
-        common.wait_for(lambda: all(self.job(i)["state"] == "JOB_STATE_RUNNING" for i in ids), 20,
+                                 "command": ["sh", "-c", "while [ ! -e %s ]; do sleep 0.1; done"
+                                             % go]}, "victim-%d" % i) for i in range(2)]
+        common.wait_for(lambda: all(self.job(i)["state"] == "JOB_STATE_RUNNING" for i in ids), 60,
                         what="jobs running on the victim")
         victim.kill9()
+        open(go, "w").close()
         rescue = Agent(c, self.otok, "a100-x8.json", c.unique("rescue"),
                        labels={"pool": "victim"}).start()
         self.extra_agents.append(rescue)
