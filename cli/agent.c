@@ -955,9 +955,14 @@ static void start_container(struct agent *a, struct job *j,
 		return;
 	}
 	ship_logs(j, 0);
-	save_leases(a); /* the scratch and container are on record before they exist */
+	/* on disk before any process of it can exist (as start_job does): a
+	 * restarted agent reports it lost and removes its container by label */
+	j->running = true;
+	j->start_us = cl_now_us() + a->clock_skew_us;
+	save_leases(a);
 	pid_t pid = fork();
 	if (pid < 0) {
+		j->running = false;
 		close(sp[0]);
 		close(sp[1]);
 		queue_report(j, GPUMATCH__V1__LEASE_STATE__LEASE_STATE_FAILED, 125, 0, "fork: %s",

@@ -5,8 +5,10 @@
  * would have failed each call. */
 #include <inttypes.h>
 #include <stdlib.h>
+#include <time.h>
 
 #include "batch.h"
+
 #include "log.h"
 
 struct batch_run {
@@ -158,6 +160,11 @@ static void flush(struct pg_pool *pg, struct batch_kind *k)
 	if (!k->head)
 		k->tail = &k->head;
 	k->queued -= n;
+	int64_t oldest = 0;
+	for (int i = 0; i < n; i++)
+		if (!oldest || r->items[i]->since_mono < oldest)
+			oldest = r->items[i]->since_mono;
+	k->busy_since_mono = oldest;
 	if (k->key && n > 1)
 		sort_items(k, r);
 	k->batches++;
@@ -173,6 +180,9 @@ void batch_add(struct pg_pool *pg, struct batch_kind *k, struct batch_item *it)
 {
 	if (!k->tail)
 		k->tail = &k->head;
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	it->since_mono = (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 	it->next = NULL;
 	*k->tail = it;
 	k->tail = &it->next;
@@ -183,6 +193,17 @@ void batch_add(struct pg_pool *pg, struct batch_kind *k, struct batch_item *it)
 bool batch_idle(const struct batch_kind *k)
 {
 	return !k->busy && !k->head;
+}
+
+int64_t batch_oldest_mono(const struct batch_kind *k)
+{
+	int64_t oldest = k->busy ? k->busy_since_mono : 0;
+	/* the queue is in arrival order, but a failed statement's items go
+	 * back to its head: look at every queued item */
+	for (const struct batch_item *it = k->head; it; it = it->next)
+		if (!oldest || it->since_mono < oldest)
+			oldest = it->since_mono;
+	return oldest;
 }
 
 void batch_metrics(const struct batch_kind *const *kinds, struct evbuffer *b)

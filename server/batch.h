@@ -19,6 +19,7 @@
 
 struct batch_item {
 	struct batch_item *next;
+	int64_t since_mono; /* when batch_add queued it (monotonic µs) */
 };
 
 /* One kind of batched call. The statement takes nparams arrays, element i
@@ -45,8 +46,9 @@ struct batch_kind {
 	/* state */
 	struct batch_item *head, **tail;
 	int queued;
-	bool busy;     /* a batch statement is in flight */
-	int retry_max; /* after a failed statement: the next one's size (halving) */
+	bool busy;               /* a batch statement is in flight */
+	int64_t busy_since_mono; /* the oldest item of the statement in flight */
+	int retry_max;           /* after a failed statement: the next one's size (halving) */
 	uint64_t batches, items, failed_batches;
 };
 
@@ -56,6 +58,11 @@ void batch_add(struct pg_pool *pg, struct batch_kind *k, struct batch_item *it);
 
 /* True when nothing of this kind is queued or in flight. */
 bool batch_idle(const struct batch_kind *k);
+
+/* When the oldest item of this kind still queued or in flight was added
+ * (monotonic µs), or 0 when none is: what callers told the server since
+ * then is not in Postgres yet. */
+int64_t batch_oldest_mono(const struct batch_kind *k);
 
 /* Appends the kinds' counters in Prometheus text format (kinds ends with
  * NULL). */

@@ -1932,6 +1932,19 @@ bool nodes_idle(struct app *a)
 	       batch_idle(&reports);
 }
 
+int64_t nodes_backlog_since_mono(struct app *a)
+{
+	(void)a;
+	const struct batch_kind *kinds[] = { &heartbeats, &confirms, &reports };
+	int64_t oldest = 0;
+	for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
+		int64_t t = batch_oldest_mono(kinds[i]);
+		if (t && (!oldest || t < oldest))
+			oldest = t;
+	}
+	return oldest;
+}
+
 void nodes_metrics(struct app *a, struct evbuffer *b)
 {
 	(void)a;

@@ -98,6 +98,17 @@ static void attention_reset(const char *why)
 	L.hear_since_mono = m;
 }
 
+/* How far behind (µs) this server is in writing what nodes told it:
+ * heartbeats, confirmations and reports still waiting in its own batches.
+ * Deadlines measured against what Postgres holds move back by as much, so
+ * an overloaded server never takes its own backlog for a silent node. */
+static int64_t backlog_us(void)
+{
+	int64_t since = nodes_backlog_since_mono(L.a);
+	int64_t m = mono_us();
+	return since && since < m ? m - since : 0;
+}
+
 /* True when the server has been able to hear for at least ms. */
 static bool attention_for(int ms)
 {
@@ -1033,15 +1044,16 @@ static void janitor_leases(void)
 	struct cfg *cfg = &L.a->cfg;
 	int64_t now = now_us();
 	/* cut-offs that need the server to have been listening for the whole
-	 * window; 0 = none yet */
+	 * window; 0 = none yet. They count from what Postgres has heard. */
+	int64_t heard = now - backlog_us();
 	int64_t pick = attention_for(cfg->lease_pickup_timeout_ms)
-	                   ? now - (int64_t)cfg->lease_pickup_timeout_ms * 1000
+	                   ? heard - (int64_t)cfg->lease_pickup_timeout_ms * 1000
 	                   : 0;
 	int64_t offer = attention_for(cfg->lease_offer_timeout_ms)
-	                    ? now - (int64_t)cfg->lease_offer_timeout_ms * 1000
+	                    ? heard - (int64_t)cfg->lease_offer_timeout_ms * 1000
 	                    : 0;
 	int64_t silent = attention_for(cfg->heartbeat_timeout_ms)
-	                     ? now - (int64_t)cfg->heartbeat_timeout_ms * 1000
+	                     ? heard - (int64_t)cfg->heartbeat_timeout_ms * 1000
 	                     : 0;
 	/* reconciliation needs the agents to have been heard for a whole
 	 * offer window too: an agent whose confirmation's reply was held up by
@@ -1167,7 +1179,7 @@ static void janitor_cb(evutil_socket_t fd, short ev, void *arg)
 	if (L.janitor_busy)
 		return;
 	int64_t cut = attention_for(L.a->cfg.heartbeat_timeout_ms)
-	                  ? now - (int64_t)L.a->cfg.heartbeat_timeout_ms * 1000
+	                  ? now - backlog_us() - (int64_t)L.a->cfg.heartbeat_timeout_ms * 1000
 	                  : 0;
 	struct numbuf n, c;
 	const char *params[] = { fmt_i64(&n, now), fmt_i64(&c, cut) };

@@ -32,6 +32,10 @@ void nodes_retire(struct rpc_call *call, const ProtobufCMessage *req);
 int nodes_start(struct app *a, char *err, size_t err_len);
 void nodes_stop(struct app *a);
 bool nodes_idle(struct app *a); /* no batched node call queued or in flight */
+/* When the oldest heartbeat, confirmation or report still waiting to be
+ * written arrived (monotonic µs), 0 when none waits: Postgres has not
+ * heard the nodes since then, so no deadline may count that time. */
+int64_t nodes_backlog_since_mono(struct app *a);
 void nodes_metrics(struct app *a, struct evbuffer *b);
 void nodes_drain_waiters(struct app *a);
 /* "" or "sha256:" and 64 lowercase hex digits. */
