@@ -66,6 +66,26 @@ def _sigterm(signum, frame):
     raise KeyboardInterrupt("SIGTERM")
 
 
+def _shard_modules(names, k, n):
+    """The modules of share k of n: the modules without a suite of their
+    own, heaviest first (a module's COST, else 3 when SLOW, else 1), each
+    to the share with the least cost so far."""
+    mods = []
+    for name in names:
+        mod = importlib.import_module(name)
+        if getattr(mod, "OWN_SUITE", False):
+            continue
+        cost = getattr(mod, "COST", 3 if getattr(mod, "SLOW", False) else 1)
+        mods.append((-cost, name))
+    load = [0] * n
+    share = {}
+    for negcost, name in sorted(mods):
+        i = load.index(min(load))
+        load[i] -= negcost
+        share[name] = i + 1
+    return {name for name, i in share.items() if i == k}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("tests", nargs="*", help="modules or test ids (default: all)")
@@ -97,14 +117,15 @@ def main(argv=None):
     suite = unittest.TestSuite()
     names = args.tests or sorted(f[:-3] for f in os.listdir(HERE)
                                  if f.startswith("test_") and f.endswith(".py"))
-    shared = 0  # modules not OWN_SUITE seen so far, for --shard
+    mine = None  # with --shard: the modules of this share
+    if shard and not args.tests:
+        mine = _shard_modules(names, *shard)
     for name in names:
         modname = name.split(".")[0]
         mod = importlib.import_module(modname)
         if getattr(mod, "OWN_SUITE", False) and not args.tests:
             continue  # a meson test of its own runs it (OWN_SUITE = True)
-        shared += 1
-        if shard and (shared - 1) % shard[1] != shard[0] - 1:
+        if mine is not None and modname not in mine:
             continue
         if quick and getattr(mod, "SLOW", False) and not args.tests:
             print("integration: --quick: leaving out %s (slow)" % modname, file=sys.stderr)

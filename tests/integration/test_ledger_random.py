@@ -18,6 +18,8 @@ import common
 from common import ItCase, ok
 
 SLOW = True
+# relative cost for run.py --shard: about half of all the shared modules' time
+COST = 12
 
 OPS = int(os.environ.get("GPUMATCH_LEDGER_RANDOM_OPS", "100000"))
 RESTARTS = 4
