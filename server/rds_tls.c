@@ -31,6 +31,7 @@
 #include <openssl/x509v3.h>
 
 #include "log.h"
+#include "tls.h"
 
 /* bytes one direction may hold before reading from its source pauses */
 #define TUNNEL_MAX_BUFFERED (1 << 20)
@@ -56,16 +57,6 @@ struct rds_tls {
 	struct tunnel *tunnels;
 };
 
-static void ssl_reason(char *out, size_t len)
-{
-	unsigned long e = ERR_get_error();
-	if (!e)
-		snprintf(out, len, "unknown error");
-	else
-		ERR_error_string_n(e, out, len);
-	ERR_clear_error();
-}
-
 static SSL_CTX *ctx_build(const struct rds_tls_opts *o, char *err, size_t err_len)
 {
 	char why[256];
@@ -79,7 +70,7 @@ static SSL_CTX *ctx_build(const struct rds_tls_opts *o, char *err, size_t err_le
 	ERR_clear_error();
 	SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
 	if (!ctx) {
-		ssl_reason(why, sizeof why);
+		tls_ssl_reason(why, sizeof why);
 		snprintf(err, err_len, "redis_tls: cannot make a context: %s", why);
 		return NULL;
 	}
@@ -87,24 +78,24 @@ static SSL_CTX *ctx_build(const struct rds_tls_opts *o, char *err, size_t err_le
 	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
 	if (o->ca_file && *o->ca_file) {
 		if (SSL_CTX_load_verify_locations(ctx, o->ca_file, NULL) != 1) {
-			ssl_reason(why, sizeof why);
+			tls_ssl_reason(why, sizeof why);
 			snprintf(err, err_len, "redis_tls_ca_file %s: %s", o->ca_file, why);
 			goto fail;
 		}
 	} else if (SSL_CTX_set_default_verify_paths(ctx) != 1) {
-		ssl_reason(why, sizeof why);
+		tls_ssl_reason(why, sizeof why);
 		snprintf(err, err_len, "redis_tls: the system's CA store: %s", why);
 		goto fail;
 	}
 	if (cert) {
 		if (SSL_CTX_use_certificate_chain_file(ctx, o->cert_file) != 1) {
-			ssl_reason(why, sizeof why);
+			tls_ssl_reason(why, sizeof why);
 			snprintf(err, err_len, "redis_tls_cert_file %s: %s", o->cert_file, why);
 			goto fail;
 		}
 		if (SSL_CTX_use_PrivateKey_file(ctx, o->key_file, SSL_FILETYPE_PEM) != 1 ||
 		    SSL_CTX_check_private_key(ctx) != 1) {
-			ssl_reason(why, sizeof why);
+			tls_ssl_reason(why, sizeof why);
 			snprintf(err, err_len, "redis_tls_key_file %s: %s", o->key_file, why);
 			goto fail;
 		}
@@ -147,7 +138,7 @@ static void tls_failure(SSL *ssl, char *out, size_t len)
 		ERR_clear_error();
 		return;
 	}
-	ssl_reason(out, len);
+	tls_ssl_reason(out, len);
 }
 
 /* ---- tunnels ---------------------------------------------------------------------- */

@@ -30,8 +30,7 @@ struct tls_server {
 	bool client_certs;
 };
 
-/* The first OpenSSL error on the queue as text (the queue is emptied). */
-static void ssl_reason(char *out, size_t len)
+void tls_ssl_reason(char *out, size_t len)
 {
 	unsigned long e = ERR_get_error();
 	if (!e)
@@ -76,29 +75,29 @@ static SSL_CTX *ctx_build(const char *cert_file, const char *key_file, const cha
 	ERR_clear_error();
 	SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
 	if (!ctx) {
-		ssl_reason(why, sizeof why);
+		tls_ssl_reason(why, sizeof why);
 		snprintf(err, err_len, "tls: cannot make a context: %s", why);
 		return NULL;
 	}
 	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
 	SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
 	if (!SSL_CTX_set_cipher_list(ctx, TLS12_CIPHERS)) {
-		ssl_reason(why, sizeof why);
+		tls_ssl_reason(why, sizeof why);
 		snprintf(err, err_len, "tls: cipher list: %s", why);
 		goto fail;
 	}
 	if (SSL_CTX_use_certificate_chain_file(ctx, cert_file) != 1) {
-		ssl_reason(why, sizeof why);
+		tls_ssl_reason(why, sizeof why);
 		snprintf(err, err_len, "tls_cert_file %s: %s", cert_file, why);
 		goto fail;
 	}
 	if (SSL_CTX_use_PrivateKey_file(ctx, key_file, SSL_FILETYPE_PEM) != 1) {
-		ssl_reason(why, sizeof why);
+		tls_ssl_reason(why, sizeof why);
 		snprintf(err, err_len, "tls_key_file %s: %s", key_file, why);
 		goto fail;
 	}
 	if (SSL_CTX_check_private_key(ctx) != 1) {
-		ssl_reason(why, sizeof why);
+		tls_ssl_reason(why, sizeof why);
 		snprintf(err, err_len, "tls_key_file %s does not match tls_cert_file %s: %s",
 		         key_file, cert_file, why);
 		goto fail;
@@ -112,7 +111,7 @@ static SSL_CTX *ctx_build(const char *cert_file, const char *key_file, const cha
 		if (!names || SSL_CTX_load_verify_locations(ctx, ca_file, NULL) != 1) {
 			if (names)
 				sk_X509_NAME_pop_free(names, X509_NAME_free);
-			ssl_reason(why, sizeof why);
+			tls_ssl_reason(why, sizeof why);
 			snprintf(err, err_len, "tls_client_ca_file %s: %s", ca_file,
 			         names ? why : "no certificate in it");
 			goto fail;

@@ -16,6 +16,10 @@
 
 struct tls_server;
 
+/* The first OpenSSL error on the thread's queue as text, for an error
+ * message (the queue is emptied). */
+void tls_ssl_reason(char *out, size_t len);
+
 /* Loads cert_file (PEM, leaf first then the chain) and key_file (PEM) and,
  * when client_ca_file is not NULL or "", the CAs that sign agents' client
  * certificates. Returns NULL with err naming the file and OpenSSL's reason. */
