@@ -40,14 +40,16 @@ struct slotinfo {
 	uint64_t mask; /* GPUs the job would get */
 };
 
-/* hold_for_faster: GPUs of one type that free by t at the latest (their
- * lease deadline); cum = GPUs of the type freeing by then, this entry's
- * included */
+/* hold_for_faster: GPUs of one type (on one node part, pref) that free by
+ * t at the latest (their lease deadline); cum = GPUs of the type freeing
+ * by then, this entry's included (in the by-time order) */
 struct free_ev {
 	int64_t t;
 	uint32_t gtype;
 	uint32_t gpus;
 	uint64_t cum;
+	uint32_t pref;
+	uint32_t pad;
 };
 
 struct okey {
@@ -93,10 +95,12 @@ struct cycle {
 	double frag_wider[SCHED_MAX_GPUS_PER_NODE + 1];
 	/* hold_for_faster: running GPUs by type and lease deadline (built on
 	 * first use in a cycle), per type [frees_at[t], frees_at[t + 1]) of
-	 * frees; GPUs of each type that held jobs count on; eligible types of
-	 * the job being decided */
+	 * frees (pfrees: the same by node part, then deadline); GPUs of each
+	 * type that held jobs count on; eligible types of the job being
+	 * decided */
 	bool frees_ready;
 	struct free_ev *frees;
+	struct free_ev *pfrees;
 	uint32_t *frees_at;
 	double *claimed;
 	uint8_t *type_ok;
@@ -219,7 +223,7 @@ static int cycle_prepare(struct cycle *cy)
 	              slot_cap * sizeof(struct slotinfo) + 64;
 	bool hold = cy->pol->hold_for_faster > 0;
 	if (hold)
-		need += (c->gpus_total + 1) * sizeof(struct free_ev) +
+		need += 2 * (c->gpus_total + 1) * sizeof(struct free_ev) +
 		        (size_t)(c->ngtypes + 1) * (sizeof(uint32_t) + sizeof(double) + 1) + 16;
 	if (need > c->scratch_bytes) {
 		size_t grow = need + need / 2;
@@ -249,6 +253,8 @@ static int cycle_prepare(struct cycle *cy)
 	if (hold) {
 		p = (char *)(((uintptr_t)p + 7) & ~(uintptr_t)7);
 		cy->frees = (struct free_ev *)p;
+		p += (c->gpus_total + 1) * sizeof(struct free_ev);
+		cy->pfrees = (struct free_ev *)p;
 		p += (c->gpus_total + 1) * sizeof(struct free_ev);
 		cy->claimed = (double *)p;
 		p += (size_t)(c->ngtypes + 1) * sizeof(double);
@@ -646,6 +652,16 @@ static int cmp_free_ev(const void *a, const void *b)
 	return (x->t > y->t) - (x->t < y->t);
 }
 
+static int cmp_free_ev_part(const void *a, const void *b)
+{
+	const struct free_ev *x = a, *y = b;
+	if (x->gtype != y->gtype)
+		return x->gtype < y->gtype ? -1 : 1;
+	if (x->pref != y->pref)
+		return x->pref < y->pref ? -1 : 1;
+	return (x->t > y->t) - (x->t < y->t);
+}
+
 /* The running GPUs of every type by lease deadline, once per cycle. */
 static void frees_build(struct cycle *cy)
 {
@@ -662,10 +678,17 @@ static void frees_build(struct cycle *cy)
 				if (g && n < c->gpus_total)
 					cy->frees[n++] = (struct free_ev){
 						c->jobs[nd->leases[l].job].deadline_us,
-						nd->parts[q].gtype, g, 0
+						nd->parts[q].gtype,
+						g,
+						0,
+						PREF(s, q),
+						0
 					};
 			}
 	}
+	/* both orders keep the types' ranges (frees_at) the same */
+	memcpy(cy->pfrees, cy->frees, n * sizeof *cy->frees);
+	qsort(cy->pfrees, n, sizeof *cy->pfrees, cmp_free_ev_part);
 	qsort(cy->frees, n, sizeof *cy->frees, cmp_free_ev);
 	uint32_t t = 0;
 	uint64_t cum = 0;
@@ -697,13 +720,41 @@ static uint64_t frees_by(const struct cycle *cy, uint32_t t, int64_t until)
 	return lo > first ? cy->frees[lo - 1].cum : 0;
 }
 
+/* GPUs of type t usable by `width`-GPU members by `until`: a job that
+ * needs several GPUs on one node waits for a node part where enough of
+ * them free together (counted with the part's GPUs free now), not for the
+ * same number of GPUs freeing across the fleet, which backfilled narrower
+ * jobs take one by one. Only parts where some lease ends by then count. */
+static uint64_t frees_by_width(const struct cycle *cy, uint32_t t, int64_t until, uint32_t width)
+{
+	if (width <= 1)
+		return frees_by(cy, t, until);
+	const struct sched_cluster *c = cy->c;
+	uint64_t usable = 0;
+	uint32_t i = cy->frees_at[t], hi = cy->frees_at[t + 1];
+	while (i < hi) {
+		uint32_t pref = cy->pfrees[i].pref;
+		uint64_t freed = 0;
+		for (; i < hi && cy->pfrees[i].pref == pref; i++)
+			if (cy->pfrees[i].t <= until)
+				freed += cy->pfrees[i].gpus;
+		if (!freed)
+			continue;
+		const struct node *nd = &c->nodes[PREF_NODE(pref)];
+		uint64_t avail =
+		    freed + popcount64(nd->free_mask & nd->parts[PREF_PART(pref)].mask);
+		usable += avail / width * width;
+	}
+	return usable;
+}
+
 /* Whether job js, whose placement now would run at profile speed `here`,
  * waits for a faster GPU type instead. Ski rental: until it has waited
  * hold_for_faster x the run time the slower GPU adds (the declared limit
  * read as the run time on its slowest eligible type), and only while
  * enough GPUs of faster types end their leases by then, at their
- * deadlines, that jobs held before it (higher in the order) have not
- * counted on. Notes the earliest time a held job stops waiting. */
+ * deadlines (for a multi-GPU job: enough together on a node part), that
+ * jobs held before it (higher in the order) have not counted on. Notes the earliest time a held job stops waiting. */
 static bool hold_for_faster(struct cycle *cy, const struct job *j, struct jclass *k, double here)
 {
 	struct sched_cluster *c = cy->c;
@@ -735,7 +786,7 @@ static bool hold_for_faster(struct cycle *cy, const struct job *j, struct jclass
 	double need = (double)k->gpus * k->nodes, have = 0;
 	for (uint32_t t = 0; t < c->ngtypes && have < need; t++)
 		if (cy->type_ok[t]) {
-			double v = (double)frees_by(cy, t, until) - cy->claimed[t];
+			double v = (double)frees_by_width(cy, t, until, k->gpus) - cy->claimed[t];
 			if (v > 0)
 				have += v;
 		}
@@ -745,12 +796,13 @@ static bool hold_for_faster(struct cycle *cy, const struct job *j, struct jclass
 	while (need > 0) {
 		uint32_t best = NONE32;
 		for (uint32_t t = 0; t < c->ngtypes; t++)
-			if (cy->type_ok[t] && (double)frees_by(cy, t, until) - cy->claimed[t] > 0 &&
+			if (cy->type_ok[t] &&
+			    (double)frees_by_width(cy, t, until, k->gpus) - cy->claimed[t] > 0 &&
 			    (best == NONE32 || class_speed(c, k, t) > class_speed(c, k, best)))
 				best = t;
 		if (best == NONE32)
 			break;
-		double v = (double)frees_by(cy, best, until) - cy->claimed[best];
+		double v = (double)frees_by_width(cy, best, until, k->gpus) - cy->claimed[best];
 		double take = v < need ? v : need;
 		cy->claimed[best] += take;
 		need -= take;

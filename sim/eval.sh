@@ -5,7 +5,9 @@
 #   (data/fleets/modern-nodes.csv)} x arrival factors x seeds x
 #   {non-preemptible, preemptible}
 # plus a Gavel-style setup (data/fleets/gavel-nodes.csv: 36 each of K80,
-# P100, V100; Poisson arrivals from sim/gavel-jobs.py over a range of rates).
+# P100, V100; Poisson arrivals from sim/gavel-jobs.py over a range of rates),
+# with non-preemptible jobs (cells gavel.*) and, as in Gavel's paper, every
+# job preemptible (cells gavelp.*).
 # Prints a table per part and the floors, and writes summary.json.
 #
 # usage: sim/eval.sh --traces DIR [options]
@@ -19,6 +21,7 @@
 #   --candidate FILE  (default examples/policies/default.json)
 #   --clusters "01 .." --fleets "alibaba modern" --scales "0.0025 .."
 #   --seeds "1 2 3" --modes "np p" --gavel-rates "0.5 1 .." --gavel-jobs N
+#   --gavel-modes "np p"
 #                     narrow the matrix (defaults: the full one)
 #   --no-msr / --no-gavel   leave a part out
 #   --parallel N      replays at once (default 1)
@@ -31,7 +34,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 traces= sim=$here/build-rel/sim/tool/gpumatch-sim out=/tmp/gpumatch-eval
 base=$here/examples/policies/fifo.json cand=$here/examples/policies/default.json
 clusters="01 02 03 04 05 06" fleets="alibaba modern" scales="0.0025 0.005 0.01 0.02"
-seeds="1 2 3" modes="np p" grates="0.5 1 1.5 2 2.5 3" gjobs=1000 par=1 extra=
+seeds="1 2 3" modes="np p" grates="0.5 1 1.5 2 2.5 3" gjobs=1000 gmodes="np p" par=1 extra=
 msr=1 gavel=1 cache=
 while [ $# -gt 0 ]; do
 	case $1 in
@@ -47,6 +50,7 @@ while [ $# -gt 0 ]; do
 	--modes) modes=$2; shift ;;
 	--gavel-rates) grates=$2; shift ;;
 	--gavel-jobs) gjobs=$2; shift ;;
+	--gavel-modes) gmodes=$2; shift ;;
 	--parallel) par=$2; shift ;;
 	--extra) extra=$2; shift ;;
 	--cache) cache=$2; shift ;;
@@ -85,14 +89,16 @@ if [ $msr = 1 ]; then
 	done; done; done
 fi
 if [ $gavel = 1 ]; then
-	for r in $grates; do for sd in $seeds; do
-		jf=$out/jobs/gavel.r$r.s$sd.csv
-		python3 "$here/sim/gavel-jobs.py" "$tput" "$r" "$gjobs" "$sd" > "$jf"
+	for md in $gmodes; do for r in $grates; do for sd in $seeds; do
+		g=gavel pre=
+		[ $md = p ] && g=gavelp pre=--preemptible
+		jf=$out/jobs/$g.r$r.s$sd.csv
+		python3 "$here/sim/gavel-jobs.py" "$tput" "$r" "$gjobs" "$sd" $pre > "$jf"
 		for pn in base cand; do
 			pf=$base; [ $pn = cand ] && pf=$cand
-			echo "gavel.r$r.s$sd.$pn --nodes $(fleet_file gavel) --jobs $jf --policy $pf --seed $sd" >> "$out/cells.txt"
+			echo "$g.r$r.s$sd.$pn --nodes $(fleet_file gavel) --jobs $jf --policy $pf --seed $sd" >> "$out/cells.txt"
 		done
-	done; done
+	done; done; done
 fi
 run_one() {
 	name=$1; shift

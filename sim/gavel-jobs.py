@@ -8,9 +8,11 @@ format (docs/traces.md) for gpumatch-sim:
 - the job type drawn uniformly among the types the throughput table
   measured at that GPU count;
 - the run time on the reference GPU (V100, the table's first column) is
-  60 x 10^U(2, 4) seconds, as Gavel draws it.
+  60 x 10^U(2, 4) seconds, as Gavel draws it;
+- not preemptible, or with --preemptible every job preemptible (Gavel's
+  jobs are: its rounds checkpoint them and move them between GPU types).
 
-usage: sim/gavel-jobs.py THROUGHPUTS.csv RATE_PER_HOUR JOBS SEED > jobs.csv
+usage: sim/gavel-jobs.py THROUGHPUTS.csv RATE_PER_HOUR JOBS SEED [--preemptible] > jobs.csv
 """
 import csv
 import math
@@ -22,7 +24,10 @@ HEADER = ("job_id,tenant_id,submit_us,duration_us,gpus_per_node,node_count,prior
 
 
 def main():
+    if len(sys.argv) not in (5, 6) or (len(sys.argv) == 6 and sys.argv[5] != "--preemptible"):
+        sys.exit("usage: gavel-jobs.py THROUGHPUTS.csv RATE_PER_HOUR JOBS SEED [--preemptible]")
     path, rate, n, seed = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    preemptible = 1 if len(sys.argv) == 6 else 0
     types = {}
     with open(path, newline="", encoding="utf-8-sig") as f:
         for r in csv.DictReader(f):
@@ -37,8 +42,8 @@ def main():
         jt = rng.choice(types[gpus])
         dur = 60.0 * 10 ** rng.uniform(2, 4)
         per_node, nodes = (4, 2) if gpus == 8 else (gpus, 1)
-        print("%d,0,%d,%d,%d,%d,0,0,\"%s\"" % (
-            i + 1, int(t * 1e6), int(dur * 1e6), per_node, nodes, jt))
+        print("%d,0,%d,%d,%d,%d,0,%d,\"%s\"" % (
+            i + 1, int(t * 1e6), int(dur * 1e6), per_node, nodes, preemptible, jt))
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@
  * GPU frees soon enough (by its running lease's deadline) and it has not
  * yet waited its share of the run time the slower GPU would add; it is
  * held, not blocked (no reservation), the cycle says until when, jobs
- * held before it count on the GPUs that free, and the validation names
- * the field.
+ * held before it count on the GPUs that free, a multi-GPU job waits only
+ * for GPUs that free together on one node, and the validation names the
+ * field.
  *
  * Fleet: node 1 = one A100, node 2 = one L4. Job 1 runs 4 GPU-hours of
  * work in its limit at speed 1 on the A100 and 0.25 on the L4: the limit
@@ -158,6 +159,91 @@ static void wakes(void)
 	sched_cluster_free(c);
 }
 
+/* A 2-GPU job (on one node) on a fleet of two busy 2xA100 nodes and an
+ * idle 2xL4 node. Two A100s free within the hour: on different nodes,
+ * where the other GPU stays busy for a day, they never
+ * make room for it (narrower jobs would take them one by one), so it takes
+ * the L4s now; on one node it waits for them. */
+static void width(void)
+{
+	static const struct {
+		const char *name;
+		bool same_node; /* both GPUs that free within the hour are on node 1 */
+		uint64_t want;  /* node job 1 starts on; 0 = held */
+	} wrows[] = {
+		{ "multi-GPU job: faster GPUs free within the wait but on different nodes: the "
+		  "slow "
+		  "node now",
+		  false, 3 },
+		{ "multi-GPU job: faster GPUs free together on one node within the wait: held",
+		  true, 0 },
+	};
+	for (size_t i = 0; i < FX_ARRAY_LEN(wrows); i++) {
+		fx_row = wrows[i].name;
+		struct sched_cluster *c = fx_cluster(NULL);
+		struct sched_policy p;
+		fx_policy(&p);
+		p.w_speedup = 100;
+		p.hold_for_faster = 0.5;
+		REQUIRE_OK(sched_set_policy(c, &p, NULL));
+		struct fx_node n;
+		fx_node_init(&n, 1, "eu", "2xA100");
+		fx_add_node(c, &n);
+		fx_node_init(&n, 2, "eu", "2xA100");
+		fx_add_node(c, &n);
+		fx_node_init(&n, 3, "eu", "2xL4");
+		fx_add_node(c, &n);
+		/* every A100 is busy; two free within the hour (one per node, or
+		 * both of node 1), the others after a day */
+		static const struct {
+			uint64_t node, mask;
+			int64_t end;
+		} busy[2][4] = {
+			{ { 1, 1, HOUR },
+			  { 2, 2, HOUR },
+			  { 1, 2, 24 * HOUR },
+			  { 2, 1, 24 * HOUR } },
+			{ { 1, 1, HOUR },
+			  { 1, 2, HOUR },
+			  { 2, 1, 24 * HOUR },
+			  { 2, 2, 24 * HOUR } },
+		};
+		for (uint32_t b = 0; b < 4; b++) {
+			const int same = wrows[i].same_node ? 1 : 0;
+			struct fx_job bj;
+			fx_job_init(&bj, 10 + b, 1);
+			bj.spec.max_duration_us = 30 * HOUR;
+			bj.spec.submit_us = NOW + busy[same][b].end - 30 * HOUR;
+			fx_run_job(c, &bj, busy[same][b].node, busy[same][b].mask,
+			           bj.spec.submit_us);
+		}
+		struct fx_job j;
+		fx_job_init(&j, 1, 2);
+		j.spec.submit_us = NOW;
+		j.spec.max_duration_us = 4 * HOUR;
+		struct sched_speed sp[2] = { { A100, 0, 1.0f }, { L4, 0, 0.25f } };
+		j.spec.speeds = sp;
+		j.spec.nspeeds = 2;
+		fx_add_job(c, &j);
+		struct fx_cycle fc = { 0 };
+		fx_run_cycle(&fc, c, NOW);
+		const struct sched_action *a = fx_find(&fc.acts, SCHED_ACT_START, 1);
+		if (!wrows[i].want) {
+			EXPECT(a == NULL);
+			EXPECT_INT(fc.stats.held, 1);
+			EXPECT_INT(fc.stats.hold_until_us, NOW + 3 * HOUR / 2);
+		} else {
+			EXPECT(a != NULL);
+			if (a)
+				EXPECT_INT(a->node_id, wrows[i].want);
+			EXPECT_INT(fc.stats.held, 0);
+		}
+		EXPECT_CHECK(c);
+		fx_cycle_done(&fc);
+		sched_cluster_free(c);
+	}
+}
+
 static void validation(void)
 {
 	static const double bad[] = { -0.5, 100.5 };
@@ -187,6 +273,7 @@ int main(void)
 		run_row(&rows[i]);
 	}
 	wakes();
+	width();
 	validation();
 	return fx_finish("test_hold");
 }

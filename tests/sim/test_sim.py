@@ -400,6 +400,38 @@ def case_inputs():
         check("speedupRelative" in p.stderr, f"retired field: {p.stderr}")
 
 
+def case_gavel_jobs():
+    """sim/gavel-jobs.py: the same jobs with --preemptible, only the flag
+    differs; both lists replay (FIFO preempts nothing, so alike)."""
+    tput = trace("gavel/isolated_throughputs_steps_per_sec.csv")
+    gen = os.path.join(SOURCE, "sim", "gavel-jobs.py")
+    lists = {}
+    with tempfile.TemporaryDirectory() as d:
+        for mode, extra in (("np", []), ("p", ["--preemptible"])):
+            p = subprocess.run([sys.executable, gen, tput, "1.5", "60", "2"] + extra,
+                               capture_output=True, text=True, timeout=60)
+            check(p.returncode == 0, f"gavel-jobs.py {extra}: {p.stderr}")
+            path = os.path.join(d, mode + ".csv")
+            with open(path, "w") as f:
+                f.write(p.stdout)
+            lists[mode] = (path, list(csv.DictReader(p.stdout.splitlines())))
+        a, b = lists["np"][1], lists["p"][1]
+        check(len(a) == 60 and len(b) == 60, f"job counts {len(a)}, {len(b)}")
+        check(all(x["preemptible"] == "0" for x in a), "non-preemptible list has preemptible jobs")
+        check(all(x["preemptible"] == "1" for x in b), "--preemptible list has fixed jobs")
+        for x, y in zip(a, b):
+            check(dict(x, preemptible="") == dict(y, preemptible=""), f"jobs differ: {x} vs {y}")
+        res = [last_json(run(["--nodes", os.path.join(SOURCE, "data", "fleets", "gavel-nodes.csv"),
+                              "--jobs", lists[m][0], "--throughputs", tput,
+                              "--policy", f"{POLICIES}/fifo.json", "--no-wall-clock"]).stdout)
+               for m in ("np", "p")]
+        check(res[0]["completed"] == 60, f"not all completed: {res[0]}")
+        check(res[0] == res[1], f"FIFO replayed the preemptible list differently: {res}")
+        p = subprocess.run([sys.executable, gen, tput, "1.5", "60", "2", "--preempt"],
+                           capture_output=True, text=True, timeout=60)
+        check(p.returncode != 0 and "usage" in p.stderr, f"bad flag accepted: {p.stderr}")
+
+
 def main():
     if len(sys.argv) != 2 or not SIM:
         print("usage: GPUMATCH_SIM=path test_sim.py CASE", file=sys.stderr)
