@@ -428,6 +428,8 @@ int main(int argc, char **argv)
 		SSL_CTX_set_verify(L.tls, SSL_VERIFY_PEER, NULL);
 		static const unsigned char alpn[] = "\x08http/1.1";
 		SSL_CTX_set_alpn_protos(L.tls, alpn, sizeof alpn - 1);
+		/* whole socket reads: conn_read calls SSL_read until it wants more */
+		SSL_CTX_set_read_ahead(L.tls, 1);
 		if ((L.ca_file ? SSL_CTX_load_verify_locations(L.tls, L.ca_file, NULL)
 		               : SSL_CTX_set_default_verify_paths(L.tls)) != 1)
 			die("cannot load --ca-file");

@@ -10,12 +10,14 @@
 #include <string.h>
 #include <unistd.h>
 
-/* Writes data to /tmp/gpumatch-fuzz-<pid><suffix> (reused per process) and
- * returns its path (static storage), or NULL. */
+/* Writes data to gpumatch-fuzz-<pid><suffix> in /dev/shm (memory; /tmp
+ * where there is none), reused per process, and returns its path (static
+ * storage), or NULL. */
 static inline const char *fuzz_tmp_file(const uint8_t *data, size_t size, const char *suffix)
 {
 	static char path[128];
-	snprintf(path, sizeof path, "/tmp/gpumatch-fuzz-%d%s", (int)getpid(), suffix);
+	const char *dir = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp";
+	snprintf(path, sizeof path, "%s/gpumatch-fuzz-%d%s", dir, (int)getpid(), suffix);
 	FILE *f = fopen(path, "wb");
 	if (!f)
 		return NULL;

@@ -44,6 +44,7 @@ static struct {
 	    *reconcile_ev, *stream_ev;
 	bool placing;                             /* a placement write is in flight */
 	int64_t last_cycle_end_us, last_cycle_us; /* adaptive spacing */
+	int64_t last_giveup_pass_us;              /* last cycle run only to give up jobs */
 	struct event *spacing_ev;
 	bool rerun; /* cycle asked for while placing */
 	bool outbox_busy;
@@ -621,6 +622,10 @@ static void write_unschedulable(const struct sched_action *a)
 	       3, params, simple_done_cb, s);
 }
 
+/* With no GPU free and nothing to preempt, cycles that can only give up
+ * infeasible jobs run this far apart. */
+#define GIVEUP_PASS_US 1000000
+
 static void observe_cycle(int64_t us)
 {
 	double ms = (double)us / 1000.0;
@@ -651,14 +656,28 @@ static void run_cycle(void)
 		return;
 	}
 	/* Nothing can be placed without a free GPU unless preemption (of lower
-	 * classes, or for shorter work) may make one; lease ends and node
-	 * changes kick a new cycle. */
+	 * classes, or for shorter work) may make one, which needs a running
+	 * job; lease ends and node changes kick a new cycle. Then a cycle can
+	 * only give up infeasible jobs, which may wait for the next
+	 * once-a-second pass: a long queue on a full fleet is not sorted again
+	 * for every submit. */
 	const struct sched_policy *pol = sched_get_policy(L.c);
-	if (!pol->preemption && !(pol->preempt_shorter_factor > 0) && !pol->infeasible_timeout_us) {
-		struct sched_stats st;
-		sched_get_stats(L.c, &st);
-		if (!st.gpus_free)
+	struct sched_stats st;
+	sched_get_stats(L.c, &st);
+	if (!st.gpus_free &&
+	    !((pol->preemption || pol->preempt_shorter_factor > 0) && st.jobs_running)) {
+		if (!pol->infeasible_timeout_us)
 			return;
+		int64_t wait = L.last_giveup_pass_us + GIVEUP_PASS_US - t0;
+		if (wait > 0) {
+			if (!evtimer_pending(L.spacing_ev, NULL)) {
+				struct timeval tv = { (time_t)(wait / 1000000),
+					              (suseconds_t)(wait % 1000000) };
+				evtimer_add(L.spacing_ev, &tv);
+			}
+			return;
+		}
+		L.last_giveup_pass_us = t0;
 	}
 	struct sched_actions acts = { 0 };
 	int rc = sched_cycle(L.c, t0, &acts, NULL);

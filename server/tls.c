@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include <event2/buffer.h>
 #include <event2/bufferevent_ssl.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
@@ -156,6 +157,21 @@ int tls_server_reload(struct tls_server *t, const char *cert_file, const char *k
 	return 0;
 }
 
+/* An answer's head and body are separate chains of the output buffer, and
+ * bufferevent_openssl makes one TLS record (one write(2), one TCP segment)
+ * of each chain: joined while small, an answer is one record. */
+#define COALESCE_MAX 16384 /* a TLS record's largest payload */
+
+static void coalesce_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+	(void)arg;
+	if (!info->n_added)
+		return;
+	size_t len = evbuffer_get_length(buf);
+	if (len <= COALESCE_MAX && (size_t)evbuffer_get_contiguous_space(buf) < len)
+		evbuffer_pullup(buf, -1);
+}
+
 struct bufferevent *tls_server_bev_cb(struct event_base *base, void *arg)
 {
 	struct tls_server *t = arg;
@@ -168,6 +184,10 @@ struct bufferevent *tls_server_bev_cb(struct event_base *base, void *arg)
 	if (!bev) {
 		/* NULL would make evhttp fall back to a plaintext bufferevent on
 		 * the TLS port: out of memory is fatal instead */
+		log_error("tls: out of memory for a connection");
+		abort();
+	}
+	if (!evbuffer_add_cb(bufferevent_get_output(bev), coalesce_cb, NULL)) {
 		log_error("tls: out of memory for a connection");
 		abort();
 	}

@@ -57,6 +57,25 @@ class PolicyTest(ItCase):
                 got, want = float(got), float(want)
             self.assertEqual(got, want, "built-in %s differs from default.json" % k)
 
+    def test_1_infeasible_job_given_up_on_an_empty_fleet(self):
+        # runs before any test registers a node: no GPU is free and nothing
+        # runs, so cycles happen only to give up infeasible jobs
+        _, tenant_tok = self.c.new_tenant()
+        self.assertOk(self.set_policy(comment="give up", infeasibleTimeoutUs="1000000"))
+        try:
+            job = submit(self.c, tenant_tok, spec=job_spec(gpus=1))
+
+            def ended():
+                b = self.assertOk(self.c.call("JobService", "GetJob", {"jobId": job["id"]},
+                                              token=tenant_tok))["job"]
+                return b if b.get("state") not in ("JOB_STATE_QUEUED", None) else None
+            b = common.wait_for(ended, timeout=60, what="the infeasible job given up")
+            self.assertEqual(b["state"], "JOB_STATE_FAILED", b)
+            self.assertEqual(b.get("failure", {}).get("reason"), "FAILURE_REASON_UNSCHEDULABLE", b)
+            self.assertIn("no node of the fleet can ever host it", b["failure"].get("message"), b)
+        finally:
+            self.assertOk(self.set_policy(comment="never give up", infeasibleTimeoutUs="0"))
+
     def test_set_policy_bad_input_stores_nothing(self):
         base = self.candidate()
         cases = [
