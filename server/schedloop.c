@@ -636,6 +636,15 @@ static void observe_cycle(int64_t us)
 	L.cycle_bucket[i]++;
 }
 
+/* A cycle in us microseconds, unless one is already due. */
+static void cycle_later(int64_t us)
+{
+	if (!evtimer_pending(L.spacing_ev, NULL)) {
+		struct timeval tv = { (time_t)(us / 1000000), (suseconds_t)(us % 1000000) };
+		evtimer_add(L.spacing_ev, &tv);
+	}
+}
+
 static void run_cycle(void)
 {
 	if (!L.leader || !L.loaded || L.stopped)
@@ -649,10 +658,7 @@ static void run_cycle(void)
 	 * takes at most about half of the loop and requests keep flowing. */
 	int64_t gap = L.last_cycle_end_us + L.last_cycle_us - t0;
 	if (gap > 0) {
-		if (!evtimer_pending(L.spacing_ev, NULL)) {
-			struct timeval tv = { 0, (suseconds_t)gap };
-			evtimer_add(L.spacing_ev, &tv);
-		}
+		cycle_later(gap);
 		return;
 	}
 	/* Nothing can be placed without a free GPU unless preemption (of lower
@@ -670,11 +676,7 @@ static void run_cycle(void)
 			return;
 		int64_t wait = L.last_giveup_pass_us + GIVEUP_PASS_US - t0;
 		if (wait > 0) {
-			if (!evtimer_pending(L.spacing_ev, NULL)) {
-				struct timeval tv = { (time_t)(wait / 1000000),
-					              (suseconds_t)(wait % 1000000) };
-				evtimer_add(L.spacing_ev, &tv);
-			}
+			cycle_later(wait);
 			return;
 		}
 		L.last_giveup_pass_us = t0;
