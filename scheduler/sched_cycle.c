@@ -96,13 +96,14 @@ struct cycle {
 	/* hold_for_faster: running GPUs by type and lease deadline (built on
 	 * first use in a cycle), per type [frees_at[t], frees_at[t + 1]) of
 	 * frees (pfrees: the same by node part, then deadline); GPUs of each
-	 * type that held jobs count on; eligible types of the job being
-	 * decided */
+	 * type that held jobs count on; for the job being decided, its
+	 * eligible types and the GPUs of each it could still count on */
 	bool frees_ready;
 	struct free_ev *frees;
 	struct free_ev *pfrees;
 	uint32_t *frees_at;
 	double *claimed;
+	double *spare;
 	uint8_t *type_ok;
 };
 
@@ -224,7 +225,7 @@ static int cycle_prepare(struct cycle *cy)
 	bool hold = cy->pol->hold_for_faster > 0;
 	if (hold)
 		need += 2 * (c->gpus_total + 1) * sizeof(struct free_ev) +
-		        (size_t)(c->ngtypes + 1) * (sizeof(uint32_t) + sizeof(double) + 1) + 16;
+		        (size_t)(c->ngtypes + 1) * (sizeof(uint32_t) + 2 * sizeof(double) + 1) + 16;
 	if (need > c->scratch_bytes) {
 		size_t grow = need + need / 2;
 		void *p = mem_realloc(c, c->scratch, c->scratch_bytes, grow);
@@ -257,6 +258,8 @@ static int cycle_prepare(struct cycle *cy)
 		cy->pfrees = (struct free_ev *)p;
 		p += (c->gpus_total + 1) * sizeof(struct free_ev);
 		cy->claimed = (double *)p;
+		p += (size_t)(c->ngtypes + 1) * sizeof(double);
+		cy->spare = (double *)p;
 		p += (size_t)(c->ngtypes + 1) * sizeof(double);
 		cy->frees_at = (uint32_t *)p;
 		p += (size_t)(c->ngtypes + 1) * sizeof(uint32_t);
@@ -754,7 +757,8 @@ static uint64_t frees_by_width(const struct cycle *cy, uint32_t t, int64_t until
  * read as the run time on its slowest eligible type), and only while
  * enough GPUs of faster types end their leases by then, at their
  * deadlines (for a multi-GPU job: enough together on a node part), that
- * jobs held before it (higher in the order) have not counted on. Notes the earliest time a held job stops waiting. */
+ * jobs held before it (higher in the order) have not counted on. Notes
+ * the earliest time a held job stops waiting. */
 static bool hold_for_faster(struct cycle *cy, const struct job *j, struct jclass *k, double here)
 {
 	struct sched_cluster *c = cy->c;
@@ -782,13 +786,15 @@ static bool hold_for_faster(struct cycle *cy, const struct job *j, struct jclass
 		    class_speed(c, k, p->gtype) > faster && pool_may_host(p, k))
 			cy->type_ok[p->gtype] = 1;
 	}
-	/* less what jobs held before it (higher in the order) count on */
+	/* less what jobs held before it (higher in the order) count on, each
+	 * type's count made once: counting on one type changes no other's */
 	double need = (double)k->gpus * k->nodes, have = 0;
-	for (uint32_t t = 0; t < c->ngtypes && have < need; t++)
+	for (uint32_t t = 0; t < c->ngtypes; t++)
 		if (cy->type_ok[t]) {
-			double v = (double)frees_by_width(cy, t, until, k->gpus) - cy->claimed[t];
-			if (v > 0)
-				have += v;
+			cy->spare[t] =
+			    (double)frees_by_width(cy, t, until, k->gpus) - cy->claimed[t];
+			if (cy->spare[t] > 0)
+				have += cy->spare[t];
 		}
 	if (have < need)
 		return false;
@@ -796,13 +802,12 @@ static bool hold_for_faster(struct cycle *cy, const struct job *j, struct jclass
 	while (need > 0) {
 		uint32_t best = NONE32;
 		for (uint32_t t = 0; t < c->ngtypes; t++)
-			if (cy->type_ok[t] &&
-			    (double)frees_by_width(cy, t, until, k->gpus) - cy->claimed[t] > 0 &&
+			if (cy->type_ok[t] && cy->spare[t] > 0 &&
 			    (best == NONE32 || class_speed(c, k, t) > class_speed(c, k, best)))
 				best = t;
 		if (best == NONE32)
 			break;
-		double v = (double)frees_by_width(cy, best, until, k->gpus) - cy->claimed[best];
+		double v = cy->spare[best];
 		double take = v < need ? v : need;
 		cy->claimed[best] += take;
 		need -= take;

@@ -181,13 +181,9 @@ struct bufferevent *tls_server_bev_cb(struct event_base *base, void *arg)
 	    ssl ? bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_ACCEPTING,
 	                                         BEV_OPT_CLOSE_ON_FREE)
 	        : NULL;
-	if (!bev) {
+	if (!bev || !evbuffer_add_cb(bufferevent_get_output(bev), coalesce_cb, NULL)) {
 		/* NULL would make evhttp fall back to a plaintext bufferevent on
 		 * the TLS port: out of memory is fatal instead */
-		log_error("tls: out of memory for a connection");
-		abort();
-	}
-	if (!evbuffer_add_cb(bufferevent_get_output(bev), coalesce_cb, NULL)) {
 		log_error("tls: out of memory for a connection");
 		abort();
 	}

@@ -67,15 +67,22 @@ static void add_job(struct sched_cluster *c, uint64_t id, const struct row *r, i
 	fx_add_job(c, &j);
 }
 
-static void run_row(const struct row *r)
+/* Sets a policy that scores speed and holds for faster GPUs (hold x the
+ * run time a slower GPU adds); sched_set_policy's result. */
+static int hold_policy(struct sched_cluster *c, double hold)
 {
-	struct sched_cluster *c = fx_cluster(NULL);
 	struct sched_policy p;
 	fx_policy(&p);
 	p.w_speedup = 100;
-	p.hold_for_faster = r->hold;
+	p.hold_for_faster = hold;
 	p.backfill = true;
-	REQUIRE_OK(sched_set_policy(c, &p, NULL));
+	return sched_set_policy(c, &p, NULL);
+}
+
+static void run_row(const struct row *r)
+{
+	struct sched_cluster *c = fx_cluster(NULL);
+	REQUIRE_OK(hold_policy(c, r->hold));
 	struct fx_node n;
 	fx_node_init(&n, 1, "eu", "1xA100");
 	fx_add_node(c, &n);
@@ -121,11 +128,7 @@ static void wakes(void)
 {
 	fx_row = "at hold_until_us the held job stops waiting and takes the L4";
 	struct sched_cluster *c = fx_cluster(NULL);
-	struct sched_policy p;
-	fx_policy(&p);
-	p.w_speedup = 100;
-	p.hold_for_faster = 0.5;
-	REQUIRE_OK(sched_set_policy(c, &p, NULL));
+	REQUIRE_OK(hold_policy(c, 0.5));
 	struct fx_node n;
 	fx_node_init(&n, 1, "eu", "1xA100");
 	fx_add_node(c, &n);
@@ -181,11 +184,7 @@ static void width(void)
 	for (size_t i = 0; i < FX_ARRAY_LEN(wrows); i++) {
 		fx_row = wrows[i].name;
 		struct sched_cluster *c = fx_cluster(NULL);
-		struct sched_policy p;
-		fx_policy(&p);
-		p.w_speedup = 100;
-		p.hold_for_faster = 0.5;
-		REQUIRE_OK(sched_set_policy(c, &p, NULL));
+		REQUIRE_OK(hold_policy(c, 0.5));
 		struct fx_node n;
 		fx_node_init(&n, 1, "eu", "2xA100");
 		fx_add_node(c, &n);
