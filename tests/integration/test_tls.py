@@ -445,6 +445,67 @@ class TlsTest(ItCase):
             shutil.copy(CERTS.path("server.key"), CERTS.path("live.key"))
             os.kill(self.c.pid, signal.SIGHUP)
 
+    # ---- what other HTTP clients do on the wire ----
+
+    def raw_tls(self):
+        s = socket.create_connection(("127.0.0.1", self.c.port), timeout=30)
+        return self.c.ssl_context.wrap_socket(s, server_hostname="127.0.0.1")
+
+    @staticmethod
+    def read_answers(t, n):
+        """Reads n HTTP answers (each with a Content-Length) from t; returns
+        [(status, body)]."""
+        buf, out = b"", []
+        while len(out) < n:
+            end = buf.find(b"\r\n\r\n")
+            if end >= 0:
+                head = buf[:end].decode("latin-1")
+                m = re.search(r"(?im)^content-length:\s*(\d+)", head)
+                want = end + 4 + (int(m.group(1)) if m else 0)
+                if len(buf) >= want:
+                    out.append((int(head.split()[1]), buf[end + 4:want]))
+                    buf = buf[want:]
+                    continue
+            chunk = t.recv(65536)
+            if not chunk:
+                raise AssertionError("connection closed after %d of %d answers" % (len(out), n))
+            buf += chunk
+        return out
+
+    def test_requests_split_across_records_and_pipelined(self):
+        """Headers and body written as separate TLS records, a body spanning
+        several records, and requests pipelined in one record and in
+        back-to-back records: every request gets its answer (none waits for
+        bytes OpenSSL already holds)."""
+        submit = "/gpumatch.v1.JobService/SubmitJob"
+        req = {"idempotencyKey": "tls-split-1", "name": "tls-split",
+               "spec": {"gpusPerNode": 1, "maxDurationUs": "60000000", "command": ["true"]}}
+        body = json.dumps(req).encode()
+        head = ("POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                "Authorization: Bearer %s\r\nContent-Length: %d\r\n\r\n"
+                % (submit, self.ttok, len(body))).encode()
+        with self.raw_tls() as t:
+            t.sendall(head)  # one record
+            t.sendall(body)  # another
+            (status, answer), = self.read_answers(t, 1)
+            self.assertEqual(status, 200, answer)
+            self.assertIn(b'"job"', answer)
+            # a 40 KB body: three records at least; refused whole, naming the field
+            big = json.dumps(dict(req, idempotencyKey="tls-split-2", name="x" * 40000)).encode()
+            t.sendall(head.replace(b"Content-Length: %d" % len(body),
+                                   b"Content-Length: %d" % len(big)) + big)
+            (status, answer), = self.read_answers(t, 1)
+            self.assertEqual(status // 100, 4, answer)
+            self.assertIn(b"name", answer)
+            # pipelined: two requests in one record, then two records back to back
+            get = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+            t.sendall(get + get)
+            self.assertEqual(self.read_answers(t, 2), [(200, b"ok\n")] * 2)
+            t.sendall(get)
+            t.sendall(get)
+            t.sendall(get)
+            self.assertEqual(self.read_answers(t, 3), [(200, b"ok\n")] * 3)
+
     # ---- start-up refusals, Redis password, secrets in logs ----
 
     def run_gpumatchd(self, *flags, wait_for_text=None, timeout=60):
