@@ -24,6 +24,7 @@
 #include <strings.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -42,7 +43,10 @@
 
 #define IN_CAP 8192 /* a SubmitJob reply is a few hundred bytes */
 
+struct worker;
+
 struct conn {
+	struct worker *w; /* the thread that serves it */
 	int fd;
 	SSL *ssl; /* https: the connection's TLS session */
 	int index;
@@ -63,15 +67,24 @@ static struct {
 	const char *acked_path;
 	const char *ca_file;
 	SSL_CTX *tls; /* https:// */
-	int epfd;
+	int threads;
 	struct conn *conns;
 	char prefix[1024]; /* the request line and headers up to Content-Length */
 	size_t prefix_len;
-	int busy;
 	char nonce[32];
 	int64_t start_ns, end_ns;
-	bool stopping;
+} L;
 
+/* One event loop on its own thread with its share of the connections, as
+ * independent clients would be: one thread doing every connection's TLS
+ * would put all of the clients' work in one queue. */
+struct worker {
+	pthread_t thread;
+	int epfd;
+	struct conn *conns; /* its share of L.conns */
+	int nconns;
+	int busy; /* requests outstanding */
+	bool stopping;
 	double *lat_ms; /* one per reply, 200 or not */
 	size_t n_lat, cap_lat;
 	uint64_t *acked; /* job ids of 200 OK replies */
@@ -81,7 +94,7 @@ static struct {
 	int errors_shown;
 	size_t payload_bytes_min, payload_bytes_max;
 	uint64_t payload_bytes_sum;
-} L;
+};
 
 static void die(const char *what)
 {
@@ -261,45 +274,47 @@ static void on_readable(struct conn *c)
 static void submit_cb(int status, const uint8_t *body, size_t len, void *arg)
 {
 	struct conn *c = arg;
+	struct worker *w = c->w;
 	int64_t now = rpcc_now_ns();
 	c->busy = false;
-	L.busy--;
-	if (L.n_lat == L.cap_lat)
-		L.lat_ms = grow(L.lat_ms, &L.cap_lat, sizeof *L.lat_ms);
-	L.lat_ms[L.n_lat++] = (double)(now - c->sent_ns) / 1e6;
+	w->busy--;
+	if (w->n_lat == w->cap_lat)
+		w->lat_ms = grow(w->lat_ms, &w->cap_lat, sizeof *w->lat_ms);
+	w->lat_ms[w->n_lat++] = (double)(now - c->sent_ns) / 1e6;
 	if (status == 200) {
 		Gpumatch__V1__SubmitJobResponse *r =
 		    gpumatch__v1__submit_job_response__unpack(NULL, len, body);
 		if (!r || !r->job || !r->job->id || !r->created) {
-			L.bad_replies++;
-			L.errors++;
+			w->bad_replies++;
+			w->errors++;
 		} else {
-			if (L.n_acked == L.cap_acked)
-				L.acked = grow(L.acked, &L.cap_acked, sizeof *L.acked);
-			L.acked[L.n_acked++] = r->job->id;
+			if (w->n_acked == w->cap_acked)
+				w->acked = grow(w->acked, &w->cap_acked, sizeof *w->acked);
+			w->acked[w->n_acked++] = r->job->id;
 			if (now <= L.end_ns)
-				L.ok_in_window++;
+				w->ok_in_window++;
 		}
 		if (r)
 			gpumatch__v1__submit_job_response__free_unpacked(r, NULL);
 	} else {
-		L.errors++;
+		w->errors++;
 		if (!status)
-			L.transport_errors++;
-		if (L.errors_shown < 5) {
-			L.errors_shown++;
+			w->transport_errors++;
+		if (w->errors_shown < 5) {
+			w->errors_shown++;
 			fprintf(stderr, "submit-load: conn %d: HTTP %d %.*s\n", c->index, status,
 			        (int)(len > 300 ? 300 : len), body ? (const char *)body : "");
 		}
 	}
-	if (now < L.end_ns && !L.stopping)
+	if (now < L.end_ns && !w->stopping)
 		send_one(c);
-	else if (!L.busy)
-		L.stopping = true;
+	else if (!w->busy)
+		w->stopping = true;
 }
 
 static void send_one(struct conn *c)
 {
+	struct worker *w = c->w;
 	char key[96], name[64];
 	snprintf(key, sizeof key, "bench-%s-%d-%" PRIu64, L.nonce, c->index, c->seq);
 	snprintf(name, sizeof name, "finetune-c%d-%" PRIu64, c->index, c->seq);
@@ -345,16 +360,16 @@ static void send_one(struct conn *c)
 	req.spec = &spec;
 
 	size_t n = gpumatch__v1__submit_job_request__get_packed_size(&req);
-	if (!L.payload_bytes_min || n < L.payload_bytes_min)
-		L.payload_bytes_min = n;
-	if (n > L.payload_bytes_max)
-		L.payload_bytes_max = n;
-	L.payload_bytes_sum += n;
+	if (!w->payload_bytes_min || n < w->payload_bytes_min)
+		w->payload_bytes_min = n;
+	if (n > w->payload_bytes_max)
+		w->payload_bytes_max = n;
+	w->payload_bytes_sum += n;
 
 	c->seq++;
 	c->busy = true;
-	L.busy++;
-	L.requests++;
+	w->busy++;
+	w->requests++;
 	char out[4096];
 	int h = snprintf(out, sizeof out, "%.*s%zu\r\n\r\n", (int)L.prefix_len, L.prefix, n);
 	if (h < 0 || (size_t)h + n > sizeof out)
@@ -364,17 +379,65 @@ static void send_one(struct conn *c)
 	send_all(c, out, (size_t)h + n);
 }
 
+/* A worker's loop: sends on each of its connections, then answers replies
+ * until the window ends and its last replies are in (or DRAIN_S passed). */
+static void *worker_run(void *arg)
+{
+	struct worker *w = arg;
+	int64_t drain_ns = L.end_ns + (int64_t)DRAIN_S * 1000000000;
+	for (int i = 0; i < w->nconns; i++)
+		send_one(&w->conns[i]);
+	struct epoll_event evs[256];
+	for (;;) {
+		int64_t now = rpcc_now_ns();
+		if (now >= L.end_ns)
+			w->stopping = true;
+		if (w->stopping && !w->busy)
+			break;
+		if (now >= drain_ns) {
+			fprintf(stderr,
+			        "submit-load: %d replies still missing %d s after the end\n",
+			        w->busy, DRAIN_S);
+			break;
+		}
+		int64_t until = w->stopping ? drain_ns : L.end_ns;
+		int wait_ms = (int)((until - now) / 1000000) + 1;
+		int n = epoll_wait(w->epfd, evs, 256, wait_ms);
+		if (n < 0 && errno != EINTR)
+			die(strerror(errno));
+		for (int i = 0; i < n; i++)
+			on_readable(evs[i].data.ptr);
+	}
+	return NULL;
+}
+
+static void append(void *dst, size_t *n, size_t *cap, const void *src, size_t k, size_t elem)
+{
+	void **d = dst;
+	if (*n + k > *cap) {
+		*cap = *n + k;
+		*d = realloc(*d, *cap * elem);
+		if (!*d)
+			die("out of memory");
+	}
+	if (k)
+		memcpy((char *)*d + *n * elem, src, k * elem);
+	*n += k;
+}
+
 static void usage(void)
 {
-	fprintf(stderr,
-	        "usage: submit-load --url http[s]://HOST:PORT --token SECRET [--connections N]\n"
-	        "                   [--seconds S] [--acked-file PATH] [--ca-file PEM]\n"
-	        "  --ca-file      https: the CA that signed the server's certificate\n"
-	        "  --token        a tenant token (or env GPUMATCH_TOKEN)\n"
-	        "  --connections  concurrent keep-alive connections (default 64)\n"
-	        "  --seconds      how long requests are sent (default 10)\n"
-	        "  --acked-file   where the acknowledged job ids go, one a line\n"
-	        "The last line of stdout is one JSON object.\n");
+	fprintf(
+	    stderr,
+	    "usage: submit-load --url http[s]://HOST:PORT --token SECRET [--connections N]\n"
+	    "                   [--seconds S] [--acked-file PATH] [--ca-file PEM] [--threads N]\n"
+	    "  --ca-file      https: the CA that signed the server's certificate\n"
+	    "  --token        a tenant token (or env GPUMATCH_TOKEN)\n"
+	    "  --connections  concurrent keep-alive connections (default 64)\n"
+	    "  --seconds      how long requests are sent (default 10)\n"
+	    "  --acked-file   where the acknowledged job ids go, one a line\n"
+	    "  --threads      event loops the connections are shared among (default 1)\n"
+	    "The last line of stdout is one JSON object.\n");
 	exit(1);
 }
 
@@ -387,11 +450,13 @@ int main(int argc, char **argv)
 		{ "seconds", required_argument, NULL, 's' },
 		{ "acked-file", required_argument, NULL, 'a' },
 		{ "ca-file", required_argument, NULL, 'C' },
+		{ "threads", required_argument, NULL, 'T' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
 	L.connections = 64;
 	L.seconds = 10;
+	L.threads = 1;
 	L.token = getenv("GPUMATCH_TOKEN");
 	int o;
 	while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -419,10 +484,17 @@ int main(int argc, char **argv)
 		case 'C':
 			L.ca_file = optarg;
 			break;
+		case 'T':
+			L.threads = (int)strtol(optarg, &end, 10);
+			if (*end || L.threads < 1 || L.threads > 64)
+				usage();
+			break;
 		default:
 			usage();
 		}
 	}
+	if (L.threads > L.connections)
+		L.threads = L.connections;
 	if (!L.host_port || !L.token || !*L.token ||
 	    rpcc_parse_url(L.host_port, L.host, sizeof L.host, &L.port))
 		usage();
@@ -450,47 +522,63 @@ int main(int argc, char **argv)
 	                                L.host, L.port, L.token);
 	if (L.prefix_len >= sizeof L.prefix)
 		die("token too long");
-	L.epfd = epoll_create1(0);
 	L.conns = calloc((size_t)L.connections, sizeof *L.conns);
-	if (L.epfd < 0 || !L.conns)
-		die("cannot set up the event loop");
-	for (int i = 0; i < L.connections; i++) {
-		struct conn *c = &L.conns[i];
-		c->index = i;
-		c->fd = connect_to(L.host, L.port);
-		if (L.tls)
-			c->ssl = tls_connect(c->fd, i);
-		struct epoll_event ev = { .events = EPOLLIN, .data.ptr = c };
-		if (epoll_ctl(L.epfd, EPOLL_CTL_ADD, c->fd, &ev))
-			die(strerror(errno));
+	struct worker *ws = calloc((size_t)L.threads, sizeof *ws);
+	if (!L.conns || !ws)
+		die("out of memory");
+	for (int t = 0; t < L.threads; t++) {
+		struct worker *w = &ws[t];
+		/* connections dealt out evenly, in order */
+		int first = (int)((int64_t)L.connections * t / L.threads);
+		w->conns = &L.conns[first];
+		w->nconns = (int)((int64_t)L.connections * (t + 1) / L.threads) - first;
+		w->epfd = epoll_create1(0);
+		if (w->epfd < 0)
+			die("cannot set up the event loop");
 	}
-	fprintf(stderr, "submit-load: %d connections to %s:%d for %.1f s\n", L.connections, L.host,
-	        L.port, L.seconds);
+	for (int t = 0; t < L.threads; t++) {
+		for (int i = 0; i < ws[t].nconns; i++) {
+			struct conn *c = &ws[t].conns[i];
+			c->w = &ws[t];
+			c->index = (int)(c - L.conns);
+			c->fd = connect_to(L.host, L.port);
+			if (L.tls)
+				c->ssl = tls_connect(c->fd, c->index);
+			struct epoll_event ev = { .events = EPOLLIN, .data.ptr = c };
+			if (epoll_ctl(ws[t].epfd, EPOLL_CTL_ADD, c->fd, &ev))
+				die(strerror(errno));
+		}
+	}
+	fprintf(stderr, "submit-load: %d connections to %s:%d for %.1f s on %d thread(s)\n",
+	        L.connections, L.host, L.port, L.seconds, L.threads);
 	L.start_ns = rpcc_now_ns();
 	L.end_ns = L.start_ns + (int64_t)(L.seconds * 1e9);
-	int64_t drain_ns = L.end_ns + (int64_t)DRAIN_S * 1000000000;
-	for (int i = 0; i < L.connections; i++)
-		send_one(&L.conns[i]);
-	struct epoll_event evs[256];
-	for (;;) {
-		int64_t now = rpcc_now_ns();
-		if (now >= L.end_ns)
-			L.stopping = true;
-		if (L.stopping && !L.busy)
-			break;
-		if (now >= drain_ns) {
-			fprintf(stderr,
-			        "submit-load: %d replies still missing %d s after the end\n",
-			        L.busy, DRAIN_S);
-			break;
-		}
-		int64_t until = L.stopping ? drain_ns : L.end_ns;
-		int wait_ms = (int)((until - now) / 1000000) + 1;
-		int n = epoll_wait(L.epfd, evs, 256, wait_ms);
-		if (n < 0 && errno != EINTR)
-			die(strerror(errno));
-		for (int i = 0; i < n; i++)
-			on_readable(evs[i].data.ptr);
+	for (int t = 0; t < L.threads; t++)
+		if (pthread_create(&ws[t].thread, NULL, worker_run, &ws[t]))
+			die("cannot start a thread");
+	struct worker all = { 0 };
+	for (int t = 0; t < L.threads; t++) {
+		struct worker *w = &ws[t];
+		pthread_join(w->thread, NULL);
+		close(w->epfd);
+		append(&all.lat_ms, &all.n_lat, &all.cap_lat, w->lat_ms, w->n_lat,
+		       sizeof *w->lat_ms);
+		append(&all.acked, &all.n_acked, &all.cap_acked, w->acked, w->n_acked,
+		       sizeof *w->acked);
+		free(w->lat_ms);
+		free(w->acked);
+		all.busy += w->busy;
+		all.ok_in_window += w->ok_in_window;
+		all.requests += w->requests;
+		all.errors += w->errors;
+		all.transport_errors += w->transport_errors;
+		all.bad_replies += w->bad_replies;
+		all.payload_bytes_sum += w->payload_bytes_sum;
+		if (w->payload_bytes_min &&
+		    (!all.payload_bytes_min || w->payload_bytes_min < all.payload_bytes_min))
+			all.payload_bytes_min = w->payload_bytes_min;
+		if (w->payload_bytes_max > all.payload_bytes_max)
+			all.payload_bytes_max = w->payload_bytes_max;
 	}
 	double wall_s = (double)(rpcc_now_ns() - L.start_ns) / 1e9;
 	struct rusage ru;
@@ -502,34 +590,38 @@ int main(int argc, char **argv)
 		FILE *f = fopen(L.acked_path, "w");
 		if (!f)
 			die(strerror(errno));
-		for (size_t i = 0; i < L.n_acked; i++)
-			fprintf(f, "%" PRIu64 "\n", L.acked[i]);
+		for (size_t i = 0; i < all.n_acked; i++)
+			fprintf(f, "%" PRIu64 "\n", all.acked[i]);
 		if (fclose(f))
 			die(strerror(errno));
 	}
 
-	qsort(L.lat_ms, L.n_lat, sizeof *L.lat_ms, rpcc_cmp_double);
+	qsort(all.lat_ms, all.n_lat, sizeof *all.lat_ms, rpcc_cmp_double);
 	double window_s = (double)(L.end_ns - L.start_ns) / 1e9;
-	printf("{\"connections\":%d,\"seconds\":%.3f,\"requests\":%" PRIu64
+	printf("{\"connections\":%d,\"threads\":%d,\"seconds\":%.3f,\"requests\":%" PRIu64
 	       ",\"replies\":%zu,\"acked\":%zu,\"ok_in_window\":%" PRIu64 ",\"errors\":%" PRIu64
 	       ",\"transport_errors\":%" PRIu64 ",\"bad_replies\":%" PRIu64
 	       ",\"unanswered\":%d,\"submits_per_s\":%.1f,\"p50_ms\":%.3f,\"p90_ms\":%.3f"
 	       ",\"p99_ms\":%.3f,\"p999_ms\":%.3f,\"max_ms\":%.3f,\"payload_bytes\":%zu"
 	       ",\"payload_bytes_min\":%zu,\"payload_bytes_max\":%zu,\"wall_s\":%.3f"
 	       ",\"cpu_s\":%.3f}\n",
-	       L.connections, window_s, L.requests, L.n_lat, L.n_acked, L.ok_in_window, L.errors,
-	       L.transport_errors, L.bad_replies, L.busy, (double)L.ok_in_window / window_s,
-	       rpcc_quantile(L.lat_ms, L.n_lat, 0.50), rpcc_quantile(L.lat_ms, L.n_lat, 0.90),
-	       rpcc_quantile(L.lat_ms, L.n_lat, 0.99), rpcc_quantile(L.lat_ms, L.n_lat, 0.999),
-	       L.n_lat ? L.lat_ms[L.n_lat - 1] : 0.0,
-	       L.requests ? (size_t)(L.payload_bytes_sum / L.requests) : 0, L.payload_bytes_min,
-	       L.payload_bytes_max, wall_s, cpu_s);
+	       L.connections, L.threads, window_s, all.requests, all.n_lat, all.n_acked,
+	       all.ok_in_window, all.errors, all.transport_errors, all.bad_replies, all.busy,
+	       (double)all.ok_in_window / window_s, rpcc_quantile(all.lat_ms, all.n_lat, 0.50),
+	       rpcc_quantile(all.lat_ms, all.n_lat, 0.90),
+	       rpcc_quantile(all.lat_ms, all.n_lat, 0.99),
+	       rpcc_quantile(all.lat_ms, all.n_lat, 0.999),
+	       all.n_lat ? all.lat_ms[all.n_lat - 1] : 0.0,
+	       all.requests ? (size_t)(all.payload_bytes_sum / all.requests) : 0,
+	       all.payload_bytes_min, all.payload_bytes_max, wall_s, cpu_s);
 
-	for (int i = 0; i < L.connections; i++)
+	for (int i = 0; i < L.connections; i++) {
+		SSL_free(L.conns[i].ssl);
 		close(L.conns[i].fd);
-	close(L.epfd);
+	}
 	free(L.conns);
-	free(L.lat_ms);
-	free(L.acked);
-	return L.busy ? 3 : 0;
+	free(ws);
+	free(all.lat_ms);
+	free(all.acked);
+	return all.busy ? 3 : 0;
 }
