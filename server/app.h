@@ -14,7 +14,7 @@
 #include "rpc.h"
 #include "tls.h"
 
-#define SCHEMA_VERSION 22 /* newest migration this binary needs */
+#define SCHEMA_VERSION 23 /* newest migration this binary needs */
 
 struct app {
 	struct event_base *base;

@@ -688,7 +688,8 @@ static void heartbeat_add(struct batch_item *it, struct strbuf *a)
 	sb_array_str(&a[7], h->guuid);
 }
 
-/* Columns after the element's position: gm_heartbeat's (migration 0019). */
+/* Columns after the element's position: gm_heartbeat's (migration 0019), as
+ * gm_heartbeats (migration 0023) answers them. */
 static void heartbeat_done(struct batch_item *it, enum pg_status st, PGresult *res, int row,
                            const char *ss, const char *err)
 {
@@ -795,11 +796,8 @@ static uint64_t heartbeat_key(const struct batch_item *it)
  * draining, cordoned and disabled ones keep their state. */
 static struct batch_kind heartbeats = {
 	.name = "heartbeat",
-	.sql = "SELECT u.i, h.* FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[],"
-	       " $5::bigint[], $6::text[], $7::text[], $8::text[])"
-	       " WITH ORDINALITY u(node, op, now, running, bad, health, gidx, guuid, i)"
-	       " CROSS JOIN LATERAL gm_heartbeat(u.node, u.op, u.now, u.running::bigint[], u.bad,"
-	       " u.health, u.gidx::integer[], u.guuid::text[]) h",
+	.sql = "SELECT h.* FROM gm_heartbeats($1::bigint[], $2::bigint[], $3::bigint[], $4::text[],"
+	       " $5::bigint[], $6::text[], $7::text[], $8::text[]) h",
 	.nparams = 8,
 	.max = 512,
 	.key = heartbeat_key, /* node rows locked in id order, as reports do */
