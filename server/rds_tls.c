@@ -6,6 +6,7 @@
 #include "rds_tls.h"
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -17,7 +18,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/buffer.h>
@@ -276,6 +279,48 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
 	}
 }
 
+#define TUNNEL_DIR_PREFIX "gpumatchd-redis-"
+#define STALE_AFTER_S     60 /* a directory this old with no listener is a dead gpumatchd's */
+
+/* A gpumatchd killed without its exit path leaves its tunnel directory
+ * behind. At start-up (before the loop runs) this one removes those of
+ * its user that nobody listens on any more. One made in the last minute is
+ * left alone: another gpumatchd may be between making it and listening. */
+static void remove_stale_tunnel_dirs(const char *tmp)
+{
+	DIR *d = opendir(tmp);
+	if (!d)
+		return;
+	uid_t me = geteuid();
+	time_t now = time(NULL);
+	struct dirent *e;
+	while ((e = readdir(d))) {
+		if (strncmp(e->d_name, TUNNEL_DIR_PREFIX, strlen(TUNNEL_DIR_PREFIX)))
+			continue;
+		char dir[512];
+		struct sockaddr_un sun = { .sun_family = AF_UNIX };
+		struct stat st;
+		if ((size_t)snprintf(dir, sizeof dir, "%s/%s", tmp, e->d_name) >= sizeof dir ||
+		    (size_t)snprintf(sun.sun_path, sizeof sun.sun_path, "%s/redis.sock", dir) >=
+		        sizeof sun.sun_path ||
+		    lstat(dir, &st) || !S_ISDIR(st.st_mode) || st.st_uid != me ||
+		    now - st.st_mtime < STALE_AFTER_S)
+			continue;
+		int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (fd < 0)
+			continue;
+		int r = connect(fd, (struct sockaddr *)&sun, sizeof sun);
+		int why = errno;
+		close(fd);
+		if (!r || (why != ECONNREFUSED && why != ENOENT))
+			continue; /* a live gpumatchd's, or not ours to judge */
+		unlink(sun.sun_path);
+		if (!rmdir(dir))
+			log_info("removed a stale redis tls tunnel directory dir=%s", dir);
+	}
+	closedir(d);
+}
+
 struct rds_tls *rds_tls_new(struct event_base *base, const struct rds_tls_opts *o, char *err,
                             size_t err_len)
 {
@@ -300,7 +345,9 @@ struct rds_tls *rds_tls_new(struct event_base *base, const struct rds_tls_opts *
 	if (!t->dns)
 		t->dns = evdns_base_new(base, 0);
 	const char *tmp = getenv("TMPDIR");
-	snprintf(t->dir, sizeof t->dir, "%s/gpumatchd-redis-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+	remove_stale_tunnel_dirs(tmp && *tmp ? tmp : "/tmp");
+	snprintf(t->dir, sizeof t->dir, "%s/" TUNNEL_DIR_PREFIX "XXXXXX",
+	         tmp && *tmp ? tmp : "/tmp");
 	struct sockaddr_un sun = { .sun_family = AF_UNIX };
 	if (!mkdtemp(t->dir) ||
 	    (size_t)snprintf(t->path, sizeof t->path, "%s/redis.sock", t->dir) >= sizeof t->path) {

@@ -740,10 +740,29 @@ class TlsTest(ItCase):
             out = read()
             self.assertNotIn(secret, out)
             self.assertNotIn("redis tls connection failed", out)
+            # killed without its exit path, gpumatchd leaves its tunnel
+            # directory; the next start removes it once nobody listens there
+            tmp = os.environ.get("TMPDIR") or "/tmp"
+            before = set(glob.glob(os.path.join(tmp, "gpumatchd-redis-*")))
+            gm, read = self.start_gpumatchd(port, *base, *client)
+            try:
+                common.wait_for(lambda: "redis connected" in read(), 60,
+                                what="gpumatchd connected to redis over TLS")
+                mine = set(glob.glob(os.path.join(tmp, "gpumatchd-redis-*"))) - before
+                self.assertEqual(len(mine), 1, mine)
+            finally:
+                gm.kill()
+                gm.wait(20)
+            stale = mine.pop()
+            self.assertTrue(os.path.isdir(stale))
+            old = time.time() - 300  # older than the minute a start is given
+            os.utime(stale, (old, old))
             # no client certificate: Redis ends the connection
             rc, out = self.run_gpumatchd(*base)
             self.assertEqual(rc, 1, out)
             self.assertIn("redis_tls_cert_file", out)
+            self.assertFalse(os.path.exists(stale), out)
+            self.assertIn("removed a stale redis tls tunnel directory", out)
             # Redis' certificate from a CA gpumatchd does not trust
             rc, out = self.run_gpumatchd(*base, *client,
                                          "--redis_tls_ca_file=" + CERTS.path("ca2.pem"))
