@@ -178,6 +178,129 @@ class HandshakeTest(ItCase):
         self.assertOk(ag.report(lease, "LEASE_STATE_SUCCEEDED", seq=2))
         ag.stop_heartbeats()
 
+    def test_one_report_batch_mixes_set_based_and_single_elements(self):
+        """gm_report_leases (0022, 0023) writes a batch's RUNNING and
+        SUCCEEDED reports set-based and every other element one by one:
+        called directly with one batch holding a lease reported twice
+        (RUNNING then SUCCEEDED: in order), a stale fencing token (refused,
+        nothing changed) and a lone RUNNING report, each element gets its
+        own answer and the changes a single call would make."""
+        pool = self.c.unique("pool")
+        ag = NodeAgent.register(self.c, self.otok, node_req(self.c.unique("node"), gpus=4,
+                                                            labels={"pool": pool}))
+        ag.pool = pool
+        self.agents.append(ag)
+        ag.start_heartbeats(0.3)
+        leases = []
+        for _ in range(3):
+            self.submit_to(ag)
+            lease = self.offer(ag)
+            # listed at once: the janitor never withdraws them meanwhile
+            ag.running.append(lease["id"])
+            leases.append(lease)
+        a, b, c = (int(x["id"]) for x in leases)
+        fence = {int(x): int(y) for x, y in self.c.psql(
+            "SELECT id, fencing_token FROM leases WHERE id IN (%d, %d, %d)" % (a, b, c))}
+        node = int(ag.id)
+        now = common.now_us()
+
+        def batch(elems):
+            """elems: (lease, fence, seq, state); answers status by position"""
+            arr = lambda vals, t: "ARRAY[%s]::%s[]" % (",".join(str(v) for v in vals), t)
+            n = len(elems)
+            rows = self.c.psql(
+                "SELECT r.i, r.status, r.job_done, r.last_seq FROM gm_report_leases(%s, %s,"
+                " %s, %s, %s, %s, %s, %s, %s, %s, 3, %s, %s, 300000, %s, %s) r ORDER BY r.i"
+                % (arr([e[0] for e in elems], "bigint"), arr([node] * n, "bigint"),
+                   arr([0] * n, "bigint"), arr([e[1] for e in elems], "bigint"),
+                   arr([e[2] for e in elems], "bigint"), arr([e[3] for e in elems], "smallint"),
+                   arr([0] * n, "integer"), arr([0] * n, "integer"), arr(["''"] * n, "text"),
+                   arr([now] * n, "bigint"), arr([now - 1000] * n, "bigint"),
+                   arr([0] * n, "bigint"), arr([0] * n, "smallint"), arr(["''"] * n, "text")))
+            return [(int(r[0]), r[1], r[2], int(r[3])) for r in rows]
+
+        done0 = int(q1(self.c, "SELECT leases_succeeded FROM nodes WHERE id = %d" % node))
+        got = batch([(a, fence[a], 1, 3), (a, fence[a], 2, 5), (b, fence[b] + 1, 1, 3),
+                     (c, fence[c], 1, 3)])
+        self.assertEqual(got, [(1, "ok", "f", 1), (2, "ok", "t", 2), (3, "stale", "f", 0),
+                               (4, "ok", "f", 1)])
+        state = lambda lid: [int(v) for v in self.c.psql(
+            "SELECT l.state, l.last_report_seq, j.state, (l.billed_end_us > 0)::int"
+            " FROM leases l JOIN jobs j ON j.id = l.job_id WHERE l.id = %d" % lid)[0]]
+        self.assertEqual(state(a), [5, 2, 4, 1])        # SUCCEEDED, job SUCCEEDED, billed
+        self.assertEqual(state(b)[1], 0)                # the stale report changed nothing
+        self.assertIn(state(b)[0], (2, 3))
+        self.assertEqual(state(c)[:3], [3, 1, 2])       # RUNNING
+        # the lone SUCCEEDED report of c (set-based) ends its job
+        self.assertEqual(batch([(c, fence[c], 2, 5)]), [(1, "ok", "t", 2)])
+        self.assertEqual(state(c), [5, 2, 4, 1])
+        # the same report again: a duplicate (one by one), nothing more
+        self.assertEqual(batch([(c, fence[c], 2, 5)]), [(1, "duplicate", "f", 2)])
+        self.assertEqual(int(q1(self.c, "SELECT leases_succeeded FROM nodes WHERE id = %d"
+                                % node)), done0 + 2)
+        for lid in (a, c):
+            self.assertEqual(q1(self.c, "SELECT count(*) FROM job_events e JOIN leases l"
+                                " ON l.job_id = e.job_id WHERE l.id = %d AND e.kind = 'ended'"
+                                % lid), "1")
+        ag.running.remove(leases[0]["id"])
+        ag.running.remove(leases[2]["id"])
+        self.assertOk(ag.report(leases[1], "LEASE_STATE_RUNNING", seq=1))
+        self.assertOk(ag.report(leases[1], "LEASE_STATE_SUCCEEDED", seq=2))
+        ag.stop_heartbeats()
+
+    def test_one_heartbeat_batch_mixes_set_based_and_single_elements(self):
+        """gm_heartbeats (0023) writes the common heartbeats of a batch in
+        one statement and every other element through gm_heartbeat: a node
+        named twice (both, in order), a lease of another node (refused,
+        nothing stored), a node that does not exist (no row) and a plain
+        one each get gm_heartbeat's answer and changes."""
+        x, y = self.node(), self.node()
+        x.start_heartbeats(0.3)
+        self.submit_to(x)
+        lease = self.offer(x)
+        x.running.append(lease["id"])
+        x.stop_heartbeats()
+        lid, xid, yid = int(lease["id"]), int(x.id), int(y.id)
+        seen = lambda nid: [int(v) for v in self.c.psql(
+            "SELECT heartbeats_received, last_heartbeat_us FROM nodes WHERE id = %d" % nid)[0]]
+
+        def batch(elems):
+            """elems: (node, now, running lease ids); rows by position"""
+            n = len(elems)
+            rows = self.c.psql(
+                "SELECT h.i, h.old_state, h.bad_o, h.unknown FROM gm_heartbeats("
+                "ARRAY[%s]::bigint[], ARRAY[%s]::bigint[], ARRAY[%s]::bigint[],"
+                " ARRAY[%s]::text[], ARRAY[%s]::bigint[], ARRAY[%s]::text[], ARRAY[%s]::text[],"
+                " ARRAY[%s]::text[]) h ORDER BY h.i"
+                % (",".join(str(e[0]) for e in elems), ",".join(["0"] * n),
+                   ",".join(str(e[1]) for e in elems),
+                   ",".join("'{%s}'" % ",".join(str(r) for r in e[2]) for e in elems),
+                   ",".join(["0"] * n), ",".join(["''"] * n), ",".join(["'{}'"] * n),
+                   ",".join(["'{}'"] * n)))
+            return {int(r[0]): (r[2], r[3]) for r in rows}
+
+        x0, y0 = seen(xid), seen(yid)
+        now = common.now_us()
+        got = batch([(xid, now, [lid]), (yid, now + 1, [lid]), (xid, now + 2, [lid]),
+                     (10 ** 12, now, [])])
+        # (the refused element names the lease as not y's, as gm_heartbeat does;
+        # x's answers may name it too once the janitor ended the silent offer)
+        self.assertEqual({i: v[0] for i, v in got.items()}, {1: "", 2: "1", 3: ""})
+        self.assertEqual(got[2][1], str(lid))
+        self.assertEqual(seen(xid), [x0[0] + 2, now + 2])    # twice, the later one last
+        self.assertEqual(seen(yid), y0)                      # refused: nothing stored
+        self.assertEqual(q1(self.c, "SELECT running_leases FROM nodes WHERE id = %d" % xid),
+                         "{%d}" % lid)
+        # both alone in the batch: one statement for the two
+        got = batch([(xid, now + 3, []), (yid, now + 3, [])])
+        self.assertEqual(got, {1: ("", ""), 2: ("", "")})  # nothing listed: nothing unknown
+        self.assertEqual(seen(xid), [x0[0] + 3, now + 3])
+        self.assertEqual(seen(yid), [y0[0] + 1, now + 3])
+        self.assertEqual(q1(self.c, "SELECT running_leases FROM nodes WHERE id = %d" % xid),
+                         "{}")
+        self.assertOk(x.report(lease, "LEASE_STATE_RUNNING", seq=1))
+        self.assertOk(x.report(lease, "LEASE_STATE_SUCCEEDED", seq=2))
+
     # ---- bad input changes nothing ----
 
     def test_bad_confirmations_reports_and_heartbeats(self):
