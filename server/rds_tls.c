@@ -345,15 +345,16 @@ struct rds_tls *rds_tls_new(struct event_base *base, const struct rds_tls_opts *
 	if (!t->dns)
 		t->dns = evdns_base_new(base, 0);
 	const char *tmp = getenv("TMPDIR");
-	remove_stale_tunnel_dirs(tmp && *tmp ? tmp : "/tmp");
-	snprintf(t->dir, sizeof t->dir, "%s/" TUNNEL_DIR_PREFIX "XXXXXX",
-	         tmp && *tmp ? tmp : "/tmp");
+	if (!tmp || !*tmp)
+		tmp = "/tmp";
+	remove_stale_tunnel_dirs(tmp);
+	snprintf(t->dir, sizeof t->dir, "%s/" TUNNEL_DIR_PREFIX "XXXXXX", tmp);
 	struct sockaddr_un sun = { .sun_family = AF_UNIX };
 	if (!mkdtemp(t->dir) ||
 	    (size_t)snprintf(t->path, sizeof t->path, "%s/redis.sock", t->dir) >= sizeof t->path) {
 		snprintf(err, err_len,
-		         "redis_tls: cannot make a private socket directory under %s: %s",
-		         tmp && *tmp ? tmp : "/tmp", strerror(errno));
+		         "redis_tls: cannot make a private socket directory under %s: %s", tmp,
+		         strerror(errno));
 		t->dir[0] = '\0';
 		rds_tls_free(t);
 		return NULL;

@@ -1871,9 +1871,10 @@ static void stats_tick_cb(evutil_socket_t fd, short ev, void *arg)
 	(void)fd;
 	(void)ev;
 	(void)arg;
-	if (L.stats_busy || L.stopped || !pg_pool_ready(L.a->pg) || mono_us() < L.stats_next_mono)
+	int64_t now = mono_us();
+	if (L.stats_busy || L.stopped || !pg_pool_ready(L.a->pg) || now < L.stats_next_mono)
 		return;
-	L.stats_started_mono = mono_us();
+	L.stats_started_mono = now;
 	L.stats_busy = true;
 	L.inflight++;
 	/* model names are operator input: keep them label-safe */
